@@ -1,0 +1,30 @@
+"""Connectors: the base interface, the registry and the built-in connectors."""
+
+from sqlstream.connectors import file, generator, stdout  # noqa: F401  (register themselves)
+from sqlstream.connectors.base import (
+    SINK_CONNECTORS,
+    SOURCE_CONNECTORS,
+    DeadLetter,
+    RunContext,
+    SinkConnector,
+    SinkWriter,
+    SourceBatch,
+    SourceConnector,
+    SourceReader,
+    sink_connector,
+    source_connector,
+)
+
+__all__ = [
+    "SINK_CONNECTORS",
+    "SOURCE_CONNECTORS",
+    "DeadLetter",
+    "RunContext",
+    "SinkConnector",
+    "SinkWriter",
+    "SourceBatch",
+    "SourceConnector",
+    "SourceReader",
+    "sink_connector",
+    "source_connector",
+]

@@ -1,0 +1,236 @@
+"""The connector interface and registry.
+
+A connector knows nothing of SQL text: it gets an Arrow schema and typed options.
+
+* A :class:`SourceConnector` is created once per ``CREATE SOURCE``/``CREATE TABLE``
+  (options validated then) and ``open`` ed once per run into a :class:`SourceReader`.
+  Readers are non-blocking: ``poll`` returns what is ready now (or None) and
+  ``next_wakeup`` says when to ask again, so one driver loop serves many sources
+  without a thread per source.
+* A :class:`SinkConnector` is ``open`` ed into a :class:`SinkWriter` that takes Arrow
+  batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Protocol
+
+import pyarrow as pa
+
+from sqlstream.connectors.options import COMMON_SOURCE_OPTIONS, OptionSpec, RawOption, validate_options
+from sqlstream.errors import ConnectorError, Location, did_you_mean
+
+__all__ = [
+    "Clock",
+    "DeadLetter",
+    "RunContext",
+    "SourceBatch",
+    "SourceReader",
+    "SourceConnector",
+    "SinkWriter",
+    "SinkConnector",
+    "register_source",
+    "register_sink",
+    "source_connector",
+    "sink_connector",
+    "SOURCE_CONNECTORS",
+    "SINK_CONNECTORS",
+    "METADATA_COLUMNS",
+]
+
+#: reserved column names a connector may fill from message metadata
+METADATA_COLUMNS = ("_subject", "_received_at", "_headers", "_stream_seq")
+
+
+class Clock(Protocol):
+    def now_us(self) -> int: ...  # wall time, µs since the epoch (UTC)
+
+    def monotonic(self) -> float: ...  # seconds, for timeouts and rates
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass
+class DeadLetter:
+    """A record that could not be used, and why. ``raw`` is the record as received."""
+
+    source: str
+    reason: str  # decode | type | null | late | future | udf | timeout
+    detail: str
+    raw: str | None = None
+    position: str | None = None
+    event_time: int | None = None  # µs since the epoch
+
+
+@dataclass
+class SourceBatch:
+    """What a reader returns: decoded rows, rejected records, and an ack handle."""
+
+    batch: pa.RecordBatch | None
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    ack: Callable[[], None] | None = None  # called once every row of this batch is safely written
+    raw_count: int = 0  # records received (good + bad)
+
+
+@dataclass
+class RunContext:
+    clock: Clock
+    batch_size: int = 8192
+    batch_timeout_us: int = 10_000
+    file_batch_size: int = 1_000_000
+    base_dir: str = "."
+    on_error: str = "dead_letter"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SourceReader:
+    """Reads one source during one run. Subclasses implement ``poll``."""
+
+    bounded: bool = False
+
+    def poll(self) -> SourceBatch | None:
+        """Rows ready now, or None. Never blocks for long."""
+        raise NotImplementedError
+
+    @property
+    def exhausted(self) -> bool:
+        """True once a bounded source has returned all of its rows."""
+        return False
+
+    def next_wakeup(self) -> float | None:
+        """Monotonic time at which ``poll`` may have rows; None = as soon as possible."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        """Connector-specific counters for SHOW METRICS."""
+        return {}
+
+
+class SourceConnector:
+    """A configured source. Subclasses set ``name``, ``options`` and implement ``open``."""
+
+    name: ClassVar[str] = ""
+    options: ClassVar[tuple[OptionSpec, ...]] = ()
+    supports_metadata: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, source_name: str, schema: pa.Schema, options: dict[str, Any]):
+        self.source_name = source_name
+        self.schema = schema
+        self.config = options
+
+    @classmethod
+    def all_options(cls) -> tuple[OptionSpec, ...]:
+        return COMMON_SOURCE_OPTIONS + cls.options
+
+    @classmethod
+    def create(
+        cls, source_name: str, schema: pa.Schema, raw: dict[str, RawOption], where: Location | None
+    ) -> "SourceConnector":
+        options = validate_options(cls.name, cls.all_options(), raw, where=where)
+        for column in schema.names:
+            if column in METADATA_COLUMNS and column not in cls.supports_metadata:
+                raise ConnectorError(
+                    f"column '{column}' is a metadata column, which connector '{cls.name}' does not fill",
+                    location=where,
+                    hint="metadata columns are filled by the nats connector; rename the column",
+                )
+        connector = cls(source_name, schema, options)
+        connector.validate(where)
+        return connector
+
+    def validate(self, where: Location | None) -> None:
+        """Cross-option checks at CREATE time; raise ConnectorError."""
+
+    def open(self, ctx: RunContext) -> SourceReader:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+class SinkWriter:
+    def write(self, batch: pa.RecordBatch) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class SinkConnector:
+    name: ClassVar[str] = ""
+    options: ClassVar[tuple[OptionSpec, ...]] = ()
+
+    def __init__(self, sink_name: str, options: dict[str, Any]):
+        self.sink_name = sink_name
+        self.config = options
+
+    @classmethod
+    def all_options(cls) -> tuple[OptionSpec, ...]:
+        return (OptionSpec("connector", required=True, doc="connector name"),) + cls.options
+
+    @classmethod
+    def create(cls, sink_name: str, raw: dict[str, RawOption], where: Location | None) -> "SinkConnector":
+        options = validate_options(cls.name, cls.all_options(), raw, where=where)
+        connector = cls(sink_name, options)
+        connector.validate(where)
+        return connector
+
+    def validate(self, where: Location | None) -> None:
+        pass
+
+    def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+SOURCE_CONNECTORS: dict[str, type[SourceConnector]] = {}
+SINK_CONNECTORS: dict[str, type[SinkConnector]] = {}
+
+
+def register_source(cls: type[SourceConnector]) -> type[SourceConnector]:
+    SOURCE_CONNECTORS[cls.name] = cls
+    return cls
+
+
+def register_sink(cls: type[SinkConnector]) -> type[SinkConnector]:
+    SINK_CONNECTORS[cls.name] = cls
+    return cls
+
+
+def _lookup(registry: dict, kind: str, name: Any, where: Location | None):
+    if name is None:
+        raise ConnectorError(
+            f"a {kind} needs a connector",
+            location=where,
+            hint=f"add WITH (connector = '...'); available: {', '.join(sorted(registry))}",
+        )
+    cls = registry.get(str(name).lower())
+    if cls is None:
+        hint = did_you_mean(str(name), registry)
+        raise ConnectorError(
+            f"unknown {kind} connector '{name}'",
+            location=where,
+            hint=f"{hint + ' ' if hint else ''}available: {', '.join(sorted(registry))}",
+        )
+    return cls
+
+
+def source_connector(name: Any, where: Location | None = None) -> type[SourceConnector]:
+    from sqlstream import connectors  # noqa: F401  (registers the built-in connectors)
+
+    return _lookup(SOURCE_CONNECTORS, "source", name, where)
+
+
+def sink_connector(name: Any, where: Location | None = None) -> type[SinkConnector]:
+    from sqlstream import connectors  # noqa: F401
+
+    return _lookup(SINK_CONNECTORS, "sink", name, where)

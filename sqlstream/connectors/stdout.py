@@ -1,0 +1,76 @@
+"""``connector = 'stdout'``: rows to standard output as JSON lines or a text table.
+
+The CLI may hand in a richer renderer (live tables on a terminal) through
+``RunContext.extra['stdout_renderer']``: a callable ``(sink_name, schema, format)
+-> SinkWriter``. Without one, rows are printed plainly.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import pyarrow as pa
+
+from sqlstream.connectors.base import RunContext, SinkConnector, SinkWriter, register_sink
+from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.connectors.options import OptionSpec
+
+__all__ = ["StdoutSink", "PlainTableWriter", "JsonLinesWriter"]
+
+
+class JsonLinesWriter(SinkWriter):
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self.stream.write(encode_json_lines(batch).decode("utf-8"))
+            self.stream.flush()
+
+
+class PlainTableWriter(SinkWriter):
+    """Aligned text columns; the header is printed once, widths grow as needed."""
+
+    def __init__(self, schema: pa.Schema, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+        self.names = schema.names
+        self.widths = [max(4, len(n)) for n in self.names]
+        self._header = False
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if not batch.num_rows:
+            return
+        columns = [[_cell(v) for v in batch.column(i).to_pylist()] for i in range(batch.num_columns)]
+        for i, cells in enumerate(columns):
+            self.widths[i] = max(self.widths[i], *(len(c) for c in cells))
+        out = []
+        if not self._header:
+            out.append(" | ".join(n.ljust(w) for n, w in zip(self.names, self.widths)))
+            out.append("-+-".join("-" * w for w in self.widths))
+            self._header = True
+        for row in zip(*columns):
+            out.append(" | ".join(c.ljust(w) for c, w in zip(row, self.widths)))
+        self.stream.write("\n".join(out) + "\n")
+        self.stream.flush()
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+@register_sink
+class StdoutSink(SinkConnector):
+    name = "stdout"
+    options = (OptionSpec("format", "choice", default=None, choices=("table", "json"), doc="table | json"),)
+
+    def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
+        fmt = self.config["format"] or ("table" if sys.stdout.isatty() else "json")
+        renderer = ctx.extra.get("stdout_renderer")
+        if renderer is not None:
+            return renderer(self.sink_name, schema, fmt)
+        return PlainTableWriter(schema) if fmt == "table" else JsonLinesWriter()

@@ -1,0 +1,137 @@
+"""Push-based streaming operators.
+
+Data moves downstream as Arrow record batches, event time as watermarks (µs since
+the epoch, ``int``), and the end of a bounded input as ``on_end``. An operator with
+several inputs (``ports``) sees the minimum watermark of the inputs that are neither
+idle nor ended. Hidden columns (prefix ``__``) travel with the rows:
+
+* ``__wm``: the watermark *before* this row arrived at its source (int64 µs), which
+  makes lateness a per-row property independent of batch sizes;
+* ``__op``: the change kind of an updating result ('+I', '-U', '+U', '-D').
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pyarrow as pa
+
+__all__ = ["Operator", "MIN_WATERMARK", "MAX_WATERMARK", "WM_COLUMN", "OP_COLUMN"]
+
+MIN_WATERMARK = -(2**62)
+MAX_WATERMARK = 2**62
+WM_COLUMN = "__wm"
+OP_COLUMN = "__op"
+
+
+class Operator:
+    """Base class. Subclasses override ``on_batch`` and, if stateful, ``on_watermark``."""
+
+    name = "operator"
+
+    def __init__(self, ports: int = 1):
+        self.outputs: list[tuple["Operator", int]] = []
+        self.ports = ports
+        self.port_watermarks = [MIN_WATERMARK] * ports
+        self.port_ended = [False] * ports
+        self.port_idle = [False] * ports
+        self.watermark = MIN_WATERMARK
+        self.ended = False
+        self.dead_letter: Callable | None = None  # set by the runtime: (DeadLetter list) -> None
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def connect(self, downstream: "Operator", port: int = 0) -> "Operator":
+        self.outputs.append((downstream, port))
+        return downstream
+
+    def walk(self):
+        """This operator and everything downstream of it, each once."""
+        seen: set[int] = set()
+        stack: list[Operator] = [self]
+        while stack:
+            op = stack.pop()
+            if id(op) in seen:
+                continue
+            seen.add(id(op))
+            yield op
+            stack.extend(o for o, _ in op.outputs)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def push(self, batch: pa.RecordBatch, port: int = 0) -> None:
+        if batch.num_rows:
+            self.on_batch(batch, port)
+
+    def advance(self, watermark: int, port: int = 0) -> None:
+        if watermark <= self.port_watermarks[port]:
+            return
+        self.port_watermarks[port] = watermark
+        combined = self.combined_watermark()
+        if combined > self.watermark:
+            self.watermark = combined
+            self.on_watermark(combined)
+
+    def set_idle(self, idle: bool, port: int = 0) -> None:
+        """An input went quiet (``idle_timeout``) or woke up: it stops / resumes holding
+        the watermark back. An operator whose live inputs are all idle is idle itself."""
+        if self.port_idle[port] == idle:
+            return
+        self.port_idle[port] = idle
+        combined = self.combined_watermark()
+        if combined > self.watermark:
+            self.watermark = combined
+            self.on_watermark(combined)
+        all_idle = all(i or e for i, e in zip(self.port_idle, self.port_ended))
+        for op, out_port in self.outputs:
+            op.set_idle(all_idle, out_port)
+
+    def end(self, port: int = 0) -> None:
+        if self.port_ended[port]:
+            return
+        self.port_ended[port] = True
+        self.advance(MAX_WATERMARK, port)
+        if all(self.port_ended):
+            self.ended = True
+            self.on_end()
+
+    def tick(self, now_us: int) -> None:
+        """Processing time passed (EMIT EVERY, roll intervals). Default: forward."""
+        for op, _ in self.outputs:
+            op.tick(now_us)
+
+    def combined_watermark(self) -> int:
+        live = [wm for wm, ended, idle in zip(self.port_watermarks, self.port_ended, self.port_idle) if not idle]
+        if not live:  # every input idle: the most advanced one leads
+            return max(self.port_watermarks)
+        return min(live)
+
+    # -- to override -------------------------------------------------------------------------
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        self.emit(batch)
+
+    def on_watermark(self, watermark: int) -> None:
+        self.emit_watermark(watermark)
+
+    def on_end(self) -> None:
+        self.emit_end()
+
+    def state_rows(self) -> int:
+        """Rows of state held (for metrics, EXPLAIN and memory tests)."""
+        return 0
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def emit(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            for op, port in self.outputs:
+                op.push(batch, port)
+
+    def emit_watermark(self, watermark: int) -> None:
+        for op, port in self.outputs:
+            op.advance(watermark, port)
+
+    def emit_end(self) -> None:
+        for op, port in self.outputs:
+            op.end(port)

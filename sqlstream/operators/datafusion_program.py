@@ -1,0 +1,155 @@
+"""The DataFusion boundary: a SQL text planned once, run on every micro-batch.
+
+A :class:`DataFusionProgram` registers each batch as the table ``__input`` and runs
+``SELECT ... FROM __input WHERE ...`` on a single-partition DataFusion context
+(measured: ~0.75 ms per call at 8k rows, ~7 ms at 1M rows). Its output schema is
+known at plan time by planning the same SQL over an empty batch; errors DataFusion
+raises are converted here, keeping the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pyarrow as pa
+from datafusion import SessionConfig, SessionContext
+from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
+
+from sqlstream.batches import to_batch
+from sqlstream.errors import ExecutionError, SqlAnalysisError
+
+__all__ = ["DataFusionProgram", "to_datafusion_sql", "normalize_type", "DataFusionError", "INPUT_TABLE"]
+
+INPUT_TABLE = "__input"
+
+
+class DataFusionError(ExecutionError):
+    """DataFusion failed on a batch (e.g. a CAST of a value that does not fit)."""
+
+
+class _DataFusion(Postgres):
+    class Generator(Postgres.Generator):
+        TRANSFORMS = {
+            **Postgres.Generator.TRANSFORMS,
+            exp.TryCast: lambda self, e: f"TRY_CAST({self.sql(e, 'this')} AS {self.sql(e, 'to')})",
+            exp.ToChar: lambda self, e: self.func("TO_CHAR", e.this, e.args.get("format")),
+        }
+
+        def dot_sql(self, expression: exp.Dot) -> str:
+            # DataFusion rejects `f(x).field`; `f(x)['field']` is its struct access
+            if isinstance(expression.this, (exp.Column, exp.Dot, exp.Identifier)):
+                return super().dot_sql(expression)
+            return f"{self.sql(expression, 'this')}['{expression.expression.name}']"
+
+
+def to_datafusion_sql(node: exp.Expr) -> str:
+    return node.sql(dialect=_DataFusion)
+
+
+_VIEW_TYPES = {
+    pa.string_view(): pa.string(),
+    pa.binary_view(): pa.binary(),
+}
+
+
+def normalize_type(t: pa.DataType) -> pa.DataType:
+    """Arrow types we hand downstream: no view types (not every kernel takes them)."""
+    if t in _VIEW_TYPES:
+        return _VIEW_TYPES[t]
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_list_view(t) or pa.types.is_large_list(t):
+        return pa.list_(normalize_type(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(normalize_type(f.type)) for f in t])
+    return t
+
+
+def _normalize_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(normalize_type(f.type)) for f in schema])
+
+
+def _config() -> SessionConfig:
+    return (
+        SessionConfig()
+        .with_target_partitions(1)
+        .with_repartition_joins(False)
+        .with_repartition_aggregations(False)
+        .with_repartition_windows(False)
+        .with_batch_size(1 << 20)
+    )
+
+
+_INVALID_FUNCTION = re.compile(r"Invalid function '([^']+)'")
+
+
+class DataFusionProgram:
+    """``sql`` over the table ``__input`` with ``input_schema``; reused for every batch."""
+
+    def __init__(self, sql: str, input_schema: pa.Schema):
+        self.sql = sql
+        self.input_schema = input_schema
+        self._local = threading.local()
+        empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in input_schema], schema=input_schema)
+        ctx = self._ctx()
+        ctx.register_record_batches(INPUT_TABLE, [[empty]])
+        try:
+            raw_schema = ctx.sql(sql).schema()
+        finally:
+            ctx.deregister_table(INPUT_TABLE)
+        self.raw_schema = raw_schema
+        self.schema = _normalize_schema(raw_schema)
+        self._needs_cast = self.schema != raw_schema
+
+    def _ctx(self) -> SessionContext:
+        ctx = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = SessionContext(_config())
+            self._local.ctx = ctx
+        return ctx
+
+    def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        ctx = self._ctx()
+        ctx.register_record_batches(INPUT_TABLE, [[batch]])
+        try:
+            result = ctx.sql(self.sql).collect()
+        except Exception as error:  # DataFusion raises plain Exception
+            raise DataFusionError(_clean(str(error))) from error
+        finally:
+            ctx.deregister_table(INPUT_TABLE)
+        if not result:
+            out = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in self.raw_schema], schema=self.raw_schema)
+        elif len(result) == 1:
+            out = result[0]
+        else:
+            out = to_batch(pa.Table.from_batches(result))
+        if self._needs_cast:
+            out = out.cast(self.schema)
+        return out
+
+
+def _clean(message: str) -> str:
+    message = message.strip()
+    for prefix in ("DataFusion error: ", "Arrow error: ", "Error during planning: ", "Execution error: "):
+        while message.startswith(prefix):
+            message = message[len(prefix) :]
+    return message.splitlines()[0] if message else "DataFusion error"
+
+
+def plan_error(error: Exception, sql_node: exp.Expr | None = None) -> SqlAnalysisError:
+    """A planning failure of DataFusion as a SqlAnalysisError with a hint where possible."""
+    text = str(error)
+    match = _INVALID_FUNCTION.search(text)
+    if match:
+        name = match.group(1)
+        suggestion = re.search(r"Did you mean '([^']+)'", text)
+        hint = f"did you mean '{suggestion.group(1)}'?" if suggestion else None
+        err = SqlAnalysisError(
+            f"unknown function '{name}'",
+            hint=hint or "register Python functions with @udf in udfs/*.py, models with CREATE FUNCTION ... AS MODEL",
+        )
+        err.function_name = name  # type: ignore[attr-defined]
+        return err
+    return SqlAnalysisError(_clean(text))

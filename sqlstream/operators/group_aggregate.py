@@ -1,0 +1,118 @@
+"""Unwindowed GROUP BY: an updating result.
+
+State is one partial row per group (plus DISTINCT/HLL sets). Each batch (or each
+``EMIT EVERY`` interval) merges the new partials into the touched groups and emits
+the changes: ``-U`` old / ``+U`` new for groups that changed, ``+I`` for new groups.
+Unchanged groups emit nothing.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sqlstream.operators.aggregates import AggCall, Aggregator, Partial
+from sqlstream.operators.base import OP_COLUMN, Operator
+from sqlstream.operators.keys import encode_keys
+
+__all__ = ["GroupAggregateOperator"]
+
+
+class GroupAggregateOperator(Operator):
+    name = "group_aggregate"
+
+    def __init__(self, keys: list[str], calls: list[AggCall], schema: pa.Schema, emit_every_us: int | None):
+        super().__init__()
+        self.keys = list(keys)
+        self.calls = list(calls)
+        self.schema = schema
+        self.agg = Aggregator(self.keys, self.calls)
+        self.emit_every_us = emit_every_us
+        self.state: Partial | None = None
+        self.pending: list[Partial] = []
+        self._last_fire_us: int | None = None
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        args = [c.arg for c in self.calls if c.arg is not None]
+        table = pa.Table.from_batches([batch]).select(list(dict.fromkeys(self.keys + args)))
+        part = self.agg.partial(table)
+        if self.emit_every_us is None:
+            self._apply([part])
+        else:
+            self.pending.append(part)
+
+    def tick(self, now_us: int) -> None:
+        if self.emit_every_us is not None:
+            if self._last_fire_us is None:
+                self._last_fire_us = now_us
+            elif now_us - self._last_fire_us >= self.emit_every_us:
+                self._last_fire_us = now_us
+                self._flush()
+        super().tick(now_us)
+
+    def on_end(self) -> None:
+        self._flush()
+        self.emit_end()
+
+    def _flush(self) -> None:
+        if self.pending:
+            parts, self.pending = self.pending, []
+            self._apply(parts)
+
+    def _select(self, part: Partial, key_set: pa.Array, keep: bool) -> Partial:
+        def mask(table: pa.Table):
+            inside = pc.is_in(encode_keys(table, self.keys), value_set=key_set, skip_nulls=False)
+            return inside if keep else pc.invert(inside)
+
+        return Partial(part.main.filter(mask(part.main)), tuple(s.filter(mask(s)) for s in part.sets))
+
+    def _apply(self, parts: list[Partial]) -> None:
+        new = self.agg.merge(parts)
+        if new.num_rows == 0:
+            return
+        if self.state is None or self.state.num_rows == 0:
+            self.state = new
+            self._emit(self.agg.finalize(new), "+I")
+            return
+        touched = encode_keys(new.main, self.keys)
+        old = self._select(self.state, touched, keep=True)
+        merged = self.agg.merge([old, new], regroup=True)
+        untouched = self._select(self.state, touched, keep=False)
+        self.state = Partial(
+            pa.concat_tables([untouched.main, merged.main]),
+            tuple(pa.concat_tables([u, m]) for u, m in zip(untouched.sets, merged.sets)),
+        )
+        new_final = self.agg.finalize(merged)
+        if old.num_rows == 0:
+            self._emit(new_final, "+I")
+            return
+        old_final = self.agg.finalize(old)
+        old_keys = encode_keys(old_final, self.keys)
+        new_keys = encode_keys(new_final, self.keys)
+        existed = pc.is_in(new_keys, value_set=old_keys, skip_nulls=False)
+        self._emit(new_final.filter(pc.invert(existed)), "+I")
+        updated = new_final.filter(existed)
+        # pair old and new rows of the same group, and skip groups whose values did not change
+        index = pc.index_in(encode_keys(updated, self.keys), value_set=old_keys, skip_nulls=False)
+        before = old_final.take(index)
+        values = [c.output for c in self.calls]
+        if values:
+            changed = pc.invert(pc.fill_null(pc.equal(encode_keys(before, values), encode_keys(updated, values)), False))
+            before, updated = before.filter(changed), updated.filter(changed)
+        self._emit(before, "-U")
+        self._emit(updated, "+U")
+
+    def _emit(self, table: pa.Table, op: str) -> None:
+        if table.num_rows == 0:
+            return
+        columns = []
+        for field in self.schema:
+            if field.name == OP_COLUMN:
+                columns.append(pa.array([op] * table.num_rows))
+            else:
+                column = table.column(field.name).combine_chunks()
+                columns.append(column.cast(field.type) if column.type != field.type else column)
+        self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+
+    def state_rows(self) -> int:
+        return self.state.state_rows() if self.state is not None else 0

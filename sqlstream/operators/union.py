@@ -1,0 +1,67 @@
+"""UNION ALL of streams and LIMIT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from sqlstream.operators.base import WM_COLUMN, Operator
+
+__all__ = ["UnionOperator", "LimitOperator"]
+
+
+class UnionOperator(Operator):
+    """Rows of every input, in the union's schema. A row's ``__wm`` becomes the minimum
+    of its own and the other inputs' current watermarks (the union's watermark)."""
+
+    name = "union"
+
+    def __init__(self, ports: int, schema: pa.Schema):
+        super().__init__(ports)
+        self.schema = schema
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        columns = []
+        for i, field in enumerate(self.schema):
+            if field.name == WM_COLUMN:
+                own = batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
+                others = [
+                    wm for p, (wm, ended, idle) in enumerate(zip(self.port_watermarks, self.port_ended, self.port_idle))
+                    if p != port and not ended and not idle
+                ]
+                columns.append(pa.array(np.minimum(own, min(others)) if others else own))
+            else:
+                column = batch.column(i)
+                columns.append(column.cast(field.type) if column.type != field.type else column)
+        self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+
+
+class LimitOperator(Operator):
+    """Passes the first ``count`` rows, then ends its output."""
+
+    name = "limit"
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.remaining = count
+        self.satisfied = count <= 0
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        if self.satisfied:
+            return
+        if batch.num_rows >= self.remaining:
+            batch = batch.slice(0, self.remaining)
+        self.remaining -= batch.num_rows
+        self.emit(batch)
+        if self.remaining <= 0:
+            self.satisfied = True
+            self.emit_end()
+
+    def on_watermark(self, watermark: int) -> None:
+        if not self.satisfied:
+            self.emit_watermark(watermark)
+
+    def on_end(self) -> None:
+        if not self.satisfied:
+            self.satisfied = True
+            self.emit_end()

@@ -1,0 +1,575 @@
+"""Windowed aggregation: TUMBLE, HOP, CUMULATE, SESSION and final upstream windows.
+
+State is partial aggregates only (see :mod:`sqlstream.operators.aggregates`), kept
+as a short list of *fragments* (one per batch, compacted now and then):
+
+* One window per row (TUMBLE, and windows propagated from an upstream window
+  operator): fragments are keyed by ``(__ws, __we, keys)``. When the watermark
+  passes window ends, the closing rows of each fragment are finalized directly; only
+  windows present in more than one fragment (a batch boundary cut through them) are
+  merged first. That keeps the merge cost proportional to the windows that straddle
+  batches, not to the whole input.
+* HOP and CUMULATE aggregate per *pane* (``gcd(slide, size)`` resp. ``step``) and
+  combine panes into windows at emission, so input rows are never multiplied by
+  ``size / slide``. Rows that arrive when some of their windows were already emitted
+  are aggregated per remaining window instead, so results do not depend on batching.
+* SESSION merges per-batch sessions into open sessions per key with a vectorized
+  interval union, and closes a session when the watermark passes its end.
+
+Emitted rows carry ``__wm`` = the watermark before the emission, so a downstream
+window operator (window columns propagate) never sees them as late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sqlstream.operators.aggregates import AggCall, Aggregator, Partial
+from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, WM_COLUMN, Operator
+from sqlstream.operators.keys import encode_keys
+from sqlstream.operators.windows import column_int64, first_window_end, pane_size, tumble_start, window_assignments
+
+__all__ = ["make_window_operator", "WindowAggregateOperator", "PaneWindowOperator", "SessionWindowOperator"]
+
+_MAX_FRAGMENTS = 24
+WS, WE = "__ws", "__we"
+
+
+def make_window_operator(spec, keys: list[str], calls: list[AggCall], schema: pa.Schema, emit_every_us: int | None):
+    if spec.kind in ("tumble", "final"):
+        return WindowAggregateOperator(spec, keys, calls, schema, emit_every_us)
+    if spec.kind in ("hop", "cumulate"):
+        return PaneWindowOperator(spec, keys, calls, schema, emit_every_us)
+    if spec.kind == "session":
+        return SessionWindowOperator(spec, keys, calls, schema, emit_every_us)
+    raise AssertionError(spec.kind)
+
+
+def concat_partials(parts: list[Partial]) -> Partial:
+    """Partials over disjoint groups side by side (no merge needed)."""
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        raise ValueError("no partials")
+    if len(parts) == 1:
+        return parts[0]
+    return Partial(
+        pa.concat_tables([p.main for p in parts]),
+        tuple(pa.concat_tables([p.sets[i] for p in parts]) for i in range(len(parts[0].sets))),
+    )
+
+
+@dataclass
+class _Fragment:
+    part: Partial
+    min_start: int
+    max_start: int
+    min_end: int
+    max_end: int
+
+    @classmethod
+    def of(cls, part: Partial) -> "_Fragment":
+        starts = pc.min_max(part.main.column(WS))
+        ends = pc.min_max(part.main.column(WE))
+        return cls(part, starts["min"].as_py(), starts["max"].as_py(), ends["min"].as_py(), ends["max"].as_py())
+
+
+class _WindowOutput(Operator):
+    """Shared plumbing: input columns, output rows, early firing (EMIT EVERY)."""
+
+    def __init__(self, spec, keys: list[str], calls: list[AggCall], schema: pa.Schema, emit_every_us: int | None):
+        super().__init__()
+        self.spec = spec
+        self.keys = list(keys)
+        self.calls = list(calls)
+        self.schema = schema
+        self.emit_every_us = emit_every_us
+        self.window_agg = Aggregator([WS, WE] + self.keys, self.calls)
+        self.emitted_wm = MIN_WATERMARK
+        self._last_fire_us: int | None = None
+        self._early: pa.Table | None = None  # last early result per open window × key
+
+    def input_table(self, batch: pa.RecordBatch, columns: list[str]) -> pa.Table:
+        args = [c.arg for c in self.calls if c.arg is not None]
+        names = list(dict.fromkeys(self.keys + args + columns))
+        return pa.Table.from_batches([batch]).select(names)
+
+    def output(self, result: pa.Table, ops: pa.Array | None = None) -> pa.RecordBatch:
+        """Rows of ``result`` in the output schema; ``__wm`` is the watermark before
+        this emission (``emitted_wm`` is only advanced after emitting)."""
+        n = result.num_rows
+        columns = []
+        for field in self.schema:
+            name = field.name
+            if name == "window_start":
+                columns.append(pc.cast(result.column(WS), pa.int64()).combine_chunks().view(pa.timestamp("us")))
+            elif name == "window_end":
+                columns.append(pc.cast(result.column(WE), pa.int64()).combine_chunks().view(pa.timestamp("us")))
+            elif name == WM_COLUMN:
+                columns.append(pa.array(np.full(n, self.emitted_wm, dtype=np.int64)))
+            elif name == OP_COLUMN:
+                columns.append(ops if ops is not None else pa.array(["+I"] * n))
+            else:
+                column = result.column(name)
+                columns.append(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
+        columns = [c.cast(f.type) if c.type != f.type else c for c, f in zip(columns, self.schema)]
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def emit_final(self, result: pa.Table) -> None:
+        """Emit closed windows (as +I, or as changes after early results)."""
+        if result.num_rows == 0:
+            return
+        if self.emit_every_us is None:
+            self.emit(self.output(result))
+            return
+        self._emit_changes(result, closing=True)
+
+    # -- EMIT EVERY: early, updating results ----------------------------------------------
+
+    def current_open(self) -> pa.Table | None:
+        """Finalized current values of open windows (for early firing)."""
+        raise NotImplementedError
+
+    def tick(self, now_us: int) -> None:
+        if self.emit_every_us is not None:
+            if self._last_fire_us is None:
+                self._last_fire_us = now_us
+            elif now_us - self._last_fire_us >= self.emit_every_us:
+                self._last_fire_us = now_us
+                current = self.current_open()
+                if current is not None and current.num_rows:
+                    self._emit_changes(current, closing=False)
+        super().tick(now_us)
+
+    def _emit_changes(self, current: pa.Table, closing: bool) -> None:
+        group = [WS, WE] + self.keys
+        values = [c.output for c in self.calls]
+        previous = self._early
+        if previous is None or previous.num_rows == 0:
+            inserts, old, new = current, None, None
+        else:
+            current_keys = encode_keys(current, group)
+            previous_keys = encode_keys(previous, group)
+            index = pc.index_in(current_keys, value_set=previous_keys, skip_nulls=False)
+            seen = pc.is_valid(index)
+            inserts = current.filter(pc.invert(seen))
+            matched_new = current.filter(seen)
+            matched_old = previous.take(pc.drop_null(index))
+            same = pc.equal(encode_keys(matched_new, values), encode_keys(matched_old, values)) if values else None
+            if same is not None:
+                changed = pc.invert(pc.fill_null(same, False))
+                old, new = matched_old.filter(changed), matched_new.filter(changed)
+            else:
+                old = new = None
+            if closing:  # closed windows leave the early table
+                self._early = previous.filter(pc.invert(pc.is_in(previous_keys, value_set=current_keys, skip_nulls=False)))
+        batches = []
+        if old is not None and old.num_rows:
+            batches.append(self.output(old, pa.array(["-U"] * old.num_rows)))
+            batches.append(self.output(new, pa.array(["+U"] * new.num_rows)))
+        if inserts.num_rows:
+            batches.append(self.output(inserts, pa.array(["+I"] * inserts.num_rows)))
+        for batch in batches:
+            self.emit(batch)
+        if not closing:
+            self._early = current
+
+
+class WindowAggregateOperator(_WindowOutput):
+    """TUMBLE windows, or final windows from upstream (one window per row)."""
+
+    name = "window_aggregate"
+
+    def __init__(self, spec, keys, calls, schema, emit_every_us):
+        super().__init__(spec, keys, calls, schema, emit_every_us)
+        self.fragments: list[_Fragment] = []
+
+    def _windows(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        if self.spec.kind == "tumble":
+            start = tumble_start(column_int64(batch, "__t"), self.spec.size_us)
+            return start, start + self.spec.size_us
+        return column_int64(batch, WS), column_int64(batch, WE)
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        start, end = self._windows(batch)
+        table = self.input_table(batch, [])
+        table = table.append_column(WS, pa.array(start)).append_column(WE, pa.array(end))
+        self.fragments.append(_Fragment.of(self.window_agg.partial(table)))
+        if len(self.fragments) > _MAX_FRAGMENTS:
+            self.fragments = [_Fragment.of(self.window_agg.merge([f.part for f in self.fragments]))]
+
+    def on_watermark(self, watermark: int) -> None:
+        self._close(watermark)
+        self.emit_watermark(watermark)
+
+    def _close(self, watermark: int) -> None:
+        closing: list[_Fragment] = []
+        keep: list[_Fragment] = []
+        for fragment in self.fragments:
+            if fragment.min_end > watermark:
+                keep.append(fragment)
+            elif fragment.max_end <= watermark:
+                closing.append(fragment)
+            else:
+                closed = fragment.part.filter_by(WE, lambda c: pc.less_equal(c, watermark))
+                rest = fragment.part.filter_by(WE, lambda c: pc.greater(c, watermark))
+                closing.append(_Fragment.of(closed))
+                keep.append(_Fragment.of(rest))  # both non-empty: min_end <= wm < max_end
+        self.fragments = keep
+        if closing:
+            self.emit_final(self._finalize(closing))
+        self.emitted_wm = watermark
+
+    def _finalize(self, closing: list[_Fragment]) -> pa.Table:
+        agg = self.window_agg
+        if len(closing) == 1:
+            return agg.finalize(closing[0].part)
+        direct: list[Partial] = []
+        shared: list[Partial] = []
+        for i, fragment in enumerate(closing):
+            starts = fragment.part.main.column(WS)
+            mask = None
+            for j, other in enumerate(closing):
+                if i == j or other.max_start < fragment.min_start or other.min_start > fragment.max_start:
+                    continue
+                inside = pc.and_(pc.greater_equal(starts, other.min_start), pc.less_equal(starts, other.max_start))
+                mask = inside if mask is None else pc.or_(mask, inside)
+            if mask is None:
+                direct.append(fragment.part)
+                continue
+            lo, hi = self._range_union(closing, i)
+            in_range = lambda c, lo=lo, hi=hi: self._in_ranges(c, lo, hi)  # noqa: E731
+            out_range = lambda c, lo=lo, hi=hi: pc.invert(self._in_ranges(c, lo, hi))  # noqa: E731
+            shared.append(fragment.part.filter_by(WS, in_range))
+            direct.append(fragment.part.filter_by(WS, out_range))
+        results = []
+        direct = [p for p in direct if p.num_rows]
+        if direct:
+            results.append(agg.finalize(concat_partials(direct)))
+        shared = [p for p in shared if p.num_rows]
+        if shared:
+            results.append(agg.finalize(agg.merge(shared)))
+        return pa.concat_tables(results) if len(results) > 1 else results[0]
+
+    @staticmethod
+    def _range_union(closing: list[_Fragment], i: int) -> tuple[list[int], list[int]]:
+        lo, hi = [], []
+        for j, other in enumerate(closing):
+            if j != i:
+                lo.append(other.min_start)
+                hi.append(other.max_start)
+        return lo, hi
+
+    @staticmethod
+    def _in_ranges(column, lo: list[int], hi: list[int]):
+        mask = None
+        for a, b in zip(lo, hi):
+            inside = pc.and_(pc.greater_equal(column, a), pc.less_equal(column, b))
+            mask = inside if mask is None else pc.or_(mask, inside)
+        return mask
+
+    def current_open(self) -> pa.Table | None:
+        if not self.fragments:
+            return None
+        return self.window_agg.finalize(self.window_agg.merge([f.part for f in self.fragments]))
+
+    def state_rows(self) -> int:
+        return sum(f.part.state_rows() for f in self.fragments)
+
+    def open_windows(self) -> int:
+        starts = [f.part.main.column(WS) for f in self.fragments if f.part.num_rows]
+        if not starts:
+            return 0
+        return len(pc.unique(pa.chunked_array([c for s in starts for c in s.chunks])))
+
+
+class PaneWindowOperator(_WindowOutput):
+    """HOP and CUMULATE: partial aggregates per pane, combined into windows on emit."""
+
+    name = "pane_window_aggregate"
+
+    def __init__(self, spec, keys, calls, schema, emit_every_us):
+        super().__init__(spec, keys, calls, schema, emit_every_us)
+        self.pane = pane_size(spec)
+        self.pane_agg = Aggregator([WS] + self.keys, self.calls)
+        self.panes: list[Partial] = []  # keyed by pane start (__ws)
+        self.direct: list[Partial] = []  # keyed by window (__ws, __we): partially late rows
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        times = column_int64(batch, "__t")
+        table = self.input_table(batch, [])
+        wm = batch.column(WM_COLUMN).to_numpy(zero_copy_only=False) if WM_COLUMN in batch.schema.names else None
+        partial_late = (first_window_end(self.spec, times) <= wm) if wm is not None else np.zeros(len(times), bool)
+        if partial_late.any():
+            rows = np.flatnonzero(partial_late)
+            idx, start, end = window_assignments(self.spec, times[rows])
+            keep = end > wm[rows][idx]
+            picked = table.take(pa.array(rows[idx[keep]]))
+            picked = picked.append_column(WS, pa.array(start[keep])).append_column(WE, pa.array(end[keep]))
+            if picked.num_rows:
+                self.direct.append(self.window_agg.partial(picked))
+            table = table.filter(pa.array(~partial_late))
+            times = times[~partial_late]
+        if table.num_rows:
+            table = table.append_column(WS, pa.array(tumble_start(times, self.pane)))
+            self.panes.append(self.pane_agg.partial(table))
+        if len(self.panes) > _MAX_FRAGMENTS:
+            self.panes = [self.pane_agg.merge(self.panes)]
+        if len(self.direct) > _MAX_FRAGMENTS:
+            self.direct = [self.window_agg.merge(self.direct)]
+
+    def _pane_windows(self, pane_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pane row, window start, window end) for every window containing each pane."""
+        spec = self.spec
+        n = pane_starts.size
+        rows = np.arange(n, dtype=np.int64)
+        if spec.kind == "hop":
+            copies = -(-spec.size_us // spec.slide_us)
+            last = tumble_start(pane_starts, spec.slide_us)
+            r = np.repeat(rows, copies)
+            start = np.repeat(last, copies) - np.tile(np.arange(copies, dtype=np.int64), n) * spec.slide_us
+            keep = start + spec.size_us > np.repeat(pane_starts, copies)
+            return r[keep], start[keep], start[keep] + spec.size_us
+        steps = spec.size_us // spec.step_us
+        base = tumble_start(pane_starts, spec.size_us)
+        r = np.repeat(rows, steps)
+        end = np.repeat(base, steps) + np.tile(np.arange(1, steps + 1, dtype=np.int64), n) * spec.step_us
+        keep = end > np.repeat(pane_starts, steps)
+        return r[keep], np.repeat(base, steps)[keep], end[keep]
+
+    def _pane_alive(self, pane_starts, watermark: int) -> pa.Array:
+        """True for panes that still belong to a window ending after ``watermark``."""
+        starts = _int64(pane_starts)
+        unit = self.spec.slide_us if self.spec.kind == "hop" else self.spec.size_us
+        return pa.array(tumble_start(starts, unit) + self.spec.size_us > watermark)
+
+    def _windows_between(self, low: int, high: int | None) -> pa.Table | None:
+        """Partials per (window, key) for windows with end in (low, high] (high None: all)."""
+        pieces: list[Partial] = []
+        if self.panes:
+            merged = self.pane_agg.merge(self.panes)
+            self.panes = [merged] if merged.num_rows else []
+            if merged.num_rows:
+                starts = column_int64(merged.main, WS)
+                r, ws, we = self._pane_windows(starts)
+                keep = (we > low) & (we <= high) if high is not None else (we > low)
+                r, ws, we = r[keep], ws[keep], we[keep]
+                if r.size:
+                    pieces.append(self._replicate(merged, starts, r, ws, we))
+        for part in self.direct:
+            ends = lambda c: pc.and_(pc.greater(c, low), pc.less_equal(c, high)) if high is not None else pc.greater(c, low)  # noqa: E731
+            pieces.append(part.filter_by(WE, ends))
+        pieces = [p for p in pieces if p.num_rows]
+        if not pieces:
+            return None
+        return self.window_agg.finalize(self.window_agg.merge(pieces))
+
+    def _replicate(self, merged: Partial, starts: np.ndarray, rows: np.ndarray, ws: np.ndarray, we: np.ndarray) -> Partial:
+        main = merged.main.take(pa.array(rows)).set_column(0, WS, pa.array(ws)).append_column(WE, pa.array(we))
+        main = main.select(self.window_agg.keys + [n for n in main.column_names if n not in self.window_agg.keys])
+        sets = []
+        for table in merged.sets:
+            # replicate set rows to each window of their pane: join pane start → windows
+            pane_of_row = column_int64(table, WS)
+            order = np.argsort(starts, kind="stable")
+            position = np.searchsorted(starts[order], pane_of_row)
+            pane_row = order[np.minimum(position, len(order) - 1)]
+            # windows per pane row: group (rows, ws, we) by pane row
+            sort_rows = np.argsort(rows, kind="stable")
+            counts = np.bincount(rows, minlength=len(starts))
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            per = counts[pane_row]
+            set_rows = np.repeat(np.arange(table.num_rows), per)
+            window_index = sort_rows[np.repeat(offsets[pane_row], per) + _ranges(per)]
+            replicated = table.take(pa.array(set_rows)).set_column(0, WS, pa.array(ws[window_index]))
+            replicated = replicated.append_column(WE, pa.array(we[window_index]))
+            sets.append(replicated.select(self.window_agg.keys + [n for n in replicated.column_names if n not in self.window_agg.keys]))
+        return Partial(main, tuple(sets))
+
+    def on_watermark(self, watermark: int) -> None:
+        if watermark > self.emitted_wm:
+            result = self._windows_between(self.emitted_wm, watermark)
+            if result is not None and result.num_rows:
+                self.emit_final(result)
+            self.emitted_wm = watermark
+            self._free(watermark)
+        self.emit_watermark(watermark)
+
+    def _free(self, watermark: int) -> None:
+        if self.panes:
+            self.panes = [p.filter_by(WS, lambda c: self._pane_alive(c, watermark)) for p in self.panes]
+            self.panes = [p for p in self.panes if p.num_rows]
+        self.direct = [p.filter_by(WE, lambda c: pc.greater(c, watermark)) for p in self.direct]
+        self.direct = [p for p in self.direct if p.num_rows]
+
+    def current_open(self) -> pa.Table | None:
+        return self._windows_between(self.emitted_wm, None)
+
+    def state_rows(self) -> int:
+        return sum(p.state_rows() for p in self.panes) + sum(p.state_rows() for p in self.direct)
+
+
+def _int64(column) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return pc.cast(column, pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """[0..c0-1, 0..c1-1, ...] for counts c."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(total, dtype=np.int64) - offsets
+
+
+class SessionWindowOperator(_WindowOutput):
+    """SESSION windows per key: per-batch sessions merged into open sessions."""
+
+    name = "session_window_aggregate"
+
+    def __init__(self, spec, keys, calls, schema, emit_every_us):
+        super().__init__(spec, keys, calls, schema, emit_every_us)
+        self.gap = spec.gap_us
+        self.session_agg = Aggregator(["__sid"] + self.keys, self.calls)
+        self.open: Partial | None = None  # keyed by (__ws, __we, keys): open sessions
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        times = column_int64(batch, "__t")
+        wm = batch.column(WM_COLUMN).to_numpy(zero_copy_only=False) if WM_COLUMN in batch.schema.names else None
+        table = self.input_table(batch, [])
+        # rows behind the watermark may not join a session that closed before they
+        # arrived: process the batch in pieces, closing sessions at each such row
+        behind = np.flatnonzero(times < wm) if wm is not None else np.zeros(0, np.int64)
+        start = 0
+        for row in behind:
+            if row > start:
+                self._add(table.slice(start, row - start), times[start:row])
+            self._close(int(wm[row]))
+            start = int(row)
+        if start < table.num_rows:
+            self._add(table.slice(start), times[start:])
+
+    def _add(self, table: pa.Table, times: np.ndarray) -> None:
+        if table.num_rows == 0:
+            return
+        # sessions inside the batch: sort by key, time; new session when the key
+        # changes or the gap to the previous row is >= gap
+        key = encode_keys(table, self.keys) if self.keys else None
+        order_table = pa.Table.from_arrays(
+            ([key] if key is not None else []) + [pa.array(times)],
+            names=(["__key"] if key is not None else []) + ["__ts"],
+        )
+        order = pc.sort_indices(order_table, sort_keys=[(n, "ascending") for n in order_table.column_names]).to_numpy()
+        sorted_times = times[order]
+        boundary = np.ones(len(order), dtype=bool)
+        if len(order) > 1:
+            boundary[1:] = (sorted_times[1:] - sorted_times[:-1]) >= self.gap
+            if key is not None:
+                sorted_keys = key.take(pa.array(order))
+                boundary[1:] |= pc.not_equal(sorted_keys.slice(1), sorted_keys.slice(0, len(order) - 1)).to_numpy(zero_copy_only=False)
+        session_id = np.cumsum(boundary) - 1
+        rows = table.take(pa.array(order)).append_column("__sid", pa.array(session_id))
+        rows = rows.append_column("__ts", pa.array(sorted_times))
+        part = self.session_agg.partial(rows)
+        bounds = rows.group_by(["__sid"], use_threads=False).aggregate([("__ts", "min"), ("__ts", "max")])
+        bounds = bounds.sort_by("__sid")
+        starts = bounds.column("__ts_min").to_numpy()
+        ends = bounds.column("__ts_max").to_numpy() + self.gap
+        new = self._with_bounds(part, starts, ends)
+        self.open = new if self.open is None else self._merge_sessions(self.open, new)
+
+    def _with_bounds(self, part: Partial, starts: np.ndarray, ends: np.ndarray) -> Partial:
+        """Replace the session id key by (__ws, __we) bounds."""
+        def convert(table: pa.Table) -> pa.Table:
+            sid = table.column("__sid").to_numpy()
+            out = table.drop_columns(["__sid"])
+            out = out.add_column(0, WE, pa.array(ends[sid])).add_column(0, WS, pa.array(starts[sid]))
+            return out
+
+        return Partial(convert(part.main), tuple(convert(s) for s in part.sets))
+
+    def _merge_sessions(self, old: Partial, new: Partial) -> Partial:
+        both = concat_partials([old, new])
+        main = both.main
+        starts = column_int64(main, WS)
+        ends = column_int64(main, WE)
+        key = encode_keys(main, self.keys) if self.keys else None
+        order_table = pa.Table.from_arrays(
+            ([key] if key is not None else []) + [pa.array(starts)],
+            names=(["__key"] if key is not None else []) + ["__s"],
+        )
+        order = pc.sort_indices(order_table, sort_keys=[(n, "ascending") for n in order_table.column_names]).to_numpy()
+        s, e = starts[order], ends[order]
+        new_group = np.ones(len(order), dtype=bool)
+        if key is not None:
+            k = key.take(pa.array(order))
+            key_change = np.ones(len(order), dtype=bool)
+            key_change[1:] = pc.not_equal(k.slice(1), k.slice(0, len(order) - 1)).to_numpy(zero_copy_only=False)
+        else:
+            key_change = np.zeros(len(order), dtype=bool)
+            key_change[0] = True
+        # running maximum of ends within each key segment (a segmented cummax)
+        running = _segmented_cummax(e, key_change)
+        new_group[1:] = key_change[1:] | (s[1:] >= running[:-1])
+        group = np.cumsum(new_group) - 1
+        group_of_row = np.empty_like(group)
+        group_of_row[order] = group
+        group_start = np.minimum.reduceat(s, np.flatnonzero(new_group))
+        group_end = np.maximum.reduceat(e, np.flatnonzero(new_group))
+        # merge partials per merged session: key = group id (+ keys, constant within a group)
+        def regroup(table: pa.Table, row_group: np.ndarray) -> pa.Table:
+            return table.drop_columns([WS, WE]).add_column(0, "__sid", pa.array(row_group))
+
+        main_grouped = regroup(main, group_of_row)
+        sets = []
+        if both.sets:
+            # set rows map to their session through (ws, we, keys) of the main rows
+            main_key = encode_keys(main, [WS, WE] + self.keys)
+            for table in both.sets:
+                index = pc.index_in(encode_keys(table, [WS, WE] + self.keys), value_set=main_key, skip_nulls=False)
+                sets.append(regroup(table, group_of_row[index.to_numpy(zero_copy_only=False)]))
+        merged = self.session_agg.merge([Partial(main_grouped, tuple(sets))], regroup=True)
+        return self._with_bounds(merged, group_start, group_end)
+
+    def on_watermark(self, watermark: int) -> None:
+        self._close(watermark)
+        self.emit_watermark(watermark)
+
+    def _close(self, watermark: int) -> None:
+        if self.open is not None and self.open.num_rows:
+            closed = self.open.filter_by(WE, lambda c: pc.less_equal(c, watermark))
+            if closed.num_rows:
+                self.open = self.open.filter_by(WE, lambda c: pc.greater(c, watermark))
+                self.emit_final(self.window_agg.finalize(closed))
+        self.emitted_wm = max(self.emitted_wm, watermark)
+
+    def current_open(self) -> pa.Table | None:
+        if self.open is None or self.open.num_rows == 0:
+            return None
+        return self.window_agg.finalize(self.open)
+
+    def state_rows(self) -> int:
+        return self.open.state_rows() if self.open is not None else 0
+
+
+def _segmented_cummax(values: np.ndarray, segment_start: np.ndarray) -> np.ndarray:
+    """Running maximum of ``values`` restarting where ``segment_start`` is true."""
+    if values.size == 0:
+        return values
+    segment = np.cumsum(segment_start) - 1
+    low = int(values.min())
+    span = int(values.max()) - low + 1
+    if span * (int(segment[-1]) + 1) < 2**62:
+        shifted = (values - low) + segment.astype(np.int64) * span
+        return np.maximum.accumulate(shifted) - segment.astype(np.int64) * span + low
+    out = np.empty_like(values)
+    starts = np.flatnonzero(segment_start)
+    bounds = list(starts) + [values.size]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        out[a:b] = np.maximum.accumulate(values[a:b])
+    return out

@@ -1,0 +1,186 @@
+"""Window assignment (pure, vectorized functions) and the window operators that need
+no aggregation state: the late-row filter and the window TVF expansion.
+
+Conventions (all times int64 µs since the epoch; windows are half-open ``[start, end)``
+and aligned to the epoch):
+
+* TUMBLE(size): ``start = floor(ts / size) * size``.
+* HOP(slide, size): every ``start`` that is a multiple of ``slide`` with
+  ``start <= ts < start + size``.
+* CUMULATE(step, max): ``start = floor(ts / max) * max``, ends ``start + k*step`` for
+  ``k = 1..max/step`` with ``end > ts``.
+* SESSION(gap): rows of a key belong to one session while each is less than ``gap``
+  after the previous one; the session is ``[first ts, last ts + gap)``.
+
+A window is emitted when the watermark reaches its end; a row is late for a window
+when the window's end is at or below the row's ``__wm``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sqlstream.batches import drop_hidden, event_time_us
+from sqlstream.connectors.base import DeadLetter
+from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.operators.base import WM_COLUMN, Operator
+
+__all__ = [
+    "tumble_start",
+    "window_assignments",
+    "last_window_end",
+    "first_window_end",
+    "LateFilterOperator",
+    "WindowExpandOperator",
+    "pane_size",
+]
+
+
+def tumble_start(ts: np.ndarray, size: int) -> np.ndarray:
+    return np.floor_divide(ts, size) * size
+
+
+def pane_size(spec) -> int:
+    if spec.kind == "hop":
+        return int(np.gcd(spec.slide_us, spec.size_us))
+    if spec.kind == "cumulate":
+        return spec.step_us
+    return spec.size_us
+
+
+def last_window_end(spec, ts: np.ndarray) -> np.ndarray:
+    """End of the last window each row belongs to (a row is late when this ≤ its __wm)."""
+    if spec.kind == "tumble":
+        return tumble_start(ts, spec.size_us) + spec.size_us
+    if spec.kind == "hop":
+        return tumble_start(ts, spec.slide_us) + spec.size_us
+    if spec.kind == "cumulate":
+        return tumble_start(ts, spec.size_us) + spec.size_us
+    if spec.kind == "session":
+        return ts + spec.gap_us
+    raise AssertionError(spec.kind)
+
+
+def first_window_end(spec, ts: np.ndarray) -> np.ndarray:
+    """End of the first (earliest-ending) window each row belongs to."""
+    if spec.kind == "hop":
+        # the earliest start s (multiple of slide) with s + size > ts
+        earliest = (np.floor_divide(ts - spec.size_us, spec.slide_us) + 1) * spec.slide_us
+        return earliest + spec.size_us
+    if spec.kind == "cumulate":
+        start = tumble_start(ts, spec.size_us)
+        k = np.floor_divide(ts - start, spec.step_us) + 1
+        return start + k * spec.step_us
+    return last_window_end(spec, ts)
+
+
+def window_assignments(spec, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (row index, window start, window end) for rows with event times ``ts``."""
+    n = ts.size
+    rows = np.arange(n, dtype=np.int64)
+    if spec.kind == "tumble":
+        start = tumble_start(ts, spec.size_us)
+        return rows, start, start + spec.size_us
+    if spec.kind == "hop":
+        copies = -(-spec.size_us // spec.slide_us)  # ceil(size / slide)
+        last = tumble_start(ts, spec.slide_us)
+        r = np.repeat(rows, copies)
+        j = np.tile(np.arange(copies, dtype=np.int64), n)
+        start = np.repeat(last, copies) - j * spec.slide_us
+        keep = start + spec.size_us > np.repeat(ts, copies)
+        return r[keep], start[keep], start[keep] + spec.size_us
+    if spec.kind == "cumulate":
+        steps = spec.size_us // spec.step_us
+        base = tumble_start(ts, spec.size_us)
+        r = np.repeat(rows, steps)
+        k = np.tile(np.arange(1, steps + 1, dtype=np.int64), n)
+        start = np.repeat(base, steps)
+        end = start + k * spec.step_us
+        keep = end > np.repeat(ts, steps)
+        return r[keep], start[keep], end[keep]
+    raise AssertionError(spec.kind)
+
+
+def late_rows_as_dead_letters(batch: pa.RecordBatch, mask: np.ndarray, times: np.ndarray, source: str, detail: str):
+    rows = np.flatnonzero(mask)
+    subset = batch.take(pa.array(rows))
+    raws = encode_json_lines(drop_hidden(subset)).decode("utf-8").splitlines()
+    return [DeadLetter(source, "late", detail, raw, None, int(times[i])) for raw, i in zip(raws, rows)]
+
+
+class LateFilterOperator(Operator):
+    """Rows whose every window was already emitted → dead letter ``late``."""
+
+    name = "late_filter"
+
+    def __init__(self, spec, time_column: str, source_label: str):
+        super().__init__()
+        self.spec = spec
+        self.time_column = time_column
+        self.source_label = source_label
+        self.late_rows = 0
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        if WM_COLUMN not in batch.schema.names:
+            self.emit(batch)
+            return
+        times = event_time_us(batch.column(self.time_column))
+        wm = batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
+        if self.spec.kind == "final":
+            last_end = times  # the time column is the window end itself
+        else:
+            last_end = last_window_end(self.spec, times)
+        late = last_end <= wm
+        if not late.any():
+            self.emit(batch)
+            return
+        self.late_rows += int(late.sum())
+        if self.dead_letter is not None:
+            self.dead_letter(
+                late_rows_as_dead_letters(
+                    batch, late, times, self.source_label,
+                    "every window of this row was already emitted (event time behind the watermark)",
+                )
+            )
+        self.emit(batch.filter(pa.array(~late)))
+
+
+class WindowExpandOperator(Operator):
+    """A window TVF without aggregation: one output row per (row, window not yet closed)."""
+
+    name = "window_expand"
+
+    def __init__(self, spec, time_column: str, schema: pa.Schema):
+        super().__init__()
+        self.spec = spec
+        self.time_column = time_column
+        self.schema = schema
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        times = event_time_us(batch.column(self.time_column))
+        rows, start, end = window_assignments(self.spec, times)
+        if WM_COLUMN in batch.schema.names:
+            wm = batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
+            keep = end > wm[rows]
+            rows, start, end = rows[keep], start[keep], end[keep]
+        expanded = batch.take(pa.array(rows))
+        columns = []
+        for field in self.schema:
+            if field.name == "window_start":
+                columns.append(pa.array(start, pa.int64()).view(pa.timestamp("us")))
+            elif field.name == "window_end":
+                columns.append(pa.array(end, pa.int64()).view(pa.timestamp("us")))
+            else:
+                columns.append(expanded.column(field.name))
+        self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+
+
+def column_int64(batch: pa.RecordBatch | pa.Table, name: str) -> np.ndarray:
+    column = batch.column(name)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_timestamp(column.type):
+        return event_time_us(column)
+    return pc.cast(column, pa.int64()).to_numpy(zero_copy_only=False)

@@ -1,0 +1,299 @@
+"""Logical streaming plan nodes.
+
+A plan is immutable and made once per query at analysis time; ``build`` turns it into
+fresh runtime operators for each run. Every node knows its output ``schema``
+(hidden ``__`` columns included), whether it is an updating result (changelog with
+``__op``), its event-time column (``rowtime``) and its window columns, if any.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+
+from sqlstream.durations import format_duration_us
+from sqlstream.operators.base import Operator
+from sqlstream.operators.datafusion_program import DataFusionProgram
+
+__all__ = [
+    "BuildContext",
+    "PlanNode",
+    "Scan",
+    "Stateless",
+    "LateFilter",
+    "WindowSpec",
+    "WindowAggregate",
+    "GroupAggregate",
+    "WindowExpand",
+    "Union",
+    "Limit",
+]
+
+
+@dataclass
+class BuildContext:
+    """What building operators for one run needs."""
+
+    connect_source: Callable[[str, Operator], None]  # source name, first operator
+    dead_letter: Callable  # list[DeadLetter] -> None
+    clock: object
+    on_error: str = "dead_letter"
+    settings: dict = field(default_factory=dict)
+    operators: list[Operator] = field(default_factory=list)
+
+    def register(self, op: Operator) -> Operator:
+        op.dead_letter = self.dead_letter
+        self.operators.append(op)
+        return op
+
+
+class PlanNode:
+    schema: pa.Schema
+    updating: bool = False
+    rowtime: str | None = None
+    window: tuple[str, str] | None = None  # (window_start, window_end) columns of final windows
+    children: tuple["PlanNode", ...] = ()
+
+    def build(self, ctx: BuildContext) -> Operator:
+        op = ctx.register(self.make_operator(ctx))
+        for port, child in enumerate(self.children):
+            child.build(ctx).connect(op, port)
+        return op
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def details(self) -> list[str]:
+        return []
+
+    def explain(self, indent: int = 0) -> list[str]:
+        pad = "  " * indent
+        columns = ", ".join(n for n in self.schema.names if n not in ("__wm", "__op"))
+        kind = " [updating]" if self.updating else ""
+        lines = [f"{pad}{self.describe()}{kind} -> ({columns})"]
+        lines += [f"{pad}    {line}" for line in self.details()]
+        for child in self.children:
+            lines += child.explain(indent + 1)
+        return lines
+
+    def sources(self) -> set[str]:
+        out: set[str] = set()
+        for child in self.children:
+            out |= child.sources()
+        return out
+
+    def state_description(self) -> str | None:
+        return None
+
+
+class Scan(PlanNode):
+    """Rows of a catalog source (shared read; fanned out by the runtime)."""
+
+    def __init__(self, source: str, schema: pa.Schema, rowtime: str | None, connector: str, delay_us: int = 0):
+        self.source = source
+        self.schema = schema
+        self.rowtime = rowtime
+        self.connector = connector
+        self.delay_us = delay_us
+
+    def build(self, ctx: BuildContext) -> Operator:
+        op = ctx.register(Operator())
+        ctx.connect_source(self.source, op)
+        return op
+
+    def describe(self) -> str:
+        wm = f", watermark {self.rowtime} - {format_duration_us(self.delay_us)}" if self.rowtime else ""
+        return f"Scan {self.source} [{self.connector}{wm}]"
+
+    def sources(self) -> set[str]:
+        return {self.source}
+
+
+class Stateless(PlanNode):
+    """Projection, filter and scalar functions per micro-batch on DataFusion (plus a
+    vectorized step for Python/model functions before it)."""
+
+    def __init__(self, child: PlanNode, program: DataFusionProgram, udf_step=None, *, rowtime=None, window=None, label=""):
+        self.children = (child,)
+        self.program = program
+        self.udf_step = udf_step
+        self.schema = program.schema
+        self.updating = child.updating
+        self.rowtime = rowtime
+        self.window = window
+        self.label = label
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        from sqlstream.operators.stateless import StatelessOperator
+
+        step = self.udf_step.instantiate(ctx) if self.udf_step is not None else None
+        return StatelessOperator(self.program, step, ctx.on_error, self.label)
+
+    def describe(self) -> str:
+        return "Stateless (DataFusion per micro-batch)"
+
+    def details(self) -> list[str]:
+        lines = []
+        if self.udf_step is not None:
+            lines += self.udf_step.explain()
+        lines.append(f"sql: {self.program.sql}")
+        return lines
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """A window: kind tumble|hop|cumulate|session|final (windows from an upstream window
+    operator, carried in ``__ws``/``__we``), with sizes in µs."""
+
+    kind: str
+    size_us: int = 0
+    slide_us: int = 0
+    step_us: int = 0
+    gap_us: int = 0
+
+    def describe(self) -> str:
+        d = format_duration_us
+        if self.kind == "tumble":
+            return f"TUMBLE(size {d(self.size_us)})"
+        if self.kind == "hop":
+            return f"HOP(slide {d(self.slide_us)}, size {d(self.size_us)})"
+        if self.kind == "cumulate":
+            return f"CUMULATE(step {d(self.step_us)}, max {d(self.size_us)})"
+        if self.kind == "session":
+            return f"SESSION(gap {d(self.gap_us)})"
+        return "window columns from upstream (final windows)"
+
+
+class LateFilter(PlanNode):
+    """Sends rows whose every window has already been emitted to the dead-letter output
+    (reason ``late``); keeps the whole row for the record."""
+
+    def __init__(self, child: PlanNode, spec: WindowSpec, time_column: str, source_label: str):
+        self.children = (child,)
+        self.spec = spec
+        self.time_column = time_column
+        self.source_label = source_label
+        self.schema = child.schema
+        self.rowtime = child.rowtime
+        self.window = child.window
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        from sqlstream.operators.windows import LateFilterOperator
+
+        return LateFilterOperator(self.spec, self.time_column, self.source_label)
+
+    def describe(self) -> str:
+        return f"LateFilter {self.spec.describe()} on {self.time_column}"
+
+
+class WindowAggregate(PlanNode):
+    """Incremental windowed aggregation, each window emitted once, final, when the
+    watermark passes its end (or early, as a changelog, with EMIT EVERY)."""
+
+    def __init__(self, child: PlanNode, spec: WindowSpec, keys: list[str], calls: list, schema: pa.Schema,
+                 emit_every_us: int | None = None):
+        self.children = (child,)
+        self.spec = spec
+        self.keys = keys
+        self.calls = calls
+        self.schema = schema
+        self.emit_every_us = emit_every_us
+        self.updating = emit_every_us is not None
+        self.window = ("window_start", "window_end")
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        from sqlstream.operators.window_aggregate import make_window_operator
+
+        return make_window_operator(self.spec, self.keys, self.calls, self.schema, self.emit_every_us)
+
+    def describe(self) -> str:
+        emit = f"EMIT EVERY {format_duration_us(self.emit_every_us)}" if self.emit_every_us else "EMIT ON WINDOW CLOSE"
+        return f"WindowAggregate {self.spec.describe()} {emit}"
+
+    def details(self) -> list[str]:
+        calls = ", ".join(f"{c.func}({c.arg or '*'})" for c in self.calls)
+        keys = ", ".join(self.keys) or "-"
+        return [f"keys: {keys}; aggregates: {calls}", "state: partial aggregates per open window × key (freed at close)"]
+
+
+class GroupAggregate(PlanNode):
+    """Unwindowed GROUP BY: an updating result (changelog)."""
+
+    def __init__(self, child: PlanNode, keys: list[str], calls: list, schema: pa.Schema, emit_every_us: int | None = None):
+        self.children = (child,)
+        self.keys = keys
+        self.calls = calls
+        self.schema = schema
+        self.emit_every_us = emit_every_us
+        self.updating = True
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        from sqlstream.operators.group_aggregate import GroupAggregateOperator
+
+        return GroupAggregateOperator(self.keys, self.calls, self.schema, self.emit_every_us)
+
+    def describe(self) -> str:
+        return "GroupAggregate (updating)"
+
+    def details(self) -> list[str]:
+        calls = ", ".join(f"{c.func}({c.arg or '*'})" for c in self.calls)
+        return [f"keys: {', '.join(self.keys) or '-'}; aggregates: {calls}", "state: one partial row per key (unbounded)"]
+
+
+class WindowExpand(PlanNode):
+    """A window TVF without aggregation: each row once per window it belongs to."""
+
+    def __init__(self, child: PlanNode, spec: WindowSpec, time_column: str, schema: pa.Schema):
+        self.children = (child,)
+        self.spec = spec
+        self.time_column = time_column
+        self.schema = schema
+        self.rowtime = child.rowtime
+        self.window = None
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        from sqlstream.operators.windows import WindowExpandOperator
+
+        return WindowExpandOperator(self.spec, self.time_column, self.schema)
+
+    def describe(self) -> str:
+        return f"WindowExpand {self.spec.describe()} on {self.time_column}"
+
+
+class Union(PlanNode):
+    def __init__(self, children: list[PlanNode], schema: pa.Schema, rowtime: str | None, window):
+        self.children = tuple(children)
+        self.schema = schema
+        self.rowtime = rowtime
+        self.window = window
+        self.updating = any(c.updating for c in children)
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        from sqlstream.operators.union import UnionOperator
+
+        return UnionOperator(len(self.children), self.schema)
+
+    def describe(self) -> str:
+        return "UnionAll (watermark = minimum of inputs)"
+
+
+class Limit(PlanNode):
+    def __init__(self, child: PlanNode, count: int):
+        self.children = (child,)
+        self.count = count
+        self.schema = child.schema
+        self.rowtime = child.rowtime
+        self.window = child.window
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        from sqlstream.operators.union import LimitOperator
+
+        return LimitOperator(self.count)
+
+    def describe(self) -> str:
+        return f"Limit {self.count}"

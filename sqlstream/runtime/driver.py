@@ -1,0 +1,191 @@
+"""The run loop: poll every source, push batches through the operator graph, keep time.
+
+One thread drives everything. Readers never block for long; when none has data the
+loop sleeps until the earliest ``next_wakeup`` (bounded, so a stop request is seen
+quickly). With a :class:`~sqlstream.runtime.clock.ManualClock` the sleep advances the
+clock instead, so tests run at full speed and never ``sleep``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sqlstream.errors import ExecutionError, SqlStreamError
+from sqlstream.operators.base import Operator
+from sqlstream.runtime.dead_letter import DeadLetterOutput
+from sqlstream.runtime.sink import SinkOperator
+from sqlstream.runtime.source_stage import SourceStage
+
+__all__ = ["Driver", "RunSummary"]
+
+_MAX_SLEEP_S = 0.05
+
+
+@dataclass
+class RunSummary:
+    elapsed_s: float
+    sources: dict[str, dict] = field(default_factory=dict)
+    sinks: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    stopped: bool = False  # stopped by request before the sources ended
+    open_state_rows: int = 0
+
+    def line(self) -> str:
+        parts = []
+        for name, m in self.sources.items():
+            parts.append(f"{name}: {m['rows_in']:,} rows in")
+        for name, rows in self.sinks.items():
+            parts.append(f"{name}: {rows:,} rows out")
+        dead = sum(self.dead_letters.values())
+        if dead:
+            reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(self.dead_letters.items()))
+            parts.append(f"dead letters: {dead:,} ({reasons})")
+        else:
+            parts.append("dead letters: 0")
+        if self.stopped and self.open_state_rows:
+            parts.append(f"{self.open_state_rows:,} rows of open window/aggregate state not emitted (stopped early)")
+        parts.append(f"elapsed {self.elapsed_s:.2f}s")
+        return " | ".join(parts)
+
+
+class Driver:
+    def __init__(
+        self,
+        sources: list[SourceStage],
+        sinks: list[SinkOperator],
+        clock,
+        dead_letters: DeadLetterOutput,
+        operators: list[Operator] | None = None,
+        tick_interval_s: float = 0.1,
+    ):
+        self.sources = sources
+        self.sinks = sinks
+        self.clock = clock
+        self.dead_letters = dead_letters
+        self.operators = operators or []
+        self._stop = threading.Event()
+        self._started = 0.0
+        self._last_tick = 0.0
+        self.tick_interval_s = tick_interval_s
+        self.finished = False
+        self.progress: Callable[["Driver"], None] | None = None
+        self.progress_interval_s = 0.5
+        self._last_progress = 0.0
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the batch in flight (thread- and signal-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> RunSummary:
+        """Run until every source ended or ``stop()``; then flush and close the sinks."""
+        self._started = time.monotonic()
+        for sink in self.sinks:
+            sink.open()
+        try:
+            while not self._stop.is_set() and self.step():
+                pass
+        except SqlStreamError:
+            self._close(graceful=False)
+            raise
+        except Exception as error:  # an unexpected failure still closes what was opened
+            self._close(graceful=False)
+            raise ExecutionError(f"pipeline failed: {type(error).__name__}: {error}") from error
+        self._close(graceful=True)
+        return self.summary()
+
+    def step(self) -> bool:
+        """One round over the sources. False once every source has ended."""
+        progressed = False
+        live = False
+        for stage in self.sources:
+            if stage.ended:
+                continue
+            item = stage.reader.poll()
+            if item is not None:
+                stage.process(item)
+                progressed = True
+            if stage.reader.exhausted:
+                stage.end()
+            else:
+                live = True
+            if self._stop.is_set():
+                return False
+        now = self.clock.monotonic()
+        if now - self._last_tick >= self.tick_interval_s:
+            self._last_tick = now
+            now_us = self.clock.now_us()
+            for stage in self.sources:
+                stage.check_idle(now_us)
+            for op in self._roots():
+                op.tick(now_us)
+        if self.progress is not None and now - self._last_progress >= self.progress_interval_s:
+            self._last_progress = now
+            self.progress(self)
+        if not live:
+            return False
+        if not progressed:
+            self._sleep()
+        return True
+
+    def _roots(self) -> list[Operator]:
+        roots = []
+        for stage in self.sources:
+            roots.extend(op for op, _ in stage.consumers)
+        return roots
+
+    def _sleep(self) -> None:
+        now = self.clock.monotonic()
+        wakeups = [w for w in (s.reader.next_wakeup() for s in self.sources if not s.ended) if w is not None]
+        target = min(wakeups) if wakeups else now + 0.001
+        delay = min(max(target - now, 0.0005), _MAX_SLEEP_S)
+        self.clock.sleep(delay)
+
+    def _close(self, graceful: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        errors = []
+        for stage in self.sources:
+            try:
+                stage.close()
+            except Exception as error:  # noqa: BLE001 - keep closing the rest
+                errors.append(error)
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as error:  # noqa: BLE001
+                errors.append(error)
+        self.dead_letters.close()
+        if graceful and errors:
+            raise ExecutionError(f"closing the pipeline failed: {errors[0]}") from errors[0]
+
+    def state_rows(self) -> int:
+        seen = set()
+        total = 0
+        for op in self._roots():
+            for node in op.walk():
+                if id(node) not in seen:
+                    seen.add(id(node))
+                    total += node.state_rows()
+        return total
+
+    def summary(self) -> RunSummary:
+        stopped = self._stop.is_set() and not all(s.ended for s in self.sources)
+        return RunSummary(
+            elapsed_s=time.monotonic() - self._started,
+            sources={
+                s.name: {"rows_in": s.metrics.rows_in, "records_in": s.metrics.records_in, "watermark": s.watermark}
+                for s in self.sources
+            },
+            sinks={s.sink_name: s.rows_out for s in self.sinks},
+            dead_letters=self.dead_letters.by_reason(),
+            stopped=stopped,
+            open_state_rows=self.state_rows() if stopped else 0,
+        )

@@ -1,0 +1,83 @@
+"""Terminal operators: a sink writes what reaches it through a connector's writer."""
+
+from __future__ import annotations
+
+import queue
+from typing import Callable
+
+import pyarrow as pa
+
+from sqlstream.connectors.base import SinkWriter
+from sqlstream.errors import ExecutionError
+from sqlstream.operators.base import Operator
+
+__all__ = ["SinkOperator", "QueueWriter", "END_OF_STREAM"]
+
+END_OF_STREAM = object()
+
+
+class SinkOperator(Operator):
+    """Writes batches (hidden columns dropped, cast to the sink's declared schema)."""
+
+    name = "sink"
+
+    def __init__(
+        self, sink_name: str, schema: pa.Schema, open_writer: Callable[[pa.Schema], SinkWriter], input_names: list[str]
+    ):
+        super().__init__()
+        self.sink_name = sink_name
+        self.schema = schema
+        self.input_names = input_names  # the query's columns, in the sink's column order
+        self._open_writer = open_writer
+        self.writer: SinkWriter | None = None
+        self.rows_out = 0
+        self.closed = False
+
+    def open(self) -> None:
+        if self.writer is None:
+            self.writer = self._open_writer(self.schema)
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        self.open()
+        if batch.schema.names != self.input_names or batch.schema != self.schema:
+            try:
+                columns = [batch.column(name) for name in self.input_names]
+                batch = pa.RecordBatch.from_arrays(
+                    [c.cast(f.type) if c.type != f.type else c for c, f in zip(columns, self.schema)],
+                    schema=self.schema,
+                )
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                raise ExecutionError(f"sink '{self.sink_name}': rows do not fit its columns: {error}") from error
+        self.writer.write(batch)
+        self.rows_out += batch.num_rows
+
+    def on_watermark(self, watermark: int) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def tick(self, now_us: int) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def on_end(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.open()
+        self.closed = True
+        self.writer.close()
+
+
+class QueueWriter(SinkWriter):
+    """Hands batches to a consumer thread (``Session.query``, the REPL)."""
+
+    def __init__(self, target: "queue.Queue"):
+        self.target = target
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.target.put(batch)
+
+    def close(self) -> None:
+        self.target.put(END_OF_STREAM)

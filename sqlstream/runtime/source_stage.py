@@ -1,0 +1,177 @@
+"""One read of one source per run, fanned out to every query that uses it.
+
+The stage applies the source-level rules before any query sees a row: bad records
+(per ``on_error``), NULL event times, the future-skew guard (``max_future``, against
+the wall clock), per-row watermark stamps (``__wm``), idleness (``idle_timeout``),
+and acknowledgement of input once every consumer has processed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sqlstream.connectors.base import DeadLetter, SourceBatch, SourceReader
+from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.errors import ExecutionError
+from sqlstream.operators.base import MAX_WATERMARK, WM_COLUMN, Operator
+from sqlstream.runtime.dead_letter import DeadLetterOutput
+from sqlstream.batches import event_time_us
+from sqlstream.runtime.watermarks import WatermarkTracker
+
+__all__ = ["SourceStage", "SourceSpec"]
+
+
+@dataclass
+class SourceSpec:
+    name: str
+    schema: pa.Schema
+    watermark_column: str | None = None
+    watermark_delay_us: int = 0
+    on_error: str = "dead_letter"
+    max_future_us: int | None = 3_600_000_000
+    idle_timeout_us: int | None = None
+    bounded: bool = False
+
+
+@dataclass
+class SourceMetrics:
+    rows_in: int = 0
+    records_in: int = 0
+    batches: int = 0
+    skipped: int = 0
+    last_data_us: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class SourceStage:
+    def __init__(self, spec: SourceSpec, reader: SourceReader, dead_letters: DeadLetterOutput, clock):
+        self.spec = spec
+        self.reader = reader
+        self.dead_letters = dead_letters
+        self.clock = clock
+        self.consumers: list[tuple[Operator, int]] = []
+        self.metrics = SourceMetrics(last_data_us=clock.now_us())
+        self.tracker = WatermarkTracker(spec.watermark_delay_us) if spec.watermark_column else None
+        self.ended = False
+        self.pending_acks: list = []
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def connect(self, op: Operator, port: int = 0) -> None:
+        self.consumers.append((op, port))
+
+    @property
+    def watermark(self) -> int | None:
+        if self.tracker is None:
+            return None
+        return MAX_WATERMARK if self.ended else self.tracker.watermark
+
+    # -- rows --------------------------------------------------------------------------
+
+    def reject(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        if self.spec.on_error == "fail":
+            first = letters[0]
+            where = f" at {first.position}" if first.position else ""
+            raise ExecutionError(
+                f"source '{self.name}': bad record{where} ({first.reason}): {first.detail}",
+                hint="on_error = 'dead_letter' (the default) keeps the pipeline running and records bad rows",
+            )
+        if self.spec.on_error == "skip":
+            self.metrics.skipped += len(letters)
+            for letter in letters:
+                self.dead_letters.counts[(letter.source, letter.reason)] += 1
+            return
+        self.dead_letters.write(letters)
+
+    def process(self, item: SourceBatch) -> None:
+        """Validate, stamp and fan out one batch from the reader."""
+        self.metrics.batches += 1
+        self.metrics.records_in += item.raw_count
+        self.reject(item.dead_letters)
+        batch = item.batch
+        if batch is not None and batch.num_rows:
+            self.metrics.last_data_us = self.clock.now_us()
+            if self.tracker is not None:
+                batch = self._stamp(batch)
+                if self.tracker.idle:
+                    self.tracker.idle = False
+                    for op, port in self.consumers:
+                        op.set_idle(False, port)
+            self.metrics.rows_in += batch.num_rows
+            for op, port in self.consumers:
+                op.push(batch, port)
+            if self.tracker is not None:
+                for op, port in self.consumers:
+                    op.advance(self.tracker.watermark, port)
+        if item.ack is not None:
+            item.ack()
+
+    def _stamp(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        column = batch.column(self.spec.watermark_column)
+        bad = pc.is_null(column)
+        reasons: list[tuple[np.ndarray, str, str]] = []
+        if column.null_count:
+            reasons.append((bad.to_numpy(zero_copy_only=False), "null", f"event-time column '{self.spec.watermark_column}' is NULL"))
+        if self.spec.max_future_us is not None:
+            limit = self.clock.now_us() + self.spec.max_future_us
+            times = event_time_us(pc.fill_null(column, pa.scalar(0, column.type)))
+            future = times > limit
+            if future.any():
+                future &= ~bad.to_numpy(zero_copy_only=False)
+                reasons.append((future, "future", "event time is more than max_future ahead of the wall clock"))
+        if reasons:
+            reject = np.zeros(batch.num_rows, dtype=bool)
+            for mask, reason, detail in reasons:
+                rows = np.flatnonzero(mask & ~reject)
+                if rows.size:
+                    self._reject_rows(batch, rows, reason, detail)
+                    if reason == "future" and self.tracker is not None:
+                        self.tracker.future_rows += rows.size
+                reject |= mask
+            batch = batch.filter(pa.array(~reject))
+            column = batch.column(self.spec.watermark_column)
+        times = event_time_us(column)
+        stamps = self.tracker.stamp(times)
+        return batch.append_column(pa.field(WM_COLUMN, pa.int64()), pa.array(stamps))
+
+    def _reject_rows(self, batch: pa.RecordBatch, rows: np.ndarray, reason: str, detail: str) -> None:
+        subset = batch.take(pa.array(rows))
+        raws = encode_json_lines(subset).decode("utf-8").splitlines()
+        times = subset.column(self.spec.watermark_column)
+        times_us = event_time_us(pc.fill_null(times, pa.scalar(0, times.type)))
+        valid = pc.is_valid(times).to_numpy(zero_copy_only=False)
+        self.reject(
+            [
+                DeadLetter(self.name, reason, detail, raw, None, int(t) if ok else None)
+                for raw, t, ok in zip(raws, times_us, valid)
+            ]
+        )
+
+    # -- time ----------------------------------------------------------------------------
+
+    def check_idle(self, now_us: int) -> None:
+        timeout = self.spec.idle_timeout_us
+        if self.tracker is None or timeout is None or self.tracker.idle or self.ended:
+            return
+        if now_us - self.metrics.last_data_us >= timeout:
+            self.tracker.idle = True
+            for op, port in self.consumers:
+                op.set_idle(True, port)
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        for op, port in self.consumers:
+            op.end(port)
+
+    def close(self) -> None:
+        self.reader.close()

@@ -1,0 +1,740 @@
+"""``Session``: the catalog of sources, tables, views, sinks and functions, and the
+entry point that executes SQL and runs pipelines.
+
+>>> from sqlstream import Session
+>>> s = Session()
+>>> s.execute('''
+...   CREATE SOURCE nums (n BIGINT) WITH (connector = 'generator', max_rows = 5,
+...                                       rows_per_second = 0, fields.n.kind = 'sequence');
+... ''')  # doctest: +ELLIPSIS
+[...]
+>>> [b.to_pydict() for b in s.query("SELECT n * 2 AS d FROM nums WHERE n > 2")]
+[{'d': [6, 8]}]
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+from sqlglot import exp
+
+from sqlstream.batches import is_hidden, visible_schema
+from sqlstream.connectors.base import (
+    RunContext,
+    SinkConnector,
+    SourceConnector,
+    sink_connector,
+    source_connector,
+)
+from sqlstream.connectors.options import RawOption
+from sqlstream.errors import (
+    ConnectorError,
+    ExecutionError,
+    SqlAnalysisError,
+    SqlStreamError,
+    UnsupportedSqlError,
+    did_you_mean,
+)
+from sqlstream.operators.base import OP_COLUMN
+from sqlstream.plan.nodes import BuildContext, PlanNode
+from sqlstream.plan.planner import QueryPlanner, RelationInfo
+from sqlstream.runtime.clock import WallClock
+from sqlstream.runtime.dead_letter import DEAD_LETTER_SCHEMA, DEAD_LETTER_STREAM, DeadLetterOutput
+from sqlstream.runtime.driver import Driver, RunSummary
+from sqlstream.runtime.sink import END_OF_STREAM, QueueWriter, SinkOperator
+from sqlstream.runtime.source_stage import SourceSpec, SourceStage
+from sqlstream.settings import DEFAULT_SETTINGS, SETTING_DOCS, parse_setting
+from sqlstream.sql.statements import (
+    ColumnSpec,
+    CreateFunction,
+    CreateSink,
+    CreateSource,
+    CreateView,
+    DescribeStatement,
+    DropStatement,
+    ExplainStatement,
+    InsertInto,
+    QueryStatement,
+    SetStatement,
+    ShowStatement,
+    SourceText,
+    Statement,
+    StopQueryStatement,
+    parse_script,
+)
+from sqlstream.sql.types import sql_type_name
+
+__all__ = ["Session", "StatementResult", "SourceEntry", "ViewEntry", "SinkEntry", "FunctionEntry"]
+
+
+@dataclass
+class SourceEntry:
+    name: str
+    kind: str  # SOURCE | TABLE
+    connector: SourceConnector
+    schema: pa.Schema
+    rowtime: str | None
+    delay_us: int
+    statement: CreateSource | None
+    base_dir: str
+
+
+@dataclass
+class ViewEntry:
+    name: str
+    query: exp.Expr
+    source: SourceText
+    plan: PlanNode
+    statement: CreateView
+
+
+@dataclass
+class SinkEntry:
+    name: str
+    connector: SinkConnector
+    statement: Statement | None
+    base_dir: str
+    columns: list[ColumnSpec] | None = None
+    plan: PlanNode | None = None
+    implicit: bool = False  # a bare SELECT
+    query_text: str = ""
+
+
+@dataclass
+class FunctionEntry:
+    name: str
+    kind: str  # python | model
+    impl: Any
+    signature: str
+    origin: str = ""
+
+
+@dataclass
+class StatementResult:
+    """What one statement did: ``kind`` and, for SHOW/DESCRIBE/EXPLAIN, rows or text."""
+
+    kind: str
+    name: str | None = None
+    table: pa.Table | None = None
+    text: str | None = None
+    statement: Statement | None = None
+
+
+class _Catalog:
+    """The planner's view of the session (relations and UDF planning)."""
+
+    def __init__(self, session: "Session"):
+        self.session = session
+
+    def relation(self, name: str) -> RelationInfo | None:
+        s = self.session
+        if name in s.sources:
+            e = s.sources[name]
+            return RelationInfo(e.name, e.kind, e.schema, e.rowtime, e.delay_us, e.connector.name)
+        if name in s.views:
+            v = s.views[name]
+            return RelationInfo(v.name, "VIEW", v.plan.schema, v.plan.rowtime, 0, "", v.query, v.source)
+        return None
+
+    def relation_names(self) -> list[str]:
+        return list(self.session.sources) + list(self.session.views)
+
+    def udf_planner(self):
+        functions = self.session.functions
+        if not functions:
+            return None
+        from sqlstream.udf.planning import UdfPlanner
+
+        return UdfPlanner(functions)
+
+
+class Session:
+    """A catalog plus the means to run it. No global state: make as many as you like."""
+
+    def __init__(
+        self,
+        *,
+        clock=None,
+        base_dir: str | None = None,
+        dead_letter_path: str | None = None,
+        udf_dirs: list[str] | tuple[str, ...] = (),
+        settings: dict[str, Any] | None = None,
+    ):
+        self.clock = clock or WallClock()
+        self.base_dir = os.path.abspath(base_dir or os.getcwd())
+        self.sources: dict[str, SourceEntry] = {}
+        self.views: dict[str, ViewEntry] = {}
+        self.sinks: dict[str, SinkEntry] = {}
+        self.functions: dict[str, FunctionEntry] = {}
+        self.settings: dict[str, Any] = dict(DEFAULT_SETTINGS)
+        for key, value in (settings or {}).items():
+            self.settings[key] = parse_setting(key, value)
+        if dead_letter_path is not None:
+            self.settings["dead_letter_path"] = dead_letter_path
+        self.stdout_renderer: Callable | None = None
+        self._query_counter = 0
+        self._driver: Driver | None = None
+        self._lock = threading.Lock()
+        self.last_summary: RunSummary | None = None
+        self.dead_letters: DeadLetterOutput | None = None
+        self._register_dead_letter_stream()
+        for directory in udf_dirs:
+            self.load_udfs(directory)
+
+    # -- functions ------------------------------------------------------------------------
+
+    def load_udfs(self, directory: str) -> list[str]:
+        """Import every ``*.py`` under ``directory`` and register its @udf functions."""
+        from sqlstream.udf.discovery import discover
+
+        names = []
+        for fn, origin in discover(directory):
+            self.register_udf(fn, origin=origin)
+            names.append(fn.__sqlstream_udf__.name)
+        return names
+
+    def register_udf(self, fn, *, origin: str = "") -> None:
+        """Register a function decorated with :func:`sqlstream.udf` (or a plain
+        function with type hints)."""
+        from sqlstream.udf.python import PythonUdf
+
+        udf = PythonUdf.from_function(fn)
+        existing = self.functions.get(udf.name)
+        if existing is not None and existing.impl is not udf and getattr(existing.impl, "fn", None) is not fn:
+            from sqlstream.errors import UdfError
+
+            raise UdfError(
+                f"function '{udf.name}' is defined twice: {existing.origin or 'earlier'} and {origin or 'here'}",
+                hint="rename one of them (@udf(name='...'))",
+            )
+        self.functions[udf.name] = FunctionEntry(udf.name, "python", udf, udf.signature(), origin)
+
+    def register_model(self, name: str, path: str, **options) -> None:
+        """Register an ONNX model as a vectorized scalar SQL function ``name``."""
+        from sqlstream.udf.model import ModelUdf
+
+        model = ModelUdf.load(name.lower(), os.path.join(self.base_dir, path) if not os.path.isabs(path) else path, options)
+        self.functions[model.name] = FunctionEntry(model.name, "model", model, model.signature(), path)
+
+    # -- executing SQL ----------------------------------------------------------------------
+
+    def execute(self, sql: str, *, path: str = "<sql>", base_dir: str | None = None) -> list[StatementResult]:
+        """Run the statements of ``sql``. CREATE SINK / INSERT INTO / bare SELECT add a
+        query to run with :meth:`run`; DDL changes the catalog at once."""
+        source = SourceText(sql, path, base_dir or self.base_dir)
+        results = []
+        for statement in parse_script(source, lambda: self.functions.keys()):
+            results.append(self.execute_statement(statement))
+        return results
+
+    def execute_statement(self, st: Statement) -> StatementResult:
+        handler = {
+            CreateSource: self._create_source,
+            CreateView: self._create_view,
+            CreateSink: self._create_sink,
+            InsertInto: self._insert_into,
+            QueryStatement: self._bare_query,
+            SetStatement: self._set,
+            CreateFunction: self._create_function,
+            ShowStatement: self._show,
+            DescribeStatement: self._describe,
+            ExplainStatement: self._explain,
+            DropStatement: self._drop,
+        }.get(type(st))
+        if handler is None:
+            if isinstance(st, StopQueryStatement):
+                raise UnsupportedSqlError("STOP QUERY is available in the REPL", location=st.location)
+            raise UnsupportedSqlError(f"cannot execute {type(st).__name__}", location=st.location)
+        return handler(st)
+
+    def _base_dir(self, st: Statement) -> str:
+        return st.source.base_dir or self.base_dir
+
+    def _check_new_name(self, name: str, st: Statement, replace: bool, if_not_exists: bool, kind: str) -> bool:
+        """False if the statement should do nothing (IF NOT EXISTS); raises on clashes."""
+        taken = name in self.sources or name in self.views or name in self.sinks or name == DEAD_LETTER_STREAM
+        if not taken:
+            return True
+        if if_not_exists:
+            return False
+        if replace and name not in (DEAD_LETTER_STREAM,):
+            self._forget(name)
+            return True
+        raise SqlAnalysisError(
+            f"'{name}' already exists",
+            location=st.location,
+            hint=f"use CREATE {kind} IF NOT EXISTS, CREATE OR REPLACE {kind}, or DROP {kind} {name} first",
+        )
+
+    def _forget(self, name: str) -> None:
+        for registry in (self.sources, self.views, self.sinks):
+            registry.pop(name, None)
+
+    def _create_source(self, st: CreateSource) -> StatementResult:
+        if not self._check_new_name(st.name, st, st.replace, st.if_not_exists, st.kind):
+            return StatementResult("noop", st.name, statement=st)
+        raw = {k: RawOption(v.value, v.location) for k, v in st.options.items()}
+        cls = source_connector(raw.get("connector").value if "connector" in raw else None, st.location)
+        schema = st.schema()
+        connector = cls.create(st.name, schema, raw, st.location)
+        if st.kind == "TABLE" and cls.name == "generator" and connector.total_rows is None:
+            raise ConnectorError(
+                f"TABLE {st.name} must be bounded", location=st.location, hint="set max_rows, or use a file"
+            )
+        if st.kind == "TABLE" and cls.name not in ("file", "generator"):
+            raise ConnectorError(
+                f"a TABLE is bounded reference data; connector '{cls.name}' is a stream",
+                location=st.location,
+                hint="use CREATE SOURCE for streams",
+            )
+        rowtime = st.watermark.column if st.watermark else None
+        delay = st.watermark.delay_us if st.watermark else 0
+        self.sources[st.name] = SourceEntry(st.name, st.kind, connector, schema, rowtime, delay, st, self._base_dir(st))
+        return StatementResult(f"create {st.kind.lower()}", st.name, statement=st)
+
+    def _create_view(self, st: CreateView) -> StatementResult:
+        if not self._check_new_name(st.name, st, st.replace, st.if_not_exists, "VIEW"):
+            return StatementResult("noop", st.name, statement=st)
+        plan = self._plan(st.query, st.source)
+        self.views[st.name] = ViewEntry(st.name, st.query, st.source, plan, st)
+        return StatementResult("create view", st.name, statement=st)
+
+    def _plan(self, query: exp.Expr, source: SourceText) -> PlanNode:
+        return QueryPlanner(_Catalog(self), source, self.settings).plan(query)
+
+    def _create_sink(self, st: CreateSink) -> StatementResult:
+        if not self._check_new_name(st.name, st, st.replace, st.if_not_exists, "SINK"):
+            return StatementResult("noop", st.name, statement=st)
+        raw = {k: RawOption(v.value, v.location) for k, v in st.options.items()}
+        cls = sink_connector(raw.get("connector").value if "connector" in raw else None, st.location)
+        connector = cls.create(st.name, raw, st.location)
+        entry = SinkEntry(st.name, connector, st, self._base_dir(st), columns=st.columns)
+        if st.query is not None:
+            entry.plan = self._plan(st.query, st.source)
+            entry.query_text = st.query.sql(dialect="postgres")
+        elif st.from_name is not None:
+            query = exp.select("*").from_(exp.Table(this=exp.Identifier(this=st.from_name, quoted=True)))
+            if st.from_name not in self.sources and st.from_name not in self.views:
+                names = list(self.sources) + list(self.views)
+                raise SqlAnalysisError(
+                    f"unknown source or view '{st.from_name}'", location=st.location, hint=did_you_mean(st.from_name, names)
+                )
+            entry.plan = self._plan(query, st.source)
+            entry.query_text = f"SELECT * FROM {st.from_name}"
+        if entry.plan is not None:
+            self._sink_schema(entry)
+        self.sinks[st.name] = entry
+        return StatementResult("create sink", st.name, statement=st)
+
+    def _insert_into(self, st: InsertInto) -> StatementResult:
+        entry = self.sinks.get(st.sink)
+        if entry is None:
+            raise SqlAnalysisError(
+                f"unknown sink '{st.sink}'", location=st.location, hint=did_you_mean(st.sink, self.sinks) or "CREATE SINK it first"
+            )
+        if entry.plan is not None:
+            raise SqlAnalysisError(
+                f"sink '{st.sink}' already has a query (one running query per sink)", location=st.location
+            )
+        entry.plan = self._plan(st.query, st.source)
+        entry.query_text = st.query.sql(dialect="postgres")
+        self._sink_schema(entry)
+        return StatementResult("insert", st.sink, statement=st)
+
+    def _bare_query(self, st: QueryStatement) -> StatementResult:
+        plan = self._plan(st.query, st.source)
+        self._query_counter += 1
+        name = f"query_{self._query_counter}"
+        connector = sink_connector("stdout").create(name, {"connector": RawOption("stdout")}, st.location)
+        entry = SinkEntry(name, connector, st, self._base_dir(st), plan=plan, implicit=True, query_text=st.text)
+        self._sink_schema(entry)
+        self.sinks[name] = entry
+        return StatementResult("query", name, statement=st)
+
+    def _sink_schema(self, entry: SinkEntry) -> pa.Schema:
+        """The rows a sink receives: the query's visible columns (``__op`` first for an
+        updating result), renamed/cast to the declared columns if any."""
+        plan = entry.plan
+        visible = [f for f in plan.schema if not is_hidden(f.name) and f.name != OP_COLUMN]
+        op = [pa.field(OP_COLUMN, pa.string())] if plan.updating else []
+        if entry.columns is None:
+            return pa.schema(op + visible)
+        if len(entry.columns) != len(visible):
+            st = entry.statement
+            raise SqlAnalysisError(
+                f"sink '{entry.name}' declares {len(entry.columns)} columns but the query produces {len(visible)}",
+                location=st.location if st else None,
+                hint="columns are matched by position: " + ", ".join(f.name for f in visible),
+            )
+        return pa.schema(op + [c.field().with_nullable(True) for c in entry.columns])
+
+    def _set(self, st: SetStatement) -> StatementResult:
+        self.settings[st.key] = parse_setting(st.key, st.value.value, st.value.location)
+        return StatementResult("set", st.key, statement=st)
+
+    def _create_function(self, st: CreateFunction) -> StatementResult:
+        from sqlstream.udf.model import ModelUdf
+
+        if st.name in self.functions and not st.replace:
+            raise SqlAnalysisError(
+                f"function '{st.name}' already exists", location=st.location, hint="use CREATE OR REPLACE FUNCTION"
+            )
+        path = st.model_path
+        if not os.path.isabs(path):
+            path = os.path.join(self._base_dir(st), path)
+        options = {k: v.value for k, v in st.options.items()}
+        try:
+            model = ModelUdf.load(st.name, path, options)
+        except SqlStreamError as error:
+            raise error.with_location(st.location)
+        self.functions[st.name] = FunctionEntry(st.name, "model", model, model.signature(), st.model_path)
+        return StatementResult("create function", st.name, statement=st)
+
+    def _drop(self, st: DropStatement) -> StatementResult:
+        registry = {
+            "SOURCE": self.sources, "TABLE": self.sources, "VIEW": self.views, "SINK": self.sinks, "FUNCTION": self.functions,
+        }[st.kind]
+        if st.name not in registry or (st.kind in ("SOURCE", "TABLE") and self.sources[st.name].kind != st.kind):
+            if st.if_exists:
+                return StatementResult("noop", st.name, statement=st)
+            raise SqlAnalysisError(
+                f"unknown {st.kind.lower()} '{st.name}'", location=st.location, hint=did_you_mean(st.name, registry)
+            )
+        if st.name == DEAD_LETTER_STREAM:
+            raise SqlAnalysisError(f"{DEAD_LETTER_STREAM} is built in and cannot be dropped", location=st.location)
+        dependents = [v.name for v in self.views.values() if st.name in v.plan.sources() or st.name in _named_relations(v.query)]
+        dependents += [s.name for s in self.sinks.values() if s.plan is not None and st.name in _sink_relations(s)]
+        if dependents and st.kind != "FUNCTION":
+            raise SqlAnalysisError(
+                f"cannot drop {st.kind.lower()} '{st.name}': {', '.join(dependents)} depend(s) on it",
+                location=st.location,
+                hint="drop those first",
+            )
+        del registry[st.name]
+        return StatementResult(f"drop {st.kind.lower()}", st.name, statement=st)
+
+    # -- SHOW / DESCRIBE / EXPLAIN ------------------------------------------------------------
+
+    def _show(self, st: ShowStatement) -> StatementResult:
+        what = st.what
+        if what == "SOURCES":
+            rows = [
+                {"name": e.name, "connector": e.connector.describe(), "watermark": _watermark_text(e)}
+                for e in self.sources.values() if e.kind == "SOURCE"
+            ]
+        elif what == "TABLES":
+            rows = [{"name": e.name, "connector": e.connector.describe()} for e in self.sources.values() if e.kind == "TABLE"]
+        elif what == "VIEWS":
+            rows = [{"name": v.name, "query": v.statement.text} for v in self.views.values()]
+        elif what == "SINKS":
+            rows = [
+                {"name": s.name, "connector": s.connector.describe(), "query": s.query_text}
+                for s in self.sinks.values()
+            ]
+        elif what == "FUNCTIONS":
+            rows = [{"name": f.name, "kind": f.kind, "signature": f.signature} for f in sorted(self.functions.values(), key=lambda f: f.name)]
+        elif what == "WATERMARKS":
+            rows = self._watermark_rows()
+        elif what == "METRICS":
+            rows = self._metric_rows()
+        elif what in ("SETTINGS", "ALL"):
+            rows = [{"key": k, "value": str(v), "about": SETTING_DOCS[k]} for k, v in self.settings.items()]
+        else:
+            raise SqlAnalysisError(
+                f"cannot SHOW {what}",
+                location=st.location,
+                hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | WATERMARKS | METRICS | SETTINGS",
+            )
+        return StatementResult("show", what.lower(), table=_rows_table(rows), statement=st)
+
+    def _watermark_rows(self) -> list[dict]:
+        from datetime import datetime, timezone
+
+        rows = []
+        driver = self._driver
+        stages = {s.name: s for s in (driver.sources if driver else [])}
+        now = self.clock.now_us()
+        for entry in self.sources.values():
+            if entry.rowtime is None:
+                continue
+            stage = stages.get(entry.name)
+            wm = stage.watermark if stage else None
+            tracker = stage.tracker if stage else None
+            valid = wm is not None and -(2**61) < wm < 2**61
+            rows.append(
+                {
+                    "source": entry.name,
+                    "watermark": datetime.fromtimestamp(wm / 1e6, tz=timezone.utc).replace(tzinfo=None).isoformat() if valid else None,
+                    "lag_s": round((now - wm) / 1e6, 3) if valid else None,
+                    "idle": bool(tracker.idle) if tracker else False,
+                    "late": self.dead_letters.total(entry.name, "late") if self.dead_letters else 0,
+                    "future": self.dead_letters.total(entry.name, "future") if self.dead_letters else 0,
+                }
+            )
+        return rows
+
+    def _metric_rows(self) -> list[dict]:
+        driver = self._driver
+        rows = []
+        if driver is None:
+            return rows
+        for stage in driver.sources:
+            rows.append({"kind": "source", "name": stage.name, "rows": stage.metrics.rows_in,
+                         "dead_letters": self.dead_letters.total(stage.name) if self.dead_letters else 0})
+        for sink in driver.sinks:
+            rows.append({"kind": "sink", "name": sink.sink_name, "rows": sink.rows_out, "dead_letters": 0})
+        if self.dead_letters:
+            for reason, n in sorted(self.dead_letters.by_reason().items()):
+                rows.append({"kind": "dead_letter", "name": reason, "rows": n, "dead_letters": n})
+        rows.append({"kind": "state", "name": "rows", "rows": driver.state_rows(), "dead_letters": 0})
+        return rows
+
+    def _describe(self, st: DescribeStatement) -> StatementResult:
+        schema = self.schema_of(st.name, st)
+        rows = [{"column": f.name, "type": sql_type_name(f.type), "nullable": f.nullable} for f in schema]
+        return StatementResult("describe", st.name, table=_rows_table(rows), statement=st)
+
+    def schema_of(self, name: str, st: Statement | None = None) -> pa.Schema:
+        if name in self.sources:
+            return self.sources[name].schema
+        if name in self.views:
+            plan = self.views[name].plan
+            return visible_schema(plan.schema)
+        if name in self.sinks and self.sinks[name].plan is not None:
+            return self._sink_schema(self.sinks[name])
+        if name in self.sinks and self.sinks[name].columns:
+            return pa.schema([c.field() for c in self.sinks[name].columns])
+        names = list(self.sources) + list(self.views) + list(self.sinks)
+        raise SqlAnalysisError(f"unknown name '{name}'", location=st.location if st else None, hint=did_you_mean(name, names))
+
+    def _explain(self, st: ExplainStatement) -> StatementResult:
+        inner = st.statement
+        if isinstance(inner, QueryStatement):
+            plan, title = self._plan(inner.query, inner.source), "query"
+        elif isinstance(inner, CreateSink) and inner.query is not None:
+            plan, title = self._plan(inner.query, inner.source), f"sink {inner.name}"
+        elif isinstance(inner, InsertInto):
+            plan, title = self._plan(inner.query, inner.source), f"sink {inner.sink}"
+        elif isinstance(inner, CreateView):
+            plan, title = self._plan(inner.query, inner.source), f"view {inner.name}"
+        else:
+            raise UnsupportedSqlError("EXPLAIN takes a query, CREATE SINK ... AS, INSERT INTO or CREATE VIEW", location=st.location)
+        return StatementResult("explain", title, text=explain_plan(title, plan), statement=st)
+
+    def explain(self, sql: str) -> str:
+        """The streaming plan of every query registered so far plus those in ``sql``."""
+        parts = []
+        for result in self.execute(sql) if sql.strip() else []:
+            if result.text:
+                parts.append(result.text)
+        return "\n\n".join(parts)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _run_context(self, base_dir: str) -> RunContext:
+        return RunContext(
+            clock=self.clock,
+            batch_size=self.settings["batch_size"],
+            batch_timeout_us=self.settings["batch_timeout"],
+            file_batch_size=self.settings["file_batch_size"],
+            base_dir=base_dir,
+            on_error=self.settings["on_error"],
+            extra={"stdout_renderer": self.stdout_renderer} if self.stdout_renderer else {},
+        )
+
+    def _dead_letter_path(self) -> str | None:
+        path = self.settings.get("dead_letter_path")
+        if path is None:
+            return os.path.join(os.getcwd(), "sqlstream.dead_letter.jsonl")
+        if path in ("", "off", "none"):
+            return None
+        return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+
+    def build(self, sinks: list[SinkEntry], extra_sinks: list[tuple[str, PlanNode, Callable]] = ()) -> Driver:
+        """Operators for ``sinks`` sharing one read per source, ready to run."""
+        if not sinks and not extra_sinks:
+            raise ExecutionError("nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT")
+        self.dead_letters = DeadLetterOutput(self._dead_letter_path(), self.clock)
+        stages: dict[str, SourceStage] = {}
+        source_names: set[str] = set()
+        plans = [(s.name, s.plan, s) for s in sinks if s.plan is not None] + [(n, p, None) for n, p, _ in extra_sinks]
+        for _, plan, _ in plans:
+            source_names |= plan.sources()
+        for name in sorted(source_names):
+            stages[name] = self._source_stage(name)
+        ctx = BuildContext(
+            connect_source=lambda name, op: stages[name].connect(op),
+            dead_letter=self._dead_letter_callback(),
+            clock=self.clock,
+            on_error=self.settings["on_error"],
+            settings=dict(self.settings),
+        )
+        sink_ops = []
+        for entry in sinks:
+            if entry.plan is None:
+                raise ExecutionError(f"sink '{entry.name}' has no query", hint=f"INSERT INTO {entry.name} SELECT ...")
+            schema = self._sink_schema(entry)
+            run_ctx = self._run_context(entry.base_dir)
+            op = SinkOperator(entry.name, schema, lambda sc, c=entry.connector, r=run_ctx: c.open(sc, r), sink_input_names(entry.plan))
+            entry.plan.build(ctx).connect(op)
+            sink_ops.append(op)
+        for name, plan, open_writer in extra_sinks:
+            names = sink_input_names(plan)
+            schema = pa.schema([plan.schema.field(n) for n in names])
+            op = SinkOperator(name, schema, open_writer, names)
+            plan.build(ctx).connect(op)
+            sink_ops.append(op)
+        if DEAD_LETTER_STREAM in stages:
+            reader = stages[DEAD_LETTER_STREAM].reader
+            self.dead_letters.subscribe(reader.offer)
+            reader.upstream_done = lambda: all(s.ended for n, s in stages.items() if n != DEAD_LETTER_STREAM)
+        driver = Driver(list(stages.values()), sink_ops, self.clock, self.dead_letters, ctx.operators)
+        return driver
+
+    def _dead_letter_callback(self):
+        def callback(letters):
+            if self.settings["on_error"] == "fail":
+                first = letters[0]
+                raise ExecutionError(f"{first.source}: {first.reason}: {first.detail}")
+            if self.settings["on_error"] == "skip":
+                for letter in letters:
+                    self.dead_letters.counts[(letter.source, letter.reason)] += 1
+                return
+            self.dead_letters.write(letters)
+
+        return callback
+
+    def _source_stage(self, name: str) -> SourceStage:
+        entry = self.sources[name]
+        options = entry.connector.config
+        max_future = options.get("max_future", "1h")
+        max_future_us = None
+        if max_future is not None and str(max_future).lower() not in ("off", "none"):
+            from sqlstream.durations import parse_duration_us
+
+            max_future_us = parse_duration_us(max_future)
+        spec = SourceSpec(
+            name=name,
+            schema=entry.schema,
+            watermark_column=entry.rowtime,
+            watermark_delay_us=entry.delay_us,
+            on_error=options.get("on_error") or self.settings["on_error"],
+            max_future_us=max_future_us,
+            idle_timeout_us=options.get("idle_timeout"),
+        )
+        reader = entry.connector.open(self._run_context(entry.base_dir))
+        return SourceStage(spec, reader, self.dead_letters, self.clock)
+
+    def pending_sinks(self) -> list[SinkEntry]:
+        return [s for s in self.sinks.values() if s.plan is not None]
+
+    def run(self, *, progress: Callable[[Driver], None] | None = None) -> RunSummary:
+        """Run every sink's query together until the sources end or :meth:`stop`."""
+        driver = self.build(self.pending_sinks())
+        driver.progress = progress
+        with self._lock:
+            self._driver = driver
+        summary = driver.run()
+        self.last_summary = summary
+        return summary
+
+    def stop(self) -> None:
+        """Stop a running :meth:`run` or :meth:`query` after the batch in flight."""
+        with self._lock:
+            driver = self._driver
+        if driver is not None:
+            driver.stop()
+
+    def query(self, sql: str, *, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
+        """Run one query and yield its result batches as they come (changelog batches
+        carry ``__op``). Ends when its sources end, on LIMIT, or on :meth:`stop`."""
+        statements = list(parse_script(SourceText(sql, "<query>", self.base_dir), lambda: self.functions.keys()))
+        queries = [s for s in statements if isinstance(s, QueryStatement)]
+        for st in statements:
+            if not isinstance(st, QueryStatement):
+                self.execute_statement(st)
+        if len(queries) != 1:
+            raise SqlAnalysisError("query() takes exactly one SELECT", hint="use execute() for DDL")
+        plan = self._plan(queries[0].query, queries[0].source)
+        results: queue.Queue = queue.Queue()
+        driver = self.build([], [("query", plan, lambda schema: QueueWriter(results))])
+        with self._lock:
+            self._driver = driver
+        errors: list[BaseException] = []
+
+        def drive():
+            try:
+                self.last_summary = driver.run()
+            except BaseException as error:  # handed to the consumer below
+                errors.append(error)
+                results.put(END_OF_STREAM)
+
+        thread = threading.Thread(target=drive, name="sqlstream-query", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = results.get(timeout=timeout)
+                if item is END_OF_STREAM:
+                    break
+                yield item
+        finally:
+            driver.stop()
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def _register_dead_letter_stream(self) -> None:
+        from sqlstream.runtime.dead_letter_source import DeadLetterSource
+
+        connector = DeadLetterSource(DEAD_LETTER_STREAM, DEAD_LETTER_SCHEMA, {"connector": "internal"})
+        self.sources[DEAD_LETTER_STREAM] = SourceEntry(
+            DEAD_LETTER_STREAM, "SOURCE", connector, DEAD_LETTER_SCHEMA, "at", 0, None, self.base_dir
+        )
+
+
+def sink_input_names(plan: PlanNode) -> list[str]:
+    """The columns a sink takes from a query: ``__op`` first for an updating result."""
+    visible = [f.name for f in plan.schema if not is_hidden(f.name) and f.name != OP_COLUMN]
+    return ([OP_COLUMN] if plan.updating else []) + visible
+
+
+def explain_plan(title: str, plan: PlanNode) -> str:
+    lines = [f"== {title} =="] + plan.explain()
+    return "\n".join(lines)
+
+
+def _watermark_text(entry: SourceEntry) -> str:
+    if entry.rowtime is None:
+        return ""
+    from sqlstream.durations import format_duration_us
+
+    return f"{entry.rowtime} - {format_duration_us(entry.delay_us)}"
+
+
+def _rows_table(rows: list[dict]) -> pa.Table:
+    if not rows:
+        return pa.table({})
+    return pa.Table.from_pylist(rows)
+
+
+def _named_relations(query: exp.Expr) -> set[str]:
+    from sqlstream.sql.statements import normalize_name
+
+    return {normalize_name(t.this) for t in query.find_all(exp.Table) if isinstance(t.this, exp.Identifier)}
+
+
+def _sink_relations(entry: SinkEntry) -> set[str]:
+    st = entry.statement
+    names = set(entry.plan.sources()) if entry.plan is not None else set()
+    query = getattr(st, "query", None)
+    if query is not None:
+        names |= _named_relations(query)
+    if isinstance(st, CreateSink) and st.from_name:
+        names.add(st.from_name)
+    return names
+

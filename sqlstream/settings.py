@@ -1,0 +1,59 @@
+"""Session settings (``SET key = value`` in SQL, ``--set k=v`` on the command line)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlstream.durations import parse_duration_us
+from sqlstream.errors import Location, SqlAnalysisError, did_you_mean
+
+__all__ = ["DEFAULT_SETTINGS", "parse_setting", "SETTING_DOCS"]
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "batch_size": 8192,
+    "file_batch_size": 1_000_000,
+    "batch_timeout": 10_000,  # µs
+    "dead_letter_path": None,
+    "join_state_ttl": None,  # µs, None = unbounded
+    "on_error": "dead_letter",
+}
+
+SETTING_DOCS = {
+    "batch_size": "rows per micro-batch for live sources (default 8192)",
+    "file_batch_size": "rows per micro-batch for bounded file sources (default 1000000)",
+    "batch_timeout": "a live micro-batch closes after this long (default 10ms)",
+    "dead_letter_path": "JSON-lines file for rejected records",
+    "join_state_ttl": "drop join state older than this (default: keep)",
+    "on_error": "dead_letter | fail | skip, for errors inside queries",
+}
+
+
+def parse_setting(key: str, value: Any, location: Location | None = None) -> Any:
+    key = key.lower()
+    if key not in DEFAULT_SETTINGS:
+        raise SqlAnalysisError(
+            f"unknown setting '{key}'",
+            location=location,
+            hint=(did_you_mean(key, DEFAULT_SETTINGS) or "") + " valid settings: " + ", ".join(DEFAULT_SETTINGS),
+        )
+    try:
+        if key in ("batch_size", "file_batch_size"):
+            number = int(str(value).replace("_", ""))
+            if number <= 0:
+                raise ValueError("must be a positive number of rows")
+            return number
+        if key in ("batch_timeout", "join_state_ttl"):
+            us = parse_duration_us(value, default_unit="ms" if key == "batch_timeout" else "s")
+            if us < 0:
+                raise ValueError("must not be negative")
+            return us
+        if key == "on_error":
+            text = str(value).lower()
+            if text not in ("dead_letter", "fail", "skip"):
+                raise ValueError("expected dead_letter, fail or skip")
+            return text
+        return str(value)
+    except ValueError as error:
+        raise SqlAnalysisError(
+            f"invalid value {value!r} for setting '{key}': {error}", location=location, hint=SETTING_DOCS[key]
+        ) from None

@@ -1,0 +1,1 @@
+"""Python and ONNX model functions, vectorized over Arrow."""
