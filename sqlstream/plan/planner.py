@@ -391,12 +391,16 @@ class QueryPlanner:
             parts += [_quote(f.name) for f in input_schema if f.name in (WM_COLUMN, OP_COLUMN)]
         if not parts:
             raise PlanError("a query must select at least one column")
-        sql = f"SELECT {', '.join(parts)} FROM __input"
+        rowtime, window = self._propagated(node, items, expressions)
+        relation, child = "__input", node
+        if isinstance(node, Stateless) and node.udf_step is None and udf_step is None:
+            # fuse with the stage below: one DataFusion call per batch instead of two
+            relation, child, input_schema = f"({node.program.sql}) AS __input", node.children[0], node.program.input_schema
+        sql = f"SELECT {', '.join(parts)} FROM {relation}"
         if condition is not None:
             sql += f" WHERE {to_datafusion_sql(condition)}"
         program = self._program(sql, input_schema, items, condition)
-        rowtime, window = self._propagated(node, items, expressions)
-        return Stateless(node, program, udf_step, rowtime=rowtime, window=window, label=label or "query")
+        return Stateless(child, program, udf_step, rowtime=rowtime, window=window, label=label or "query")
 
     def _program(self, sql: str, schema: pa.Schema, items: list[_Item], condition) -> DataFusionProgram:
         try:

@@ -91,7 +91,7 @@ class Driver:
         try:
             while not self._stop.is_set() and self.step():
                 pass
-        except SqlStreamError:
+        except (SqlStreamError, BrokenPipeError):
             self._close(graceful=False)
             raise
         except Exception as error:  # an unexpected failure still closes what was opened
