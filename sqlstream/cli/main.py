@@ -123,7 +123,7 @@ def cmd_repl(args) -> int:
 def cmd_test(args) -> int:
     from sqlstream.pipeline_tests import run_cli
 
-    return run_cli(args.dir, args.udfs, verbose=args.verbose)
+    return run_cli(args.dir, args.udfs, verbose=args.verbose, update=args.update)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="tests/sql")
     p.add_argument("--udfs", action="append", default=[], metavar="DIR")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--update", action="store_true", help="write expected/<sink>.jsonl from the actual output")
     p.set_defaults(handler=cmd_test)
     return parser
 

@@ -111,6 +111,12 @@ class SourceStage:
             if self.tracker is not None:
                 for op, port in self.consumers:
                     op.advance(self.tracker.watermark, port)
+        if item.event_time_hint is not None and self.tracker is not None:
+            before = self.tracker.watermark
+            self.tracker.max_event_us = max(self.tracker.max_event_us, item.event_time_hint)
+            if self.tracker.watermark > before:
+                for op, port in self.consumers:
+                    op.advance(self.tracker.watermark, port)
         if item.ack is not None:
             item.ack()
 
