@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["AggCall", "Aggregator", "Partial", "AGGREGATE_FUNCTIONS", "output_type", "sort_keys"]
+__all__ = ["AggCall", "Aggregator", "ArrivalSequence", "Partial", "AGGREGATE_FUNCTIONS", "output_type", "sort_keys"]
 
 #: SQL name → internal function name
 AGGREGATE_FUNCTIONS = {
@@ -109,6 +109,19 @@ def sort_keys(keys: list[str]) -> list[tuple[str, str]]:
     return [(k, "ascending") for k in keys]
 
 
+class ArrivalSequence:
+    """Numbers rows in arrival order (column ``__seq``) for first/last_value."""
+
+    def __init__(self):
+        self.next = 0
+
+    def stamp(self, table: pa.Table) -> pa.Table:
+        n = table.num_rows
+        numbers = pa.array(np.arange(self.next, self.next + n, dtype=np.int64))
+        self.next += n
+        return table.append_column("__seq", numbers)
+
+
 def _splitmix64(values: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
         z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
@@ -173,10 +186,7 @@ class Aggregator:
                 self._partial_specs.append((call.arg, "count", f"{p}_c", "sum"))
                 self._partial_specs.append((f"{p}_f", "sum", f"{p}_s", "sum"))
                 self._partial_specs.append((f"{p}_q", "sum", f"{p}_q", "sum"))
-            elif f in ("first_value", "last_value"):
-                fn = "first" if f == "first_value" else "last"
-                self._partial_specs.append((call.arg, fn, f"{p}_v", fn))
-            elif f in ("count_distinct", "approx_distinct"):
+            elif f in ("count_distinct", "approx_distinct", "first_value", "last_value"):
                 self._set_calls.append(call)
             else:
                 raise AssertionError(f"unknown aggregate {f}")
@@ -193,6 +203,11 @@ class Aggregator:
                 if call.func != "avg":
                     table = table.append_column(f"{p}_q", pc.multiply(values, values))
         return table
+
+    @property
+    def needs_sequence(self) -> bool:
+        """first/last_value need the arrival number of each row in column ``__seq``."""
+        return any(c.func in ("first_value", "last_value") for c in self._set_calls)
 
     def partial(self, table: pa.Table) -> Partial:
         """Partials of one batch (``table`` holds the key and argument columns)."""
@@ -223,6 +238,10 @@ class Aggregator:
         # ``main`` has rows here too and finalized columns line up with it
         values = table.column(call.arg)
         keys = [table.column(k) for k in self.keys]
+        if call.func in ("first_value", "last_value"):
+            seq = pc.if_else(pc.is_valid(values), table.column("__seq"), pa.scalar(None, pa.int64()))
+            rows = pa.Table.from_arrays(keys + [values, seq], names=self.keys + ["__v", "__seq"])
+            return self._pick(rows, call.func == "first_value")
         if call.func == "count_distinct":
             pairs = pa.Table.from_arrays(keys + [values], names=self.keys + ["__v"])
             return pairs.group_by(self.keys + ["__v"], use_threads=False).aggregate([])
@@ -238,6 +257,16 @@ class Aggregator:
         ranks = np.where(valid, ranks, 0).astype(np.int32)
         regs = pa.Table.from_arrays(keys + [pa.array(registers), pa.array(ranks)], names=self.keys + ["__r", "__rank"])
         return self._max_rank(regs)
+
+    def _pick(self, rows: pa.Table, first: bool) -> pa.Table:
+        """One row per group: the first (last) non-null value in arrival order (``__seq``)."""
+        order = "ascending" if first else "descending"
+        ordered = rows.sort_by([("__seq", order, "at_end")])
+        options = pc.ScalarAggregateOptions(skip_nulls=True)
+        grouped = ordered.group_by(self.keys, use_threads=False).aggregate(
+            [("__v", "first", options), ("__seq", "first", options)]
+        )
+        return pa.Table.from_arrays(grouped.columns, names=self.keys + ["__v", "__seq"])
 
     def _max_rank(self, regs: pa.Table) -> pa.Table:
         grouped = regs.group_by(self.keys + ["__r"], use_threads=False).aggregate([("__rank", "max")])
@@ -260,6 +289,8 @@ class Aggregator:
             combined = pa.concat_tables([p.sets[i] for p in parts])
             if call.func == "count_distinct":
                 sets.append(combined.group_by(self.keys + ["__v"], use_threads=False).aggregate([]))
+            elif call.func in ("first_value", "last_value"):
+                sets.append(self._pick(combined, call.func == "first_value"))
             else:
                 sets.append(self._max_rank(combined))
         return Partial(merged, tuple(sets))
@@ -296,8 +327,6 @@ class Aggregator:
                 column = pc.if_else(pc.equal(count, 0), None, pc.divide(main.column(f"{p}_s"), pc.cast(count, pa.float64())))
             elif f in ("min", "max"):
                 column = main.column(f"{p}_m")
-            elif f in ("first_value", "last_value"):
-                column = main.column(f"{p}_v")
             elif f in ("stddev_samp", "stddev_pop", "var_samp", "var_pop"):
                 column = self._moments(main, p, f)
             else:
@@ -321,6 +350,10 @@ class Aggregator:
         return pa.array(np.where(valid, result, 0.0), mask=~valid)
 
     def _finalize_set(self, table: pa.Table, call: AggCall) -> pa.Array:
+        if call.func in ("first_value", "last_value"):
+            if not self.keys:
+                return table.column("__v")
+            return table.sort_by(sort_keys(self.keys)).column("__v")
         if call.func == "count_distinct":
             grouped = table.group_by(self.keys, use_threads=False).aggregate([("__v", "count")])
             counts = grouped.column("__v_count")

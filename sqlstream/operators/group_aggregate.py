@@ -11,7 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.operators.aggregates import AggCall, Aggregator, Partial
+from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
 from sqlstream.operators.base import OP_COLUMN, Operator
 from sqlstream.operators.keys import encode_keys
 
@@ -27,6 +27,7 @@ class GroupAggregateOperator(Operator):
         self.calls = list(calls)
         self.schema = schema
         self.agg = Aggregator(self.keys, self.calls)
+        self.sequence = ArrivalSequence()
         self.emit_every_us = emit_every_us
         self.state: Partial | None = None
         self.pending: list[Partial] = []
@@ -35,6 +36,8 @@ class GroupAggregateOperator(Operator):
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         args = [c.arg for c in self.calls if c.arg is not None]
         table = pa.Table.from_batches([batch]).select(list(dict.fromkeys(self.keys + args)))
+        if self.agg.needs_sequence:
+            table = self.sequence.stamp(table)
         part = self.agg.partial(table)
         if self.emit_every_us is None:
             self._apply([part])

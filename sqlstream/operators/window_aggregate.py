@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.operators.aggregates import AggCall, Aggregator, Partial
+from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
 from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, WM_COLUMN, Operator
 from sqlstream.operators.keys import encode_keys
 from sqlstream.operators.windows import column_int64, first_window_end, pane_size, tumble_start, window_assignments
@@ -88,6 +88,7 @@ class _WindowOutput(Operator):
         self.schema = schema
         self.emit_every_us = emit_every_us
         self.window_agg = Aggregator([WS, WE] + self.keys, self.calls)
+        self.sequence = ArrivalSequence()
         self.emitted_wm = MIN_WATERMARK
         self._last_fire_us: int | None = None
         self._early: pa.Table | None = None  # last early result per open window × key
@@ -95,7 +96,8 @@ class _WindowOutput(Operator):
     def input_table(self, batch: pa.RecordBatch, columns: list[str]) -> pa.Table:
         args = [c.arg for c in self.calls if c.arg is not None]
         names = list(dict.fromkeys(self.keys + args + columns))
-        return pa.Table.from_batches([batch]).select(names)
+        table = pa.Table.from_batches([batch]).select(names)
+        return self.sequence.stamp(table) if self.window_agg.needs_sequence else table
 
     def output(self, result: pa.Table, ops: pa.Array | None = None) -> pa.RecordBatch:
         """Rows of ``result`` in the output schema; ``__wm`` is the watermark before
@@ -365,7 +367,7 @@ class PaneWindowOperator(_WindowOutput):
         pieces = [p for p in pieces if p.num_rows]
         if not pieces:
             return None
-        return self.window_agg.finalize(self.window_agg.merge(pieces))
+        return self.window_agg.finalize(self.window_agg.merge(pieces, regroup=True))
 
     def _replicate(self, merged: Partial, starts: np.ndarray, rows: np.ndarray, ws: np.ndarray, we: np.ndarray) -> Partial:
         main = merged.main.take(pa.array(rows)).set_column(0, WS, pa.array(ws)).append_column(WE, pa.array(we))
