@@ -121,6 +121,12 @@ class Operator:
         """Rows of state held (for metrics, EXPLAIN and memory tests)."""
         return 0
 
+    def retention_start(self) -> int | None:
+        """Lower bound (µs) on the event time of input rows whose contribution this
+        operator still holds back (open windows, join state); None when it holds none.
+        Sources acknowledge input (e.g. JetStream) only below this bound."""
+        return None
+
     # -- outputs -------------------------------------------------------------------------------
 
     def emit(self, batch: pa.RecordBatch) -> None:

@@ -278,6 +278,9 @@ class WindowAggregateOperator(_WindowOutput):
             return None
         return self.window_agg.finalize(self.window_agg.merge([f.part for f in self.fragments]))
 
+    def retention_start(self) -> int | None:
+        return min((f.min_start for f in self.fragments), default=None)
+
     def state_rows(self) -> int:
         return sum(f.part.state_rows() for f in self.fragments)
 
@@ -412,6 +415,10 @@ class PaneWindowOperator(_WindowOutput):
 
     def state_rows(self) -> int:
         return sum(p.state_rows() for p in self.panes) + sum(p.state_rows() for p in self.direct)
+
+    def retention_start(self) -> int | None:
+        starts = [pc.min(p.main.column(WS)).as_py() for p in self.panes + self.direct if p.num_rows]
+        return min(starts, default=None)
 
 
 def _int64(column) -> np.ndarray:
@@ -557,6 +564,11 @@ class SessionWindowOperator(_WindowOutput):
 
     def state_rows(self) -> int:
         return self.open.state_rows() if self.open is not None else 0
+
+    def retention_start(self) -> int | None:
+        if self.open is None or self.open.num_rows == 0:
+            return None
+        return pc.min(self.open.main.column(WS)).as_py()
 
 
 def _segmented_cummax(values: np.ndarray, segment_start: np.ndarray) -> np.ndarray:

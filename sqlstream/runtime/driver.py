@@ -125,6 +125,8 @@ class Driver:
                 stage.check_idle(now_us)
             for op in self._roots():
                 op.tick(now_us)
+            for stage in self.sources:
+                stage.release_acks()
         if self.progress is not None and now - self._last_progress >= self.progress_interval_s:
             self._last_progress = now
             self.progress(self)
@@ -152,6 +154,15 @@ class Driver:
             return
         self.finished = True
         errors = []
+        for sink in self.sinks:
+            if graceful:
+                try:
+                    sink.close()
+                except Exception as error:  # noqa: BLE001 - keep closing the rest
+                    errors.append(error)
+        if graceful:
+            for stage in self.sources:
+                stage.release_acks()  # sinks are flushed: what their state no longer holds is done
         for stage in self.sources:
             try:
                 stage.close()

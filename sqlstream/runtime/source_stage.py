@@ -57,7 +57,7 @@ class SourceStage:
         self.metrics = SourceMetrics(last_data_us=clock.now_us())
         self.tracker = WatermarkTracker(spec.watermark_delay_us) if spec.watermark_column else None
         self.ended = False
-        self.pending_acks: list = []
+        self.pending_acks: list[tuple[int | None, object]] = []  # (max event time, ack) held back
 
     @property
     def name(self) -> str:
@@ -94,6 +94,7 @@ class SourceStage:
     def process(self, item: SourceBatch) -> None:
         """Validate, stamp and fan out one batch from the reader."""
         self.metrics.batches += 1
+        max_event = None
         self.metrics.records_in += item.raw_count
         self.reject(item.dead_letters)
         batch = item.batch
@@ -101,6 +102,8 @@ class SourceStage:
             self.metrics.last_data_us = self.clock.now_us()
             if self.tracker is not None:
                 batch = self._stamp(batch)
+                if batch.num_rows:
+                    max_event = int(event_time_us(batch.column(self.spec.watermark_column)).max())
                 if self.tracker.idle:
                     self.tracker.idle = False
                     for op, port in self.consumers:
@@ -118,7 +121,32 @@ class SourceStage:
                 for op, port in self.consumers:
                     op.advance(self.tracker.watermark, port)
         if item.ack is not None:
-            item.ack()
+            self.pending_acks.append((max_event, item.ack))
+        self.release_acks()
+
+    def retention_start(self) -> int | None:
+        """The earliest event time any operator downstream still holds back."""
+        bounds = []
+        for op, _ in self.consumers:
+            for node in op.walk():
+                bound = node.retention_start()
+                if bound is not None:
+                    bounds.append(bound)
+        return min(bounds, default=None)
+
+    def release_acks(self) -> None:
+        """Acknowledge input whose every derived row has reached the sinks: at once for
+        stateless queries, once the windows it contributed to were emitted otherwise."""
+        if not self.pending_acks:
+            return
+        bound = self.retention_start()
+        keep = []
+        for max_event, ack in self.pending_acks:
+            if bound is None or max_event is None or max_event < bound:
+                ack()
+            else:
+                keep.append((max_event, ack))
+        self.pending_acks = keep
 
     def _stamp(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         column = batch.column(self.spec.watermark_column)
