@@ -1,0 +1,572 @@
+"""``sqlstream repl``: interactive SQL against live streams, scriptable when stdin is not a TTY.
+
+Statements end at ``;`` (they may span lines); a line starting with ``\\`` is a meta
+command. A SELECT runs until its input ends, its LIMIT is reached or Ctrl-C, and renders
+live (see :mod:`sqlstream.cli.render`); CREATE SINK / INSERT INTO start that sink's
+query in the background (SHOW QUERIES, STOP QUERY n). A user error prints as
+``<stdin>:line:col: error: ...`` with a caret and a hint, and the REPL goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Iterable, TextIO
+
+import pyarrow as pa
+from rich.console import Console
+
+from sqlstream.cli.completion import META_COMMANDS, SqlCompleter, builtin_functions, statement_complete
+from sqlstream.cli.live import BackgroundQueries, ForegroundQuery, KeyReader, interrupt_flag
+from sqlstream.cli.render import OUTPUT_FORMATS, RESULT_MODES, make_view, render_table
+from sqlstream.cli.save_test import LastQuery, save_test
+from sqlstream.errors import Location, SqlAnalysisError, SqlStreamError
+from sqlstream.session import Session, StatementResult, sink_input_names
+from sqlstream.sql.statements import (
+    CreateFunction,
+    CreateSink,
+    DropStatement,
+    InsertInto,
+    QueryStatement,
+    ShowStatement,
+    SourceText,
+    Statement,
+    StopQueryStatement,
+    parse_script,
+)
+
+__all__ = ["Repl", "run_repl", "history_path", "make_prompt_session"]
+
+PROMPT = "sqlstream> "
+CONTINUATION = "...> "
+HISTORY_ENV = "SQLSTREAM_HISTORY"
+
+
+def history_path() -> str:
+    """``$SQLSTREAM_HISTORY``, else ``~/.sqlstream_history``."""
+    return os.environ.get(HISTORY_ENV) or os.path.join(os.path.expanduser("~"), ".sqlstream_history")
+
+
+class _Quit(Exception):
+    """``\\q``: leave the REPL."""
+
+
+class Repl:
+    """The REPL's state (output format, result mode, running queries) and its statement
+    loop, shared by the interactive prompt and scripts (-e, -f, piped stdin)."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        fmt: str = "table",
+        interactive: bool = False,
+        terminal: Console | None = None,
+        keys_fd: int | None = None,
+    ):
+        self.session = session
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.fmt = fmt
+        self.mode = "table"
+        self.interactive = interactive
+        self.terminal = terminal  # the rich console when stdout is a terminal
+        self.keys_fd = keys_fd
+        self.timing = False
+        self.output_path: str | None = None
+        self._output: TextIO | None = None
+        self.background = BackgroundQueries(session)
+        self.functions: dict[str, CreateFunction] = {}
+        self.last: LastQuery | None = None
+        self.exit_code = 0
+
+    # -- scripts and typed input ------------------------------------------------------------------
+
+    def run_lines(self, lines: Iterable[str], path: str, base_dir: str) -> bool:
+        """Run statements and meta commands from ``lines``; False after ``\\q``."""
+        buffer: list[str] = []
+        start = 1
+        number = 0
+        try:
+            for number, line in enumerate(lines, 1):
+                line = line.rstrip("\n")
+                if not buffer and line.lstrip().startswith("\\"):
+                    self.meta(line.strip(), path, number)
+                    continue
+                if not buffer:
+                    if not line.strip():
+                        continue
+                    start = number
+                buffer.append(line)
+                if statement_complete("\n".join(buffer)):
+                    self.run_sql("\n".join(buffer), path, base_dir, start)
+                    buffer = []
+            if buffer:
+                self.run_sql("\n".join(buffer), path, base_dir, start)
+        except _Quit:
+            return False
+        return True
+
+    def run_sql(self, text: str, path: str, base_dir: str, first_line: int = 1) -> None:
+        """Run each statement of ``text`` (which starts at ``first_line`` of ``path``);
+        an error is printed and the next statement still runs."""
+        padded = "\n" * (first_line - 1) + text
+        for start, end in _statement_spans(padded):
+            blank = "".join(c if c == "\n" else " " for c in padded[:start])
+            source = SourceText(blank + padded[start:end], path, base_dir)
+            began = time.monotonic()
+            try:
+                for statement in parse_script(source, lambda: self.session.functions.keys()):
+                    self.execute(statement)
+            except SqlStreamError as error:
+                if error.location is not None and error.location.path == path:
+                    error.location = Location(path, error.location.line, error.location.col, padded, error.location.length)
+                self.report(error)
+            except Exception as error:  # noqa: BLE001 - the REPL outlives any failure
+                self.report_internal(error)
+            if self.timing:
+                print(f"Time: {(time.monotonic() - began) * 1000:.3f} ms", file=self.err if not self.interactive else self.out)
+
+    def report(self, error: SqlStreamError) -> None:
+        print(error.render(), file=self.err, flush=True)
+        if not self.exit_code:
+            self.exit_code = error.exit_code
+
+    def report_internal(self, error: BaseException) -> None:
+        if os.environ.get("SQLSTREAM_DEBUG"):
+            import traceback
+
+            traceback.print_exception(error, file=self.err)
+        print(f"error: internal error: {type(error).__name__}: {error}", file=self.err)
+        print("  hint: this is a bug in sqlstream; SQLSTREAM_DEBUG=1 shows the traceback", file=self.err, flush=True)
+        if not self.exit_code:
+            self.exit_code = 1
+
+    def note(self, text: str) -> None:
+        """A confirmation for a person at the prompt (scripts stay quiet)."""
+        if self.interactive:
+            print(text, file=self.out, flush=True)
+
+    # -- statements ---------------------------------------------------------------------------------
+
+    def execute(self, statement: Statement) -> None:
+        session = self.session
+        if isinstance(statement, QueryStatement):
+            self.run_query(statement)
+            return
+        if isinstance(statement, StopQueryStatement):
+            query = self.background.stop(statement.number, statement.location)
+            self.background.unreported()
+            print(query.describe_end(), file=self.out if self.interactive else self.err, flush=True)
+            return
+        if isinstance(statement, ShowStatement) and statement.what == "QUERIES":
+            self.show_rows([q.row() for q in self.background.queries])
+            return
+        if isinstance(statement, ShowStatement) and statement.what in ("METRICS", "WATERMARKS") and self.background.queries:
+            self.show_rows(self._running_rows(statement.what))
+            return
+        if isinstance(statement, DropStatement) and statement.kind == "SINK":
+            self.background.stop_sink(statement.name)
+        if isinstance(statement, CreateSink) and statement.replace:
+            self.background.stop_sink(statement.name)
+        result = session.execute_statement(statement)
+        if isinstance(statement, CreateFunction):
+            self.functions[statement.name] = statement
+        self.present(result)
+        if isinstance(statement, (CreateSink, InsertInto)):
+            self.start_sinks()
+
+    def start_sinks(self) -> None:
+        for entry in self.session.pending_sinks():
+            if entry.implicit or self.background.started(entry.name):
+                continue
+            try:
+                query = self.background.start(entry)
+            except SqlStreamError:
+                self.session.sinks.pop(entry.name, None)  # a sink that cannot start is not created
+                raise
+            line = f"started query {query.number}: sink {entry.name} ({entry.connector.describe()})"
+            if self.interactive:
+                print(line, file=self.out, flush=True)
+            else:
+                print(f"sqlstream: {line}", file=self.err, flush=True)
+
+    def _running_rows(self, what: str) -> list[dict]:
+        rows = []
+        for query, driver in self.background.drivers():
+            found = self.session.metric_rows(driver) if what == "METRICS" else self.session.watermark_rows(driver)
+            rows += [{"query": query.number, **row} for row in found]
+        return rows
+
+    def present(self, result: StatementResult) -> None:
+        if result.table is not None:
+            self.show_table(result.table)
+        elif result.text is not None:
+            print(result.text, file=self.out, flush=True)
+        elif result.kind != "noop":
+            self.note(f"{result.kind.upper()} {result.name or ''}".rstrip())
+        else:
+            self.note(f"(nothing to do: {result.name} exists)")
+
+    def show_rows(self, rows: list[dict]) -> None:
+        self.show_table(pa.Table.from_pylist(rows) if rows else pa.table({}))
+
+    def show_table(self, table: pa.Table) -> None:
+        if table.num_columns == 0:
+            print("(none)", file=self.out, flush=True)
+            return
+        out, on_terminal = self._result_target()
+        render_table(table, self.fmt, out, self.terminal if on_terminal else None)
+
+    def _result_target(self) -> tuple[TextIO, bool]:
+        if self._output is not None:
+            return self._output, False
+        return self.out, self.terminal is not None
+
+    def run_query(self, statement: QueryStatement) -> None:
+        plan = self.session.plan_query(statement)
+        columns = sink_input_names(plan)
+        out, on_terminal = self._result_target()
+        view = make_view(self.mode, self.fmt, plan.updating, columns, out, self.terminal, on_terminal)
+        keys = KeyReader(self.keys_fd) if self.keys_fd is not None else None
+        query = ForegroundQuery(self.session, plan, view, keys=keys)
+        with interrupt_flag() as stop:
+            if keys is not None:
+                with keys:
+                    outcome = query.run(stop)
+            else:
+                outcome = query.run(stop)
+        self.last = LastQuery(statement, outcome)
+        if self.fmt == "table":
+            noun = "row" if outcome.rows == 1 else "rows"
+            detail = f"({outcome.rows:,} {noun}"
+            if outcome.updating:
+                detail += f", {outcome.received:,} changes"
+            if not outcome.ended:
+                detail += ", stopped"
+            print(detail + ")", file=out, flush=True)
+
+    # -- meta commands ------------------------------------------------------------------------------
+
+    def meta(self, line: str, path: str, number: int) -> None:
+        command, _, argument = line.partition(" ")
+        argument = argument.strip()
+        try:
+            handler = {
+                "\\q": self._quit,
+                "\\quit": self._quit,
+                "\\d": self._describe,
+                "\\timing": self._timing,
+                "\\o": self._output_to,
+                "\\format": self._format,
+                "\\mode": self._mode,
+                "\\save_test": self._save_test,
+                "\\?": self._help,
+                "\\help": self._help,
+            }.get(command)
+            if handler is None:
+                from sqlstream.errors import did_you_mean
+
+                raise SqlAnalysisError(
+                    f"unknown command '{command}'",
+                    location=Location(path, number, 1, "\n" * (number - 1) + line, len(command)),
+                    hint=" ".join(filter(None, [did_you_mean(command, META_COMMANDS), "\\? lists the commands"])),
+                )
+            handler(argument)
+        except SqlStreamError as error:
+            if error.location is None:
+                error.location = Location(path, number, 1, "\n" * (number - 1) + line, len(command))
+            self.report(error)
+
+    def _quit(self, argument: str) -> None:
+        raise _Quit()
+
+    def _help(self, argument: str) -> None:
+        width = max(len(c) for c in META_COMMANDS)
+        lines = [f"{c.ljust(width)}  {about}" for c, about in META_COMMANDS.items()]
+        lines.append("SQL statements end with ';'. While a query runs: space pauses the display, Ctrl-C stops it.")
+        print("\n".join(lines), file=self.out, flush=True)
+
+    def _describe(self, argument: str) -> None:
+        s = self.session
+        if not argument:
+            rows = [{"name": n, "kind": e.kind.lower(), "details": e.connector.describe()}
+                    for n, e in s.sources.items()]
+            rows += [{"name": n, "kind": "view", "details": v.statement.text} for n, v in s.views.items()]
+            rows += [{"name": n, "kind": "sink", "details": f"{e.connector.describe()}: {e.query_text}"}
+                     for n, e in s.sinks.items() if not e.implicit]
+            rows += [{"name": n, "kind": f"{f.kind} function", "details": f.signature} for n, f in s.functions.items()]
+            self.show_rows(rows)
+            return
+        from sqlstream.sql.types import sql_type_name
+
+        quoted = len(argument) > 1 and argument[0] == argument[-1] == '"'
+        name = argument[1:-1] if quoted else argument.lower()  # Postgres rules, as in SQL
+        if name in s.functions:
+            f = s.functions[name]
+            self.show_rows([{"function": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin}])
+            return
+        schema = s.schema_of(name)
+        rows = [{"column": f.name, "type": sql_type_name(f.type), "nullable": f.nullable} for f in schema]
+        self.show_rows(rows)
+        if name in s.sources and s.sources[name].statement is not None:
+            entry = s.sources[name]
+            watermark = f", watermark {entry.rowtime}" if entry.rowtime else ""
+            print(f"{entry.kind.lower()} {name}: {entry.connector.describe()}{watermark}", file=self.out, flush=True)
+        elif name in s.views:
+            print(f"view {name}: {s.views[name].statement.text}", file=self.out, flush=True)
+
+    def _timing(self, argument: str) -> None:
+        if argument not in ("", "on", "off"):
+            raise SqlStreamError(f"\\timing takes on or off, not '{argument}'")
+        self.timing = (not self.timing) if not argument else argument == "on"
+        print(f"Timing is {'on' if self.timing else 'off'}.", file=self.out, flush=True)
+
+    def _output_to(self, argument: str) -> None:
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+            self.output_path = None
+        if not argument:
+            self.note("Results go to the terminal.")
+            return
+        try:
+            self._output = open(argument, "w", encoding="utf-8")
+        except OSError as error:
+            raise SqlStreamError(f"cannot write {argument}: {error.strerror}") from error
+        self.output_path = argument
+        self.note(f"Results go to {argument}.")
+
+    def _format(self, argument: str) -> None:
+        if not argument:
+            print(f"format: {self.fmt}", file=self.out, flush=True)
+            return
+        if argument not in OUTPUT_FORMATS:
+            raise SqlStreamError(f"unknown format '{argument}'", hint="\\format table | json | csv")
+        self.fmt = argument
+        self.note(f"Output format is {argument}.")
+
+    def _mode(self, argument: str) -> None:
+        if not argument:
+            print(f"mode: {self.mode}", file=self.out, flush=True)
+            return
+        if argument not in RESULT_MODES:
+            raise SqlStreamError(f"unknown result mode '{argument}'", hint="\\mode table | changelog | tableau")
+        self.mode = argument
+        self.note(f"Result mode is {argument}.")
+
+    def _save_test(self, argument: str) -> None:
+        if not argument:
+            raise SqlStreamError("\\save_test needs a name", hint="\\save_test tests/sql/my_case")
+        print(save_test(argument, self.session, self.last, self.functions), file=self.out, flush=True)
+
+    # -- the prompt ---------------------------------------------------------------------------------
+
+    def report_background(self) -> None:
+        for query in self.background.unreported():
+            print(query.describe_end(), file=self.err, flush=True)
+
+    def interact(self, prompt_session) -> int:
+        """Prompt until ``\\q`` or Ctrl-D; Ctrl-C at the prompt clears the line."""
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        base_dir = os.getcwd()
+        try:
+            while True:
+                self.report_background()
+                try:
+                    with patch_stdout(raw=True):
+                        text = prompt_session.prompt()
+                except KeyboardInterrupt:
+                    continue
+                except EOFError:
+                    break
+                try:
+                    if not self.run_lines(text.splitlines(), "<stdin>", base_dir):
+                        break
+                except KeyboardInterrupt:  # Ctrl-C outside a query (a slow DDL): back to the prompt
+                    print("interrupted", file=self.err, flush=True)
+        finally:
+            self.close()
+        return 0
+
+    def finish_script(self) -> None:
+        """At the end of a script: let the sinks it started run to their end (Ctrl-C stops them)."""
+        if self.background.running():
+            with interrupt_flag() as stop:
+                self.background.wait_all(stop)
+        self.report_background()
+        self.close()
+
+    def close(self) -> None:
+        self.background.stop_all()
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+
+
+def _statement_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) offsets of each ``;``-separated statement in ``text``."""
+    from sqlglot.errors import TokenError
+    from sqlglot.tokens import TokenType
+
+    from sqlstream.sql.dialect import SqlStream
+
+    try:
+        tokens = SqlStream().tokenizer().tokenize(text)
+    except TokenError:
+        return [(0, len(text))]  # parse_script reports where the string/comment was left open
+    spans = []
+    start = None
+    for token in tokens:
+        if token.token_type == TokenType.SEMICOLON:
+            if start is not None:
+                spans.append((start, token.end + 1))
+            start = None
+        elif start is None:
+            start = token.start
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def _input_complete(text: str) -> bool:
+    stripped = text.strip()
+    return not stripped or stripped.startswith("\\") or statement_complete(text)
+
+
+def make_prompt_session(session: Session, *, input=None, output=None, history: str | None = None):
+    """The prompt_toolkit session: multi-line until ``;``, history, Ctrl-R, highlighting, completion."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.completion import CompleteEvent, get_common_complete_suffix
+    from prompt_toolkit.key_binding import KeyBindings
+    from prompt_toolkit.filters import Condition
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.lexers import PygmentsLexer
+    from pygments.lexers.sql import SqlLexer
+
+    path = history or history_path()
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+        store = FileHistory(path)
+    except OSError:
+        store = InMemoryHistory()
+
+    prompt_session = None
+
+    @Condition
+    def continues() -> bool:
+        """Enter adds a line until the statement is complete. (The main buffer is asked,
+        not the current one: during Ctrl-R the current buffer is the search text.)"""
+        return prompt_session is None or not _input_complete(prompt_session.default_buffer.text)
+
+    def continuation(width: int, line_number: int, wrap_count: int) -> str:
+        return CONTINUATION.rjust(width)
+
+    completer = SqlCompleter(session)
+    bindings = KeyBindings()
+
+    @bindings.add("tab")
+    def complete(event) -> None:
+        """Complete at once: a single candidate is inserted, several show a menu."""
+        buffer = event.current_buffer
+        if buffer.complete_state:
+            buffer.complete_next()
+            return
+        found = list(completer.get_completions(buffer.document, CompleteEvent(completion_requested=True)))
+        if len(found) == 1:
+            buffer.apply_completion(found[0])
+        elif found:
+            common = get_common_complete_suffix(buffer.document, found)
+            if common:
+                buffer.insert_text(common)
+            else:
+                buffer.start_completion(insert_common_part=False)
+
+    prompt_session = PromptSession(
+        PROMPT,
+        key_bindings=bindings,
+        multiline=continues,
+        prompt_continuation=continuation,
+        history=store,
+        lexer=PygmentsLexer(SqlLexer),
+        completer=completer,
+        complete_while_typing=False,
+        enable_history_search=False,
+        input=input,
+        output=output,
+    )
+    return prompt_session
+
+
+def _stdout_renderer_factory():
+    """Background ``stdout`` sinks print JSON lines (or aligned rows) to whatever
+    ``sys.stdout`` is when they write, so that at the prompt they appear above it."""
+    from sqlstream.connectors.stdout import JsonLinesWriter, PlainTableWriter
+
+    class _CurrentStdout:
+        def write(self, text: str) -> int:
+            return sys.stdout.write(text)
+
+        def flush(self) -> None:
+            sys.stdout.flush()
+
+    def factory(sink_name: str, schema: pa.Schema, fmt: str):
+        if fmt == "table":
+            return PlainTableWriter(schema, _CurrentStdout())
+        return JsonLinesWriter(_CurrentStdout())
+
+    return factory
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise SqlStreamError(f"cannot read {path}: {error.strerror}") from error
+
+
+def run_repl(args) -> int:
+    """``sqlstream repl [FILE] [-e SQL] [-f FILE] [--json|--csv]``."""
+    from sqlstream.cli.main import make_session
+
+    session = make_session(args.file, args.udfs, args.set)
+    session.stdout_renderer = _stdout_renderer_factory()
+    scripted = bool(args.execute or args.script)
+    interactive = not scripted and sys.stdin.isatty()
+    terminal = Console(file=sys.stdout) if sys.stdout.isatty() else None
+    keys_fd = sys.stdin.fileno() if interactive else None
+    repl = Repl(session, fmt=args.format or "table", interactive=interactive, terminal=terminal, keys_fd=keys_fd)
+    warm_up = threading.Thread(target=builtin_functions, name="sqlstream-functions", daemon=True)
+    if interactive:
+        warm_up.start()  # the first Tab should not wait for DataFusion's function list
+    if args.file:
+        if not repl.run_lines(_read(args.file).splitlines(), args.file, os.path.dirname(os.path.abspath(args.file))):
+            repl.finish_script()
+            return repl.exit_code
+    if scripted:
+        go_on = True
+        for sql in args.execute:
+            go_on = go_on and repl.run_lines(sql.splitlines(), "<command-line>", os.getcwd())
+        if args.script and go_on:
+            text = _read(args.script)
+            repl.run_lines(text.splitlines(), args.script, os.path.dirname(os.path.abspath(args.script)))
+        repl.finish_script()
+        return repl.exit_code
+    if not interactive:
+        repl.run_lines(sys.stdin, "<stdin>", os.getcwd())
+        repl.finish_script()
+        return repl.exit_code
+    if repl.exit_code and args.file:
+        print(f"sqlstream: {args.file} had errors; the statements that worked are loaded", file=sys.stderr)
+    print("sqlstream repl — statements end with ';', \\? for help, \\q to quit", file=sys.stdout, flush=True)
+    try:
+        return repl.interact(make_prompt_session(session))
+    finally:
+        warm_up.join()  # never leave a thread inside native code at interpreter exit
