@@ -33,7 +33,8 @@ def encode_json_lines(batch: pa.RecordBatch | pa.Table) -> bytes:
         return b""
     con = _connection()
     rows = con.from_arrow(batch)  # noqa: F841 - referenced by name in the SQL below
-    table = con.sql("SELECT to_json(r)::VARCHAR AS j FROM rows r").to_arrow_table()
+    # the row alias must not be a column name (a column ``r`` would shadow ``r``)
+    table = con.sql("SELECT to_json(__sqlstream_row)::VARCHAR AS j FROM rows __sqlstream_row").to_arrow_table()
     column = table.column(0).combine_chunks()
     lines = pc.binary_join_element_wise(column, pa.scalar("\n"), "")
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]

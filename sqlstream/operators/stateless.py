@@ -4,11 +4,16 @@ vectorized step, then projection and filter on DataFusion.
 A batch that DataFusion rejects (a CAST of a value that does not fit, a division by
 zero) is bisected: the rows that fail alone go to the dead-letter output (reason
 ``type``) and the rest continue, so results never depend on batch boundaries.
+
+A program that only picks and renames columns (e.g. ``SELECT "__udf0" AS p``
+after a model call) is applied without DataFusion: the arrays are passed through.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
+import sqlglot
+from sqlglot import exp
 
 from sqlstream.batches import drop_hidden
 from sqlstream.connectors.base import DeadLetter
@@ -30,12 +35,19 @@ class StatelessOperator(Operator):
         self.udf_step = udf_step
         self.on_error = on_error
         self.label = label
+        self.projection = _column_projection(program)
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         if self.udf_step is not None:
             batch = self.udf_step.apply(batch, self)
             if batch.num_rows == 0:
                 return
+        if self.projection is not None and batch.schema.names == self.program.input_schema.names:
+            try:
+                self.emit(pa.RecordBatch.from_arrays([batch.column(i) for i in self.projection], schema=self.program.schema))
+                return
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                pass  # a type differs from the plan's: let DataFusion convert it
         try:
             out = self.program.run(batch)
         except DataFusionError as error:
@@ -59,3 +71,36 @@ class StatelessOperator(Operator):
         if not batches:
             return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in self.program.schema], schema=self.program.schema)
         return pa.Table.from_batches(batches, schema=self.program.schema).combine_chunks().to_batches()[0]
+
+
+def _column_projection(program: DataFusionProgram) -> list[int] | None:
+    """Input column indices when ``program`` only selects (and renames) columns of
+    ``__input`` with unchanged types, else None."""
+    try:
+        tree = sqlglot.parse_one(program.sql, dialect="postgres")
+    except sqlglot.errors.SqlglotError:
+        return None
+    if not isinstance(tree, exp.Select):
+        return None
+    if any(tree.args.get(k) for k in ("where", "group", "having", "order", "limit", "joins", "distinct", "qualify", "with_")):
+        return None
+    source = tree.args.get("from_") or tree.args.get("from")
+    table = source.this if source is not None else None
+    if not isinstance(table, exp.Table) or table.name != "__input" or table.args.get("db"):
+        return None
+    names = program.input_schema.names
+    if len(tree.expressions) != len(program.schema):
+        return None
+    indices = []
+    for item, out in zip(tree.expressions, program.schema):
+        inner = item.this if isinstance(item, exp.Alias) else item
+        if not isinstance(inner, exp.Column) or inner.args.get("table") or not isinstance(inner.this, exp.Identifier):
+            return None
+        name = inner.name if inner.this.args.get("quoted") else inner.name.lower()
+        if names.count(name) != 1:
+            return None
+        index = names.index(name)
+        if program.input_schema.field(index).type != out.type:
+            return None
+        indices.append(index)
+    return indices

@@ -1,8 +1,8 @@
 """ONNX models as vectorized scalar SQL functions (onnxruntime).
 
 ``CREATE FUNCTION predict AS MODEL 'model.onnx' [WITH (output = 'probability',
-threads = 1, provider = 'cpu', quantize = 'int8')]`` loads the model once per pipeline.
-Its signature gives the SQL types:
+threads = 1, provider = 'cpu', quantize = 'int8')]`` loads the model once per pipeline
+(one ``InferenceSession``, reused for every batch). Its signature gives the SQL types:
 
 * one input tensor ``[N, k]`` takes a ``FLOAT[k]`` column (fixed-size list; a
   variable list of length k works too) or ``k`` numeric arguments; several inputs
@@ -13,14 +13,20 @@ Its signature gives the SQL types:
 * a scikit-learn ZipMap (probabilities as a list of maps) is removed from the graph at
   load, so probabilities come out as ``FLOAT[classes]``.
 
-Features reach onnxruntime as numpy views of the Arrow buffers (``flatten()`` then
-reshape), cast to the model's element type only when they differ.
+Features reach onnxruntime as numpy views of the Arrow buffers (the list's values cut
+to the slice and reshaped to ``[n, k]``: no copy for ``FLOAT[k]`` without NULLs), cast to the model's element type
+only when they differ. A row whose features are NULL (or hold a NULL) gives NULL.
+Models load from local ``.onnx`` files only; pickled Python objects are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +36,7 @@ import pyarrow.compute as pc
 from sqlstream.errors import UdfError
 from sqlstream.sql.types import sql_type_name
 
-__all__ = ["ModelUdf"]
+__all__ = ["ModelUdf", "MODEL_OPTIONS"]
 
 _ONNX_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -50,7 +56,15 @@ _ONNX_TO_ARROW = {
     "tensor(string)": pa.string(),
     "tensor(float16)": pa.float32(),
 }
-_OPTIONS = {"output", "threads", "provider", "quantize"}
+#: option → what it does (SHOW FUNCTIONS / docs / error hints)
+MODEL_OPTIONS = {
+    "output": "the output to return (default: all outputs, as a STRUCT when there are several)",
+    "threads": "onnxruntime intra-op threads (default: onnxruntime's choice)",
+    "provider": "'cpu' (default) or 'cuda'",
+    "quantize": "'int8': dynamic int8 quantization at load, cached next to the model",
+}
+_OPTIONS = set(MODEL_OPTIONS)
+_PICKLE_EXTENSIONS = {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".sav"}
 
 
 @dataclass
@@ -59,21 +73,44 @@ class _Input:
     dtype: np.dtype
     width: int | None  # k of [N, k]; None for [N]
 
+    @property
+    def shape(self) -> str:
+        return f"[N, {self.width}]" if self.width else "[N]"
+
+    @property
+    def element(self) -> str:
+        return "VARCHAR" if self.dtype == np.object_ else sql_type_name(pa.from_numpy_dtype(self.dtype))
+
 
 @dataclass
 class _Output:
     name: str  # in the graph
     field: str  # in SQL
-    type: pa.DataType
+    type: pa.DataType | None  # None: not expressible in SQL (``problem`` says why)
     squeeze: bool
+    problem: str = ""
 
 
 def _dim(value) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _option_error(option: str, message: str, hint: str | None = None) -> UdfError:
+    error = UdfError(message, hint=hint)
+    error.option = option  # type: ignore[attr-defined]  # lets CREATE FUNCTION point at the option
+    return error
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class ModelUdf:
+    """An ONNX model as a SQL function: signature from the graph, vectorized ``call``."""
+
     kind = "model"
+    volatility = "immutable"
 
     def __init__(self, name: str, path: str, session, options: dict):
         self.name = name
@@ -86,11 +123,23 @@ class ModelUdf:
         if wanted is not None:
             chosen = [o for o in outputs if str(wanted).lower() in (o.field.lower(), o.name.lower())]
             if not chosen:
-                raise UdfError(
+                raise _option_error(
+                    "output",
                     f"model {os.path.basename(path)} has no output '{wanted}'",
                     hint="outputs: " + ", ".join(o.field for o in outputs),
                 )
-            outputs = chosen
+            outputs = chosen[:1]
+        else:
+            usable = [o for o in outputs if o.type is not None]
+            if len(usable) < len(outputs) and usable:
+                outputs = usable  # e.g. a ZipMap-like map output next to usable ones
+        for o in outputs:
+            if o.type is None:
+                raise _option_error(
+                    "output",
+                    f"model {os.path.basename(path)}: output '{o.name}' {o.problem}",
+                    hint="pick another output with WITH (output = '...')",
+                )
         self.outputs = outputs
         self.output_names = [o.name for o in outputs]
         if len(outputs) == 1:
@@ -102,36 +151,52 @@ class ModelUdf:
 
     @classmethod
     def load(cls, name: str, path: str, options: dict) -> "ModelUdf":
+        """Load ``path`` once (an ``onnxruntime.InferenceSession``); bad options, a missing
+        or non-ONNX file and unsupported signatures are UdfErrors (``option`` names the
+        offending option, if any)."""
         import onnxruntime as ort
 
-        unknown = set(options) - _OPTIONS
+        options = {str(k).lower(): v for k, v in options.items()}
+        unknown = sorted(set(options) - _OPTIONS)
         if unknown:
-            raise UdfError(
-                f"unknown model option(s) {', '.join(sorted(unknown))}", hint="valid: " + ", ".join(sorted(_OPTIONS))
+            raise _option_error(
+                unknown[0], f"unknown model option '{unknown[0]}'", "valid: " + ", ".join(sorted(_OPTIONS))
             )
-        if "://" in path:
-            raise UdfError(f"models load from local files only, not {path}")
+        url = re.search(r"[A-Za-z][A-Za-z0-9+.-]*://.*", path)
+        if url:
+            raise UdfError(f"models load from local files only, not {url.group(0)}", hint="download the .onnx file first")
+        if os.path.splitext(path)[1].lower() in _PICKLE_EXTENSIONS:
+            raise UdfError(
+                f"{os.path.basename(path)} is a pickled Python object; sqlstream loads ONNX models only and never unpickles",
+                hint="export the model to ONNX (scikit-learn: skl2onnx.to_onnx(model, X[:1]))",
+            )
         if not os.path.isfile(path):
             raise UdfError(f"model file not found: {path}", hint="paths are relative to the pipeline file's directory")
         provider = str(options.get("provider", "cpu")).lower()
         providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}.get(provider)
         if providers is None:
-            raise UdfError(f"unknown provider '{provider}'", hint="cpu or cuda")
-        model_bytes = cls._prepare(path, options)
+            raise _option_error("provider", f"unknown provider '{provider}'", "provider = 'cpu' or 'cuda'")
         so = ort.SessionOptions()
         threads = options.get("threads")
         if threads is not None:
-            so.intra_op_num_threads = int(threads)
+            try:
+                count = int(str(threads))
+            except ValueError:
+                count = 0
+            if count < 1:
+                raise _option_error("threads", f"threads = {threads!r} is not a positive integer", "e.g. threads = 1")
+            so.intra_op_num_threads = count
             so.inter_op_num_threads = 1
+        model_bytes = cls._prepare(path, options)
         try:
             session = ort.InferenceSession(model_bytes, so, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
-            raise UdfError(f"cannot load model {path}: {str(error).splitlines()[0]}") from error
+            raise UdfError(f"cannot load model {path}: {_first_line(error)}") from error
         return cls(name, path, session, options)
 
     @staticmethod
     def _prepare(path: str, options: dict) -> bytes:
-        """Model bytes: ZipMap removed, int8-quantized (cached next to the model) if asked."""
+        """Model bytes: int8-quantized (cached next to the model) if asked, ZipMap removed."""
         import onnx
 
         with open(path, "rb") as handle:
@@ -139,18 +204,12 @@ class ModelUdf:
         quantize = options.get("quantize")
         if quantize is not None:
             if str(quantize).lower() != "int8":
-                raise UdfError(f"quantize = '{quantize}' is not supported", hint="quantize = 'int8'")
-            digest = hashlib.sha256(raw).hexdigest()[:16]
-            cached = f"{os.path.splitext(path)[0]}.int8-{digest}.onnx"
-            if not os.path.exists(cached):
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                temp = f"{cached}.{os.getpid()}.tmp"
-                quantize_dynamic(path, temp, weight_type=QuantType.QInt8)
-                os.replace(temp, cached)
-            with open(cached, "rb") as handle:
-                raw = handle.read()
-        model = onnx.load_from_string(raw)
+                raise _option_error("quantize", f"quantize = '{quantize}' is not supported", "quantize = 'int8'")
+            raw = _quantized(path, raw)
+        try:
+            model = onnx.load_from_string(raw)
+        except Exception as error:  # protobuf's DecodeError and friends
+            raise UdfError(f"{path} is not an ONNX model (it does not parse as an ONNX protobuf)") from error
         if not any(node.op_type == "ZipMap" for node in model.graph.node):
             return raw
         return _strip_zipmap(model).SerializeToString()
@@ -169,114 +228,215 @@ class ModelUdf:
         return _Input(info.name, np.dtype(dtype), shape[1])
 
     def _output(self, info) -> _Output:
+        field = info.name[len("output_") :] if info.name.startswith("output_") else info.name
         t = _ONNX_TO_ARROW.get(info.type)
         if t is None:
-            raise UdfError(
-                f"model {os.path.basename(self.path)}: output '{info.name}' has unsupported type {info.type}",
-                hint="pick another output with WITH (output = '...')",
-            )
-        field = info.name[len("output_") :] if info.name.startswith("output_") else info.name
+            return _Output(info.name, field, None, False, f"has type {info.type}, which has no SQL type")
         shape = list(info.shape)
         if len(shape) <= 1 or (len(shape) == 2 and shape[1] == 1):
             return _Output(info.name, field, t, True)
-        width = _dim(shape[1]) if len(shape) == 2 else None
+        if len(shape) != 2:
+            return _Output(info.name, field, None, False, f"has shape {shape}; expected [N], [N, 1] or [N, m]")
+        width = _dim(shape[1])
         return _Output(info.name, field, pa.list_(t, width) if width else pa.list_(t), False)
 
     # -- SQL side ------------------------------------------------------------------------------
 
     def _expected(self) -> str:
         if len(self.inputs) == 1 and self.inputs[0].width:
-            k = self.inputs[0].width
-            elem = "REAL" if self.inputs[0].dtype == np.float32 else sql_type_name(pa.from_numpy_dtype(self.inputs[0].dtype))
-            return f"{elem}[{k}] or {k} numeric arguments"
-        return ", ".join(
-            f"{sql_type_name(pa.from_numpy_dtype(i.dtype)) if i.dtype != np.object_ else 'VARCHAR'}" + (f"[{i.width}]" if i.width else "")
-            for i in self.inputs
-        )
+            i = self.inputs[0]
+            return f"{i.element}[{i.width}] or {i.width} numeric arguments"
+        return ", ".join(i.element + (f"[{i.width}]" if i.width else "") for i in self.inputs)
 
     def signature(self) -> str:
         return f"{self.name}({self._expected()}) -> {sql_type_name(self.return_type)}  [model {os.path.basename(self.path)}]"
 
     def check_args(self, types: list[pa.DataType]) -> pa.DataType:
-        shape_of = lambda i: f"[N, {i.width}]" if i.width else "[N]"  # noqa: E731
+        """The result type for argument ``types``; a UdfError says expected vs actual."""
         if len(self.inputs) == 1 and self.inputs[0].width:
-            k = self.inputs[0].width
+            spec = self.inputs[0]
+            k = spec.width
             if len(types) == 1 and _is_list(types[0]):
                 t = types[0]
                 if pa.types.is_fixed_size_list(t) and t.list_size != k:
                     raise UdfError(
-                        f"model {self.name} expects {k} features (input '{self.inputs[0].name}' is {shape_of(self.inputs[0])}), "
-                        f"got {sql_type_name(t)}",
-                        hint=f"pass a {self._expected()}",
+                        f"model {self.name} expects {k} features (input '{spec.name}' is {spec.shape}), "
+                        f"got {sql_type_name(t)} ({t.list_size} features)",
+                        hint=f"pass {self._expected()}",
                     )
-                _check_numeric(t.value_type, self.name)
+                self._check_element(t.value_type, spec)
                 return self.return_type
-            if len(types) == k and all(_is_numeric(t) for t in types):
+            if len(types) == k:
+                for t in types:
+                    self._check_element(t, spec)
                 return self.return_type
+            given = ", ".join(sql_type_name(t) for t in types)
             raise UdfError(
-                f"model {self.name} expects {self._expected()} (input '{self.inputs[0].name}' is {shape_of(self.inputs[0])}), "
-                f"got ({', '.join(sql_type_name(t) for t in types)})",
+                f"model {self.name} expects {self._expected()} (input '{spec.name}' is {spec.shape}), "
+                f"got {len(types)} argument(s): ({given})",
+                hint=f"pass {self._expected()}",
             )
         if len(types) != len(self.inputs):
-            raise UdfError(f"model {self.name} takes {len(self.inputs)} argument(s), got {len(types)}", hint=self._expected())
-        for t, i in zip(types, self.inputs):
-            if i.width and not (_is_list(t) and (not pa.types.is_fixed_size_list(t) or t.list_size == i.width)):
-                raise UdfError(f"model {self.name}: input '{i.name}' is {shape_of(i)}, got {sql_type_name(t)}")
+            raise UdfError(
+                f"model {self.name} takes {len(self.inputs)} argument(s) (inputs "
+                + ", ".join(f"'{i.name}' {i.shape}" for i in self.inputs)
+                + f"), got {len(types)}",
+                hint=f"pass {self._expected()}",
+            )
+        for position, (t, spec) in enumerate(zip(types, self.inputs), start=1):
+            if spec.width and spec.width > 1 or _is_list(t):
+                if not _is_list(t) or (pa.types.is_fixed_size_list(t) and t.list_size != spec.width):
+                    raise UdfError(
+                        f"argument {position} of model {self.name}: input '{spec.name}' is {spec.shape}, "
+                        f"got {sql_type_name(t)}",
+                        hint=f"pass {self._expected()}",
+                    )
+                self._check_element(t.value_type, spec)
+            else:
+                self._check_element(t, spec)
         return self.return_type
+
+    def _check_element(self, t: pa.DataType, spec: _Input) -> None:
+        if spec.dtype == np.object_:
+            ok = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+        elif spec.dtype == np.bool_:
+            ok = pa.types.is_boolean(t)
+        elif np.issubdtype(spec.dtype, np.integer):
+            ok = pa.types.is_integer(t) or pa.types.is_null(t)
+        else:
+            ok = _is_numeric(t) or pa.types.is_null(t)
+        if not ok:
+            raise UdfError(
+                f"model {self.name}: input '{spec.name}' takes {spec.element} values, got {sql_type_name(t)}",
+                hint=f"pass {self._expected()}, or CAST(... AS {spec.element})",
+            )
 
     def prepare(self, args: list[pa.Array]) -> list[pa.Array]:
         return args
 
     # -- running ---------------------------------------------------------------------------------
 
-    def _features(self, args: list[pa.Array], spec: _Input) -> np.ndarray:
-        if len(args) == 1 and _is_list(args[0].type) and spec.width:
+    def call(self, args: list[pa.Array], length: int) -> pa.Array:
+        """One onnxruntime run over the whole batch; NULL features give NULL."""
+        valid = _valid_rows(args)
+        if valid is None:
+            return self._run(args, length)
+        rows = pa.array(np.flatnonzero(valid))
+        if len(rows) == 0:
+            return pa.nulls(length, self.return_type)
+        result = self._run([a.take(rows) for a in args], len(rows))
+        return _scatter(result, rows, length)
+
+    def _features(self, args: list[pa.Array], spec: _Input, length: int) -> np.ndarray:
+        if len(args) == 1 and _is_list(args[0].type):
             column = args[0]
             if not pa.types.is_fixed_size_list(column.type):
-                lengths = pc.list_value_length(column)
-                if not pc.all(pc.equal(lengths, spec.width)).as_py():
-                    raise ValueError(f"feature arrays must have {spec.width} elements")
-            values = column.flatten()  # respects the slice offset (unlike .values)
-            matrix = values.to_numpy(zero_copy_only=False).reshape(len(column), spec.width)
+                lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+                wrong = np.flatnonzero(lengths != spec.width)
+                if len(wrong):
+                    raise ValueError(f"input '{spec.name}' needs {spec.width} features, got {lengths[wrong[0]]}")
+            matrix = _list_matrix(column, spec.width, length)
         elif spec.width:
             matrix = np.column_stack([a.to_numpy(zero_copy_only=False) for a in args])
         else:
             matrix = args[0].to_numpy(zero_copy_only=False)
         return matrix if matrix.dtype == spec.dtype else matrix.astype(spec.dtype)
 
-    def call(self, args: list[pa.Array], length: int) -> pa.Array:
-        valid = None
-        for a in args:
-            if a.null_count:
-                mask = pc.is_valid(a)
-                valid = mask if valid is None else pc.and_(valid, mask)
-        if valid is not None:
-            rows = pc.indices_nonzero(valid)
-            result = self._run([a.take(rows) for a in args], len(rows))
-            return _scatter(result, rows, length)
-        return self._run(args, length)
-
     def _run(self, args: list[pa.Array], length: int) -> pa.Array:
         if len(self.inputs) == 1:
-            feed = {self.inputs[0].name: self._features(args, self.inputs[0])}
+            feed = {self.inputs[0].name: self._features(args, self.inputs[0], length)}
         else:
-            feed = {spec.name: self._features([a], spec) for a, spec in zip(args, self.inputs)}
+            feed = {spec.name: self._features([a], spec, length) for a, spec in zip(args, self.inputs)}
         outputs = self.session.run(self.output_names, feed)
-        arrays = [_to_arrow(value, out) for value, out in zip(outputs, self.outputs)]
+        arrays = [self._to_arrow(value, out, length) for value, out in zip(outputs, self.outputs)]
         if len(arrays) == 1:
             return arrays[0]
         return pa.StructArray.from_arrays(arrays, fields=list(self.return_type))
 
+    def _to_arrow(self, value, out: _Output, length: int) -> pa.Array:
+        value = np.asarray(value)
+        if value.dtype == np.float16:
+            value = value.astype(np.float32)
+        if out.squeeze:
+            if value.size != length:
+                raise UdfError(f"model {self.name}: output '{out.name}' has shape {value.shape}, expected [{length}]")
+            return pa.array(value.reshape(-1), type=out.type)
+        if value.ndim != 2 or value.shape[0] != length:
+            raise UdfError(f"model {self.name}: output '{out.name}' has shape {value.shape}, expected [{length}, m]")
+        flat = pa.array(value.reshape(-1), type=out.type.value_type)
+        array = pa.FixedSizeListArray.from_arrays(flat, value.shape[1])
+        return array if pa.types.is_fixed_size_list(out.type) else array.cast(out.type)
 
-def _to_arrow(value: np.ndarray, out: _Output) -> pa.Array:
-    if out.squeeze:
-        return pa.array(value.reshape(-1), type=out.type)
-    flat = pa.array(value.reshape(-1), type=out.type.value_type)
-    if pa.types.is_fixed_size_list(out.type):
-        return pa.FixedSizeListArray.from_arrays(flat, type=out.type)
-    width = value.shape[1]
-    offsets = pa.array(np.arange(0, value.shape[0] * width + 1, width, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, flat)
+
+def _quantized(path: str, raw: bytes) -> bytes:
+    """The int8 dynamically quantized model, made once and cached next to ``path`` as
+    ``<stem>.int8-<sha256 prefix>.onnx`` (in the temp directory if that is read-only)."""
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = f"{stem}.int8-{digest}.onnx"
+    candidates = [os.path.join(os.path.dirname(os.path.abspath(path)), name), os.path.join(tempfile.gettempdir(), name)]
+    for cached in candidates:
+        if os.path.exists(cached):
+            with open(cached, "rb") as handle:
+                return handle.read()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for cached in candidates:
+        temp = f"{cached}.{os.getpid()}.tmp"
+        try:
+            with _quiet_root_logger():  # onnxruntime logs advice on pre-processing to the root logger
+                quantize_dynamic(path, temp, weight_type=QuantType.QInt8)
+            os.replace(temp, cached)
+        except PermissionError:
+            continue
+        except Exception as error:  # onnxruntime.quantization raises assorted types
+            if os.path.exists(temp):
+                os.remove(temp)
+            raise UdfError(f"int8 quantization of {path} failed: {_first_line(error)}") from error
+        with open(cached, "rb") as handle:
+            return handle.read()
+    raise UdfError(f"cannot write the int8 model for {path}: no writable directory")
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _list_matrix(column: pa.Array, width: int, length: int) -> np.ndarray:
+    """The ``[length, width]`` numpy view of a list column's values (no copy when they
+    have no NULLs and the right type)."""
+    if pa.types.is_fixed_size_list(column.type) and column.values.null_count == 0:
+        # a view of the whole child, cut to this slice: ``.values`` ignores the slice's
+        # offset, so apply it (cheaper than ``flatten()``, which builds a new array)
+        start = column.offset * width
+        return column.values.to_numpy(zero_copy_only=False)[start : start + length * width].reshape(length, width)
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(length, width)
+
+
+def _valid_rows(args: list[pa.Array]) -> np.ndarray | None:
+    """Rows whose arguments (and list elements) are all non-NULL; None when all are."""
+    valid = None
+    for a in args:
+        bad = None
+        if a.null_count:
+            bad = pc.is_null(a).to_numpy(zero_copy_only=False)
+        if _is_list(a.type) and (not pa.types.is_fixed_size_list(a.type) or a.values.null_count):
+            values = a.flatten()
+            if values.null_count:
+                parents = pc.list_parent_indices(a).to_numpy(zero_copy_only=False)
+                holes = np.zeros(len(a), dtype=bool)
+                holes[parents[pc.is_null(values).to_numpy(zero_copy_only=False)]] = True
+                bad = holes if bad is None else bad | holes
+        if bad is not None:
+            valid = ~bad if valid is None else valid & ~bad
+    return valid
 
 
 def _scatter(values: pa.Array, rows: pa.Array, length: int) -> pa.Array:
@@ -292,12 +452,7 @@ def _is_list(t: pa.DataType) -> bool:
 
 
 def _is_numeric(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-
-
-def _check_numeric(t: pa.DataType, name: str) -> None:
-    if not _is_numeric(t):
-        raise UdfError(f"model {name} needs numeric features, got {sql_type_name(t)} elements")
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t)
 
 
 def _strip_zipmap(model):

@@ -1,31 +1,49 @@
 """Python/model function calls in a query: planned once, evaluated per micro-batch.
 
-DataFusion's Python UDFs are called per 8192-row chunk, run twice when a call is
-in both WHERE and SELECT, and lose the exception type. So calls to registered
-functions are taken out of the SQL: each distinct call becomes a column
-``__udfN`` that :class:`UdfStep` computes on the whole micro-batch (once, even if
-the call appears in several places), and DataFusion sees a plain column. Arguments
-that are expressions are computed first by one DataFusion projection.
+DataFusion's Python UDFs are called per 8192-row chunk, run twice when a call is in
+both WHERE and SELECT, and lose the exception type. So calls to registered functions
+are taken out of the SQL: each distinct call becomes a column ``__udfN`` that
+:class:`UdfStep` computes on the whole micro-batch (once, even if the call appears in
+WHERE and SELECT), and DataFusion sees a plain column. The step runs in this order:
+
+1. the WHERE conjuncts without calls filter first (functions never see rows the
+   query drops), together with the arguments that are expressions (one DataFusion
+   projection per nesting level: ``f(g(x) + 1)`` computes ``g``, then ``g(x) + 1``,
+   then ``f``);
+2. the calls the WHERE clause needs, then the rest of the WHERE clause;
+3. the calls only the SELECT list needs, on the rows that passed.
+
+``immutable`` and ``stable`` functions with equal arguments are computed once per
+batch; each ``volatile`` call site runs on its own. ``f(x).field`` on a STRUCT result
+becomes ``"__udfN"['field']`` for DataFusion.
 
 A call that raises is bisected so that only the rows it fails on go to the
 dead-letter output (reason ``udf`` with the function and the exception, or
 ``timeout``), and the rest of the batch continues: the output is the same whatever
-the batch size.
+the batch size. ``on_error = 'fail'`` stops instead. A function that returns the wrong
+length or type is a :class:`~sqlstream.errors.UdfError` at the call's location.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
 from sqlstream.batches import drop_hidden
 from sqlstream.connectors.base import DeadLetter
 from sqlstream.connectors.encode import encode_json_lines
-from sqlstream.errors import ExecutionError, Location, UdfError
+from sqlstream.errors import ExecutionError, Location, SqlAnalysisError, UdfError, did_you_mean
 from sqlstream.failure_isolation import isolate_failures
-from sqlstream.operators.datafusion_program import DataFusionProgram, to_datafusion_sql
+from sqlstream.operators.datafusion_program import (
+    DataFusionError,
+    DataFusionProgram,
+    plan_error,
+    to_datafusion_sql,
+)
+from sqlstream.sql.types import sql_type_name
 
 __all__ = ["UdfPlanner", "UdfStep"]
 
@@ -34,181 +52,337 @@ __all__ = ["UdfPlanner", "UdfStep"]
 class _Arg:
     column: str | None = None  # a column of the (augmented) batch
     literal: object = None  # a constant
+    literal_type: pa.DataType | None = None
 
 
 @dataclass
 class _Call:
     impl: object  # PythonUdf | ModelUdf
-    args: list[_Arg]
+    nodes: list[exp.Expr]  # argument expressions, inner calls already columns
     output: str
     sql: str
     location: Location | None
+    phase: str  # where | select
+    level: int  # 1 + the level of the deepest call in its arguments (same phase)
+    args: list[_Arg] = field(default_factory=list)
 
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _column(name: str) -> exp.Column:
+    return exp.Column(this=exp.Identifier(this=name, quoted=True))
+
+
+def _conjuncts(condition: exp.Expr) -> list[exp.Expr]:
+    inner = condition
+    while isinstance(inner, exp.Paren):
+        inner = inner.this
+    if isinstance(inner, exp.And):
+        return _conjuncts(inner.this) + _conjuncts(inner.expression)
+    return [condition]
+
+
+def _and(parts: list[exp.Expr]) -> exp.Expr | None:
+    if not parts:
+        return None
+    return exp.and_(*[p.copy() for p in parts]) if len(parts) > 1 else parts[0]
+
+
+def _literal(node: exp.Expr) -> tuple[object, pa.DataType] | None:
+    """A constant argument as (value, Arrow type), or None if it is not one."""
+    negative = False
+    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and not node.this.is_string:
+        node, negative = node.this, True
+    if isinstance(node, exp.Literal):
+        if node.is_string:
+            return node.name, pa.string()
+        try:
+            value: object = int(node.name)
+            kind = pa.int64()
+        except ValueError:
+            value, kind = float(node.name), pa.float64()
+        return (-value if negative else value), kind  # type: ignore[operator]
+    if isinstance(node, exp.Boolean):
+        return bool(node.this), pa.bool_()
+    if isinstance(node, exp.Null):
+        return None, pa.null()
+    return None
+
+
 class UdfPlanner:
+    """Takes calls of registered functions out of a SELECT (see the module docstring)."""
+
     def __init__(self, functions: dict):
         self.functions = functions
 
-    def _function(self, node: exp.Expr):
+    def function(self, node: exp.Expr):
         if isinstance(node, exp.Anonymous):
             entry = self.functions.get(str(node.this).lower())
             return entry.impl if entry is not None else None
         return None
 
-    def extract(self, expressions: list[exp.Expr], condition: exp.Expr | None, schema: pa.Schema, source):
-        """Rewrite calls of registered functions to columns; return the step computing them."""
-        roots = list(expressions) + ([condition] if condition is not None else [])
-        if not any(self._function(n) for root in roots for n in root.walk()):
-            return expressions, condition, None, schema
-        calls: list[_Call] = []
-        by_sql: dict[str, str] = {}
-        pre_items: list[tuple[str, exp.Expr]] = []
-        types = {f.name: f.type for f in schema}
-        counter = [0]
+    def has_call(self, node: exp.Expr) -> bool:
+        return any(self.function(n) is not None for n in node.walk())
 
-        def rewrite(node: exp.Expr) -> exp.Expr:
-            impl = self._function(node)
+    def extract(self, expressions: list[exp.Expr], condition: exp.Expr | None, schema: pa.Schema, source):
+        """(expressions, condition, step, schema): the SELECT list and WHERE clause for
+        DataFusion, with calls replaced by the columns ``step`` adds (``schema``)."""
+        roots = list(expressions) + ([condition] if condition is not None else [])
+        if not any(self.has_call(root) for root in roots):
+            return expressions, condition, None, schema
+        return _StepBuilder(self, schema, source).build(expressions, condition)
+
+
+class _StepBuilder:
+    def __init__(self, planner: UdfPlanner, schema: pa.Schema, source):
+        self.planner = planner
+        self.schema = schema
+        self.source = source
+        self.calls: list[_Call] = []
+        self.by_key: dict[str, str] = {}
+        self.level_of: dict[str, tuple[str, int]] = {}
+        self.stages: list = []
+        self.pending_filter: exp.Expr | None = None
+        self.taken = set(schema.names)
+
+    def _fresh(self, prefix: str) -> str:
+        n = 0
+        while f"{prefix}{n}" in self.taken:
+            n += 1
+        name = f"{prefix}{n}"
+        self.taken.add(name)
+        return name
+
+    def _location(self, node: exp.Expr) -> Location | None:
+        return self.source.location(node) if self.source is not None else None
+
+    # -- calls → columns -------------------------------------------------------------------
+
+    def lower(self, node: exp.Expr, phase: str) -> exp.Expr:
+        def visit(n: exp.Expr) -> exp.Expr:
+            if isinstance(n, exp.Dot):
+                target = n.this
+                while isinstance(target, exp.Paren):
+                    target = target.this
+                if self.planner.function(target) is not None:
+                    return self._field_access(visit(target), target, n)
+                return n
+            impl = self.planner.function(n)
             if impl is None:
-                return node
-            text = to_datafusion_sql(node)
-            if text in by_sql:
-                return _column(by_sql[text])
-            args = []
-            arg_types = []
-            for arg in node.expressions:
-                if isinstance(arg, exp.Column) and arg.name in types:
-                    args.append(_Arg(column=arg.name))
-                    arg_types.append(types[arg.name])
-                elif isinstance(arg, exp.Literal):
-                    value = arg.name if arg.is_string else (float(arg.name) if "." in arg.name else int(arg.name))
-                    args.append(_Arg(literal=value))
-                    arg_types.append(pa.scalar(value).type)
-                else:
-                    counter[0] += 1
-                    name = f"__arg{counter[0]}"
-                    pre_items.append((name, arg))
-                    args.append(_Arg(column=name))
-                    arg_types.append(None)
-            output = f"__udf{len(calls)}"
-            location = source.location(node) if source is not None else None
-            call = _Call(impl, args, output, text, location)
-            call.arg_types = arg_types  # type: ignore[attr-defined]
-            calls.append(call)
-            by_sql[text] = output
+                return n
+            nodes = [a.copy().transform(visit) for a in n.expressions]
+            level = 0
+            for a in nodes:
+                for column in a.find_all(exp.Column):
+                    seen = self.level_of.get(column.name)
+                    if seen is not None and seen[0] == phase:
+                        level = max(level, seen[1] + 1)
+            call_node = n.copy()
+            call_node.set("expressions", [a.copy() for a in nodes])
+            key = to_datafusion_sql(call_node)
+            if getattr(impl, "volatility", "immutable") != "volatile" and key in self.by_key:
+                return _column(self.by_key[key])
+            output = self._fresh("__udf")
+            text = n.sql(dialect="postgres", normalize_functions=False)  # for EXPLAIN and errors
+            self.calls.append(_Call(impl, nodes, output, text, self._location(n), phase, level))
+            self.by_key[key] = output
+            self.level_of[output] = (phase, level)
             return _column(output)
 
-        new_expressions = [e.copy().transform(rewrite, copy=False) for e in expressions]
-        new_condition = condition.copy().transform(rewrite, copy=False) if condition is not None else None
-        # arguments that are expressions: one DataFusion projection before the calls
-        pre_program = None
-        current = schema
-        if pre_items:
-            sql = "SELECT *, " + ", ".join(f"{to_datafusion_sql(e)} AS {_quote(n)}" for n, e in pre_items) + " FROM __input"
-            try:
-                pre_program = DataFusionProgram(sql, schema)
-            except Exception as error:
-                from sqlstream.operators.datafusion_program import plan_error
+        return node.copy().transform(visit)
 
-                err = plan_error(error)
-                err.location = source.location(pre_items[0][1]) if source is not None else None
-                raise err from error
-            current = pre_program.schema
-        column_types = {f.name: f.type for f in current}
-        fields = list(current)
-        for call in calls:
-            arg_types = [
-                column_types[a.column] if a.column is not None else pa.scalar(a.literal).type for a in call.args
-            ]
-            try:
-                result_type = call.impl.check_args(arg_types)
-            except UdfError as error:
-                raise error.with_location(call.location)
-            column_types[call.output] = result_type
-            fields.append(pa.field(call.output, result_type))
-        step = UdfStep(pre_program, calls)
-        return new_expressions, new_condition, step, pa.schema(fields)
+    def _field_access(self, column: exp.Column, call: exp.Expr, dot: exp.Dot) -> exp.Expr:
+        impl = self.planner.function(call)
+        wanted = dot.expression.name
+        result = impl.return_type
+        if not pa.types.is_struct(result):
+            raise SqlAnalysisError(
+                f"{impl.name}(...) returns {sql_type_name(result)}, not a STRUCT: it has no field '{wanted}'",
+                location=self._location(dot.expression) or self._location(call),
+            )
+        names = [f.name for f in result]
+        quoted = isinstance(dot.expression, exp.Identifier) and dot.expression.args.get("quoted")
+        match = wanted if wanted in names else None
+        if match is None and not quoted:
+            match = next((n for n in names if n.lower() == wanted.lower()), None)
+        if match is None:
+            raise SqlAnalysisError(
+                f"{impl.name}(...) returns {sql_type_name(result)}, which has no field '{wanted}'",
+                location=self._location(dot.expression) or self._location(call),
+                hint=did_you_mean(wanted, names) or "fields: " + ", ".join(names),
+            )
+        return exp.Bracket(this=column, expressions=[exp.Literal.string(match)])
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def build(self, expressions: list[exp.Expr], condition: exp.Expr | None):
+        conjuncts = _conjuncts(condition) if condition is not None else []
+        plain = [c for c in conjuncts if not self.planner.has_call(c)]
+        with_calls = [c for c in conjuncts if self.planner.has_call(c)]
+        where = [self.lower(c, "where") for c in with_calls]
+        select = [self.lower(e, "select") for e in expressions]
+        self.pending_filter = _and(plain)
+        self._phase([c for c in self.calls if c.phase == "where"])
+        select_calls = [c for c in self.calls if c.phase == "select"]
+        remaining = where + ([self.pending_filter] if self.pending_filter is not None else [])
+        if not select_calls:
+            # the last filter runs in the query's own DataFusion program
+            self.pending_filter = None
+            return select, _and(remaining), UdfStep(self.stages), self.schema
+        if where:  # (without calls in WHERE, its plain part joins the first program below)
+            self.pending_filter = None
+            self._add_program(f"SELECT * FROM __input WHERE {to_datafusion_sql(_and(remaining))}", remaining, "filter")
+        self._phase(select_calls)
+        return select, None, UdfStep(self.stages), self.schema
+
+    def _phase(self, calls: list[_Call]) -> None:
+        for level in sorted({c.level for c in calls}):
+            group = [c for c in calls if c.level == level]
+            items: dict[str, tuple[str, exp.Expr]] = {}
+            names = set(self.schema.names)
+            for call in group:
+                call.args = []
+                for node in call.nodes:
+                    constant = _literal(node)
+                    if isinstance(node, exp.Column) and not node.args.get("table") and node.name in names:
+                        call.args.append(_Arg(column=node.name))
+                    elif constant is not None:
+                        call.args.append(_Arg(literal=constant[0], literal_type=constant[1]))
+                    else:
+                        text = to_datafusion_sql(node)
+                        if text not in items:
+                            items[text] = (self._fresh("__arg"), node)
+                        call.args.append(_Arg(column=items[text][0]))
+            if items or self.pending_filter is not None:
+                sql = "SELECT *" + "".join(f", {text} AS {_quote(name)}" for text, (name, _) in items.items())
+                sql += " FROM __input"
+                nodes = [node for _, node in items.values()]
+                if self.pending_filter is not None:
+                    sql += f" WHERE {to_datafusion_sql(self.pending_filter)}"
+                    nodes.append(self.pending_filter)
+                    self.pending_filter = None
+                self._add_program(sql, nodes, "arguments" if items else "filter")
+            for call in group:
+                types = [self.schema.field(a.column).type if a.column is not None else a.literal_type for a in call.args]
+                try:
+                    result_type = call.impl.check_args(types)
+                except UdfError as error:
+                    raise error.with_location(call.location)
+                self.schema = self.schema.append(pa.field(call.output, result_type))
+                self.stages.append(_CallStage(call))
+
+    def _add_program(self, sql: str, nodes: list[exp.Expr], what: str) -> None:
+        try:
+            program = DataFusionProgram(sql, self.schema)
+        except Exception as error:  # DataFusion planning errors are plain exceptions
+            err = plan_error(error)
+            err.location = self._location(nodes[0]) if nodes else None
+            raise err from error
+        self.schema = program.schema
+        self.stages.append(_ProgramStage(program, what))
 
 
-def _column(name: str) -> exp.Column:
-    return exp.Column(this=exp.Identifier(this=name, quoted=True))
+# -- per batch -------------------------------------------------------------------------------
 
 
-class UdfStep:
-    """The plan-time description; ``instantiate`` gives the per-run evaluator."""
+def _dead_letter(op, batch: pa.RecordBatch, failures: list[tuple[int, str, str]]) -> None:
+    if op.dead_letter is None or not failures:
+        return
+    rows = drop_hidden(batch.take(pa.array([row for row, _, _ in failures], pa.int64())))
+    raws = encode_json_lines(rows).decode("utf-8").splitlines()
+    op.dead_letter([DeadLetter(op.label, reason, detail, raw) for (_, reason, detail), raw in zip(failures, raws)])
 
-    def __init__(self, pre_program: DataFusionProgram | None, calls: list[_Call]):
-        self.pre_program = pre_program
-        self.calls = calls
 
-    def instantiate(self, ctx) -> "UdfStep":
-        return self
+def _without(batch: pa.RecordBatch, rows: list[int]) -> pa.RecordBatch:
+    keep = np.ones(batch.num_rows, dtype=bool)
+    keep[rows] = False
+    return batch.filter(pa.array(keep))
 
-    def explain(self) -> list[str]:
-        lines = []
-        if self.pre_program is not None:
-            lines.append(f"udf arguments: {self.pre_program.sql}")
-        for call in self.calls:
-            kind = "model" if call.impl.kind == "model" else ("async python" if getattr(call.impl, "is_async", False) else "python")
-            lines.append(f"vectorized {kind} call {call.sql} -> {call.output} (once per micro-batch)")
-        return lines
+
+class _ProgramStage:
+    """A DataFusion projection/filter inside the step; rows it fails on are dead letters."""
+
+    def __init__(self, program: DataFusionProgram, what: str):
+        self.program = program
+        self.what = what
+
+    def explain(self) -> str:
+        return f"udf {self.what}: {self.program.sql}"
 
     def apply(self, batch: pa.RecordBatch, op) -> pa.RecordBatch:
-        if self.pre_program is not None:
-            batch = self.pre_program.run(batch)
-        for call in self.calls:
-            batch = self._evaluate(call, batch, op)
-            if batch.num_rows == 0:
-                break
-        return batch
+        try:
+            return self.program.run(batch)
+        except DataFusionError as error:
+            if op.on_error == "fail":
+                raise ExecutionError(f"{op.label}: {error.message}") from error
+        good, bad = isolate_failures(batch.num_rows, lambda s, e: self.program.run(batch.slice(s, e - s)))
+        _dead_letter(op, batch, [(row, "type", str(getattr(error, "message", error))) for row, error in bad])
+        parts = [b for _, _, b in good if b.num_rows]
+        if not parts:
+            schema = self.program.schema
+            return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
+        return pa.Table.from_batches(parts, schema=self.program.schema).combine_chunks().to_batches()[0]
 
-    def _arrays(self, call: _Call, batch: pa.RecordBatch) -> list[pa.Array]:
+
+class _CallStage:
+    """One function call over the whole batch, appended as its output column."""
+
+    def __init__(self, call: _Call):
+        self.call = call
+
+    def explain(self) -> str:
+        impl = self.call.impl
+        kind = "model" if impl.kind == "model" else ("async python" if getattr(impl, "is_async", False) else "python")
+        return f"vectorized {kind} call {self.call.sql} -> {self.call.output} (once per micro-batch)"
+
+    def _arrays(self, batch: pa.RecordBatch) -> list[pa.Array]:
+        n = batch.num_rows
         arrays = []
-        for arg in call.args:
+        for arg in self.call.args:
             if arg.column is not None:
                 arrays.append(batch.column(arg.column))
+            elif pa.types.is_null(arg.literal_type):
+                arrays.append(pa.nulls(n))
             else:
-                arrays.append(pa.array([arg.literal] * batch.num_rows))
-        return call.impl.prepare(arrays)
+                arrays.append(pa.repeat(pa.scalar(arg.literal, arg.literal_type), n))
+        return self.call.impl.prepare(arrays)
 
-    def _evaluate(self, call: _Call, batch: pa.RecordBatch, op) -> pa.RecordBatch:
+    def apply(self, batch: pa.RecordBatch, op) -> pa.RecordBatch:
+        call = self.call
         impl = call.impl
         n = batch.num_rows
-        args = self._arrays(call, batch)
+        args = self._arrays(batch)
         failures: list[tuple[int, str, str]] = []
-        if getattr(impl, "is_async", False):
-            result, row_failures = impl.call_rows(args, n)
-            failures = [(f.row, f.reason, f.detail) for f in row_failures]
-        else:
-            try:
-                result = impl.call(args, n)
-            except UdfError:
-                raise
-            except Exception:  # noqa: BLE001 - isolate the rows that fail
-                result, failures = self._isolate(impl, args, n)
+        try:
+            if getattr(impl, "is_async", False):
+                result, row_failures = impl.call_rows(args, n)
+                failures = [(f.row, f.reason, f.detail) for f in row_failures]
+            else:
+                try:
+                    result = impl.call(args, n)
+                except UdfError:
+                    raise
+                except Exception:  # noqa: BLE001 - isolate the rows that fail
+                    result, failures = self._isolate(args, n)
+        except UdfError as error:
+            error.exit_code = 1  # a function misbehaving at run time
+            raise error.with_location(call.location)
         out = batch.append_column(pa.field(call.output, result.type), result)
         if not failures:
             return out
         if op.on_error == "fail":
-            row, reason, detail = failures[0]
-            raise ExecutionError(f"{detail}", hint="on_error = 'dead_letter' (the default) isolates failing rows")
-        bad = sorted({row for row, _, _ in failures})
-        if op.dead_letter is not None:
-            rows = drop_hidden(batch.take(pa.array(bad)))
-            rows = rows.select([n for n in rows.schema.names if not n.startswith("__")])
-            raws = encode_json_lines(rows).decode("utf-8").splitlines()
-            details = {row: (reason, detail) for row, reason, detail in failures}
-            op.dead_letter(
-                [DeadLetter(op.label, details[row][0], details[row][1], raw) for row, raw in zip(bad, raws)]
+            _, _, detail = failures[0]
+            raise ExecutionError(
+                f"{detail}", location=call.location, hint="on_error = 'dead_letter' (the default) isolates failing rows"
             )
-        keep = pa.array([i not in set(bad) for i in range(n)])
-        return out.filter(keep)
+        _dead_letter(op, batch, failures)
+        return _without(out, [row for row, _, _ in failures])
 
-    @staticmethod
-    def _isolate(impl, args: list[pa.Array], n: int):
+    def _isolate(self, args: list[pa.Array], n: int):
+        impl = self.call.impl
+
         def attempt(start: int, end: int) -> pa.Array:
             return impl.call([a.slice(start, end - start) for a in args], end - start)
 
@@ -216,17 +390,37 @@ class UdfStep:
         for _, error in bad:
             if isinstance(error, UdfError):
                 raise error
-        for _, _, value in good:
-            if isinstance(value, Exception):
-                raise value
-        failures = [(row, "udf", f"{impl.name}: {type(error).__name__}: {error}") for row, error in bad]
-        pieces = []
-        cursor = 0
-        result_type = impl.return_type
-        bad_rows = [row for row, _ in bad]
-        segments = sorted([(s, e, v) for s, e, v in good] + [(r, r + 1, pa.nulls(1, result_type)) for r in bad_rows])
-        for start, end, value in segments:
-            assert start == cursor
-            pieces.append(value)
-            cursor = end
-        return pa.concat_arrays(pieces) if pieces else pa.nulls(0, result_type), failures
+        failures = [(row, "udf", f"{impl.name}: {type(error).__name__}: {_message(error)}") for row, error in bad]
+        pieces = sorted([(s, v) for s, _, v in good] + [(row, pa.nulls(1, impl.return_type)) for row, _ in bad], key=lambda p: p[0])
+        values = [v for _, v in pieces]
+        return (pa.concat_arrays(values) if values else pa.nulls(0, impl.return_type)), failures
+
+
+def _message(error: Exception) -> str:
+    text = str(error).strip()
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+class UdfStep:
+    """The stages computing a query's function calls; one instance per query plan
+    (functions hold no per-run state)."""
+
+    def __init__(self, stages: list):
+        self.stages = stages
+
+    @property
+    def calls(self) -> list[_Call]:
+        return [s.call for s in self.stages if isinstance(s, _CallStage)]
+
+    def instantiate(self, ctx) -> "UdfStep":
+        return self
+
+    def explain(self) -> list[str]:
+        return [stage.explain() for stage in self.stages]
+
+    def apply(self, batch: pa.RecordBatch, op) -> pa.RecordBatch:
+        for stage in self.stages:
+            batch = stage.apply(batch, op)
+            if batch.num_rows == 0:
+                break
+        return batch
