@@ -38,7 +38,10 @@ def parse_setting(key: str, value: Any, location: Location | None = None) -> Any
         )
     try:
         if key in ("batch_size", "file_batch_size"):
-            number = int(str(value).replace("_", ""))
+            try:
+                number = int(str(value).replace("_", ""))
+            except ValueError:
+                raise ValueError("expected a whole number of rows") from None
             if number <= 0:
                 raise ValueError("must be a positive number of rows")
             return number

@@ -10,8 +10,10 @@ good record is kept.
 from __future__ import annotations
 
 import io
+import re
 from typing import Callable, Sequence
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,15 +60,17 @@ def _convert(array: pa.Array, declared: pa.DataType, timestamp_format: str) -> p
             micros = pc.multiply_checked(array, scale)
         return pc.cast(pc.cast(micros, pa.timestamp("us")), pa.timestamp(declared.unit, declared.tz))
     if pa.types.is_fixed_size_list(declared) and not pa.types.is_fixed_size_list(array.type):
-        values = _convert(array.flatten(), declared.value_type, timestamp_format)
         lengths = pc.list_value_length(array)
         bad = pc.fill_null(pc.not_equal(lengths, declared.list_size), False)
         if pc.any(bad).as_py():
             raise pa.ArrowInvalid(f"expected {declared.list_size} elements in a {declared}")
-        rebuilt = pa.FixedSizeListArray.from_arrays(values, type=declared)
-        if array.null_count:
-            rebuilt = pc.if_else(pc.is_null(array), pa.nulls(len(array), declared), rebuilt)
-        return rebuilt
+        # convert the elements in place (NULL lists keep their offsets), then let Arrow
+        # turn the list into a fixed-size one
+        first, last = array.offsets[0].as_py(), array.offsets[-1].as_py()
+        offsets = pc.subtract(array.offsets, pa.scalar(first, array.offsets.type))  # a slice starts at 0 again
+        values = _convert(array.values.slice(first, last - first), declared.value_type, timestamp_format)
+        mask = pc.is_null(array) if array.null_count else None
+        return pc.cast(pa.ListArray.from_arrays(offsets, values, mask=mask), declared)
     return pc.cast(array, declared, safe=True)
 
 
@@ -185,14 +189,23 @@ class Decoder:
         return table.filter(pc.invert(bad_mask)), sorted(first_column.items())
 
     def _dead(self, reason: str, detail: str, raw: bytes, position: str) -> DeadLetter:
-        return DeadLetter(self.source_name, reason, detail, raw.decode("utf-8", "replace"), position)
+        # the record as it was, without the line break (\n was split off; \r of a CRLF file too)
+        return DeadLetter(self.source_name, reason, detail, raw.rstrip(b"\r").decode("utf-8", "replace"), position)
+
+
+_JSON_CHANGED = re.compile(r"Column\(/([^)]*)\) changed from (\w+) to (\w+)( in row \d+)?")
 
 
 def _arrow_message(error: Exception) -> str:
     text = str(error).strip()
     for prefix in ("JSON parse error: ", "CSV parse error: "):
         text = text.replace(prefix, "")
-    return text.splitlines()[0] if text else type(error).__name__
+    text = text.splitlines()[0] if text else type(error).__name__
+    changed = _JSON_CHANGED.search(text)
+    if changed:
+        column, declared, got = changed.group(1, 2, 3)
+        return f"column '{column}': expected a {declared}, got a {got}"
+    return text
 
 
 class JsonDecoder(Decoder):
@@ -232,15 +245,25 @@ class JsonDecoder(Decoder):
         return super().decode(data, position)
 
     def _read(self, data: bytes) -> pa.Table:
-        table = pjson.read_json(
-            io.BytesIO(data),
-            read_options=pjson.ReadOptions(use_threads=True, block_size=max(1 << 20, min(len(data) + 1, 1 << 28))),
-            parse_options=self._options,
-        )
+        # 1 MiB blocks: pyarrow parses them on its threads (one huge block is one thread);
+        # a record longer than that needs a block that holds it whole
+        try:
+            table = self._read_blocks(data, 1 << 20)
+        except pa.ArrowInvalid as error:
+            if "straddl" not in str(error) or len(data) < 1 << 20:
+                raise
+            table = self._read_blocks(data, len(data) + 1)
         if self._spelling:
             reverse = {v: k for k, v in self._spelling.items()}
             table = table.rename_columns([reverse.get(n, n) for n in table.column_names])
         return table
+
+    def _read_blocks(self, data: bytes, block_size: int) -> pa.Table:
+        return pjson.read_json(
+            io.BytesIO(data),
+            read_options=pjson.ReadOptions(use_threads=True, block_size=block_size),
+            parse_options=self._options,
+        )
 
     def _classify(self, record: bytes, error: Exception) -> tuple[str, str]:
         try:
@@ -253,7 +276,14 @@ class JsonDecoder(Decoder):
 
 
 class CsvDecoder(Decoder):
-    """CSV without a header line in the block: ``columns`` gives the field order."""
+    """CSV without a header line in the block: ``columns`` gives the field order.
+
+    One line is one record (positions are ``file:line``). pyarrow would let a quote
+    left open run on into the following lines, swallowing them into one value, so a
+    block with a line whose quotes do not pair up takes the line-by-line path, where
+    that line alone is rejected (``decode``) — as is a line with the wrong number of
+    fields.
+    """
 
     def __init__(
         self,
@@ -268,53 +298,52 @@ class CsvDecoder(Decoder):
         declared = {f.name for f in self.schema}
         self._include = [c for c in self.columns if c in declared]
         types = {f.name: f.type for f in self.read_schema}
-        self._invalid: list[tuple[int | None, str, str]] = []
         self._convert_options = pcsv.ConvertOptions(
             column_types={c: types[c] for c in self._include},
             include_columns=self._include,
             include_missing_columns=True,
             timestamp_parsers=[pcsv.ISO8601],
+            # Postgres rules: an empty unquoted field is NULL, a quoted "" an empty string
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
         )
-        self._parse_options = pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=self._on_invalid_row)
+        self._parse_options = pcsv.ParseOptions(delimiter=delimiter)
         self._read_options = pcsv.ReadOptions(column_names=self.columns, use_threads=False, block_size=1 << 26)
 
-    def _on_invalid_row(self, row) -> str:
-        self._invalid.append(
-            (row.number, row.text, f"expected {row.expected_columns} fields, got {row.actual_columns}")
-        )
-        return "skip"
-
     def _read(self, data: bytes) -> pa.Table:
-        table = pcsv.read_csv(
+        if b'"' in data and _has_open_quote(data):
+            raise pa.ArrowInvalid("unterminated quoted field")
+        return pcsv.read_csv(
             io.BytesIO(data),
             read_options=self._read_options,
             parse_options=self._parse_options,
             convert_options=self._convert_options,
         )
-        return table
-
-    def decode(self, data: bytes, position: Position) -> tuple[pa.Table, list[DeadLetter]]:
-        self._invalid = []
-        table, dead = super().decode(data, position)
-        if self._invalid:
-            seen = set()
-            for number, text, detail in self._invalid:
-                key = (number, text)
-                if key in seen:  # the same bad row may be reported by a retry during bisection
-                    continue
-                seen.add(key)
-                index = (number - 1) if number is not None else -1
-                dead.append(self._dead("decode", detail, text.encode(), position(index) if index >= 0 else "?"))
-        return table, dead
-
-    def _records(self, data: bytes) -> list[tuple[int, bytes]]:
-        # rows with the wrong field count were skipped by the reader and are reported apart
-        bad = {text for _, text, _ in self._invalid}
-        return [
-            (i, line)
-            for i, line in enumerate(data.split(b"\n"))
-            if line.strip() and line.rstrip(b"\r").decode("utf-8", "replace") not in bad
-        ]
 
     def _classify(self, record: bytes, error: Exception) -> tuple[str, str]:
-        return "type", _arrow_message(error)
+        message = _arrow_message(error)
+        fields = _FIELD_COUNT.search(message)
+        if fields:
+            return "decode", f"expected {fields.group(1)} fields, got {fields.group(2)}"
+        if message.startswith("unterminated quoted field"):
+            return "decode", "unterminated quoted field (a quote opened on this line is not closed on it)"
+        conversion = _CSV_CONVERSION.search(message)
+        if conversion:
+            index, arrow_type, value = int(conversion.group(1)), conversion.group(2), conversion.group(3)
+            column = self.columns[index] if index < len(self.columns) else f"#{index}"
+            return "type", f"column '{column}': invalid value '{value}' for {arrow_type}"
+        return "type", message
+
+
+_FIELD_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
+_CSV_CONVERSION = re.compile(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to ([^:]+): invalid value '(.*)'$")
+
+
+def _has_open_quote(data: bytes) -> bool:
+    """True if some line of ``data`` has an odd number of '"' (``""`` escapes pair up)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    quotes = np.cumsum(raw == ord('"'), dtype=np.int64)
+    ends = np.flatnonzero(raw == ord("\n"))
+    at_line_end = np.append(quotes[ends], quotes[-1])
+    per_line = np.diff(at_line_end, prepend=0)
+    return bool((per_line % 2).any())

@@ -12,10 +12,12 @@ from __future__ import annotations
 import glob
 import io
 import os
+
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from sqlstream.batches import to_batch
 from sqlstream.connectors.base import (
     DeadLetter,
     RunContext,
@@ -28,7 +30,6 @@ from sqlstream.connectors.base import (
     register_source,
 )
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder, conform_table
-from sqlstream.batches import to_batch
 from sqlstream.connectors.encode import encode_json_lines, is_nested
 from sqlstream.connectors.options import OptionSpec
 from sqlstream.errors import ConnectorError, Location
@@ -44,13 +45,29 @@ def resolve_files(path: str) -> list[str]:
     if os.path.isdir(path):
         names = [os.path.join(path, n) for n in os.listdir(path) if not n.startswith((".", "_"))]
         return sorted(n for n in names if os.path.isfile(n))
+    if os.path.isfile(path):  # a name that exists is taken literally, even with [ or *
+        return [path]
     if any(ch in path for ch in "*?["):
         return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
-    return [path] if os.path.isfile(path) else []
+    return []
 
 
 def _absolute(path: str, base_dir: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+
+
+def _after_nth_newline(data: bytes, n: int, total: int) -> int:
+    """The offset just past the ``n``-th newline of ``data``, which holds ``total`` > n
+    of them (searched from whichever end is nearer)."""
+    if n <= total - n:
+        position = -1
+        for _ in range(n):
+            position = data.index(b"\n", position + 1)
+    else:
+        position = len(data)
+        for _ in range(total - n + 1):
+            position = data.rindex(b"\n", 0, position)
+    return position + 1
 
 
 class _TextFileReader(SourceReader):
@@ -67,6 +84,7 @@ class _TextFileReader(SourceReader):
         self._handle: io.BufferedReader | None = None
         self._line = 0  # 0-based line number of the next block's first line
         self._block_bytes = 1 << 20
+        self._carry = b""  # bytes read past the last block's final line
         self._decoder = None
         self._done = not files
 
@@ -84,6 +102,7 @@ class _TextFileReader(SourceReader):
             return False
         path = self.files[self._file_index]
         self._handle = open(path, "rb")
+        self._carry = b""
         self._line = 0
         self._decoder = self._make_decoder()
         return True
@@ -103,17 +122,32 @@ class _TextFileReader(SourceReader):
         return CsvDecoder(schema, self.c.source_name, names, delimiter, self.c.config["timestamp_format"])
 
     def _read_block(self) -> bytes:
+        """The next ``rows_per_block`` lines of the file (the rest of it, at its end).
+
+        Reads are sized from the bytes per line seen so far; what a read brings beyond
+        the block's last line is kept for the next block.
+        """
         assert self._handle is not None
-        data = self._handle.read(self._block_bytes)
-        if not data:
-            return b""
-        if not data.endswith(b"\n"):
-            data += self._handle.readline()
-        lines = data.count(b"\n") or 1
-        # aim the next block at ~rows_per_block lines, within [1 MiB, 256 MiB]
-        per_line = max(1, len(data) // lines)
-        self._block_bytes = int(min(1 << 28, max(1 << 20, per_line * self.rows_per_block)))
-        return data
+        want = self.rows_per_block
+        pieces, lines = [self._carry], self._carry.count(b"\n")
+        read_size = self._block_bytes
+        while lines < want:
+            more = self._handle.read(read_size)
+            if not more:
+                break
+            pieces.append(more)
+            lines += more.count(b"\n")
+            read_size = min(read_size * 2, 1 << 28)  # few reads even when the estimate is low
+        buffer = b"".join(pieces)
+        if lines > want:
+            cut = _after_nth_newline(buffer, want, lines)
+            buffer, self._carry = buffer[:cut], buffer[cut:]
+        else:
+            self._carry = b""
+        if buffer:
+            per_line = max(1, len(buffer) // max(1, min(lines, want)))
+            self._block_bytes = int(min(1 << 28, max(1 << 16, per_line * want - len(self._carry))))
+        return buffer
 
     def poll(self) -> SourceBatch | None:
         while not self._done:
@@ -275,7 +309,7 @@ class _ParquetWriter(SinkWriter):
         self._temp = ""
         self._final = ""
         self._file_rows = 0
-        self._opened_at = 0
+        self._part_started_us: int | None = None  # when the current part got its first row
         if self.rolling:
             os.makedirs(path, exist_ok=True)
             parts = [n for n in os.listdir(path) if n.startswith("part-") and n.endswith(".parquet")]
@@ -297,7 +331,6 @@ class _ParquetWriter(SinkWriter):
         self._temp = os.path.join(directory, f".{name}.{os.getpid()}.inprogress")
         self._writer = pq.ParquetWriter(self._temp, self.schema)
         self._file_rows = 0
-        self._opened_at = self.clock.now_us()
 
     def _commit(self) -> None:
         if self._writer is None:
@@ -305,6 +338,7 @@ class _ParquetWriter(SinkWriter):
         self._writer.close()
         os.replace(self._temp, self._final)
         self._writer = None
+        self._part_started_us = None
 
     def _flush_pending(self) -> None:
         if not self._pending:
@@ -319,6 +353,8 @@ class _ParquetWriter(SinkWriter):
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
+        if self._part_started_us is None:
+            self._part_started_us = self.clock.now_us()
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
         if self._pending_rows >= self.row_group_rows:
@@ -331,8 +367,8 @@ class _ParquetWriter(SinkWriter):
         too_many = self.rows_per_file is not None and self._file_rows + self._pending_rows >= self.rows_per_file
         too_old = (
             self.roll_interval_us is not None
-            and (self._writer is not None or self._pending)
-            and self.clock.now_us() - (self._opened_at if self._writer else self.clock.now_us()) >= self.roll_interval_us
+            and self._part_started_us is not None
+            and self.clock.now_us() - self._part_started_us >= self.roll_interval_us
         )
         if too_many or too_old:
             self._flush_pending()

@@ -83,8 +83,10 @@ class OptionSpec:
 COMMON_SOURCE_OPTIONS = (
     OptionSpec("connector", required=True, doc="connector name"),
     OptionSpec("on_error", "choice", default=None, choices=ON_ERROR_CHOICES, doc="bad records: dead_letter|fail|skip"),
-    OptionSpec("idle_timeout", "duration", doc="a quiet source stops holding the watermark back"),
-    OptionSpec("max_future", "str", default="1h", doc="events this far ahead of the wall clock are dead-lettered ('off' disables)"),
+    OptionSpec("idle_timeout", "duration", doc="a quiet source stops holding the watermark back",
+               check=lambda us: None if us > 0 else "expected a positive duration, e.g. '10s'"),
+    OptionSpec("max_future", "str", default="1h", doc="events this far ahead of the wall clock are dead-lettered ('off' disables)",
+               check=lambda text: _check_max_future(text)),
     OptionSpec(
         "timestamp_format",
         "choice",
@@ -93,6 +95,16 @@ COMMON_SOURCE_OPTIONS = (
         doc="how TIMESTAMP columns are encoded in the input",
     ),
 )
+
+
+def _check_max_future(text: str) -> str | None:
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        us = parse_duration_us(text)
+    except ValueError as error:
+        return f"{error}, or 'off'"
+    return None if us > 0 else "expected a positive duration, e.g. '1h', or 'off'"
 
 
 def validate_options(

@@ -35,6 +35,8 @@ class _DataFusion(Postgres):
             **Postgres.Generator.TRANSFORMS,
             exp.TryCast: lambda self, e: f"TRY_CAST({self.sql(e, 'this')} AS {self.sql(e, 'to')})",
             exp.ToChar: lambda self, e: self.func("TO_CHAR", e.this, e.args.get("format")),
+            # Postgres has no ROUND(double, int) and sqlglot casts to DECIMAL for it; DataFusion has
+            exp.Round: lambda self, e: self.func("ROUND", e.this, e.args.get("decimals")),
         }
 
         def dot_sql(self, expression: exp.Dot) -> str:

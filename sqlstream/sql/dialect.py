@@ -260,7 +260,8 @@ class _Parser(RisingWaveParser):
             number = self._parse_number()
             if number is None:
                 self.raise_error("expected a number after -")
-            return exp.Literal.number(f"-{number.name}")
+            # not Literal.number("-1"): that builds Neg(1), whose name loses the sign
+            return exp.Literal(this=f"-{number.name}", is_string=False)
         for parse in (self._parse_string, self._parse_number, self._parse_boolean):
             value = parse()
             if value is not None:
@@ -271,6 +272,24 @@ class _Parser(RisingWaveParser):
             return exp.Literal.string(token.text)
         self.raise_error("expected an option value")
         raise AssertionError("unreachable")
+
+    def _parse_csv(self, parse_method, sep=TokenType.COMMA):
+        # sqlglot skips empty items (``a,, b``, ``f(a,)``, a trailing comma); Postgres
+        # rejects them, and so do we: a stray comma is a typo, not something to guess at
+        items = []
+        result = parse_method()
+        if result is not None:
+            items.append(result)
+        while self._match(sep):
+            comma = self._prev
+            if isinstance(result, exp.Expr):
+                self._add_comments(result)
+            result = parse_method()
+            if result is None and sep == TokenType.COMMA:
+                self.raise_error("missing item after ','", comma)
+            if result is not None:
+                items.append(result)
+        return items
 
     # -- functions ----------------------------------------------------------------------
 
@@ -352,6 +371,20 @@ class _Parser(RisingWaveParser):
 
     # -- EMIT -----------------------------------------------------------------------------
 
+    def _parse_table_alias(self, *args, **kwargs):
+        # ``FROM s EMIT ON WINDOW CLOSE``: EMIT starts the clause, it is not an alias of s
+        if self._at_emit():
+            return None
+        return super()._parse_table_alias(*args, **kwargs)
+
+    def _at_emit(self) -> bool:
+        return bool(
+            self._curr
+            and self._curr.token_type == TokenType.VAR
+            and self._curr.text.upper() == "EMIT"
+            and self._next is not None
+        )
+
     def _parse_query_modifiers(self, this):
         this = super()._parse_query_modifiers(this)
         if isinstance(this, exp.Select) and self._curr and self._curr.text.upper() == "EMIT":
@@ -380,8 +413,40 @@ class _Tokenizer(RisingWave.Tokenizer):
     }
 
 
+def _window_tvf_sql(self, node: WindowTVF) -> str:
+    relation = self.sql(node, "this")
+    time_column = self.sql(node, "time_column")
+    partition = node.args.get("partition_by")
+    if partition:  # only the Flink long form can say PARTITION BY
+        keys = ", ".join(self.sql(p) for p in partition)
+        relation, time_column = f"TABLE {relation} PARTITION BY ({keys})", f"DESCRIPTOR({time_column})"
+    args = [relation, time_column, *(self.sql(size) for size in node.args["sizes"])]
+    sql = f"{node.args['kind']}({', '.join(args)})"
+    if partition:
+        sql = f"TABLE({sql})"
+    alias = self.sql(node, "alias")
+    return f"{sql} AS {alias}" if alias else sql
+
+
+def _emit_sql(self, node: Emit) -> str:
+    every = node.this
+    return f"EMIT EVERY {self.sql(every)}" if every is not None else "EMIT ON WINDOW CLOSE"
+
+
+class _Generator(RisingWave.Generator):
+    """Turns parsed pipelines back into SQL (SHOW SINKS, messages), windows and EMIT included."""
+
+    TRANSFORMS = {**RisingWave.Generator.TRANSFORMS, WindowTVF: _window_tvf_sql, Emit: _emit_sql}
+
+    def select_sql(self, expression: exp.Select) -> str:
+        sql = super().select_sql(expression)
+        emit = expression.args.get("emit")
+        return f"{sql} {self.sql(emit)}" if emit is not None else sql
+
+
 class SqlStream(RisingWave):
     """sqlglot dialect for sqlstream pipelines."""
 
     Tokenizer = _Tokenizer
     Parser = _Parser
+    Generator = _Generator

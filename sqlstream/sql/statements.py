@@ -27,7 +27,7 @@ from sqlstream.sql.dialect import (
     StopQuery,
     StreamOption,
 )
-from sqlstream.sql.types import arrow_type
+from sqlstream.sql.types import arrow_type, sql_type_name
 
 __all__ = [
     "SourceText",
@@ -294,17 +294,35 @@ def parse_script(
     except TokenError as error:
         raise _token_error(error, tokenizer, source) from error
     for chunk in _split_tokens(tokens):
+        _check_statement_start(chunk[0], source)
         parser = dialect.parser(error_level=ErrorLevel.IMMEDIATE)
         parser.user_functions = frozenset(name.upper() for name in user_functions())
         text = source.text[chunk[0].start : chunk[-1].end + 1]
         try:
             trees = parser._parse(type(parser)._parse_statement, chunk, source.text)
         except ParseError as error:
-            raise _syntax_error(error, source) from error
+            raise _syntax_error(error, source, at_end=parser._index >= len(chunk)) from error
         tree = trees[0] if trees else None
         if tree is None:
             continue
         yield to_statement(tree, source, source.location(chunk[0]), text)
+
+
+_STATEMENT_WORDS = ("SELECT", "CREATE", "INSERT", "SET", "SHOW", "DESCRIBE", "EXPLAIN", "DROP", "WITH", "STOP")
+
+
+def _check_statement_start(token: Token, source: SourceText) -> None:
+    """A plain word where a statement should begin (``SELEC a``, ``CRATE SINK``)."""
+    if token.token_type != TokenType.VAR or token.text.upper() in ("EXPLAIN", "STOP"):
+        return
+    from sqlstream.errors import did_you_mean
+
+    raise SqlSyntaxError(
+        f"'{token.text}' does not start a statement",
+        location=Location(source.path, *_line_col(token), source.text, len(token.text)),
+        hint=did_you_mean(token.text.upper(), _STATEMENT_WORDS)
+        or "statements start with " + ", ".join(_STATEMENT_WORDS[:-2]),
+    )
 
 
 def _offset_location(source: SourceText, offset: int) -> Location:
@@ -319,13 +337,19 @@ def _token_error(error: TokenError, tokenizer, source: SourceText) -> SqlSyntaxE
     start = getattr(core, "_start", None)
     location = _offset_location(source, start) if isinstance(start, int) else None
     cause = str(error.__cause__ or error)
+    if isinstance(start, int) and source.text.startswith("/*", start):
+        return SqlSyntaxError("unterminated comment: missing closing */", location=location)
     if cause.startswith("Missing"):
         quote = cause.split()[1]
         return SqlSyntaxError(f"unterminated literal: missing closing {quote}", location=location)
     return SqlSyntaxError(f"cannot tokenize SQL: {cause}", location=location)
 
 
-def _syntax_error(error: ParseError, source: SourceText) -> SqlSyntaxError:
+_SQLGLOT_MESSAGES = ("Expecting", "Expected", "Required keyword", "Invalid expression")
+
+
+def _syntax_error(error: ParseError, source: SourceText, at_end: bool = False) -> SqlSyntaxError:
+    """sqlglot's ParseError in our words; ``at_end``: the statement ran out of tokens."""
     info = error.errors[0] if error.errors else {}
     description = info.get("description") or str(error)
     highlight = (info.get("highlight") or "").strip()
@@ -335,11 +359,14 @@ def _syntax_error(error: ParseError, source: SourceText) -> SqlSyntaxError:
         start_col = max(1, col - len(highlight) + 1) if highlight else col
         location = Location(source.path, line, start_col, source.text, max(1, len(highlight)))
     hint = None
-    if description.startswith("Invalid expression / Unexpected token"):
-        description = f"unexpected '{highlight}'" if highlight else "unexpected token"
-    elif description.startswith("Expecting )"):
-        description = f"expected ')' before '{highlight}'" if highlight else "expected ')'"
+    if description.startswith("Expecting )"):
+        where = "after" if at_end else "before"
+        description = f"expected ')' {where} '{highlight}'" if highlight else "expected ')'"
         hint = "check for a missing comma or closing parenthesis"
+    elif at_end and description.startswith(_SQLGLOT_MESSAGES):
+        description = f"unexpected end of statement after '{highlight}'" if highlight else "unexpected end of statement"
+    elif description.startswith("Invalid expression / Unexpected token"):
+        description = f"unexpected '{highlight}'" if highlight else "unexpected token"
     elif description.startswith("Required keyword"):
         description = f"incomplete expression near '{highlight}'"
     return SqlSyntaxError(description, location=location, hint=hint)
@@ -409,7 +436,8 @@ def _watermark(node: exp.Expr | None, columns: list[ColumnSpec], source: SourceT
         )
     if not pa.types.is_timestamp(names[column].type):
         raise SqlAnalysisError(
-            f"WATERMARK column '{column}' must be a TIMESTAMP, not {names[column].type}", location=loc
+            f"WATERMARK column '{column}' must be a TIMESTAMP, not {sql_type_name(names[column].type)}",
+            location=loc,
         )
     expr = node.args.get("expression")
     delay = 0
