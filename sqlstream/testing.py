@@ -32,7 +32,7 @@ from sqlstream.connectors.options import OptionSpec
 from sqlstream.runtime.clock import ManualClock, WallClock
 from sqlstream.session import Session
 
-__all__ = ["TestSession", "MemoryStream", "ManualClock", "WallClock"]
+__all__ = ["TestSession", "PipelineRun", "MemoryStream", "ManualClock", "WallClock"]
 
 
 class MemoryStream:
@@ -151,6 +151,12 @@ class TestSession(Session):
         ctx.extra["memory_outputs"] = self.outputs
         return ctx
 
+    def start(self) -> "PipelineRun":
+        """Build every sink's query and run it step by step in this thread (see
+        :class:`PipelineRun`): for tests of processing time (EMIT EVERY, idle_timeout)
+        and of state between batches."""
+        return PipelineRun(self)
+
     def run_query(self, sql: str, fold: bool = True) -> list[dict]:
         """Run one query to the end of its (bounded) input; rows as dicts, changelogs folded."""
         rows = [row for batch in self.query(sql) for row in batch.to_pylist()]
@@ -159,3 +165,53 @@ class TestSession(Session):
     def rows(self, sink: str, fold: bool = True) -> list[dict]:
         rows = [row for batch in self.outputs.get(sink, []) for row in batch.to_pylist()]
         return fold_changelog(rows) if fold else rows
+
+
+class PipelineRun:
+    """The sinks of a :class:`TestSession`, driven step by step in the calling thread:
+    queue rows on its streams, :meth:`pump` them through, move the manual clock with
+    :meth:`advance`, and :meth:`finish` (every source ends, windows flush). Nothing
+    sleeps and nothing runs in the background.
+
+    >>> t = TestSession()
+    >>> _ = t.execute("CREATE SOURCE s (v BIGINT) WITH (connector = 'memory')")
+    >>> _ = t.execute("CREATE SINK out AS SELECT count(*) AS n FROM s WITH (connector = 'memory')")
+    >>> run = t.start()
+    >>> _ = t.stream("s").push([{"v": 1}, {"v": 2}])
+    >>> t.rows("out", fold=False) == [] and run.pump().session.rows("out")
+    [{'n': 2}]
+    """
+
+    def __init__(self, session: TestSession):
+        self.session = session
+        self.driver = session.build(session.pending_sinks())
+        with session._lock:
+            session._driver = self.driver  # SHOW WATERMARKS / METRICS see this run
+        for sink in self.driver.sinks:
+            sink.open()
+
+    def pump(self) -> "PipelineRun":
+        """Process everything queued on the streams (event time moves, the clock does not)."""
+        names = {stage.name for stage in self.driver.sources}
+        streams = [s for name, s in self.session.streams.items() if name in names]
+        while any(s.items for s in streams):
+            self.driver.step()
+        return self
+
+    def advance(self, seconds: float) -> "PipelineRun":
+        """Move the manual clock (processing time) and let the pipeline see it: idle
+        sources are detected and EMIT EVERY fires."""
+        self.session.clock.advance(seconds)
+        self.driver.step()
+        return self
+
+    def state_rows(self) -> int:
+        return self.driver.state_rows()
+
+    def finish(self):
+        """End every source, run to completion (all windows close), close the sinks."""
+        for stream in self.session.streams.values():
+            stream.finish()
+        summary = self.driver.run()
+        self.session.last_summary = summary
+        return summary

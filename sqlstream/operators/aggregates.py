@@ -12,7 +12,7 @@ count(x)            count (sum)                             n
 sum(x)              sum (sum)                               sum
 avg(x)              sum of float64 (sum), count (sum)       sum / count
 min/max(x)          min/max (min/max)                       value
-var/stddev(x)       count, sum, sum of squares (sum)        from the moments
+var/stddev(x)       count, mean, M2 (Chan's parallel merge)  M2 / (n - 1) or n
 first/last_value    first/last non-null in arrival order    value
 count(DISTINCT x)   the distinct (keys, x) pairs            count per group
 approx_distinct(x)  HyperLogLog registers (max)             HLL estimate
@@ -158,6 +158,12 @@ def _hash64(array: pa.Array) -> np.ndarray:
     return _splitmix64(sums ^ lengths.astype(np.uint64))
 
 
+def _numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.to_numpy(zero_copy_only=False)
+
+
 class Aggregator:
     """Computes, merges and finalizes partials of ``calls`` grouped by ``keys``."""
 
@@ -167,7 +173,7 @@ class Aggregator:
         self._partial_specs: list[tuple[str, str, str, str]] = []  # (input, pyarrow fn, partial col, merge fn)
         self._set_calls: list[AggCall] = []
         self._partial_specs.append(("", "count_all", "__n", "sum"))
-        self._prepared: list[tuple[str, str]] = []  # (derived column, expression kind)
+        self._moment_calls: list[str] = []  # column prefixes of var/stddev calls
         for i, call in enumerate(self.calls):
             p = f"__p{i}"
             f = call.func
@@ -183,9 +189,12 @@ class Aggregator:
             elif f in ("min", "max"):
                 self._partial_specs.append((call.arg, f, f"{p}_m", f))
             elif f in ("stddev_samp", "stddev_pop", "var_samp", "var_pop"):
+                # count, mean and M2 (sum of squared deviations from the mean) of the
+                # non-null values: numerically stable, unlike sums of squares
                 self._partial_specs.append((call.arg, "count", f"{p}_c", "sum"))
-                self._partial_specs.append((f"{p}_f", "sum", f"{p}_s", "sum"))
-                self._partial_specs.append((f"{p}_q", "sum", f"{p}_q", "sum"))
+                self._partial_specs.append((f"{p}_f", "mean", f"{p}_m", "mean_merge"))
+                self._partial_specs.append((f"{p}_f", "m2", f"{p}_q", "m2_merge"))
+                self._moment_calls.append(p)
             elif f in ("count_distinct", "approx_distinct", "first_value", "last_value"):
                 self._set_calls.append(call)
             else:
@@ -198,10 +207,7 @@ class Aggregator:
         for i, call in enumerate(self.calls):
             p = f"__p{i}"
             if call.func == "avg" or call.func.startswith(("stddev", "var")):
-                values = pc.cast(table.column(call.arg), pa.float64())
-                table = table.append_column(f"{p}_f", values)
-                if call.func != "avg":
-                    table = table.append_column(f"{p}_q", pc.multiply(values, values))
+                table = table.append_column(f"{p}_f", pc.cast(table.column(call.arg), pa.float64()))
         return table
 
     @property
@@ -225,13 +231,20 @@ class Aggregator:
                 aggs.append((inp, "count", pc.CountOptions(mode="only_valid")))
             elif fn in ("first", "last"):
                 aggs.append((inp, fn, pc.ScalarAggregateOptions(skip_nulls=True)))
+            elif fn == "m2":
+                aggs.append((inp, "variance", pc.VarianceOptions(ddof=0)))
             else:
                 aggs.append((inp, fn))
         grouped = table.group_by(self.keys, use_threads=False).aggregate(aggs)
         # pyarrow puts the keys first, then the aggregates in order
         keys = grouped.columns[: len(self.keys)]
         values = grouped.columns[len(self.keys) :]
-        return pa.Table.from_arrays(keys + values, names=self.keys + [out for _, _, out in specs])
+        names = [out for _, _, out in specs]
+        for i, (_, fn, out) in enumerate(specs):
+            if fn == "m2":  # population variance × count = M2
+                count = grouped.column(names.index(out.replace("_q", "_c")) + len(self.keys))
+                values[i] = pc.multiply(pc.fill_null(values[i], 0.0), pc.cast(count, pa.float64()))
+        return pa.Table.from_arrays(keys + values, names=self.keys + names)
 
     def _set_partial(self, table: pa.Table, call: AggCall) -> pa.Table:
         # NULL values stay as rows (NULL value / register -1) so that every group of
@@ -283,7 +296,10 @@ class Aggregator:
         if len(parts) == 1 and not regroup:
             return parts[0]
         main = pa.concat_tables([p.main for p in parts])
-        merged = self._group(main, [(out, merge, out) for _, _, out, merge in self._partial_specs])
+        if self._moment_calls:
+            merged = self._merge_moments(main)
+        else:
+            merged = self._group(main, [(out, merge, out) for _, _, out, merge in self._partial_specs])
         sets = []
         for i, call in enumerate(self._set_calls):
             combined = pa.concat_tables([p.sets[i] for p in parts])
@@ -294,6 +310,47 @@ class Aggregator:
             else:
                 sets.append(self._max_rank(combined))
         return Partial(merged, tuple(sets))
+
+    def _merge_moments(self, main: pa.Table) -> pa.Table:
+        """Merge partial rows when var/stddev calls are present: counts and means per
+        group first, then M2 = sum(M2_i) + sum(n_i * (mean_i - mean)^2) (Chan et al.),
+        with each partial row mapped to its group through a list of row numbers."""
+        specs = []
+        for _, _, out, merge in self._partial_specs:
+            if merge == "mean_merge":
+                count = out.replace("_m", "_c")
+                weighted = pc.multiply(pc.fill_null(main.column(out), 0.0), pc.cast(main.column(count), pa.float64()))
+                main = main.append_column(f"{out}__w", weighted)
+                specs.append((f"{out}__w", "sum", out))
+            elif merge == "m2_merge":
+                specs.append((out, "sum", out))
+            else:
+                specs.append((out, merge, out))
+        if self.keys:
+            main = main.append_column("__row", pa.array(np.arange(main.num_rows, dtype=np.int64)))
+            merged = self._group(main, specs + [("__row", "list", "__rows")])
+            rows = merged.column("__rows").combine_chunks()
+            group_of_row = np.empty(main.num_rows, dtype=np.int64)
+            group_of_row[pc.list_flatten(rows).to_numpy()] = np.repeat(
+                np.arange(merged.num_rows, dtype=np.int64), pc.list_value_length(rows).to_numpy()
+            )
+            merged = merged.drop_columns(["__rows"])
+        else:  # one group
+            merged = self._group(main, specs)
+            group_of_row = np.zeros(main.num_rows, dtype=np.int64)
+        for p in self._moment_calls:
+            n = main.column(f"{p}_c").to_numpy(zero_copy_only=False).astype(np.float64)
+            mean_i = pc.fill_null(main.column(f"{p}_m"), 0.0).to_numpy(zero_copy_only=False)
+            total = merged.column(f"{p}_c").to_numpy(zero_copy_only=False).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = merged.column(f"{p}_m").to_numpy(zero_copy_only=False) / total
+            mean = np.where(total > 0, mean, 0.0)
+            deviations = n * (mean_i - mean[group_of_row]) ** 2
+            spread = np.bincount(group_of_row, weights=deviations, minlength=merged.num_rows)
+            m2 = merged.column(f"{p}_q").to_numpy(zero_copy_only=False) + spread
+            merged = merged.set_column(merged.column_names.index(f"{p}_m"), f"{p}_m", pa.array(mean, mask=total == 0))
+            merged = merged.set_column(merged.column_names.index(f"{p}_q"), f"{p}_q", pa.array(m2))
+        return merged
 
     def empty(self) -> Partial:
         return Partial(self._empty_main(), tuple())
@@ -324,7 +381,11 @@ class Aggregator:
                 column = pc.cast(main.column(f"{p}_s"), output_type("sum", call.arg_type))
             elif f == "avg":
                 count = main.column(f"{p}_c")
-                column = pc.if_else(pc.equal(count, 0), None, pc.divide(main.column(f"{p}_s"), pc.cast(count, pa.float64())))
+                column = pc.if_else(
+                    pc.equal(count, pa.scalar(0, count.type)),
+                    pa.scalar(None, pa.float64()),
+                    pc.divide(main.column(f"{p}_s"), pc.cast(count, pa.float64())),
+                )
             elif f in ("min", "max"):
                 column = main.column(f"{p}_m")
             elif f in ("stddev_samp", "stddev_pop", "var_samp", "var_pop"):
@@ -338,13 +399,10 @@ class Aggregator:
 
     def _moments(self, main: pa.Table, p: str, f: str) -> pa.Array:
         n = main.column(f"{p}_c").to_numpy(zero_copy_only=False).astype(np.float64)
-        s = main.column(f"{p}_s").to_numpy(zero_copy_only=False).astype(np.float64)
-        q = main.column(f"{p}_q").to_numpy(zero_copy_only=False).astype(np.float64)
-        sample = f.endswith("samp")
-        denominator = n - 1 if sample else n
+        m2 = pc.fill_null(main.column(f"{p}_q"), 0.0).to_numpy(zero_copy_only=False)
+        denominator = n - 1 if f.endswith("samp") else n
         with np.errstate(invalid="ignore", divide="ignore"):
-            m2 = np.maximum(q - s * s / n, 0.0)
-            variance = m2 / denominator
+            variance = np.maximum(m2, 0.0) / denominator
         valid = denominator > 0
         result = np.sqrt(variance) if f.startswith("stddev") else variance
         return pa.array(np.where(valid, result, 0.0), mask=~valid)
@@ -358,9 +416,10 @@ class Aggregator:
             grouped = table.group_by(self.keys, use_threads=False).aggregate([("__v", "count")])
             counts = grouped.column("__v_count")
         else:
-            present_mask = pc.greater_equal(table.column("__r"), 0)
-            weights = pc.if_else(present_mask, pc.power(2.0, pc.negate(pc.cast(table.column("__rank"), pa.float64()))), 0.0)
-            weighted = table.append_column("__w", weights).append_column("__p", pc.cast(present_mask, pa.int64()))
+            present_mask = _numpy(table.column("__r")) >= 0
+            weights = np.where(present_mask, np.exp2(-_numpy(table.column("__rank")).astype(np.float64)), 0.0)
+            weighted = table.append_column("__w", pa.array(weights))
+            weighted = weighted.append_column("__p", pa.array(present_mask.astype(np.int64)))
             grouped = weighted.group_by(self.keys, use_threads=False).aggregate([("__w", "sum"), ("__p", "sum")])
             z = grouped.column("__w_sum").to_numpy(zero_copy_only=False)
             present = grouped.column("__p_sum").to_numpy(zero_copy_only=False).astype(np.float64)

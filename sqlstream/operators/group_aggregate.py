@@ -111,7 +111,7 @@ class GroupAggregateOperator(Operator):
         columns = []
         for field in self.schema:
             if field.name == OP_COLUMN:
-                columns.append(pa.array([op] * table.num_rows))
+                columns.append(pa.array([op] * table.num_rows, pa.string()))
             else:
                 column = table.column(field.name).combine_chunks()
                 columns.append(column.cast(field.type) if column.type != field.type else column)

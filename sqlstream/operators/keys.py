@@ -7,10 +7,18 @@ every value), so NULL keys match each other as GROUP BY expects.
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["encode_keys", "concat_tables"]
+__all__ = ["encode_keys", "concat_tables", "key_changes"]
+
+
+# typed scalars: pyarrow infers the type of bare Python values at a cost per call
+_COLON = pa.scalar(":", pa.string())
+_BAR = pa.scalar("|", pa.string())
+_NULL_TAG = pa.scalar("\x00", pa.string())
+_FALSE = pa.scalar(False, pa.bool_())
 
 
 def _part(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -23,21 +31,21 @@ def _part(column: pa.Array | pa.ChunkedArray) -> pa.Array:
         column = column.dictionary_decode()
     text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
     length = pc.cast(pc.utf8_length(text), pa.string())
-    tagged = pc.binary_join_element_wise(length, text, ":")
-    return pc.fill_null(tagged, "\x00")
+    tagged = pc.binary_join_element_wise(length, text, _COLON)
+    return pc.fill_null(tagged, _NULL_TAG)
 
 
 def encode_keys(table: pa.Table | pa.RecordBatch, columns: list[str]) -> pa.Array:
     """One key per row for ``columns``; a single non-string column is used as is."""
     if not columns:
-        return pa.array([0] * table.num_rows, pa.int8())
+        return pa.array(np.zeros(table.num_rows, dtype=np.int8))
     if len(columns) == 1:
         column = table.column(columns[0])
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         return column
     parts = [_part(table.column(c)) for c in columns]
-    return pc.binary_join_element_wise(*parts, "|")
+    return pc.binary_join_element_wise(*parts, _BAR)
 
 
 def concat_tables(tables: list[pa.Table]) -> pa.Table:
@@ -45,3 +53,17 @@ def concat_tables(tables: list[pa.Table]) -> pa.Table:
     if len(tables) == 1:
         return tables[0]
     return pa.concat_tables(tables, promote_options="none")
+
+
+def key_changes(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """For keys in sorted order: True where a row's key differs from the previous row's
+    (always True for the first row). NULL equals NULL, as in GROUP BY."""
+    n = len(keys)
+    out = np.ones(n, dtype=bool)
+    if n > 1:
+        a, b = keys.slice(1), keys.slice(0, n - 1)
+        differ = pc.fill_null(pc.not_equal(a, b), _FALSE)
+        if keys.null_count:
+            differ = pc.or_(differ, pc.xor(pc.is_null(a), pc.is_null(b)))
+        out[1:] = differ.to_numpy(zero_copy_only=False)
+    return out

@@ -11,8 +11,10 @@ __all__ = ["UnionOperator", "LimitOperator"]
 
 
 class UnionOperator(Operator):
-    """Rows of every input, in the union's schema. A row's ``__wm`` becomes the minimum
-    of its own and the other inputs' current watermarks (the union's watermark)."""
+    """Rows of every input, in the union's schema. A row's ``__wm`` becomes the union's
+    watermark before it: the minimum of its own and the other live inputs' current
+    watermarks, and never below what the union already passed downstream (a row of an
+    input that was idle, or lagging, is late when it is behind that)."""
 
     name = "union"
 
@@ -29,7 +31,8 @@ class UnionOperator(Operator):
                     wm for p, (wm, ended, idle) in enumerate(zip(self.port_watermarks, self.port_ended, self.port_idle))
                     if p != port and not ended and not idle
                 ]
-                columns.append(pa.array(np.minimum(own, min(others)) if others else own))
+                stamps = np.minimum(own, min(others)) if others else own
+                columns.append(pa.array(np.maximum(stamps, self.watermark)))
             else:
                 column = batch.column(i)
                 columns.append(column.cast(field.type) if column.type != field.type else column)

@@ -17,7 +17,12 @@ as a short list of *fragments* (one per batch, compacted now and then):
   interval union, and closes a session when the watermark passes its end.
 
 Emitted rows carry ``__wm`` = the watermark before the emission, so a downstream
-window operator (window columns propagate) never sees them as late.
+window operator (window columns propagate) never sees them as late. All rows of the
+windows one watermark closes are emitted in one batch (window Top-N relies on it).
+
+With ``EMIT EVERY`` the open windows are also emitted every interval of processing
+time as a changelog against the previous early rows: ``+I`` new, ``-U``/``+U``
+changed, ``-D`` for an early session that merged into another.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import pyarrow.compute as pc
 
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
 from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, WM_COLUMN, Operator
-from sqlstream.operators.keys import encode_keys
+from sqlstream.operators.keys import encode_keys, key_changes
 from sqlstream.operators.windows import column_int64, first_window_end, pane_size, tumble_start, window_assignments
 
 __all__ = ["make_window_operator", "WindowAggregateOperator", "PaneWindowOperator", "SessionWindowOperator"]
@@ -95,7 +100,7 @@ class _WindowOutput(Operator):
 
     def input_table(self, batch: pa.RecordBatch, columns: list[str]) -> pa.Table:
         args = [c.arg for c in self.calls if c.arg is not None]
-        names = list(dict.fromkeys(self.keys + args + columns))
+        names = list(dict.fromkeys(self.keys + args + columns)) or batch.schema.names[:1]  # take/filter need a column
         table = pa.Table.from_batches([batch]).select(names)
         return self.sequence.stamp(table) if self.window_agg.needs_sequence else table
 
@@ -113,21 +118,21 @@ class _WindowOutput(Operator):
             elif name == WM_COLUMN:
                 columns.append(pa.array(np.full(n, self.emitted_wm, dtype=np.int64)))
             elif name == OP_COLUMN:
-                columns.append(ops if ops is not None else pa.array(["+I"] * n))
+                columns.append(ops if ops is not None else _ops("+I", n))
             else:
                 column = result.column(name)
                 columns.append(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
         columns = [c.cast(f.type) if c.type != f.type else c for c, f in zip(columns, self.schema)]
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
-    def emit_final(self, result: pa.Table) -> None:
-        """Emit closed windows (as +I, or as changes after early results)."""
-        if result.num_rows == 0:
-            return
+    def emit_final(self, result: pa.Table, watermark: int) -> None:
+        """Emit the windows that ``watermark`` closed (as +I, or as changes to the early
+        results of EMIT EVERY)."""
         if self.emit_every_us is None:
-            self.emit(self.output(result))
+            if result.num_rows:
+                self.emit(self.output(result))
             return
-        self._emit_changes(result, closing=True)
+        self._emit_changes(result, closed_by=watermark)
 
     # -- EMIT EVERY: early, updating results ----------------------------------------------
 
@@ -142,16 +147,21 @@ class _WindowOutput(Operator):
             elif now_us - self._last_fire_us >= self.emit_every_us:
                 self._last_fire_us = now_us
                 current = self.current_open()
-                if current is not None and current.num_rows:
-                    self._emit_changes(current, closing=False)
+                if current is not None:
+                    self._emit_changes(current, closed_by=None)
         super().tick(now_us)
 
-    def _emit_changes(self, current: pa.Table, closing: bool) -> None:
+    def _emit_changes(self, current: pa.Table, closed_by: int | None) -> None:
+        """Changes from the rows emitted early (``_early``) to ``current``: the open
+        windows (an early firing, ``closed_by`` None) or the windows the watermark
+        ``closed_by`` closed. Changed rows give -U/+U, new ones +I. An early row that no
+        window of ``current`` matches any more was superseded (sessions merge): -D."""
         group = [WS, WE] + self.keys
         values = [c.output for c in self.calls]
         previous = self._early
+        old = new = stale = None
         if previous is None or previous.num_rows == 0:
-            inserts, old, new = current, None, None
+            inserts, remaining = current, previous
         else:
             current_keys = encode_keys(current, group)
             previous_keys = encode_keys(previous, group)
@@ -160,24 +170,27 @@ class _WindowOutput(Operator):
             inserts = current.filter(pc.invert(seen))
             matched_new = current.filter(seen)
             matched_old = previous.take(pc.drop_null(index))
-            same = pc.equal(encode_keys(matched_new, values), encode_keys(matched_old, values)) if values else None
-            if same is not None:
+            if values:
+                same = pc.equal(encode_keys(matched_new, values), encode_keys(matched_old, values))
                 changed = pc.invert(pc.fill_null(same, False))
                 old, new = matched_old.filter(changed), matched_new.filter(changed)
-            else:
-                old = new = None
-            if closing:  # closed windows leave the early table
-                self._early = previous.filter(pc.invert(pc.is_in(previous_keys, value_set=current_keys, skip_nulls=False)))
+            unmatched = previous.filter(pc.invert(pc.is_in(previous_keys, value_set=current_keys, skip_nulls=False)))
+            if closed_by is None:
+                stale, remaining = unmatched, None
+            else:  # early rows of windows ending by now that no closed window matches are stale
+                ended = pc.less_equal(unmatched.column(WE), _i64(closed_by))
+                stale, remaining = unmatched.filter(ended), unmatched.filter(pc.invert(ended))
         batches = []
+        if stale is not None and stale.num_rows:
+            batches.append(self.output(stale, _ops("-D", stale.num_rows)))
         if old is not None and old.num_rows:
-            batches.append(self.output(old, pa.array(["-U"] * old.num_rows)))
-            batches.append(self.output(new, pa.array(["+U"] * new.num_rows)))
+            batches.append(self.output(old, _ops("-U", old.num_rows)))
+            batches.append(self.output(new, _ops("+U", new.num_rows)))
         if inserts.num_rows:
-            batches.append(self.output(inserts, pa.array(["+I"] * inserts.num_rows)))
+            batches.append(self.output(inserts, _ops("+I", inserts.num_rows)))
         for batch in batches:
             self.emit(batch)
-        if not closing:
-            self._early = current
+        self._early = current if closed_by is None else remaining
 
 
 class WindowAggregateOperator(_WindowOutput):
@@ -216,62 +229,42 @@ class WindowAggregateOperator(_WindowOutput):
             elif fragment.max_end <= watermark:
                 closing.append(fragment)
             else:
-                closed = fragment.part.filter_by(WE, lambda c: pc.less_equal(c, watermark))
-                rest = fragment.part.filter_by(WE, lambda c: pc.greater(c, watermark))
+                closed = fragment.part.filter_by(WE, lambda c: pc.less_equal(c, _i64(watermark)))
+                rest = fragment.part.filter_by(WE, lambda c: pc.greater(c, _i64(watermark)))
                 closing.append(_Fragment.of(closed))
                 keep.append(_Fragment.of(rest))  # both non-empty: min_end <= wm < max_end
         self.fragments = keep
         if closing:
-            self.emit_final(self._finalize(closing))
+            self.emit_final(self._finalize(closing), watermark)
         self.emitted_wm = watermark
 
     def _finalize(self, closing: list[_Fragment]) -> pa.Table:
+        """Final rows of the closing pieces. Only windows present in more than one piece
+        (a batch boundary cut through them) are merged; the rest finalize directly."""
         agg = self.window_agg
-        if len(closing) == 1:
-            return agg.finalize(closing[0].part)
+        parts = [f.part for f in closing if f.part.num_rows]
+        if len(parts) == 1:
+            return agg.finalize(parts[0])
+        ends = [_int64(pc.unique(p.main.column(WE))) for p in parts]
+        values, counts = np.unique(np.concatenate(ends), return_counts=True)
+        shared_ends = values[counts > 1]
+        if shared_ends.size == 0:
+            return agg.finalize(concat_partials(parts))
+        shared_set = pa.array(shared_ends, pa.int64())
         direct: list[Partial] = []
         shared: list[Partial] = []
-        for i, fragment in enumerate(closing):
-            starts = fragment.part.main.column(WS)
-            mask = None
-            for j, other in enumerate(closing):
-                if i == j or other.max_start < fragment.min_start or other.min_start > fragment.max_start:
-                    continue
-                inside = pc.and_(pc.greater_equal(starts, other.min_start), pc.less_equal(starts, other.max_start))
-                mask = inside if mask is None else pc.or_(mask, inside)
-            if mask is None:
-                direct.append(fragment.part)
+        for part, part_ends in zip(parts, ends, strict=True):
+            if not np.isin(part_ends, shared_ends).any():
+                direct.append(part)
                 continue
-            lo, hi = self._range_union(closing, i)
-            in_range = lambda c, lo=lo, hi=hi: self._in_ranges(c, lo, hi)  # noqa: E731
-            out_range = lambda c, lo=lo, hi=hi: pc.invert(self._in_ranges(c, lo, hi))  # noqa: E731
-            shared.append(fragment.part.filter_by(WS, in_range))
-            direct.append(fragment.part.filter_by(WS, out_range))
+            shared.append(part.filter_by(WE, lambda c: pc.is_in(c, value_set=shared_set)))
+            direct.append(part.filter_by(WE, lambda c: pc.invert(pc.is_in(c, value_set=shared_set))))
         results = []
         direct = [p for p in direct if p.num_rows]
         if direct:
             results.append(agg.finalize(concat_partials(direct)))
-        shared = [p for p in shared if p.num_rows]
-        if shared:
-            results.append(agg.finalize(agg.merge(shared)))
+        results.append(agg.finalize(agg.merge(shared, regroup=True)))
         return pa.concat_tables(results) if len(results) > 1 else results[0]
-
-    @staticmethod
-    def _range_union(closing: list[_Fragment], i: int) -> tuple[list[int], list[int]]:
-        lo, hi = [], []
-        for j, other in enumerate(closing):
-            if j != i:
-                lo.append(other.min_start)
-                hi.append(other.max_start)
-        return lo, hi
-
-    @staticmethod
-    def _in_ranges(column, lo: list[int], hi: list[int]):
-        mask = None
-        for a, b in zip(lo, hi):
-            inside = pc.and_(pc.greater_equal(column, a), pc.less_equal(column, b))
-            mask = inside if mask is None else pc.or_(mask, inside)
-        return mask
 
     def current_open(self) -> pa.Table | None:
         if not self.fragments:
@@ -326,25 +319,6 @@ class PaneWindowOperator(_WindowOutput):
         if len(self.direct) > _MAX_FRAGMENTS:
             self.direct = [self.window_agg.merge(self.direct)]
 
-    def _pane_windows(self, pane_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(pane row, window start, window end) for every window containing each pane."""
-        spec = self.spec
-        n = pane_starts.size
-        rows = np.arange(n, dtype=np.int64)
-        if spec.kind == "hop":
-            copies = -(-spec.size_us // spec.slide_us)
-            last = tumble_start(pane_starts, spec.slide_us)
-            r = np.repeat(rows, copies)
-            start = np.repeat(last, copies) - np.tile(np.arange(copies, dtype=np.int64), n) * spec.slide_us
-            keep = start + spec.size_us > np.repeat(pane_starts, copies)
-            return r[keep], start[keep], start[keep] + spec.size_us
-        steps = spec.size_us // spec.step_us
-        base = tumble_start(pane_starts, spec.size_us)
-        r = np.repeat(rows, steps)
-        end = np.repeat(base, steps) + np.tile(np.arange(1, steps + 1, dtype=np.int64), n) * spec.step_us
-        keep = end > np.repeat(pane_starts, steps)
-        return r[keep], np.repeat(base, steps)[keep], end[keep]
-
     def _pane_alive(self, pane_starts, watermark: int) -> pa.Array:
         """True for panes that still belong to a window ending after ``watermark``."""
         starts = _int64(pane_starts)
@@ -359,13 +333,13 @@ class PaneWindowOperator(_WindowOutput):
             self.panes = [merged] if merged.num_rows else []
             if merged.num_rows:
                 starts = column_int64(merged.main, WS)
-                r, ws, we = self._pane_windows(starts)
+                r, ws, we = window_assignments(self.spec, starts)  # a pane lies in the windows of its start
                 keep = (we > low) & (we <= high) if high is not None else (we > low)
                 r, ws, we = r[keep], ws[keep], we[keep]
                 if r.size:
                     pieces.append(self._replicate(merged, starts, r, ws, we))
         for part in self.direct:
-            ends = lambda c: pc.and_(pc.greater(c, low), pc.less_equal(c, high)) if high is not None else pc.greater(c, low)  # noqa: E731
+            ends = lambda c: pc.and_(pc.greater(c, _i64(low)), pc.less_equal(c, _i64(high))) if high is not None else pc.greater(c, _i64(low))  # noqa: E731
             pieces.append(part.filter_by(WE, ends))
         pieces = [p for p in pieces if p.num_rows]
         if not pieces:
@@ -398,7 +372,7 @@ class PaneWindowOperator(_WindowOutput):
         if watermark > self.emitted_wm:
             result = self._windows_between(self.emitted_wm, watermark)
             if result is not None and result.num_rows:
-                self.emit_final(result)
+                self.emit_final(result, watermark)
             self.emitted_wm = watermark
             self._free(watermark)
         self.emit_watermark(watermark)
@@ -407,7 +381,7 @@ class PaneWindowOperator(_WindowOutput):
         if self.panes:
             self.panes = [p.filter_by(WS, lambda c: self._pane_alive(c, watermark)) for p in self.panes]
             self.panes = [p for p in self.panes if p.num_rows]
-        self.direct = [p.filter_by(WE, lambda c: pc.greater(c, watermark)) for p in self.direct]
+        self.direct = [p.filter_by(WE, lambda c: pc.greater(c, _i64(watermark))) for p in self.direct]
         self.direct = [p for p in self.direct if p.num_rows]
 
     def current_open(self) -> pa.Table | None:
@@ -419,6 +393,16 @@ class PaneWindowOperator(_WindowOutput):
     def retention_start(self) -> int | None:
         starts = [pc.min(p.main.column(WS)).as_py() for p in self.panes + self.direct if p.num_rows]
         return min(starts, default=None)
+
+
+def _i64(value: int) -> pa.Scalar:
+    """A typed scalar: comparing with a bare Python int makes pyarrow infer its type,
+    which costs ~100 µs per call (it probes optional modules each time)."""
+    return pa.scalar(value, pa.int64())
+
+
+def _ops(op: str, n: int) -> pa.Array:
+    return pa.array([op] * n, pa.string())
 
 
 def _int64(column) -> np.ndarray:
@@ -479,8 +463,7 @@ class SessionWindowOperator(_WindowOutput):
         if len(order) > 1:
             boundary[1:] = (sorted_times[1:] - sorted_times[:-1]) >= self.gap
             if key is not None:
-                sorted_keys = key.take(pa.array(order))
-                boundary[1:] |= pc.not_equal(sorted_keys.slice(1), sorted_keys.slice(0, len(order) - 1)).to_numpy(zero_copy_only=False)
+                boundary |= key_changes(key.take(pa.array(order)))
         session_id = np.cumsum(boundary) - 1
         rows = table.take(pa.array(order)).append_column("__sid", pa.array(session_id))
         rows = rows.append_column("__ts", pa.array(sorted_times))
@@ -516,9 +499,7 @@ class SessionWindowOperator(_WindowOutput):
         s, e = starts[order], ends[order]
         new_group = np.ones(len(order), dtype=bool)
         if key is not None:
-            k = key.take(pa.array(order))
-            key_change = np.ones(len(order), dtype=bool)
-            key_change[1:] = pc.not_equal(k.slice(1), k.slice(0, len(order) - 1)).to_numpy(zero_copy_only=False)
+            key_change = key_changes(key.take(pa.array(order)))
         else:
             key_change = np.zeros(len(order), dtype=bool)
             key_change[0] = True
@@ -551,10 +532,10 @@ class SessionWindowOperator(_WindowOutput):
 
     def _close(self, watermark: int) -> None:
         if self.open is not None and self.open.num_rows:
-            closed = self.open.filter_by(WE, lambda c: pc.less_equal(c, watermark))
+            closed = self.open.filter_by(WE, lambda c: pc.less_equal(c, _i64(watermark)))
             if closed.num_rows:
-                self.open = self.open.filter_by(WE, lambda c: pc.greater(c, watermark))
-                self.emit_final(self.window_agg.finalize(closed))
+                self.open = self.open.filter_by(WE, lambda c: pc.greater(c, _i64(watermark)))
+                self.emit_final(self.window_agg.finalize(closed), watermark)
         self.emitted_wm = max(self.emitted_wm, watermark)
 
     def current_open(self) -> pa.Table | None:
