@@ -165,7 +165,8 @@ class WindowExpandOperator(Operator):
             wm = batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
             keep = end > wm[rows]
             rows, start, end = rows[keep], start[keep], end[keep]
-        expanded = batch.take(pa.array(rows))
+        # one window per row and none dropped (TUMBLE): the rows are the batch, no copy
+        expanded = batch if rows.size == batch.num_rows and self.spec.kind == "tumble" else batch.take(pa.array(rows))
         columns = []
         for field in self.schema:
             if field.name == "window_start":

@@ -26,6 +26,7 @@ __all__ = [
     "WindowSpec",
     "WindowAggregate",
     "GroupAggregate",
+    "ChangelogAggregate",
     "WindowExpand",
     "Union",
     "Limit",
@@ -42,6 +43,7 @@ class BuildContext:
     on_error: str = "dead_letter"
     settings: dict = field(default_factory=dict)
     operators: list[Operator] = field(default_factory=list)
+    load_table: Callable[[str], pa.Table] | None = None  # TABLE name -> its rows (lookup joins)
 
     def register(self, op: Operator) -> Operator:
         op.dead_letter = self.dead_letter
@@ -54,6 +56,8 @@ class PlanNode:
     updating: bool = False
     rowtime: str | None = None
     window: tuple[str, str] | None = None  # (window_start, window_end) columns of final windows
+    key_columns: tuple[str, ...] | None = None  # with ``window``: the group key columns of a final window result
+    window_end: str | None = None  # a final window result's window_end column (even without window_start)
     children: tuple["PlanNode", ...] = ()
 
     def build(self, ctx: BuildContext) -> Operator:
@@ -243,6 +247,32 @@ class GroupAggregate(PlanNode):
     def details(self) -> list[str]:
         calls = ", ".join(f"{c.func}({c.arg or '*'})" for c in self.calls)
         return [f"keys: {', '.join(self.keys) or '-'}; aggregates: {calls}", "state: one partial row per key (unbounded)"]
+
+
+class ChangelogAggregate(PlanNode):
+    """Unwindowed GROUP BY over an updating input (e.g. a join's changelog): an updating result."""
+
+    def __init__(self, child: PlanNode, keys: list[str], calls: list, schema: pa.Schema):
+        self.children = (child,)
+        self.keys = keys
+        self.calls = calls
+        self.schema = schema
+        self.updating = True
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        from sqlstream.operators.changelog_aggregate import ChangelogAggregateOperator
+
+        return ChangelogAggregateOperator(self.keys, self.calls, self.schema)
+
+    def describe(self) -> str:
+        return "ChangelogAggregate (updating input -> updating)"
+
+    def details(self) -> list[str]:
+        calls = ", ".join(f"{c.func}({c.arg or '*'})" for c in self.calls)
+        return [
+            f"keys: {', '.join(self.keys) or '-'}; aggregates: {calls}",
+            "state: the current input rows (a multiset) and one result row per key; touched keys are recomputed",
+        ]
 
 
 class WindowExpand(PlanNode):

@@ -18,9 +18,11 @@ from sqlglot import exp
 from sqlstream.batches import HIDDEN_PREFIX, is_hidden
 from sqlstream.errors import PlanError, SqlAnalysisError, SqlStreamError, UnsupportedSqlError, did_you_mean
 from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS, AggCall, output_type
+from sqlstream.connectors.base import SOURCE_ID_COLUMN
 from sqlstream.operators.base import OP_COLUMN, WM_COLUMN
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error, to_datafusion_sql
 from sqlstream.plan.nodes import (
+    ChangelogAggregate,
     GroupAggregate,
     LateFilter,
     Limit,
@@ -236,6 +238,12 @@ class QueryPlanner:
         if kind == "TUMBLE":
             spec = WindowSpec("tumble", size_us=sizes[0])
         elif kind == "HOP":
+            if sizes[1] < sizes[0]:
+                raise SqlAnalysisError(
+                    "HOP size must be at least its slide (rows between two windows would belong to none)",
+                    location=self.loc(tvf.args["sizes"][1]),
+                    hint="HOP(src, ts, slide, size): the slide comes first",
+                )
             spec = WindowSpec("hop", slide_us=sizes[0], size_us=sizes[1])
         elif kind == "CUMULATE":
             if sizes[1] % sizes[0]:
@@ -346,7 +354,7 @@ class QueryPlanner:
     def _reject_windows_functions(self, expression: exp.Expr, node: PlanNode) -> None:
         for window in expression.find_all(exp.Window):
             partition = {normalize_name(p.this) for p in window.args.get("partition_by") or [] if isinstance(p, exp.Column)}
-            if node.window is not None and set(node.window) <= partition:
+            if node.window is not None and set(node.window) <= partition and _emits_whole_windows(node):
                 continue  # rows of a final window arrive together: DataFusion evaluates it per batch
             raise self._unsupported(
                 "window functions (OVER) need PARTITION BY window_start, window_end over a windowed aggregation",
@@ -388,7 +396,7 @@ class QueryPlanner:
             )
         parts = [f"{to_datafusion_sql(e)} AS {_quote(i.name)}" for e, i in zip(expressions, items)]
         if keep_hidden:
-            parts += [_quote(f.name) for f in input_schema if f.name in (WM_COLUMN, OP_COLUMN)]
+            parts += [_quote(f.name) for f in input_schema if f.name in (WM_COLUMN, OP_COLUMN, SOURCE_ID_COLUMN)]
         if not parts:
             raise PlanError("a query must select at least one column")
         rowtime, window = self._propagated(node, items, expressions)
@@ -400,7 +408,14 @@ class QueryPlanner:
         if condition is not None:
             sql += f" WHERE {to_datafusion_sql(condition)}"
         program = self._program(sql, input_schema, items, condition)
-        return Stateless(child, program, udf_step, rowtime=rowtime, window=window, label=label or "query")
+        stage = Stateless(child, program, udf_step, rowtime=rowtime, window=window, label=label or "query")
+        stage.key_columns = self._propagated_keys(node, items, expressions) if window else None
+        stage.window_end = next(
+            (i.name for i, e in zip(items, expressions, strict=True)
+             if node.window_end and isinstance(e, exp.Column) and not e.args.get("table") and e.name == node.window_end),
+            None,
+        )
+        return stage
 
     def _program(self, sql: str, schema: pa.Schema, items: list[_Item], condition) -> DataFusionProgram:
         try:
@@ -412,7 +427,7 @@ class QueryPlanner:
             if name:
                 for node in nodes:
                     for call in node.find_all(exp.Anonymous, exp.Func):
-                        if call.name.lower() == name.lower() or (isinstance(call, exp.Anonymous) and str(call.this).lower() == name.lower()):
+                        if _call_name(call) == name.lower():
                             err.location = self.loc(call)
                             raise err from error
             err.location = self.loc(nodes[0]) if nodes else None
@@ -430,6 +445,19 @@ class QueryPlanner:
         if node.window is not None and all(w in renamed for w in node.window):
             window = (renamed[node.window[0]], renamed[node.window[1]])
         return rowtime, window
+
+    @staticmethod
+    def _propagated_keys(node: PlanNode, items: list[_Item], expressions: list[exp.Expr]):
+        """A final window result's group key columns, if a projection keeps them all."""
+        if node.key_columns is None:
+            return None
+        renamed: dict[str, str] = {}
+        for item, expression in zip(items, expressions):
+            if isinstance(expression, exp.Column) and not expression.args.get("table"):
+                renamed.setdefault(expression.name, item.name)
+        if not all(k in renamed for k in node.key_columns):
+            return None
+        return tuple(renamed[k] for k in node.key_columns)
 
     # -- UNION ALL -------------------------------------------------------------------------
 
@@ -553,16 +581,14 @@ class QueryPlanner:
             base = LateFilter(base, spec, propagated[1], rel.label)
         for item in pre_items:
             self._reject_virtual(item.expression)
+        if not pre_items:  # e.g. SELECT count(*) FROM src: rows count, no column is needed
+            pre_items.append(_Item(exp.Literal.number(1), "__one"))
         where = select.args.get("where")
         condition = scope.resolve(where.this, source) if where is not None else None
         if condition is not None:
             self._reject_virtual(condition)
         if rel.node.updating:
-            raise self._unsupported(
-                "aggregating an updating result (e.g. an aggregate of an unwindowed aggregate) is not supported",
-                select,
-                "aggregate a windowed result instead (its rows are final)",
-            )
+            self._check_changelog_aggregate(select, spec, emit, calls)
         pre = self.stateless(base, pre_items, condition, label=rel.label)
         pre_types = {f.name: f.type for f in pre.schema}
         calls = [AggCall(c.func, c.arg, c.output, pre_types.get(c.arg) if c.arg else None) for c in calls]
@@ -575,6 +601,7 @@ class QueryPlanner:
         key_fields = [pa.field(i.name, pre_types[i.name]) for i in key_items]
         agg_fields = [pa.field(c.output, output_type(c.func, c.arg_type)) for c in calls]
         emit_every = self._emit_every(emit)
+        self._check_over_in_aggregation(items, spec, emit_every)
         if spec is not None:
             fields = key_fields + [pa.field("window_start", _TS_US), pa.field("window_end", _TS_US)] + agg_fields
             fields.append(pa.field(WM_COLUMN, pa.int64()))
@@ -583,7 +610,10 @@ class QueryPlanner:
             agg_node: PlanNode = WindowAggregate(pre, spec, [i.name for i in key_items], calls, pa.schema(fields), emit_every)
         else:
             fields = [pa.field(OP_COLUMN, pa.string())] + key_fields + agg_fields
-            agg_node = GroupAggregate(pre, [i.name for i in key_items], calls, pa.schema(fields), emit_every)
+            if rel.node.updating:  # retractions: recompute the touched groups from the current input
+                agg_node = ChangelogAggregate(pre, [i.name for i in key_items], calls, pa.schema(fields))
+            else:
+                agg_node = GroupAggregate(pre, [i.name for i in key_items], calls, pa.schema(fields), emit_every)
         # post-stage: HAVING and the final projection over emitted rows
         replacements = {to_datafusion_sql(k): column_ref(i.name) for k, i in zip(keys, key_items)}
         replacements.update({text: column_ref(name) for text, name in call_sql.items()})
@@ -607,8 +637,43 @@ class QueryPlanner:
             if starts and ends:
                 window_out = (starts[0], ends[0])
             post.window = window_out if emit_every is None else None
+            # the group key in the output identifies a final window row (e.g. for sink message ids)
+            key_refs = {i.name: n for n, e in zip(names, exprs) for i in key_items if isinstance(e, exp.Column) and e.name == i.name}
+            post.key_columns = tuple(key_refs[i.name] for i in key_items) if len(key_refs) == len(key_items) else None
             post.rowtime = None
+            post.window_end = ends[0] if ends and emit_every is None else None
         return _Rel(post, Scope.of_schema(post.schema, None), None, rel.label)
+
+    def _check_changelog_aggregate(self, select, spec, emit, calls: list[AggCall]) -> None:
+        """An aggregation over an updating input: unwindowed, retractable functions only."""
+        from sqlstream.operators.changelog_aggregate import RETRACTABLE
+
+        if spec is not None:
+            raise self._unsupported(
+                "a window aggregation over an updating result is not supported", select,
+                "aggregate a windowed result instead (its rows are final), or drop the window",
+            )
+        if emit is not None:
+            raise self._unsupported("EMIT over an updating input is not supported", emit)
+        for call in calls:
+            if call.func not in RETRACTABLE:
+                raise self._unsupported(
+                    f"{call.func}() over an updating input is not supported (rows can be retracted)", select,
+                    "supported over changelogs: count, sum, avg, min, max, count(DISTINCT), approx_distinct, stddev, variance",
+                )
+
+    def _check_over_in_aggregation(self, items: list[_Item], spec, emit_every) -> None:
+        """OVER next to GROUP BY runs on the emitted rows: only whole final windows
+        (PARTITION BY window_start, window_end, emitted on window close) make that exact."""
+        for item in items:
+            for window in item.expression.find_all(exp.Window):
+                partition = {normalize_name(p.this) for p in window.args.get("partition_by") or [] if isinstance(p, exp.Column)}
+                if spec is None or emit_every is not None or not set(WINDOW_COLUMNS) <= partition:
+                    raise self._unsupported(
+                        "window functions (OVER) need PARTITION BY window_start, window_end over a windowed aggregation",
+                        window,
+                        "e.g. ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY count(*) DESC) AS rn",
+                    )
 
     def _aggregate_call(self, agg: exp.Expr) -> tuple[str, exp.Expr | None]:
         condition = None
@@ -646,6 +711,7 @@ class QueryPlanner:
                 raise SqlAnalysisError(
                     f"{column.name} is only available after the window aggregation (in SELECT, GROUP BY or HAVING)",
                     location=self.loc(column),
+                    hint=f"filter windows in HAVING, e.g. HAVING {column.name} >= TIMESTAMP '...'",
                 )
 
     def _rewrite_post(self, expression: exp.Expr, replacements: dict[str, exp.Expr]) -> exp.Expr:
@@ -709,6 +775,14 @@ def _default_name(expression: exp.Expr, index: int) -> str:
     return f"expr_{index}"
 
 
+def _emits_whole_windows(node: PlanNode) -> bool:
+    """True when every row of a window reaches ``node`` in one batch: projections over a
+    window aggregate emitting on window close (not a union of several, not EMIT EVERY)."""
+    while isinstance(node, Stateless):
+        node = node.children[0]
+    return isinstance(node, WindowAggregate) and not node.updating
+
+
 def _is_virtual(column: exp.Column) -> bool:
     target = column.meta.get("scope_column")
     return bool(target is not None and target.virtual)
@@ -746,7 +820,14 @@ def _find_aggregates(expression: exp.Expr, source: SourceText | None = None) -> 
     found = []
 
     def visit(node: exp.Expr) -> None:
-        if isinstance(node, exp.Window):
+        if isinstance(node, exp.Window):  # OVER (...): not an aggregate itself, but it may use some
+            for child in node.args.get("partition_by") or []:
+                visit(child)
+            if node.args.get("order") is not None:
+                visit(node.args["order"])
+            if node.this is not None:
+                for child in node.this.iter_expressions():
+                    visit(child)
             return
         if isinstance(node, exp.Filter) and _aggregate_name(node.this):
             found.append(node)
@@ -772,3 +853,10 @@ def _sql_type(t: pa.DataType) -> str:
     from sqlstream.sql.types import sql_type_name
 
     return sql_type_name(t)
+
+
+def _call_name(call: exp.Expr) -> str:
+    """The SQL name of a function call: ``foo`` for foo(x), ``sign`` for sign(x)."""
+    if isinstance(call, exp.Anonymous):
+        return str(call.this).lower()
+    return call.sql_name().lower() if isinstance(call, exp.Func) else call.name.lower()

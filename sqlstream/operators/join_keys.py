@@ -1,0 +1,402 @@
+"""Join keys, vectorized: one comparable code per row, and an index built once and
+probed many times.
+
+A :class:`KeyIndex` groups the rows of one side by key code once; a probe is a few
+vectorized passes per micro-batch instead of a hash table rebuilt per batch:
+
+* integer-like keys (integers, timestamps, dates, booleans) are their own codes,
+  exact: one column as is, several combined in mixed radix when their value grids
+  allow (window bounds step by the window slide); a dense code range becomes a direct
+  lookup table, anything else an open-addressing table of the distinct codes;
+* anything else (strings, floats, mixes) gets a 64-bit hash per row (strings hashed
+  eight bytes at a time straight from the Arrow buffers), and every candidate pair is
+  verified on the real key values, so a hash collision never produces a wrong match.
+
+NULL keys never match (SQL equality). Probes return pairs grouped by probe row in
+ascending order, so outputs keep the arrival order of the probing side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["KeyIndex", "key_codes", "expand_ranges", "join_pairs"]
+
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_LUT_MAX = 1 << 25  # entries of a direct lookup table (it also never exceeds 4x the keys)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer (uint64 arithmetic wraps)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _C1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _C2
+    return x ^ (x >> np.uint64(31))
+
+
+def _combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column
+
+
+def _is_integer_like(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
+        or pa.types.is_time(t)
+        or pa.types.is_duration(t)
+    )
+
+
+def _valid(column: pa.Array) -> np.ndarray | None:
+    if column.null_count == 0:
+        return None
+    return pc.is_valid(column).to_numpy(zero_copy_only=False)
+
+
+def _int64_values(column: pa.Array) -> np.ndarray:
+    t = column.type
+    if pa.types.is_timestamp(t) or pa.types.is_duration(t) or pa.types.is_time64(t) or pa.types.is_date64(t):
+        column = column.view(pa.int64())
+    elif pa.types.is_date32(t) or pa.types.is_time32(t):
+        column = column.view(pa.int32())
+    elif pa.types.is_boolean(t):
+        column = pc.cast(column, pa.int8())
+    if column.null_count:
+        column = pc.fill_null(column, 0)
+    values = column.to_numpy(zero_copy_only=False)
+    return values.astype(np.int64, copy=False)
+
+
+_BYTE_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)  # the low n bytes of a word
+_WORDS_KEPT = 16  # strings up to 128 bytes keep their words for verification; longer ones are compared by Arrow
+
+
+def _byte_words(column: pa.Array, keep: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(byte lengths, the zero-padded 8-byte words per value as an (n, W) array or
+    None, 64-bit hash) of a string/binary column, straight from its Arrow buffers."""
+    t = column.type
+    offset_type = np.int64 if (pa.types.is_large_string(t) or pa.types.is_large_binary(t)) else np.int32
+    n = len(column)
+    buffers = column.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[column.offset : column.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    start, end = int(offsets[0]), int(offsets[-1])
+    padded = np.zeros(end - start + 8, dtype=np.uint8)
+    padded[: end - start] = data[start:end]
+    # an unaligned uint64 view starting at every byte
+    unaligned = np.ndarray(shape=(max(end - start + 1, 1),), dtype="<u8", buffer=padded, strides=(1,))
+    begin = offsets[:-1] - start
+    lengths = offsets[1:] - offsets[:-1]
+    count = -(-int(lengths.max()) // 8) if n else 0
+    words = np.zeros((n, count), dtype=np.uint64) if keep and count <= _WORDS_KEPT else None
+    h = _mix(lengths.astype(np.uint64) ^ _GOLDEN)
+    last = unaligned.size - 1
+    for j in range(count):
+        remaining = lengths - 8 * j
+        live = remaining > 0
+        word = unaligned[np.minimum(begin + 8 * j, last)]
+        if (remaining < 8).any():  # the tail of a value: keep its own bytes only
+            word &= _BYTE_MASKS[np.clip(remaining, 0, 8)]
+        if words is not None:
+            words[:, j] = word
+        h = np.where(live, _mix(h ^ (word + _GOLDEN)), h)  # a value's hash ignores longer values' words
+    return lengths, words, h
+
+
+class _KeyColumn:
+    """One key column in numpy form: what codes, hashes and verification read."""
+
+    __slots__ = ("array", "valid", "kind", "values", "lengths", "words", "_hash")
+
+    def __init__(self, column: pa.Array | pa.ChunkedArray, keep_words: bool = True):
+        column = _combined(column)
+        t = column.type
+        self.array = column
+        self.valid = _valid(column)
+        self.values = self.lengths = self.words = self._hash = None
+        if _is_integer_like(t):
+            self.kind, self.values = "int", _int64_values(column)
+        elif pa.types.is_floating(t):
+            self.kind = "float"
+            self.values = pc.cast(pc.fill_null(column, 0), pa.float64()).to_numpy(zero_copy_only=False) + 0.0  # -0.0 == 0.0
+        else:
+            if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+                column = pc.cast(column, pa.large_binary())
+            elif not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+                      or pa.types.is_large_binary(t)):
+                column = pc.cast(column, pa.string())  # decimals and the like: by their text
+            self.kind = "bytes"
+            self.lengths, self.words, self._hash = _byte_words(column, keep_words)
+
+    def hash(self) -> np.ndarray:
+        if self._hash is None:
+            self._hash = _mix(self.values.view(np.uint64) ^ _GOLDEN)
+        return self._hash
+
+    def same(self, rows: np.ndarray, other: "_KeyColumn", other_rows: np.ndarray) -> np.ndarray:
+        """Whether value ``rows[i]`` here equals value ``other_rows[i]`` of ``other``."""
+        if self.kind != other.kind or (self.kind == "bytes" and (self.words is None or other.words is None)):
+            left, right = self.array.take(pa.array(rows)), other.array.take(pa.array(other_rows))
+            if left.type != right.type:
+                right = right.cast(left.type)
+            return pc.fill_null(pc.equal(left, right), False).to_numpy(zero_copy_only=False)
+        if self.kind != "bytes":
+            return self.values[rows] == other.values[other_rows]
+        same = self.lengths[rows] == other.lengths[other_rows]
+        for j in range(min(self.words.shape[1], other.words.shape[1])):  # equal lengths: equal word counts
+            same &= self.words[rows, j] == other.words[other_rows, j]
+        return same
+
+
+def _codes(columns: list[_KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    valid = None
+    for column in columns:
+        if column.valid is not None:
+            valid = column.valid if valid is None else (valid & column.valid)
+    if len(columns) == 1 and columns[0].kind == "int":
+        return columns[0].values, valid, True
+    h = None
+    for column in columns:
+        part = column.hash()
+        h = part if h is None else _mix(h * _C1 + part)
+    return h, valid, False
+
+
+def key_codes(columns: list[pa.Array]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """(codes, valid rows or None, exact): int64 values for one integer-like key
+    (exact), else uint64 hashes that need verification. A row with any NULL key
+    part is invalid."""
+    return _codes([_KeyColumn(c, keep_words=False) for c in columns])
+
+
+def _sort_order(values: np.ndarray, exact: bool) -> np.ndarray:
+    """An order that groups equal ``values``: integer codes spanning less than 2^32 by
+    one or two 16-bit radix passes (linear time), anything else by a comparison sort."""
+    if exact and values.size > 1:
+        low, high = int(values.min()), int(values.max())
+        if high - low < 2**32:
+            offset = values - low
+            order = np.argsort(offset.astype(np.uint16), kind="stable")  # 16-bit keys: numpy's radix sort
+            if high - low >= 2**16:
+                order = order[np.argsort((offset[order] >> 16).astype(np.uint16), kind="stable")]
+            return order
+    return np.argsort(values)
+
+
+def expand_ranges(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ranges ``[lo[i], lo[i] + counts[i])``: (i repeated, each position)."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    owner = np.repeat(np.arange(len(lo), dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts
+    position = np.arange(total, dtype=np.int64) - np.repeat(first - lo, counts)
+    return owner, position
+
+
+class _HashSlots:
+    """Open addressing over distinct codes: slot -> position in ``codes``, built and
+    probed with vectorized linear probing (load factor <= 1/2)."""
+
+    def __init__(self, codes: np.ndarray):
+        self.codes = codes
+        size = 1 << max(4, int(2 * max(codes.size, 1) - 1).bit_length())
+        self.mask = np.uint64(size - 1)
+        self.table = np.full(size, -1, dtype=np.int64)
+        pending = np.arange(codes.size, dtype=np.int64)
+        position = self._home(codes)
+        claim = np.full(size, -1, dtype=np.int64)
+        while pending.size:
+            free = self.table[position] == -1
+            claim[position[free]] = pending[free]  # one of the claimants of a slot wins
+            placed = free & (claim[position] == pending)
+            self.table[position[placed]] = pending[placed]
+            pending = pending[~placed]
+            position = (position[~placed] + np.uint64(1)) & self.mask
+
+    def _home(self, codes: np.ndarray) -> np.ndarray:
+        return _mix(codes.view(np.uint64) ^ _C2) & self.mask
+
+    def find(self, codes: np.ndarray) -> np.ndarray:
+        """Position of each code in the distinct codes, or -1."""
+        position = self._home(codes)
+        slot = self.table[position]
+        hit = self.codes[slot] == codes  # slot -1 reads the last code: masked below
+        found = np.where(hit & (slot >= 0), slot, -1)
+        active = np.flatnonzero(~hit & (slot >= 0))  # collided on the way: probe on
+        while active.size:
+            position[active] = (position[active] + np.uint64(1)) & self.mask
+            slot = self.table[position[active]]
+            occupied = slot >= 0
+            hit = occupied & (self.codes[slot] == codes[active])
+            found[active[hit]] = slot[hit]
+            active = active[occupied & ~hit]
+        return found
+
+
+class KeyIndex:
+    """The rows of one side, indexed by their key columns.
+
+    >>> index = KeyIndex([pa.array(["a", "b", "a"])])
+    >>> probe_rows, build_rows = index.probe([pa.array(["a", "c", None])])
+    >>> sorted(zip(probe_rows.tolist(), build_rows.tolist()))
+    [(0, 0), (0, 2)]
+    """
+
+    def __init__(self, keys: list[pa.Array | pa.ChunkedArray]):
+        self.columns = [_KeyColumn(k) for k in keys]
+        self.num_rows = len(self.columns[0].array) if self.columns else 0
+        self._composite = self._composite_layout(self.columns)
+        codes, valid, exact = self._encode(self.columns)
+        self.exact = exact
+        rows = np.flatnonzero(valid) if valid is not None else np.arange(self.num_rows, dtype=np.int64)
+        values = codes[rows] if valid is not None else codes
+        order = _sort_order(values, exact)
+        ordered = values[order]
+        self.rows = rows[order]  # build rows grouped by code
+        change = np.ones(ordered.size, dtype=bool)
+        change[1:] = ordered[1:] != ordered[:-1]
+        self.starts = np.flatnonzero(change)
+        self.counts = np.diff(np.append(self.starts, ordered.size))
+        distinct = ordered[self.starts]
+        self.unique = bool(self.starts.size == ordered.size)
+        self._lut = None
+        self._slots = None
+        if exact and distinct.size:
+            low, high = int(distinct[0]), int(distinct[-1])
+            span = high - low + 1
+            if span <= max(4 * distinct.size, 1024) and span <= _LUT_MAX:
+                # per code: its group's first position and size; slot ``span`` is "no such code"
+                slot = distinct - low
+                first = np.zeros(span + 1, dtype=np.int64)
+                size = np.zeros(span + 1, dtype=np.int64)
+                first[slot], size[slot] = self.starts, self.counts
+                self._lut = (low, span, first, size)
+        if self._lut is None:
+            self._slots = _HashSlots(distinct)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @staticmethod
+    def _composite_layout(columns: list[_KeyColumn]):
+        """Several integer-like key columns whose value grids multiply below 2^62 get
+        one exact code per row (mixed radix): no hashing, no verification."""
+        if len(columns) < 2 or any(c.kind != "int" for c in columns):
+            return None
+        layout, stride = [], 1
+        for column in columns:
+            values = column.values if column.valid is None else column.values[column.valid]
+            if values.size == 0:
+                return None
+            low, high = int(values.min()), int(values.max())
+            step = int(np.gcd.reduce(values - low)) or 1  # e.g. window bounds: multiples of the slide
+            span = (high - low) // step + 1
+            layout.append((low, step, span, stride))
+            stride *= span
+            if stride >= 2**62:
+                return None
+        return layout
+
+    def _encode(self, columns: list[_KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        if self._composite is None or any(c.kind != "int" for c in columns):
+            return _codes(columns)
+        code = np.zeros(len(columns[0].array), dtype=np.int64)
+        valid = None
+        for column, (low, step, span, stride) in zip(columns, self._composite, strict=True):
+            offset = column.values - low
+            if step > 1:
+                inside = offset % step == 0  # off the build's grid: cannot match
+                offset = offset // step
+                inside &= (offset >= 0) & (offset < span)
+            else:
+                inside = (offset >= 0) & (offset < span)  # outside the build's range: cannot match
+            if column.valid is not None:
+                inside &= column.valid
+            valid = inside if valid is None else valid & inside
+            code += np.where(inside, offset, 0) * stride
+        return code, (None if valid.all() else valid), True
+
+    def _groups(self, codes: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(first position in ``rows``, number of build rows) of each probe code's group
+        (size 0: no such code)."""
+        if self.starts.size == 0:
+            return np.zeros(codes.size, dtype=np.int64), np.zeros(codes.size, dtype=np.int64)
+        if self._lut is not None:
+            low, span, first, size = self._lut
+            offset = codes - low
+            inside = (offset >= 0) & (offset < span)
+            if valid is not None:
+                inside &= valid
+            slot = np.where(inside, offset, span)
+            return first[slot], size[slot]
+        distinct = self._slots.find(codes)
+        if valid is not None:
+            distinct[~valid] = -1
+        hit = distinct >= 0
+        slot = np.where(hit, distinct, 0)
+        return self.starts[slot], np.where(hit, self.counts[slot], 0)
+
+    def probe(self, keys: list[pa.Array | pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
+        """Every matching (probe row, build row), grouped by probe row ascending."""
+        columns = [_KeyColumn(k) for k in keys]
+        if self.unique:
+            first = self._probe_unique(columns)
+            hit = np.flatnonzero(first >= 0)
+            return hit, first[hit]
+        codes, valid, _ = self._encode(columns)
+        starts, counts = self._groups(codes, valid)
+        probe_rows, positions = expand_ranges(starts, counts)
+        build_rows = self.rows[positions]
+        if not self.exact:
+            keep = self._verify(columns, probe_rows, build_rows)
+            if not keep.all():
+                probe_rows, build_rows = probe_rows[keep], build_rows[keep]
+        return probe_rows, build_rows
+
+    def probe_unique(self, keys: list[pa.Array | pa.ChunkedArray]) -> np.ndarray:
+        """For an index of unique keys: the build row of each probe row, or -1."""
+        return self._probe_unique([_KeyColumn(k) for k in keys])
+
+    def _probe_unique(self, columns: list[_KeyColumn]) -> np.ndarray:
+        assert self.unique
+        codes, valid, _ = self._encode(columns)
+        starts, counts = self._groups(codes, valid)
+        found = np.where(counts > 0, self.rows[starts] if self.rows.size else -1, -1)  # unique: one row per code
+        if not self.exact:
+            candidates = np.flatnonzero(counts > 0)
+            wrong = ~self._verify(columns, candidates, found[candidates])
+            found[candidates[wrong]] = -1
+        return found
+
+    def _verify(self, columns: list[_KeyColumn], probe_rows: np.ndarray, build_rows: np.ndarray) -> np.ndarray:
+        """Which candidate pairs (equal hashes) have equal keys."""
+        same = np.ones(probe_rows.size, dtype=bool)
+        if probe_rows.size:
+            for probe, build in zip(columns, self.columns, strict=True):
+                same &= probe.same(probe_rows, build, build_rows)
+        return same
+
+
+def join_pairs(left_keys: list[pa.Array], right_keys: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+    """All matching (left row, right row) of a one-shot equi-join: the smaller side is
+    indexed, the larger probes it."""
+    n_left = len(_combined(left_keys[0])) if left_keys else 0
+    n_right = len(_combined(right_keys[0])) if right_keys else 0
+    if n_left == 0 or n_right == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if n_right <= n_left:
+        return KeyIndex(right_keys).probe(left_keys)
+    right_rows, left_rows = KeyIndex(left_keys).probe(right_keys)
+    return left_rows, right_rows

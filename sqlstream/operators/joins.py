@@ -1,0 +1,444 @@
+"""Join operators bounded by a table or by event time.
+
+* :class:`LookupJoinOperator` — a stream against a bounded ``TABLE`` loaded once at
+  the start of a run and indexed once (:class:`~sqlstream.operators.join_keys.KeyIndex`);
+  each micro-batch is a vectorized probe, no per-event state.
+* :class:`WindowJoinOperator` — two windowed inputs joined on window start/end and
+  keys: rows wait per side until the watermark passes their ``window_end``; then the
+  window is joined once, emitted final, and its rows are freed.
+* :class:`IntervalJoinOperator` — ``b.ts BETWEEN a.ts + lower AND a.ts + upper``:
+  each arriving row is joined with the other side's state at once (append-only
+  output); a row leaves state when the other side's watermark shows no partner can
+  still arrive. Rows behind their own watermark are dead-lettered as ``late``, which
+  keeps results independent of batch boundaries. The output watermark is held back by
+  the interval so joined rows are never late downstream.
+
+Every operator builds its output through :class:`JoinOutput` from a
+:class:`JoinLayout`: which input columns appear, in which order, and the residual
+(non-equality) condition evaluated on DataFusion over joined candidate rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sqlstream.operators.base import MAX_WATERMARK, MIN_WATERMARK, OP_COLUMN, WM_COLUMN, Operator
+from sqlstream.operators.datafusion_program import DataFusionProgram
+from sqlstream.operators.join_keys import KeyIndex, join_pairs
+from sqlstream.operators.join_state import RowChunks, constant_keys
+from sqlstream.operators.windows import column_int64, late_rows_as_dead_letters
+
+__all__ = [
+    "JoinSide",
+    "JoinLayout",
+    "JoinOutput",
+    "LookupJoinOperator",
+    "WindowJoinOperator",
+    "IntervalJoinOperator",
+    "with_unmatched",
+]
+
+
+@dataclass(frozen=True)
+class JoinSide:
+    """One input of a join: the columns it contributes and its join attributes."""
+
+    columns: tuple[str, ...]  # input columns carried to the output
+    keys: tuple[str, ...] = ()  # equality keys, pairwise with the other side's
+    time: str | None = None  # event-time column (interval joins, retention)
+    window: tuple[str, str] | None = None  # (window_start, window_end) columns (window joins)
+    label: str = ""  # the input's name, for dead letters
+
+    def stored(self) -> list[str]:
+        """The columns a join keeps of this side's rows."""
+        names = list(self.columns) + list(self.keys) + ([self.time] if self.time else []) + list(self.window or ())
+        return list(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class JoinLayout:
+    kind: str  # inner | left | right | full
+    left: JoinSide
+    right: JoinSide
+    output: tuple[tuple[int, str], ...]  # visible output columns as (side, input column)
+    schema: pa.Schema  # visible columns, then __wm / __op where the join emits them
+    residual: DataFusionProgram | None = None  # non-equality condition over the visible columns
+
+    @property
+    def sides(self) -> tuple[JoinSide, JoinSide]:
+        return (self.left, self.right)
+
+    def outer(self, side: int) -> bool:
+        """Whether unmatched rows of ``side`` appear (padded with NULLs)."""
+        return self.kind == "full" or (self.kind == "left" and side == 0) or (self.kind == "right" and side == 1)
+
+
+def _indices(rows: np.ndarray | None) -> pa.Array | None:
+    if rows is None:
+        return None
+    if rows.size and rows.min() < 0:
+        return pa.array(rows, mask=rows < 0)
+    return pa.array(rows)
+
+
+def _array(column) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+class JoinOutput:
+    """Output batches of a layout from rows of both sides (-1 = NULL padding)."""
+
+    def __init__(self, layout: JoinLayout):
+        self.layout = layout
+        n = len(layout.output)
+        self.visible = pa.schema([layout.schema.field(i) for i in range(n)])
+        self.hidden = [layout.schema.field(i).name for i in range(n, len(layout.schema))]
+
+    def columns(self, tables, rows) -> list[pa.Array]:
+        """Visible output columns for (left rows, right rows); rows None = all, in order."""
+        takes = [_indices(r) for r in rows]
+        out = []
+        for (side, name), field in zip(self.layout.output, self.visible, strict=True):
+            column = _array(tables[side].column(name))
+            if takes[side] is not None:
+                column = column.take(takes[side])
+            if column.type != field.type:
+                column = column.cast(field.type)
+            out.append(column)
+        return out
+
+    def matches(self, columns: list[pa.Array]) -> np.ndarray:
+        """The residual condition over joined candidate rows (NULL is no match)."""
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.visible)
+        result = self.layout.residual.run(batch).column(0)
+        return pc.fill_null(result, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+    def batch(self, columns: list[pa.Array], wm=None, ops=None) -> pa.RecordBatch:
+        n = len(columns[0]) if columns else 0
+        extra = []
+        for name in self.hidden:
+            if name == WM_COLUMN:
+                extra.append(pa.array(np.full(n, wm, dtype=np.int64)) if np.isscalar(wm) else _array(wm))
+            elif name == OP_COLUMN:
+                extra.append(pa.array([ops] * n, pa.string()) if isinstance(ops, str) else _array(ops))
+        return pa.RecordBatch.from_arrays(columns + extra, schema=self.layout.schema)
+
+
+def with_unmatched(n: int, probe_rows: np.ndarray, build_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs grouped by probe row, plus (row, -1) for each of the ``n`` probe rows
+    without a pair, keeping probe-row order."""
+    counts = np.bincount(probe_rows, minlength=n)
+    out_counts = np.maximum(counts, 1)
+    starts = np.cumsum(out_counts) - out_counts
+    rows = np.repeat(np.arange(n, dtype=np.int64), out_counts)
+    other = np.full(rows.size, -1, dtype=np.int64)
+    rank = np.arange(probe_rows.size, dtype=np.int64) - (np.cumsum(counts) - counts)[probe_rows]
+    other[starts[probe_rows] + rank] = build_rows
+    return rows, other
+
+
+def _filter(columns: list[pa.Array], mask: np.ndarray) -> list[pa.Array]:
+    keep = pa.array(mask)
+    return [c.filter(keep) for c in columns]
+
+
+# -- lookup join ------------------------------------------------------------------------------
+
+
+class LookupJoinOperator(Operator):
+    """A stream joined with a bounded table indexed once at the start of the run."""
+
+    name = "lookup_join"
+
+    def __init__(self, layout: JoinLayout, stream_side: int, table: pa.Table):
+        super().__init__()
+        self.out = JoinOutput(layout)
+        self.layout = layout
+        self.stream_side = stream_side
+        self.table = table.combine_chunks()
+        self.index = KeyIndex([self.table.column(k) for k in layout.sides[1 - stream_side].keys])
+        self.preserve = layout.outer(stream_side)
+        self._stream_columns = set(layout.sides[stream_side].columns) | {WM_COLUMN, OP_COLUMN}  # what the output reads
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        stream = self.layout.sides[self.stream_side]
+        keys = [batch.column(k) for k in stream.keys]
+        if self.index.unique and self.layout.residual is None:
+            found = self.index.probe_unique(keys)
+            stream_rows, table_rows = None, found
+            if not self.preserve:
+                matched = found >= 0
+                if not matched.all():  # a filter is cheaper than a take of the stream's columns
+                    keep = [n for n in batch.schema.names if n in self._stream_columns]
+                    batch = batch.select(keep).filter(pa.array(matched))
+                    table_rows = found[matched]
+        else:
+            stream_rows, table_rows = self.index.probe(keys)
+            if self.layout.residual is not None and stream_rows.size:
+                keep = self.out.matches(self.out.columns(*self._both(batch, stream_rows, table_rows)))
+                stream_rows, table_rows = stream_rows[keep], table_rows[keep]
+            if self.preserve:
+                stream_rows, table_rows = with_unmatched(batch.num_rows, stream_rows, table_rows)
+        tables, rows = self._both(batch, stream_rows, table_rows)
+        columns = self.out.columns(tables, rows)
+        taken = _indices(stream_rows)
+        hidden = {n: (batch.column(n) if taken is None else batch.column(n).take(taken))
+                  for n in self.out.hidden if n in batch.schema.names}
+        self.emit(self.out.batch(columns, hidden.get(WM_COLUMN), hidden.get(OP_COLUMN)))
+
+    def _both(self, batch, stream_rows, table_rows):
+        tables, rows = [None, None], [None, None]
+        tables[self.stream_side], rows[self.stream_side] = batch, stream_rows
+        tables[1 - self.stream_side], rows[1 - self.stream_side] = self.table, table_rows
+        return tables, rows
+
+    def state_rows(self) -> int:
+        return self.table.num_rows
+
+
+# -- window join --------------------------------------------------------------------------------
+
+
+@dataclass
+class _WindowRows:
+    table: pa.Table
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def __post_init__(self):
+        self.first_end = int(self.ends.min()) if self.ends.size else MAX_WATERMARK
+        self.last_end = int(self.ends.max()) if self.ends.size else MIN_WATERMARK
+
+
+def _concat_rows(parts: list[_WindowRows]) -> _WindowRows:
+    if len(parts) == 1:
+        return parts[0]
+    return _WindowRows(
+        pa.concat_tables([p.table for p in parts]),  # chunks are combined per column when read
+        np.concatenate([p.starts for p in parts]),
+        np.concatenate([p.ends for p in parts]),
+    )
+
+
+_MAX_PENDING = 32
+
+
+class WindowJoinOperator(Operator):
+    """Both inputs windowed; each window joined once when the watermark passes its end."""
+
+    name = "window_join"
+
+    def __init__(self, layout: JoinLayout):
+        super().__init__(ports=2)
+        self.layout = layout
+        self.out = JoinOutput(layout)
+        self.pending: tuple[list[_WindowRows], list[_WindowRows]] = ([], [])
+        self.emitted_wm = MIN_WATERMARK
+        self.late_rows = 0
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        side = self.layout.sides[port]
+        ends = column_int64(batch, side.window[1])
+        late = ends <= self.watermark  # possible only after this input was idle
+        if late.any():
+            self.late_rows += int(late.sum())
+            if self.dead_letter is not None:
+                self.dead_letter(late_rows_as_dead_letters(
+                    batch, late, ends, side.label, "its window was already joined and emitted (input was idle)"))
+            batch = batch.filter(pa.array(~late))
+            ends = ends[~late]
+        if batch.num_rows:
+            table = pa.Table.from_batches([batch]).select(side.stored())
+            pending = self.pending[port]
+            pending.append(_WindowRows(table, column_int64(batch, side.window[0]), ends))
+            if len(pending) > _MAX_PENDING:
+                pending[:] = [_concat_rows(pending)]
+
+    def on_watermark(self, watermark: int) -> None:
+        closed = [self._closing(port, watermark) for port in (0, 1)]
+        if closed[0] is not None or closed[1] is not None:
+            self._join(closed)
+        self.emitted_wm = watermark
+        self.emit_watermark(watermark)
+
+    def _closing(self, port: int, watermark: int) -> _WindowRows | None:
+        closing, keep = [], []
+        for rows in self.pending[port]:
+            if rows.last_end <= watermark:
+                closing.append(rows)
+            elif rows.first_end > watermark:
+                keep.append(rows)
+            else:
+                done = rows.ends <= watermark
+                mask = pa.array(done)
+                closing.append(_WindowRows(rows.table.filter(mask), rows.starts[done], rows.ends[done]))
+                keep.append(_WindowRows(rows.table.filter(pc.invert(mask)), rows.starts[~done], rows.ends[~done]))
+        self.pending[port][:] = keep
+        return _concat_rows(closing) if closing else None
+
+    def _join(self, closed: list[_WindowRows | None]) -> None:
+        layout = self.layout
+        tables = [rows.table if rows is not None else _null_rows(side, layout, port)
+                  for port, (rows, side) in enumerate(zip(closed, layout.sides, strict=True))]
+        n_left = closed[0].table.num_rows if closed[0] is not None else 0
+        n_right = closed[1].table.num_rows if closed[1] is not None else 0
+        if n_left and n_right:
+            # windows of one size on both sides: the end identifies the window (fewer key columns)
+            sizes = np.concatenate([rows.ends - rows.starts for rows in closed])
+            one_size = sizes.min() == sizes.max()
+            bounds = (lambda r: [pa.array(r.ends)]) if one_size else (lambda r: [pa.array(r.starts), pa.array(r.ends)])
+            keys = [
+                bounds(rows) + [rows.table.column(k) for k in side.keys]
+                for rows, side in zip(closed, layout.sides, strict=True)
+            ]
+            left_rows, right_rows = join_pairs(keys[0], keys[1])
+        else:
+            left_rows = right_rows = np.zeros(0, np.int64)
+        if layout.residual is not None and left_rows.size:
+            keep = self.out.matches(self.out.columns(tables, (left_rows, right_rows)))
+            left_rows, right_rows = left_rows[keep], right_rows[keep]
+        parts_left, parts_right = [left_rows], [right_rows]
+        if layout.outer(0) and n_left:
+            alone = np.flatnonzero(np.bincount(left_rows, minlength=n_left) == 0)
+            parts_left.append(alone)
+            parts_right.append(np.full(alone.size, -1, dtype=np.int64))
+        if layout.outer(1) and n_right:
+            alone = np.flatnonzero(np.bincount(right_rows, minlength=n_right) == 0)
+            parts_left.append(np.full(alone.size, -1, dtype=np.int64))
+            parts_right.append(alone)
+        left_rows, right_rows = np.concatenate(parts_left), np.concatenate(parts_right)
+        if left_rows.size == 0:
+            return
+        columns = self.out.columns(tables, (left_rows, right_rows))
+        self.emit(self.out.batch(columns, wm=self.emitted_wm))
+
+    def state_rows(self) -> int:
+        return sum(r.table.num_rows for rows in self.pending for r in rows)
+
+    def retention_start(self) -> int | None:
+        starts = [int(r.starts.min()) for rows in self.pending for r in rows if r.starts.size]
+        return min(starts, default=None)
+
+
+def _null_rows(side: JoinSide, layout: JoinLayout, port: int) -> pa.Table:
+    """A one-row table of NULLs for an empty side (taken only at index -1)."""
+    visible = [layout.schema.field(i) for i in range(len(layout.output))]
+    types = {name: field.type for (s, name), field in zip(layout.output, visible, strict=True) if s == port}
+    return pa.table({name: pa.nulls(1, types.get(name, pa.null())) for name in side.stored()})
+
+
+# -- interval join -------------------------------------------------------------------------------
+
+
+class IntervalJoinOperator(Operator):
+    """``right.time - left.time`` in ``[lower, upper]`` (µs), append-only output."""
+
+    name = "interval_join"
+
+    def __init__(self, layout: JoinLayout, lower_us: int, upper_us: int, output_delay_us: int):
+        super().__init__(ports=2)
+        self.layout = layout
+        self.out = JoinOutput(layout)
+        self.lower = lower_us
+        self.upper = upper_us
+        self.delay = output_delay_us
+        self.state = (RowChunks(layout.left.keys), RowChunks(layout.right.keys))
+        self.output_wm = MIN_WATERMARK
+        self.late_rows = 0
+
+    # -- rows -------------------------------------------------------------------------------
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        side = self.layout.sides[port]
+        times = column_int64(batch, side.time)
+        if WM_COLUMN in batch.schema.names:
+            late = times < batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
+            if late.any():
+                self.late_rows += int(late.sum())
+                if self.dead_letter is not None:
+                    self.dead_letter(late_rows_as_dead_letters(
+                        batch, late, times, side.label,
+                        "event time behind the watermark: its interval-join partners may already be gone"))
+                batch = batch.filter(pa.array(~late))
+                times = times[~late]
+        if batch.num_rows == 0:
+            return
+        table = pa.Table.from_batches([batch]).select(side.stored()).combine_chunks()
+        matched = np.zeros(table.num_rows, dtype=np.int64) if self.layout.outer(port) else None
+        other = 1 - port
+        for chunk, probe_rows, rows in self.state[other].probe(constant_keys(table, side.keys)):
+            if port == 0:
+                diff = chunk.times[rows] - times[probe_rows]
+            else:
+                diff = times[probe_rows] - chunk.times[rows]
+            inside = (diff >= self.lower) & (diff <= self.upper)
+            probe_rows, rows = probe_rows[inside], rows[inside]
+            if probe_rows.size == 0:
+                continue
+            pair = (probe_rows, rows) if port == 0 else (rows, probe_rows)
+            tables = (table, chunk.table) if port == 0 else (chunk.table, table)
+            columns = self.out.columns(tables, pair)
+            if self.layout.residual is not None:
+                keep = self.out.matches(columns)
+                columns = _filter(columns, keep)
+                probe_rows, rows = probe_rows[keep], rows[keep]
+            if chunk.matches is not None:
+                np.add.at(chunk.matches, rows, 1)
+            if matched is not None:
+                matched += np.bincount(probe_rows, minlength=table.num_rows)
+            self.emit(self.out.batch(columns, wm=self.output_wm))
+        self.state[port].add(table, times, matched)
+        self._expire()
+
+    # -- time -------------------------------------------------------------------------------
+
+    def advance(self, watermark: int, port: int = 0) -> None:
+        if watermark <= self.port_watermarks[port]:
+            return
+        self.port_watermarks[port] = watermark
+        self._expire()  # padded rows go out before the watermark passes them
+        combined = self.combined_watermark()
+        if combined > self.watermark:
+            self.watermark = combined
+            self.on_watermark(combined)
+
+    def on_watermark(self, watermark: int) -> None:
+        output = watermark if watermark >= MAX_WATERMARK else watermark - self.delay
+        if output > self.output_wm:
+            self.output_wm = output
+            self.emit_watermark(output)
+
+    def _expire(self) -> None:
+        left_wm, right_wm = self.port_watermarks
+        limits = (
+            right_wm - self.upper,  # a left row with time + upper below the right watermark: no partner left
+            left_wm + self.lower,  # a right row with time - lower below the left watermark: likewise
+        )
+        for port in (0, 1):
+            died = self.state[port].expire_before("times", limits[port])
+            if self.layout.outer(port):
+                for chunk, rows in died:
+                    alone = rows[chunk.matches[rows] == 0]
+                    if alone.size:
+                        self._emit_padded(port, chunk.table, alone)
+
+    def _emit_padded(self, port: int, table: pa.Table, rows: np.ndarray) -> None:
+        none = np.full(rows.size, -1, dtype=np.int64)
+        tables = [None, None]
+        tables[port] = table
+        tables[1 - port] = _null_rows(self.layout.sides[1 - port], self.layout, 1 - port)
+        pair = (rows, none) if port == 0 else (none, rows)
+        self.emit(self.out.batch(self.out.columns(tables, pair), wm=self.output_wm))
+
+    def state_rows(self) -> int:
+        return self.state[0].rows() + self.state[1].rows()
+
+    def retention_start(self) -> int | None:
+        times = [t for t in (self.state[0].min_time(), self.state[1].min_time()) if t is not None]
+        return min(times, default=None)
