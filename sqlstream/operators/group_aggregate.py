@@ -75,7 +75,7 @@ class GroupAggregateOperator(Operator):
             return
         if self.state is None or self.state.num_rows == 0:
             self.state = new
-            self._emit(self.agg.finalize(new), "+I")
+            self._emit([(self.agg.finalize(new), "+I")])
             return
         touched = encode_keys(new.main, self.keys)
         old = self._select(self.state, touched, keep=True)
@@ -87,13 +87,13 @@ class GroupAggregateOperator(Operator):
         )
         new_final = self.agg.finalize(merged)
         if old.num_rows == 0:
-            self._emit(new_final, "+I")
+            self._emit([(new_final, "+I")])
             return
         old_final = self.agg.finalize(old)
         old_keys = encode_keys(old_final, self.keys)
         new_keys = encode_keys(new_final, self.keys)
         existed = pc.is_in(new_keys, value_set=old_keys, skip_nulls=False)
-        self._emit(new_final.filter(pc.invert(existed)), "+I")
+        inserted = new_final.filter(pc.invert(existed))
         updated = new_final.filter(existed)
         # pair old and new rows of the same group, and skip groups whose values did not change
         index = pc.index_in(encode_keys(updated, self.keys), value_set=old_keys, skip_nulls=False)
@@ -102,19 +102,23 @@ class GroupAggregateOperator(Operator):
         if values:
             changed = pc.invert(pc.fill_null(pc.equal(encode_keys(before, values), encode_keys(updated, values)), False))
             before, updated = before.filter(changed), updated.filter(changed)
-        self._emit(before, "-U")
-        self._emit(updated, "+U")
+        # one batch per change set: every -U precedes the +U of its group
+        self._emit([(before, "-U"), (updated, "+U"), (inserted, "+I")])
 
-    def _emit(self, table: pa.Table, op: str) -> None:
-        if table.num_rows == 0:
+    def _emit(self, parts: list[tuple[pa.Table, str]]) -> None:
+        parts = [(table, op) for table, op in parts if table.num_rows]
+        if not parts:
             return
         columns = []
         for field in self.schema:
             if field.name == OP_COLUMN:
-                columns.append(pa.array([op] * table.num_rows, pa.string()))
+                pieces = [pa.repeat(pa.scalar(op, pa.string()), table.num_rows) for table, op in parts]
             else:
-                column = table.column(field.name).combine_chunks()
-                columns.append(column.cast(field.type) if column.type != field.type else column)
+                pieces = []
+                for table, _ in parts:
+                    column = table.column(field.name).combine_chunks()
+                    pieces.append(column.cast(field.type) if column.type != field.type else column)
+            columns.append(pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0])
         self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
 
     def state_rows(self) -> int:
