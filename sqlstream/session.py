@@ -40,7 +40,7 @@ from sqlstream.errors import (
     UnsupportedSqlError,
     did_you_mean,
 )
-from sqlstream.operators.base import OP_COLUMN
+from sqlstream.operators.base import OP_COLUMN, Operator
 from sqlstream.plan.nodes import BuildContext, PlanNode
 from sqlstream.plan.planner import QueryPlanner, RelationInfo
 from sqlstream.runtime.clock import WallClock
@@ -67,6 +67,7 @@ from sqlstream.sql.statements import (
     StopQueryStatement,
     parse_script,
 )
+from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.types import sql_type_name
 
 __all__ = ["Session", "StatementResult", "SourceEntry", "ViewEntry", "SinkEntry", "FunctionEntry"]
@@ -135,7 +136,9 @@ class _Catalog:
         s = self.session
         if name in s.sources:
             e = s.sources[name]
-            return RelationInfo(e.name, e.kind, e.schema, e.rowtime, e.delay_us, e.connector.name)
+            hidden = e.connector.hidden_fields()  # e.g. the source message id of JetStream rows
+            schema = pa.schema(list(e.schema) + list(hidden)) if hidden else e.schema
+            return RelationInfo(e.name, e.kind, schema, e.rowtime, e.delay_us, e.connector.name)
         if name in s.views:
             v = s.views[name]
             return RelationInfo(v.name, "VIEW", v.plan.schema, v.plan.rowtime, 0, "", v.query, v.source)
@@ -190,20 +193,25 @@ class Session:
 
     def load_udfs(self, directory: str) -> list[str]:
         """Import every ``*.py`` under ``directory`` and register its @udf functions."""
-        from sqlstream.udf.discovery import discover
+        from sqlstream.udf.discovery import discover, origin_location
 
         names = []
         for fn, origin in discover(directory):
-            self.register_udf(fn, origin=origin)
+            try:
+                self.register_udf(fn, origin=origin)
+            except SqlStreamError as error:
+                raise error.with_location(origin_location(origin))
             names.append(fn.__sqlstream_udf__.name)
         return names
 
     def register_udf(self, fn, *, origin: str = "") -> None:
         """Register a function decorated with :func:`sqlstream.udf` (or a plain
         function with type hints)."""
+        from sqlstream.udf.names import check_function_name
         from sqlstream.udf.python import PythonUdf
 
         udf = PythonUdf.from_function(fn)
+        check_function_name(udf.name)
         existing = self.functions.get(udf.name)
         if existing is not None and existing.impl is not udf and getattr(existing.impl, "fn", None) is not fn:
             from sqlstream.errors import UdfError
@@ -212,13 +220,19 @@ class Session:
                 f"function '{udf.name}' is defined twice: {existing.origin or 'earlier'} and {origin or 'here'}",
                 hint="rename one of them (@udf(name='...'))",
             )
-        self.functions[udf.name] = FunctionEntry(udf.name, "python", udf, udf.signature(), origin)
+        self.functions[udf.name] = FunctionEntry(udf.name, "python", udf, udf.signature(), origin or udf.origin)
 
     def register_model(self, name: str, path: str, **options) -> None:
         """Register an ONNX model as a vectorized scalar SQL function ``name``."""
+        from sqlstream.errors import UdfError
         from sqlstream.udf.model import ModelUdf
+        from sqlstream.udf.names import check_function_name
 
-        model = ModelUdf.load(name.lower(), os.path.join(self.base_dir, path) if not os.path.isabs(path) else path, options)
+        name = name.lower()
+        check_function_name(name)
+        if name in self.functions:
+            raise UdfError(f"function '{name}' already exists", hint=f"DROP FUNCTION {name} first, or pick another name")
+        model = ModelUdf.load(name, os.path.join(self.base_dir, path) if not os.path.isabs(path) else path, options)
         self.functions[model.name] = FunctionEntry(model.name, "model", model, model.signature(), path)
 
     # -- executing SQL ----------------------------------------------------------------------
@@ -279,7 +293,7 @@ class Session:
         if not self._check_new_name(st.name, st, st.replace, st.if_not_exists, st.kind):
             return StatementResult("noop", st.name, statement=st)
         raw = {k: RawOption(v.value, v.location) for k, v in st.options.items()}
-        cls = source_connector(raw.get("connector").value if "connector" in raw else None, st.location)
+        cls = source_connector(raw["connector"].value if "connector" in raw else None, _connector_location(raw, st))
         schema = st.schema()
         connector = cls.create(st.name, schema, raw, st.location)
         if st.kind == "TABLE" and cls.name == "generator" and connector.total_rows is None:
@@ -311,12 +325,12 @@ class Session:
         if not self._check_new_name(st.name, st, st.replace, st.if_not_exists, "SINK"):
             return StatementResult("noop", st.name, statement=st)
         raw = {k: RawOption(v.value, v.location) for k, v in st.options.items()}
-        cls = sink_connector(raw.get("connector").value if "connector" in raw else None, st.location)
+        cls = sink_connector(raw["connector"].value if "connector" in raw else None, _connector_location(raw, st))
         connector = cls.create(st.name, raw, st.location)
         entry = SinkEntry(st.name, connector, st, self._base_dir(st), columns=st.columns)
         if st.query is not None:
             entry.plan = self._plan(st.query, st.source)
-            entry.query_text = st.query.sql(dialect="postgres")
+            entry.query_text = st.query.sql(dialect=SqlStream)
         elif st.from_name is not None:
             query = exp.select("*").from_(exp.Table(this=exp.Identifier(this=st.from_name, quoted=True)))
             if st.from_name not in self.sources and st.from_name not in self.views:
@@ -342,7 +356,7 @@ class Session:
                 f"sink '{st.sink}' already has a query (one running query per sink)", location=st.location
             )
         entry.plan = self._plan(st.query, st.source)
-        entry.query_text = st.query.sql(dialect="postgres")
+        entry.query_text = st.query.sql(dialect=SqlStream)
         self._sink_schema(entry)
         return StatementResult("insert", st.sink, statement=st)
 
@@ -389,9 +403,13 @@ class Session:
             path = os.path.join(self._base_dir(st), path)
         options = {k: v.value for k, v in st.options.items()}
         try:
+            from sqlstream.udf.names import check_function_name
+
+            check_function_name(st.name)
             model = ModelUdf.load(st.name, path, options)
         except SqlStreamError as error:
-            raise error.with_location(st.location)
+            option = st.options.get(getattr(error, "option", None) or "")
+            raise error.with_location(option.location if option is not None else st.location)
         self.functions[st.name] = FunctionEntry(st.name, "model", model, model.signature(), st.model_path)
         return StatementResult("create function", st.name, statement=st)
 
@@ -428,7 +446,11 @@ class Session:
                 for e in self.sources.values() if e.kind == "SOURCE"
             ]
         elif what == "TABLES":
-            rows = [{"name": e.name, "connector": e.connector.describe()} for e in self.sources.values() if e.kind == "TABLE"]
+            rows = [
+                {"name": e.name, "connector": e.connector.describe(),
+                 "columns": ", ".join(f"{f.name} {sql_type_name(f.type)}" for f in e.schema)}
+                for e in self.sources.values() if e.kind == "TABLE"
+            ]
         elif what == "VIEWS":
             rows = [{"name": v.name, "query": v.statement.text} for v in self.views.values()]
         elif what == "SINKS":
@@ -437,11 +459,14 @@ class Session:
                 for s in self.sinks.values()
             ]
         elif what == "FUNCTIONS":
-            rows = [{"name": f.name, "kind": f.kind, "signature": f.signature} for f in sorted(self.functions.values(), key=lambda f: f.name)]
+            rows = [
+                {"name": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin}
+                for f in sorted(self.functions.values(), key=lambda f: f.name)
+            ]
         elif what == "WATERMARKS":
-            rows = self._watermark_rows()
+            rows = self.watermark_rows()
         elif what == "METRICS":
-            rows = self._metric_rows()
+            rows = self.metric_rows()
         elif what in ("SETTINGS", "ALL"):
             rows = [{"key": k, "value": str(v), "about": SETTING_DOCS[k]} for k, v in self.settings.items()]
         else:
@@ -452,16 +477,21 @@ class Session:
             )
         return StatementResult("show", what.lower(), table=_rows_table(rows), statement=st)
 
-    def _watermark_rows(self) -> list[dict]:
+    def watermark_rows(self, driver: Driver | None = None) -> list[dict]:
+        """SHOW WATERMARKS: each event-time source of ``driver`` (default: the last run)."""
         from datetime import datetime, timezone
 
         rows = []
-        driver = self._driver
+        only_driver = driver is not None
+        driver = driver or self._driver
+        dead_letters = driver.dead_letters if only_driver else self.dead_letters
         stages = {s.name: s for s in (driver.sources if driver else [])}
         now = self.clock.now_us()
         for entry in self.sources.values():
-            if entry.rowtime is None:
+            if entry.rowtime is None or (only_driver and entry.name not in stages):
                 continue
+            if entry.name == DEAD_LETTER_STREAM and entry.name not in stages:
+                continue  # the dead-letter stream, listed only while a query reads it
             stage = stages.get(entry.name)
             wm = stage.watermark if stage else None
             tracker = stage.tracker if stage else None
@@ -472,24 +502,26 @@ class Session:
                     "watermark": datetime.fromtimestamp(wm / 1e6, tz=timezone.utc).replace(tzinfo=None).isoformat() if valid else None,
                     "lag_s": round((now - wm) / 1e6, 3) if valid else None,
                     "idle": bool(tracker.idle) if tracker else False,
-                    "late": self.dead_letters.total(entry.name, "late") if self.dead_letters else 0,
-                    "future": self.dead_letters.total(entry.name, "future") if self.dead_letters else 0,
+                    "late": dead_letters.total(entry.name, "late") if dead_letters else 0,
+                    "future": dead_letters.total(entry.name, "future") if dead_letters else 0,
                 }
             )
         return rows
 
-    def _metric_rows(self) -> list[dict]:
-        driver = self._driver
+    def metric_rows(self, driver: Driver | None = None) -> list[dict]:
+        """SHOW METRICS: rows in/out, dead letters and state of ``driver`` (default: the last run)."""
+        driver = driver or self._driver
         rows = []
         if driver is None:
             return rows
+        dead_letters = driver.dead_letters
         for stage in driver.sources:
             rows.append({"kind": "source", "name": stage.name, "rows": stage.metrics.rows_in,
-                         "dead_letters": self.dead_letters.total(stage.name) if self.dead_letters else 0})
+                         "dead_letters": dead_letters.total(stage.name) if dead_letters else 0})
         for sink in driver.sinks:
             rows.append({"kind": "sink", "name": sink.sink_name, "rows": sink.rows_out, "dead_letters": 0})
-        if self.dead_letters:
-            for reason, n in sorted(self.dead_letters.by_reason().items()):
+        if dead_letters:
+            for reason, n in sorted(dead_letters.by_reason().items()):
                 rows.append({"kind": "dead_letter", "name": reason, "rows": n, "dead_letters": n})
         rows.append({"kind": "state", "name": "rows", "rows": driver.state_rows(), "dead_letters": 0})
         return rows
@@ -511,6 +543,10 @@ class Session:
             return pa.schema([c.field() for c in self.sinks[name].columns])
         names = list(self.sources) + list(self.views) + list(self.sinks)
         raise SqlAnalysisError(f"unknown name '{name}'", location=st.location if st else None, hint=did_you_mean(name, names))
+
+    def plan_query(self, st: QueryStatement) -> PlanNode:
+        """The streaming plan of one SELECT, without registering it as a sink."""
+        return self._plan(st.query, st.source)
 
     def _explain(self, st: ExplainStatement) -> StatementResult:
         inner = st.statement
@@ -566,13 +602,14 @@ class Session:
         for _, plan, _ in plans:
             source_names |= plan.sources()
         for name in sorted(source_names):
-            stages[name] = self._source_stage(name)
+            stages[name] = self._source_stage(name, _retention_horizon_us([p for _, p, _ in plans if name in p.sources()]))
         ctx = BuildContext(
             connect_source=lambda name, op: stages[name].connect(op),
             dead_letter=self._dead_letter_callback(),
             clock=self.clock,
             on_error=self.settings["on_error"],
             settings=dict(self.settings),
+            load_table=self._table_loader(),
         )
         sink_ops = []
         for entry in sinks:
@@ -580,6 +617,7 @@ class Session:
                 raise ExecutionError(f"sink '{entry.name}' has no query", hint=f"INSERT INTO {entry.name} SELECT ...")
             schema = self._sink_schema(entry)
             run_ctx = self._run_context(entry.base_dir)
+            run_ctx.extra["row_key_columns"] = _row_key_columns(entry.plan, schema)
             op = SinkOperator(entry.name, schema, lambda sc, c=entry.connector, r=run_ctx: c.open(sc, r), sink_input_names(entry.plan))
             entry.plan.build(ctx).connect(op)
             sink_ops.append(op)
@@ -609,7 +647,37 @@ class Session:
 
         return callback
 
-    def _source_stage(self, name: str) -> SourceStage:
+    def _table_loader(self) -> Callable[[str], pa.Table]:
+        """Reads a TABLE's rows once per run (lookup joins share them)."""
+        loaded: dict[str, pa.Table] = {}
+
+        def load(name: str) -> pa.Table:
+            if name not in loaded:
+                loaded[name] = self._load_table(name)
+            return loaded[name]
+
+        return load
+
+    def _load_table(self, name: str) -> pa.Table:
+        """All rows of a bounded TABLE; bad records go where the table's ``on_error`` says."""
+        stage = self._source_stage(name)
+        collect = _CollectedRows()
+        stage.connect(collect)
+        try:
+            while not stage.reader.exhausted:
+                item = stage.reader.poll()
+                if item is not None:
+                    stage.process(item)
+                elif not stage.reader.exhausted:
+                    wakeup = stage.reader.next_wakeup()
+                    self.clock.sleep(max(0.0005, min(0.05, (wakeup or 0) - self.clock.monotonic())))
+        finally:
+            stage.close()
+        schema = self.sources[name].schema
+        batches = [b.select(schema.names) for b in collect.batches]
+        return pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
+
+    def _source_stage(self, name: str, retention_horizon_us: int = 0) -> SourceStage:
         entry = self.sources[name]
         options = entry.connector.config
         max_future = options.get("max_future", "1h")
@@ -627,7 +695,10 @@ class Session:
             max_future_us=max_future_us,
             idle_timeout_us=options.get("idle_timeout"),
         )
-        reader = entry.connector.open(self._run_context(entry.base_dir))
+        run_ctx = self._run_context(entry.base_dir)
+        # how long windows hold this source's rows (event time): sources that ack (JetStream) size timeouts by it
+        run_ctx.extra["retention_horizon_us"] = retention_horizon_us + entry.delay_us if retention_horizon_us else 0
+        reader = entry.connector.open(run_ctx)
         return SourceStage(spec, reader, self.dead_letters, self.clock)
 
     def pending_sinks(self) -> list[SinkEntry]:
@@ -697,10 +768,53 @@ class Session:
         )
 
 
+class _CollectedRows(Operator):
+    """Keeps the batches pushed to it (a TABLE being loaded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[pa.RecordBatch] = []
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        self.batches.append(batch)
+
+
 def sink_input_names(plan: PlanNode) -> list[str]:
     """The columns a sink takes from a query: ``__op`` first for an updating result."""
     visible = [f.name for f in plan.schema if not is_hidden(f.name) and f.name != OP_COLUMN]
     return ([OP_COLUMN] if plan.updating else []) + visible
+
+
+def _retention_horizon_us(plans: list[PlanNode]) -> int:
+    """The largest window span or join interval (µs) in ``plans``: about how long their
+    state holds an input row before its results are emitted (0: none)."""
+    horizon = 0
+    stack = list(plans)
+    while stack:
+        node = stack.pop()
+        spec = getattr(node, "spec", None)
+        if spec is not None:
+            horizon = max(horizon, getattr(spec, "size_us", 0), getattr(spec, "gap_us", 0))
+        if hasattr(node, "lower_us") and hasattr(node, "upper_us"):  # an interval join keeps rows this long
+            span = max(abs(node.lower_us), abs(node.upper_us)) + getattr(node, "output_delay_us", 0)
+            horizon = max(horizon, span)
+        if getattr(node, "ttl_us", None):  # a regular join with join_state_ttl
+            horizon = max(horizon, node.ttl_us)
+        stack.extend(node.children)
+    return horizon
+
+
+def _row_key_columns(plan: PlanNode, schema: pa.Schema) -> list[str] | None:
+    """The sink columns that identify a row of a final window result (window bounds and
+    group key), for sinks that derive message ids from them; None if not all selected."""
+    keys = plan.key_columns
+    if plan.window is None or keys is None:
+        return None
+    names = sink_input_names(plan)
+    wanted = [*plan.window, *keys]
+    if not all(k in names for k in wanted):
+        return None
+    return [schema.names[names.index(k)] for k in wanted]
 
 
 def explain_plan(title: str, plan: PlanNode) -> str:
@@ -714,6 +828,12 @@ def _watermark_text(entry: SourceEntry) -> str:
     from sqlstream.durations import format_duration_us
 
     return f"{entry.rowtime} - {format_duration_us(entry.delay_us)}"
+
+
+def _connector_location(raw: dict[str, RawOption], st: Statement):
+    """Where an unknown connector is named (the statement, when none is)."""
+    option = raw.get("connector")
+    return (option.location if option is not None else None) or st.location
 
 
 def _rows_table(rows: list[dict]) -> pa.Table:

@@ -75,6 +75,10 @@ def cmd_run(args) -> int:
     session = _load(args)
     install_renderer(session)
     sinks = session.pending_sinks()
+    if not sinks:  # invalid input (exit 2), not a failure while running
+        raise SqlStreamError(
+            f"{args.file}: nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT"
+        )
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not any(s.implicit for s in sinks) else None
 
     def on_signal(signum, frame):
@@ -159,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--update", action="store_true", help="write expected/<sink>.jsonl from the actual output")
     p.set_defaults(handler=cmd_test)
+    from sqlstream.cli.produce import add_parser as add_produce
+
+    add_produce(sub)
     return parser
 
 

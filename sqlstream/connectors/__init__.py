@@ -1,6 +1,6 @@
 """Connectors: the base interface, the registry and the built-in connectors."""
 
-from sqlstream.connectors import file, generator, stdout  # noqa: F401  (register themselves)
+from sqlstream.connectors import file, generator, nats, stdout  # noqa: F401  (register themselves)
 from sqlstream.connectors.base import (
     SINK_CONNECTORS,
     SOURCE_CONNECTORS,

@@ -37,10 +37,15 @@ __all__ = [
     "SOURCE_CONNECTORS",
     "SINK_CONNECTORS",
     "METADATA_COLUMNS",
+    "SOURCE_ID_COLUMN",
 ]
 
 #: reserved column names a connector may fill from message metadata
 METADATA_COLUMNS = ("_subject", "_received_at", "_headers", "_stream_seq")
+
+#: hidden column (string) naming the source message a row came from, e.g. 'STREAM:42'
+#: (JetStream); stateless stages carry it so a sink can derive per-row message ids
+SOURCE_ID_COLUMN = "__src_id"
 
 
 class Clock(Protocol):
@@ -110,6 +115,11 @@ class SourceReader:
         """Connector-specific counters for SHOW METRICS."""
         return {}
 
+    def problems(self) -> list[str]:
+        """What went wrong while reading that the run summary must show (e.g. dropped
+        messages, outages), in words; empty when all is well."""
+        return []
+
 
 class SourceConnector:
     """A configured source. Subclasses set ``name``, ``options`` and implement ``open``."""
@@ -146,6 +156,10 @@ class SourceConnector:
     def validate(self, where: Location | None) -> None:
         """Cross-option checks at CREATE time; raise ConnectorError."""
 
+    def hidden_fields(self) -> tuple[pa.Field, ...]:
+        """Hidden columns (e.g. SOURCE_ID_COLUMN) appended to every batch after the declared ones."""
+        return ()
+
     def open(self, ctx: RunContext) -> SourceReader:
         raise NotImplementedError
 
@@ -154,6 +168,9 @@ class SourceConnector:
 
 
 class SinkWriter:
+    #: True: ``write`` also gets SOURCE_ID_COLUMN as the last column when the rows carry it
+    accepts_source_ids: bool = False
+
     def write(self, batch: pa.RecordBatch) -> None:
         raise NotImplementedError
 

@@ -85,7 +85,8 @@ COMMON_SOURCE_OPTIONS = (
     OptionSpec("on_error", "choice", default=None, choices=ON_ERROR_CHOICES, doc="bad records: dead_letter|fail|skip"),
     OptionSpec("idle_timeout", "duration", doc="a quiet source stops holding the watermark back",
                check=lambda us: None if us > 0 else "expected a positive duration, e.g. '10s'"),
-    OptionSpec("max_future", "str", default="1h", doc="events this far ahead of the wall clock are dead-lettered ('off' disables)",
+    OptionSpec("max_future", "str", default="1h",
+               doc="events this far ahead of the wall clock are dead-lettered ('off' disables)",
                check=lambda text: _check_max_future(text)),
     OptionSpec(
         "timestamp_format",

@@ -77,7 +77,7 @@ class PlanNode:
 
     def explain(self, indent: int = 0) -> list[str]:
         pad = "  " * indent
-        columns = ", ".join(n for n in self.schema.names if n not in ("__wm", "__op"))
+        columns = ", ".join(n for n in self.schema.names if n not in ("__wm", "__op", "__src_id"))
         kind = " [updating]" if self.updating else ""
         lines = [f"{pad}{self.describe()}{kind} -> ({columns})"]
         lines += [f"{pad}    {line}" for line in self.details()]

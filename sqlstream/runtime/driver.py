@@ -36,7 +36,8 @@ class RunSummary:
     def line(self) -> str:
         parts = []
         for name, m in self.sources.items():
-            parts.append(f"{name}: {m['rows_in']:,} rows in")
+            problems = m.get("problems") or []
+            parts.append(f"{name}: {m['rows_in']:,} rows in" + (f" ({'; '.join(problems)})" if problems else ""))
         for name, rows in self.sinks.items():
             parts.append(f"{name}: {rows:,} rows out")
         dead = sum(self.dead_letters.values())
@@ -192,7 +193,8 @@ class Driver:
         return RunSummary(
             elapsed_s=time.monotonic() - self._started,
             sources={
-                s.name: {"rows_in": s.metrics.rows_in, "records_in": s.metrics.records_in, "watermark": s.watermark}
+                s.name: {"rows_in": s.metrics.rows_in, "records_in": s.metrics.records_in, "watermark": s.watermark,
+                         "problems": s.reader.problems()}
                 for s in self.sources
             },
             sinks={s.sink_name: s.rows_out for s in self.sinks},

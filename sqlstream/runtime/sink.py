@@ -7,7 +7,7 @@ from typing import Callable
 
 import pyarrow as pa
 
-from sqlstream.connectors.base import SinkWriter
+from sqlstream.connectors.base import SOURCE_ID_COLUMN, SinkWriter
 from sqlstream.errors import ExecutionError
 from sqlstream.operators.base import Operator
 
@@ -39,6 +39,9 @@ class SinkOperator(Operator):
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         self.open()
+        source_ids = None
+        if self.writer.accepts_source_ids and SOURCE_ID_COLUMN in batch.schema.names:
+            source_ids = batch.column(SOURCE_ID_COLUMN)
         if batch.schema.names != self.input_names or batch.schema != self.schema:
             try:
                 columns = [batch.column(name) for name in self.input_names]
@@ -48,6 +51,8 @@ class SinkOperator(Operator):
                 )
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
                 raise ExecutionError(f"sink '{self.sink_name}': rows do not fit its columns: {error}") from error
+        if source_ids is not None:  # the writer takes the rows' source message ids as a last column
+            batch = batch.append_column(pa.field(SOURCE_ID_COLUMN, source_ids.type), source_ids)
         self.writer.write(batch)
         self.rows_out += batch.num_rows
 
@@ -56,7 +61,10 @@ class SinkOperator(Operator):
             self.writer.flush()
 
     def tick(self, now_us: int) -> None:
-        if self.writer is not None:
+        self.flush()
+
+    def flush(self) -> None:
+        if self.writer is not None and not self.closed:
             self.writer.flush()
 
     def on_end(self) -> None:

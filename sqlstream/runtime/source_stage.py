@@ -19,6 +19,7 @@ from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.errors import ExecutionError
 from sqlstream.operators.base import MAX_WATERMARK, WM_COLUMN, Operator
 from sqlstream.runtime.dead_letter import DeadLetterOutput
+from sqlstream.runtime.sink import SinkOperator
 from sqlstream.batches import event_time_us
 from sqlstream.runtime.watermarks import WatermarkTracker
 
@@ -140,13 +141,24 @@ class SourceStage:
         if not self.pending_acks:
             return
         bound = self.retention_start()
-        keep = []
+        ready, keep = [], []
         for max_event, ack in self.pending_acks:
             if bound is None or max_event is None or max_event < bound:
-                ack()
+                ready.append(ack)
             else:
                 keep.append((max_event, ack))
         self.pending_acks = keep
+        if ready:
+            self.flush_sinks()  # what the sinks were handed must be durable before the input is acked
+            for ack in ready:
+                ack()
+
+    def flush_sinks(self) -> None:
+        """Flush every sink downstream of this source (e.g. wait for JetStream publish acks)."""
+        for op, _ in self.consumers:
+            for node in op.walk():
+                if isinstance(node, SinkOperator):
+                    node.flush()
 
     def _stamp(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         column = batch.column(self.spec.watermark_column)

@@ -1,0 +1,121 @@
+"""``sqlstream produce``: publish generated rows to a NATS subject at a given rate.
+
+It is a pipeline like any other — a ``generator`` source into a ``nats`` sink —
+written from the command line::
+
+    sqlstream produce sensors.readings \\
+        --columns "sensor_id BIGINT, ts TIMESTAMP, temp DOUBLE" \\
+        --rate 200 -o fields.sensor_id.max=99 -o fields.temp.min=15 -o fields.temp.max=45
+
+``--stream NAME`` publishes through JetStream (each row acked by the server) and
+creates the stream, capturing the subject, if it does not exist. ``--count N``
+stops after N rows; otherwise it runs until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+import sys
+
+from sqlstream.errors import ConnectorError, SqlStreamError
+
+__all__ = ["add_parser", "cmd_produce", "produce_sql"]
+
+_DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("produce", help="publish generated rows to a NATS subject at a given rate")
+    p.add_argument("subject", help="subject to publish to; may name columns: 'sensors.{sensor_id}'")
+    p.add_argument("--columns", required=True, metavar="'NAME TYPE, ...'",
+                   help="the rows' columns, as in CREATE SOURCE (e.g. 'id BIGINT, ts TIMESTAMP, v DOUBLE')")
+    p.add_argument("--url", default=_DEFAULT_URL, help=f"NATS server (default {_DEFAULT_URL})")
+    p.add_argument("--rate", type=int, default=100, help="rows per second (0 = as fast as possible; default 100)")
+    p.add_argument("--count", type=int, help="stop after this many rows (default: until Ctrl-C)")
+    p.add_argument("--stream", help="publish through JetStream into this stream (created if missing)")
+    p.add_argument("--format", choices=("json", "arrow"), default="json", help="payload format (default json)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="K=V",
+                   help="generator option, e.g. fields.temp.min=15, fields.k.values=a,b,c, seed=7")
+    p.set_defaults(handler=cmd_produce)
+    return p
+
+
+def _quote(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def produce_sql(args) -> str:
+    """The pipeline ``produce`` runs."""
+    options = {"connector": "generator", "rows_per_second": str(args.rate)}
+    if args.count is not None:
+        options["max_rows"] = str(args.count)
+    for item in args.option:
+        if "=" not in item:
+            raise SqlStreamError(f"-o expects key=value, got '{item}'", hint="e.g. -o fields.temp.min=15")
+        key, value = item.split("=", 1)
+        options[key.strip()] = value.strip()
+    source = ", ".join(f"{key} = {_quote(value)}" for key, value in options.items())
+    sink = {"connector": "nats", "url": args.url, "subject": args.subject, "format": args.format}
+    if args.stream:
+        sink["stream"] = args.stream
+    sink_options = ", ".join(f"{key} = {_quote(value)}" for key, value in sink.items())
+    return (
+        f"CREATE SOURCE generated ({args.columns}) WITH ({source});\n"
+        f"CREATE SINK published AS SELECT * FROM generated WITH ({sink_options});\n"
+    )
+
+
+def stream_subject(subject: str) -> str:
+    """The subject a stream must capture for a (templated) sink subject."""
+    return re.sub(r"\{[^}]*\}", "*", subject)
+
+
+async def _ensure_stream(url: str, stream: str, subject: str) -> bool:
+    import nats
+    from nats.js.errors import NotFoundError
+
+    nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0, allow_reconnect=False)
+    try:
+        js = nc.jetstream()
+        try:
+            await js.stream_info(stream)
+            return False
+        except NotFoundError:
+            await js.add_stream(name=stream, subjects=[stream_subject(subject)])
+            return True
+    finally:
+        await nc.close()
+
+
+def cmd_produce(args) -> int:
+    from sqlstream.cli.main import make_session
+
+    session = make_session(None, [], [])
+    session.settings["dead_letter_path"] = "off"
+    session.execute(produce_sql(args), path="<produce>")
+    if args.stream:
+        try:
+            created = asyncio.run(_ensure_stream(args.url, args.stream, args.subject))
+        except Exception as error:  # noqa: BLE001 - reported as a connector error
+            raise ConnectorError(f"cannot reach NATS at {args.url} to check stream '{args.stream}': {error}",
+                                 hint="start nats-server -js (JetStream enabled)") from error
+        if created:
+            print(f"sqlstream: created stream {args.stream} ({stream_subject(args.subject)})", file=sys.stderr)
+    rate = f"{args.rate}/s" if args.rate else "as fast as possible"
+    count = f"{args.count:,} rows" if args.count is not None else "until Ctrl-C"
+    print(f"sqlstream: publishing to {args.subject} on {args.url} at {rate}, {count}", file=sys.stderr)
+
+    def on_signal(signum, frame):
+        session.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = session.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"sqlstream: {summary.line()}", file=sys.stderr)
+    return 0

@@ -1,0 +1,201 @@
+"""``connector = 'nats'``: core NATS and JetStream, as a source and as a sink.
+
+Source::
+
+    CREATE SOURCE sensors (sensor_id BIGINT, temp DOUBLE, ts TIMESTAMP, _subject VARCHAR,
+                           WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+    WITH (connector = 'nats', url = 'nats://127.0.0.1:4222', subject = 'sensors.>',
+          stream = 'SENSORS', durable = 'alerts');        -- JetStream; leave out for core NATS
+
+Sink::
+
+    CREATE SINK alerts AS SELECT ... WITH (connector = 'nats', subject = 'alerts.{sensor_id}',
+                                           stream = 'ALERTS');
+
+See docs/readme/nats.md for the delivery guarantees and the server settings they assume.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from sqlstream.connectors.base import (
+    SOURCE_ID_COLUMN,
+    RunContext,
+    SinkConnector,
+    SinkWriter,
+    SourceConnector,
+    SourceReader,
+    register_sink,
+    register_source,
+)
+from sqlstream.connectors.nats.sink import NatsWriter, SubjectTemplate
+from sqlstream.connectors.nats.source import CoreReader, JetStreamReader, ack_defaults
+from sqlstream.connectors.options import OptionSpec
+from sqlstream.errors import ConnectorError, Location
+
+__all__ = ["NatsSource", "NatsSink", "ack_defaults"]
+
+_DEFAULT_URL = "nats://127.0.0.1:4222"
+_JETSTREAM_ONLY = ("durable", "deliver", "ack_wait", "max_ack_pending", "fetch_batch")
+
+
+def _positive(value) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _url(value: str) -> str | None:
+    for url in value.split(","):
+        if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+            return "expected nats://host:port (several: comma-separated)"
+    return None
+
+
+def _subject(value: str) -> str | None:
+    if not value or any(ch.isspace() for ch in value) or ".." in value or value.startswith(".") or value.endswith("."):
+        return "not a NATS subject (tokens separated by '.', no spaces)"
+    return None
+
+
+_COMMON = (
+    OptionSpec("url", default=_DEFAULT_URL, doc="NATS server(s): 'nats://host:port', comma-separated", check=_url),
+    OptionSpec("connect_timeout", "duration", default=5_000_000, doc="how long to try the first connection"),
+)
+
+
+@register_source
+class NatsSource(SourceConnector):
+    name = "nats"
+    supports_metadata = ("_subject", "_received_at", "_headers", "_stream_seq")
+    options = _COMMON + (
+        OptionSpec("subject", doc="subject to read; wildcards allowed ('sensors.>'); JetStream: filter within the stream",
+                   check=_subject),
+        OptionSpec("queue", doc="core NATS queue group: processes in one group share the subject's messages"),
+        OptionSpec("format", "choice", default="json", choices=("json", "csv", "arrow", "raw"),
+                   doc="payload format: json | csv (one record per message) | arrow (IPC stream) | raw"),
+        OptionSpec("delimiter", default=",", doc="csv field delimiter",
+                   check=lambda v: None if len(v) == 1 else "must be one character"),
+        OptionSpec("max_pending_messages", "int", default=2_000_000, check=_positive,
+                   doc="core NATS: messages waiting for the pipeline before new ones are dropped (slow consumer)"),
+        OptionSpec("max_pending_bytes", "int", default=1 << 30, check=_positive,
+                   doc="core NATS: bytes waiting for the pipeline before new messages are dropped (slow consumer)"),
+        OptionSpec("stream", doc="JetStream stream to read (at-least-once; acked after the sinks wrote the rows)"),
+        OptionSpec("durable", doc="JetStream durable consumer name: a restart resumes where the last run acked"),
+        OptionSpec("deliver", "choice", default="all", choices=("all", "new"),
+                   doc="JetStream, new consumer: start at the stream's first message (all) or at new ones"),
+        OptionSpec("ack_wait", "duration", doc="JetStream: redelivery timeout (default: derived from the windows)"),
+        OptionSpec("max_ack_pending", "int", doc="JetStream: unacked messages allowed (default: derived; -1 = no limit)",
+                   check=lambda v: None if v == -1 or v > 0 else "must be > 0, or -1 for no limit"),
+        OptionSpec("fetch_batch", "int", check=_positive, doc="JetStream: messages per pull request (default batch_size)"),
+    )
+
+    def validate(self, where: Location | None) -> None:
+        config = self.config
+        jetstream = bool(config["stream"])
+        if not jetstream:
+            if not config["subject"]:
+                raise ConnectorError(
+                    "connector 'nats' needs option 'subject'",
+                    location=where,
+                    hint="subject = 'sensors.>' (or stream = '...' to read a JetStream stream)",
+                )
+            for name in _JETSTREAM_ONLY:
+                if config[name] is not None and not (name == "deliver" and config[name] == "all"):
+                    raise ConnectorError(
+                        f"option '{name}' applies to JetStream only",
+                        location=where,
+                        hint="add stream = '<stream name>' to read through JetStream",
+                    )
+        elif config["queue"]:
+            raise ConnectorError(
+                "option 'queue' applies to core NATS only",
+                location=where,
+                hint="with JetStream, processes that share a durable consumer share its messages",
+            )
+        data = [f for f in self.schema if f.name not in self.supports_metadata]
+        for field in self.schema:
+            self._check_metadata(field, jetstream, where)
+        if config["format"] == "raw":
+            if len(data) != 1 or not (pa.types.is_string(data[0].type) or pa.types.is_binary(data[0].type)):
+                raise ConnectorError(
+                    "format = 'raw' needs exactly one column (besides metadata columns), of type VARCHAR or BYTEA",
+                    location=where,
+                    hint="e.g. CREATE SOURCE lines (line VARCHAR, _subject VARCHAR) WITH (..., format = 'raw')",
+                )
+        if not data:
+            raise ConnectorError("a nats source needs at least one column besides metadata columns", location=where)
+
+    def _check_metadata(self, field: pa.Field, jetstream: bool, where: Location | None) -> None:
+        name, t = field.name, field.type
+        expected = {
+            "_subject": ("VARCHAR", pa.types.is_string(t)),
+            "_received_at": ("TIMESTAMP", pa.types.is_timestamp(t)),
+            "_headers": ("MAP(VARCHAR, VARCHAR)", pa.types.is_map(t) and pa.types.is_string(t.key_type)
+                         and pa.types.is_string(t.item_type)),
+            "_stream_seq": ("BIGINT", pa.types.is_integer(t)),
+        }.get(name)
+        if expected is None:
+            return
+        sql_type, ok = expected
+        if not ok:
+            raise ConnectorError(f"metadata column '{name}' must be declared {sql_type}", location=where)
+        if name == "_stream_seq" and not jetstream:
+            raise ConnectorError(
+                "metadata column '_stream_seq' needs JetStream", location=where, hint="add stream = '<stream name>'"
+            )
+
+    def hidden_fields(self) -> tuple[pa.Field, ...]:
+        # JetStream rows carry their message's identity to the sinks (deterministic Nats-Msg-Id)
+        return (pa.field(SOURCE_ID_COLUMN, pa.string()),) if self.config["stream"] else ()
+
+    def open(self, ctx: RunContext) -> SourceReader:
+        if self.config["stream"]:
+            return JetStreamReader(self, ctx)
+        return CoreReader(self, ctx)
+
+    def describe(self) -> str:
+        c = self.config
+        if c["stream"]:
+            consumer = f", durable {c['durable']}" if c["durable"] else ""
+            subject = f", subject {c['subject']}" if c["subject"] else ""
+            return f"nats(jetstream {c['stream']}{subject}{consumer}, {c['format']})"
+        queue = f", queue {c['queue']}" if c["queue"] else ""
+        return f"nats({c['subject']}{queue}, {c['format']})"
+
+
+@register_sink
+class NatsSink(SinkConnector):
+    name = "nats"
+    options = _COMMON + (
+        OptionSpec("subject", required=True, doc="subject to publish to; may name columns: 'alerts.{sensor_id}'"),
+        OptionSpec("format", "choice", default="json", choices=("json", "arrow"),
+                   doc="json (a message per row) | arrow (an IPC message per batch and subject)"),
+        OptionSpec("stream", doc="publish through JetStream into this stream (acked, with Nats-Msg-Id)"),
+        OptionSpec("ack_timeout", "duration", default=5_000_000, doc="JetStream: wait per publish attempt for its ack"),
+    )
+
+    def validate(self, where: Location | None) -> None:
+        try:
+            template = SubjectTemplate(self.config["subject"])
+        except ValueError as error:
+            raise ConnectorError(
+                f"option 'subject' = {self.config['subject']!r}: {error}",
+                location=where,
+                hint="columns go in braces: subject = 'alerts.{sensor_id}'",
+            ) from None
+        rendered = "".join(literal + ("x" if name else "") for literal, name in template.parts)
+        problem = _subject(rendered)
+        if problem or "*" in rendered or ">" in rendered:
+            raise ConnectorError(
+                f"option 'subject' = {self.config['subject']!r} is invalid for connector 'nats': "
+                f"{problem or 'a published subject cannot contain wildcards'}",
+                location=where,
+            )
+
+    def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
+        return NatsWriter(self, schema, ctx)
+
+    def describe(self) -> str:
+        c = self.config
+        target = f"jetstream {c['stream']}, " if c["stream"] else ""
+        return f"nats({target}{c['subject']}, {c['format']})"

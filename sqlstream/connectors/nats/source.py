@@ -1,0 +1,524 @@
+"""``connector = 'nats'`` as a source: core NATS subscriptions and JetStream pull consumers.
+
+Both readers share one shape. The connection's loop thread only appends received
+messages to a deque (and, for JetStream, keeps pull requests flowing); ``poll`` in
+the driver thread takes up to ``batch_size`` of them once that many are there or
+the oldest has waited ``batch_timeout``, and decodes them as one block.
+
+Core NATS has no flow control: if the pipeline is slower than the subject, messages
+pile up until ``max_pending_messages`` / ``max_pending_bytes`` and the excess is
+dropped — counted, logged as a ``slow consumer`` warning and shown in the run
+summary, never silent. JetStream has flow control: the reader asks the server for
+more only while its buffer has room, so nothing is dropped and nothing is lost.
+
+JetStream acknowledgement (at-least-once): a batch's messages are acked when the
+runtime calls its ``ack`` — after every sink that received rows derived from it was
+flushed, and once no window or join still holds those rows (see
+``SourceStage.release_acks``). Until then the reader keeps the messages' ack
+subjects and, for long windows, tells the server it is still working on them
+(``+WPI``) so they are not redelivered while the pipeline runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
+from sqlstream.connectors.nats.connection import LOG, NatsConnection, runtime_error
+from sqlstream.connectors.nats.messages import MessageDecoder, Received, js_reply_fields
+from sqlstream.connectors.nats.protocol import prepare, send
+from sqlstream.connectors.nats.routing import can_route, route, status_of
+
+__all__ = ["CoreReader", "JetStreamReader", "ack_defaults"]
+
+_IDLE_POLL_S = 0.001  # how often poll() looks for messages when none are buffered
+_PULL_EXPIRES_S = 5.0  # a pull request's lifetime on the server
+_PULL_HEARTBEAT_S = 1.0  # the server's idle heartbeat for a waiting pull request
+
+
+def ack_defaults(retention_horizon_us: int, batch_size: int) -> tuple[float, int]:
+    """``ack_wait`` (s) and ``max_ack_pending`` when the user does not set them.
+
+    A stateless pipeline acks each batch right after its sink write: 30 s and room
+    for a few batches in flight. A windowed one holds messages until the windows
+    they fall in close, i.e. for about the largest window span plus the watermark
+    delay (the retention horizon): ack_wait is twice that plus 30 s, and
+    max_ack_pending is unlimited, because a limit below what the windows hold would
+    stop delivery and, with it, the watermark that closes them.
+    """
+    if retention_horizon_us <= 0:
+        return 30.0, max(8 * batch_size, 10_000)
+    return 2 * retention_horizon_us / 1e6 + 30.0, -1
+
+
+@dataclass
+class _Held:
+    """A batch's messages, delivered and not acked yet."""
+
+    since: float  # monotonic time of delivery or of the last progress ack
+    replies: pa.Array  # ack subjects (binary)
+    sequences: np.ndarray
+    copies: list[pa.Array] = field(default_factory=list)  # ack subjects of redeliveries dropped as copies
+
+    def subjects(self) -> pa.Array:
+        return pa.concat_arrays([self.replies, *self.copies]) if self.copies else self.replies
+
+
+class _MessageReader(SourceReader):
+    """Buffering and micro-batching shared by the core and JetStream readers."""
+
+    def __init__(self, connector, ctx: RunContext):
+        self.c = connector
+        self.config = connector.config
+        self.ctx = ctx
+        self.clock = ctx.clock
+        self.batch_size = ctx.batch_size
+        self.timeout_s = ctx.batch_timeout_us / 1e6
+        self.buffer: collections.deque = collections.deque()
+        self.received = 0  # written by the loop thread only
+        self.received_bytes = 0
+        self.taken = 0  # written by the driver thread only
+        self.taken_bytes = 0
+        self.pending_since: float | None = None  # arrival of the oldest buffered message (monotonic)
+        self.with_time = "_received_at" in connector.schema.names  # stamp each message's arrival
+        self.decoder = MessageDecoder(
+            connector.schema,
+            connector.source_name,
+            self.config["format"],
+            self.config["timestamp_format"],
+            stream=self.config["stream"],
+            delimiter=self.config["delimiter"],
+        )
+        owner = f"source '{connector.source_name}'"
+        self.conn = NatsConnection(self.config["url"], owner, connect_timeout_s=self.config["connect_timeout"] / 1e6)
+        self.failure: Exception | None = None  # set on the loop thread, raised by poll()
+
+    @property
+    def owner(self) -> str:
+        return self.conn.owner
+
+    def poll(self) -> SourceBatch | None:
+        if self.failure is not None:
+            raise self.failure
+        self.housekeeping()
+        pending = len(self.buffer)
+        if not pending:
+            return None
+        now = self.clock.monotonic()
+        since = self.pending_since
+        if since is None:  # (lost a race with the loop thread: time it from now)
+            since = self.pending_since = now
+        if pending < self.batch_size and now - since < self.timeout_s:
+            return None
+        take = min(pending, self.batch_size)
+        popleft = self.buffer.popleft
+        items = [popleft() for _ in range(take)]
+        if not self.buffer:
+            self.pending_since = None
+        # (else what is left arrived before now and keeps the running timer: it is due next)
+        return self.make_batch(items)
+
+    def next_wakeup(self) -> float | None:
+        now = self.clock.monotonic()
+        since = self.pending_since
+        if since is None or not self.buffer:
+            return now + min(_IDLE_POLL_S, self.timeout_s)
+        if len(self.buffer) >= self.batch_size:
+            return now
+        return since + self.timeout_s
+
+    def arrived(self) -> None:
+        """Loop thread, per message: the batch timer starts with the first message that
+        finds the buffer empty (a batch closes ``batch_timeout`` after it arrived)."""
+        if self.pending_since is None:
+            self.pending_since = self.clock.monotonic()
+
+    def housekeeping(self) -> None:
+        """Driver-thread work between batches (JetStream: progress acks)."""
+
+    def make_batch(self, items: list) -> SourceBatch:
+        raise NotImplementedError
+
+    def problems(self) -> list[str]:
+        events = self.conn.events
+        out = []
+        drops = self.status()["slow_consumer_drops"]
+        if drops:
+            out.append(f"{drops:,} messages dropped: slow consumer")
+        if events.disconnects:
+            out.append(f"disconnected {events.disconnects}x for {events.disconnected_s:.1f}s" + self.outage_note)
+        return out
+
+    outage_note = ""
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def status(self) -> dict[str, Any]:
+        events = self.conn.events
+        return {
+            "disconnects": events.disconnects,
+            "disconnected_s": round(events.disconnected_s, 3),
+            "slow_consumer_drops": events.slow_consumer_events,
+        }
+
+
+class CoreReader(_MessageReader):
+    """A core NATS subscription (optionally in a queue group)."""
+
+    def __init__(self, connector, ctx: RunContext):
+        super().__init__(connector, ctx)
+        self.max_msgs = self.config["max_pending_messages"]
+        self.max_bytes = self.config["max_pending_bytes"]
+        self.dropped = 0  # messages over the pending limits (loop thread)
+        self.conn.start()
+        self.conn.call(self._subscribe(), timeout=10)
+
+    async def _subscribe(self) -> None:
+        nc = self.conn.nc
+        append = self.buffer.append
+        with_time = self.with_time
+        max_msgs, max_bytes = self.max_msgs, self.max_bytes
+
+        def on_message(subject: bytes, reply: bytes, data: bytes, headers) -> None:
+            size = len(data)
+            if self.received - self.taken >= max_msgs or self.received_bytes - self.taken_bytes + size > max_bytes:
+                self._drop(subject)
+                return
+            if self.pending_since is None:
+                self.arrived()
+            append((subject, data, headers, time.time_ns() // 1000) if with_time else (subject, data, headers))
+            self.received += 1
+            self.received_bytes += size
+
+        async def on_msg(msg) -> None:  # the ordinary path, where routing is not available
+            on_message(msg.subject.encode(), msg.reply.encode(), msg.data, msg.headers)
+
+        # nats-py's own queue (used only without routing) gets the same limits
+        self.subscription = await nc.subscribe(
+            self.config["subject"],
+            queue=self.config["queue"] or "",
+            cb=on_msg,
+            pending_msgs_limit=max_msgs,
+            pending_bytes_limit=max_bytes,
+        )
+        if can_route():
+            route(nc, self.subscription._id, on_message)
+        await nc.flush()
+
+    def _drop(self, subject: bytes) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 100_000 == 0:
+            LOG.warning(
+                "%s: slow consumer: messages on '%s' dropped (%d so far): more than %d messages / %d bytes "
+                "wait for the pipeline (raise max_pending_messages / max_pending_bytes, or use JetStream "
+                "for guaranteed delivery)",
+                self.owner, subject.decode("utf-8", "replace"), self.dropped, self.max_msgs, self.max_bytes,
+            )
+
+    outage_note = ": core NATS messages published meanwhile were lost"
+
+    def make_batch(self, items: list) -> SourceBatch:
+        columns = list(zip(*items, strict=True))
+        subjects, payloads, headers = columns[0], columns[1], columns[2]
+        received_us = np.array(columns[3], dtype=np.int64) if self.with_time else None
+        first = self.taken + 1
+        received = Received(subjects, payloads, headers, np.arange(first, first + len(items)), received_us)
+        batch, dead = self.decoder.decode(received)
+        self.taken += len(items)
+        self.taken_bytes += sum(map(len, payloads))
+        return SourceBatch(batch, dead, raw_count=len(items))
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        out["slow_consumer_drops"] += self.dropped
+        return out
+
+
+class JetStreamReader(_MessageReader):
+    """A pull consumer on ``stream`` (durable if ``durable`` is set), acked explicitly."""
+
+    def __init__(self, connector, ctx: RunContext):
+        super().__init__(connector, ctx)
+        horizon = int(ctx.extra.get("retention_horizon_us", 0))
+        default_wait, default_pending = ack_defaults(horizon, self.batch_size)
+        configured_wait = self.config["ack_wait"]
+        self.ack_wait_s = configured_wait / 1e6 if configured_wait is not None else default_wait
+        configured_pending = self.config["max_ack_pending"]
+        self.max_ack_pending = configured_pending if configured_pending is not None else default_pending
+        self.stream = self.config["stream"]
+        self.fetch_size = self.config["fetch_batch"] or self.batch_size
+        # messages the reader lets pile up before it stops asking the server for more
+        self.max_buffered = 4 * max(self.fetch_size, self.batch_size)
+        if self.max_ack_pending > 0:
+            self.max_buffered = min(self.max_buffered, self.max_ack_pending)
+        self.requested = 0  # messages asked for and not yet delivered (loop thread)
+        self.last_activity = 0.0
+        self.consumer_name = ""
+        self.held: dict[int, _Held] = {}  # batch id → its messages until acked
+        self._next_batch_id = 0
+        self.acked = 0
+        self.progress_acks = 0  # "+WPI" sent for messages held longer than ack_wait / 3
+        self.redelivered = 0
+        self.duplicates_dropped = 0
+        self.consumer_reset_to: int | None = None
+        self.conn.start()
+        try:
+            self.conn.call(self._setup(), timeout=self.conn.connect_timeout_s + 10)
+        except Exception:
+            self.conn.close()
+            raise
+        self.conn.on_reconnect.append(self._after_reconnect)
+        self._watchdog_task = self.conn.submit(self._watchdog())
+
+    # -- consumer setup (loop thread) -----------------------------------------------------------
+
+    outage_note = " (JetStream: no loss; unacked messages are redelivered)"
+
+    async def _setup(self) -> None:
+        nc = self.conn.nc
+        js = nc.jetstream()
+        try:
+            await js.stream_info(self.stream)
+        except NotFoundError:
+            raise runtime_error(
+                f"{self.owner}: JetStream stream '{self.stream}' does not exist on {self.config['url']}",
+                hint="create it first (e.g. nats stream add, or sqlstream produce --stream NAME)",
+            ) from None
+        durable = self.config["durable"]
+        info = None
+        if durable:
+            try:
+                info = await js.consumer_info(self.stream, durable)
+            except NotFoundError:
+                info = None
+        subject = self.config["subject"]
+        if info is None:
+            config = ConsumerConfig(
+                durable_name=durable or None,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL if self.config["deliver"] == "all" else DeliverPolicy.NEW,
+                filter_subject=subject or None,
+                ack_wait=self.ack_wait_s,
+                max_ack_pending=self.max_ack_pending,
+                inactive_threshold=None if durable else 60.0,
+            )
+            info = await js.add_consumer(self.stream, config)
+        else:
+            existing = info.config.filter_subject or ""
+            if existing != (subject or "") and not info.config.filter_subjects:
+                raise runtime_error(
+                    f"{self.owner}: durable consumer '{durable}' on stream '{self.stream}' filters subject "
+                    f"'{existing or '(all)'}', not '{subject or '(all)'}'",
+                    hint="use another durable name, or the subject the durable was created with",
+                )
+            if info.config.ack_policy != AckPolicy.EXPLICIT:
+                raise runtime_error(
+                    f"{self.owner}: durable consumer '{durable}' uses ack_policy '{info.config.ack_policy}'",
+                    hint="sqlstream acks each message explicitly; use a new durable name",
+                )
+            if abs((info.config.ack_wait or 0) - self.ack_wait_s) > 1e-3 or info.config.max_ack_pending != self.max_ack_pending:
+                info.config.ack_wait = self.ack_wait_s
+                info.config.max_ack_pending = self.max_ack_pending
+                info = await js.add_consumer(self.stream, info.config)  # (create-or-update: same name)
+            if info.num_ack_pending and not info.num_waiting:
+                await self._reset_to_ack_floor(durable)
+        self.consumer_name = info.name
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer_name}"
+        self.inbox = nc.new_inbox()
+
+        async def on_msg(msg) -> None:  # the ordinary path, where routing is not available
+            self._on_message(msg.subject.encode(), msg.reply.encode(), msg.data, msg.headers)
+
+        self.subscription = await nc.subscribe(self.inbox, cb=on_msg, pending_msgs_limit=0, pending_bytes_limit=0)
+        if can_route():
+            route(nc, self.subscription._id, self._on_message)
+        self.last_activity = time.monotonic()
+        await self._request()
+
+    async def _reset_to_ack_floor(self, durable: str) -> None:
+        """Messages a previous run received but did not ack would come back only after
+        ack_wait, behind newer ones (too late for their windows): rewind the consumer
+        to its ack floor so they are delivered again, first, now (nats-server ≥ 2.14)."""
+        subject = f"$JS.API.CONSUMER.RESET.{self.stream}.{durable}"
+        try:
+            reply = await self.conn.nc.request(subject, b"{}", timeout=5)
+            answer = orjson.loads(reply.data)
+        except Exception as error:  # noqa: BLE001 - older servers: redelivery after ack_wait instead
+            LOG.warning("%s: could not rewind consumer '%s' to its ack floor (%s); unacked messages "
+                        "return after ack_wait", self.owner, durable, error)
+            return
+        if "error" in answer:
+            LOG.warning("%s: could not rewind consumer '%s' to its ack floor (%s); unacked messages "
+                        "return after ack_wait", self.owner, durable, answer["error"].get("description"))
+            return
+        self.consumer_reset_to = answer.get("reset_seq")
+
+    # -- pulling (loop thread) --------------------------------------------------------------------
+
+    def _on_message(self, subject: bytes, reply: bytes, data: bytes, headers) -> None:
+        if not reply:  # a status message: heartbeat, request expired, ...
+            asyncio.ensure_future(self._on_status(headers))
+            return
+        if self.pending_since is None:
+            self.arrived()
+        if self.with_time:
+            self.buffer.append((subject, reply, data, headers, time.time_ns() // 1000))
+        else:
+            self.buffer.append((subject, reply, data, headers))
+        self.received += 1
+        self.requested -= 1
+        if self.requested <= self.fetch_size // 2:
+            asyncio.ensure_future(self._request())
+
+    async def _on_status(self, headers) -> None:
+        status, fields = status_of(headers)
+        self.last_activity = time.monotonic()
+        if status == "100":  # idle heartbeat: the request is alive
+            return
+        left = fields.get("Nats-Pending-Messages")
+        if left is not None and left.isdigit():
+            self.requested = max(0, self.requested - int(left))
+        else:
+            self.requested = 0
+        if status == "409" and "deleted" in fields.get("Description", "").lower():
+            self.failure = runtime_error(f"{self.owner}: consumer '{self.consumer_name}' was deleted on the server")
+            return
+        await self._request()
+
+    async def _request(self) -> None:
+        """Ask for as many messages as the buffer has room for (one request at a time
+        per half of ``fetch_batch``)."""
+        room = self.max_buffered - (self.received - self.taken) - self.requested
+        if room < max(1, self.fetch_size // 2) or not self.conn.connected:
+            return
+        batch = min(room, self.fetch_size)
+        request = {
+            "batch": batch,
+            "expires": int(_PULL_EXPIRES_S * 1e9),
+            "idle_heartbeat": int(_PULL_HEARTBEAT_S * 1e9),
+        }
+        self.requested += batch
+        await self.conn.nc.publish(self.next_subject, orjson.dumps(request), reply=self.inbox)
+
+    async def _watchdog(self) -> None:
+        """Keep requests flowing: after the driver made room, and when a request was
+        lost (no message and no heartbeat for a while: a server restart)."""
+        seen = self.received
+        while not self.conn.closed:
+            await asyncio.sleep(0.005 if self.requested == 0 else 0.1)
+            if self.received != seen:
+                seen, self.last_activity = self.received, time.monotonic()
+            if self.conn.closed or not self.conn.connected:
+                continue
+            silent = time.monotonic() - self.last_activity
+            if self.requested and silent > 3 * _PULL_HEARTBEAT_S:
+                self.requested = 0  # the server forgot our request
+                self.last_activity = time.monotonic()
+            try:
+                await self._request()
+            except Exception as error:  # noqa: BLE001 - retried on the next round
+                LOG.debug("%s: pull request failed: %s", self.owner, error)
+
+    async def _after_reconnect(self) -> None:
+        self.requested = 0
+        await self._request()
+
+    # -- batches and acks (driver thread) ---------------------------------------------------------
+
+    def make_batch(self, items: list) -> SourceBatch:
+        self.taken += len(items)
+        columns = [list(c) for c in zip(*items, strict=True)]
+        subjects, payloads, headers = columns[0], columns[2], columns[3]
+        received_us = np.array(columns[4], dtype=np.int64) if self.with_time else None
+        replies = pa.array(columns[1], pa.binary())
+        sequences, delivered = js_reply_fields(replies)
+        if delivered.max(initial=1) > 1:
+            keep = self._skip_held(replies, sequences, delivered)
+            if keep is not None:
+                subjects, payloads, headers = ([c[i] for i in keep] for c in (subjects, payloads, headers))
+                replies, sequences = replies.take(pa.array(keep)), sequences[keep]
+                received_us = received_us[keep] if received_us is not None else None
+        batch, dead = self.decoder.decode(Received(subjects, payloads, headers, sequences, received_us))
+        batch_id = self._next_batch_id
+        self._next_batch_id += 1
+        self.held[batch_id] = _Held(self.clock.monotonic(), replies, sequences)
+        return SourceBatch(batch, dead, ack=lambda: self._ack(batch_id), raw_count=len(items))
+
+    def _skip_held(self, replies: pa.Array, sequences: np.ndarray, delivered: np.ndarray) -> np.ndarray | None:
+        """A redelivered message this run still holds (in an open window, not acked
+        yet) is already in the pipeline: drop the copy, and ack its new delivery
+        together with the batch that holds the original. Returns the rows to keep."""
+        self.redelivered += int((delivered > 1).sum())
+        copy = np.zeros(len(sequences), dtype=bool)
+        for held in self.held.values():
+            hit = (delivered > 1) & np.isin(sequences, held.sequences) & ~copy
+            if hit.any():
+                held.copies.append(replies.take(pa.array(np.flatnonzero(hit))))
+                copy |= hit
+        if not copy.any():
+            return None
+        self.duplicates_dropped += int(copy.sum())
+        return np.flatnonzero(~copy)
+
+    def _ack(self, batch_id: int) -> None:
+        held = self.held.pop(batch_id, None)
+        if held is None:
+            return
+        self.acked += len(held.replies)
+        self._send_to_server(held.subjects(), b"+ACK")
+
+    def _send_to_server(self, ack_subjects: pa.Array, verb: bytes) -> None:
+        """Acks (or progress acks) for a batch, framed here and written in one go;
+        one that is lost (an outage) only means a redelivery: at-least-once."""
+        future = self.conn.submit(send(self.conn.nc, prepare(ack_subjects, verb)))
+        future.add_done_callback(self._ack_failed)
+
+    def _ack_failed(self, future) -> None:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            LOG.warning("%s: sending acks failed (%s); the server will redeliver those messages", self.owner, error)
+
+    def housekeeping(self) -> None:
+        """Tell the server the pipeline still works on messages held longer than a
+        third of ack_wait (open windows), so they are not redelivered meanwhile."""
+        if not self.held:
+            return
+        now = self.clock.monotonic()
+        limit = self.ack_wait_s / 3
+        for held in self.held.values():
+            if now - held.since >= limit:
+                held.since = now
+                subjects = held.subjects()
+                self.progress_acks += len(subjects)
+                self._send_to_server(subjects, b"+WPI")
+
+    def close(self) -> None:
+        self._watchdog_task.cancel()
+        self.conn.close()  # flushes the acks already sent; held messages come back on restart
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        out.update(
+            {
+                "acked": self.acked,
+                "held": sum(len(h.replies) for h in self.held.values()),
+                "duplicates_dropped": self.duplicates_dropped,
+                "redelivered": self.redelivered,
+                "progress_acks": self.progress_acks,
+                "ack_wait_s": self.ack_wait_s,
+                "max_ack_pending": self.max_ack_pending,
+            }
+        )
+        return out
+
