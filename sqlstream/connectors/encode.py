@@ -1,17 +1,33 @@
-"""Vectorized encoding of Arrow batches to JSON lines (one DuckDB call per batch)."""
+"""Vectorized encoding of Arrow batches to JSON: one object per row.
+
+Small batches of flat rows (numbers, text, booleans, dates, times, timestamps) are
+written with Arrow string kernels, column by column — well under a millisecond, which
+matters for latency (stdout, NATS and file sinks). Large batches and rows with nested
+values (lists, structs, maps) are encoded by DuckDB in one call per batch (~2 ms fixed
+cost, then faster per row).
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["encode_json_lines", "is_nested"]
+__all__ = ["encode_json_lines", "encode_json_values", "is_nested", "text"]
 
 _local = threading.local()
+
+
+@functools.lru_cache(maxsize=1024)
+def text(value: str) -> pa.Scalar:
+    """A typed string scalar for Arrow kernels (cached). A plain ``str`` makes pyarrow
+    infer its type, which tries to import optional modules on every call."""
+    return pa.scalar(value, pa.string())
 
 
 def _connection() -> duckdb.DuckDBPyConnection:
@@ -27,15 +43,84 @@ def is_nested(t: pa.DataType) -> bool:
     return pa.types.is_nested(t) or pa.types.is_map(t)
 
 
-def encode_json_lines(batch: pa.RecordBatch | pa.Table) -> bytes:
-    """The rows of ``batch`` as JSON objects, one per line (with a trailing newline)."""
-    if batch.num_rows == 0:
-        return b""
+_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+
+
+def _json_text(values: pa.Array) -> pa.Array | None:
+    """A column as JSON value texts (NULL stays NULL), or None if it is not flat."""
+    t = values.type
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_decimal(t):
+        return pc.cast(values, pa.string())
+    if pa.types.is_floating(t):
+        wide = pc.cast(values, pa.float64())  # same digits as the DuckDB path for REAL
+        finite = pc.is_finite(wide)  # NaN and infinities are not JSON: null
+        out = pc.cast(wide, pa.string())
+        # keep numbers recognizably floating point: 1 -> 1.0 (as DuckDB writes them)
+        out = pc.replace_substring_regex(out, pattern="^(-?[0-9]+)$", replacement="\\1.0")
+        return pc.if_else(finite, out, pa.scalar(None, pa.string()))
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+        out = pc.cast(values, pa.string())
+        data = np.frombuffer(out.buffers()[2], dtype=np.uint8) if out.buffers()[2] is not None else np.zeros(0, np.uint8)
+        special = (data < 0x20) | (data == 0x22) | (data == 0x5C)  # control characters, '"', '\\'
+        if special.any():  # (a byte scan: most text needs no escaping at all)
+            for old, new in _JSON_ESCAPES:
+                out = pc.replace_substring(out, pattern=old, replacement=new)
+            escaped = np.frombuffer(out.buffers()[2], dtype=np.uint8)
+            if (escaped < 0x20).any():
+                return None  # other control characters: leave those to the full encoder
+        return pc.binary_join_element_wise(text('"'), out, text('"'), text(""))
+    if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
+        out = pc.cast(values, pa.string())
+        if not pa.types.is_date(t):  # 00:00:01.500000 -> 00:00:01.5, 00:00:01.000000 -> 00:00:01
+            out = pc.replace_substring_regex(out, pattern="(\\.[0-9]*[1-9])0+(Z?)$", replacement="\\1\\2")
+            out = pc.replace_substring_regex(out, pattern="\\.0+(Z?)$", replacement="\\1")
+        return pc.binary_join_element_wise(text('"'), out, text('"'), text(""))
+    return None
+
+
+def _flat_json(batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
+    pieces: list = []
+    for i, field in enumerate(batch.schema):
+        column = batch.column(i)
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        value = _json_text(column)
+        if value is None:
+            return None
+        key = orjson.dumps(field.name).decode()
+        pieces.append(text(("{" if i == 0 else ",") + key + ":"))
+        pieces.append(pc.fill_null(value, text("null")))
+    if not pieces:
+        return None
+    pieces.append(text("}"))
+    return pc.binary_join_element_wise(*pieces, text(""))
+
+
+def _duckdb_json(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     con = _connection()
     rows = con.from_arrow(batch)  # noqa: F841 - referenced by name in the SQL below
     # the row alias must not be a column name (a column ``r`` would shadow ``r``)
     table = con.sql("SELECT to_json(__sqlstream_row)::VARCHAR AS j FROM rows __sqlstream_row").to_arrow_table()
-    column = table.column(0).combine_chunks()
-    lines = pc.binary_join_element_wise(column, pa.scalar("\n"), "")
+    return table.column(0).combine_chunks()
+
+
+#: below this many rows the Arrow-kernel path wins (DuckDB costs ~2 ms per call, the
+#: kernels ~1.3 µs per row); both write the same text
+_KERNEL_ROWS = 2048
+
+
+def encode_json_values(batch: pa.RecordBatch | pa.Table) -> pa.Array:
+    """One JSON object per row, as a string array (one element per row)."""
+    if batch.num_rows == 0:
+        return pa.array([], pa.string())
+    fast = _flat_json(batch) if batch.num_rows <= _KERNEL_ROWS else None
+    return fast if fast is not None else _duckdb_json(batch)
+
+
+def encode_json_lines(batch: pa.RecordBatch | pa.Table) -> bytes:
+    """The rows of ``batch`` as JSON objects, one per line (with a trailing newline)."""
+    if batch.num_rows == 0:
+        return b""
+    lines = pc.binary_join_element_wise(encode_json_values(batch), text("\n"), text(""))
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
     return lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]]

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from sqlstream.connectors.base import METADATA_COLUMNS, SOURCE_ID_COLUMN, DeadLetter
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder, conform_table
-from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.connectors.encode import encode_json_values
 from sqlstream.connectors.nats.protocol import text
 from sqlstream.connectors.nats.routing import parse_headers
 
@@ -238,71 +238,10 @@ class MessageDecoder:
 
 
 def encode_json_payloads(batch: pa.RecordBatch) -> pa.Array:
-    """One JSON object per row, as an Arrow array of payloads.
-
-    Flat rows (numbers, text, booleans, dates, times) are written with Arrow string
-    kernels, column by column, in well under a millisecond for a small batch — the
-    latency path. Rows with nested values (lists, structs, maps) are encoded by
-    DuckDB in one call and cut at the newlines (JSON text never holds a raw one)."""
+    """One JSON object per row, as binary message payloads."""
     if batch.num_rows == 0:
         return pa.array([], pa.binary())
-    fast = _flat_json(batch)
-    if fast is not None:
-        return fast
-    n = batch.num_rows
-    data = encode_json_lines(batch)
-    raw = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(raw == 10)
-    if len(ends) != n:
-        raise AssertionError(f"encoded {len(ends)} JSON lines for {n} rows")
-    lengths = ends - np.r_[0, ends[:-1] + 1]
-    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int32)
-    values = raw[raw != 10]
-    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(values)])
-
-
-_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
-
-
-def _json_text(values: pa.Array) -> pa.Array | None:
-    """A column as JSON value texts (NULL stays NULL), or None if it is not flat."""
-    t = values.type
-    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_decimal(t):
-        return pc.cast(values, pa.string())
-    if pa.types.is_floating(t):
-        finite = pc.is_finite(values)  # NaN and infinities are not JSON: null
-        return pc.if_else(finite, pc.cast(values, pa.string()), pa.scalar(None, pa.string()))
-    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
-        out = pc.cast(values, pa.string())
-        data = np.frombuffer(out.buffers()[2], dtype=np.uint8) if out.buffers()[2] is not None else np.zeros(0, np.uint8)
-        special = (data < 0x20) | (data == 0x22) | (data == 0x5C)  # control characters, '"', '\\'
-        if special.any():  # (a byte scan: most text needs no escaping at all)
-            for old, new in _JSON_ESCAPES:
-                out = pc.replace_substring(out, pattern=old, replacement=new)
-            escaped = np.frombuffer(out.buffers()[2], dtype=np.uint8)
-            if (escaped < 0x20).any():
-                return None  # other control characters: leave those to the full encoder
-        return pc.binary_join_element_wise(text('"'), out, text('"'), text(""))
-    if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
-        out = pc.cast(values, pa.string())
-        if not pa.types.is_date(t):  # 00:00:01.500000 -> 00:00:01.5, 00:00:01.000000 -> 00:00:01
-            out = pc.replace_substring_regex(out, pattern="(\\.[0-9]*[1-9])0+(Z?)$", replacement="\\1\\2")
-            out = pc.replace_substring_regex(out, pattern="\\.0+(Z?)$", replacement="\\1")
-        return pc.binary_join_element_wise(text('"'), out, text('"'), text(""))
-    return None
-
-
-def _flat_json(batch: pa.RecordBatch) -> pa.Array | None:
-    pieces: list = []
-    for i, field in enumerate(batch.schema):
-        value = _json_text(batch.column(i))
-        if value is None:
-            return None
-        key = orjson.dumps(field.name).decode()
-        pieces.append(text(("{" if i == 0 else ",") + key + ":"))
-        pieces.append(pc.fill_null(value, text("null")))
-    pieces.append(text("}"))
-    return pc.cast(pc.binary_join_element_wise(*pieces, text("")), pa.binary())
+    return pc.cast(encode_json_values(batch), pa.binary())
 
 
 def encode_arrow_payload(batch: pa.RecordBatch) -> bytes:

@@ -20,18 +20,12 @@ import pyarrow.compute as pc
 from nats.aio.client import Client
 from nats.errors import MaxPayloadError, OutboundBufferLimitError
 
+from sqlstream.connectors.encode import text
+
 __all__ = ["Outgoing", "prepare", "send", "frames", "msg_id_headers", "text"]
 
 _HEADER_PREFIX = "NATS/1.0\r\nNats-Msg-Id: "
 _HEADER_SUFFIX = "\r\n\r\n"
-
-
-@functools.lru_cache(maxsize=1024)
-def text(value: str) -> pa.Scalar:
-    """A typed string scalar for Arrow kernels (cached). Passing a plain ``str``
-    instead makes pyarrow infer its type, and each inference tries to import
-    optional modules (dateutil, pandas): a file-system search per call."""
-    return pa.scalar(value, pa.string())
 
 
 @functools.lru_cache(maxsize=1024)
