@@ -105,7 +105,9 @@ async def publish_steady(url: str, messages: int, rate: float) -> None:
                 % (i, time.time_ns(), f[0], f[1], f[2], f[3]),
             )
             i += 1
-        await asyncio.sleep(0.0005)
+        # 1 ms ticks: asyncio's epoll waits in whole milliseconds, so a shorter sleep
+        # turns into a busy loop that takes a core away from the pipeline under test
+        await asyncio.sleep(0.001)
     await nc.flush()
     await nc.close()
 

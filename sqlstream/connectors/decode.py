@@ -261,7 +261,8 @@ class JsonDecoder(Decoder):
     def _read_blocks(self, data: bytes, block_size: int) -> pa.Table:
         return pjson.read_json(
             io.BytesIO(data),
-            read_options=pjson.ReadOptions(use_threads=True, block_size=block_size),
+            # threads pay off from the second block on; a small micro-batch is parsed inline
+            read_options=pjson.ReadOptions(use_threads=len(data) > block_size, block_size=block_size),
             parse_options=self._options,
         )
 
