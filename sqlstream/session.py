@@ -49,6 +49,7 @@ from sqlstream.runtime.driver import Driver, RunSummary
 from sqlstream.runtime.sink import END_OF_STREAM, QueueWriter, SinkOperator
 from sqlstream.runtime.source_stage import SourceSpec, SourceStage
 from sqlstream.settings import DEFAULT_SETTINGS, SETTING_DOCS, parse_setting
+from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.statements import (
     ColumnSpec,
     CreateFunction,
@@ -67,7 +68,6 @@ from sqlstream.sql.statements import (
     StopQueryStatement,
     parse_script,
 )
-from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.types import sql_type_name
 
 __all__ = ["Session", "StatementResult", "SourceEntry", "ViewEntry", "SinkEntry", "FunctionEntry"]

@@ -7,6 +7,7 @@ Vectorized: each function is called once per micro-batch with whole Arrow arrays
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from sqlstream import udf
 
 

@@ -443,9 +443,9 @@ def make_prompt_session(session: Session, *, input=None, output=None, history: s
     """The prompt_toolkit session: multi-line until ``;``, history, Ctrl-R, highlighting, completion."""
     from prompt_toolkit import PromptSession
     from prompt_toolkit.completion import CompleteEvent, get_common_complete_suffix
-    from prompt_toolkit.key_binding import KeyBindings
     from prompt_toolkit.filters import Condition
     from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.key_binding import KeyBindings
     from prompt_toolkit.lexers import PygmentsLexer
     from pygments.lexers.sql import SqlLexer
 

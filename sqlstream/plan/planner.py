@@ -9,16 +9,16 @@ every stateless piece to DataFusion as one SQL text planned once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import pyarrow as pa
 from sqlglot import exp
 
 from sqlstream.batches import HIDDEN_PREFIX, is_hidden
+from sqlstream.connectors.base import SOURCE_ID_COLUMN
 from sqlstream.errors import PlanError, SqlAnalysisError, SqlStreamError, UnsupportedSqlError, did_you_mean
 from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS, AggCall, output_type
-from sqlstream.connectors.base import SOURCE_ID_COLUMN
 from sqlstream.operators.base import OP_COLUMN, WM_COLUMN
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error, to_datafusion_sql
 from sqlstream.plan.nodes import (

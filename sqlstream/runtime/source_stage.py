@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.batches import event_time_us
 from sqlstream.connectors.base import DeadLetter, SourceBatch, SourceReader
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.errors import ExecutionError
 from sqlstream.operators.base import MAX_WATERMARK, WM_COLUMN, Operator
 from sqlstream.runtime.dead_letter import DeadLetterOutput
 from sqlstream.runtime.sink import SinkOperator
-from sqlstream.batches import event_time_us
 from sqlstream.runtime.watermarks import WatermarkTracker
 
 __all__ = ["SourceStage", "SourceSpec"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from sqlstream.operators.base import MIN_WATERMARK
 
 __all__ = ["WatermarkTracker", "row_watermarks"]

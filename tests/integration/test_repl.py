@@ -435,7 +435,7 @@ def _interact(tmp_path: Path, keys: list, history: Path | None = None) -> tuple[
         def feed():
             for key in keys:
                 if callable(key):
-                    _wait_for(lambda: key(prompt, out.getvalue()), "the prompt")
+                    _wait_for(lambda key=key: key(prompt, out.getvalue()), "the prompt")
                 else:
                     pipe.send_text(key)
 
