@@ -640,8 +640,7 @@ class Session:
                 first = letters[0]
                 raise ExecutionError(f"{first.source}: {first.reason}: {first.detail}")
             if self.settings["on_error"] == "skip":
-                for letter in letters:
-                    self.dead_letters.counts[(letter.source, letter.reason)] += 1
+                self.dead_letters.skip(letters)
                 return
             self.dead_letters.write(letters)
 

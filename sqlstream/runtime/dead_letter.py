@@ -47,7 +47,8 @@ class DeadLetterOutput:
     def __init__(self, path: str | None, clock: Clock):
         self.path = path
         self.clock = clock
-        self.counts: Counter[tuple[str, str]] = Counter()  # (source, reason) → rows
+        self.counts: Counter[tuple[str, str]] = Counter()  # (source, reason) → rows written
+        self.skipped: Counter[tuple[str, str]] = Counter()  # on_error = 'skip': dropped, only counted
         self._lock = threading.Lock()
         self._handle = None
         self._subscribers: list[Callable[[pa.RecordBatch], None]] = []
@@ -58,6 +59,18 @@ class DeadLetterOutput:
     def by_reason(self) -> dict[str, int]:
         out: Counter[str] = Counter()
         for (_, reason), n in self.counts.items():
+            out[reason] += n
+        return dict(out)
+
+    def skip(self, letters: list[DeadLetter]) -> None:
+        """``on_error = 'skip'``: drop the records, count them."""
+        with self._lock:
+            for letter in letters:
+                self.skipped[(letter.source, letter.reason)] += 1
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for (_, reason), n in self.skipped.items():
             out[reason] += n
         return dict(out)
 

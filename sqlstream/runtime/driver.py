@@ -30,6 +30,7 @@ class RunSummary:
     sources: dict[str, dict] = field(default_factory=dict)
     sinks: dict[str, int] = field(default_factory=dict)
     dead_letters: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # on_error = 'skip'
     stopped: bool = False  # stopped by request before the sources ended
     open_state_rows: int = 0
 
@@ -46,6 +47,10 @@ class RunSummary:
             parts.append(f"dead letters: {dead:,} ({reasons})")
         else:
             parts.append("dead letters: 0")
+        skipped = sum(self.skipped.values())
+        if skipped:
+            reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(self.skipped.items()))
+            parts.append(f"skipped (on_error = 'skip'): {skipped:,} ({reasons})")
         if self.stopped and self.open_state_rows:
             parts.append(f"{self.open_state_rows:,} rows of open window/aggregate state not emitted (stopped early)")
         parts.append(f"elapsed {self.elapsed_s:.2f}s")
@@ -199,6 +204,7 @@ class Driver:
             },
             sinks={s.sink_name: s.rows_out for s in self.sinks},
             dead_letters=self.dead_letters.by_reason(),
+            skipped=self.dead_letters.skipped_by_reason(),
             stopped=stopped,
             open_state_rows=self.state_rows() if stopped else 0,
         )

@@ -87,8 +87,7 @@ class SourceStage:
             )
         if self.spec.on_error == "skip":
             self.metrics.skipped += len(letters)
-            for letter in letters:
-                self.dead_letters.counts[(letter.source, letter.reason)] += 1
+            self.dead_letters.skip(letters)
             return
         self.dead_letters.write(letters)
 

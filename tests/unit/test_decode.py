@@ -166,7 +166,9 @@ def test_on_error_skip_counts_without_writing(tmp_path, fmt):
     summary, _, _, out, dead_path = run_file_pipeline(tmp_path, fmt, on_error="skip")
     assert len(read_jsonl(out)) == GOOD_ROWS
     assert not dead_path.exists()
-    assert sum(summary.dead_letters.values()) == 10
+    assert summary.dead_letters == {}
+    assert sum(summary.skipped.values()) == 10
+    assert "skipped (on_error = 'skip'): 10" in summary.line()
 
 
 def test_set_on_error_is_the_default_for_sources(tmp_path):
