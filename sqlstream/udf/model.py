@@ -177,10 +177,6 @@ class ModelUdf:
         if providers is None:
             raise _option_error("provider", f"unknown provider '{provider}'", "provider = 'cpu' or 'cuda'")
         so = ort.SessionOptions()
-        # onnxruntime's worker threads spin after each run by default; in a pipeline the
-        # model is one step of many and the spinning steals the CPU from the others
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         threads = options.get("threads")
         if threads is not None:
             try:
