@@ -193,6 +193,34 @@ class _WindowOutput(Operator):
         self._early = current if closed_by is None else remaining
 
 
+class _TumbleAggregator(Aggregator):
+    """Groups TUMBLE rows by window end and keys only: the start is ``end - size``, so it
+    is added back to every result instead of being hashed (one key column fewer: the
+    per-batch group-by is ~1/3 faster)."""
+
+    def __init__(self, keys: list[str], calls: list[AggCall], size_us: int):
+        super().__init__([WE] + keys, calls)
+        self.size = pa.scalar(size_us, pa.int64())
+
+    def _with_start(self, part: Partial) -> Partial:
+        def add(table: pa.Table) -> pa.Table:
+            if WS in table.column_names:
+                return table
+            return table.add_column(0, WS, pc.subtract(table.column(WE), self.size))
+
+        return Partial(add(part.main), tuple(add(t) for t in part.sets))
+
+    def partial(self, table: pa.Table) -> Partial:
+        return self._with_start(super().partial(table))
+
+    def merge(self, parts: list[Partial], regroup: bool = False) -> Partial:
+        return self._with_start(super().merge(parts, regroup=regroup))
+
+    def finalize(self, part: Partial) -> pa.Table:
+        table = super().finalize(part)
+        return table.add_column(0, WS, pc.subtract(table.column(WE), self.size))
+
+
 class WindowAggregateOperator(_WindowOutput):
     """TUMBLE windows, or final windows from upstream (one window per row)."""
 
@@ -200,18 +228,19 @@ class WindowAggregateOperator(_WindowOutput):
 
     def __init__(self, spec, keys, calls, schema, emit_every_us):
         super().__init__(spec, keys, calls, schema, emit_every_us)
+        if spec.kind == "tumble":
+            self.window_agg = _TumbleAggregator(self.keys, self.calls, spec.size_us)
         self.fragments: list[_Fragment] = []
 
-    def _windows(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
-        if self.spec.kind == "tumble":
-            start = tumble_start(column_int64(batch, "__t"), self.spec.size_us)
-            return start, start + self.spec.size_us
-        return column_int64(batch, WS), column_int64(batch, WE)
-
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
-        start, end = self._windows(batch)
         table = self.input_table(batch, [])
-        table = table.append_column(WS, pa.array(start)).append_column(WE, pa.array(end))
+        if self.spec.kind == "tumble":
+            end = tumble_start(column_int64(batch, "__t"), self.spec.size_us) + self.spec.size_us
+            table = table.append_column(WE, pa.array(end))
+        else:
+            table = table.append_column(WS, pa.array(column_int64(batch, WS))).append_column(
+                WE, pa.array(column_int64(batch, WE))
+            )
         self.fragments.append(_Fragment.of(self.window_agg.partial(table)))
         if len(self.fragments) > _MAX_FRAGMENTS:
             self.fragments = [_Fragment.of(self.window_agg.merge([f.part for f in self.fragments]))]
