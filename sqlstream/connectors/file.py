@@ -12,6 +12,8 @@ from __future__ import annotations
 import glob
 import io
 import os
+import queue
+import threading
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -227,6 +229,68 @@ class _ParquetReader(SourceReader):
         return SourceBatch(rb, dead, raw_count=rb.num_rows + len(dead))
 
 
+class _Prefetching(SourceReader):
+    """Reads (and decodes) the next blocks of a bounded file reader in a background
+    thread while the pipeline processes the current one: pyarrow's readers release the
+    GIL, so decoding and the query run on different cores."""
+
+    bounded = True
+    _DONE = object()
+
+    def __init__(self, inner: SourceReader, depth: int = 2):
+        self.inner = inner
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._finished = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlstream-file-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set() and not self.inner.exhausted:
+                item = self.inner.poll()
+                if item is not None:
+                    self._put(item)
+            self._put(self._DONE)
+        except BaseException as error:  # handed to the driver thread by poll()
+            self._put(error)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def poll(self) -> SourceBatch | None:
+        if self._finished:
+            return None
+        try:
+            item = self._queue.get(timeout=0.005)
+        except queue.Empty:
+            return None
+        if item is self._DONE:
+            self._finished = True
+            return None
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        return item
+
+    @property
+    def exhausted(self) -> bool:
+        return self._finished
+
+    def next_wakeup(self) -> float | None:
+        return None  # poll() itself waits briefly for the reader thread
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.inner.close()
+
+
 @register_source
 class FileSource(SourceConnector):
     name = "file"
@@ -244,8 +308,8 @@ class FileSource(SourceConnector):
         if not files:
             raise ConnectorError(f"source '{self.source_name}': no file matches path '{path}'")
         if self.config["format"] == "parquet":
-            return _ParquetReader(self, files, ctx)
-        return _TextFileReader(self, files, ctx)
+            return _Prefetching(_ParquetReader(self, files, ctx))
+        return _Prefetching(_TextFileReader(self, files, ctx))
 
     def describe(self) -> str:
         return f"file({self.config['format']}: {self.config['path']})"
