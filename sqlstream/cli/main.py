@@ -54,7 +54,8 @@ def make_session(path: str | None, udf_dirs: list[str] | None, sets: list[str] |
     return session
 
 
-def _read(path: str) -> str:
+def read_sql_file(path: str) -> str:
+    """The text of a .sql file, or a SqlStreamError saying why it cannot be read."""
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
@@ -64,7 +65,7 @@ def _read(path: str) -> str:
 
 def _load(args) -> "object":
     session = make_session(args.file, args.udfs, args.set)
-    text = _read(args.file)
+    text = read_sql_file(args.file)
     session.execute(text, path=args.file, base_dir=os.path.dirname(os.path.abspath(args.file)))
     return session
 

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from sqlstream.changelog import ChangelogTable
 from sqlstream.connectors.base import SinkWriter
-from sqlstream.connectors.stdout import JsonLinesWriter, PlainTableWriter
+from sqlstream.connectors.stdout import JsonLinesWriter, PlainTableWriter, format_cell
 
 __all__ = [
     "Progress",
@@ -34,14 +34,6 @@ __all__ = [
     "OUTPUT_FORMATS",
     "CurrentTable",
 ]
-
-
-def format_cell(value) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
 
 
 def rich_table(columns: list[str], rows: list[dict], title: str | None = None, limit: int | None = None) -> Table:

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from sqlstream.cli.completion import META_COMMANDS, SqlCompleter, builtin_functions, statement_complete
 from sqlstream.cli.live import BackgroundQueries, ForegroundQuery, KeyReader, interrupt_flag
+from sqlstream.cli.main import read_sql_file
 from sqlstream.cli.render import OUTPUT_FORMATS, RESULT_MODES, make_view, render_table
 from sqlstream.cli.save_test import LastQuery, save_test
 from sqlstream.errors import Location, SqlAnalysisError, SqlStreamError
@@ -524,14 +525,6 @@ def _stdout_renderer_factory():
     return factory
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as error:
-        raise SqlStreamError(f"cannot read {path}: {error.strerror}") from error
-
-
 def run_repl(args) -> int:
     """``sqlstream repl [FILE] [-e SQL] [-f FILE] [--json|--csv]``."""
     from sqlstream.cli.main import make_session
@@ -547,7 +540,7 @@ def run_repl(args) -> int:
     if interactive:
         warm_up.start()  # the first Tab should not wait for DataFusion's function list
     if args.file:
-        if not repl.run_lines(_read(args.file).splitlines(), args.file, os.path.dirname(os.path.abspath(args.file))):
+        if not repl.run_lines(read_sql_file(args.file).splitlines(), args.file, os.path.dirname(os.path.abspath(args.file))):
             repl.finish_script()
             return repl.exit_code
     if scripted:
@@ -555,7 +548,7 @@ def run_repl(args) -> int:
         for sql in args.execute:
             go_on = go_on and repl.run_lines(sql.splitlines(), "<command-line>", os.getcwd())
         if args.script and go_on:
-            text = _read(args.script)
+            text = read_sql_file(args.script)
             repl.run_lines(text.splitlines(), args.script, os.path.dirname(os.path.abspath(args.script)))
         repl.finish_script()
         return repl.exit_code

@@ -16,7 +16,7 @@ from sqlstream.connectors.base import RunContext, SinkConnector, SinkWriter, reg
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.connectors.options import OptionSpec
 
-__all__ = ["StdoutSink", "PlainTableWriter", "JsonLinesWriter"]
+__all__ = ["StdoutSink", "PlainTableWriter", "JsonLinesWriter", "format_cell"]
 
 
 class JsonLinesWriter(SinkWriter):
@@ -41,7 +41,7 @@ class PlainTableWriter(SinkWriter):
     def write(self, batch: pa.RecordBatch) -> None:
         if not batch.num_rows:
             return
-        columns = [[_cell(v) for v in batch.column(i).to_pylist()] for i in range(batch.num_columns)]
+        columns = [[format_cell(v) for v in batch.column(i).to_pylist()] for i in range(batch.num_columns)]
         for i, cells in enumerate(columns):
             self.widths[i] = max(self.widths[i], *(len(c) for c in cells))
         out = []
@@ -55,7 +55,8 @@ class PlainTableWriter(SinkWriter):
         self.stream.flush()
 
 
-def _cell(value) -> str:
+def format_cell(value) -> str:
+    """A value as a table cell: NULL for None, 6 significant digits for floats."""
     if value is None:
         return "NULL"
     if isinstance(value, float):

@@ -16,12 +16,31 @@ from typing import Callable
 
 import pyarrow as pa
 
-__all__ = ["Operator", "MIN_WATERMARK", "MAX_WATERMARK", "WM_COLUMN", "OP_COLUMN"]
+__all__ = ["Operator", "IntervalTimer", "MIN_WATERMARK", "MAX_WATERMARK", "WM_COLUMN", "OP_COLUMN"]
 
 MIN_WATERMARK = -(2**62)
 MAX_WATERMARK = 2**62
 WM_COLUMN = "__wm"
 OP_COLUMN = "__op"
+
+
+class IntervalTimer:
+    """Processing-time ticks every ``interval_us`` (EMIT EVERY); None never fires."""
+
+    def __init__(self, interval_us: int | None):
+        self.interval_us = interval_us
+        self._last: int | None = None
+
+    def due(self, now_us: int) -> bool:
+        if self.interval_us is None:
+            return False
+        if self._last is None:
+            self._last = now_us
+            return False
+        if now_us - self._last < self.interval_us:
+            return False
+        self._last = now_us
+        return True
 
 
 class Operator:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
-from sqlstream.operators.base import OP_COLUMN, Operator
+from sqlstream.operators.base import OP_COLUMN, IntervalTimer, Operator
 from sqlstream.operators.keys import encode_keys
 
 __all__ = ["GroupAggregateOperator"]
@@ -31,7 +31,7 @@ class GroupAggregateOperator(Operator):
         self.emit_every_us = emit_every_us
         self.state: Partial | None = None
         self.pending: list[Partial] = []
-        self._last_fire_us: int | None = None
+        self.early = IntervalTimer(emit_every_us)
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         args = [c.arg for c in self.calls if c.arg is not None]
@@ -45,12 +45,8 @@ class GroupAggregateOperator(Operator):
             self.pending.append(part)
 
     def tick(self, now_us: int) -> None:
-        if self.emit_every_us is not None:
-            if self._last_fire_us is None:
-                self._last_fire_us = now_us
-            elif now_us - self._last_fire_us >= self.emit_every_us:
-                self._last_fire_us = now_us
-                self._flush()
+        if self.early.due(now_us):
+            self._flush()
         super().tick(now_us)
 
     def on_end(self) -> None:

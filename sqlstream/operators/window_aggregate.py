@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
-from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, WM_COLUMN, Operator
+from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, WM_COLUMN, IntervalTimer, Operator
 from sqlstream.operators.keys import encode_keys, key_changes
 from sqlstream.operators.windows import column_int64, first_window_end, pane_size, tumble_start, window_assignments
 
@@ -95,7 +95,7 @@ class _WindowOutput(Operator):
         self.window_agg = Aggregator([WS, WE] + self.keys, self.calls)
         self.sequence = ArrivalSequence()
         self.emitted_wm = MIN_WATERMARK
-        self._last_fire_us: int | None = None
+        self.early = IntervalTimer(emit_every_us)
         self._early: pa.Table | None = None  # last early result per open window × key
 
     def input_table(self, batch: pa.RecordBatch, columns: list[str]) -> pa.Table:
@@ -141,14 +141,10 @@ class _WindowOutput(Operator):
         raise NotImplementedError
 
     def tick(self, now_us: int) -> None:
-        if self.emit_every_us is not None:
-            if self._last_fire_us is None:
-                self._last_fire_us = now_us
-            elif now_us - self._last_fire_us >= self.emit_every_us:
-                self._last_fire_us = now_us
-                current = self.current_open()
-                if current is not None:
-                    self._emit_changes(current, closed_by=None)
+        if self.early.due(now_us):
+            current = self.current_open()
+            if current is not None:
+                self._emit_changes(current, closed_by=None)
         super().tick(now_us)
 
     def _emit_changes(self, current: pa.Table, closed_by: int | None) -> None:

@@ -34,6 +34,19 @@ LOG = logging.getLogger("sqlstream.nats")
 _PENDING_SIZE = 64 * 1024 * 1024
 
 
+async def require_stream(nc: Client, stream: str, owner: str, url: str) -> None:
+    """Raise a clear error unless the JetStream stream exists."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        await nc.jetstream().stream_info(stream)
+    except NotFoundError:
+        raise runtime_error(
+            f"{owner}: JetStream stream '{stream}' does not exist on {url}",
+            hint="create it first (e.g. nats stream add, or sqlstream produce --stream NAME)",
+        ) from None
+
+
 def runtime_error(message: str, *, hint: str | None = None) -> ConnectorError:
     """A connector failure while running (exit code 1, not 2: the input was fine)."""
     error = ConnectorError(message, hint=hint)

@@ -31,11 +31,10 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from nats.js.errors import NotFoundError
 
 from sqlstream.batches import is_hidden
 from sqlstream.connectors.base import SOURCE_ID_COLUMN, RunContext, SinkWriter
-from sqlstream.connectors.nats.connection import LOG, NatsConnection, runtime_error
+from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_stream, runtime_error
 from sqlstream.connectors.nats.messages import encode_arrow_payload, encode_json_payloads
 from sqlstream.connectors.nats.protocol import Outgoing, msg_id_headers, prepare, send, text
 from sqlstream.errors import ConnectorError, did_you_mean
@@ -303,21 +302,12 @@ class NatsWriter(SinkWriter):
         if self.stream:
             self.publisher = _JetStreamPublisher(self.conn, self.owner, self.stream)
             try:
-                self.conn.call(self._check_stream(), timeout=self.conn.connect_timeout_s + 10)
+                check = require_stream(self.conn.nc, self.stream, self.owner, self.config["url"])
+                self.conn.call(check, timeout=self.conn.connect_timeout_s + 10)
                 self.conn.call(self.publisher.start(), timeout=10)
             except Exception:
                 self.conn.close()
                 raise
-
-    async def _check_stream(self) -> None:
-        js = self.conn.nc.jetstream()
-        try:
-            await js.stream_info(self.stream)
-        except NotFoundError:
-            raise runtime_error(
-                f"{self.owner}: JetStream stream '{self.stream}' does not exist on {self.config['url']}",
-                hint="create it first (e.g. nats stream add, or sqlstream produce --stream NAME)",
-            ) from None
 
     def write(self, batch: pa.RecordBatch) -> None:
         source_ids = None

@@ -34,7 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
-from sqlstream.connectors.nats.connection import LOG, NatsConnection, runtime_error
+from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_stream, runtime_error
 from sqlstream.connectors.nats.messages import MessageDecoder, Received, js_reply_fields
 from sqlstream.connectors.nats.protocol import prepare, send
 from sqlstream.connectors.nats.routing import can_route, route, status_of
@@ -288,13 +288,7 @@ class JetStreamReader(_MessageReader):
     async def _setup(self) -> None:
         nc = self.conn.nc
         js = nc.jetstream()
-        try:
-            await js.stream_info(self.stream)
-        except NotFoundError:
-            raise runtime_error(
-                f"{self.owner}: JetStream stream '{self.stream}' does not exist on {self.config['url']}",
-                hint="create it first (e.g. nats stream add, or sqlstream produce --stream NAME)",
-            ) from None
+        await require_stream(nc, self.stream, self.owner, self.config["url"])
         durable = self.config["durable"]
         info = None
         if durable:
