@@ -209,7 +209,12 @@ def _arrow_message(error: Exception) -> str:
 
 
 class JsonDecoder(Decoder):
-    """JSON lines. Keys match column names case-insensitively (spelling taken per block)."""
+    """JSON lines. Keys match column names case-insensitively.
+
+    The fast path reads a block with the key spelling of its first record. A block in
+    which some key appears in another spelling too (``"Temp"`` here, ``"temp"`` there)
+    is first rewritten record by record with the keys folded to the declared names,
+    so no value is lost to a spelling and results do not depend on the block size."""
 
     def __init__(self, schema: pa.Schema, source_name: str, timestamp_format: str = "iso"):
         super().__init__(schema, source_name, timestamp_format)
@@ -223,26 +228,62 @@ class JsonDecoder(Decoder):
         ]
         return pjson.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
 
-    def _learn_spelling(self, data: bytes) -> None:
-        first = data[: data.find(b"\n")] if b"\n" in data[:65536] else data[:65536]
+    def _first_spelling(self, data: bytes) -> dict[str, str]:
+        start = data.lstrip()
+        end = start.find(b"\n")
+        first = start[: end if end >= 0 else len(start)]
         try:
             record = orjson.loads(first)
         except orjson.JSONDecodeError:
-            return
+            return {}
         if not isinstance(record, dict):
-            return
-        spelling = dict(self._spelling)
+            return {}
+        spelling = {}
         for key in record:
             declared = self._lower.get(key.lower())
             if declared is not None and key != declared:
                 spelling[declared] = key
+        return spelling
+
+    def _consistent(self, data: bytes, spelling: dict[str, str], columns: list[str]) -> bool:
+        """True when every key of ``columns`` in ``data`` is spelled as in ``spelling``."""
+        lowered = data.lower()
+        for name in columns:
+            spelled = spelling.get(name, name).encode()
+            if lowered.count(b'"' + spelled.lower() + b'"') != data.count(b'"' + spelled + b'"'):
+                return False
+        return True
+
+    def _fold_keys(self, data: bytes) -> bytes:
+        """Rewrite each record with its keys spelled as the declared columns."""
+        lines = []
+        for line in data.split(b"\n"):
+            try:
+                record = orjson.loads(line) if line.strip() else None
+            except orjson.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                line = orjson.dumps({self._lower.get(k.lower(), k): v for k, v in record.items()})
+            lines.append(line)
+        return b"\n".join(lines)
+
+    def decode(self, data: bytes, position: Position) -> tuple[pa.Table, list[DeadLetter]]:
+        self._use(self._first_spelling(data))
+        table, dead = super().decode(data, position)
+        # a key spelled another way in some record reads as NULL: only columns with NULLs
+        # (or rows rejected for a NULL) can have lost a value, so only those are checked
+        suspects = [f.name for f in self.schema if table.column(f.name).null_count]
+        if any(d.reason == "null" for d in dead):
+            suspects = [f.name for f in self.schema]
+        if suspects and not self._consistent(data, self._spelling, suspects):
+            self._use({})
+            table, dead = super().decode(self._fold_keys(data), position)
+        return table, dead
+
+    def _use(self, spelling: dict[str, str]) -> None:
         if spelling != self._spelling:
             self._spelling = spelling
             self._options = self._parse_options()
-
-    def decode(self, data: bytes, position: Position) -> tuple[pa.Table, list[DeadLetter]]:
-        self._learn_spelling(data.lstrip())
-        return super().decode(data, position)
 
     def _read(self, data: bytes) -> pa.Table:
         # 1 MiB blocks: pyarrow parses them on its threads (one huge block is one thread);

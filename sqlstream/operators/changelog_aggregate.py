@@ -29,6 +29,9 @@ RETRACTABLE = ("count_star", "count", "sum", "avg", "min", "max", "count_distinc
 _WEIGHT = "__weight"
 
 
+_ONE = "__one"
+
+
 class ChangelogAggregateOperator(Operator):
     name = "changelog_aggregate"
 
@@ -39,11 +42,19 @@ class ChangelogAggregateOperator(Operator):
         self.schema = schema
         self.agg = Aggregator(self.keys, self.calls)
         self.columns = list(dict.fromkeys(self.keys + [c.arg for c in self.calls if c.arg is not None]))
+        # count(*) with no keys reads no column: a constant one keeps the rows countable
+        # (a table of zero columns cannot carry a row count through select/take)
+        self._constant = not self.columns
+        if self._constant:
+            self.columns = [_ONE]
         self.rows: pa.Table | None = None  # columns + __weight: the current input as a multiset
         self.results: pa.Table | None = None  # keys + outputs: the emitted row of every group
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
-        table = pa.Table.from_batches([batch]).select(self.columns)
+        table = pa.Table.from_batches([batch])
+        if self._constant and _ONE not in table.column_names:
+            table = table.append_column(_ONE, pa.repeat(pa.scalar(1, pa.int8()), batch.num_rows))
+        table = table.select(self.columns)
         if OP_COLUMN in batch.schema.names:
             ops = batch.column(OP_COLUMN).to_numpy(zero_copy_only=False)
             weights = np.where((ops == "-U") | (ops == "-D"), -1, 1)

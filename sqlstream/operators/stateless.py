@@ -65,8 +65,7 @@ class StatelessOperator(Operator):
                 DeadLetter(self.label, "type", str(getattr(error, "message", error)), raw)
                 for (_, error), raw in zip(bad, raws)
             ]
-            if self.on_error != "skip":
-                self.dead_letter(letters)
+            self.dead_letter(letters)  # the runtime's callback writes, counts (skip) or fails
         batches = [b for _, _, b in good if b.num_rows]
         if not batches:
             return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in self.program.schema], schema=self.program.schema)

@@ -100,8 +100,11 @@ class _WindowOutput(Operator):
 
     def input_table(self, batch: pa.RecordBatch, columns: list[str]) -> pa.Table:
         args = [c.arg for c in self.calls if c.arg is not None]
-        names = list(dict.fromkeys(self.keys + args + columns)) or batch.schema.names[:1]  # take/filter need a column
-        table = pa.Table.from_batches([batch]).select(names)
+        names = list(dict.fromkeys(self.keys + args + columns))
+        if names:
+            table = pa.Table.from_batches([batch]).select(names)
+        else:  # count(*) alone: a constant column keeps the row count through take/filter
+            table = pa.table({"__one": pa.repeat(pa.scalar(1, pa.int8()), batch.num_rows)})
         return self.sequence.stamp(table) if self.window_agg.needs_sequence else table
 
     def output(self, result: pa.Table, ops: pa.Array | None = None) -> pa.RecordBatch:

@@ -284,7 +284,10 @@ class WindowExpand(PlanNode):
         self.time_column = time_column
         self.schema = schema
         self.rowtime = child.rowtime
-        self.window = None
+        # window columns: a GROUP BY over them downstream (a TVF in a view or subquery) is
+        # a window aggregate, final per window (rows of a window still arrive over time,
+        # so OVER ... PARTITION BY them is not allowed here: see _emits_whole_windows)
+        self.window = ("window_start", "window_end")
 
     def make_operator(self, ctx: BuildContext) -> Operator:
         from sqlstream.operators.windows import WindowExpandOperator

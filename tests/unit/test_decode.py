@@ -315,3 +315,15 @@ def test_csv_bad_lines_of_a_crlf_file():
         ("type", "f:2", "x,b", "column 'id': invalid value 'x' for int64"),
         ("decode", "f:3", "3", "expected 2 fields, got 1"),
     ]
+
+
+@pytest.mark.parametrize("file_batch_size", [1, 2, 1000])
+def test_json_keys_match_case_insensitively_per_record(tmp_path, file_batch_size):
+    (tmp_path / "in.jsonl").write_text(
+        '{"Temp":1,"id":1}\n{"temp":2,"id":2}\n{"TEMP":3,"id":3}\n{"id":4}\n{"ID":5, "temp": 5}\n'
+    )
+    session = TestSession(base_dir=str(tmp_path))
+    session.settings["file_batch_size"] = file_batch_size
+    session.execute("CREATE SOURCE s (id BIGINT, temp DOUBLE) WITH (connector = 'file', path = 'in.jsonl', format = 'json')")
+    rows = sorted((r["id"], r["temp"]) for r in session.run_query("SELECT * FROM s"))
+    assert rows == [(1, 1.0), (2, 2.0), (3, 3.0), (4, None), (5, 5.0)]
