@@ -63,3 +63,87 @@ def test_skipped_sql_errors_are_counted(tmp_path):
     assert sorted(r["q"] for r in rows) == [5, 10]
     assert session.last_summary.dead_letters == {}
     assert session.last_summary.skipped == {"type": 1}
+
+
+# -- acknowledgements: only once every derived row is durable -----------------------------------
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, SourceReader, register_source  # noqa: E402
+
+
+class _AckingReader(SourceReader):
+    def __init__(self, feed: dict):
+        self.feed = feed
+
+    def poll(self):
+        if not self.feed["batches"]:
+            return None
+        index, batch = self.feed["batches"].pop(0)
+        return SourceBatch(batch, ack=lambda: self.feed["acked"].append(index), raw_count=batch.num_rows)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.feed["finished"] and not self.feed["batches"]
+
+
+@register_source
+class _AckingSource(SourceConnector):
+    """Rows with an ack per batch, like a JetStream source (test only)."""
+
+    name = "test_acking"
+
+    def open(self, ctx: RunContext) -> SourceReader:
+        return _AckingReader(ctx.extra["acking"])
+
+
+def _pump(run, session) -> None:
+    while session.feed["batches"]:
+        run.driver.step()
+    run.driver.step()
+
+
+class _AckingSession(TestSession):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.feed = {"batches": [], "acked": [], "finished": False}
+
+    def _run_context(self, base_dir):
+        ctx = super()._run_context(base_dir)
+        ctx.extra["acking"] = self.feed
+        return ctx
+
+
+def test_emit_every_changes_hold_acks_until_they_are_written():
+    session = _AckingSession()
+    session.execute("CREATE SOURCE a (k VARCHAR, v BIGINT) WITH (connector = 'test_acking')")
+    session.execute("CREATE SINK totals AS SELECT k, sum(v) AS s FROM a GROUP BY k EMIT EVERY INTERVAL '1' SECOND "
+                    "WITH (connector = 'memory')")
+    run = session.start()
+    session.feed["batches"].append((0, pa.record_batch({"k": ["x", "y"], "v": [1, 2]})))
+    _pump(run, session)
+    assert session.rows("totals") == [] and session.feed["acked"] == []  # buffered, not written
+    run.advance(1.5)
+    _pump(run, session)
+    assert sorted(r["s"] for r in session.rows("totals")) == [1, 2]
+    assert session.feed["acked"] == [0]
+    session.feed["finished"] = True
+    run.finish()
+
+
+def test_parquet_sink_acks_rows_only_once_their_part_file_is_committed(tmp_path):
+    session = _AckingSession(base_dir=str(tmp_path))
+    session.execute("CREATE SOURCE a (k VARCHAR, v BIGINT) WITH (connector = 'test_acking')")
+    session.execute("CREATE SINK out AS SELECT k, v FROM a "
+                    "WITH (connector = 'file', path = 'out', format = 'parquet', rows_per_file = 4)")
+    run = session.start()
+    for i in range(3):
+        session.feed["batches"].append((i, pa.record_batch({"k": ["x", "y"], "v": [2 * i, 2 * i + 1]})))
+        _pump(run, session)
+        committed = sum(pq.read_table(p).num_rows for p in sorted((tmp_path / "out").glob("part-*.parquet")))
+        # acked batches are exactly those whose rows are in committed part files
+        assert 2 * len(session.feed["acked"]) <= committed
+        assert session.feed["acked"] == list(range(committed // 2))
+    session.feed["finished"] = True
+    run.finish()
+    assert session.feed["acked"] == [0, 1, 2]

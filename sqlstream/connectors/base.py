@@ -177,6 +177,13 @@ class SinkWriter:
     def flush(self) -> None:
         pass
 
+    def durable_rows(self, written: int) -> int:
+        """Make what was written durable where possible and return how many of the
+        ``written`` rows are (input is acknowledged only up to there). Default: all,
+        after ``flush``; a writer that commits whole files later reports fewer."""
+        self.flush()
+        return written
+
     def close(self) -> None:
         pass
 

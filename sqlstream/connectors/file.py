@@ -348,6 +348,11 @@ class _AppendingWriter(SinkWriter):
     def flush(self) -> None:
         self._handle.flush()
 
+    def durable_rows(self, written: int) -> int:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        return written
+
     def close(self) -> None:
         if not self._handle.closed:
             self._handle.flush()
@@ -373,6 +378,8 @@ class _ParquetWriter(SinkWriter):
         self._temp = ""
         self._final = ""
         self._file_rows = 0
+        self._written = 0  # rows handed to write()
+        self._committed = 0  # rows in files renamed into place
         self._part_started_us: int | None = None  # when the current part got its first row
         if self.rolling:
             os.makedirs(path, exist_ok=True)
@@ -403,6 +410,7 @@ class _ParquetWriter(SinkWriter):
         os.replace(self._temp, self._final)
         self._writer = None
         self._part_started_us = None
+        self._committed = self._written
 
     def _flush_pending(self) -> None:
         if not self._pending:
@@ -419,6 +427,7 @@ class _ParquetWriter(SinkWriter):
             return
         if self._part_started_us is None:
             self._part_started_us = self.clock.now_us()
+        self._written += batch.num_rows
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
         if self._pending_rows >= self.row_group_rows:
@@ -440,6 +449,12 @@ class _ParquetWriter(SinkWriter):
 
     def flush(self) -> None:
         self._maybe_roll()
+
+    def durable_rows(self, written: int) -> int:
+        """Rows in committed files only: input is acknowledged as parts are renamed into
+        place (roll with rows_per_file / roll_interval), or at the end for one file."""
+        self._maybe_roll()
+        return written - (self._written - self._committed)
 
     def close(self) -> None:
         self._flush_pending()

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
-from sqlstream.operators.base import OP_COLUMN, IntervalTimer, Operator
+from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, IntervalTimer, Operator
 from sqlstream.operators.keys import encode_keys
 
 __all__ = ["GroupAggregateOperator"]
@@ -116,6 +116,10 @@ class GroupAggregateOperator(Operator):
                     pieces.append(column.cast(field.type) if column.type != field.type else column)
             columns.append(pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0])
         self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+
+    def retention_start(self) -> int | None:
+        """Changes buffered for the next EMIT EVERY tick are not written yet: hold all acks."""
+        return MIN_WATERMARK if self.pending else None
 
     def state_rows(self) -> int:
         return self.state.state_rows() if self.state is not None else 0

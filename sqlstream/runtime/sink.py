@@ -67,6 +67,12 @@ class SinkOperator(Operator):
         if self.writer is not None and not self.closed:
             self.writer.flush()
 
+    def durable_rows(self) -> int:
+        """How many of ``rows_out`` are durable (all, once the sink is closed)."""
+        if self.writer is None or self.closed:
+            return self.rows_out
+        return self.writer.durable_rows(self.rows_out)
+
     def on_end(self) -> None:
         self.close()
 

@@ -58,7 +58,8 @@ class SourceStage:
         self.metrics = SourceMetrics(last_data_us=clock.now_us())
         self.tracker = WatermarkTracker(spec.watermark_delay_us) if spec.watermark_column else None
         self.ended = False
-        self.pending_acks: list[tuple[int | None, object]] = []  # (max event time, ack) held back
+        # (max event time, ack, rows each downstream sink had received after it) held back
+        self.pending_acks: list[tuple[int | None, object, dict[int, int]]] = []
 
     @property
     def name(self) -> str:
@@ -121,7 +122,7 @@ class SourceStage:
                 for op, port in self.consumers:
                     op.advance(self.tracker.watermark, port)
         if item.ack is not None:
-            self.pending_acks.append((max_event, item.ack))
+            self.pending_acks.append((max_event, item.ack, {id(s): s.rows_out for s in self.sinks()}))
         self.release_acks()
 
     def retention_start(self) -> int | None:
@@ -135,29 +136,27 @@ class SourceStage:
         return min(bounds, default=None)
 
     def release_acks(self) -> None:
-        """Acknowledge input whose every derived row has reached the sinks: at once for
-        stateless queries, once the windows it contributed to were emitted otherwise."""
+        """Acknowledge input once every row derived from it is durable in every sink: no
+        operator holds its contribution back (open windows, buffered EMIT EVERY changes,
+        join state), and each sink made durable the rows it had received by then."""
         if not self.pending_acks:
             return
-        bound = self.retention_start()
+        holding = self.retention_start()
+        durable = {id(s): s.durable_rows() for s in self.sinks()}
         ready, keep = [], []
-        for max_event, ack in self.pending_acks:
-            if bound is None or max_event is None or max_event < bound:
+        for entry in self.pending_acks:
+            max_event, ack, written = entry
+            released = holding is None or (max_event is not None and max_event < holding)
+            if released and all(durable.get(sink, 0) >= rows for sink, rows in written.items()):
                 ready.append(ack)
             else:
-                keep.append((max_event, ack))
+                keep.append(entry)
         self.pending_acks = keep
-        if ready:
-            self.flush_sinks()  # what the sinks were handed must be durable before the input is acked
-            for ack in ready:
-                ack()
+        for ack in ready:
+            ack()
 
-    def flush_sinks(self) -> None:
-        """Flush every sink downstream of this source (e.g. wait for JetStream publish acks)."""
-        for op, _ in self.consumers:
-            for node in op.walk():
-                if isinstance(node, SinkOperator):
-                    node.flush()
+    def sinks(self) -> list[SinkOperator]:
+        return [node for op, _ in self.consumers for node in op.walk() if isinstance(node, SinkOperator)]
 
     def _stamp(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         column = batch.column(self.spec.watermark_column)
