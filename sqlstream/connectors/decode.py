@@ -337,12 +337,10 @@ class CsvDecoder(Decoder):
     ):
         super().__init__(schema, source_name, timestamp_format)
         self.columns = columns or self.schema.names
-        declared = {f.name for f in self.schema}
-        self._include = [c for c in self.columns if c in declared]
         types = {f.name: f.type for f in self.read_schema}
         self._convert_options = pcsv.ConvertOptions(
-            column_types={c: types[c] for c in self._include},
-            include_columns=self._include,
+            column_types=types,
+            include_columns=list(types),  # every declared column, in declared order
             include_missing_columns=True,
             timestamp_parsers=[pcsv.ISO8601],
             # Postgres rules: an empty unquoted field is NULL, a quoted "" an empty string

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from sqlstream.batches import to_batch
 from sqlstream.connectors.base import (
+    METADATA_COLUMNS,
     DeadLetter,
     RunContext,
     SinkConnector,
@@ -118,7 +119,16 @@ class _TextFileReader(SourceReader):
         if self.c.config["header"]:
             header = self._handle.readline()
             self._line = 1
-            names = [n.strip().strip('"').lower() for n in header.decode("utf-8", "replace").rstrip("\r\n").split(delimiter)]
+            # utf-8-sig: a byte order mark (Excel writes one) is not part of the first name
+            text = header.decode("utf-8-sig", "replace").rstrip("\r\n")
+            names = [n.strip().strip('"').lower() for n in text.split(delimiter)]
+            missing = [f.name for f in schema if f.name not in names and f.name not in METADATA_COLUMNS]
+            if missing:
+                raise ConnectorError(
+                    f"source '{self.c.source_name}': the CSV header of {self.files[self._file_index]} "
+                    f"has no column {', '.join(repr(m) for m in missing)}",
+                    hint=f"its columns: {', '.join(names)}; or set header = false to read columns by position",
+                )
         else:
             names = [f.name for f in schema]
         return CsvDecoder(schema, self.c.source_name, names, delimiter, self.c.config["timestamp_format"])

@@ -267,3 +267,22 @@ def test_sink_through_a_session_with_declared_columns(tmp_path):
     summary = session.run()
     assert summary.sinks == {"out": 2}
     assert pq.read_table(tmp_path / "out.parquet").to_pylist() == [{"key": 10, "label": "A"}, {"key": 20, "label": "B"}]
+
+
+def test_csv_header_with_a_byte_order_mark_and_a_missing_column(tmp_path):
+    from sqlstream.errors import ConnectorError
+    from sqlstream.testing import TestSession
+
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfid,amount\n1,2.5\n2,x\n3,4\n")
+    session = TestSession(base_dir=str(tmp_path))
+    session.settings["file_batch_size"] = 100
+    session.execute("CREATE SOURCE b (id BIGINT, amount DOUBLE) WITH (connector = 'file', path = 'bom.csv', format = 'csv')")
+    assert sorted(r["id"] for r in session.run_query("SELECT id FROM b")) == [1, 3]
+    assert session.last_summary.dead_letters == {"type": 1}
+
+    (tmp_path / "miss.csv").write_text("id,amt\n1,2\n")
+    session.execute("CREATE SOURCE m (id BIGINT, amount DOUBLE) WITH (connector = 'file', path = 'miss.csv', format = 'csv')")
+    with pytest.raises(ConnectorError) as info:
+        session.run_query("SELECT * FROM m")
+    assert "has no column 'amount'" in info.value.message
+    assert "its columns: id, amt" in info.value.hint
