@@ -147,3 +147,55 @@ def test_parquet_sink_acks_rows_only_once_their_part_file_is_committed(tmp_path)
     session.feed["finished"] = True
     run.finish()
     assert session.feed["acked"] == [0, 1, 2]
+
+
+# -- planning errors instead of runtime failures --------------------------------------------
+
+from sqlstream.errors import ConnectorError, SqlStreamError  # noqa: E402
+
+NESTED_ERRORS = [
+    ("SELECT min(v) FROM s", "min(v)", "min() over a value of type fixed_size_list"),
+    ("SELECT count(DISTINCT v) FROM s", "count(DISTINCT", "count(DISTINCT) over a value of type fixed_size_list"),
+    ("SELECT window_start, last_value(v) FROM TUMBLE(s, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end",
+     "window_start, last", "last_value() over a value of type fixed_size_list"),
+    ("SELECT max(st) FROM s", "max(st)", "max() over a value of type struct"),
+    ("SELECT st, count(*) FROM s GROUP BY st", "st\n", "GROUP BY on a value of type struct"),
+    ("SELECT DISTINCT v FROM s", "v FROM", "SELECT DISTINCT on a value of type fixed_size_list"),
+    ("SELECT * FROM s LIMIT 1.5", "1.5", "LIMIT needs a whole number of rows, 0 or more"),
+    ("SELECT * FROM s LIMIT -1", "1", "LIMIT needs a whole number of rows, 0 or more"),
+]
+
+
+@pytest.mark.parametrize("sql,where,message", NESTED_ERRORS)
+def test_aggregating_arrays_or_structs_and_a_bad_limit_are_sql_errors(sql, where, message):
+    session = TestSession()
+    session.execute("CREATE SOURCE s (v FLOAT[2], st STRUCT<a INT>, ts TIMESTAMP(3), WATERMARK FOR ts AS ts) "
+                    "WITH (connector = 'memory')")
+    statement = f"CREATE SINK out AS {sql}\n WITH (connector = 'memory')"
+    with pytest.raises(SqlStreamError) as caught:
+        session.execute(statement, path="pipe.sql")
+    assert str(caught.value).startswith(f"pipe.sql:1:{statement.rindex(where) + 1}: error: {message}")
+
+
+def test_count_of_an_array_column_still_works():
+    session = TestSession()
+    session.execute("CREATE SOURCE s (v FLOAT[2]) WITH (connector = 'memory')")
+    session.execute("CREATE SINK out AS SELECT count(v) AS n FROM s WITH (connector = 'memory')")
+    session.stream("s").push(pa.table({"v": pa.array([[1.0, 2.0], None, [3.0, 4.0]], pa.list_(pa.float32(), 2))}))
+    run = session.start()
+    run.pump()
+    run.finish()
+    assert session.rows("out")[-1]["n"] == 2
+
+
+@pytest.mark.parametrize("options,message", [
+    ("fields.n.min = 1.5", "fields.n.min = 1.5 is not a whole number (column 'n' is int64)"),
+    ("fields.x.max = 'high'", "option 'fields.x.max' = 'high' is invalid for connector 'generator': expected a number"),
+    ("fields.n.min = 10, fields.n.max = 5", "fields.n.min (10) is greater than fields.n.max (5)"),
+    ("fields.name.min = 1", "fields.name.min does not apply to column 'name' of type string"),
+])
+def test_generator_bounds_are_checked_at_create(options, message):
+    session = TestSession()
+    with pytest.raises(ConnectorError) as caught:
+        session.execute(f"CREATE SOURCE g (n BIGINT, x DOUBLE, name VARCHAR) WITH (connector = 'generator', {options})")
+    assert message in caught.value.message

@@ -39,6 +39,27 @@ def _check_iso(text: str) -> str | None:
     return None
 
 
+def _bound(field: pa.Field, spec: dict[str, Any], key: str, where: Location | None, whole: bool = False) -> float | int | None:
+    """``fields.<col>.min/max/length`` as a number: whole for integer and date columns
+    (and lengths), any number for floating and decimal ones."""
+    if key not in spec:
+        return None
+    t = field.type
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t):
+        t = t.value_type
+    if not whole and not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_date(t)):
+        raise ConnectorError(
+            f"fields.{field.name}.{key} does not apply to column '{field.name}' of type {field.type}",
+            location=where,
+            hint="min and max bound numeric and DATE columns (a DATE as days since 1970-01-01)",
+        )
+    whole = whole or pa.types.is_integer(t) or pa.types.is_date(t)
+    value = float(spec[key])  # the option is declared a number, so it is one already
+    if whole and not value.is_integer():
+        raise ConnectorError(f"fields.{field.name}.{key} = {spec[key]} is not a whole number (column '{field.name}' is {field.type})", location=where)
+    return int(value) if whole else value
+
+
 class _ColumnGen:
     """Vectorized generation of one column for rows [start, start+n)."""
 
@@ -55,9 +76,13 @@ class _ColumnGen:
                 location=where,
                 hint=f"use one of {', '.join(_KINDS)}",
             )
-        self.min = spec.get("min")
-        self.max = spec.get("max")
-        self.length = int(spec.get("length", 8))
+        self.min = _bound(field, spec, "min", where)
+        self.max = _bound(field, spec, "max", where)
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ConnectorError(
+                f"fields.{field.name}.min ({self.min}) is greater than fields.{field.name}.max ({self.max})", location=where
+            )
+        self.length = int(_bound(field, spec, "length", where, whole=True) or 8)
         self.step_us = parse_duration_us(spec["step"]) if "step" in spec else None
         self.max_delay_us = parse_duration_us(spec["max_delay"]) if "max_delay" in spec else 0
         self.values = None

@@ -299,12 +299,33 @@ class QueryPlanner:
         limit = select.args.get("limit")
         if limit is not None:
             count = limit.expression if limit.expression is not None else limit.this
-            if not (isinstance(count, exp.Literal) and not count.is_string):
-                raise self._unsupported("LIMIT needs a number", limit)
+            if not (isinstance(count, exp.Literal) and not count.is_string and count.name.isdigit()):
+                raise SqlAnalysisError(
+                    "LIMIT needs a whole number of rows, 0 or more", location=self.loc(limit), hint="for example LIMIT 10"
+                )
             if rel.node.updating:
                 raise self._unsupported("LIMIT on an updating result is not supported", limit)
             rel = _Rel(Limit(rel.node, int(count.name)), rel.scope, None, rel.label)
         return rel
+
+    def _reject_nested_aggregation(self, select, key_items, calls, pre_types, from_distinct: bool) -> None:
+        """Arrays and structs can be counted, not compared, hashed or kept as group keys."""
+        for item in key_items:
+            t = pre_types[item.name]
+            if pa.types.is_nested(t):
+                clause = "SELECT DISTINCT" if from_distinct else "GROUP BY"
+                raise UnsupportedSqlError(
+                    f"{clause} on a value of type {t} is not supported",
+                    location=self.loc(select.args.get("group")) or self.loc(select.args.get("distinct")) or self.loc(select),
+                    hint="group by a scalar: an element (v[1]) or a field (s.name)",
+                )
+        for c in calls:
+            if c.arg_type is not None and pa.types.is_nested(c.arg_type) and c.func != "count":
+                raise UnsupportedSqlError(
+                    f"{'count(DISTINCT)' if c.func == 'count_distinct' else c.func + '()'} over a value of type {c.arg_type} is not supported",
+                    location=self.loc(select),
+                    hint="aggregate a scalar: an element (v[1]) or a field (s.name); count(v) works",
+                )
 
     def _select_items(self, select: exp.Select, scope: Scope) -> list[_Item]:
         items: list[_Item] = []
@@ -597,6 +618,7 @@ class QueryPlanner:
                 t = c.arg_type
                 if t is not None and not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
                     raise SqlAnalysisError(f"{c.func}() needs a numeric argument, got {t}", location=self.loc(select))
+        self._reject_nested_aggregation(select, key_items, calls, pre_types, from_distinct)
         # the aggregate node
         key_fields = [pa.field(i.name, pre_types[i.name]) for i in key_items]
         agg_fields = [pa.field(c.output, output_type(c.func, c.arg_type)) for c in calls]
