@@ -163,6 +163,11 @@ NESTED_ERRORS = [
     ("SELECT DISTINCT v FROM s", "v FROM", "SELECT DISTINCT on a value of type fixed_size_list"),
     ("SELECT * FROM s LIMIT 1.5", "1.5", "LIMIT needs a whole number of rows, 0 or more"),
     ("SELECT * FROM s LIMIT -1", "1", "LIMIT needs a whole number of rows, 0 or more"),
+    ("SELECT * FROM s TABLESAMPLE (10 PERCENT)", "10", "TABLESAMPLE is not supported on a stream"),
+    ("SELECT y FROM s AS x(y)", "x(y)", "column names in a FROM alias (AS x(a, b)) are not supported"),
+    ("SELECT count(*) FROM s GROUP BY ROLLUP (st)", "st)", "GROUP BY ROLLUP is not supported"),
+    ("SELECT v FROM s WHERE ts IN (SELECT ts FROM s)", "ts FROM", "a subquery inside an expression is not supported"),
+    ("SELECT * FROM s FOR UPDATE", "*", "FOR UPDATE / FOR SHARE is not supported on a stream"),
 ]
 
 
@@ -199,3 +204,16 @@ def test_generator_bounds_are_checked_at_create(options, message):
     with pytest.raises(ConnectorError) as caught:
         session.execute(f"CREATE SOURCE g (n BIGINT, x DOUBLE, name VARCHAR) WITH (connector = 'generator', {options})")
     assert message in caught.value.message
+
+
+def test_group_by_empty_and_fetch_first_are_accepted():
+    session = TestSession()
+    session.execute("CREATE SOURCE s (k VARCHAR) WITH (connector = 'memory')")
+    session.execute("CREATE SINK total AS SELECT count(*) AS n FROM s GROUP BY () WITH (connector = 'memory')")
+    session.execute("CREATE SINK first AS SELECT k FROM s FETCH FIRST 2 ROWS ONLY WITH (connector = 'memory')")
+    session.stream("s").push([{"k": "a"}, {"k": "b"}, {"k": "c"}])
+    run = session.start()
+    run.pump()
+    run.finish()
+    assert session.rows("total")[-1]["n"] == 3
+    assert session.rows("first") == [{"k": "a"}, {"k": "b"}]

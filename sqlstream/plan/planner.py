@@ -145,6 +145,15 @@ class QueryPlanner:
         return rel
 
     def _plan_factor(self, factor: exp.Expr) -> _Rel:
+        alias = factor.args.get("alias")
+        if isinstance(alias, exp.TableAlias) and alias.columns:
+            raise self._unsupported(
+                "column names in a FROM alias (AS x(a, b)) are not supported", alias,
+                "name the columns in the SELECT list: SELECT k AS a ... or (SELECT k AS a FROM s) AS x",
+            )
+        if factor.args.get("sample") is not None:
+            raise self._unsupported("TABLESAMPLE is not supported on a stream", factor.args["sample"],
+                                    "sample with a filter, e.g. WHERE random() < 0.1")
         if isinstance(factor, WindowTVF):
             return self._plan_window_tvf(factor)
         if isinstance(factor, exp.Subquery):
@@ -276,6 +285,18 @@ class QueryPlanner:
                     node,
                     "for 'top N per window' use ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY ...) <= N",
                 )
+        if select.args.get("locks"):
+            raise self._unsupported("FOR UPDATE / FOR SHARE is not supported on a stream", select)
+        for clause in ("expressions", "where", "having", "group"):
+            value = select.args.get(clause)
+            for node in value if isinstance(value, list) else [value] if value is not None else []:
+                nested = node.find(exp.Subquery, exp.Exists, exp.Select)
+                if nested is not None:
+                    raise self._unsupported(
+                        "a subquery inside an expression is not supported on a stream",
+                        nested,
+                        "join it instead: FROM s JOIN (SELECT ...) AS t ON ..., or JOIN a lookup TABLE",
+                    )
         rel = self._plan_from(select)
         items = self._select_items(select, rel.scope)
         has_aggregate = any(_find_aggregates(i.expression, self.source) for i in items) or (
@@ -290,7 +311,7 @@ class QueryPlanner:
         elif has_aggregate or group is not None:
             if distinct is not None:
                 raise self._unsupported("SELECT DISTINCT with GROUP BY is not supported", distinct)
-            group_exprs = list(group.expressions) if group is not None else []
+            group_exprs = self._group_expressions(group)
             rel = self._plan_aggregate(select, rel, items, group_exprs, emit)
         else:
             if emit is not None:
@@ -298,7 +319,13 @@ class QueryPlanner:
             rel = self._plan_projection(select, rel, items)
         limit = select.args.get("limit")
         if limit is not None:
-            count = limit.expression if limit.expression is not None else limit.this
+            if isinstance(limit, exp.Fetch):
+                options = limit.args.get("limit_options")
+                if options is not None and (options.args.get("percent") or options.args.get("with_ties")):
+                    raise self._unsupported("FETCH ... PERCENT / WITH TIES is not supported", limit, "FETCH FIRST n ROWS ONLY or LIMIT n")
+                count = limit.args.get("count")
+            else:
+                count = limit.expression if limit.expression is not None else limit.this
             if not (isinstance(count, exp.Literal) and not count.is_string and count.name.isdigit()):
                 raise SqlAnalysisError(
                     "LIMIT needs a whole number of rows, 0 or more", location=self.loc(limit), hint="for example LIMIT 10"
@@ -307,6 +334,25 @@ class QueryPlanner:
                 raise self._unsupported("LIMIT on an updating result is not supported", limit)
             rel = _Rel(Limit(rel.node, int(count.name)), rel.scope, None, rel.label)
         return rel
+
+    def _group_expressions(self, group: exp.Group | None) -> list[exp.Expr]:
+        """The GROUP BY keys; ``GROUP BY ()`` is the empty grouping (one group)."""
+        if group is None:
+            return []
+        for key in ("grouping_sets", "rollup", "cube"):
+            if group.args.get(key):
+                raise self._unsupported(f"GROUP BY {key.replace('_', ' ').upper()} is not supported", group,
+                                        "write one query per grouping and combine them with UNION ALL")
+        keys = []
+        for g in group.expressions:
+            if isinstance(g, (exp.GroupingSets, exp.Rollup, exp.Cube)):
+                name = {exp.GroupingSets: "GROUPING SETS", exp.Rollup: "ROLLUP", exp.Cube: "CUBE"}[type(g)]
+                raise self._unsupported(f"GROUP BY {name} is not supported", g,
+                                        "write one query per grouping and combine them with UNION ALL")
+            if isinstance(g, exp.Tuple) and not g.expressions:
+                continue
+            keys.append(g)
+        return keys
 
     def _reject_nested_aggregation(self, select, key_items, calls, pre_types, from_distinct: bool) -> None:
         """Arrays and structs can be counted, not compared, hashed or kept as group keys."""
