@@ -553,15 +553,9 @@ class QueryPlanner:
                 if f.type != types[i]:
                     ref = exp.Cast(this=ref, to=exp.DataType.build(_sql_type(types[i])))
                 items.append(_Item(ref, names[i]))
-            stage = self.stateless(side.node, items, None, keep_hidden=False)
             if watermarked:
-                stage = self.stateless(
-                    side.node,
-                    items + [_Item(column_ref(WM_COLUMN), WM_COLUMN)],
-                    None,
-                    keep_hidden=False,
-                )
-            aligned.append(stage)
+                items.append(_Item(column_ref(WM_COLUMN), WM_COLUMN))
+            aligned.append(self.stateless(side.node, items, None, keep_hidden=False))
         schema = aligned[0].schema
         rowtimes = {s.rowtime for s in aligned}
         rowtime = aligned[0].rowtime if len(rowtimes) == 1 and watermarked else None
