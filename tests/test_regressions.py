@@ -217,3 +217,15 @@ def test_group_by_empty_and_fetch_first_are_accepted():
     run.finish()
     assert session.rows("total")[-1]["n"] == 3
     assert session.rows("first") == [{"k": "a"}, {"k": "b"}]
+
+
+def test_a_group_whose_null_result_did_not_change_emits_nothing():
+    session = TestSession()
+    session.execute("CREATE SOURCE s (k VARCHAR, v BIGINT) WITH (connector = 'memory')")
+    session.execute("CREATE SINK out AS SELECT k, max(v) AS m FROM s GROUP BY k WITH (connector = 'memory')")
+    run = session.start()
+    for rows in ([{"k": "a", "v": None}], [{"k": "a", "v": None}], [{"k": "a", "v": 3}]):
+        session.stream("s").push(rows)
+        run.pump()
+    run.finish()
+    assert [(r["__op"], r["m"]) for r in session.rows("out", fold=False)] == [("+I", None), ("-U", None), ("+U", 3)]

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from sqlstream.operators.aggregates import AggCall, Aggregator
 from sqlstream.operators.base import OP_COLUMN, Operator
+from sqlstream.operators.changes import diff_results, op_column
 from sqlstream.operators.keys import encode_keys
 
 __all__ = ["ChangelogAggregateOperator", "RETRACTABLE"]
@@ -92,21 +93,14 @@ class ChangelogAggregateOperator(Operator):
         return self.agg.finalize(self.agg.partial(expanded))
 
     def _emit_changes(self, old: pa.Table | None, new: pa.Table) -> None:
-        values = [c.output for c in self.calls]
         if old is None or old.num_rows == 0:
             self._emit(new, "+I")
             return
-        old_keys, new_keys = self._group_key(old), self._group_key(new)
-        existed = pc.is_in(new_keys, value_set=old_keys, skip_nulls=False)
-        self._emit(old.filter(pc.invert(pc.is_in(old_keys, value_set=new_keys, skip_nulls=False))), "-D")
-        updated = new.filter(existed)
-        before = old.take(pc.index_in(self._group_key(updated), value_set=old_keys, skip_nulls=False))
-        if values:
-            changed = pc.invert(pc.fill_null(pc.equal(encode_keys(before, values), encode_keys(updated, values)), False))
-            before, updated = before.filter(changed), updated.filter(changed)
-        self._emit(before, "-U")
-        self._emit(updated, "+U")
-        self._emit(new.filter(pc.invert(existed)), "+I")
+        changes = diff_results(old, new, self.keys, [c.output for c in self.calls])
+        self._emit(changes.gone, "-D")
+        self._emit(changes.before, "-U")
+        self._emit(changes.after, "+U")
+        self._emit(changes.inserted, "+I")
 
     def _emit(self, table: pa.Table, op: str) -> None:
         if table.num_rows == 0:
@@ -114,7 +108,7 @@ class ChangelogAggregateOperator(Operator):
         columns = []
         for field in self.schema:
             if field.name == OP_COLUMN:
-                columns.append(pa.array([op] * table.num_rows, pa.string()))
+                columns.append(op_column(op, table.num_rows))
             else:
                 column = table.column(field.name).combine_chunks()
                 columns.append(column.cast(field.type) if column.type != field.type else column)

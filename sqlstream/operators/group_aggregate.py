@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
 from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, IntervalTimer, Operator
+from sqlstream.operators.changes import diff_results, op_column
 from sqlstream.operators.keys import encode_keys
 
 __all__ = ["GroupAggregateOperator"]
@@ -85,21 +86,9 @@ class GroupAggregateOperator(Operator):
         if old.num_rows == 0:
             self._emit([(new_final, "+I")])
             return
-        old_final = self.agg.finalize(old)
-        old_keys = encode_keys(old_final, self.keys)
-        new_keys = encode_keys(new_final, self.keys)
-        existed = pc.is_in(new_keys, value_set=old_keys, skip_nulls=False)
-        inserted = new_final.filter(pc.invert(existed))
-        updated = new_final.filter(existed)
-        # pair old and new rows of the same group, and skip groups whose values did not change
-        index = pc.index_in(encode_keys(updated, self.keys), value_set=old_keys, skip_nulls=False)
-        before = old_final.take(index)
-        values = [c.output for c in self.calls]
-        if values:
-            changed = pc.invert(pc.fill_null(pc.equal(encode_keys(before, values), encode_keys(updated, values)), False))
-            before, updated = before.filter(changed), updated.filter(changed)
+        changes = diff_results(self.agg.finalize(old), new_final, self.keys, [c.output for c in self.calls])
         # one batch per change set: every -U precedes the +U of its group
-        self._emit([(before, "-U"), (updated, "+U"), (inserted, "+I")])
+        self._emit([(changes.before, "-U"), (changes.after, "+U"), (changes.inserted, "+I")])
 
     def _emit(self, parts: list[tuple[pa.Table, str]]) -> None:
         parts = [(table, op) for table, op in parts if table.num_rows]
@@ -108,7 +97,7 @@ class GroupAggregateOperator(Operator):
         columns = []
         for field in self.schema:
             if field.name == OP_COLUMN:
-                pieces = [pa.repeat(pa.scalar(op, pa.string()), table.num_rows) for table, op in parts]
+                pieces = [op_column(op, table.num_rows) for table, op in parts]
             else:
                 pieces = []
                 for table, _ in parts:

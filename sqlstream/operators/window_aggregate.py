@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
 from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, WM_COLUMN, IntervalTimer, Operator
+from sqlstream.operators.changes import diff_results, op_column
 from sqlstream.operators.keys import encode_keys, key_changes
 from sqlstream.operators.windows import column_int64, first_window_end, pane_size, tumble_start, window_assignments
 
@@ -121,7 +122,7 @@ class _WindowOutput(Operator):
             elif name == WM_COLUMN:
                 columns.append(pa.array(np.full(n, self.emitted_wm, dtype=np.int64)))
             elif name == OP_COLUMN:
-                columns.append(ops if ops is not None else _ops("+I", n))
+                columns.append(ops if ops is not None else op_column("+I", n))
             else:
                 column = result.column(name)
                 columns.append(column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column)
@@ -155,25 +156,13 @@ class _WindowOutput(Operator):
         windows (an early firing, ``closed_by`` None) or the windows the watermark
         ``closed_by`` closed. Changed rows give -U/+U, new ones +I. An early row that no
         window of ``current`` matches any more was superseded (sessions merge): -D."""
-        group = [WS, WE] + self.keys
-        values = [c.output for c in self.calls]
         previous = self._early
         old = new = stale = None
         if previous is None or previous.num_rows == 0:
             inserts, remaining = current, previous
         else:
-            current_keys = encode_keys(current, group)
-            previous_keys = encode_keys(previous, group)
-            index = pc.index_in(current_keys, value_set=previous_keys, skip_nulls=False)
-            seen = pc.is_valid(index)
-            inserts = current.filter(pc.invert(seen))
-            matched_new = current.filter(seen)
-            matched_old = previous.take(pc.drop_null(index))
-            if values:
-                same = pc.equal(encode_keys(matched_new, values), encode_keys(matched_old, values))
-                changed = pc.invert(pc.fill_null(same, False))
-                old, new = matched_old.filter(changed), matched_new.filter(changed)
-            unmatched = previous.filter(pc.invert(pc.is_in(previous_keys, value_set=current_keys, skip_nulls=False)))
+            changes = diff_results(previous, current, [WS, WE] + self.keys, [c.output for c in self.calls])
+            old, new, inserts, unmatched = changes.before, changes.after, changes.inserted, changes.gone
             if closed_by is None:
                 stale, remaining = unmatched, None
             else:  # early rows of windows ending by now that no closed window matches are stale
@@ -181,12 +170,12 @@ class _WindowOutput(Operator):
                 stale, remaining = unmatched.filter(ended), unmatched.filter(pc.invert(ended))
         batches = []
         if stale is not None and stale.num_rows:
-            batches.append(self.output(stale, _ops("-D", stale.num_rows)))
+            batches.append(self.output(stale, op_column("-D", stale.num_rows)))
         if old is not None and old.num_rows:
-            batches.append(self.output(old, _ops("-U", old.num_rows)))
-            batches.append(self.output(new, _ops("+U", new.num_rows)))
+            batches.append(self.output(old, op_column("-U", old.num_rows)))
+            batches.append(self.output(new, op_column("+U", new.num_rows)))
         if inserts.num_rows:
-            batches.append(self.output(inserts, _ops("+I", inserts.num_rows)))
+            batches.append(self.output(inserts, op_column("+I", inserts.num_rows)))
         for batch in batches:
             self.emit(batch)
         self._early = current if closed_by is None else remaining
@@ -427,10 +416,6 @@ def _i64(value: int) -> pa.Scalar:
     """A typed scalar: comparing with a bare Python int makes pyarrow infer its type,
     which costs ~100 µs per call (it probes optional modules each time)."""
     return pa.scalar(value, pa.int64())
-
-
-def _ops(op: str, n: int) -> pa.Array:
-    return pa.array([op] * n, pa.string())
 
 
 def _int64(column) -> np.ndarray:
