@@ -339,20 +339,13 @@ class QueryPlanner:
         """The GROUP BY keys; ``GROUP BY ()`` is the empty grouping (one group)."""
         if group is None:
             return []
-        for key in ("grouping_sets", "rollup", "cube"):
-            if group.args.get(key):
-                raise self._unsupported(f"GROUP BY {key.replace('_', ' ').upper()} is not supported", group,
+        special = {exp.GroupingSets: "GROUPING SETS", exp.Rollup: "ROLLUP", exp.Cube: "CUBE"}
+        with_forms = [g for key in ("grouping_sets", "rollup", "cube") for g in group.args.get(key) or []]  # GROUP BY k WITH ROLLUP
+        for g in group.expressions + with_forms:
+            if type(g) in special:
+                raise self._unsupported(f"GROUP BY {special[type(g)]} is not supported", g if g.find(exp.Column) else group,
                                         "write one query per grouping and combine them with UNION ALL")
-        keys = []
-        for g in group.expressions:
-            if isinstance(g, (exp.GroupingSets, exp.Rollup, exp.Cube)):
-                name = {exp.GroupingSets: "GROUPING SETS", exp.Rollup: "ROLLUP", exp.Cube: "CUBE"}[type(g)]
-                raise self._unsupported(f"GROUP BY {name} is not supported", g,
-                                        "write one query per grouping and combine them with UNION ALL")
-            if isinstance(g, exp.Tuple) and not g.expressions:
-                continue
-            keys.append(g)
-        return keys
+        return [g for g in group.expressions if not (isinstance(g, exp.Tuple) and not g.expressions)]
 
     def _reject_nested_aggregation(self, select, key_items, calls, pre_types, from_distinct: bool) -> None:
         """Arrays and structs can be counted, not compared, hashed or kept as group keys."""
