@@ -353,6 +353,10 @@ class CsvDecoder(Decoder):
     def _read(self, data: bytes) -> pa.Table:
         if b'"' in data and _has_open_quote(data):
             raise pa.ArrowInvalid("unterminated quoted field")
+        if not data.endswith(b"\n"):
+            # pyarrow reads an empty last field at the very end of the data as quoted when
+            # the field before it was: `0,"x",` gave '' (not NULL) for the last column
+            data += b"\n"
         return pcsv.read_csv(
             io.BytesIO(data),
             read_options=self._read_options,

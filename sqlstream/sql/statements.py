@@ -8,6 +8,7 @@ file makes its name a plain function call in the statements after it.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -293,6 +294,7 @@ def parse_script(
         tokens = tokenizer.tokenize(source.text)
     except TokenError as error:
         raise _token_error(error, tokenizer, source) from error
+    _set_positions(tokens, source.text)
     for chunk in _split_tokens(tokens):
         _check_statement_start(chunk[0], source)
         parser = dialect.parser(error_level=ErrorLevel.IMMEDIATE)
@@ -306,6 +308,18 @@ def parse_script(
         if tree is None:
             continue
         yield to_statement(tree, source, source.location(chunk[0]), text)
+
+
+def _set_positions(tokens: list[Token], text: str) -> None:
+    """Line and column of each token from its character offsets: sqlglot counts them
+    as it scans and miscounts in places (after a ``$``, every later line was one
+    off). The column is that of the token's last character, as sqlglot has it."""
+    newlines = [i for i, ch in enumerate(text) if ch == "\n"]
+    for token in tokens:
+        line = bisect.bisect_left(newlines, token.end)  # newlines before the last character
+        line_start = newlines[line - 1] + 1 if line else 0
+        token.line = line + 1
+        token.col = token.end - line_start + 1
 
 
 _STATEMENT_WORDS = ("SELECT", "CREATE", "INSERT", "SET", "SHOW", "DESCRIBE", "EXPLAIN", "DROP", "WITH", "STOP")

@@ -327,3 +327,10 @@ def test_json_keys_match_case_insensitively_per_record(tmp_path, file_batch_size
     session.execute("CREATE SOURCE s (id BIGINT, temp DOUBLE) WITH (connector = 'file', path = 'in.jsonl', format = 'json')")
     rows = sorted((r["id"], r["temp"]) for r in session.run_query("SELECT * FROM s"))
     assert rows == [(1, 1.0), (2, 2.0), (3, 3.0), (4, None), (5, 5.0)]
+
+
+def test_csv_empty_last_field_after_a_quoted_one_at_the_end_of_a_block_is_null():
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string()), pa.field("v", pa.float64())])
+    table, dead = CsvDecoder(schema, "src").decode(b'1,"a",2.0\n0,"x",', lambda i: str(i + 1))
+    assert dead == []
+    assert table.to_pylist() == [{"id": 1, "name": "a", "v": 2.0}, {"id": 0, "name": "x", "v": None}]

@@ -429,3 +429,11 @@ def test_analysis_errors_through_session(tmp_path, sql, message, line, col, hint
     if hint is not None:
         assert hint in error.hint
     assert error.render().startswith(f"pipe.sql:{line}:{col}: error: ")
+
+
+def test_positions_after_a_dollar_sign_are_on_the_right_line():
+    from sqlstream.sql.statements import SourceText, parse_script
+
+    with pytest.raises(SqlSyntaxError) as caught:
+        list(parse_script(SourceText("$ SELECT \n SELECT", "f.sql")))
+    assert str(caught.value).startswith("f.sql:2:2: error: ")
