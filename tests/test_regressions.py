@@ -168,6 +168,7 @@ NESTED_ERRORS = [
     ("SELECT count(*) FROM s GROUP BY ROLLUP (st)", "st)", "GROUP BY ROLLUP is not supported"),
     ("SELECT v FROM s WHERE ts IN (SELECT ts FROM s)", "ts FROM", "a subquery inside an expression is not supported"),
     ("SELECT * FROM s FOR UPDATE", "*", "FOR UPDATE / FOR SHARE is not supported on a stream"),
+    ("SELECT count(*) FROM s GROUP BY 1", "1\n", "GROUP BY position 1 refers to an aggregate (count)"),
 ]
 
 

@@ -571,6 +571,9 @@ class QueryPlanner:
                 position = int(g.name)
                 if not 1 <= position <= len(items):
                     raise SqlAnalysisError(f"GROUP BY position {position} is not in the select list", location=self.loc(g))
+                if _find_aggregates(items[position - 1].expression, self.source):
+                    raise SqlAnalysisError(f"GROUP BY position {position} refers to an aggregate ({items[position - 1].name})",
+                                           location=self.loc(g), hint="group by the columns the aggregate is computed per")
                 g = items[position - 1].expression
             elif isinstance(g, exp.Column) and not g.args.get("table"):
                 alias_match = next((i for i in items if i.name == normalize_name(g.this) and not _is_column_named(i.expression, i.name)), None)
