@@ -454,39 +454,6 @@ class ScrollView(ResultView):
             self._emit(self.writer.header_only())
 
 
-class InPlaceTableView(ResultView):
-    """An updating result as its current table, redrawn in place on the terminal; the
-    final table stays in the scroll-back."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.visible = [c for c in self.columns if c != _OP]
-        self.table = CurrentTable(self.visible)
-        self._frozen = None
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        self.table.apply_batch(batch)
-
-    def _renderable(self):
-        from rich.console import Group
-
-        if self._frozen is None or not self.paused:
-            height = self.console.size.height if self.console is not None else 24
-            limit = max(5, height - 7)
-            current = self.table.table()
-            table = rich_table(self.visible, current.slice(0, limit).to_pylist())
-            if current.num_rows > limit:
-                table.caption = f"{current.num_rows - limit:,} more rows"
-            self._frozen = table
-        return Group(self._frozen, self.footer.text())
-
-    def finish(self, footer: Footer) -> None:
-        super().finish(footer)
-        final = self.table.table()
-        self.rows_written = final.num_rows
-        self._print_table(final)
-
-
 class FinalTableView(ResultView):
     """An updating result folded as it runs and written once, when the query ends."""
 
@@ -503,6 +470,28 @@ class FinalTableView(ResultView):
         final = self.table.table()
         self.rows_written = final.num_rows
         self._print_table(final)
+
+
+class InPlaceTableView(FinalTableView):
+    """An updating result as its current table, redrawn in place on the terminal; the
+    final table stays in the scroll-back."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._frozen = None
+
+    def _renderable(self):
+        from rich.console import Group
+
+        if self._frozen is None or not self.paused:
+            height = self.console.size.height if self.console is not None else 24
+            limit = max(5, height - 7)
+            current = self.table.table()
+            table = rich_table(self.visible, current.slice(0, limit).to_pylist())
+            if current.num_rows > limit:
+                table.caption = f"{current.num_rows - limit:,} more rows"
+            self._frozen = table
+        return Group(self._frozen, self.footer.text())
 
 
 class ChangelogTailView(ResultView):
