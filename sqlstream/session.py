@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
@@ -342,6 +342,7 @@ class Session:
             entry.query_text = f"SELECT * FROM {st.from_name}"
         if entry.plan is not None:
             self._sink_schema(entry)
+            connector.check_inputs(self._acknowledging_sources(entry.plan), st.location)
         self.sinks[st.name] = entry
         return StatementResult("create sink", st.name, statement=st)
 
@@ -355,7 +356,9 @@ class Session:
             raise SqlAnalysisError(
                 f"sink '{st.sink}' already has a query (one running query per sink)", location=st.location
             )
-        entry.plan = self._plan(st.query, st.source)
+        plan = self._plan(st.query, st.source)
+        entry.connector.check_inputs(self._acknowledging_sources(plan), st.location)
+        entry.plan = plan
         entry.query_text = st.query.sql(dialect=SqlStream)
         self._sink_schema(entry)
         return StatementResult("insert", st.sink, statement=st)
@@ -583,6 +586,10 @@ class Session:
             extra={"stdout_renderer": self.stdout_renderer} if self.stdout_renderer else {},
         )
 
+    def _acknowledging_sources(self, plan: PlanNode) -> tuple[str, ...]:
+        """The sources ``plan`` reads that acknowledge their input (declared by the connector)."""
+        return tuple(sorted(n for n in plan.sources() if n in self.sources and self.sources[n].connector.acknowledges))
+
     def _dead_letter_path(self) -> str | None:
         path = self.settings.get("dead_letter_path")
         if path is None:
@@ -616,7 +623,7 @@ class Session:
             if entry.plan is None:
                 raise ExecutionError(f"sink '{entry.name}' has no query", hint=f"INSERT INTO {entry.name} SELECT ...")
             schema = self._sink_schema(entry)
-            run_ctx = self._run_context(entry.base_dir)
+            run_ctx = replace(self._run_context(entry.base_dir), acknowledging_sources=self._acknowledging_sources(entry.plan))
             run_ctx.extra["row_key_columns"] = _row_key_columns(entry.plan, schema)
             op = SinkOperator(entry.name, schema, lambda sc, c=entry.connector, r=run_ctx: c.open(sc, r), sink_input_names(entry.plan))
             entry.plan.build(ctx).connect(op)
@@ -713,12 +720,18 @@ class Session:
         self.last_summary = summary
         return summary
 
-    def stop(self) -> None:
-        """Stop a running :meth:`run` or :meth:`query` after the batch in flight."""
+    def stop(self) -> bool:
+        """Stop a running :meth:`run` or :meth:`query` after the batch in flight.
+
+        True when a run loop took the request (it drains and closes the sinks); False
+        when none is looping yet (start-up, opening sources) or it was already stopping."""
         with self._lock:
             driver = self._driver
-        if driver is not None:
-            driver.stop()
+        if driver is None:
+            return False
+        accepted = driver.looping and not driver.stopping
+        driver.stop()
+        return accepted
 
     def query(self, sql: str, *, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
         """Run one query and yield its result batches as they come (changelog batches

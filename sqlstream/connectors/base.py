@@ -87,6 +87,8 @@ class RunContext:
     file_batch_size: int = 1_000_000
     base_dir: str = "."
     on_error: str = "dead_letter"
+    #: sinks: the sources feeding this sink that acknowledge their input (see SourceConnector.acknowledges)
+    acknowledging_sources: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +129,10 @@ class SourceConnector:
     name: ClassVar[str] = ""
     options: ClassVar[tuple[OptionSpec, ...]] = ()
     supports_metadata: ClassVar[tuple[str, ...]] = ()
+    #: True when the source acknowledges its input once every sink holds the rows durably
+    #: (JetStream): a later run does not read again what an earlier run's output holds.
+    #: A connector whose answer depends on its options overrides this with a property.
+    acknowledges: bool = False
 
     def __init__(self, source_name: str, schema: pa.Schema, options: dict[str, Any]):
         self.source_name = source_name
@@ -187,6 +193,11 @@ class SinkWriter:
     def close(self) -> None:
         pass
 
+    def abort(self) -> None:
+        """The run failed: release what is open without committing what is pending.
+        Default: ``close``."""
+        self.close()
+
 
 class SinkConnector:
     name: ClassVar[str] = ""
@@ -209,6 +220,11 @@ class SinkConnector:
 
     def validate(self, where: Location | None) -> None:
         pass
+
+    def check_inputs(self, acknowledging: tuple[str, ...], where: Location | None) -> None:
+        """Checks once the sink's query is known (CREATE SINK ... AS, INSERT INTO) and again
+        at ``open``: ``acknowledging`` names the sources it reads that acknowledge their
+        input. Raise ConnectorError for a combination that cannot work."""
 
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
         raise NotImplementedError

@@ -73,6 +73,7 @@ class Driver:
         self.dead_letters = dead_letters
         self.operators = operators or []
         self._stop = threading.Event()
+        self.looping = False  # in the run loop: a stop request drains and closes gracefully
         self._started = 0.0
         self._last_tick = 0.0
         self.tick_interval_s = tick_interval_s
@@ -94,6 +95,7 @@ class Driver:
         self._started = time.monotonic()
         for sink in self.sinks:
             sink.open()
+        self.looping = True
         try:
             while not self._stop.is_set() and self.step():
                 pass
@@ -176,7 +178,7 @@ class Driver:
                 errors.append(error)
         for sink in self.sinks:
             try:
-                sink.close()
+                sink.close() if graceful else sink.abort()  # a failed run does not replace earlier output
             except Exception as error:  # noqa: BLE001
                 errors.append(error)
         self.dead_letters.close()

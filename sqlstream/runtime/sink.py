@@ -83,6 +83,13 @@ class SinkOperator(Operator):
         self.closed = True
         self.writer.close()
 
+    def abort(self) -> None:
+        """The run failed: the writer keeps what it committed and drops what is pending."""
+        if self.closed or self.writer is None:
+            return
+        self.closed = True
+        self.writer.abort()
+
 
 class QueueWriter(SinkWriter):
     """Hands batches to a consumer thread (``Session.query``, the REPL)."""

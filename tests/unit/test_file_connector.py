@@ -107,17 +107,21 @@ def test_json_sink_overwrites_by_default_and_appends_on_request(tmp_path):
     out = tmp_path / "sub" / "out.jsonl"
     writer = open_sink(tmp_path, path="sub/out.jsonl", format="json")
     writer.write(batch([1, 2]))
-    assert jsonl(out) == [{"id": 1, "name": "n1"}, {"id": 2, "name": "n2"}]  # visible at the batch boundary
+    assert not out.exists()  # overwriting output replaces path only when complete
     writer.write(batch([]))
     writer.close()
+    assert jsonl(out) == [{"id": 1, "name": "n1"}, {"id": 2, "name": "n2"}]
     writer = open_sink(tmp_path, path="sub/out.jsonl", format="json", mode="append")
     writer.write(batch([3]))
+    assert [r["id"] for r in jsonl(out)] == [1, 2, 3]  # appended rows are visible at the batch boundary
     writer.close()
     assert [r["id"] for r in jsonl(out)] == [1, 2, 3]
     writer = open_sink(tmp_path, path="sub/out.jsonl", format="json")
     writer.write(batch([4]))
+    assert [r["id"] for r in jsonl(out)] == [1, 2, 3]  # the previous output, whole, until the new one is
     writer.close()
     assert [r["id"] for r in jsonl(out)] == [4]
+    assert os.listdir(tmp_path / "sub") == ["out.jsonl"]
 
 
 def test_csv_sink_writes_the_header_once(tmp_path):
@@ -208,7 +212,7 @@ def test_parquet_rows_per_file_rolls_complete_parts(tmp_path):
     parts = visible_files(tmp_path / "parts")
     assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     ids = [pq.read_table(tmp_path / "parts" / p).column("id").to_pylist() for p in parts]
-    assert ids == [list(range(7)), list(range(7, 12)), [12]]
+    assert ids == [list(range(5)), list(range(5, 10)), [10, 11, 12]]  # batches are split at rows_per_file
 
     # overwrite starts again; append continues the numbering
     writer = open_sink(tmp_path, path="parts", format="parquet", rows_per_file=5, mode="append")
@@ -286,3 +290,264 @@ def test_csv_header_with_a_byte_order_mark_and_a_missing_column(tmp_path):
         session.run_query("SELECT * FROM m")
     assert "has no column 'amount'" in info.value.message
     assert "its columns: id, amt" in info.value.hint
+
+
+# -- hardening: growing files, empty files, part sizes, stale temporaries, acknowledging sources --
+
+
+def _csv_lines(count: int) -> list[bytes]:
+    return [f"{i},{i * 7 + 13}\n".encode() for i in range(count)]
+
+
+def _append_cut_mid_line(path, lines: list[bytes], seed: int, started) -> None:
+    """Appends ``lines`` in chunks that end inside a line (the file ends at a line end
+    only after the last chunk), as a buffered writer that flushes by size does."""
+    import random
+    import time
+
+    rng = random.Random(seed)
+    data = b"".join(lines)
+    line_ends = set()
+    position = 0
+    for line in lines:
+        position += len(line)
+        line_ends.add(position)
+    cuts, position = [], 0
+    while position < len(data):
+        position = min(len(data), position + rng.randint(1, 120))
+        while position in line_ends and position < len(data):
+            position += 1  # never pause right after a newline: the reader must not see a line end before the last chunk
+        cuts.append(position)
+    with open(path, "ab", buffering=0) as handle:
+        start = 0
+        for i, cut in enumerate(cuts):
+            handle.write(data[start:cut])
+            start = cut
+            if i == 0:
+                started.set()
+            time.sleep(rng.random() * 0.0005)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+@pytest.mark.parametrize("run_number", range(4))
+def test_a_file_that_grows_while_read_never_yields_a_split_line(tmp_path, fmt, run_number):
+    """A writer appends in chunks cut mid-line while the pipeline reads: every line is one
+    whole record (no fragment rows, no dead letters), and rows = lines written."""
+    import threading
+
+    count = 3000
+    if fmt == "csv":
+        lines = _csv_lines(count)
+        (tmp_path / "in.csv").write_bytes(b"a,b\n")
+    else:
+        lines = [orjson.dumps({"a": i, "b": i * 7 + 13}) + b"\n" for i in range(count)]
+        (tmp_path / "in.csv").write_bytes(b"")
+    started = threading.Event()
+    writer = threading.Thread(target=_append_cut_mid_line, args=(tmp_path / "in.csv", lines, run_number, started))
+    writer.start()
+    assert started.wait(10)
+    session = TestSession(base_dir=str(tmp_path))
+    session.settings["file_batch_size"] = 100
+    session.execute(f"CREATE SOURCE g (a BIGINT, b BIGINT) WITH (connector = 'file', path = 'in.csv', format = '{fmt}')")
+    rows = session.run_query("SELECT a, b FROM g", fold=False)
+    writer.join()
+    assert session.last_summary.dead_letters == {}
+    assert rows == [{"a": i, "b": i * 7 + 13} for i in range(count)]
+
+
+def test_an_unterminated_last_line_is_a_record_once_the_file_stops_growing(tmp_path):
+    import threading
+    import time
+
+    from sqlstream.connectors.file import SETTLE_S
+
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"a,b\n1,2\n3,")
+    old = time.time() - 10 * SETTLE_S
+    os.utime(path, (old, old))  # written long ago: final at once
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute("CREATE SOURCE g (a BIGINT, b BIGINT) WITH (connector = 'file', path = 'in.csv', format = 'csv')")
+    started = time.monotonic()
+    assert session.run_query("SELECT * FROM g", fold=False) == [{"a": 1, "b": 2}, {"a": 3, "b": None}]
+    assert time.monotonic() - started < SETTLE_S
+
+    # written just now, and completed by a writer a moment later: the held-back line is read whole
+    path.write_bytes(b"a,b\n1,2\n3,")
+    completed = threading.Timer(SETTLE_S / 4, lambda: path.open("ab").write(b"45"))
+    completed.start()
+    assert session.run_query("SELECT * FROM g", fold=False) == [{"a": 1, "b": 2}, {"a": 3, "b": 45}]
+    completed.join()
+
+
+@pytest.mark.parametrize("header", ["true", "false"])
+def test_an_empty_csv_file_is_an_empty_input(tmp_path, header):
+    import time
+
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "one.csv").write_bytes(b"id,name\n1,a\n" if header == "true" else b"1,a\n")
+    old = time.time() - 60
+    os.utime(tmp_path / "empty.csv", (old, old))
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute(
+        f"CREATE SOURCE e (id BIGINT, name VARCHAR) WITH (connector = 'file', path = '*.csv', format = 'csv', header = {header})"
+    )
+    assert session.run_query("SELECT * FROM e", fold=False) == [{"id": 1, "name": "a"}]
+    assert session.last_summary.dead_letters == {}
+
+
+def test_rows_per_file_splits_batches_bigger_than_a_part(tmp_path):
+    writer = open_sink(tmp_path, path="parts", format="parquet", rows_per_file=250)
+    writer.write(batch(range(1000)))
+    writer.write(batch(range(1000, 1100)))
+    writer.close()
+    parts = visible_files(tmp_path / "parts")
+    sizes = [pq.read_metadata(tmp_path / "parts" / p).num_rows for p in parts]
+    assert sizes == [250, 250, 250, 250, 100]
+    ids = [i for p in parts for i in pq.read_table(tmp_path / "parts" / p).column("id").to_pylist()]
+    assert ids == list(range(1100))
+
+
+def test_rows_per_file_through_a_pipeline_with_big_file_batches(tmp_path):
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps({"id": i, "name": "x"}) + b"\n" for i in range(1000)))
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute(
+        """CREATE SOURCE src (id BIGINT, name VARCHAR) WITH (connector = 'file', path = 'in.jsonl', format = 'json');
+           CREATE SINK out AS SELECT * FROM src
+             WITH (connector = 'file', path = 'parts', format = 'parquet', rows_per_file = 300);"""
+    )
+    session.run()
+    parts = visible_files(tmp_path / "parts")
+    assert [pq.read_metadata(tmp_path / "parts" / p).num_rows for p in parts] == [300, 300, 300, 100]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    process.kill()
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize(
+    "options, target, left_by_others",
+    [
+        ({"path": "out.jsonl", "format": "json"}, "out.jsonl", ["other.jsonl"]),
+        ({"path": "out.csv", "format": "csv", "mode": "append"}, "out.csv", ["out.jsonl"]),
+        ({"path": "out.parquet", "format": "parquet"}, "out.parquet", ["other.parquet"]),
+        ({"path": "parts", "format": "parquet", "rows_per_file": 2}, "parts/part-00003.parquet", ["parts/notes.txt"]),
+    ],
+)
+def test_stale_temporary_files_of_dead_processes_are_removed_at_open(tmp_path, options, target, left_by_others):
+    dead, alive = _dead_pid(), os.getppid()
+    directory, name = os.path.split(tmp_path / target)
+    os.makedirs(directory, exist_ok=True)
+    stale = os.path.join(directory, f".{name}.{dead}.inprogress")
+    live = os.path.join(directory, f".{name}.{alive}.inprogress")  # another process is writing it
+    others = [os.path.join(tmp_path, os.path.dirname(o), f".{os.path.basename(o)}.{dead}.inprogress") for o in left_by_others]
+    for path in [stale, live, *others]:
+        with open(path, "wb") as handle:
+            handle.write(b"x" * 1000)
+    writer = open_sink(tmp_path, **options)
+    assert not os.path.exists(stale)
+    assert os.path.exists(live)
+    assert all(os.path.exists(o) for o in others)  # not this sink's files: left alone
+    writer.write(batch([1]))
+    writer.close()
+
+
+def test_a_failed_run_leaves_the_previous_output(tmp_path):
+    (tmp_path / "out.jsonl").write_text('{"id": 100}\n')
+    (tmp_path / "in.jsonl").write_text('{"id": 1}\n{"id": 2}\n{"id": "bad"}\n')
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute(
+        """SET on_error = 'fail';
+           CREATE SOURCE src (id BIGINT) WITH (connector = 'file', path = 'in.jsonl', format = 'json');
+           CREATE SINK out AS SELECT * FROM src WITH (connector = 'file', path = 'out.jsonl', format = 'json');"""
+    )
+    with pytest.raises(Exception, match="bad record|type"):
+        session.run()
+    assert (tmp_path / "out.jsonl").read_text() == '{"id": 100}\n'
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl", "out.jsonl"]
+
+
+def test_overwriting_parts_keeps_the_old_parts_until_a_clean_close(tmp_path):
+    writer = open_sink(tmp_path, path="parts", format="parquet", rows_per_file=2)
+    writer.write(batch(range(4)))
+    writer.close()
+    assert visible_files(tmp_path / "parts") == ["part-00000.parquet", "part-00001.parquet"]
+
+    # a run that fails: the old parts stay, and so do the parts it completed (nothing is lost)
+    writer = open_sink(tmp_path, path="parts", format="parquet", rows_per_file=2)
+    writer.write(batch(range(10, 13)))
+    assert visible_files(tmp_path / "parts") == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    writer.abort()
+    assert visible_files(tmp_path / "parts") == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert not any(n.endswith(".inprogress") for n in os.listdir(tmp_path / "parts"))
+
+    # a run that completes replaces all of them, numbered from part-00000
+    writer = open_sink(tmp_path, path="parts", format="parquet", rows_per_file=2)
+    writer.write(batch(range(20, 25)))
+    writer.close()
+    parts = visible_files(tmp_path / "parts")
+    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert [pq.read_table(tmp_path / "parts" / p).column("id").to_pylist() for p in parts] == [[20, 21], [22, 23], [24]]
+
+
+JETSTREAM = "CREATE SOURCE js (id BIGINT) WITH (connector = 'nats', stream = 'S', subject = 'in.>');\n"
+CORE = "CREATE SOURCE core (id BIGINT) WITH (connector = 'nats', subject = 'in.>');\n"
+
+
+@pytest.mark.parametrize(
+    "sink, message, hint",
+    [
+        (
+            "CREATE SINK out AS SELECT * FROM js WITH (connector = 'file', path = 'o.jsonl', format = 'json', mode = 'overwrite');",
+            "sink 'out': mode = 'overwrite' would lose rows: source 'js' acknowledges its input, "
+            "so rows acknowledged by an earlier run are only in that run's output",
+            "use mode = 'append' (the default when a source acknowledges its input)",
+        ),
+        (
+            "CREATE SINK out AS SELECT * FROM js WITH (connector = 'file', path = 'o.parquet', format = 'parquet');",
+            "sink 'out': a single Parquet file is committed only when the run ends, but source 'js' acknowledges "
+            "its input only once rows are committed: delivery would stall",
+            "add rows_per_file or roll_interval to commit part files as they complete",
+        ),
+        (
+            "CREATE SINK out (id BIGINT) WITH (connector = 'file', path = 'o.parquet', format = 'parquet');\n"
+            "INSERT INTO out SELECT id FROM js WHERE id > 0;",
+            "sink 'out': a single Parquet file is committed only when the run ends",
+            "add rows_per_file or roll_interval",
+        ),
+    ],
+)
+def test_file_sinks_that_would_lose_or_stall_acknowledged_input_are_refused(tmp_path, sink, message, hint):
+    session = TestSession(base_dir=str(tmp_path))
+    with pytest.raises(ConnectorError) as info:
+        session.execute(JETSTREAM + sink, path="p.sql")
+    assert info.value.message.startswith(message)
+    assert info.value.hint.startswith(hint)
+    assert info.value.location is not None and info.value.location.line >= 2
+    # the same sinks are fine over core NATS, which does not acknowledge
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute(CORE + sink.replace("FROM js", "FROM core"), path="p.sql")
+
+
+def test_a_file_sink_fed_by_an_acknowledging_source_appends_by_default(tmp_path, caplog):
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute(JETSTREAM + "CREATE SINK out AS SELECT * FROM js WITH (connector = 'file', path = 'o.jsonl', format = 'json');")
+    connector = session.sinks["out"].connector
+    schema = pa.schema([("id", pa.int64())])
+    (tmp_path / "o.jsonl").write_text('{"id":1}\n')
+    ctx = RunContext(clock=ManualClock(), base_dir=str(tmp_path), acknowledging_sources=("js",))
+    with caplog.at_level("WARNING", logger="sqlstream.file"):
+        writer = connector.open(schema, ctx)
+    writer.write(pa.RecordBatch.from_pydict({"id": [2]}, schema=schema))
+    assert writer.durable_rows(1) == 1  # appended and synced: the input may be acknowledged
+    writer.close()
+    assert jsonl(tmp_path / "o.jsonl") == [{"id": 1}, {"id": 2}]
+    assert caplog.messages == [
+        f"sink 'out': appending to {tmp_path / 'o.jsonl'} (no mode given, and 'js' acknowledges its input: "
+        "rows acknowledged by earlier runs are only in their output)"
+    ]

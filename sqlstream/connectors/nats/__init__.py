@@ -144,6 +144,11 @@ class NatsSource(SourceConnector):
                 "metadata column '_stream_seq' needs JetStream", location=where, hint="add stream = '<stream name>'"
             )
 
+    @property
+    def acknowledges(self) -> bool:
+        """JetStream acknowledges messages once the sinks hold their rows; core NATS does not."""
+        return bool(self.config["stream"])
+
     def hidden_fields(self) -> tuple[pa.Field, ...]:
         # JetStream rows carry their message's identity to the sinks (deterministic Nats-Msg-Id)
         return (pa.field(SOURCE_ID_COLUMN, pa.string()),) if self.config["stream"] else ()
