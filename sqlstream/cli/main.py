@@ -1,6 +1,8 @@
 """``sqlstream`` command line: run, check, explain, repl, test.
 
-Exit codes: 0 ok, 1 runtime failure, 2 invalid input (SQL, options, files).
+Exit codes: 0 ok (also after a graceful stop by SIGINT/SIGTERM), 1 runtime failure,
+2 invalid input (SQL, options, files), 130 / 143 stopped by SIGINT / SIGTERM before the
+pipeline was running or by a second signal during the drain.
 """
 
 from __future__ import annotations
@@ -13,7 +15,18 @@ import traceback
 
 from sqlstream.errors import SqlStreamError
 
-__all__ = ["main", "make_session"]
+__all__ = ["main", "make_session", "Interrupted"]
+
+
+class Interrupted(BaseException):
+    """A signal that stops ``sqlstream run`` at once, without draining: one that arrives
+    before the run loop (start-up, planning, opening sources, listing files), or a
+    second one while the first drains. A BaseException, so nothing on the way catches it."""
+
+    def __init__(self, signum: int, during: str):
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum  # 130 SIGINT, 143 SIGTERM, as a shell reports a killed process
+        super().__init__(f"stopped by {self.signal_name} {during}")
 
 
 def _parse_sets(values: list[str]) -> dict[str, str]:
@@ -73,20 +86,31 @@ def _load(args) -> "object":
 def cmd_run(args) -> int:
     from sqlstream.cli.render import Progress, install_renderer
 
-    session = _load(args)
-    install_renderer(session)
-    sinks = session.pending_sinks()
-    if not sinks:  # invalid input (exit 2), not a failure while running
-        raise SqlStreamError(
-            f"{args.file}: nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT"
-        )
-    progress = Progress(sys.stderr) if sys.stderr.isatty() and not any(s.implicit for s in sinks) else None
+    loaded = []  # the session, once the file is loaded
+    draining = []  # signals the run loop took
 
     def on_signal(signum, frame):
-        session.stop()
+        """In the run loop the first signal drains gracefully; before it (loading the file,
+        planning, opening sources, listing files) and for a second signal, stop at once."""
+        if loaded and loaded[0].stop():
+            draining.append(signum)
+        elif draining:
+            raise Interrupted(signum, "again while draining (sinks not closed)")
+        else:
+            raise Interrupted(signum, "while starting (before the pipeline ran)")
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    progress = None
     try:
+        session = _load(args)
+        loaded.append(session)
+        install_renderer(session)
+        sinks = session.pending_sinks()
+        if not sinks:  # invalid input (exit 2), not a failure while running
+            raise SqlStreamError(
+                f"{args.file}: nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT"
+            )
+        progress = Progress(sys.stderr) if sys.stderr.isatty() and not any(s.implicit for s in sinks) else None
         summary = session.run(progress=progress.update if progress else None)
     finally:
         for sig, handler in previous.items():
@@ -178,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     except SqlStreamError as error:
         print(error.render(), file=sys.stderr)
         return error.exit_code
+    except Interrupted as stop:
+        print(f"sqlstream: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
