@@ -290,9 +290,11 @@ def test_signal_stops_cleanly_and_every_row_read_is_in_the_sink(tmp_path, signum
     )
     out = tmp_path / "out.jsonl"
     process = subprocess.Popen([SQLSTREAM, "run", name], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # overwriting output is written under a hidden name and renamed onto out.jsonl at a clean stop
+    in_progress = tmp_path / f".out.jsonl.{process.pid}.inprogress"
     try:
         deadline = time.monotonic() + 60
-        while not (out.exists() and out.stat().st_size > 0):  # unbounded: wait until rows flow
+        while not (in_progress.exists() and in_progress.stat().st_size > 0):  # unbounded: wait until rows flow
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "no output within 60 s"
             time.sleep(0.05)
@@ -302,6 +304,7 @@ def test_signal_stops_cleanly_and_every_row_read_is_in_the_sink(tmp_path, signum
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stderr
+    assert not in_progress.exists()
     summary = counts(SUMMARY.search(stderr).group("body"))
     rows = jsonl(out)
     assert summary["ticks"] > 0

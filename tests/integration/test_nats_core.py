@@ -124,9 +124,9 @@ def test_csv_and_raw_payloads(tmp_path, nats_server, nats_client):
         CREATE SOURCE records (id BIGINT, name VARCHAR, score DOUBLE)
         WITH (connector = 'nats', url = '{nats_server.url}', subject = 'text.csv', format = 'csv');
         CREATE SINK upper AS SELECT upper(line) AS u, _subject FROM lines
-        WITH (connector = 'file', path = '{raw_out}', format = 'json');
+        WITH (connector = 'file', path = '{raw_out}', format = 'json', mode = 'append');
         CREATE SINK scored AS SELECT id, name, score FROM records WHERE score >= 1
-        WITH (connector = 'file', path = '{out}', format = 'json');
+        WITH (connector = 'file', path = '{out}', format = 'json', mode = 'append');
     """)
     run = BackgroundRun(session)
     nats_client.publish("text.csv", [b"1,ann,2.5", b"2,bob,0.5", b'3,"c, d",1', b"4,eve,high"])
@@ -151,7 +151,7 @@ def test_queue_group_shares_the_subject(tmp_path, nats_server, nats_client):
         session.execute(f"""
             CREATE SOURCE jobs (id BIGINT) WITH (connector = 'nats', url = '{nats_server.url}',
                                                 subject = 'jobs', queue = 'workers');
-            CREATE SINK done AS SELECT id FROM jobs WITH (connector = 'file', path = '{path}', format = 'json');
+            CREATE SINK done AS SELECT id FROM jobs WITH (connector = 'file', path = '{path}', format = 'json', mode = 'append');
         """)
         runs.append(BackgroundRun(session))
         paths.append(path)
@@ -183,7 +183,7 @@ def test_slow_pipeline_drops_are_counted_and_reported(tmp_path, nats_server, nat
     session.execute(f"""
         CREATE SOURCE flood (id BIGINT) WITH (connector = 'nats', url = '{nats_server.url}', subject = 'flood',
                                               max_pending_messages = 50);
-        CREATE SINK kept AS SELECT gate(id) AS id FROM flood WITH (connector = 'file', path = '{out}', format = 'json');
+        CREATE SINK kept AS SELECT gate(id) AS id FROM flood WITH (connector = 'file', path = '{out}', format = 'json', mode = 'append');
     """)
     run = BackgroundRun(session)
     nats_client.publish("flood", [b'{"id": 0}'])
