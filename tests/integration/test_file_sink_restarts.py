@@ -174,3 +174,47 @@ def test_a_signal_stops_a_run_that_is_still_listing_files(tmp_path, signum, code
     name = signal.Signals(signum).name
     assert stderr == f"sqlstream: stopped by {name} while starting (before the pipeline ran)\n"
     assert not (tmp_path / "out.jsonl").exists() and _temporaries(tmp_path) == []
+
+
+def test_a_second_signal_while_draining_stops_at_once_and_keeps_the_previous_output(tmp_path):
+    """The first signal asks the run loop to drain; the batch in flight is stuck in a UDF, so
+    the drain does not end; a second signal stops the process at once (the signals differ, so
+    the operating system cannot merge them: SIGINT's handler runs first)."""
+    (tmp_path / "udfs").mkdir()
+    marker = tmp_path / "in_udf"
+    _write(tmp_path / "udfs", "slow.py", f"""
+        import pathlib
+        import time
+
+        import pyarrow as pa
+
+        from sqlstream import udf
+
+
+        @udf(args=[pa.int64()], returns=pa.int64())
+        def stuck(n):
+            pathlib.Path({str(marker)!r}).touch()
+            for _ in range(2400):  # Python work for 2 minutes (one long sleep would defer signal handlers to its end)
+                time.sleep(0.05)
+            return n
+    """)
+    (tmp_path / "out.jsonl").write_text('{"n": -1}\n')
+    _write(tmp_path, "p.sql", _generator(None) + (
+        "CREATE SINK out AS SELECT stuck(n) AS n FROM nums WITH (connector = 'file', path = 'out.jsonl', format = 'json');\n"
+    ))
+    process = subprocess.Popen([SQLSTREAM, "run", "p.sql"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_until(lambda: marker.exists() or process.poll() is not None, timeout=60, what="a batch in the UDF")
+        assert process.poll() is None
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+        elapsed = time.monotonic() - sent
+    finally:
+        process.kill()
+        process.wait(10)
+    assert (process.returncode, stderr) == (143, "sqlstream: stopped by SIGTERM again while draining (sinks not closed)\n")
+    assert elapsed < 2.0
+    assert (tmp_path / "out.jsonl").read_text() == '{"n": -1}\n'
