@@ -122,7 +122,7 @@ def test_a_jetstream_fed_file_sink_keeps_what_earlier_runs_acknowledged(tmp_path
         session = Session(base_dir=str(tmp_path), dead_letter_path=str(tmp_path / "dead.jsonl"))
         session.execute(text)
         run = BackgroundRun(session)
-        wait_until(lambda: nats_client.consumer_info("FILE_RESTART", "to_file").ack_floor.stream_seq == published,
+        wait_until(lambda n=published: nats_client.consumer_info("FILE_RESTART", "to_file").ack_floor.stream_seq == n,
                    timeout=60, what="the run to acknowledge every message")
         run.stop()
     ids = [orjson.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_bytes().splitlines()]
