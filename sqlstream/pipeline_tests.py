@@ -460,7 +460,7 @@ class _RowDecoder:
 
         if item.format == "csv":
             with open(item.path, "rb") as handle:
-                table, dead = CsvDecoder(self.schema, self.source, self.timestamp_format).decode(
+                table, dead = CsvDecoder(self.schema, self.source, timestamp_format=self.timestamp_format).decode(
                     handle.read(), lambda i: f"{item.path}:{i + 1}"
                 )
             self._reject(dead)

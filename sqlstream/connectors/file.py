@@ -34,7 +34,7 @@ from sqlstream.connectors.base import (
 )
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder, conform_table
 from sqlstream.connectors.encode import encode_json_lines, is_nested
-from sqlstream.connectors.options import OptionSpec
+from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec, null_spellings
 from sqlstream.errors import ConnectorError, Location
 from sqlstream.failure_isolation import isolate_failures
 
@@ -131,7 +131,10 @@ class _TextFileReader(SourceReader):
                 )
         else:
             names = [f.name for f in schema]
-        return CsvDecoder(schema, self.c.source_name, names, delimiter, self.c.config["timestamp_format"])
+        return CsvDecoder(
+            schema, self.c.source_name, names, delimiter, self.c.config["timestamp_format"],
+            null_spellings(self.c.config["null_values"]),
+        )
 
     def _read_block(self) -> bytes:
         """The next ``rows_per_block`` lines of the file (the rest of it, at its end).
@@ -310,6 +313,7 @@ class FileSource(SourceConnector):
         OptionSpec("header", "bool", default=True, doc="csv: the first line names the columns"),
         OptionSpec("delimiter", "str", default=",", doc="csv field delimiter",
                    check=lambda v: None if len(v) == 1 else "must be one character"),
+        NULL_VALUES_OPTION,
     )
 
     def open(self, ctx: RunContext) -> SourceReader:
