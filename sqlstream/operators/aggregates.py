@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.operators.state_size import StateSize, table_bytes
+
 __all__ = ["AggCall", "Aggregator", "ArrivalSequence", "Partial", "AGGREGATE_FUNCTIONS", "output_type", "sort_keys"]
 
 #: SQL name → internal function name
@@ -103,6 +105,9 @@ class Partial:
 
     def state_rows(self) -> int:
         return self.main.num_rows + sum(s.num_rows for s in self.sets)
+
+    def state_size(self) -> StateSize:
+        return StateSize(self.state_rows(), table_bytes(self.main, *self.sets))
 
 
 def sort_keys(keys: list[str]) -> list[tuple[str, str]]:
