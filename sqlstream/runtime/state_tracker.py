@@ -32,10 +32,13 @@ WARN_FRACTION = 0.8
 
 @dataclass(frozen=True)
 class StateLimits:
-    """``max_state_rows`` / ``max_state_bytes``; None = no limit."""
+    """``max_state_rows`` / ``max_state_bytes`` (None = no limit), and the first warning
+    levels used when there is no limit."""
 
     max_rows: int | None = None
     max_bytes: int | None = None
+    warn_rows: int = DEFAULT_WARN_ROWS
+    warn_bytes: int = DEFAULT_WARN_BYTES
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,8 @@ class StateTracker:
         self.position = position
         self.current = NO_STATE
         self.peak = NO_STATE  # the largest rows and the largest bytes seen (not necessarily at once)
-        self._rows = _Levels(limits.max_rows, DEFAULT_WARN_ROWS)
-        self._bytes = _Levels(limits.max_bytes, DEFAULT_WARN_BYTES)
+        self._rows = _Levels(limits.max_rows, limits.warn_rows)
+        self._bytes = _Levels(limits.max_bytes, limits.warn_bytes)
 
     @classmethod
     def of(cls, roots: list[Operator], limits: StateLimits, warn: Callable[[str], None],
