@@ -6,9 +6,10 @@ by their buffer sizes, numpy arrays by ``nbytes``. Nothing is scanned row by row
 the runtime can ask after every micro-batch.
 
 The bytes are the buffers the state references (an Arrow buffer shared by several
-columns of one table counts once); Python object overhead, allocator slack and
-DataFusion's working memory are not included. Against the process's resident memory
-the estimate is within about 10-30% for large state (see README, "State and memory").
+columns of one table counts once); Python object overhead, allocator slack and the
+working memory of a micro-batch are not included. For Arrow state it matches what
+Arrow's allocator holds; the process's resident memory grows 2-4x more (freed memory
+kept for reuse, working memory), as measured in README, "State and memory".
 
 >>> StateSize(2, 100) + StateSize(3, 50)
 StateSize(rows=5, bytes=150)
