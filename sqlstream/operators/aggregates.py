@@ -87,10 +87,13 @@ def output_type(func: str, arg_type: pa.DataType | None) -> pa.DataType:
 @dataclass
 class Partial:
     """Partial aggregates: ``main`` (keys + algebraic columns, one row per group) and
-    one ``sets`` table per DISTINCT/HLL call (keys + value/register columns)."""
+    one ``sets`` table per DISTINCT/HLL call (keys + value/register columns).
+    Never changed once built (operations return new partials), so its size is
+    measured once."""
 
     main: pa.Table
     sets: tuple[pa.Table, ...] = field(default_factory=tuple)
+    _size: StateSize | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_rows(self) -> int:
@@ -107,7 +110,9 @@ class Partial:
         return self.main.num_rows + sum(s.num_rows for s in self.sets)
 
     def state_size(self) -> StateSize:
-        return StateSize(self.state_rows(), table_bytes(self.main, *self.sets))
+        if self._size is None:
+            self._size = StateSize(self.state_rows(), table_bytes(self.main, *self.sets))
+        return self._size
 
 
 def sort_keys(keys: list[str]) -> list[tuple[str, str]]:
