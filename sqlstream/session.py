@@ -46,9 +46,9 @@ from sqlstream.plan.planner import QueryPlanner, RelationInfo
 from sqlstream.runtime.clock import WallClock
 from sqlstream.runtime.dead_letter import DEAD_LETTER_SCHEMA, DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.runtime.driver import Driver, RunSummary
-from sqlstream.runtime.state_tracker import StateLimits
 from sqlstream.runtime.sink import END_OF_STREAM, QueueWriter, SinkOperator
 from sqlstream.runtime.source_stage import SourceSpec, SourceStage
+from sqlstream.runtime.state_tracker import StateLimits
 from sqlstream.settings import DEFAULT_SETTINGS, SETTING_DOCS, parse_setting
 from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.statements import (

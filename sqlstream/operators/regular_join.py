@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 
 from sqlstream.operators.base import OP_COLUMN, Operator
 from sqlstream.operators.join_state import RowChunks, constant_keys, rows_equal
-from sqlstream.operators.state_size import StateSize
 from sqlstream.operators.joins import JoinLayout, JoinOutput, _null_rows
+from sqlstream.operators.state_size import StateSize
 from sqlstream.operators.windows import column_int64
 
 __all__ = ["RegularJoinOperator"]
