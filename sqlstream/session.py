@@ -48,6 +48,7 @@ from sqlstream.runtime.dead_letter import DEAD_LETTER_SCHEMA, DEAD_LETTER_STREAM
 from sqlstream.runtime.driver import Driver, RunSummary
 from sqlstream.runtime.sink import END_OF_STREAM, QueueWriter, SinkOperator
 from sqlstream.runtime.source_stage import SourceSpec, SourceStage
+from sqlstream.runtime.state_tracker import StateLimits
 from sqlstream.settings import DEFAULT_SETTINGS, SETTING_DOCS, parse_setting
 from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.statements import (
@@ -509,7 +510,10 @@ class Session:
         return rows
 
     def metric_rows(self, driver: Driver | None = None) -> list[dict]:
-        """SHOW METRICS: rows in/out, dead letters and state of ``driver`` (default: the last run)."""
+        """SHOW METRICS: rows in/out, dead letters and state of ``driver`` (default: the last run).
+
+        State: ``rows`` and ``bytes`` (estimated) of the whole pipeline, then
+        ``<operator> rows`` / ``<operator> bytes`` of each stateful operator."""
         driver = driver or self._driver
         rows = []
         if driver is None:
@@ -523,7 +527,12 @@ class Session:
         if dead_letters:
             for reason, n in sorted(dead_letters.by_reason().items()):
                 rows.append({"kind": "dead_letter", "name": reason, "rows": n, "dead_letters": n})
-        rows.append({"kind": "state", "name": "rows", "rows": driver.state_rows(), "dead_letters": 0})
+        sizes = driver.state.sizes()
+        rows.append({"kind": "state", "name": "rows", "rows": sum(s.rows for _, s in sizes), "dead_letters": 0})
+        rows.append({"kind": "state", "name": "bytes", "rows": sum(s.bytes for _, s in sizes), "dead_letters": 0})
+        for holder, size in sizes:
+            rows.append({"kind": "state", "name": f"{holder.label} rows", "rows": size.rows, "dead_letters": 0})
+            rows.append({"kind": "state", "name": f"{holder.label} bytes", "rows": size.bytes, "dead_letters": 0})
         return rows
 
     def _describe(self, st: DescribeStatement) -> StatementResult:
@@ -631,7 +640,8 @@ class Session:
             reader = stages[DEAD_LETTER_STREAM].reader
             self.dead_letters.subscribe(reader.offer)
             reader.upstream_done = lambda: all(s.ended for n, s in stages.items() if n != DEAD_LETTER_STREAM)
-        driver = Driver(list(stages.values()), sink_ops, self.clock, self.dead_letters, ctx.operators)
+        limits = StateLimits(self.settings["max_state_rows"], self.settings["max_state_bytes"])
+        driver = Driver(list(stages.values()), sink_ops, self.clock, self.dead_letters, ctx.operators, state_limits=limits)
         return driver
 
     def _dead_letter_callback(self):
@@ -703,10 +713,14 @@ class Session:
     def pending_sinks(self) -> list[SinkEntry]:
         return [s for s in self.sinks.values() if s.plan is not None]
 
-    def run(self, *, progress: Callable[[Driver], None] | None = None) -> RunSummary:
-        """Run every sink's query together until the sources end or :meth:`stop`."""
+    def run(self, *, progress: Callable[[Driver], None] | None = None,
+            warn: Callable[[str], None] | None = None) -> RunSummary:
+        """Run every sink's query together until the sources end or :meth:`stop`;
+        ``warn`` takes warnings (large state) instead of stderr."""
         driver = self.build(self.pending_sinks())
         driver.progress = progress
+        if warn is not None:
+            driver.warn = warn
         with self._lock:
             self._driver = driver
         summary = driver.run()

@@ -87,7 +87,7 @@ def cmd_run(args) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = session.run(progress=progress.update if progress else None)
+        summary = session.run(progress=progress.update if progress else None, warn=progress.note if progress else None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
