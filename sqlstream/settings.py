@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import Location, SqlAnalysisError, did_you_mean
+from sqlstream.paths import AllowedPaths
 
 __all__ = ["DEFAULT_SETTINGS", "parse_setting", "SETTING_DOCS"]
 
@@ -16,6 +18,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "dead_letter_path": None,
     "join_state_ttl": None,  # µs, None = unbounded
     "on_error": "dead_letter",
+    "allowed_paths": None,  # AllowedPaths, None = unrestricted
 }
 
 SETTING_DOCS = {
@@ -25,10 +28,13 @@ SETTING_DOCS = {
     "dead_letter_path": "JSON-lines file for rejected records",
     "join_state_ttl": "drop join state older than this (default: keep)",
     "on_error": "dead_letter | fail | skip, for errors inside queries",
+    "allowed_paths": "directories every file path must stay inside (default: unrestricted; can only narrow)",
 }
 
 
-def parse_setting(key: str, value: Any, location: Location | None = None) -> Any:
+def parse_setting(key: str, value: Any, location: Location | None = None, *, base_dir: str | None = None) -> Any:
+    """The typed value of setting ``key``; relative directories in ``allowed_paths``
+    resolve against ``base_dir`` (default: the working directory)."""
     key = key.lower()
     if key not in DEFAULT_SETTINGS:
         raise SqlAnalysisError(
@@ -55,6 +61,8 @@ def parse_setting(key: str, value: Any, location: Location | None = None) -> Any
             if text not in ("dead_letter", "fail", "skip"):
                 raise ValueError("expected dead_letter, fail or skip")
             return text
+        if key == "allowed_paths":
+            return value if isinstance(value, AllowedPaths) else AllowedPaths.parse(value, base_dir or os.getcwd())
         return str(value)
     except ValueError as error:
         raise SqlAnalysisError(
