@@ -71,8 +71,8 @@ from sqlstream.errors import SqlStreamError
 from sqlstream.paths import AllowedPaths
 from sqlstream.runtime.clock import ManualClock
 from sqlstream.sql.statements import CreateSource, OptionValue, SourceText, parse_script
-from sqlstream.udf.discovery import loaded_text
 from sqlstream.testing import MemorySink, TestSession
+from sqlstream.udf.discovery import loaded_text
 
 __all__ = [
     "CaseResult",
