@@ -37,6 +37,7 @@ from sqlstream.connectors.encode import encode_json_lines, is_nested
 from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec, null_spellings
 from sqlstream.errors import ConnectorError, Location
 from sqlstream.failure_isolation import isolate_failures
+from sqlstream.paths import resolve_path
 
 __all__ = ["FileSource", "FileSink", "resolve_files"]
 
@@ -53,10 +54,6 @@ def resolve_files(path: str) -> list[str]:
     if any(ch in path for ch in "*?["):
         return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
     return []
-
-
-def _absolute(path: str, base_dir: str) -> str:
-    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
 
 
 def _after_nth_newline(data: bytes, n: int, total: int) -> int:
@@ -307,6 +304,7 @@ class _Prefetching(SourceReader):
 @register_source
 class FileSource(SourceConnector):
     name = "file"
+    path_options = ("path",)
     options = (
         OptionSpec("path", required=True, doc="a file, a directory or a glob"),
         OptionSpec("format", "choice", required=True, choices=_FORMATS, doc="json | csv | parquet"),
@@ -317,8 +315,9 @@ class FileSource(SourceConnector):
     )
 
     def open(self, ctx: RunContext) -> SourceReader:
-        path = _absolute(self.config["path"], ctx.base_dir)
-        files = resolve_files(path)
+        what = f"source '{self.source_name}': path"
+        path = resolve_path(self.config["path"], ctx.base_dir, ctx.allowed_paths, what=what, pattern=True)
+        files = [resolve_path(f, ctx.base_dir, ctx.allowed_paths, what=what) for f in resolve_files(path)]
         if not files:
             raise ConnectorError(f"source '{self.source_name}': no file matches path '{path}'")
         if self.config["format"] == "parquet":
@@ -480,6 +479,7 @@ class _ParquetWriter(SinkWriter):
 @register_sink
 class FileSink(SinkConnector):
     name = "file"
+    path_options = ("path",)
     options = (
         OptionSpec("path", required=True, doc="output file (or directory for rolled Parquet)"),
         OptionSpec("format", "choice", required=True, choices=_FORMATS, doc="json | csv | parquet"),
@@ -503,7 +503,7 @@ class FileSink(SinkConnector):
             )
 
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
-        path = _absolute(self.config["path"], ctx.base_dir)
+        path = resolve_path(self.config["path"], ctx.base_dir, ctx.allowed_paths, what=f"sink '{self.sink_name}': path")
         fmt = self.config["format"]
         append = self.config["mode"] == "append"
         if fmt == "csv":
