@@ -45,9 +45,10 @@ from sqlstream.connectors.base import (
 )
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder, conform_table
 from sqlstream.connectors.encode import encode_json_lines, is_nested
-from sqlstream.connectors.options import OptionSpec
+from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec, null_spellings
 from sqlstream.errors import ConnectorError, Location
 from sqlstream.failure_isolation import isolate_failures
+from sqlstream.paths import resolve_path
 
 __all__ = ["FileSource", "FileSink", "resolve_files", "remove_stale_temp_files", "SETTLE_S"]
 
@@ -72,10 +73,6 @@ def resolve_files(path: str) -> list[str]:
     if any(ch in path for ch in "*?["):
         return sorted(p for p in glob.iglob(path, recursive=True) if os.path.isfile(p))
     return []
-
-
-def _absolute(path: str, base_dir: str) -> str:
-    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
 
 
 def _after_nth_newline(data: bytes, n: int, total: int) -> int:
@@ -147,23 +144,28 @@ class _TextFileReader(SourceReader):
         if self.c.config["header"]:
             header = self._whole_line()
             self._line = 1
-            if not header:  # a 0-byte file is an empty input, header or not
-                names = [f.name for f in schema]
-                self._final = True
-                return CsvDecoder(schema, self.c.source_name, names, delimiter, self.c.config["timestamp_format"])
-            # utf-8-sig: a byte order mark (Excel writes one) is not part of the first name
-            text = header.decode("utf-8-sig", "replace").rstrip("\r\n")
-            names = [n.strip().strip('"').lower() for n in text.split(delimiter)]
-            missing = [f.name for f in schema if f.name not in names and f.name not in METADATA_COLUMNS]
-            if missing:
-                raise ConnectorError(
-                    f"source '{self.c.source_name}': the CSV header of {self.files[self._file_index]} "
-                    f"has no column {', '.join(repr(m) for m in missing)}",
-                    hint=f"its columns: {', '.join(names)}; or set header = false to read columns by position",
-                )
+            names = self._header_names(header, delimiter) if header else [f.name for f in schema]
+            self._final = not header  # a 0-byte file is an empty input, header or not
         else:
             names = [f.name for f in schema]
-        return CsvDecoder(schema, self.c.source_name, names, delimiter, self.c.config["timestamp_format"])
+        return CsvDecoder(
+            schema, self.c.source_name, names, delimiter, self.c.config["timestamp_format"],
+            null_spellings(self.c.config["null_values"]),
+        )
+
+    def _header_names(self, header: bytes, delimiter: str) -> list[str]:
+        """The column names of a CSV header line; every declared column must be among them."""
+        # utf-8-sig: a byte order mark (Excel writes one) is not part of the first name
+        text = header.decode("utf-8-sig", "replace").rstrip("\r\n")
+        names = [n.strip().strip('"').lower() for n in text.split(delimiter)]
+        missing = [f.name for f in self.c.schema if f.name not in names and f.name not in METADATA_COLUMNS]
+        if missing:
+            raise ConnectorError(
+                f"source '{self.c.source_name}': the CSV header of {self.files[self._file_index]} "
+                f"has no column {', '.join(repr(m) for m in missing)}",
+                hint=f"its columns: {', '.join(names)}; or set header = false to read columns by position",
+            )
+        return names
 
     def _whole_line(self) -> bytes:
         """The next line with its newline, or the file's unterminated last line once final."""
@@ -367,17 +369,20 @@ class _Prefetching(SourceReader):
 @register_source
 class FileSource(SourceConnector):
     name = "file"
+    path_options = ("path",)
     options = (
         OptionSpec("path", required=True, doc="a file, a directory or a glob"),
         OptionSpec("format", "choice", required=True, choices=_FORMATS, doc="json | csv | parquet"),
         OptionSpec("header", "bool", default=True, doc="csv: the first line names the columns"),
         OptionSpec("delimiter", "str", default=",", doc="csv field delimiter",
                    check=lambda v: None if len(v) == 1 else "must be one character"),
+        NULL_VALUES_OPTION,
     )
 
     def open(self, ctx: RunContext) -> SourceReader:
-        path = _absolute(self.config["path"], ctx.base_dir)
-        files = resolve_files(path)
+        what = f"source '{self.source_name}': path"
+        path = resolve_path(self.config["path"], ctx.base_dir, ctx.allowed_paths, what=what, pattern=True)
+        files = [resolve_path(f, ctx.base_dir, ctx.allowed_paths, what=what) for f in resolve_files(path)]
         if not files:
             raise ConnectorError(f"source '{self.source_name}': no file matches path '{path}'")
         stop = threading.Event()
@@ -686,6 +691,7 @@ class _ParquetWriter(SinkWriter):
 @register_sink
 class FileSink(SinkConnector):
     name = "file"
+    path_options = ("path",)
     options = (
         OptionSpec("path", required=True, doc="output file (or directory for rolled Parquet)"),
         OptionSpec("format", "choice", required=True, choices=_FORMATS, doc="json | csv | parquet"),
@@ -735,7 +741,7 @@ class FileSink(SinkConnector):
             )
 
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
-        path = _absolute(self.config["path"], ctx.base_dir)
+        path = resolve_path(self.config["path"], ctx.base_dir, ctx.allowed_paths, what=f"sink '{self.sink_name}': path")
         fmt = self.config["format"]
         self.check_inputs(ctx.acknowledging_sources, None)
         append = self.config["mode"] == "append"
