@@ -37,6 +37,7 @@ from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
 from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_stream, runtime_error
 from sqlstream.connectors.nats.messages import MessageDecoder, Received, js_reply_fields
 from sqlstream.connectors.nats.protocol import prepare, send
+from sqlstream.connectors.nats.redelivery import TakenSequences
 from sqlstream.connectors.nats.routing import can_route, route, status_of
 
 __all__ = ["CoreReader", "JetStreamReader", "ack_defaults"]
@@ -44,6 +45,7 @@ __all__ = ["CoreReader", "JetStreamReader", "ack_defaults"]
 _IDLE_POLL_S = 0.001  # how often poll() looks for messages when none are buffered
 _PULL_EXPIRES_S = 5.0  # a pull request's lifetime on the server
 _PULL_HEARTBEAT_S = 1.0  # the server's idle heartbeat for a waiting pull request
+_CONSUMER_POLL_S = 1.0  # how often the consumer's ack floor is read from the server
 
 
 def ack_defaults(retention_horizon_us: int, batch_size: int) -> tuple[float, int]:
@@ -270,7 +272,10 @@ class JetStreamReader(_MessageReader):
         self.acked = 0
         self.progress_acks = 0  # "+WPI" sent for messages held longer than ack_wait / 3
         self.redelivered = 0
-        self.duplicates_dropped = 0
+        self.duplicates_dropped = 0  # redelivered copies of messages this run already took
+        self.taken_sequences = TakenSequences()
+        self.server_ack_floor = 0  # the consumer's ack floor (stream sequence), polled from the server
+        self.server_ack_pending = 0
         self.consumer_reset_to: int | None = None
         self.conn.start()
         try:
@@ -280,6 +285,7 @@ class JetStreamReader(_MessageReader):
             raise
         self.conn.on_reconnect.append(self._after_reconnect)
         self._watchdog_task = self.conn.submit(self._watchdog())
+        self._consumer_task = self.conn.submit(self._watch_consumer())
 
     # -- consumer setup (loop thread) -----------------------------------------------------------
 
@@ -424,6 +430,22 @@ class JetStreamReader(_MessageReader):
             except Exception as error:  # noqa: BLE001 - retried on the next round
                 LOG.debug("%s: pull request failed: %s", self.owner, error)
 
+    async def _watch_consumer(self) -> None:
+        """Poll the consumer's ack floor and pending count (what the redelivery filter
+        may forget, and what the stall warning reports)."""
+        js = self.conn.nc.jetstream()
+        while not self.conn.closed:
+            await asyncio.sleep(_CONSUMER_POLL_S)
+            if not self.conn.connected:
+                continue
+            try:
+                info = await js.consumer_info(self.stream, self.consumer_name, timeout=2)
+            except Exception as error:  # noqa: BLE001 - polled again on the next round
+                LOG.debug("%s: consumer info failed: %s", self.owner, error)
+                continue
+            self.server_ack_floor = max(self.server_ack_floor, info.ack_floor.stream_seq or 0)
+            self.server_ack_pending = info.num_ack_pending or 0
+
     async def _after_reconnect(self) -> None:
         self.requested = 0
         await self._request()
@@ -437,33 +459,42 @@ class JetStreamReader(_MessageReader):
         received_us = np.array(columns[4], dtype=np.int64) if self.with_time else None
         replies = pa.array(columns[1], pa.binary())
         sequences, delivered = js_reply_fields(replies)
-        if delivered.max(initial=1) > 1:
-            keep = self._skip_held(replies, sequences, delivered)
-            if keep is not None:
-                subjects, payloads, headers = ([c[i] for i in keep] for c in (subjects, payloads, headers))
-                replies, sequences = replies.take(pa.array(keep)), sequences[keep]
-                received_us = received_us[keep] if received_us is not None else None
+        self.redelivered += int((delivered > 1).sum())
+        self.taken_sequences.advance_floor(self.server_ack_floor)
+        new = self.taken_sequences.take(sequences)
+        copies = None
+        if not new.all():
+            keep = np.flatnonzero(new)
+            copies = self._settle_copies(replies, sequences, ~new)
+            subjects, payloads, headers = ([c[i] for i in keep] for c in (subjects, payloads, headers))
+            replies, sequences = replies.take(pa.array(keep)), sequences[keep]
+            received_us = received_us[keep] if received_us is not None else None
         batch, dead = self.decoder.decode(Received(subjects, payloads, headers, sequences, received_us))
         batch_id = self._next_batch_id
         self._next_batch_id += 1
-        self.held[batch_id] = _Held(self.clock.monotonic(), replies, sequences)
+        held = _Held(self.clock.monotonic(), replies, sequences)
+        if copies is not None and len(copies):
+            held.copies.append(copies)
+        self.held[batch_id] = held
         return SourceBatch(batch, dead, ack=lambda: self._ack(batch_id), raw_count=len(items))
 
-    def _skip_held(self, replies: pa.Array, sequences: np.ndarray, delivered: np.ndarray) -> np.ndarray | None:
-        """A redelivered message this run still holds (in an open window, not acked
-        yet) is already in the pipeline: drop the copy, and ack its new delivery
-        together with the batch that holds the original. Returns the rows to keep."""
-        self.redelivered += int((delivered > 1).sum())
-        copy = np.zeros(len(sequences), dtype=bool)
+    def _settle_copies(self, replies: pa.Array, sequences: np.ndarray, copy: np.ndarray) -> pa.Array:
+        """Redelivered copies of messages this run already took are dropped, never
+        counted twice. Each copy's new delivery is acked with its original: with the
+        batch that still holds it, at once if the original was acked already. Returns
+        the ack subjects of copies whose original is in this same batch."""
+        self.duplicates_dropped += int(copy.sum())
+        left = copy.copy()
         for held in self.held.values():
-            hit = (delivered > 1) & np.isin(sequences, held.sequences) & ~copy
+            hit = left & np.isin(sequences, held.sequences)
             if hit.any():
                 held.copies.append(replies.take(pa.array(np.flatnonzero(hit))))
-                copy |= hit
-        if not copy.any():
-            return None
-        self.duplicates_dropped += int(copy.sum())
-        return np.flatnonzero(~copy)
+                left &= ~hit
+        here = left & np.isin(sequences, sequences[~copy])
+        done = left & ~here
+        if done.any():  # the original's batch was acked: so is this copy
+            self._send_to_server(replies.take(pa.array(np.flatnonzero(done))), b"+ACK")
+        return replies.take(pa.array(np.flatnonzero(here)))
 
     def _ack(self, batch_id: int) -> None:
         held = self.held.pop(batch_id, None)
@@ -499,6 +530,7 @@ class JetStreamReader(_MessageReader):
 
     def close(self) -> None:
         self._watchdog_task.cancel()
+        self._consumer_task.cancel()
         self.conn.close()  # flushes the acks already sent; held messages come back on restart
 
     def status(self) -> dict[str, Any]:
