@@ -23,6 +23,10 @@ __all__ = ["Driver", "RunSummary"]
 
 _MAX_SLEEP_S = 0.05
 
+#: on a graceful stop, how long sources without replay (core NATS) may take to push what
+#: they already received through the pipeline; what is left then is reported as lost
+DRAIN_DEADLINE_S = 5.0
+
 
 @dataclass
 class RunSummary:
@@ -97,6 +101,8 @@ class Driver:
         try:
             while not self._stop.is_set() and self.step():
                 pass
+            if self._stop.is_set():
+                self._drain_sources()
         except (SqlStreamError, BrokenPipeError):
             self._close(graceful=False)
             raise
@@ -141,6 +147,24 @@ class Driver:
         if not progressed:
             self._sleep()
         return True
+
+    def _drain_sources(self) -> None:
+        """A graceful stop: sources that hold received input nobody can replay stop
+        receiving, and what they hold goes through the pipeline and into the sinks,
+        for up to ``DRAIN_DEADLINE_S``; the readers count and report what is left."""
+        stages = [s for s in self.sources if not s.ended and s.reader.drains_on_stop]
+        if not stages:
+            return
+        deadline = time.monotonic() + DRAIN_DEADLINE_S
+        for stage in stages:
+            stage.reader.stop_receiving()
+        for stage in stages:
+            while time.monotonic() < deadline:
+                item = stage.reader.drain()
+                if item is None:
+                    break
+                stage.process(item)
+            stage.reader.abandon(DRAIN_DEADLINE_S)
 
     def _roots(self) -> list[Operator]:
         roots = []

@@ -38,13 +38,14 @@ from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_st
 from sqlstream.connectors.nats.messages import MessageDecoder, Received, js_reply_fields
 from sqlstream.connectors.nats.protocol import prepare, send
 from sqlstream.connectors.nats.redelivery import TakenSequences
-from sqlstream.connectors.nats.routing import can_route, route, status_of
+from sqlstream.connectors.nats.routing import can_route, route, status_of, unroute
 
 __all__ = ["CoreReader", "JetStreamReader", "ack_defaults"]
 
 _IDLE_POLL_S = 0.001  # how often poll() looks for messages when none are buffered
 _PULL_EXPIRES_S = 5.0  # a pull request's lifetime on the server
 _PULL_HEARTBEAT_S = 1.0  # the server's idle heartbeat for a waiting pull request
+_UNSUBSCRIBE_S = 2.0  # graceful stop: the longest wait for the server to confirm an unsubscribe
 _CONSUMER_POLL_S = 1.0  # how often the consumer's ack floor is read from the server
 
 
@@ -122,9 +123,11 @@ class _MessageReader(SourceReader):
             since = self.pending_since = now
         if pending < self.batch_size and now - since < self.timeout_s:
             return None
-        take = min(pending, self.batch_size)
+        return self._take(min(pending, self.batch_size))
+
+    def _take(self, count: int) -> SourceBatch:
         popleft = self.buffer.popleft
-        items = [popleft() for _ in range(take)]
+        items = [popleft() for _ in range(count)]
         if not self.buffer:
             self.pending_since = None
         # (else what is left arrived before now and keeps the running timer: it is due next)
@@ -183,6 +186,8 @@ class CoreReader(_MessageReader):
         self.max_msgs = self.config["max_pending_messages"]
         self.max_bytes = self.config["max_pending_bytes"]
         self.dropped = 0  # messages over the pending limits (loop thread)
+        self.lost_at_shutdown = 0  # received, still buffered when the drain deadline passed
+        self.drain_deadline_s = 0.0
         self.conn.start()
         self.conn.call(self._subscribe(), timeout=10)
 
@@ -230,6 +235,44 @@ class CoreReader(_MessageReader):
 
     outage_note = ": core NATS messages published meanwhile were lost"
 
+    # -- graceful stop (driver thread) ------------------------------------------------------------
+
+    drains_on_stop = True
+
+    def stop_receiving(self) -> None:
+        """Unsubscribe and wait for the server's round trip: every message it sent
+        before is in the buffer, and nothing new arrives."""
+        try:
+            self.conn.call(self.subscription.drain(), timeout=_UNSUBSCRIBE_S)
+        except Exception as error:  # noqa: BLE001 - an outage: what was received is drained anyway
+            LOG.debug("%s: unsubscribing failed: %s", self.owner, error)
+        self.conn.call_soon(unroute, self.conn.nc, self.subscription._id)
+
+    def drain(self) -> SourceBatch | None:
+        if self.failure is not None:
+            raise self.failure
+        return self._take(min(len(self.buffer), self.batch_size)) if self.buffer else None
+
+    def abandon(self, deadline_s: float) -> int:
+        left = len(self.buffer)
+        if left:
+            self.lost_at_shutdown += left
+            self.buffer.clear()
+            self.pending_since = None
+            LOG.warning("%s: %s", self.owner, self._lost_note(deadline_s))
+        self.drain_deadline_s = deadline_s
+        return left
+
+    def _lost_note(self, deadline_s: float) -> str:
+        return (f"core NATS: {self.lost_at_shutdown:,} received messages not processed at shutdown "
+                f"(deadline {deadline_s:g}s)")
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.lost_at_shutdown:
+            out.append(self._lost_note(self.drain_deadline_s))
+        return out
+
     def make_batch(self, items: list) -> SourceBatch:
         columns = list(zip(*items, strict=True))
         subjects, payloads, headers = columns[0], columns[1], columns[2]
@@ -244,6 +287,7 @@ class CoreReader(_MessageReader):
     def status(self) -> dict[str, Any]:
         out = super().status()
         out["slow_consumer_drops"] += self.dropped
+        out["lost_at_shutdown"] = self.lost_at_shutdown
         return out
 
 
