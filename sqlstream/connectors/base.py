@@ -120,6 +120,14 @@ class SourceReader:
         messages, outages), in words; empty when all is well."""
         return []
 
+    #: seconds input may wait for its acknowledgement, without the acks advancing,
+    #: before the runtime calls ``ack_stalled`` (None: the reader does not ack)
+    ack_stall_after_s: float | None = None
+
+    def ack_stalled(self, waited_s: float, holders: list[str]) -> None:
+        """Acks have not advanced for ``waited_s`` because of ``holders`` (in words, from
+        the runtime): warn once, with what the reader knows too, and count it."""
+
     #: True for a reader that holds received input nobody can replay (core NATS): on a
     #: graceful stop the runtime calls ``stop_receiving``, takes ``drain`` batches
     #: through the pipeline until it returns None or a deadline passes, then ``abandon``

@@ -139,6 +139,7 @@ class Driver:
                 op.tick(now_us)
             for stage in self.sources:
                 stage.release_acks()
+                stage.check_ack_stall()
         if self.progress is not None and now - self._last_progress >= self.progress_interval_s:
             self._last_progress = now
             self.progress(self)

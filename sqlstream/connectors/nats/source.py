@@ -46,6 +46,8 @@ _IDLE_POLL_S = 0.001  # how often poll() looks for messages when none are buffer
 _PULL_EXPIRES_S = 5.0  # a pull request's lifetime on the server
 _PULL_HEARTBEAT_S = 1.0  # the server's idle heartbeat for a waiting pull request
 _UNSUBSCRIBE_S = 2.0  # graceful stop: the longest wait for the server to confirm an unsubscribe
+#: acks that have not advanced for max(this, ack_wait / 2) are reported as a stall
+STALL_MIN_S = 30.0
 _CONSUMER_POLL_S = 1.0  # how often the consumer's ack floor is read from the server
 
 
@@ -321,6 +323,7 @@ class JetStreamReader(_MessageReader):
         self.server_ack_floor = 0  # the consumer's ack floor (stream sequence), polled from the server
         self.server_ack_pending = 0
         self.consumer_reset_to: int | None = None
+        self.ack_stalls = 0  # times the acks stopped advancing for longer than ack_stall_after_s
         self.conn.start()
         try:
             self.conn.call(self._setup(), timeout=self.conn.connect_timeout_s + 10)
@@ -572,6 +575,28 @@ class JetStreamReader(_MessageReader):
                 self.progress_acks += len(subjects)
                 self._send_to_server(subjects, b"+WPI")
 
+    @property
+    def ack_stall_after_s(self) -> float:
+        return max(STALL_MIN_S, self.ack_wait_s / 2)
+
+    def ack_stalled(self, waited_s: float, holders: list[str]) -> None:
+        self.ack_stalls += 1
+        reasons = list(holders)
+        unacked = max(sum(len(h.replies) for h in self.held.values()) + len(self.buffer), self.server_ack_pending)
+        if 0 < self.max_ack_pending <= unacked:
+            reasons.append(f"max_ack_pending ({self.max_ack_pending:,}) is reached: the server delivers no more "
+                           "messages until some are acked")
+        LOG.warning(
+            "%s: acks have not advanced for %.0fs (%s messages delivered and not acked): %s",
+            self.owner, waited_s, f"{unacked:,}", "; ".join(reasons) or "the pipeline has not finished them",
+        )
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.ack_stalls:
+            out.append(f"acks stalled {self.ack_stalls}x for over {self.ack_stall_after_s:g}s (see the warnings)")
+        return out
+
     def close(self) -> None:
         self._watchdog_task.cancel()
         self._consumer_task.cancel()
@@ -585,6 +610,7 @@ class JetStreamReader(_MessageReader):
                 "held": sum(len(h.replies) for h in self.held.values()),
                 "duplicates_dropped": self.duplicates_dropped,
                 "redelivered": self.redelivered,
+                "ack_stalls": self.ack_stalls,
                 "progress_acks": self.progress_acks,
                 "ack_wait_s": self.ack_wait_s,
                 "max_ack_pending": self.max_ack_pending,
