@@ -190,8 +190,10 @@ class CoreReader(_MessageReader):
         self.dropped = 0  # messages over the pending limits (loop thread)
         self.lost_at_shutdown = 0  # received, still buffered when the drain deadline passed
         self.drain_deadline_s = 0.0
+        self._outage_seen_s = 0.0  # outage time already reported
         self.conn.start()
         self.conn.call(self._subscribe(), timeout=10)
+        self.conn.on_reconnect.append(self._after_reconnect)
 
     async def _subscribe(self) -> None:
         nc = self.conn.nc
@@ -235,7 +237,19 @@ class CoreReader(_MessageReader):
                 self.owner, subject.decode("utf-8", "replace"), self.dropped, self.max_msgs, self.max_bytes,
             )
 
-    outage_note = ": core NATS messages published meanwhile were lost"
+    outage_note = ": core NATS messages published meanwhile were lost (how many cannot be known)"
+
+    async def _after_reconnect(self) -> None:
+        """Say what an outage lost, as far as anyone can tell (loop thread)."""
+        events = self.conn.events
+        LOG.warning(
+            "%s: core NATS messages published to '%s' during the outage (%.2fs) are lost; how many cannot be known: "
+            "the server keeps no record of them (a JetStream stream on the subject would). Counted: %s messages "
+            "dropped by the pending limits so far, %s received messages kept",
+            self.owner, self.config["subject"], events.disconnected_s - self._outage_seen_s,
+            f"{self.status()['slow_consumer_drops']:,}", f"{self.received:,}",
+        )
+        self._outage_seen_s = events.disconnected_s
 
     # -- graceful stop (driver thread) ------------------------------------------------------------
 
