@@ -188,7 +188,7 @@ def test_window_counts_match_duckdb_across_many_restarts(tmp_path, nats_server, 
         reader = run.driver.sources[0].reader
         if attempt < restarts:
             target = rng.randrange(20, 120)
-            wait_until(lambda: reader.taken >= target, what="the run to take some messages")
+            wait_until(lambda r=reader, t=target: r.taken >= t, what="the run to take some messages")
         else:
             closing = {"id": 10_000, "ts": (T0 + timedelta(hours=1)).isoformat()}
             nats_client.js_publish(f"rst{seed}.in", [json.dumps(closing).encode()])
