@@ -259,10 +259,24 @@ class CoreReader(_MessageReader):
         """Unsubscribe and wait for the server's round trip: every message it sent
         before is in the buffer, and nothing new arrives."""
         try:
-            self.conn.call(self.subscription.drain(), timeout=_UNSUBSCRIBE_S)
+            self.conn.call(self._unsubscribe(), timeout=_UNSUBSCRIBE_S)
         except Exception as error:  # noqa: BLE001 - an outage: what was received is drained anyway
             LOG.debug("%s: unsubscribing failed: %s", self.owner, error)
         self.conn.call_soon(unroute, self.conn.nc, self.subscription._id)
+
+    async def _unsubscribe(self) -> None:
+        nc, subscription = self.conn.nc, self.subscription
+        send_unsubscribe = getattr(nc, "_send_unsubscribe", None)
+        if send_unsubscribe is not None:
+            # nats-py writes a flush's PING ahead of commands still queued, so one round
+            # trip can return before the server saw the UNSUB (and the messages it sends
+            # until then would be dropped once the subscription is removed): the first
+            # round trip pushes the UNSUB out, the second returns after the server
+            # processed it
+            await send_unsubscribe(subscription._id)
+            await nc.flush()
+            await nc.flush()
+        await subscription.drain()  # the callback path: its queue is handed over too
 
     def drain(self) -> SourceBatch | None:
         if self.failure is not None:
