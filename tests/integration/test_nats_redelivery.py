@@ -201,3 +201,40 @@ def test_window_counts_match_duckdb_across_many_restarts(tmp_path, nats_server, 
     stored = [json.loads(m.data) for m in nats_client.stream_messages(stream_out)]
     got = sorted((r["window_start"][:19].replace("T", " "), r["n"], r["total"]) for r in stored)
     assert got == [tuple(e) for e in expected]
+
+
+def test_a_rewind_by_another_process_does_not_count_messages_twice(tmp_path, nats_server, nats_client):
+    """A process starting on the same durable rewinds the consumer to its ack floor
+    ($JS.API.CONSUMER.RESET) while this run still holds messages in an open window:
+    the server delivers them again with a delivery count of 1, like new messages.
+    They are the same stream sequences, so they must not count again."""
+    nats_client.add_stream("REWIND_IN", ["rewind.in"])
+    out = tmp_path / "hourly.jsonl"
+    session = _session(tmp_path, batch_size="10")
+    session.execute(f"""
+        CREATE SOURCE r (id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+        WITH (connector = 'nats', url = '{nats_server.url}', stream = 'REWIND_IN', durable = 'rewind',
+              max_future = 'off');
+        CREATE SINK hourly AS SELECT window_start, count(*) AS n, sum(id) AS total
+          FROM TUMBLE(r, ts, INTERVAL '1' HOUR) GROUP BY window_start, window_end
+        WITH (connector = 'file', path = '{out}', format = 'json');
+    """)
+    run = BackgroundRun(session)
+    reader = run.driver.sources[0].reader
+
+    def publish(ids, hour=0):
+        nats_client.js_publish("rewind.in", [
+            json.dumps({"id": i, "ts": (T0 + timedelta(hours=hour, seconds=i)).isoformat()}).encode() for i in ids
+        ])
+
+    publish(range(30))
+    wait_until(lambda: reader.status()["held"] == 30, what="the open window to hold 30 messages")
+    reply = nats_client.run(nats_client.nc.request("$JS.API.CONSUMER.RESET.REWIND_IN.rewind", b"{}", timeout=5))
+    assert json.loads(reply.data)["reset_seq"] == 1
+    wait_until(lambda: reader.duplicates_dropped == 30, what="the rewound copies to arrive and be dropped")
+    publish([1000], hour=2)  # closes hour 0
+    wait_until(lambda: out.exists() and out.read_text(), what="the hour-0 result")
+    run.stop()
+    (result,) = _lines(out)
+    assert (result["n"], result["total"]) == (30, sum(range(30)))
+    assert reader.redelivered == 0  # each copy came with a delivery count of 1
