@@ -3,10 +3,12 @@
 A message's stream sequence identifies it. JetStream redelivers a message whose ack
 did not arrive within ``ack_wait`` — while the pipeline still holds it in an open
 window, while it waits in the reader's buffer behind a slow batch, after its batch
-was acked but before the server saw the ack, or several times after a restart (the
-rewind to the ack floor, plus the previous run's own redelivery timers). Within one
-run each sequence may enter the pipeline once: :class:`TakenSequences` remembers
-every sequence taken and marks later copies, vectorized over whole batches.
+was acked but before the server saw the ack — and a process starting on the same
+durable rewinds the consumer to its ack floor, after which the server delivers the
+same messages again with a delivery count of 1, like new ones. So the delivery count
+cannot tell a copy; the sequence can. Within one run each sequence may enter the
+pipeline once: :class:`TakenSequences` remembers every sequence taken and marks
+later copies, vectorized over whole batches.
 
 Memory stays bounded: everything at or below the consumer's ack floor (polled from
 the server) counts as taken — the server never delivers those again, and a copy that
