@@ -124,6 +124,31 @@ class SourceReader:
         messages, outages), in words; empty when all is well."""
         return []
 
+    #: seconds input may wait for its acknowledgement, without the acks advancing,
+    #: before the runtime calls ``ack_stalled`` (None: the reader does not ack)
+    ack_stall_after_s: float | None = None
+
+    def ack_stalled(self, waited_s: float, holders: list[str]) -> None:
+        """Acks have not advanced for ``waited_s`` because of ``holders`` (in words, from
+        the runtime): warn once, with what the reader knows too, and count it."""
+
+    #: True for a reader that holds received input nobody can replay (core NATS): on a
+    #: graceful stop the runtime calls ``stop_receiving``, takes ``drain`` batches
+    #: through the pipeline until it returns None or a deadline passes, then ``abandon``
+    drains_on_stop: bool = False
+
+    def stop_receiving(self) -> None:
+        """Graceful stop, first step: receive nothing new (e.g. unsubscribe)."""
+
+    def drain(self) -> SourceBatch | None:
+        """Graceful stop: the next batch of what was received, ready or not; None when empty."""
+        return None
+
+    def abandon(self, deadline_s: float) -> int:
+        """Graceful stop, last step: count what is still unprocessed after the drain
+        deadline as lost (and report it in ``problems``); returns that count."""
+        return 0
+
 
 class SourceConnector:
     """A configured source. Subclasses set ``name``, ``options`` and implement ``open``."""

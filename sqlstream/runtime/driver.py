@@ -26,6 +26,10 @@ __all__ = ["Driver", "RunSummary"]
 
 _MAX_SLEEP_S = 0.05
 
+#: on a graceful stop, how long sources without replay (core NATS) may take to push what
+#: they already received through the pipeline; what is left then is reported as lost
+DRAIN_DEADLINE_S = 5.0
+
 
 @dataclass
 class RunSummary:
@@ -110,6 +114,8 @@ class Driver:
         try:
             while not self._stop.is_set() and self.step():
                 pass
+            if self._stop.is_set():
+                self._drain_sources()
         except StateLimitError:
             self._close(graceful=True)  # what was produced is written; the error says where input stopped
             raise
@@ -150,6 +156,7 @@ class Driver:
                 op.tick(now_us)
             for stage in self.sources:
                 stage.release_acks()
+                stage.check_ack_stall()
         if self.progress is not None and now - self._last_progress >= self.progress_interval_s:
             self._last_progress = now
             self.progress(self)
@@ -158,6 +165,24 @@ class Driver:
         if not progressed:
             self._sleep()
         return True
+
+    def _drain_sources(self) -> None:
+        """A graceful stop: sources that hold received input nobody can replay stop
+        receiving, and what they hold goes through the pipeline and into the sinks,
+        for up to ``DRAIN_DEADLINE_S``; the readers count and report what is left."""
+        stages = [s for s in self.sources if not s.ended and s.reader.drains_on_stop]
+        if not stages:
+            return
+        deadline = time.monotonic() + DRAIN_DEADLINE_S
+        for stage in stages:
+            stage.reader.stop_receiving()
+        for stage in stages:
+            while time.monotonic() < deadline:
+                item = stage.reader.drain()
+                if item is None:
+                    break
+                stage.process(item)
+            stage.reader.abandon(DRAIN_DEADLINE_S)
 
     def _roots(self) -> list[Operator]:
         roots = []

@@ -9,6 +9,8 @@ and acknowledgement of input once every consumer has processed it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +25,7 @@ from sqlstream.runtime.dead_letter import DeadLetterOutput
 from sqlstream.runtime.sink import SinkOperator
 from sqlstream.runtime.watermarks import WatermarkTracker
 
-__all__ = ["SourceStage", "SourceSpec"]
+__all__ = ["SourceStage", "SourceSpec", "PendingAck"]
 
 
 @dataclass
@@ -36,6 +38,16 @@ class SourceSpec:
     max_future_us: int | None = 3_600_000_000
     idle_timeout_us: int | None = None
     bounded: bool = False
+
+
+@dataclass
+class PendingAck:
+    """A batch's ack, held until every row derived from it is durable everywhere."""
+
+    max_event: int | None  # µs: the batch's latest event time (None: no rows or no watermark)
+    ack: Callable[[], None]
+    written: dict[int, int]  # rows each downstream sink (by id) had received after the batch
+    since: float  # monotonic time the batch was taken
 
 
 @dataclass
@@ -58,8 +70,9 @@ class SourceStage:
         self.metrics = SourceMetrics(last_data_us=clock.now_us())
         self.tracker = WatermarkTracker(spec.watermark_delay_us) if spec.watermark_column else None
         self.ended = False
-        # (max event time, ack, rows each downstream sink had received after it) held back
-        self.pending_acks: list[tuple[int | None, object, dict[int, int]]] = []
+        self.pending_acks: list[PendingAck] = []
+        self.acks_moved_at = clock.monotonic()  # when the oldest pending ack was last released
+        self.stall_warned = False  # the current stall was reported
 
     @property
     def name(self) -> str:
@@ -122,7 +135,8 @@ class SourceStage:
                 for op, port in self.consumers:
                     op.advance(self.tracker.watermark, port)
         if item.ack is not None:
-            self.pending_acks.append((max_event, item.ack, {id(s): s.rows_out for s in self.sinks()}))
+            written = {id(s): s.rows_out for s in self.sinks()}
+            self.pending_acks.append(PendingAck(max_event, item.ack, written, self.clock.monotonic()))
         self.release_acks()
 
     def retention_start(self) -> int | None:
@@ -145,15 +159,49 @@ class SourceStage:
         durable = {id(s): s.durable_rows() for s in self.sinks()}
         ready, keep = [], []
         for entry in self.pending_acks:
-            max_event, ack, written = entry
-            released = holding is None or (max_event is not None and max_event < holding)
-            if released and all(durable.get(sink, 0) >= rows for sink, rows in written.items()):
-                ready.append(ack)
+            if self._released(entry, holding) and all(durable.get(sink, 0) >= rows for sink, rows in entry.written.items()):
+                ready.append(entry.ack)
             else:
                 keep.append(entry)
+        if not keep or keep[0] is not self.pending_acks[0]:  # the oldest was released: the ack floor moved
+            self.acks_moved_at = self.clock.monotonic()
+            self.stall_warned = False
         self.pending_acks = keep
         for ack in ready:
             ack()
+
+    @staticmethod
+    def _released(entry: PendingAck, holding: int | None) -> bool:
+        return holding is None or (entry.max_event is not None and entry.max_event < holding)
+
+    def check_ack_stall(self) -> None:
+        """Warn once per stall when the oldest input waiting for its ack has waited longer
+        than the reader's ``ack_stall_after_s`` without the acks advancing, saying what
+        holds it back (the reader adds what it knows and counts the stall)."""
+        after = self.reader.ack_stall_after_s
+        if after is None or not self.pending_acks or self.stall_warned:
+            return
+        oldest = self.pending_acks[0]
+        waited = self.clock.monotonic() - max(self.acks_moved_at, oldest.since)
+        if waited < after:
+            return
+        self.stall_warned = True
+        self.reader.ack_stalled(waited, self.ack_holders(oldest))
+
+    def ack_holders(self, entry: PendingAck) -> list[str]:
+        """What keeps ``entry`` from being acked, in words."""
+        reasons = []
+        holding = self.retention_start()
+        if not self._released(entry, holding):
+            since = datetime.fromtimestamp(holding / 1e6, tz=timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+            reasons.append(f"a window or join still holds rows (event time from {since}); "
+                           "their input is acked when the results are emitted")
+        for sink in self.sinks():
+            durable = sink.durable_rows()
+            if durable < entry.written.get(id(sink), 0):
+                reasons.append(f"sink '{sink.sink_name}' has made {durable:,} of {sink.rows_out:,} rows durable "
+                               "(a sink that commits whole files acks input when a file is committed)")
+        return reasons
 
     def sinks(self) -> list[SinkOperator]:
         return [node for op, _ in self.consumers for node in op.walk() if isinstance(node, SinkOperator)]

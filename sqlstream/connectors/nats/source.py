@@ -37,7 +37,8 @@ from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
 from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_stream, runtime_error
 from sqlstream.connectors.nats.messages import MessageDecoder, Received, js_reply_fields
 from sqlstream.connectors.nats.protocol import prepare, send
-from sqlstream.connectors.nats.routing import can_route, route, status_of
+from sqlstream.connectors.nats.redelivery import TakenSequences
+from sqlstream.connectors.nats.routing import can_route, route, status_of, unroute
 from sqlstream.connectors.options import null_spellings
 
 __all__ = ["CoreReader", "JetStreamReader", "ack_defaults"]
@@ -45,6 +46,10 @@ __all__ = ["CoreReader", "JetStreamReader", "ack_defaults"]
 _IDLE_POLL_S = 0.001  # how often poll() looks for messages when none are buffered
 _PULL_EXPIRES_S = 5.0  # a pull request's lifetime on the server
 _PULL_HEARTBEAT_S = 1.0  # the server's idle heartbeat for a waiting pull request
+_UNSUBSCRIBE_S = 2.0  # graceful stop: the longest wait for the server to confirm an unsubscribe
+#: acks that have not advanced for max(this, ack_wait / 2) are reported as a stall
+STALL_MIN_S = 30.0
+_CONSUMER_POLL_S = 1.0  # how often the consumer's ack floor is read from the server
 
 
 def ack_defaults(retention_horizon_us: int, batch_size: int) -> tuple[float, int]:
@@ -122,9 +127,11 @@ class _MessageReader(SourceReader):
             since = self.pending_since = now
         if pending < self.batch_size and now - since < self.timeout_s:
             return None
-        take = min(pending, self.batch_size)
+        return self._take(min(pending, self.batch_size))
+
+    def _take(self, count: int) -> SourceBatch:
         popleft = self.buffer.popleft
-        items = [popleft() for _ in range(take)]
+        items = [popleft() for _ in range(count)]
         if not self.buffer:
             self.pending_since = None
         # (else what is left arrived before now and keeps the running timer: it is due next)
@@ -183,8 +190,12 @@ class CoreReader(_MessageReader):
         self.max_msgs = self.config["max_pending_messages"]
         self.max_bytes = self.config["max_pending_bytes"]
         self.dropped = 0  # messages over the pending limits (loop thread)
+        self.lost_at_shutdown = 0  # received, still buffered when the drain deadline passed
+        self.drain_deadline_s = 0.0
+        self._outage_seen_s = 0.0  # outage time already reported
         self.conn.start()
         self.conn.call(self._subscribe(), timeout=10)
+        self.conn.on_reconnect.append(self._after_reconnect)
 
     async def _subscribe(self) -> None:
         nc = self.conn.nc
@@ -228,7 +239,71 @@ class CoreReader(_MessageReader):
                 self.owner, subject.decode("utf-8", "replace"), self.dropped, self.max_msgs, self.max_bytes,
             )
 
-    outage_note = ": core NATS messages published meanwhile were lost"
+    outage_note = ": core NATS messages published meanwhile were lost (how many cannot be known)"
+
+    async def _after_reconnect(self) -> None:
+        """Say what an outage lost, as far as anyone can tell (loop thread)."""
+        events = self.conn.events
+        LOG.warning(
+            "%s: core NATS messages published to '%s' during the outage (%.2fs) are lost; how many cannot be known: "
+            "the server keeps no record of them (a JetStream stream on the subject would). Counted: %s messages "
+            "dropped by the pending limits so far, %s received messages kept",
+            self.owner, self.config["subject"], events.disconnected_s - self._outage_seen_s,
+            f"{self.status()['slow_consumer_drops']:,}", f"{self.received:,}",
+        )
+        self._outage_seen_s = events.disconnected_s
+
+    # -- graceful stop (driver thread) ------------------------------------------------------------
+
+    drains_on_stop = True
+
+    def stop_receiving(self) -> None:
+        """Unsubscribe and wait for the server's round trip: every message it sent
+        before is in the buffer, and nothing new arrives."""
+        try:
+            self.conn.call(self._unsubscribe(), timeout=_UNSUBSCRIBE_S)
+        except Exception as error:  # noqa: BLE001 - an outage: what was received is drained anyway
+            LOG.debug("%s: unsubscribing failed: %s", self.owner, error)
+        self.conn.call_soon(unroute, self.conn.nc, self.subscription._id)
+
+    async def _unsubscribe(self) -> None:
+        nc, subscription = self.conn.nc, self.subscription
+        send_unsubscribe = getattr(nc, "_send_unsubscribe", None)
+        if send_unsubscribe is not None:
+            # nats-py writes a flush's PING ahead of commands still queued, so one round
+            # trip can return before the server saw the UNSUB (and the messages it sends
+            # until then would be dropped once the subscription is removed): the first
+            # round trip pushes the UNSUB out, the second returns after the server
+            # processed it
+            await send_unsubscribe(subscription._id)
+            await nc.flush()
+            await nc.flush()
+        await subscription.drain()  # the callback path: its queue is handed over too
+
+    def drain(self) -> SourceBatch | None:
+        if self.failure is not None:
+            raise self.failure
+        return self._take(min(len(self.buffer), self.batch_size)) if self.buffer else None
+
+    def abandon(self, deadline_s: float) -> int:
+        left = len(self.buffer)
+        if left:
+            self.lost_at_shutdown += left
+            self.buffer.clear()
+            self.pending_since = None
+            LOG.warning("%s: %s", self.owner, self._lost_note(deadline_s))
+        self.drain_deadline_s = deadline_s
+        return left
+
+    def _lost_note(self, deadline_s: float) -> str:
+        return (f"core NATS: {self.lost_at_shutdown:,} received messages not processed at shutdown "
+                f"(deadline {deadline_s:g}s)")
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.lost_at_shutdown:
+            out.append(self._lost_note(self.drain_deadline_s))
+        return out
 
     def make_batch(self, items: list) -> SourceBatch:
         columns = list(zip(*items, strict=True))
@@ -244,6 +319,7 @@ class CoreReader(_MessageReader):
     def status(self) -> dict[str, Any]:
         out = super().status()
         out["slow_consumer_drops"] += self.dropped
+        out["lost_at_shutdown"] = self.lost_at_shutdown
         return out
 
 
@@ -272,8 +348,12 @@ class JetStreamReader(_MessageReader):
         self.acked = 0
         self.progress_acks = 0  # "+WPI" sent for messages held longer than ack_wait / 3
         self.redelivered = 0
-        self.duplicates_dropped = 0
+        self.duplicates_dropped = 0  # redelivered copies of messages this run already took
+        self.taken_sequences = TakenSequences()
+        self.server_ack_floor = 0  # the consumer's ack floor (stream sequence), polled from the server
+        self.server_ack_pending = 0
         self.consumer_reset_to: int | None = None
+        self.ack_stalls = 0  # times the acks stopped advancing for longer than ack_stall_after_s
         self.conn.start()
         try:
             self.conn.call(self._setup(), timeout=self.conn.connect_timeout_s + 10)
@@ -282,6 +362,7 @@ class JetStreamReader(_MessageReader):
             raise
         self.conn.on_reconnect.append(self._after_reconnect)
         self._watchdog_task = self.conn.submit(self._watchdog())
+        self._consumer_task = self.conn.submit(self._watch_consumer())
 
     # -- consumer setup (loop thread) -----------------------------------------------------------
 
@@ -426,6 +507,22 @@ class JetStreamReader(_MessageReader):
             except Exception as error:  # noqa: BLE001 - retried on the next round
                 LOG.debug("%s: pull request failed: %s", self.owner, error)
 
+    async def _watch_consumer(self) -> None:
+        """Poll the consumer's ack floor and pending count (what the redelivery filter
+        may forget, and what the stall warning reports)."""
+        js = self.conn.nc.jetstream()
+        while not self.conn.closed:
+            await asyncio.sleep(_CONSUMER_POLL_S)
+            if not self.conn.connected:
+                continue
+            try:
+                info = await js.consumer_info(self.stream, self.consumer_name, timeout=2)
+            except Exception as error:  # noqa: BLE001 - polled again on the next round
+                LOG.debug("%s: consumer info failed: %s", self.owner, error)
+                continue
+            self.server_ack_floor = max(self.server_ack_floor, info.ack_floor.stream_seq or 0)
+            self.server_ack_pending = info.num_ack_pending or 0
+
     async def _after_reconnect(self) -> None:
         self.requested = 0
         await self._request()
@@ -439,33 +536,42 @@ class JetStreamReader(_MessageReader):
         received_us = np.array(columns[4], dtype=np.int64) if self.with_time else None
         replies = pa.array(columns[1], pa.binary())
         sequences, delivered = js_reply_fields(replies)
-        if delivered.max(initial=1) > 1:
-            keep = self._skip_held(replies, sequences, delivered)
-            if keep is not None:
-                subjects, payloads, headers = ([c[i] for i in keep] for c in (subjects, payloads, headers))
-                replies, sequences = replies.take(pa.array(keep)), sequences[keep]
-                received_us = received_us[keep] if received_us is not None else None
+        self.redelivered += int((delivered > 1).sum())
+        self.taken_sequences.advance_floor(self.server_ack_floor)
+        new = self.taken_sequences.take(sequences)
+        copies = None
+        if not new.all():
+            keep = np.flatnonzero(new)
+            copies = self._settle_copies(replies, sequences, ~new)
+            subjects, payloads, headers = ([c[i] for i in keep] for c in (subjects, payloads, headers))
+            replies, sequences = replies.take(pa.array(keep)), sequences[keep]
+            received_us = received_us[keep] if received_us is not None else None
         batch, dead = self.decoder.decode(Received(subjects, payloads, headers, sequences, received_us))
         batch_id = self._next_batch_id
         self._next_batch_id += 1
-        self.held[batch_id] = _Held(self.clock.monotonic(), replies, sequences)
+        held = _Held(self.clock.monotonic(), replies, sequences)
+        if copies is not None and len(copies):
+            held.copies.append(copies)
+        self.held[batch_id] = held
         return SourceBatch(batch, dead, ack=lambda: self._ack(batch_id), raw_count=len(items))
 
-    def _skip_held(self, replies: pa.Array, sequences: np.ndarray, delivered: np.ndarray) -> np.ndarray | None:
-        """A redelivered message this run still holds (in an open window, not acked
-        yet) is already in the pipeline: drop the copy, and ack its new delivery
-        together with the batch that holds the original. Returns the rows to keep."""
-        self.redelivered += int((delivered > 1).sum())
-        copy = np.zeros(len(sequences), dtype=bool)
+    def _settle_copies(self, replies: pa.Array, sequences: np.ndarray, copy: np.ndarray) -> pa.Array:
+        """Redelivered copies of messages this run already took are dropped, never
+        counted twice. Each copy's new delivery is acked with its original: with the
+        batch that still holds it, at once if the original was acked already. Returns
+        the ack subjects of copies whose original is in this same batch."""
+        self.duplicates_dropped += int(copy.sum())
+        left = copy.copy()
         for held in self.held.values():
-            hit = (delivered > 1) & np.isin(sequences, held.sequences) & ~copy
+            hit = left & np.isin(sequences, held.sequences)
             if hit.any():
                 held.copies.append(replies.take(pa.array(np.flatnonzero(hit))))
-                copy |= hit
-        if not copy.any():
-            return None
-        self.duplicates_dropped += int(copy.sum())
-        return np.flatnonzero(~copy)
+                left &= ~hit
+        here = left & np.isin(sequences, sequences[~copy])
+        done = left & ~here
+        if done.any():  # the original's batch was acked: so is this copy
+            self._send_to_server(replies.take(pa.array(np.flatnonzero(done))), b"+ACK")
+        return replies.take(pa.array(np.flatnonzero(here)))
 
     def _ack(self, batch_id: int) -> None:
         held = self.held.pop(batch_id, None)
@@ -499,8 +605,31 @@ class JetStreamReader(_MessageReader):
                 self.progress_acks += len(subjects)
                 self._send_to_server(subjects, b"+WPI")
 
+    @property
+    def ack_stall_after_s(self) -> float:
+        return max(STALL_MIN_S, self.ack_wait_s / 2)
+
+    def ack_stalled(self, waited_s: float, holders: list[str]) -> None:
+        self.ack_stalls += 1
+        reasons = list(holders)
+        unacked = max(sum(len(h.replies) for h in self.held.values()) + len(self.buffer), self.server_ack_pending)
+        if 0 < self.max_ack_pending <= unacked:
+            reasons.append(f"max_ack_pending ({self.max_ack_pending:,}) is reached: the server delivers no more "
+                           "messages until some are acked")
+        LOG.warning(
+            "%s: acks have not advanced for %.0fs (%s messages delivered and not acked): %s",
+            self.owner, waited_s, f"{unacked:,}", "; ".join(reasons) or "the pipeline has not finished them",
+        )
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.ack_stalls:
+            out.append(f"acks stalled {self.ack_stalls}x for over {self.ack_stall_after_s:g}s (see the warnings)")
+        return out
+
     def close(self) -> None:
         self._watchdog_task.cancel()
+        self._consumer_task.cancel()
         self.conn.close()  # flushes the acks already sent; held messages come back on restart
 
     def status(self) -> dict[str, Any]:
@@ -511,6 +640,7 @@ class JetStreamReader(_MessageReader):
                 "held": sum(len(h.replies) for h in self.held.values()),
                 "duplicates_dropped": self.duplicates_dropped,
                 "redelivered": self.redelivered,
+                "ack_stalls": self.ack_stalls,
                 "progress_acks": self.progress_acks,
                 "ack_wait_s": self.ack_wait_s,
                 "max_ack_pending": self.max_ack_pending,
