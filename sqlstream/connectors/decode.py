@@ -578,35 +578,58 @@ class JsonDecoder(Decoder):
     def _reread(self, table: pa.Table, records: np.ndarray, rows: np.ndarray, lines: _Lines, rejects: _Rejects):
         """Rows whose keys need matching one by one: each record's declared values are
         picked by the rule above and read again; the rows are replaced in place."""
-        drop, redo, redo_rows = [], [], []
+        drop, redo, redo_rows, deep, deep_rows = [], [], [], [], []
         for row in rows:
             line = lines.line(records[row])
             try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # deeper than orjson reads: the row stays as read
-            picked, problem = self._pick(record)
-            if problem is None:
-                try:
+                picked, problem = self._pick(orjson.loads(line))
+                if problem is None:
                     redo.append(orjson.dumps(picked))
                     redo_rows.append(row)
                     continue
-                except (TypeError, orjson.JSONEncodeError) as error:
-                    problem = f"a declared value cannot be read: {error}"
+            except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError):
+                # nested deeper than orjson goes: pyarrow reads the record's spellings
+                replacement, problem = self._read_spellings(line)
+                if problem is None:
+                    deep.append(replacement)
+                    deep_rows.append(row)
+                    continue
             rejects.add(records[row], "decode", problem)
             drop.append(row)
         replacement, bad = self._read_picked(redo)
-        for position_in_redo, error in bad:
-            row = redo_rows[position_in_redo]
-            rejects.add(records[row], *self._classify(lines.line(records[row]), error))
-            drop.append(row)
-        good_rows = [r for i, r in enumerate(redo_rows) if i not in {b for b, _ in bad}]
+        failed = {i for i, _ in bad}
+        for i, error in bad:
+            rejects.add(records[redo_rows[i]], *self._classify(lines.line(records[redo_rows[i]]), error))
+            drop.append(redo_rows[i])
+        replaced = [r for i, r in enumerate(redo_rows) if i not in failed] + deep_rows
         order = np.arange(table.num_rows)
-        order[good_rows] = table.num_rows + np.arange(len(good_rows))
+        order[replaced] = table.num_rows + np.arange(len(replaced))
         keep = np.ones(table.num_rows, dtype=bool)
         keep[drop] = False
-        merged = pa.concat_tables([table, replacement]).take(pa.array(order[keep]))
+        merged = pa.concat_tables([table, replacement, *deep]).take(pa.array(order[keep]))
         return merged, records[keep]
+
+    def _read_spellings(self, line: bytes) -> tuple[pa.Table | None, str | None]:
+        """One record too deep for orjson: read every spelling of a declared key that
+        occurs in it as its own column (pyarrow reads any depth, top-level keys only);
+        the exact spelling wins, else the one other spelling with a value."""
+        pattern = b'"(' + b"|".join(re.escape(n.encode()) for n in self._lower) + b')"'
+        spellings = {m.group(1).decode() for m in re.finditer(pattern, line, re.IGNORECASE)}
+        types = {f.name: f.type for f in self.read_schema}
+        fields = [pa.field(k, types[self._lower[k.lower()]]) for k in sorted(spellings)]
+        options = pjson.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
+        try:
+            read = pjson.read_json(io.BytesIO(line), parse_options=options)
+        except _READ_ERRORS as error:
+            return None, self._classify(line, error)[1]
+        columns = []
+        for name in self.read_schema.names:
+            found = [k for k in sorted(spellings) if self._lower[k.lower()] == name and read.column(k)[0].is_valid]
+            if name not in found and len(found) > 1:
+                return None, f"keys {' and '.join(repr(k) for k in found)} both name column '{name}'"
+            chosen = name if name in found else (found[0] if found else None)
+            columns.append(read.column(chosen) if chosen else pa.nulls(1, types[name]))
+        return pa.table(columns, schema=self.read_schema), None
 
     def _pick(self, record) -> tuple[dict, str | None]:
         picked: dict = {}

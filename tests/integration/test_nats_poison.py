@@ -23,6 +23,12 @@ POISON = [
     pytest.param(b'{"id": "seven", "name": "x", "v": 1.0}', "type", id="wrong-type-key"),
     pytest.param(b'{"name": "x", "v": 1.0}', "null", id="not-null-missing"),
     pytest.param(b'{"id": null, "name": "x", "v": 1.0}', "null", id="not-null-null"),
+    pytest.param(b'{"id": 7, "name": "caf\xe9", "v": 1.0}', "decode", id="invalid-utf8"),
+    pytest.param(b'{"id": 7, "v": 1.0} {"id": 8, "v": 2.0}', "decode", id="two-objects"),
+    pytest.param(b'{"Id": 7, "ID": 8}', "decode", id="key-spelled-twice"),
+    pytest.param(b'{"id": 7, "x": ' + b"[" * 3000 + b"]" * 3000 + b', "Name": "y", "NAME": "z"}', "decode",
+                 id="deep-and-spelled-twice"),
+    pytest.param(b"   ", "decode", id="blank"),
 ]
 
 
@@ -58,7 +64,7 @@ def test_a_poison_message_is_dead_lettered_once_and_acked(tmp_path, nats_server,
     assert sorted(r["id"] for r in _lines(tmp_path / "first.jsonl")) == list(range(10))
     (letter,) = _lines(tmp_path / "dead.jsonl")
     assert (letter["reason"], letter["source"], letter["position"]) == (reason, "readings", f"{subject}#6")
-    assert letter["raw"] == payload.decode()
+    assert letter["raw"] == payload.decode("utf-8", "backslashreplace")  # invalid UTF-8 shown as \xNN
     info = nats_client.consumer_info(stream, "guard")
     assert info.num_ack_pending == 0 and info.num_redelivered == 0
 
