@@ -59,6 +59,9 @@ class Record:
     case: str  # which generator case made it (for failure messages)
     row: dict | None = field(default=None, compare=False)
 
+    def __repr__(self) -> str:
+        return f"Record({self.raw[:120]!r}{'...' if len(self.raw) > 120 else ''}, {self.outcome!r}, {self.case!r})"
+
     def describe(self) -> str:
         return f"{self.case} → {self.outcome}: {self.raw[:200]!r}"
 
@@ -107,7 +110,7 @@ def _naive_ts(rng) -> tuple[str, datetime]:
         fraction_value = rng.randint(0, 10**digits - 1)
         fraction = "." + str(fraction_value).rjust(digits, "0")
         value = value.replace(microsecond=fraction_value * 10 ** (6 - digits))
-    text = value.strftime("%Y-%m-%d") + rng.choice(["T", " "]) + value.strftime("%H:%M:%S") + fraction
+    text = f"{value.year:04d}-{value.month:02d}-{value.day:02d}{rng.choice(['T', ' '])}{value:%H:%M:%S}{fraction}"
     return text, value
 
 
