@@ -28,6 +28,7 @@ import pyarrow as pa
 __all__ = [
     "SQL_COLUMNS", "ARROW_SCHEMA", "CSV_HEADER", "ORJSON_MAX_DEPTH", "Record", "json_record", "csv_record",
     "payload_record", "json_lines", "csv_lines", "payloads", "expected_raw", "normalize_row", "normalize_rows",
+    "check_outcomes", "json_view", "split_quote_records", "random_records",
 ]
 
 SQL_COLUMNS = "id BIGINT NOT NULL, name VARCHAR, v DOUBLE, ts TIMESTAMP, tz TIMESTAMPTZ"
@@ -164,7 +165,7 @@ def _json_object(rng, written: dict, *, spell: bool = True, extra: bool = True) 
     """``written`` as one JSON object: keys in any case and order, undeclared keys mixed in."""
     items = [(_spell(rng, k) if spell else k, json.dumps(v, ensure_ascii=rng.random() < 0.3)) for k, v in written.items()]
     if extra and rng.random() < 0.3:
-        value = rng.choice(['{"id": 5, "deep": [1, {"x": null}]}', '"ignored"', "[1,2,3]", "null", 
+        value = rng.choice(['{"id": 5, "deep": [1, {"x": null}]}', '"ignored"', "[1,2,3]", "null",
                             _nested(rng.choice([3, 50, 300]))])
         items.append((rng.choice(["extra", "x_1", "idx", "names", "ID2"]), value))
     rng.shuffle(items)
@@ -395,6 +396,54 @@ def normalize_row(row: dict) -> tuple:
 
 def normalize_rows(rows) -> list[tuple]:
     return [normalize_row(r) for r in rows]
+
+
+def check_outcomes(records: list[Record], rows: list[dict], letters, position_of) -> None:
+    """Each record became what it must: a row (in order, with its values) or exactly one
+    dead letter with its reason, raw text and position. Fails listing the records that did not."""
+    problems = []
+    by_position: dict[str, list] = {}
+    for letter in letters:
+        by_position.setdefault(letter.position if hasattr(letter, "position") else letter["position"], []).append(letter)
+    for index, record in enumerate(records):
+        position = position_of(index)
+        got = by_position.get(position, [])
+        if record.outcome in ("decode", "type", "null"):
+            if len(got) != 1:
+                problems.append(f"{position}: {record.describe()}\n    got {len(got)} dead letters")
+                continue
+            letter = _letter(got[0])
+            if (letter["reason"], letter["raw"]) != (record.outcome, expected_raw(record.raw)):
+                problems.append(f"{position}: {record.describe()}\n    got ({letter['reason']!r}, raw "
+                                f"{letter['raw'][:200]!r}): {letter['detail'][:200]}")
+        elif got:
+            letter = _letter(got[0])
+            problems.append(f"{position}: {record.describe()}\n    got a dead letter ({letter['reason']}: "
+                            f"{letter['detail'][:200]})")
+    for position in sorted(set(by_position) - {position_of(i) for i in range(len(records))}):
+        problems.append(f"a dead letter at an unknown position {position!r}: {_letter(by_position[position][0])}")
+    expected_rows = [r.row for r in records if r.outcome == "row"]
+    want, have = normalize_rows(expected_rows), normalize_rows(rows)
+    if want != have and not problems:
+        for i, (w, h) in enumerate(zip(want, have)):
+            if w != h:
+                record = [r for r in records if r.outcome == "row"][i]
+                problems.append(f"row {i}: {record.describe()}\n    expected {w}\n    got      {h}")
+                break
+        else:
+            problems.append(f"expected {len(want)} rows, got {len(have)}")
+    assert not problems, f"{len(problems)} record(s) decoded wrongly:\n" + "\n".join(problems[:8])
+
+
+def _letter(letter) -> dict:
+    if isinstance(letter, dict):
+        return letter
+    return {"reason": letter.reason, "raw": letter.raw, "detail": letter.detail, "position": letter.position}
+
+
+def json_view(rows: list[dict]) -> list[dict]:
+    """Rows as a JSON sink writes them: NaN and infinities are not JSON, they become null."""
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
 
 
 def random_records(maker, seed: int, n: int, **options) -> list[Record]:
