@@ -10,7 +10,7 @@ where blocks are cut; sink output is readable by DuckDB. The tables of examples
 pin each decided rule with a readable failure of its own.
 
 ``pytest -m slow tests/unit/test_decode_fuzz.py`` runs the same properties with
-ten times the examples.
+more examples (1,000 per property).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from tests.fuzz_records import (
 _PHASES = [Phase.explicit, Phase.reuse, Phase.generate]
 _CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
 FAST = settings(max_examples=150, deadline=None, phases=_PHASES, suppress_health_check=_CHECKS)
-SLOW = settings(max_examples=1500, deadline=None, phases=_PHASES, suppress_health_check=_CHECKS)
+SLOW = settings(max_examples=1000, deadline=None, phases=_PHASES, suppress_health_check=_CHECKS)
 FILES = settings(max_examples=12, deadline=None, phases=_PHASES, suppress_health_check=_CHECKS)
 
 # -- checking an outcome record by record ----------------------------------------------------------
