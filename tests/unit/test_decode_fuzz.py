@@ -54,7 +54,8 @@ from tests.fuzz_records import (
 # which says more than a shrunk random generator would; and failures stay fast.
 _PHASES = [Phase.explicit, Phase.reuse, Phase.generate]
 _CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
-FAST = settings(max_examples=150, deadline=None, phases=_PHASES, suppress_health_check=_CHECKS)
+FAST = settings(max_examples=100, deadline=None, phases=_PHASES, suppress_health_check=_CHECKS)
+CUTS = settings(max_examples=50, deadline=None, phases=_PHASES, suppress_health_check=_CHECKS)
 SLOW = settings(max_examples=1000, deadline=None, phases=_PHASES, suppress_health_check=_CHECKS)
 FILES = settings(max_examples=12, deadline=None, phases=_PHASES, suppress_health_check=_CHECKS)
 
@@ -118,8 +119,8 @@ def test_json_every_line_is_one_row_or_one_dead_letter(case):
     _json_property(case)
 
 
-@FAST
-@given(json_inputs(), st.lists(st.integers(0, 40), min_size=1, max_size=8))
+@CUTS
+@given(json_inputs(max_records=25), st.lists(st.integers(0, 25), min_size=1, max_size=8))
 def test_json_results_do_not_depend_on_the_block_cuts(case, other_cuts):
     """Independent of what each record should become: one block or many, the same result."""
     _, data, cuts = case
@@ -262,8 +263,8 @@ def test_csv_every_line_is_one_row_or_one_dead_letter(case):
     _csv_property(case)
 
 
-@FAST
-@given(csv_inputs(), st.lists(st.integers(0, 40), min_size=1, max_size=8))
+@CUTS
+@given(csv_inputs(max_records=25), st.lists(st.integers(0, 25), min_size=1, max_size=8))
 def test_csv_results_do_not_depend_on_the_block_cuts(case, other_cuts):
     _, data, cuts = case
     whole = _summary(*decode_in_blocks(csv_decoder(), data, []))
@@ -381,6 +382,17 @@ def message_inputs(draw, max_records: int = 40):
 @FAST
 @given(message_inputs())
 def test_nats_every_message_is_one_row_or_one_dead_letter(case):
+    _nats_property(case)
+
+
+@pytest.mark.slow
+@SLOW
+@given(message_inputs(max_records=80))
+def test_nats_every_message_is_one_row_or_one_dead_letter_slow(case):
+    _nats_property(case)
+
+
+def _nats_property(case):
     records, cuts = case
     rows, dead = decode_messages(records, cuts)
     check_outcomes(records, rows, dead, lambda i: f"fuzz.in#{i + 1}")
@@ -389,8 +401,8 @@ def test_nats_every_message_is_one_row_or_one_dead_letter(case):
             assert "empty" in letter.detail
 
 
-@FAST
-@given(message_inputs(), st.lists(st.integers(0, 40), min_size=1, max_size=8))
+@CUTS
+@given(message_inputs(max_records=25), st.lists(st.integers(0, 25), min_size=1, max_size=8))
 def test_nats_results_do_not_depend_on_the_batches(case, other_cuts):
     records, cuts = case
     whole = _summary(*decode_messages(records, []))
