@@ -42,7 +42,7 @@ from tests.fuzz_records import (
 pytestmark = pytest.mark.slow
 
 SEEDS = [11, 12, 13]
-RECORDS = 2500
+RECORDS = 2000
 SQLSTREAM = [sys.executable, "-m", "sqlstream.cli.main"]
 
 
