@@ -12,6 +12,7 @@
     ├── UdfError                   a Python/model function is wrong or failed
     ├── CheckpointError            state could not be saved or restored     (exit 1)
     └── ExecutionError             a running pipeline failed                 (exit 1)
+        └── StateLimitError        its state passed max_state_rows / max_state_bytes
 
 Errors raised by DataFusion, pyarrow or onnxruntime are converted at one boundary
 per library and keep the original exception as ``__cause__``.
@@ -35,6 +36,7 @@ __all__ = [
     "UdfError",
     "CheckpointError",
     "ExecutionError",
+    "StateLimitError",
     "did_you_mean",
 ]
 
@@ -134,6 +136,15 @@ class ExecutionError(SqlStreamError):
     """A running pipeline failed."""
 
     exit_code = 1
+
+
+class StateLimitError(ExecutionError):
+    """The pipeline's state passed a limit (``setting``: ``max_state_rows`` or
+    ``max_state_bytes``); the run stopped with its sinks flushed."""
+
+    def __init__(self, message: str, *, setting: str, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.setting = setting
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:

@@ -58,7 +58,7 @@ import time
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import pyarrow as pa
@@ -68,9 +68,11 @@ from sqlstream.connectors.decode import JsonDecoder
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import SqlStreamError
+from sqlstream.paths import AllowedPaths
 from sqlstream.runtime.clock import ManualClock
 from sqlstream.sql.statements import CreateSource, OptionValue, SourceText, parse_script
 from sqlstream.testing import MemorySink, TestSession
+from sqlstream.udf.discovery import loaded_text
 
 __all__ = [
     "CaseResult",
@@ -460,7 +462,7 @@ class _RowDecoder:
 
         if item.format == "csv":
             with open(item.path, "rb") as handle:
-                table, dead = CsvDecoder(self.schema, self.source, self.timestamp_format).decode(
+                table, dead = CsvDecoder(self.schema, self.source, timestamp_format=self.timestamp_format).decode(
                     handle.read(), lambda i: f"{item.path}:{i + 1}"
                 )
             self._reject(dead)
@@ -523,15 +525,27 @@ def _prepare_source(statement: CreateSource, spec: CaseSpec, stepped: set[str]) 
     return "file"
 
 
-def run_case(case: str, udf_dirs: list[str] | None = None, update: bool = False) -> CaseResult:
-    """Run one test (folder or TOML file); with ``update``, write what the sinks got as expected."""
+def run_case(
+    case: str,
+    udf_dirs: list[str] | None = None,
+    update: bool = False,
+    *,
+    discover_udfs: bool = True,
+    allowed_paths: AllowedPaths | None = None,
+    on_udf_file: Callable[[str, list[str]], None] | None = None,
+) -> CaseResult:
+    """Run one test (folder or TOML file); with ``update``, write what the sinks got as expected.
+
+    ``discover_udfs``: also load the test's own ``udfs/`` folder (``udf_dirs`` always
+    load; ``on_udf_file(path, names)`` hears of each file); ``allowed_paths`` confines the
+    files its pipeline reads."""
     started = time.monotonic()
     name = os.path.splitext(os.path.basename(os.path.normpath(case)))[0]
     result = CaseResult(name, True)
     try:
         spec = load_case(case)
         result.name = spec.name
-        _run(spec, result, udf_dirs, update)
+        _run(spec, result, update, _UdfLoading(udf_dirs or [], discover_udfs, on_udf_file), allowed_paths)
     except SqlStreamError as error:
         result.passed = False
         result.messages.append(error.render())
@@ -539,16 +553,27 @@ def run_case(case: str, udf_dirs: list[str] | None = None, update: bool = False)
     return result
 
 
-def _run(spec: CaseSpec, result: CaseResult, udf_dirs: list[str] | None, update: bool) -> None:
+@dataclass(frozen=True)
+class _UdfLoading:
+    """Which UDF folders a test loads: ``udf_dirs``, and its own ``udfs/`` if ``discover``."""
+
+    udf_dirs: list[str]
+    discover: bool
+    on_file: Callable[[str, list[str]], None] | None
+
+
+def _run(spec: CaseSpec, result: CaseResult, update: bool, udfs: _UdfLoading,
+         allowed_paths: AllowedPaths | None) -> None:
     clock = ManualClock(spec.clock_start_us) if spec.clock_start_us is not None else None
     session = TestSession(base_dir=spec.base_dir, clock=clock)
-    from sqlstream.settings import parse_setting
-
+    if allowed_paths is not None:
+        session.apply_setting("allowed_paths", allowed_paths)
     for key, value in spec.settings.items():
-        session.settings[key] = parse_setting(key, value)
-    for directory in [os.path.join(spec.base_dir, "udfs"), *(udf_dirs or [])]:
+        session.apply_setting(key, value)
+    automatic = [os.path.join(spec.base_dir, "udfs")] if udfs.discover else []
+    for directory in [*automatic, *udfs.udf_dirs]:
         if os.path.isdir(directory):
-            session.load_udfs(directory)
+            session.load_udfs(directory, on_file=udfs.on_file)
     stepped = _stepped_sources(spec)
     decoders: dict[str, _RowDecoder] = {}
     inline: list[tuple[str, InputSpec]] = []
@@ -722,12 +747,25 @@ def _rule(text: str, char: str = "=", width: int = 78) -> str:
 
 
 def run_cli(directory: str, udf_dirs: list[str] | None, verbose: bool = False, update: bool = False,
-            out=None) -> int:
-    """``sqlstream test [DIR]``: one line per test, a diff per failure, exit 1 on any failure."""
+            out=None, *, discover_udfs: bool = True, allow_paths: list[str] | None = None) -> int:
+    """``sqlstream test [DIR]``: one line per test, a diff per failure, exit 1 on any failure.
+    Each UDF file loaded is listed once on stderr."""
     out = out or sys.stdout
     if not os.path.exists(directory):
         print(f"error: {directory}: no such file or directory", file=sys.stderr)
         return 2
+    for folder in allow_paths or []:
+        if not os.path.isdir(folder):
+            print(f"error: --allow-paths {folder}: no such directory", file=sys.stderr)
+            return 2
+    allowed = AllowedPaths.parse(allow_paths, os.getcwd()) if allow_paths else None
+    listed: set[str] = set()
+
+    def list_udf_file(path: str, names: list[str]) -> None:
+        if path not in listed:
+            listed.add(path)
+            print(loaded_text(path, names), file=sys.stderr, flush=True)
+
     cases = discover_cases(directory)
     if not cases:
         print(f"error: no pipeline tests under {directory} (folders with pipeline.sql or test.toml, or *.toml files)",
@@ -737,7 +775,8 @@ def run_cli(directory: str, udf_dirs: list[str] | None, verbose: bool = False, u
     failures: list[tuple[str, CaseResult]] = []
     width = max(len(_shown(c)) for c in cases)
     for number, case in enumerate(cases, 1):
-        result = run_case(case, udf_dirs, update=update)
+        result = run_case(case, udf_dirs, update=update, discover_udfs=discover_udfs, allowed_paths=allowed,
+                          on_udf_file=list_udf_file)
         label = _shown(case)
         status = ("UPDATED" if update else "PASSED") if result.passed else "FAILED"
         percent = f"[{100 * number // len(cases):3d}%]"

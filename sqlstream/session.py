@@ -41,6 +41,7 @@ from sqlstream.errors import (
     did_you_mean,
 )
 from sqlstream.operators.base import OP_COLUMN, Operator
+from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import BuildContext, PlanNode
 from sqlstream.plan.planner import QueryPlanner, RelationInfo
 from sqlstream.runtime.clock import WallClock
@@ -48,6 +49,7 @@ from sqlstream.runtime.dead_letter import DEAD_LETTER_SCHEMA, DEAD_LETTER_STREAM
 from sqlstream.runtime.driver import Driver, RunSummary
 from sqlstream.runtime.sink import END_OF_STREAM, QueueWriter, SinkOperator
 from sqlstream.runtime.source_stage import SourceSpec, SourceStage
+from sqlstream.runtime.state_tracker import StateLimits
 from sqlstream.settings import DEFAULT_SETTINGS, SETTING_DOCS, parse_setting
 from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.statements import (
@@ -176,7 +178,7 @@ class Session:
         self.functions: dict[str, FunctionEntry] = {}
         self.settings: dict[str, Any] = dict(DEFAULT_SETTINGS)
         for key, value in (settings or {}).items():
-            self.settings[key] = parse_setting(key, value)
+            self.apply_setting(key, value)
         if dead_letter_path is not None:
             self.settings["dead_letter_path"] = dead_letter_path
         self.stdout_renderer: Callable | None = None
@@ -191,17 +193,23 @@ class Session:
 
     # -- functions ------------------------------------------------------------------------
 
-    def load_udfs(self, directory: str) -> list[str]:
-        """Import every ``*.py`` under ``directory`` and register its @udf functions."""
-        from sqlstream.udf.discovery import discover, origin_location
+    def load_udfs(self, directory: str, on_file: Callable[[str, list[str]], None] | None = None) -> list[str]:
+        """Import every ``*.py`` under ``directory`` (code that runs) and register its @udf
+        functions; ``on_file(path, names)`` is told of each file once it is loaded."""
+        from sqlstream.udf.discovery import discover_files, origin_location
 
         names = []
-        for fn, origin in discover(directory):
-            try:
-                self.register_udf(fn, origin=origin)
-            except SqlStreamError as error:
-                raise error.with_location(origin_location(origin))
-            names.append(fn.__sqlstream_udf__.name)
+        for udf_file in discover_files(directory):
+            file_names = []
+            for fn, origin in udf_file.functions:
+                try:
+                    self.register_udf(fn, origin=origin)
+                except SqlStreamError as error:
+                    raise error.with_location(origin_location(origin))
+                file_names.append(fn.__sqlstream_udf__.name)
+            if on_file is not None:
+                on_file(udf_file.path, file_names)
+            names += file_names
         return names
 
     def register_udf(self, fn, *, origin: str = "") -> None:
@@ -225,14 +233,15 @@ class Session:
     def register_model(self, name: str, path: str, **options) -> None:
         """Register an ONNX model as a vectorized scalar SQL function ``name``."""
         from sqlstream.errors import UdfError
-        from sqlstream.udf.model import ModelUdf
+        from sqlstream.udf.model import ModelUdf, remote_url
         from sqlstream.udf.names import check_function_name
 
         name = name.lower()
         check_function_name(name)
         if name in self.functions:
             raise UdfError(f"function '{name}' already exists", hint=f"DROP FUNCTION {name} first, or pick another name")
-        model = ModelUdf.load(name, os.path.join(self.base_dir, path) if not os.path.isabs(path) else path, options)
+        local = path if remote_url(path) else self.resolve_path(path, self.base_dir, what=f"model '{name}': path")
+        model = ModelUdf.load(name, local, options)  # a URL is refused there
         self.functions[model.name] = FunctionEntry(model.name, "model", model, model.signature(), path)
 
     # -- executing SQL ----------------------------------------------------------------------
@@ -296,6 +305,7 @@ class Session:
         cls = source_connector(raw["connector"].value if "connector" in raw else None, _connector_location(raw, st))
         schema = st.schema()
         connector = cls.create(st.name, schema, raw, st.location)
+        self._check_paths(connector, raw, st, f"source '{st.name}'")
         if st.kind == "TABLE" and cls.name == "generator" and connector.total_rows is None:
             raise ConnectorError(
                 f"TABLE {st.name} must be bounded", location=st.location, hint="set max_rows, or use a file"
@@ -327,6 +337,7 @@ class Session:
         raw = {k: RawOption(v.value, v.location) for k, v in st.options.items()}
         cls = sink_connector(raw["connector"].value if "connector" in raw else None, _connector_location(raw, st))
         connector = cls.create(st.name, raw, st.location)
+        self._check_paths(connector, raw, st, f"sink '{st.name}'")
         entry = SinkEntry(st.name, connector, st, self._base_dir(st), columns=st.columns)
         if st.query is not None:
             entry.plan = self._plan(st.query, st.source)
@@ -388,19 +399,58 @@ class Session:
         return pa.schema(op + [c.field().with_nullable(True) for c in entry.columns])
 
     def _set(self, st: SetStatement) -> StatementResult:
-        self.settings[st.key] = parse_setting(st.key, st.value.value, st.value.location)
+        self.apply_setting(st.key, st.value.value, base_dir=self._base_dir(st), location=st.value.location)
         return StatementResult("set", st.key, statement=st)
 
+    def apply_setting(self, key: str, value: Any, *, base_dir: str | None = None, location=None) -> None:
+        """``SET key = value``: relative directories resolve against ``base_dir`` (default:
+        the session's); ``allowed_paths`` can only narrow once set, and a dead-letter file
+        must be inside it."""
+        key = key.lower()
+        parsed = parse_setting(key, value, location, base_dir=base_dir or self.base_dir)
+        current = self.settings.get("allowed_paths")
+        if key == "allowed_paths" and current is not None:
+            try:
+                parsed = current.narrowed_to(parsed)
+            except ValueError as error:
+                raise SqlAnalysisError(
+                    f"SET allowed_paths cannot widen the allowed paths: {error}",
+                    location=location,
+                    hint="the widest allowed paths are decided on the command line (--allow-paths)",
+                ) from None
+        if key == "dead_letter_path" and parsed not in ("", "off", "none"):
+            self.resolve_path(parsed, self.base_dir, what="dead_letter_path", location=location)
+        self.settings[key] = parsed
+
+    def resolve_path(
+        self, path: str, base_dir: str, *, what: str, location=None, pattern: bool = False, hint: str | None = None
+    ) -> str:
+        """``path`` made absolute against ``base_dir`` and checked against ``allowed_paths``:
+        every file a pipeline reads or writes (sources, sinks, dead letters, models,
+        checkpoints) goes through here or, at run time, :func:`sqlstream.paths.resolve_path`."""
+        allowed = self.settings["allowed_paths"]
+        return resolve_path(path, base_dir, allowed, what=what, location=location, pattern=pattern, hint=hint)
+
+    def _check_paths(self, connector, raw: dict[str, RawOption], st: Statement, what: str) -> None:
+        """The options a connector declares as paths stay inside ``allowed_paths`` (at CREATE,
+        so ``check`` finds them; the connector checks again, file by file, when it opens)."""
+        for option in connector.path_options:
+            value = connector.config.get(option)
+            if value is not None:
+                where = raw[option].location if option in raw else None
+                self.resolve_path(str(value), self._base_dir(st), what=f"{what}: {option}",
+                                  location=where or st.location, pattern=True)
+
     def _create_function(self, st: CreateFunction) -> StatementResult:
-        from sqlstream.udf.model import ModelUdf
+        from sqlstream.udf.model import ModelUdf, remote_url
 
         if st.name in self.functions and not st.replace:
             raise SqlAnalysisError(
                 f"function '{st.name}' already exists", location=st.location, hint="use CREATE OR REPLACE FUNCTION"
             )
-        path = st.model_path
-        if not os.path.isabs(path):
-            path = os.path.join(self._base_dir(st), path)
+        path = st.model_path  # a URL is refused by ModelUdf.load
+        if not remote_url(path):
+            path = self.resolve_path(path, self._base_dir(st), what=f"model '{st.name}': path", location=st.location)
         options = {k: v.value for k, v in st.options.items()}
         try:
             from sqlstream.udf.names import check_function_name
@@ -509,7 +559,10 @@ class Session:
         return rows
 
     def metric_rows(self, driver: Driver | None = None) -> list[dict]:
-        """SHOW METRICS: rows in/out, dead letters and state of ``driver`` (default: the last run)."""
+        """SHOW METRICS: rows in/out, dead letters and state of ``driver`` (default: the last run).
+
+        State: ``rows`` and ``bytes`` (estimated) of the whole pipeline, then
+        ``<operator> rows`` / ``<operator> bytes`` of each stateful operator."""
         driver = driver or self._driver
         rows = []
         if driver is None:
@@ -523,7 +576,12 @@ class Session:
         if dead_letters:
             for reason, n in sorted(dead_letters.by_reason().items()):
                 rows.append({"kind": "dead_letter", "name": reason, "rows": n, "dead_letters": n})
-        rows.append({"kind": "state", "name": "rows", "rows": driver.state_rows(), "dead_letters": 0})
+        sizes = driver.state.sizes()
+        rows.append({"kind": "state", "name": "rows", "rows": sum(s.rows for _, s in sizes), "dead_letters": 0})
+        rows.append({"kind": "state", "name": "bytes", "rows": sum(s.bytes for _, s in sizes), "dead_letters": 0})
+        for holder, size in sizes:
+            rows.append({"kind": "state", "name": f"{holder.label} rows", "rows": size.rows, "dead_letters": 0})
+            rows.append({"kind": "state", "name": f"{holder.label} bytes", "rows": size.bytes, "dead_letters": 0})
         return rows
 
     def _describe(self, st: DescribeStatement) -> StatementResult:
@@ -580,16 +638,19 @@ class Session:
             file_batch_size=self.settings["file_batch_size"],
             base_dir=base_dir,
             on_error=self.settings["on_error"],
+            allowed_paths=self.settings["allowed_paths"],
             extra={"stdout_renderer": self.stdout_renderer} if self.stdout_renderer else {},
         )
 
     def _dead_letter_path(self) -> str | None:
         path = self.settings.get("dead_letter_path")
         if path is None:
-            return os.path.join(os.getcwd(), "sqlstream.dead_letter.jsonl")
+            path = os.path.join(os.getcwd(), "sqlstream.dead_letter.jsonl")
         if path in ("", "off", "none"):
             return None
-        return path if os.path.isabs(path) else os.path.join(self.base_dir, path)
+        return self.resolve_path(
+            path, self.base_dir, what="dead-letter file", hint="SET dead_letter_path to a file inside them, or to 'off'"
+        )
 
     def build(self, sinks: list[SinkEntry], extra_sinks: list[tuple[str, PlanNode, Callable]] = ()) -> Driver:
         """Operators for ``sinks`` sharing one read per source, ready to run."""
@@ -631,7 +692,8 @@ class Session:
             reader = stages[DEAD_LETTER_STREAM].reader
             self.dead_letters.subscribe(reader.offer)
             reader.upstream_done = lambda: all(s.ended for n, s in stages.items() if n != DEAD_LETTER_STREAM)
-        driver = Driver(list(stages.values()), sink_ops, self.clock, self.dead_letters, ctx.operators)
+        limits = StateLimits(self.settings["max_state_rows"], self.settings["max_state_bytes"])
+        driver = Driver(list(stages.values()), sink_ops, self.clock, self.dead_letters, ctx.operators, state_limits=limits)
         return driver
 
     def _dead_letter_callback(self):
@@ -703,10 +765,14 @@ class Session:
     def pending_sinks(self) -> list[SinkEntry]:
         return [s for s in self.sinks.values() if s.plan is not None]
 
-    def run(self, *, progress: Callable[[Driver], None] | None = None) -> RunSummary:
-        """Run every sink's query together until the sources end or :meth:`stop`."""
+    def run(self, *, progress: Callable[[Driver], None] | None = None,
+            warn: Callable[[str], None] | None = None) -> RunSummary:
+        """Run every sink's query together until the sources end or :meth:`stop`;
+        ``warn`` takes warnings (large state) instead of stderr."""
         driver = self.build(self.pending_sinks())
         driver.progress = progress
+        if warn is not None:
+            driver.warn = warn
         with self._lock:
             self._driver = driver
         summary = driver.run()

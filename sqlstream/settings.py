@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import Location, SqlAnalysisError, did_you_mean
+from sqlstream.paths import AllowedPaths
+from sqlstream.sizes import parse_bytes, parse_count
 
 __all__ = ["DEFAULT_SETTINGS", "parse_setting", "SETTING_DOCS"]
 
@@ -16,6 +19,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "dead_letter_path": None,
     "join_state_ttl": None,  # µs, None = unbounded
     "on_error": "dead_letter",
+    "max_state_rows": None,  # rows of state of the whole pipeline, None = no limit
+    "max_state_bytes": None,  # estimated bytes of state, None = no limit
+    "allowed_paths": None,  # AllowedPaths, None = unrestricted
 }
 
 SETTING_DOCS = {
@@ -25,10 +31,17 @@ SETTING_DOCS = {
     "dead_letter_path": "JSON-lines file for rejected records",
     "join_state_ttl": "drop join state older than this (default: keep)",
     "on_error": "dead_letter | fail | skip, for errors inside queries",
+    "max_state_rows": "stop the run when the pipeline's state passes this many rows, e.g. '10M' "
+                      "(default off; a warning at 80%, or at 10M rows without a limit)",
+    "max_state_bytes": "stop the run when the pipeline's state passes this size, e.g. '2GB', '500MB' "
+                       "(default off; a warning at 80%, or at 1 GB without a limit)",
+    "allowed_paths": "directories every file path must stay inside (default: unrestricted; can only narrow)",
 }
 
 
-def parse_setting(key: str, value: Any, location: Location | None = None) -> Any:
+def parse_setting(key: str, value: Any, location: Location | None = None, *, base_dir: str | None = None) -> Any:
+    """The typed value of setting ``key``; relative directories in ``allowed_paths``
+    resolve against ``base_dir`` (default: the working directory)."""
     key = key.lower()
     if key not in DEFAULT_SETTINGS:
         raise SqlAnalysisError(
@@ -50,11 +63,17 @@ def parse_setting(key: str, value: Any, location: Location | None = None) -> Any
             if us < 0:
                 raise ValueError("must not be negative")
             return us
+        if key == "max_state_rows":
+            return parse_count(value)
+        if key == "max_state_bytes":
+            return parse_bytes(value)
         if key == "on_error":
             text = str(value).lower()
             if text not in ("dead_letter", "fail", "skip"):
                 raise ValueError("expected dead_letter, fail or skip")
             return text
+        if key == "allowed_paths":
+            return value if isinstance(value, AllowedPaths) else AllowedPaths.parse(value, base_dir or os.getcwd())
         return str(value)
     except ValueError as error:
         raise SqlAnalysisError(

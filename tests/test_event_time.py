@@ -640,7 +640,7 @@ def test_cli_check_reports_a_window_error_with_file_line_and_column(tmp_path, ca
         "FROM HOP(s, ts, INTERVAL '10' SECOND, INTERVAL '5' SECOND)\n"
         "GROUP BY window_start, window_end, k;\n"
     )
-    assert main(["check", str(pipeline)]) == 2
+    assert main(["check", str(pipeline), "--no-udfs"]) == 2  # not the working directory's udfs/ (nor its listing)
     err = capsys.readouterr().err
     assert err.startswith(f"{pipeline}:4:48: error: HOP size must be at least its slide"), err
     assert "hint: HOP(src, ts, slide, size): the slide comes first" in err

@@ -26,10 +26,22 @@ def _parse_sets(values: list[str]) -> dict[str, str]:
     return out
 
 
-def make_session(path: str | None, udf_dirs: list[str] | None, sets: list[str] | None, *, clock=None):
-    """A Session configured as the CLI does for ``path`` (None: working directory)."""
+def make_session(
+    path: str | None,
+    udf_dirs: list[str] | None,
+    sets: list[str] | None,
+    *,
+    clock=None,
+    discover_udfs: bool = True,
+    allow_paths: list[str] | None = None,
+):
+    """A Session configured as the CLI does for ``path`` (None: working directory).
+
+    ``allow_paths`` (directories, relative to the working directory) confines every file
+    path before ``sets`` apply; ``discover_udfs=False`` (``--no-udfs``) loads only
+    ``udf_dirs``. Each UDF file loaded is listed on stderr."""
     from sqlstream.session import Session
-    from sqlstream.settings import parse_setting
+    from sqlstream.udf.discovery import loaded_text
 
     base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
     if path:
@@ -38,10 +50,13 @@ def make_session(path: str | None, udf_dirs: list[str] | None, sets: list[str] |
     else:
         dead_letter = os.path.join(os.getcwd(), "sqlstream.dead_letter.jsonl")
     session = Session(clock=clock, base_dir=base_dir, dead_letter_path=dead_letter)
+    if allow_paths:
+        _allow_paths(session, allow_paths)
     for key, value in _parse_sets(sets).items():
-        session.settings[key] = parse_setting(key, value)
+        session.apply_setting(key, value)
     directories = []
-    for candidate in (os.path.join(base_dir, "udfs"), os.path.join(os.getcwd(), "udfs")):
+    automatic = (os.path.join(base_dir, "udfs"), os.path.join(os.getcwd(), "udfs")) if discover_udfs else ()
+    for candidate in automatic:
         if os.path.isdir(candidate) and os.path.abspath(candidate) not in directories:
             directories.append(os.path.abspath(candidate))
     for directory in udf_dirs or []:
@@ -50,8 +65,18 @@ def make_session(path: str | None, udf_dirs: list[str] | None, sets: list[str] |
         if os.path.abspath(directory) not in directories:
             directories.append(os.path.abspath(directory))
     for directory in directories:
-        session.load_udfs(directory)
+        session.load_udfs(directory, on_file=lambda file, names: print(loaded_text(file, names), file=sys.stderr))
     return session
+
+
+def _allow_paths(session, directories: list[str]) -> None:
+    """``--allow-paths DIR`` (repeatable): the widest ``allowed_paths`` of the session."""
+    from sqlstream.paths import AllowedPaths
+
+    for directory in directories:
+        if not os.path.isdir(directory):
+            raise SqlStreamError(f"--allow-paths {directory}: no such directory")
+    session.apply_setting("allowed_paths", AllowedPaths.parse(directories, os.getcwd()))
 
 
 def read_sql_file(path: str) -> str:
@@ -64,7 +89,7 @@ def read_sql_file(path: str) -> str:
 
 
 def _load(args) -> "object":
-    session = make_session(args.file, args.udfs, args.set)
+    session = make_session(args.file, args.udfs, args.set, discover_udfs=not args.no_udfs, allow_paths=args.allow_paths)
     text = read_sql_file(args.file)
     session.execute(text, path=args.file, base_dir=os.path.dirname(os.path.abspath(args.file)))
     return session
@@ -87,7 +112,7 @@ def cmd_run(args) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        summary = session.run(progress=progress.update if progress else None)
+        summary = session.run(progress=progress.update if progress else None, warn=progress.note if progress else None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -128,16 +153,26 @@ def cmd_repl(args) -> int:
 def cmd_test(args) -> int:
     from sqlstream.pipeline_tests import run_cli
 
-    return run_cli(args.dir, args.udfs, verbose=args.verbose, update=args.update)
+    return run_cli(
+        args.dir, args.udfs, verbose=args.verbose, update=args.update, discover_udfs=not args.no_udfs,
+        allow_paths=args.allow_paths,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqlstream", description="SQL-first stream processing over Arrow micro-batches")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def udfs_and_paths(p):
+        p.add_argument("--udfs", action="append", default=[], metavar="DIR", help="also load @udf functions from DIR")
+        p.add_argument("--no-udfs", action="store_true",
+                       help="do not load udfs/ next to the pipeline or in the working directory (--udfs still loads)")
+        p.add_argument("--allow-paths", action="append", default=[], metavar="DIR",
+                       help="files read or written must be inside DIR (repeatable; default: anywhere)")
+
     def common(p):
         p.add_argument("file", help="pipeline .sql file")
-        p.add_argument("--udfs", action="append", default=[], metavar="DIR", help="also load @udf functions from DIR")
+        udfs_and_paths(p)
         p.add_argument("--set", action="append", default=[], metavar="K=V", help="setting applied before the file runs")
 
     p = sub.add_parser("run", help="run a pipeline until its sources end or Ctrl-C")
@@ -153,14 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", help="run this file's statements first")
     p.add_argument("-e", dest="execute", action="append", default=[], metavar="SQL", help="run SQL and exit")
     p.add_argument("-f", dest="script", metavar="FILE", help="run a SQL file and exit")
-    p.add_argument("--udfs", action="append", default=[], metavar="DIR")
+    udfs_and_paths(p)
     p.add_argument("--set", action="append", default=[], metavar="K=V")
     p.add_argument("--json", dest="format", action="store_const", const="json", help="results as JSON lines")
     p.add_argument("--csv", dest="format", action="store_const", const="csv", help="results as CSV")
     p.set_defaults(handler=cmd_repl)
     p = sub.add_parser("test", help="run pipeline tests (fixtures in, expected rows out)")
     p.add_argument("dir", nargs="?", default="tests/sql")
-    p.add_argument("--udfs", action="append", default=[], metavar="DIR")
+    udfs_and_paths(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--update", action="store_true", help="write expected/<sink>.jsonl from the actual output")
     p.set_defaults(handler=cmd_test)

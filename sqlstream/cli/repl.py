@@ -335,6 +335,7 @@ class Repl:
         if not argument:
             self.note("Results go to the terminal.")
             return
+        self.session.resolve_path(argument, os.getcwd(), what="\\o file")  # inside allowed_paths, if set
         try:
             self._output = open(argument, "w", encoding="utf-8")
         except OSError as error:
@@ -363,6 +364,7 @@ class Repl:
     def _save_test(self, argument: str) -> None:
         if not argument:
             raise SqlStreamError("\\save_test needs a name", hint="\\save_test tests/sql/my_case")
+        self.session.resolve_path(argument, os.getcwd(), what="\\save_test folder")  # inside allowed_paths, if set
         print(save_test(argument, self.session, self.last, self.functions), file=self.out, flush=True)
 
     # -- the prompt ---------------------------------------------------------------------------------
@@ -529,7 +531,7 @@ def run_repl(args) -> int:
     """``sqlstream repl [FILE] [-e SQL] [-f FILE] [--json|--csv]``."""
     from sqlstream.cli.main import make_session
 
-    session = make_session(args.file, args.udfs, args.set)
+    session = make_session(args.file, args.udfs, args.set, discover_udfs=not args.no_udfs, allow_paths=args.allow_paths)
     session.stdout_renderer = _stdout_renderer_factory()
     scripted = bool(args.execute or args.script)
     interactive = not scripted and sys.stdin.isatty()

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from sqlstream.connectors.options import COMMON_SOURCE_OPTIONS, OptionSpec, RawOption, validate_options
 from sqlstream.errors import ConnectorError, Location, did_you_mean
+from sqlstream.paths import AllowedPaths
 
 __all__ = [
     "Clock",
@@ -87,6 +88,7 @@ class RunContext:
     file_batch_size: int = 1_000_000
     base_dir: str = "."
     on_error: str = "dead_letter"
+    allowed_paths: AllowedPaths | None = None  # every file path goes through sqlstream.paths.resolve_path
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,6 +129,8 @@ class SourceConnector:
     name: ClassVar[str] = ""
     options: ClassVar[tuple[OptionSpec, ...]] = ()
     supports_metadata: ClassVar[tuple[str, ...]] = ()
+    #: options naming a local file, directory or glob (checked against allowed_paths at CREATE)
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, source_name: str, schema: pa.Schema, options: dict[str, Any]):
         self.source_name = source_name
@@ -191,6 +195,8 @@ class SinkWriter:
 class SinkConnector:
     name: ClassVar[str] = ""
     options: ClassVar[tuple[OptionSpec, ...]] = ()
+    #: options naming a local file or directory (checked against allowed_paths at CREATE)
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, sink_name: str, options: dict[str, Any]):
         self.sink_name = sink_name

@@ -34,9 +34,10 @@ from sqlstream.connectors.base import (
 )
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder, conform_table
 from sqlstream.connectors.encode import encode_json_lines, is_nested
-from sqlstream.connectors.options import OptionSpec
+from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec, null_spellings
 from sqlstream.errors import ConnectorError, Location
 from sqlstream.failure_isolation import isolate_failures
+from sqlstream.paths import resolve_path
 
 __all__ = ["FileSource", "FileSink", "resolve_files"]
 
@@ -53,10 +54,6 @@ def resolve_files(path: str) -> list[str]:
     if any(ch in path for ch in "*?["):
         return sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
     return []
-
-
-def _absolute(path: str, base_dir: str) -> str:
-    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
 
 
 def _after_nth_newline(data: bytes, n: int, total: int) -> int:
@@ -131,7 +128,10 @@ class _TextFileReader(SourceReader):
                 )
         else:
             names = [f.name for f in schema]
-        return CsvDecoder(schema, self.c.source_name, names, delimiter, self.c.config["timestamp_format"])
+        return CsvDecoder(
+            schema, self.c.source_name, names, delimiter, self.c.config["timestamp_format"],
+            null_spellings(self.c.config["null_values"]),
+        )
 
     def _read_block(self) -> bytes:
         """The next ``rows_per_block`` lines of the file (the rest of it, at its end).
@@ -304,17 +304,20 @@ class _Prefetching(SourceReader):
 @register_source
 class FileSource(SourceConnector):
     name = "file"
+    path_options = ("path",)
     options = (
         OptionSpec("path", required=True, doc="a file, a directory or a glob"),
         OptionSpec("format", "choice", required=True, choices=_FORMATS, doc="json | csv | parquet"),
         OptionSpec("header", "bool", default=True, doc="csv: the first line names the columns"),
         OptionSpec("delimiter", "str", default=",", doc="csv field delimiter",
                    check=lambda v: None if len(v) == 1 else "must be one character"),
+        NULL_VALUES_OPTION,
     )
 
     def open(self, ctx: RunContext) -> SourceReader:
-        path = _absolute(self.config["path"], ctx.base_dir)
-        files = resolve_files(path)
+        what = f"source '{self.source_name}': path"
+        path = resolve_path(self.config["path"], ctx.base_dir, ctx.allowed_paths, what=what, pattern=True)
+        files = [resolve_path(f, ctx.base_dir, ctx.allowed_paths, what=what) for f in resolve_files(path)]
         if not files:
             raise ConnectorError(f"source '{self.source_name}': no file matches path '{path}'")
         if self.config["format"] == "parquet":
@@ -476,6 +479,7 @@ class _ParquetWriter(SinkWriter):
 @register_sink
 class FileSink(SinkConnector):
     name = "file"
+    path_options = ("path",)
     options = (
         OptionSpec("path", required=True, doc="output file (or directory for rolled Parquet)"),
         OptionSpec("format", "choice", required=True, choices=_FORMATS, doc="json | csv | parquet"),
@@ -499,7 +503,7 @@ class FileSink(SinkConnector):
             )
 
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
-        path = _absolute(self.config["path"], ctx.base_dir)
+        path = resolve_path(self.config["path"], ctx.base_dir, ctx.allowed_paths, what=f"sink '{self.sink_name}': path")
         fmt = self.config["format"]
         append = self.config["mode"] == "append"
         if fmt == "csv":

@@ -15,7 +15,10 @@ from typing import Any, Callable, Iterable, Mapping
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import ConnectorError, Location, did_you_mean
 
-__all__ = ["OptionSpec", "RawOption", "validate_options", "COMMON_SOURCE_OPTIONS", "ON_ERROR_CHOICES"]
+__all__ = [
+    "OptionSpec", "RawOption", "validate_options", "COMMON_SOURCE_OPTIONS", "ON_ERROR_CHOICES", "NULL_VALUES_OPTION",
+    "null_spellings",
+]
 
 ON_ERROR_CHOICES = ("dead_letter", "fail", "skip")
 
@@ -78,6 +81,17 @@ class OptionSpec:
                 raise ValueError(f"expected one of {', '.join(repr(c) for c in self.choices)}")
             return text
         raise AssertionError(f"unknown option kind {kind}")
+
+
+NULL_VALUES_OPTION = OptionSpec(
+    "null_values", "str", default="",
+    doc="csv: more spellings of NULL, comma-separated ('NA,null'); an empty unquoted field is always NULL",
+)
+
+
+def null_spellings(text: str) -> list[str]:
+    """``null_values = 'NA, null'`` → ``['NA', 'null']``."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 COMMON_SOURCE_OPTIONS = (

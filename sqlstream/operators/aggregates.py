@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.operators.state_size import StateSize, table_bytes
+
 __all__ = ["AggCall", "Aggregator", "ArrivalSequence", "Partial", "AGGREGATE_FUNCTIONS", "output_type", "sort_keys"]
 
 #: SQL name → internal function name
@@ -85,10 +87,13 @@ def output_type(func: str, arg_type: pa.DataType | None) -> pa.DataType:
 @dataclass
 class Partial:
     """Partial aggregates: ``main`` (keys + algebraic columns, one row per group) and
-    one ``sets`` table per DISTINCT/HLL call (keys + value/register columns)."""
+    one ``sets`` table per DISTINCT/HLL call (keys + value/register columns).
+    Never changed once built (operations return new partials), so its size is
+    measured once."""
 
     main: pa.Table
     sets: tuple[pa.Table, ...] = field(default_factory=tuple)
+    _size: StateSize | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_rows(self) -> int:
@@ -103,6 +108,11 @@ class Partial:
 
     def state_rows(self) -> int:
         return self.main.num_rows + sum(s.num_rows for s in self.sets)
+
+    def state_size(self) -> StateSize:
+        if self._size is None:
+            self._size = StateSize(self.state_rows(), table_bytes(self.main, *self.sets))
+        return self._size
 
 
 def sort_keys(keys: list[str]) -> list[tuple[str, str]]:

@@ -16,7 +16,9 @@ from typing import Callable
 
 import pyarrow as pa
 
-__all__ = ["Operator", "IntervalTimer", "MIN_WATERMARK", "MAX_WATERMARK", "WM_COLUMN", "OP_COLUMN"]
+from sqlstream.operators.state_size import NO_STATE, StateSize
+
+__all__ = ["Operator", "StateSize", "IntervalTimer", "MIN_WATERMARK", "MAX_WATERMARK", "WM_COLUMN", "OP_COLUMN"]
 
 MIN_WATERMARK = -(2**62)
 MAX_WATERMARK = 2**62
@@ -44,9 +46,13 @@ class IntervalTimer:
 
 
 class Operator:
-    """Base class. Subclasses override ``on_batch`` and, if stateful, ``on_watermark``."""
+    """Base class. Subclasses override ``on_batch`` and, if stateful, ``on_watermark``
+    and ``state_size``."""
 
     name = "operator"
+    #: what bounds this operator's state, said to a user whose state grows too large
+    #: (None: the operator holds no state)
+    state_hint: str | None = None
 
     def __init__(self, ports: int = 1):
         self.outputs: list[tuple["Operator", int]] = []
@@ -136,9 +142,14 @@ class Operator:
     def on_end(self) -> None:
         self.emit_end()
 
+    def state_size(self) -> StateSize:
+        """Rows of state held and their estimated bytes, from what the operator keeps
+        (never a scan over the rows: the runtime asks after every micro-batch)."""
+        return NO_STATE
+
     def state_rows(self) -> int:
         """Rows of state held (for metrics, EXPLAIN and memory tests)."""
-        return 0
+        return self.state_size().rows
 
     def retention_start(self) -> int | None:
         """Lower bound (µs) on the event time of input rows whose contribution this

@@ -20,6 +20,7 @@ from sqlstream.operators.aggregates import AggCall, Aggregator
 from sqlstream.operators.base import OP_COLUMN, Operator
 from sqlstream.operators.changes import diff_results, op_column
 from sqlstream.operators.keys import encode_keys
+from sqlstream.operators.state_size import StateSize, table_bytes
 
 __all__ = ["ChangelogAggregateOperator", "RETRACTABLE"]
 
@@ -35,6 +36,8 @@ _ONE = "__one"
 
 class ChangelogAggregateOperator(Operator):
     name = "changelog_aggregate"
+    state_hint = ("it keeps every distinct input row of an updating input: aggregate over a window, "
+                  "or bound the input (e.g. SET join_state_ttl for a join feeding it)")
 
     def __init__(self, keys: list[str], calls: list[AggCall], schema: pa.Schema):
         super().__init__()
@@ -114,5 +117,7 @@ class ChangelogAggregateOperator(Operator):
                 columns.append(column.cast(field.type) if column.type != field.type else column)
         self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
 
-    def state_rows(self) -> int:
-        return (self.rows.num_rows if self.rows is not None else 0) + (self.results.num_rows if self.results is not None else 0)
+    def state_size(self) -> StateSize:
+        """The input multiset plus the emitted row of every group."""
+        rows = (self.rows.num_rows if self.rows is not None else 0) + (self.results.num_rows if self.results is not None else 0)
+        return StateSize(rows, table_bytes(self.rows, self.results))

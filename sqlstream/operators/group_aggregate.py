@@ -15,12 +15,14 @@ from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence,
 from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, IntervalTimer, Operator
 from sqlstream.operators.changes import diff_results, op_column
 from sqlstream.operators.keys import encode_keys
+from sqlstream.operators.state_size import NO_STATE, StateSize
 
 __all__ = ["GroupAggregateOperator"]
 
 
 class GroupAggregateOperator(Operator):
     name = "group_aggregate"
+    state_hint = "aggregate over a window (TUMBLE, HOP, SESSION) instead of all time, or group by fewer keys"
 
     def __init__(self, keys: list[str], calls: list[AggCall], schema: pa.Schema, emit_every_us: int | None):
         super().__init__()
@@ -110,5 +112,9 @@ class GroupAggregateOperator(Operator):
         """Changes buffered for the next EMIT EVERY tick are not written yet: hold all acks."""
         return MIN_WATERMARK if self.pending else None
 
-    def state_rows(self) -> int:
-        return self.state.state_rows() if self.state is not None else 0
+    def state_size(self) -> StateSize:
+        """One partial row per group, plus partials waiting for the next EMIT EVERY tick."""
+        size = self.state.state_size() if self.state is not None else NO_STATE
+        for part in self.pending:
+            size = size + part.state_size()
+        return size

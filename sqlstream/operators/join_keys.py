@@ -289,6 +289,19 @@ class KeyIndex:
     def __len__(self) -> int:
         return self.num_rows
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the index's own arrays (the key columns' Arrow buffers belong to the
+        indexed table and are not counted here)."""
+        arrays = [self.rows, self.starts, self.counts]
+        for column in self.columns:
+            arrays += [column.valid, column.values, column.lengths, column.words, column._hash]
+        if self._lut is not None:
+            arrays += [self._lut[2], self._lut[3]]
+        if self._slots is not None:
+            arrays += [self._slots.codes, self._slots.table]
+        return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+
     @staticmethod
     def _composite_layout(columns: list[_KeyColumn]):
         """Several integer-like key columns whose value grids multiply below 2^62 get

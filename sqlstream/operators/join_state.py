@@ -6,6 +6,9 @@ index of rows already held. Adjacent chunks are merged like a binary counter (a 
 absorbs the next one once that is at least half its size), which keeps the number of
 chunks logarithmic and the rebuild cost amortized. Rows leave state lazily: an
 ``alive`` mask per chunk, compacted on merge or when most of a chunk has died.
+
+Each chunk counts its live rows and knows its bytes (fixed when it is built), so the
+size of the state is known without looking at its rows.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.operators.join_keys import KeyIndex
+from sqlstream.operators.state_size import StateSize, numpy_bytes, table_bytes
 
 __all__ = ["RowChunks", "Chunk", "constant_keys"]
 
@@ -37,10 +41,29 @@ class Chunk:
     matches: np.ndarray | None = None  # matching rows on the other side (outer joins)
     arrival: np.ndarray | None = None  # processing time the row was stored (state TTL)
     _oldest: dict = field(default_factory=dict, repr=False)
+    _live: int = field(default=-1, repr=False)
+    _bytes: int = field(default=-1, repr=False)
 
     @property
     def live(self) -> int:
-        return int(np.count_nonzero(self.alive))
+        """Rows still alive (counted once, then kept up to date by :meth:`kill`)."""
+        if self._live < 0:
+            self._live = int(np.count_nonzero(self.alive))
+        return self._live
+
+    def kill(self, rows: np.ndarray) -> None:
+        """Rows ``rows`` (distinct, alive) leave state."""
+        live = self.live
+        self.alive[rows] = False
+        self._live = live - int(rows.size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the rows (dead ones too, until compaction), index and masks."""
+        if self._bytes < 0:
+            self._bytes = table_bytes(self.table) + (self.index.nbytes if self.index is not None else 0) + numpy_bytes(
+                self.alive, self.times, self.matches, self.arrival)
+        return self._bytes
 
     def oldest(self, attribute: str) -> int:
         """The smallest ``times``/``arrival`` value the chunk was built with (cached)."""
@@ -120,6 +143,9 @@ class RowChunks:
     def rows(self) -> int:
         return sum(c.live for c in self.chunks)
 
+    def state_size(self) -> StateSize:
+        return StateSize(self.rows(), sum(c.nbytes for c in self.chunks))
+
     def min_time(self) -> int | None:
         times = [int(c.times[c.alive].min()) for c in self.chunks if c.times is not None and c.live]
         return min(times, default=None)
@@ -137,7 +163,7 @@ class RowChunks:
             if mask.any():
                 rows = np.flatnonzero(mask)
                 died.append((chunk, rows))
-                chunk.alive[rows] = False
+                chunk.kill(rows)
         if died:
             self.compact()
         return died

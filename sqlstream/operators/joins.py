@@ -30,6 +30,7 @@ from sqlstream.operators.base import MAX_WATERMARK, MIN_WATERMARK, OP_COLUMN, WM
 from sqlstream.operators.datafusion_program import DataFusionProgram
 from sqlstream.operators.join_keys import KeyIndex, join_pairs
 from sqlstream.operators.join_state import RowChunks, constant_keys
+from sqlstream.operators.state_size import NO_STATE, StateSize, numpy_bytes, table_bytes
 from sqlstream.operators.windows import column_int64, late_rows_as_dead_letters
 
 __all__ = [
@@ -155,6 +156,7 @@ class LookupJoinOperator(Operator):
     """A stream joined with a bounded table indexed once at the start of the run."""
 
     name = "lookup_join"
+    state_hint = "the TABLE is held in memory whole: select fewer of its columns or filter its rows"
 
     def __init__(self, layout: JoinLayout, stream_side: int, table: pa.Table):
         super().__init__()
@@ -163,6 +165,7 @@ class LookupJoinOperator(Operator):
         self.stream_side = stream_side
         self.table = table.combine_chunks()
         self.index = KeyIndex([self.table.column(k) for k in layout.sides[1 - stream_side].keys])
+        self._table_bytes = table_bytes(self.table) + self.index.nbytes
         self.preserve = layout.outer(stream_side)
         self._stream_columns = set(layout.sides[stream_side].columns) | {WM_COLUMN, OP_COLUMN}  # what the output reads
 
@@ -198,8 +201,9 @@ class LookupJoinOperator(Operator):
         tables[1 - self.stream_side], rows[1 - self.stream_side] = self.table, table_rows
         return tables, rows
 
-    def state_rows(self) -> int:
-        return self.table.num_rows
+    def state_size(self) -> StateSize:
+        """The TABLE's rows and their key index (fixed for the run)."""
+        return StateSize(self.table.num_rows, self._table_bytes)
 
 
 # -- window join --------------------------------------------------------------------------------
@@ -233,6 +237,7 @@ class WindowJoinOperator(Operator):
     """Both inputs windowed; each window joined once when the watermark passes its end."""
 
     name = "window_join"
+    state_hint = "use smaller windows or a shorter watermark delay"
 
     def __init__(self, layout: JoinLayout):
         super().__init__(ports=2)
@@ -318,8 +323,13 @@ class WindowJoinOperator(Operator):
         columns = self.out.columns(tables, (left_rows, right_rows))
         self.emit(self.out.batch(columns, wm=self.emitted_wm))
 
-    def state_rows(self) -> int:
-        return sum(r.table.num_rows for rows in self.pending for r in rows)
+    def state_size(self) -> StateSize:
+        """Rows of both sides waiting for their windows to close."""
+        size = NO_STATE
+        for rows in self.pending:
+            for r in rows:
+                size = size + StateSize(r.table.num_rows, table_bytes(r.table) + numpy_bytes(r.starts, r.ends))
+        return size
 
     def retention_start(self) -> int | None:
         starts = [int(r.starts.min()) for rows in self.pending for r in rows if r.starts.size]
@@ -340,6 +350,7 @@ class IntervalJoinOperator(Operator):
     """``right.time - left.time`` in ``[lower, upper]`` (µs), append-only output."""
 
     name = "interval_join"
+    state_hint = "narrow the BETWEEN interval or shorten the watermark delay"
 
     def __init__(self, layout: JoinLayout, lower_us: int, upper_us: int, output_delay_us: int):
         super().__init__(ports=2)
@@ -436,8 +447,8 @@ class IntervalJoinOperator(Operator):
         pair = (rows, none) if port == 0 else (none, rows)
         self.emit(self.out.batch(self.out.columns(tables, pair), wm=self.output_wm))
 
-    def state_rows(self) -> int:
-        return self.state[0].rows() + self.state[1].rows()
+    def state_size(self) -> StateSize:
+        return self.state[0].state_size() + self.state[1].state_size()
 
     def retention_start(self) -> int | None:
         times = [t for t in (self.state[0].min_time(), self.state[1].min_time()) if t is not None]

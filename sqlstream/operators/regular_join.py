@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from sqlstream.operators.base import OP_COLUMN, Operator
 from sqlstream.operators.join_state import RowChunks, constant_keys, rows_equal
 from sqlstream.operators.joins import JoinLayout, JoinOutput, _null_rows
+from sqlstream.operators.state_size import StateSize
 from sqlstream.operators.windows import column_int64
 
 __all__ = ["RegularJoinOperator"]
@@ -42,6 +43,8 @@ _ADD, _REMOVE = "+I", "-D"
 
 class RegularJoinOperator(Operator):
     name = "regular_join"
+    state_hint = ("without a time bound it keeps every row of both inputs: SET join_state_ttl = '1h' "
+                  "(state older than that is dropped), or join within a window or an event-time interval")
 
     def __init__(self, layout: JoinLayout, ttl_us: int | None = None, clock=None):
         super().__init__(ports=2)
@@ -192,7 +195,7 @@ class RegularJoinOperator(Operator):
         chunk_of = np.searchsorted(offsets, picked, side="right") - 1
         for number in np.unique(chunk_of):
             chunk = state.chunks[number]
-            chunk.alive[picked[chunk_of == number] - offsets[number]] = False
+            chunk.kill(picked[chunk_of == number] - offsets[number])
         state.compact()
 
     # -- time -----------------------------------------------------------------------------------
@@ -208,8 +211,8 @@ class RegularJoinOperator(Operator):
             died = state.expire_before("arrival", limit)
             self.expired_rows += sum(rows.size for _, rows in died)
 
-    def state_rows(self) -> int:
-        return self.state[0].rows() + self.state[1].rows()
+    def state_size(self) -> StateSize:
+        return self.state[0].state_size() + self.state[1].state_size()
 
     def retention_start(self) -> int | None:
         times = [t for t in (self.state[0].min_time(), self.state[1].min_time()) if t is not None]

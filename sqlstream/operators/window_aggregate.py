@@ -37,6 +37,7 @@ from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence,
 from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, WM_COLUMN, IntervalTimer, Operator
 from sqlstream.operators.changes import diff_results, op_column
 from sqlstream.operators.keys import encode_keys, key_changes
+from sqlstream.operators.state_size import NO_STATE, StateSize, table_bytes
 from sqlstream.operators.windows import column_int64, first_window_end, pane_size, tumble_start, window_assignments
 
 __all__ = ["make_window_operator", "WindowAggregateOperator", "PaneWindowOperator", "SessionWindowOperator"]
@@ -84,7 +85,9 @@ class _Fragment:
 
 
 class _WindowOutput(Operator):
-    """Shared plumbing: input columns, output rows, early firing (EMIT EVERY)."""
+    """Shared plumbing: input columns, output rows, early firing (EMIT EVERY), state size."""
+
+    state_hint = "use smaller windows, a shorter watermark delay or fewer GROUP BY keys"
 
     def __init__(self, spec, keys: list[str], calls: list[AggCall], schema: pa.Schema, emit_every_us: int | None):
         super().__init__()
@@ -137,6 +140,20 @@ class _WindowOutput(Operator):
                 self.emit(self.output(result))
             return
         self._emit_changes(result, closed_by=watermark)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def held_partials(self) -> list[Partial]:
+        """The partial aggregates of the open windows."""
+        raise NotImplementedError
+
+    def state_size(self) -> StateSize:
+        """Partials of the open windows; with EMIT EVERY also the bytes of the last early
+        result (one row per open window and key, already counted as rows)."""
+        size = NO_STATE
+        for part in self.held_partials():
+            size = size + part.state_size()
+        return size + StateSize(0, table_bytes(self._early))
 
     # -- EMIT EVERY: early, updating results ----------------------------------------------
 
@@ -291,8 +308,8 @@ class WindowAggregateOperator(_WindowOutput):
     def retention_start(self) -> int | None:
         return min((f.min_start for f in self.fragments), default=None)
 
-    def state_rows(self) -> int:
-        return sum(f.part.state_rows() for f in self.fragments)
+    def held_partials(self) -> list[Partial]:
+        return [f.part for f in self.fragments]
 
     def open_windows(self) -> int:
         starts = [f.part.main.column(WS) for f in self.fragments if f.part.num_rows]
@@ -404,8 +421,8 @@ class PaneWindowOperator(_WindowOutput):
     def current_open(self) -> pa.Table | None:
         return self._windows_between(self.emitted_wm, None)
 
-    def state_rows(self) -> int:
-        return sum(p.state_rows() for p in self.panes) + sum(p.state_rows() for p in self.direct)
+    def held_partials(self) -> list[Partial]:
+        return self.panes + self.direct
 
     def retention_start(self) -> int | None:
         starts = [pc.min(p.main.column(WS)).as_py() for p in self.panes + self.direct if p.num_rows]
@@ -556,8 +573,8 @@ class SessionWindowOperator(_WindowOutput):
             return None
         return self.window_agg.finalize(self.open)
 
-    def state_rows(self) -> int:
-        return self.open.state_rows() if self.open is not None else 0
+    def held_partials(self) -> list[Partial]:
+        return [self.open] if self.open is not None else []
 
     def retention_start(self) -> int | None:
         if self.open is None or self.open.num_rows == 0:

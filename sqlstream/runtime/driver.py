@@ -8,16 +8,19 @@ clock instead, so tests run at full speed and never ``sleep``.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlstream.errors import ExecutionError, SqlStreamError
+from sqlstream.errors import ExecutionError, SqlStreamError, StateLimitError
 from sqlstream.operators.base import Operator
+from sqlstream.operators.state_size import NO_STATE, StateSize
 from sqlstream.runtime.dead_letter import DeadLetterOutput
 from sqlstream.runtime.sink import SinkOperator
 from sqlstream.runtime.source_stage import SourceStage
+from sqlstream.runtime.state_tracker import StateLimits, StateTracker, describe
 
 __all__ = ["Driver", "RunSummary"]
 
@@ -33,6 +36,7 @@ class RunSummary:
     skipped: dict[str, int] = field(default_factory=dict)  # on_error = 'skip'
     stopped: bool = False  # stopped by request before the sources ended
     open_state_rows: int = 0
+    peak_state: StateSize = NO_STATE  # the most rows and the most bytes of state held
 
     def line(self) -> str:
         parts = []
@@ -53,6 +57,8 @@ class RunSummary:
             parts.append(f"skipped (on_error = 'skip'): {skipped:,} ({reasons})")
         if self.stopped and self.open_state_rows:
             parts.append(f"{self.open_state_rows:,} rows of open window/aggregate state not emitted (stopped early)")
+        if self.peak_state.rows or self.peak_state.bytes:
+            parts.append(f"peak state {describe(self.peak_state)}")
         parts.append(f"elapsed {self.elapsed_s:.2f}s")
         return " | ".join(parts)
 
@@ -66,6 +72,7 @@ class Driver:
         dead_letters: DeadLetterOutput,
         operators: list[Operator] | None = None,
         tick_interval_s: float = 0.1,
+        state_limits: StateLimits | None = None,
     ):
         self.sources = sources
         self.sinks = sinks
@@ -80,6 +87,10 @@ class Driver:
         self.progress: Callable[["Driver"], None] | None = None
         self.progress_interval_s = 0.5
         self._last_progress = 0.0
+        #: says a warning to the user (stderr by default; the CLI keeps its progress line clear)
+        self.warn: Callable[[str], None] = _print_warning
+        self.state = StateTracker.of(self._roots(), state_limits or StateLimits(), lambda text: self.warn(text),
+                                     self._position)
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in flight (thread- and signal-safe)."""
@@ -97,6 +108,9 @@ class Driver:
         try:
             while not self._stop.is_set() and self.step():
                 pass
+        except StateLimitError:
+            self._close(graceful=True)  # what was produced is written; the error says where input stopped
+            raise
         except (SqlStreamError, BrokenPipeError):
             self._close(graceful=False)
             raise
@@ -117,6 +131,7 @@ class Driver:
             if item is not None:
                 stage.process(item)
                 progressed = True
+                self.state.check()
             if stage.reader.exhausted:
                 stage.end()
             else:
@@ -184,14 +199,11 @@ class Driver:
             raise ExecutionError(f"closing the pipeline failed: {errors[0]}") from errors[0]
 
     def state_rows(self) -> int:
-        seen = set()
-        total = 0
-        for op in self._roots():
-            for node in op.walk():
-                if id(node) not in seen:
-                    seen.add(id(node))
-                    total += node.state_rows()
-        return total
+        return sum(size.rows for _, size in self.state.sizes())
+
+    def _position(self) -> str:
+        """How far each source was read: ``12,000 rows of events, 40 rows of users``."""
+        return ", ".join(f"{s.metrics.rows_in:,} rows of {s.name}" for s in self.sources)
 
     def summary(self) -> RunSummary:
         stopped = self._stop.is_set() and not all(s.ended for s in self.sources)
@@ -207,4 +219,9 @@ class Driver:
             skipped=self.dead_letters.skipped_by_reason(),
             stopped=stopped,
             open_state_rows=self.state_rows() if stopped else 0,
+            peak_state=self.state.peak,
         )
+
+
+def _print_warning(text: str) -> None:
+    print(f"sqlstream: {text}", file=sys.stderr, flush=True)

@@ -4,6 +4,10 @@ Files and folders starting with ``_`` or ``.`` are skipped (helpers, caches); th
 directory itself is on ``sys.path`` while its files import, so a UDF file can import
 a helper module next to it. An import error, a syntax error or a name defined twice
 is a :class:`~sqlstream.errors.UdfError` located at ``file.py:line:col``.
+
+A UDF file is code that runs, like a ``conftest.py``: the command line lists every
+file it loads on stderr (:func:`loaded_text`), and ``--no-udfs`` turns the automatic
+discovery of ``udfs/`` folders off.
 """
 
 from __future__ import annotations
@@ -14,11 +18,38 @@ import os
 import sys
 import traceback
 import types
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from sqlstream.errors import Location, UdfError
 
-__all__ = ["discover", "origin_location"]
+__all__ = ["UdfFile", "discover", "discover_files", "loaded_text", "origin_location"]
+
+
+@dataclass(frozen=True)
+class UdfFile:
+    """One imported ``*.py`` file and the ``(function, "path:line")`` pairs of its @udf functions."""
+
+    path: str
+    functions: tuple[tuple[Callable, str], ...]
+
+
+def loaded_text(path: str, names: list[str]) -> str:
+    """The line that tells a user a UDF file ran (its path relative to the working
+    directory when inside it).
+
+    >>> loaded_text("/nowhere/udfs/scoring.py", ["risk", "label"])
+    'sqlstream: loaded UDFs from /nowhere/udfs/scoring.py (2 functions: risk, label)'
+    >>> loaded_text("/nowhere/udfs/helpers.py", [])
+    'sqlstream: loaded UDFs from /nowhere/udfs/helpers.py (no functions)'
+    """
+    cwd = os.getcwd()
+    shown = os.path.relpath(path, cwd) if path.startswith(cwd.rstrip(os.sep) + os.sep) else path
+    if not names:
+        functions = "no functions"
+    else:
+        functions = f"{len(names)} function{'s' if len(names) > 1 else ''}: {', '.join(names)}"
+    return f"sqlstream: loaded UDFs from {shown} ({functions})"
 
 
 def _module_name(path: str) -> str:
@@ -80,6 +111,13 @@ def _import(path: str, directory: str) -> types.ModuleType:
 def discover(directory: str) -> Iterator[tuple[Callable, str]]:
     """(function, ``path:line``) for every @udf in ``directory``'s ``*.py`` files, in
     sorted path order; a name defined twice is an error naming both places."""
+    for udf_file in discover_files(directory):
+        yield from udf_file.functions
+
+
+def discover_files(directory: str) -> Iterator[UdfFile]:
+    """Every ``*.py`` file under ``directory``, imported, with its @udf functions, in
+    sorted path order; a name defined twice is an error naming both places."""
     directory = os.path.abspath(directory)
     seen: dict[str, str] = {}
     for root, dirs, files in os.walk(directory):
@@ -89,6 +127,7 @@ def discover(directory: str) -> Iterator[tuple[Callable, str]]:
                 continue
             path = os.path.join(root, filename)
             module = _import(path, directory)
+            functions = []
             for attribute in vars(module).values():
                 spec = getattr(attribute, "__sqlstream_udf__", None)
                 if spec is None or not callable(attribute):
@@ -104,7 +143,8 @@ def discover(directory: str) -> Iterator[tuple[Callable, str]]:
                         hint="rename one of them (@udf(name='...'))",
                     )
                 seen[spec.name] = origin
-                yield attribute, origin
+                functions.append((attribute, origin))
+            yield UdfFile(path, tuple(functions))
 
 
 def _line(fn: Callable) -> int:

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 from sqlstream.errors import UdfError
 from sqlstream.sql.types import sql_type_name
 
-__all__ = ["ModelUdf", "MODEL_OPTIONS"]
+__all__ = ["ModelUdf", "MODEL_OPTIONS", "remote_url"]
 
 _ONNX_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -93,6 +93,12 @@ class _Output:
 
 def _dim(value) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
+
+
+def remote_url(path: str) -> str | None:
+    """The URL in a model path (models load from local files only), or None."""
+    url = re.search(r"[A-Za-z][A-Za-z0-9+.-]*://.*", path)
+    return url.group(0) if url else None
 
 
 def _option_error(option: str, message: str, hint: str | None = None) -> UdfError:
@@ -162,9 +168,9 @@ class ModelUdf:
             raise _option_error(
                 unknown[0], f"unknown model option '{unknown[0]}'", "valid: " + ", ".join(sorted(_OPTIONS))
             )
-        url = re.search(r"[A-Za-z][A-Za-z0-9+.-]*://.*", path)
+        url = remote_url(path)
         if url:
-            raise UdfError(f"models load from local files only, not {url.group(0)}", hint="download the .onnx file first")
+            raise UdfError(f"models load from local files only, not {url}", hint="download the .onnx file first")
         if os.path.splitext(path)[1].lower() in _PICKLE_EXTENSIONS:
             raise UdfError(
                 f"{os.path.basename(path)} is a pickled Python object; sqlstream loads ONNX models only and never unpickles",

@@ -231,7 +231,7 @@ def test_fixed_size_lists_check_their_length():
     assert table.to_pylist() == [{"id": 1, "f": [1.0, 2.0]}, {"id": 3, "f": None}, {"id": 4, "f": [None, 5.0]}]
     assert table.schema.field("f").type == pa.list_(pa.float32(), 2)
     assert [(d.reason, d.position) for d in dead] == [("type", "f:2")]
-    assert dead[0].detail == "expected 2 elements in a fixed_size_list<item: float>[2]"
+    assert dead[0].detail == "column 'f': expected 2 elements in a fixed_size_list<item: float>[2]"
 
 
 def test_nested_json_values():

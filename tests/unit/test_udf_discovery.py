@@ -118,7 +118,10 @@ def test_duplicate_names_report_both_files_and_lines(project, capsys):
     assert main(["check", str(project / "pipeline.sql")]) == 2
     err = capsys.readouterr().err
     a, b = project / "udfs" / "a.py", project / "udfs" / "b.py"
-    assert err.startswith(f"{b}:5:1: error: function 'risk' is defined twice: {a}:6 and {b}:5\n")
+    assert err.startswith(  # a.py was loaded (and listed) before b.py clashed with it
+        f"sqlstream: loaded UDFs from {a} (2 functions: risk, label)\n"
+        f"{b}:5:1: error: function 'risk' is defined twice: {a}:6 and {b}:5\n"
+    )
     assert "  @udf(args=[pa.float64()], returns=pa.float64(), name='RISK')" in err
     assert "hint: rename one of them (@udf(name='...'))" in err
 
@@ -129,7 +132,10 @@ def test_duplicate_names_across_directories(project, tmp_path_factory, capsys):
     write(extra / "again.py", SCORING)
     assert main(["check", str(project / "pipeline.sql"), "--udfs", str(extra)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"{extra / 'again.py'}:6:1: error: function 'risk' is defined twice: {project / 'udfs' / 'a.py'}:6 and {extra / 'again.py'}:6")
+    assert err.startswith(
+        f"sqlstream: loaded UDFs from {project / 'udfs' / 'a.py'} (2 functions: risk, label)\n"
+        f"{extra / 'again.py'}:6:1: error: function 'risk' is defined twice: {project / 'udfs' / 'a.py'}:6 and {extra / 'again.py'}:6"
+    )
 
 
 def test_import_errors_point_at_the_failing_line(project, capsys):

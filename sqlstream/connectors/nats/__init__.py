@@ -31,7 +31,7 @@ from sqlstream.connectors.base import (
 )
 from sqlstream.connectors.nats.sink import NatsWriter, SubjectTemplate
 from sqlstream.connectors.nats.source import CoreReader, JetStreamReader, ack_defaults
-from sqlstream.connectors.options import OptionSpec
+from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec
 from sqlstream.errors import ConnectorError, Location
 
 __all__ = ["NatsSource", "NatsSink", "ack_defaults"]
@@ -75,6 +75,7 @@ class NatsSource(SourceConnector):
                    doc="payload format: json | csv (one record per message) | arrow (IPC stream) | raw"),
         OptionSpec("delimiter", default=",", doc="csv field delimiter",
                    check=lambda v: None if len(v) == 1 else "must be one character"),
+        NULL_VALUES_OPTION,
         OptionSpec("max_pending_messages", "int", default=2_000_000, check=_positive,
                    doc="core NATS: messages waiting for the pipeline before new ones are dropped (slow consumer)"),
         OptionSpec("max_pending_bytes", "int", default=1 << 30, check=_positive,

@@ -29,10 +29,6 @@ __all__ = ["MessageDecoder", "Received", "js_reply_fields", "encode_json_payload
 HEADERS_TYPE = pa.map_(pa.string(), pa.string())
 
 
-class _BlankRecords(Exception):
-    """Some payload held only whitespace, so the decoder saw fewer records than messages."""
-
-
 @dataclass
 class Received:
     """Messages taken from the connection for one micro-batch, column-wise.
@@ -78,6 +74,7 @@ class MessageDecoder:
         timestamp_format: str = "iso",
         stream: str | None = None,
         delimiter: str = ",",
+        null_values: Sequence[str] = (),
     ):
         self.schema = schema
         self.source_name = source_name
@@ -90,7 +87,7 @@ class MessageDecoder:
         if fmt == "json":
             self._decoder = JsonDecoder(schema, source_name, timestamp_format)
         elif fmt == "csv":
-            self._decoder = CsvDecoder(schema, source_name, None, delimiter, timestamp_format)
+            self._decoder = CsvDecoder(schema, source_name, None, delimiter, timestamp_format, null_values)
         else:
             self._decoder = None
         self.output_schema = pa.schema(
@@ -116,43 +113,11 @@ class MessageDecoder:
         return self._assemble(table, rows, received), dead
 
     def _decode_text(self, payloads: list[bytes], position, dead: list[DeadLetter]) -> tuple[pa.Table, np.ndarray]:
-        """JSON / CSV: one record per message, decoded in one call for the batch."""
-        index = np.arange(len(payloads))
-        if payloads and min(map(len, payloads)) == 0:
-            index, payloads = self._drop_blank(payloads, index, position, dead)
-        try:
-            return self._decode_lines(payloads, index, position, dead)
-        except _BlankRecords:  # whitespace-only payloads hold no record: say so
-            index, payloads = self._drop_blank(payloads, index, position, dead)
-            return self._decode_lines(payloads, index, position, dead)
-
-    def _drop_blank(
-        self, payloads: list[bytes], index: np.ndarray, position, dead: list[DeadLetter]
-    ) -> tuple[np.ndarray, list[bytes]]:
-        keep = np.array([bool(p.strip()) for p in payloads], dtype=bool)
-        for i in np.flatnonzero(~keep):
-            text = payloads[i].decode("utf-8", "replace")
-            dead.append(DeadLetter(self.source_name, "decode", "empty message", text, position(int(index[i]))))
-        return index[keep], [p for p, k in zip(payloads, keep, strict=True) if k]
-
-    def _decode_lines(self, payloads: list[bytes], index: np.ndarray, position, dead: list[DeadLetter]) -> tuple[pa.Table, np.ndarray]:
-        rejected: list[int] = []
-
-        def record_position(i: int) -> str:
-            rejected.append(i)  # the decoder asks for the position of every record it rejects
-            return position(int(index[i]))
-
-        joined = b"\n".join(payloads)
-        if joined.count(b"\n") == len(payloads) - 1 and b"\r" not in joined:
-            table, letters = self._decoder.decode(joined, record_position)
-        else:  # a payload spans lines: decode_records flattens each to one line
-            table, letters = self._decoder.decode_records(payloads, record_position)
-        if rejected:
-            index = np.delete(index, np.unique(rejected))
-        if len(index) != table.num_rows:
-            raise _BlankRecords()
-        dead.extend(letters)
-        return table, index
+        """JSON / CSV: one record per message (a row or one dead letter), decoded in one
+        call for the batch."""
+        decoded = self._decoder.decode_records(payloads, position)
+        dead.extend(decoded.dead)
+        return decoded.table, decoded.records
 
     def _decode_arrow(self, payloads: list[bytes], position, dead: list[DeadLetter]) -> tuple[pa.Table, np.ndarray]:
         """Arrow IPC: each message is a stream of record batches (any number of rows)."""
@@ -169,7 +134,9 @@ class MessageDecoder:
             try:
                 table = conform_table(table, self.data_schema, self.timestamp_format, names)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
-                dead.append(DeadLetter(self.source_name, "type", str(error).splitlines()[0], raw, position(i)))
+                detail = str(error).splitlines()[0]
+                reason = "decode" if detail.endswith("not valid UTF-8") else "type"  # text that is not UTF-8 is no record
+                dead.append(DeadLetter(self.source_name, reason, detail, raw, position(i)))
                 continue
             for name in self.not_null:
                 if table.column(name).null_count:

@@ -38,6 +38,7 @@ from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_st
 from sqlstream.connectors.nats.messages import MessageDecoder, Received, js_reply_fields
 from sqlstream.connectors.nats.protocol import prepare, send
 from sqlstream.connectors.nats.routing import can_route, route, status_of
+from sqlstream.connectors.options import null_spellings
 
 __all__ = ["CoreReader", "JetStreamReader", "ack_defaults"]
 
@@ -98,6 +99,7 @@ class _MessageReader(SourceReader):
             self.config["timestamp_format"],
             stream=self.config["stream"],
             delimiter=self.config["delimiter"],
+            null_values=null_spellings(self.config["null_values"]),
         )
         owner = f"source '{connector.source_name}'"
         self.conn = NatsConnection(self.config["url"], owner, connect_timeout_s=self.config["connect_timeout"] / 1e6)
