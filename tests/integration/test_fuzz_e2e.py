@@ -129,7 +129,8 @@ def test_file_source_into_json_and_parquet_sinks(tmp_path, fmt, seed):
 
     parquet_rows = duck_rows(f"SELECT * FROM read_parquet('{tmp_path / 'out.parquet'}')")
     out_json = tmp_path / "out.jsonl"
-    out_json.read_bytes().decode("utf-8")
+    for line in out_json.read_bytes().split(b"\n")[:-1]:
+        orjson.loads(line)  # strict JSON (no NaN / Infinity) in strict UTF-8
     json_rows = duck_rows(f"SELECT * FROM read_json('{out_json}', format = 'newline_delimited', columns = {TYPED})")
     letters = read_dead_letters(tmp_path / "dead.jsonl")
 
