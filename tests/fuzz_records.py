@@ -166,7 +166,7 @@ def _json_object(rng, written: dict, *, spell: bool = True, extra: bool = True) 
     items = [(_spell(rng, k) if spell else k, json.dumps(v, ensure_ascii=rng.random() < 0.3)) for k, v in written.items()]
     if extra and rng.random() < 0.3:
         value = rng.choice(['{"id": 5, "deep": [1, {"x": null}]}', '"ignored"', "[1,2,3]", "null",
-                            _nested(rng.choice([3, 50, 300]))])
+                            _nested(rng.choice([3, 50, 300, ORJSON_MAX_DEPTH + 76, 2000]))])
         items.append((rng.choice(["extra", "x_1", "idx", "names", "ID2"]), value))
     rng.shuffle(items)
     colon, comma = rng.choice([(":", ","), (": ", ", "), (" : ", " , ")])
@@ -178,7 +178,7 @@ def _json_object(rng, written: dict, *, spell: bool = True, extra: bool = True) 
 def _bad_json_decode(rng, written: dict) -> tuple[str, bytes]:
     good = _json_object(rng, written).strip()
     case = rng.choice(["truncated", "not_object", "two_values", "garbage_after", "invalid_utf8", "invalid_utf8_key",
-                       "raw_control", "duplicate_key", "case_duplicate", "too_deep", "trailing_comma", "single_quotes",
+                       "raw_control", "duplicate_key", "case_duplicate", "trailing_comma", "single_quotes",
                        "nan_literal", "bare_word"])
     if case == "truncated":
         return case, good[: rng.randint(1, len(good) - 1)]
@@ -200,17 +200,14 @@ def _bad_json_decode(rng, written: dict) -> tuple[str, bytes]:
         key = rng.choice(["id", "name", "v"])
         value = {"id": b"7", "name": b'"dup"', "v": b"1.5"}[key]
         return case, b'{"%s": %s, "id": %d, "%s": %s}' % (key.encode(), value, written["id"], key.encode(), value)
-    if case == "case_duplicate":
-        key = rng.choice(["id", "name", "v", "ts"])
-        value = {"id": b"7", "name": b'"dup"', "v": b"1.5", "ts": b'"2024-01-01T00:00:00"'}[key]
-        other = rng.choice([key.upper(), key.capitalize()])
-        body = b'"%s": %s, "%s": %s' % (key.encode(), value, other.encode(), value)
+    if case == "case_duplicate":  # two spellings, neither the exact one (the exact one would win)
+        key = rng.choice(["id", "name", "ts"])
+        value = {"id": b"7", "name": b'"dup"', "ts": b'"2024-01-01T00:00:00"'}[key]
+        first, second = rng.choice([(key.upper(), key.capitalize()), (key.capitalize(), key.upper())])
+        body = b'"%s": %s, "%s": %s' % (first.encode(), value, second.encode(), value)
         if key != "id":
             body = b'"id": %d, ' % written["id"] + body
         return case, b"{" + body + b"}"
-    if case == "too_deep":
-        depth = rng.choice([ORJSON_MAX_DEPTH + 1, 2000, 5000])
-        return case, b'{"id": %d, "extra": %s}' % (written["id"], _nested(depth).encode())
     if case == "trailing_comma":
         return case, good[:-1] + b",}"
     if case == "single_quotes":
@@ -245,6 +242,8 @@ def json_record(rng, *, bad_share: float = 0.35, huge: bool = False) -> Record:
         return Record(_json_object(rng, written), "row", "huge", row)
     if roll < 0.03:
         return Record(rng.choice([b"", b" ", b"\t", b"  \t "]), "skip", "blank")
+    if roll >= bad_share and rng.random() < 0.08:
+        return _exact_spelling_wins(rng, written, row)
     if roll >= bad_share:
         return Record(_json_object(rng, written), "row", "good", row)
     kind = rng.random()
@@ -260,6 +259,21 @@ def json_record(rng, *, bad_share: float = 0.35, huge: bool = False) -> Record:
     else:
         del bad["id"]
     return Record(_json_object(rng, bad), "null", "null_id")
+
+
+def _exact_spelling_wins(rng, written: dict, row: dict) -> Record:
+    """A key spelled exactly like its column next to another spelling of it: the exact one wins."""
+    key = rng.choice(["id", "name", "v"])
+    if written.get(key) is None:
+        written[key] = row[key] = {"id": 1, "name": "exact", "v": 2.5}[key]
+    variant = {"id": rng.choice(["ID", "Id", "iD"]), "name": rng.choice(["NAME", "Name"]), "v": "V"}[key]
+    other = json.dumps({"id": 7, "name": "variant", "v": 0.25}[key]).encode()
+    body = _json_object(rng, {k: v for k, v in written.items() if k != key}, extra=False).strip()[1:-1]
+    items = [b'"%s": %s' % (key.encode(), json.dumps(written[key]).encode()), b'"%s": %s' % (variant.encode(), other)]
+    rng.shuffle(items)
+    if body:
+        items.insert(rng.randrange(len(items) + 1), body)
+    return Record(b"{" + b", ".join(items) + b"}", "row", "exact_spelling_wins", row)
 
 
 def json_lines(records: list[Record], rng, *, crlf: bool = True) -> bytes:
