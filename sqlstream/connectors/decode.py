@@ -19,6 +19,7 @@ not depend on how the input is cut into blocks.
 from __future__ import annotations
 
 import io
+import json
 import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -293,6 +294,7 @@ class Decoder:
         rejects = _Rejects(self, lines, position)
         if not _is_utf8(data):
             lines = self._drop_invalid_utf8(lines, rejects)
+        lines = self._screen(lines, rejects)
         table, records = self._read_records(lines, rejects)
         table, records = self._resolve(table, records, lines, rejects)
         table, records = self._conform_records(table, records, rejects)
@@ -355,18 +357,23 @@ class Decoder:
 
     def _drop_invalid_utf8(self, lines: _Lines, rejects: _Rejects) -> _Lines:
         """Dead-letter the lines that are not UTF-8; they become empty lines (no record)."""
-        pieces = []
-        bad = set()
+        bad = {}
         for index in lines.records:
-            line = lines.line(index)
-            error = _utf8_error(line)
+            error = _utf8_error(lines.line(index))
             if error:
-                rejects.add(index, "decode", error)
-                bad.add(int(index))
-        for index in range(len(lines.starts)):
-            pieces.append(b"" if index in bad else lines.line(index))
-        cleaned = _Lines(b"\n".join(pieces), self.blank)
-        return cleaned
+                bad[int(index)] = ("decode", error)
+        return self._drop(lines, rejects, bad)
+
+    def _drop(self, lines: _Lines, rejects: _Rejects, bad: dict[int, tuple[str, str]]) -> _Lines:
+        """Dead-letter the lines ``bad`` names (index → reason, detail); they become empty."""
+        for index, (reason, detail) in bad.items():
+            rejects.add(index, reason, detail)
+        pieces = [b"" if index in bad else lines.line(index) for index in range(len(lines.starts))]
+        return _Lines(b"\n".join(pieces), self.blank)
+
+    def _screen(self, lines: _Lines, rejects: _Rejects) -> _Lines:
+        """Hook before the block is parsed: lines the parser must never see."""
+        return lines
 
     def _read_records(self, lines: _Lines, rejects: _Rejects) -> tuple[pa.Table, np.ndarray]:
         records = lines.records
@@ -446,6 +453,29 @@ def _arrow_message(error: Exception) -> str:
     return text
 
 
+class _Object(dict):
+    """A parsed JSON object that remembers which keys it held twice."""
+
+    twice: frozenset = frozenset()
+
+
+def _object(pairs: list) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) < len(pairs):
+        seen: set = set()
+        obj.twice = frozenset(k for k, _ in pairs if k in seen or seen.add(k))
+    return obj
+
+
+def _no_constant(text: str):
+    raise ValueError(f"{text} is not JSON")
+
+
+def _parse_object(line: bytes) -> _Object:
+    """One record, parsed as strictly as pyarrow reads it (no NaN), keeping duplicates in view."""
+    return json.loads(line, object_pairs_hook=_object, parse_constant=_no_constant)
+
+
 class JsonDecoder(Decoder):
     """JSON lines: each line one object. Keys match column names case-insensitively,
     decided record by record: a key spelled exactly like the column wins; otherwise
@@ -487,6 +517,20 @@ class JsonDecoder(Decoder):
                 spelling[declared] = key
         return spelling
 
+    def _screen(self, lines: _Lines, rejects: _Rejects) -> _Lines:
+        """A line that does not start with '{' is no object, and pyarrow must not see it:
+        a bare ``null`` line crashes its reader (SIGSEGV, pyarrow 20-22)."""
+        raw = np.frombuffer(lines.data, dtype=np.uint8)
+        starts = lines.starts[lines.records]
+        first = raw[starts] if len(starts) else raw[:0]
+        suspects = lines.records[first != ord("{")]
+        bad = {}
+        for index in suspects:
+            line = lines.line(index)
+            if line.lstrip(self.blank)[:1] != b"{":
+                bad[int(index)] = self._classify(line, _RecordCount(0, 1))
+        return self._drop(lines, rejects, bad) if bad else lines
+
     def decode_block(self, data: bytes, position: Position) -> Decoded:
         spelling = self._first_spelling(data)
         if spelling != self._spelling:
@@ -516,8 +560,8 @@ class JsonDecoder(Decoder):
     def _as_one_line(self, record: bytes) -> tuple[bytes | None, str | None]:
         """A pretty-printed object (a message) as one line of its declared keys."""
         try:
-            value = orjson.loads(record)
-        except orjson.JSONDecodeError as error:
+            value = _parse_object(record)
+        except (ValueError, RecursionError) as error:
             return None, f"malformed JSON: {error}"
         if not isinstance(value, dict):
             return None, f"expected a JSON object, got {type(value).__name__}"
@@ -530,7 +574,11 @@ class JsonDecoder(Decoder):
         return None, problem
 
     def _as_read(self, table: pa.Table) -> pa.Table:
+        types = {f.name: f.type for f in self.read_schema}
         names = self.read_schema.names + [self._spelling[n] for n in self.read_schema.names if n in self._spelling]
+        for name in names:  # a part read with other spellings lacks these: they are NULL there
+            if name not in table.column_names:
+                table = table.append_column(pa.field(name, types[self._lower[name.lower()]]), pa.nulls(table.num_rows, types[self._lower[name.lower()]]))
         return table.select(names)
 
     # -- key spellings -----------------------------------------------------------------
@@ -582,19 +630,21 @@ class JsonDecoder(Decoder):
         for row in rows:
             line = lines.line(records[row])
             try:
-                picked, problem = self._pick(orjson.loads(line))
+                picked, problem = self._pick(_parse_object(line))
                 if problem is None:
                     redo.append(orjson.dumps(picked))
                     redo_rows.append(row)
                     continue
-            except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError):
-                # nested deeper than orjson goes: pyarrow reads the record's spellings
+                problem = ("decode", problem)
+            except (ValueError, RecursionError, orjson.JSONEncodeError, TypeError):
+                # deeper than Python's parser goes, or a number orjson cannot write again:
+                # pyarrow reads the record's spellings
                 replacement, problem = self._read_spellings(line)
                 if problem is None:
                     deep.append(replacement)
                     deep_rows.append(row)
                     continue
-            rejects.add(records[row], "decode", problem)
+            rejects.add(records[row], *problem)
             drop.append(row)
         replacement, bad = self._read_picked(redo)
         failed = {i for i, _ in bad}
@@ -609,7 +659,7 @@ class JsonDecoder(Decoder):
         merged = pa.concat_tables([table, replacement, *deep]).take(pa.array(order[keep]))
         return merged, records[keep]
 
-    def _read_spellings(self, line: bytes) -> tuple[pa.Table | None, str | None]:
+    def _read_spellings(self, line: bytes) -> tuple[pa.Table | None, tuple[str, str] | None]:
         """One record too deep for orjson: read every spelling of a declared key that
         occurs in it as its own column (pyarrow reads any depth, top-level keys only);
         the exact spelling wins, else the one other spelling with a value."""
@@ -621,23 +671,28 @@ class JsonDecoder(Decoder):
         try:
             read = pjson.read_json(io.BytesIO(line), parse_options=options)
         except _READ_ERRORS as error:
-            return None, self._classify(line, error)[1]
+            return None, self._classify(line, error)
         columns = []
         for name in self.read_schema.names:
             found = [k for k in sorted(spellings) if self._lower[k.lower()] == name and read.column(k)[0].is_valid]
             if name not in found and len(found) > 1:
-                return None, f"keys {' and '.join(repr(k) for k in found)} both name column '{name}'"
+                return None, ("decode", f"keys {' and '.join(repr(k) for k in found)} both name column '{name}'")
             chosen = name if name in found else (found[0] if found else None)
             columns.append(read.column(chosen) if chosen else pa.nulls(1, types[name]))
         return pa.table(columns, schema=self.read_schema), None
 
     def _pick(self, record) -> tuple[dict, str | None]:
+        """The declared values of one record, by the rule above, or why there are none."""
+        if not isinstance(record, dict):
+            raise ValueError("not an object")
         picked: dict = {}
         spelled: dict[str, list[str]] = {}
         for key, value in record.items():
             name = self._lower.get(key.lower())
             if name is None:
                 continue
+            if key in getattr(record, "twice", ()):
+                return picked, f"key '{key}' appears twice in the object"
             spelled.setdefault(name, []).append(key)
             picked[name] = record[name] if name in record else value
         for name, keys in spelled.items():
@@ -654,16 +709,17 @@ class JsonDecoder(Decoder):
         return (pa.concat_tables(tables) if tables else self.read_schema.empty_table()), bad
 
     def _classify(self, record: bytes, error: Exception) -> tuple[str, str]:
-        if isinstance(error, _RecordCount):
-            if error.rows > 1:
-                return "decode", f"{error.rows} JSON values on one line: a line must hold one object"
-            return "decode", "no JSON object on the line"
+        if isinstance(error, _RecordCount) and error.rows > 1:
+            return "decode", f"{error.rows} JSON values on one line: a line must hold one object"
         twice = _JSON_TWICE.search(str(error))
         if twice:
             return "decode", f"key '{twice.group(1)}' appears twice in the object"
         try:
             value = orjson.loads(record)
         except orjson.JSONDecodeError as decode_error:
+            deep = "depth" in str(decode_error) or "ecursion" in str(decode_error)
+            if deep and (_JSON_CHANGED.search(str(error)) or "Failed to convert JSON" in str(error)):
+                return "type", _arrow_message(error)  # pyarrow reads any depth: a value does not fit
             return "decode", f"malformed JSON: {decode_error}"
         if not isinstance(value, dict):
             return "decode", f"expected a JSON object, got {type(value).__name__}"
