@@ -6,8 +6,9 @@ NATS message payload) together with what the decoders must make of it: a row
 reason ``decode`` / ``type`` / ``null``, or nothing at all (``"skip"``: a blank
 line is not a record). The cases follow the decoder semantics the project
 decided (README, "Dead letters"): one non-blank line is one record; keys match
-columns case-insensitively per record; two keys for one column, two JSON values
-on a line, invalid UTF-8 or nesting deeper than orjson's limit are ``decode``;
+columns case-insensitively per record (the exact spelling wins); two other
+spellings of one column, a key twice, two JSON values on a line or invalid UTF-8
+are ``decode``; nesting of any depth is read, and ``NaN`` / ``Infinity`` as floats;
 CSV NULL is only an empty unquoted field; ``TIMESTAMP`` takes no offset,
 ``TIMESTAMPTZ`` converts offsets to UTC.
 
@@ -179,7 +180,7 @@ def _bad_json_decode(rng, written: dict) -> tuple[str, bytes]:
     good = _json_object(rng, written).strip()
     case = rng.choice(["truncated", "not_object", "two_values", "garbage_after", "invalid_utf8", "invalid_utf8_key",
                        "raw_control", "duplicate_key", "case_duplicate", "trailing_comma", "single_quotes",
-                       "nan_literal", "bare_word"])
+                       "bare_word"])
     if case == "truncated":
         return case, good[: rng.randint(1, len(good) - 1)]
     if case == "not_object":
@@ -212,8 +213,6 @@ def _bad_json_decode(rng, written: dict) -> tuple[str, bytes]:
         return case, good[:-1] + b",}"
     if case == "single_quotes":
         return case, b"{'id': %d}" % written["id"]
-    if case == "nan_literal":
-        return case, b'{"id": %d, "v": %s}' % (written["id"], rng.choice([b"NaN", b"Infinity", b"-Infinity"]))
     return case, rng.choice([b"not json", b"id=1", b"{id: 1}", b"\x00", b"{", b"}"])
 
 
@@ -244,6 +243,12 @@ def json_record(rng, *, bad_share: float = 0.35, huge: bool = False) -> Record:
         return Record(rng.choice([b"", b" ", b"\t", b"  \t "]), "skip", "blank")
     if roll >= bad_share and rng.random() < 0.08:
         return _exact_spelling_wins(rng, written, row)
+    if roll >= bad_share and rng.random() < 0.03:  # not JSON, but read as the floats they name (decided)
+        literal = rng.choice(["NaN", "Infinity", "-Infinity"])
+        row["v"] = float(literal.lower().replace("infinity", "inf"))
+        body = _json_object(rng, {k: v for k, v in written.items() if k != "v"}, extra=False).strip()[1:-1]
+        raw = b"{" + (body.encode() if isinstance(body, str) else body) + (b", " if body else b"") + b'"v": ' + literal.encode() + b"}"
+        return Record(raw, "row", "nan_literal", row)
     if roll >= bad_share:
         return Record(_json_object(rng, written), "row", "good", row)
     kind = rng.random()

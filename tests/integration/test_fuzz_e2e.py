@@ -10,6 +10,7 @@ Bounded: a few thousand records per seed; ``pytest -m slow`` runs it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -99,14 +100,20 @@ def _shallow(raw: bytes) -> bytes:
     return re.sub(rb'((?:\{"a":){20,})1(\}+)', lambda m: b"0" + b"}" * (len(m[2]) - len(m[1]) // 5), raw)
 
 
+def _declared(pairs: list) -> dict:
+    """The declared keys of one record, folded to their names; the exact spelling wins."""
+    return {k.lower(): v for k, v in sorted(pairs, key=lambda kv: kv[0] in NAMES) if k.lower() in NAMES}
+
+
 def duckdb_reading_of_the_good_records(records: list[Record], fmt: str, directory: Path) -> list[dict]:
     """The good records as DuckDB reads them (JSON: the declared keys folded to their
     lower-case names first, as DuckDB matches keys case-sensitively)."""
     good = [r for r in records if r.outcome == "row"]
     if fmt == "json":
         path = directory / "good.jsonl"
-        path.write_bytes(b"".join(orjson.dumps({k.lower(): v for k, v in orjson.loads(_shallow(r.raw)).items()
-                                                if k.lower() in NAMES}) + b"\n" for r in good))
+        # Python's json: NaN / Infinity are read (as decided) and written back for DuckDB
+        path.write_text("".join(json.dumps(_declared(json.loads(_shallow(r.raw), object_pairs_hook=list))) + "\n"
+                                for r in good))
         return duck_rows(f"SELECT * FROM read_json('{path}', format = 'newline_delimited', columns = {TYPED})")
     path = directory / "good.csv"
     path.write_bytes(CSV_HEADER.encode() + b"\n" + b"".join(r.raw + b"\n" for r in good))
