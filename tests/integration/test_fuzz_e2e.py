@@ -170,7 +170,7 @@ def test_jetstream_source_into_jetstream_and_parquet_sinks(tmp_path, nats_server
     nats_client.js_publish(subject_in, [r.raw for r in records])
     (tmp_path / "pipeline.sql").write_text(f"""
         SET dead_letter_path = 'dead.jsonl';
-        SET batch_size = {rng.choice([1, 16, 500])};
+        SET batch_size = {rng.choice([7, 64, 500])};
         CREATE SOURCE src ({SQL_COLUMNS}, _stream_seq BIGINT)
           WITH (connector = 'nats', url = '{nats_server.url}', stream = '{stream_in}', durable = 'fuzz',
                 max_future = 'off');
@@ -210,13 +210,15 @@ def test_jetstream_source_into_jetstream_and_parquet_sinks(tmp_path, nats_server
     assert len(stored) + len(letters) == len(records), "rows out + dead letters != records in"
     assert sorted(r["_stream_seq"] for r in stored) == sorted({r["_stream_seq"] for r in stored}), "a row twice"
     stored.sort(key=lambda r: r["_stream_seq"])
-    check_outcomes(records, [_from_json(r) for r in stored], letters, lambda i: f"{subject_in}#{i + 1}")
+    # a JSON message holds no NaN or infinity: the sink writes null (the Parquet sink keeps them)
+    as_json = [Record(r.raw, r.outcome, r.case, json_view([r.row])[0] if r.row else None) for r in records]
+    check_outcomes(as_json, [_from_json(r) for r in stored], letters, lambda i: f"{subject_in}#{i + 1}")
     wrong = [records[r["_stream_seq"] - 1].describe() for r in stored if records[r["_stream_seq"] - 1].outcome != "row"]
     assert not wrong, f"rows from records that must be dead letters: {wrong[:5]}"
 
     parquet_rows = duck_rows(f"SELECT * FROM read_parquet('{tmp_path / 'out_parquet'}/*.parquet') ORDER BY _stream_seq")
     assert [r["_stream_seq"] for r in parquet_rows] == [r["_stream_seq"] for r in stored]
-    assert normalize_rows(json_view(parquet_rows)) == normalize_rows([_from_json(r) for r in stored])
+    assert normalize_rows(parquet_rows) == normalize_rows([records[r["_stream_seq"] - 1].row for r in stored])
 
 
 def _from_json(row: dict) -> dict:
