@@ -311,7 +311,8 @@ class Decoder:
             decoded = self.decode_block(joined, position)
             multiline: list[int] = []
         else:
-            trimmed = [r.rstrip(b"\r\n") for r in records]
+            # a record that is only blank is no record (an empty message) whatever its line breaks
+            trimmed = [r.rstrip(b"\r\n") if r.strip(self.blank + b"\n") else b"" for r in records]
             multiline = [i for i, r in enumerate(trimmed) if b"\n" in r or b"\r" in r]
             for i in multiline:
                 trimmed[i] = b""  # decoded below, on its own
@@ -538,8 +539,8 @@ class JsonDecoder(Decoder):
             self._options = self._parse_options(spelling) if spelling else self._exact_options
         return super().decode_block(data, position)
 
-    def _read(self, data: bytes) -> pa.Table:
-        options = self._options
+    def _read(self, data: bytes, options: pjson.ParseOptions | None = None) -> pa.Table:
+        options = options or self._options
         # 1 MiB blocks: pyarrow parses them on its threads (one huge block is one thread);
         # a record longer than that needs a block that holds it whole
         try:
@@ -669,7 +670,7 @@ class JsonDecoder(Decoder):
         fields = [pa.field(k, types[self._lower[k.lower()]]) for k in sorted(spellings)]
         options = pjson.ParseOptions(explicit_schema=pa.schema(fields), unexpected_field_behavior="ignore")
         try:
-            read = pjson.read_json(io.BytesIO(line), parse_options=options)
+            read = self._read(line, options)
         except _READ_ERRORS as error:
             return None, self._classify(line, error)
         columns = []
@@ -702,7 +703,7 @@ class JsonDecoder(Decoder):
 
     def _read_picked(self, redo: list[bytes]) -> tuple[pa.Table, list[tuple[int, Exception]]]:
         def read(start: int, end: int) -> pa.Table:
-            return pjson.read_json(io.BytesIO(b"\n".join(redo[start:end])), parse_options=self._exact_options)
+            return self._read(b"\n".join(redo[start:end]), self._exact_options)
 
         good, bad = isolate_failures(len(redo), read)
         tables = [t.select(self.read_schema.names) for _, _, t in good]

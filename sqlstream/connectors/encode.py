@@ -96,8 +96,48 @@ def _flat_json(batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
     return pc.binary_join_element_wise(*pieces, text(""))
 
 
+def _finite(values: pa.Array) -> pa.Array:
+    """``values`` with NaN and infinities (at any depth) made NULL: they are not JSON,
+    and DuckDB would write them as ``NaN`` / ``Infinity``."""
+    t = values.type
+    if pa.types.is_floating(t):
+        finite = pc.is_finite(values)
+        if pc.all(pc.fill_null(finite, True)).as_py():
+            return values
+        return pc.if_else(finite, values, pa.scalar(None, t))
+    if pa.types.is_struct(t):
+        fields = [_finite(child) for child in values.flatten()]  # flatten honours a slice's offset
+        mask = values.is_null() if values.null_count else None
+        return pa.StructArray.from_arrays(fields, fields=list(t), mask=mask)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        if values.offset:
+            values = pa.concat_arrays([values])  # offsets from 0
+        inner = _finite(values.values)
+        if inner is values.values:
+            return values
+        if pa.types.is_fixed_size_list(t):
+            return pa.FixedSizeListArray.from_arrays(inner, t.list_size, mask=values.is_null() if values.null_count else None)
+        cls = pa.LargeListArray if pa.types.is_large_list(t) else pa.ListArray
+        return cls.from_arrays(values.offsets, inner, mask=values.is_null() if values.null_count else None)
+    return values
+
+
+def _floats_inside(t: pa.DataType) -> bool:
+    if pa.types.is_floating(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_floats_inside(f.type) for f in t)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _floats_inside(t.value_type)
+    return False
+
+
 def _duckdb_json(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     con = _connection()
+    if any(_floats_inside(f.type) for f in batch.schema):
+        columns = [batch.column(i) for i in range(batch.num_columns)]
+        columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns]
+        batch = pa.RecordBatch.from_arrays([_finite(c) for c in columns], schema=batch.schema)
     rows = con.from_arrow(batch)  # noqa: F841 - referenced by name in the SQL below
     # the row alias must not be a column name (a column ``r`` would shadow ``r``)
     table = con.sql("SELECT to_json(__sqlstream_row)::VARCHAR AS j FROM rows __sqlstream_row").to_arrow_table()
