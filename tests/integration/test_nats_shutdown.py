@@ -87,7 +87,8 @@ def test_sigterm_during_a_burst_accounts_for_every_message(tmp_path, nats_server
     pipeline = tmp_path / "burst.sql"
     pipeline.write_text(f"""
         CREATE SOURCE burst (id BIGINT) WITH (connector = 'nats', url = '{nats_server.url}', subject = 'burst.cli');
-        CREATE SINK kept AS SELECT id FROM burst WITH (connector = 'file', path = '{out}', format = 'json');
+        CREATE SINK kept AS SELECT id FROM burst WITH (connector = 'file', path = '{out}', format = 'json',
+                                                       mode = 'append');  -- rows visible while it runs
     """)
     log = tmp_path / "run.log"
     with open(log, "wb") as stderr:
