@@ -77,6 +77,21 @@ def _parse_timestamps(strings: pa.Array, declared: pa.DataType) -> pa.Array:
     return pc.if_else(zoned, aware, naive)
 
 
+def _parse_integers(strings: pa.Array, declared: pa.DataType) -> pa.Array:
+    """Decimal text → integers. Arrow's cast would read ``0x10`` as 16: hexadecimal is
+    refused (a byte scan first: digits hold no 'x'); blanks around the digits are not."""
+    data = strings.buffers()[2]
+    if data is not None and np.any((np.frombuffer(data, dtype=np.uint8) | 0x20) == ord("x")):
+        hexadecimal = pc.or_(pc.match_substring(strings, "0x"), pc.match_substring(strings, "0X"))
+        if pc.any(hexadecimal).as_py():
+            value = strings.filter(hexadecimal)[0].as_py()
+            raise pa.ArrowInvalid(f"invalid value '{value}' for {declared}: hexadecimal numbers are not read")
+    try:
+        return pc.cast(strings, declared)
+    except pa.ArrowInvalid:
+        return pc.cast(pc.utf8_trim_whitespace(strings), declared)
+
+
 def _convert(array: pa.Array, declared: pa.DataType, timestamp_format: str) -> pa.Array:
     if array.type == declared:
         return array
@@ -90,11 +105,7 @@ def _convert(array: pa.Array, declared: pa.DataType, timestamp_format: str) -> p
     if pa.types.is_timestamp(declared) and (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         return _parse_timestamps(array, declared)
     if pa.types.is_integer(declared) and pa.types.is_string(array.type):
-        hexadecimal = pc.or_(pc.match_substring(array, "0x"), pc.match_substring(array, "0X"))
-        if pc.any(hexadecimal).as_py():
-            value = array.filter(hexadecimal)[0].as_py()
-            raise pa.ArrowInvalid(f"invalid value '{value}' for {declared}: hexadecimal numbers are not read")
-        return pc.cast(pc.utf8_trim_whitespace(array), declared)
+        return _parse_integers(array, declared)
     if pa.types.is_fixed_size_list(declared) and not pa.types.is_fixed_size_list(array.type):
         lengths = pc.list_value_length(array)
         bad = pc.fill_null(pc.not_equal(lengths, declared.list_size), False)
@@ -111,12 +122,14 @@ def _convert(array: pa.Array, declared: pa.DataType, timestamp_format: str) -> p
 
 
 def conform_table(
-    table: pa.Table, schema: pa.Schema, timestamp_format: str = "iso", names: dict[str, str] | None = None
+    table: pa.Table, schema: pa.Schema, timestamp_format: str = "iso", names: dict[str, str] | None = None,
+    *, check_utf8: bool = True,
 ) -> pa.Table:
     """Cast ``table``'s columns to the declared ``schema`` (by name; missing → NULL).
 
     ``names`` maps declared name → name in ``table`` where they differ. Text columns
-    are checked to be valid UTF-8 (Arrow IPC and Parquet readers do not check).
+    are checked to be valid UTF-8 (Arrow IPC and Parquet readers do not check), unless
+    the caller checked its bytes already (``check_utf8=False``).
     """
     names = names or {}
     columns = []
@@ -125,7 +138,7 @@ def conform_table(
         if source_name in table.column_names:
             chunked = table.column(source_name)
             try:
-                for chunk in chunked.chunks:
+                for chunk in chunked.chunks if check_utf8 else ():
                     chunk.validate(full=True)  # raises ArrowInvalid on text that is not UTF-8, nested too
                 arrays = [_convert(chunk, field.type, timestamp_format) for chunk in chunked.chunks]
             except _CONVERT_ERRORS as error:
@@ -179,7 +192,8 @@ class _Lines:
         # only a line that is empty or starts with a blank byte can be blank
         empty = ends == starts
         first = np.zeros(len(starts), dtype=bool)
-        first[~empty] = np.isin(raw[starts[~empty]], np.frombuffer(blank, dtype=np.uint8))
+        leading = raw[starts[~empty]]
+        first[~empty] = np.logical_or.reduce([leading == byte for byte in blank])
         blank_lines = [i for i in np.flatnonzero(empty | first) if not data[starts[i]:ends[i]].strip(blank)]
         keep = np.ones(len(starts), dtype=bool)
         keep[blank_lines] = False
@@ -346,7 +360,10 @@ class Decoder:
         rejected = np.concatenate([p.rejected for p in parts])
         for i, letter in zip(rejected, dead):
             letter.raw = records[i].decode("utf-8", "backslashreplace")  # the message, not its flattened line
-        silent = np.setdiff1d(np.arange(len(records)), np.concatenate([rows, rejected]))
+        accounted = np.zeros(len(records), dtype=bool)
+        accounted[rows] = True
+        accounted[rejected] = True
+        silent = np.flatnonzero(~accounted)
         for i in silent:
             text = records[i].decode("utf-8", "backslashreplace")
             dead.append(DeadLetter(self.source_name, "decode", "empty message", text, position(int(i))))
@@ -404,7 +421,7 @@ class Decoder:
         return table
 
     def _conform(self, table: pa.Table) -> pa.Table:
-        return conform_table(table, self.schema, self.timestamp_format)
+        return conform_table(table, self.schema, self.timestamp_format, check_utf8=False)  # bytes checked whole
 
     def _conform_records(self, table: pa.Table, records: np.ndarray, rejects: _Rejects) -> tuple[pa.Table, np.ndarray]:
         try:
@@ -424,9 +441,9 @@ class Decoder:
         bad_mask = None
         first_column: dict[int, str] = {}
         for name in self.not_null:
-            nulls = pc.is_null(table.column(name))
-            if not pc.any(nulls).as_py():
+            if not table.column(name).null_count:
                 continue
+            nulls = pc.is_null(table.column(name))
             for row in pc.indices_nonzero(nulls).to_pylist():
                 first_column.setdefault(row, name)
             bad_mask = nulls if bad_mask is None else pc.or_(bad_mask, nulls)
@@ -596,9 +613,9 @@ class JsonDecoder(Decoder):
             value = exact if other is None else pc.coalesce(exact, table.column(other))
             columns.append(value)
             # rows whose value did not come from the exact spelling could hold a third one
-            open_rows = pc.is_null(exact)
-            if not pc.any(open_rows).as_py():
+            if not exact.null_count:
                 continue
+            open_rows = pc.is_null(exact)
             key = b'"' + name.lower().encode() + b'"'
             if lowered is None:
                 lowered = lines.data.lower()
