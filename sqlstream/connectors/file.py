@@ -510,18 +510,21 @@ class _LinesWriter(SinkWriter):
 
     def durable_rows(self, written: int) -> int:
         """Appended rows are durable once synced; overwriting output only at close."""
+        if self._temp is not None:
+            return 0
         self._handle.flush()
         os.fsync(self._handle.fileno())
-        return written if self._temp is None else 0
+        return written
 
     def close(self) -> None:
         if self._handle.closed:
             return
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._temp is None:
+            os.fsync(self._handle.fileno())
         self._handle.close()
         if self._temp is not None:
-            _publish(self._temp, self.path)
+            _publish(self._temp, self.path)  # syncs the file, renames it, syncs the directory
 
     def abort(self) -> None:
         if self._temp is None:

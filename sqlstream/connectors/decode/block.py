@@ -16,7 +16,8 @@ from sqlstream.connectors.base import METADATA_COLUMNS, DeadLetter
 from sqlstream.connectors.decode.conform import CONVERT_ERRORS, READ_ERRORS, conform_table, read_type
 from sqlstream.failure_isolation import isolate_failures
 
-__all__ = ["Decoder", "Decoded", "Lines", "Position", "RecordCount", "Rejects", "arrow_message", "utf8_error", "JSON_CHANGED"]
+__all__ = ["Decoder", "Decoded", "Lines", "Position", "RecordCount", "Rejects", "arrow_message", "utf8_error", "JSON_CHANGED",
+           "join_ranges"]
 
 Position = Callable[[int], str]  # record index in the block → "file:line" or "subject#seq"
 
@@ -222,8 +223,8 @@ class Decoder:
             text = records[i].decode("utf-8", "backslashreplace")
             dead.append(DeadLetter(self.source_name, "decode", "empty message", text, position(int(i))))
         rejected = np.concatenate([rejected, silent])
-        order = np.argsort(rows, kind="stable")
-        if len(parts) > 1 and (order != np.arange(len(order))).any():
+        if len(parts) > 1:  # records decoded on their own go back to their place
+            order = np.argsort(rows, kind="stable")
             table, rows = table.take(pa.array(order)), rows[order]
         return Decoded(table, rows, dead, rejected)
 
@@ -266,13 +267,11 @@ class Decoder:
         for row, error in bad:
             index = records[row]
             rejects.add(index, *self._classify(lines.line(index), error))
-        tables = [self._as_read(t) for _, _, t in good]
-        kept = np.concatenate([records[s:e] for s, e, _ in good]) if good else records[:0]
-        return (pa.concat_tables(tables) if tables else self._as_read(self.read_schema.empty_table())), kept
+        return join_ranges(good, records, self._empty_read())
 
-    def _as_read(self, table: pa.Table) -> pa.Table:
-        """A part read on its own, with the columns and types of the whole block's read."""
-        return table
+    def _empty_read(self) -> pa.Table:
+        """What :meth:`_read` gives for no records (its columns, no rows)."""
+        return self.read_schema.empty_table()
 
     def _conform(self, table: pa.Table) -> pa.Table:
         return conform_table(table, self.schema, self.timestamp_format, check_utf8=False)  # bytes checked whole
@@ -284,12 +283,8 @@ class Decoder:
             pass
         good, bad = isolate_failures(table.num_rows, lambda s, e: self._conform(table.slice(s, e - s)))
         for row, error in bad:
-            message = arrow_message(error)
-            reason = "decode" if message.endswith("not valid UTF-8") else "type"
-            rejects.add(records[row], reason, message)
-        tables = [t for _, _, t in good]
-        kept = np.concatenate([records[s:e] for s, e, _ in good]) if good else records[:0]
-        return (pa.concat_tables(tables) if tables else self._conform(self.read_schema.empty_table())), kept
+            rejects.add(records[row], "type", arrow_message(error))  # (UTF-8 was checked on the bytes)
+        return join_ranges(good, records, self._conform(self.read_schema.empty_table()))
 
     def _check_not_null(self, table: pa.Table, records: np.ndarray, rejects: Rejects) -> tuple[pa.Table, np.ndarray]:
         bad_mask = None
@@ -307,6 +302,13 @@ class Decoder:
             rejects.add(records[row], "null", f"column '{column}' is NULL but declared NOT NULL")
         keep = pc.invert(bad_mask)
         return table.filter(keep), records[keep.to_numpy(zero_copy_only=False)]
+
+
+def join_ranges(good: list, records: np.ndarray, empty: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The tables of the ranges that succeeded (``isolate_failures``), with their records."""
+    if not good:
+        return empty, records[:0]
+    return pa.concat_tables([t for _, _, t in good]), np.concatenate([records[s:e] for s, e, _ in good])
 
 
 JSON_CHANGED = re.compile(r"Column\(/([^)]*)\) changed from (\w+) to (\w+)( in row \d+)?")

@@ -39,8 +39,11 @@ class CsvDecoder(Decoder):
         self._parse_options = pcsv.ParseOptions(delimiter=delimiter)
         self._read_options = pcsv.ReadOptions(column_names=self.columns, use_threads=False, block_size=1 << 26)
         # pyarrow reads 0x10 as 16 into an integer column: integers are read as text, and
-        # _convert refuses hexadecimal before casting
-        types = {f.name: pa.string() if pa.types.is_integer(f.type) else f.type for f in self.read_schema}
+        # the conversion refuses hexadecimal before casting
+        self.read_schema = pa.schema(
+            [pa.field(f.name, pa.string()) if pa.types.is_integer(f.type) else f for f in self.read_schema]
+        )
+        types = {f.name: f.type for f in self.read_schema}
         self._convert_options = pcsv.ConvertOptions(
             column_types=types,
             include_columns=list(types),  # every declared column, in declared order

@@ -21,6 +21,7 @@ from sqlstream.connectors.decode.block import (
     RecordCount,
     Rejects,
     arrow_message,
+    join_ranges,
 )
 from sqlstream.connectors.decode.conform import READ_ERRORS
 from sqlstream.failure_isolation import isolate_failures
@@ -149,13 +150,8 @@ class JsonDecoder(Decoder):
                 problem = f"a declared value cannot be read: {error}"
         return None, problem
 
-    def _as_read(self, table: pa.Table) -> pa.Table:
-        types = {f.name: f.type for f in self.read_schema}
-        names = self.read_schema.names + [self._spelling[n] for n in self.read_schema.names if n in self._spelling]
-        for name in names:  # a part read with other spellings lacks these: they are NULL there
-            if name not in table.column_names:
-                table = table.append_column(pa.field(name, types[self._lower[name.lower()]]), pa.nulls(table.num_rows, types[self._lower[name.lower()]]))
-        return table.select(names)
+    def _empty_read(self) -> pa.Table:
+        return self._options.explicit_schema.empty_table()  # the block's spellings as columns too
 
     # -- key spellings -----------------------------------------------------------------
 
@@ -236,7 +232,8 @@ class JsonDecoder(Decoder):
         return merged, records[keep]
 
     def _read_spellings(self, line: bytes) -> tuple[pa.Table | None, tuple[str, str] | None]:
-        """One record too deep for orjson: read every spelling of a declared key that
+        """One record too deep for Python's JSON parser (or with a number orjson cannot
+        write again): read every spelling of a declared key that
         occurs in it as its own column (pyarrow reads any depth, top-level keys only);
         the exact spelling wins, else the one other spelling with a value."""
         pattern = b'"(' + b"|".join(re.escape(n.encode()) for n in self._lower) + b')"'
@@ -257,7 +254,7 @@ class JsonDecoder(Decoder):
             columns.append(read.column(chosen) if chosen else pa.nulls(1, types[name]))
         return pa.table(columns, schema=self.read_schema), None
 
-    def _pick(self, record) -> tuple[dict, str | None]:
+    def _pick(self, record: _Object) -> tuple[dict, str | None]:
         """The declared values of one record, by the rule above, or why there are none."""
         if not isinstance(record, dict):
             raise ValueError("not an object")
@@ -267,7 +264,7 @@ class JsonDecoder(Decoder):
             name = self._lower.get(key.lower())
             if name is None:
                 continue
-            if key in getattr(record, "twice", ()):
+            if key in record.twice:
                 return picked, f"key '{key}' appears twice in the object"
             spelled.setdefault(name, []).append(key)
             picked[name] = record[name] if name in record else value
@@ -281,8 +278,7 @@ class JsonDecoder(Decoder):
             return self._read(b"\n".join(redo[start:end]), self._exact_options)
 
         good, bad = isolate_failures(len(redo), read)
-        tables = [t.select(self.read_schema.names) for _, _, t in good]
-        return (pa.concat_tables(tables) if tables else self.read_schema.empty_table()), bad
+        return join_ranges(good, np.arange(len(redo)), self.read_schema.empty_table())[0], bad
 
     def _classify(self, record: bytes, error: Exception) -> tuple[str, str]:
         if isinstance(error, RecordCount) and error.rows > 1:
