@@ -6,11 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["to_batch", "concat_batches", "HIDDEN_PREFIX", "is_hidden", "visible_schema", "drop_hidden", "event_time_us"]
-
-#: columns whose names start with this are internal (per-row watermark, op kinds, ...)
-HIDDEN_PREFIX = "__"
-
+__all__ = ["to_batch", "concat_batches", "event_time_us"]
 
 def to_batch(table: pa.Table | pa.RecordBatch) -> pa.RecordBatch:
     """One RecordBatch holding all rows of ``table`` (copies only if it is chunked)."""
@@ -26,22 +22,6 @@ def concat_batches(batches: list[pa.RecordBatch], schema: pa.Schema | None = Non
     if len(batches) == 1:
         return batches[0]
     return to_batch(pa.Table.from_batches(batches, schema=schema))
-
-
-def is_hidden(name: str) -> bool:
-    return name.startswith(HIDDEN_PREFIX) and name != "__op"
-
-
-def visible_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([f for f in schema if not is_hidden(f.name)])
-
-
-def drop_hidden(batch: pa.RecordBatch) -> pa.RecordBatch:
-    hidden = [i for i, name in enumerate(batch.schema.names) if is_hidden(name)]
-    if not hidden:
-        return batch
-    keep = [i for i in range(batch.num_columns) if i not in hidden]
-    return pa.RecordBatch.from_arrays([batch.column(i) for i in keep], schema=pa.schema([batch.schema.field(i) for i in keep]))
 
 
 def event_time_us(column: pa.Array | pa.ChunkedArray) -> np.ndarray:

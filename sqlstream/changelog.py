@@ -12,6 +12,8 @@ from typing import Iterable
 
 import pyarrow as pa
 
+from sqlstream.hidden import OP_COLUMN
+
 __all__ = ["ChangelogTable", "fold_changelog", "ADD_OPS", "REMOVE_OPS"]
 
 ADD_OPS = ("+I", "+U")
@@ -36,10 +38,10 @@ class ChangelogTable:
         self.changes = 0
 
     def apply_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
-        names = [n for n in batch.schema.names if n != "__op"]
+        names = [n for n in batch.schema.names if n != OP_COLUMN]
         if self.columns is None:
             self.columns = names
-        ops = batch.column("__op").to_pylist() if "__op" in batch.schema.names else ["+I"] * batch.num_rows
+        ops = batch.column(OP_COLUMN).to_pylist() if OP_COLUMN in batch.schema.names else ["+I"] * batch.num_rows
         columns = [batch.column(n).to_pylist() for n in names]
         self.apply(ops, zip(*columns) if columns else [() for _ in ops])
 
@@ -71,9 +73,9 @@ class ChangelogTable:
 
 def fold_changelog(rows: list[dict]) -> list[dict]:
     """Rows with ``__op`` → the final rows (without ``__op``). Rows without it pass."""
-    if not rows or "__op" not in rows[0]:
+    if not rows or OP_COLUMN not in rows[0]:
         return rows
-    columns = [k for k in rows[0] if k != "__op"]
+    columns = [k for k in rows[0] if k != OP_COLUMN]
     table = ChangelogTable(columns)
-    table.apply((r["__op"] for r in rows), ([r.get(c) for c in columns] for r in rows))
+    table.apply((r[OP_COLUMN] for r in rows), ([r.get(c) for c in columns] for r in rows))
     return table.to_rows()

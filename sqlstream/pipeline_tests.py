@@ -68,6 +68,7 @@ from sqlstream.connectors.decode import JsonDecoder
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import SqlStreamError
+from sqlstream.hidden import drop_op
 from sqlstream.paths import AllowedPaths
 from sqlstream.runtime.clock import ManualClock
 from sqlstream.sql.statements import CreateSource, OptionValue, SourceText, parse_script
@@ -639,7 +640,7 @@ def _run(spec: CaseSpec, result: CaseResult, update: bool, udfs: _UdfLoading,
             continue
         schema = session.schema_of(sink.name)
         if expectation.mode == "final":
-            schema = pa.schema([f for f in schema if f.name != "__op"])
+            schema = drop_op(schema)
         label = f"sink {sink.name} ({'final table' if expectation.mode == 'final' else 'rows as received'})"
         message = _compare(label, expected_rows, actual, schema, expectation.ordered)
         if message:

@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 from sqlglot import exp
 
-from sqlstream.batches import is_hidden, visible_schema
 from sqlstream.connectors.base import (
     RunContext,
     SinkConnector,
@@ -31,21 +30,21 @@ from sqlstream.connectors.base import (
     sink_connector,
     source_connector,
 )
+from sqlstream.connectors.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.connectors.options import RawOption
 from sqlstream.errors import (
-    ConnectorError,
     ExecutionError,
     SqlAnalysisError,
     SqlStreamError,
     UnsupportedSqlError,
     did_you_mean,
 )
-from sqlstream.operators.base import OP_COLUMN, Operator
+from sqlstream.hidden import OP_COLUMN, is_hidden, is_real_watermark, visible_schema
+from sqlstream.operators.base import Operator
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import BuildContext, PlanNode
 from sqlstream.plan.planner import QueryPlanner, RelationInfo
 from sqlstream.runtime.clock import WallClock
-from sqlstream.runtime.dead_letter import DEAD_LETTER_SCHEMA, DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.runtime.driver import Driver, RunSummary
 from sqlstream.runtime.sink import END_OF_STREAM, QueueWriter, SinkOperator
 from sqlstream.runtime.source_stage import SourceSpec, SourceStage
@@ -306,16 +305,8 @@ class Session:
         schema = st.schema()
         connector = cls.create(st.name, schema, raw, st.location)
         self._check_paths(connector, raw, st, f"source '{st.name}'")
-        if st.kind == "TABLE" and cls.name == "generator" and connector.total_rows is None:
-            raise ConnectorError(
-                f"TABLE {st.name} must be bounded", location=st.location, hint="set max_rows, or use a file"
-            )
-        if st.kind == "TABLE" and cls.name not in ("file", "generator"):
-            raise ConnectorError(
-                f"a TABLE is bounded reference data; connector '{cls.name}' is a stream",
-                location=st.location,
-                hint="use CREATE SOURCE for streams",
-            )
+        if st.kind == "TABLE":
+            connector.check_table(st.location)
         rowtime = st.watermark.column if st.watermark else None
         delay = st.watermark.delay_us if st.watermark else 0
         self.sources[st.name] = SourceEntry(st.name, st.kind, connector, schema, rowtime, delay, st, self._base_dir(st))
@@ -548,7 +539,7 @@ class Session:
             stage = stages.get(entry.name)
             wm = stage.watermark if stage else None
             tracker = stage.tracker if stage else None
-            valid = wm is not None and -(2**61) < wm < 2**61
+            valid = is_real_watermark(wm)
             rows.append(
                 {
                     "source": entry.name,
@@ -642,7 +633,7 @@ class Session:
             base_dir=base_dir,
             on_error=self.settings["on_error"],
             allowed_paths=self.settings["allowed_paths"],
-            extra={"stdout_renderer": self.stdout_renderer} if self.stdout_renderer else {},
+            stdout_renderer=self.stdout_renderer,
         )
 
     def _acknowledging_sources(self, plan: PlanNode) -> tuple[str, ...]:
@@ -670,7 +661,7 @@ class Session:
         for _, plan, _ in plans:
             source_names |= plan.sources()
         for name in sorted(source_names):
-            stages[name] = self._source_stage(name, _retention_horizon_us([p for _, p, _ in plans if name in p.sources()]))
+            stages[name] = self._source_stage(name, max((p.state_horizon_us() for _, p, _ in plans if name in p.sources()), default=0))
         ctx = BuildContext(
             connect_source=lambda name, op: stages[name].connect(op),
             dead_letter=self._dead_letter_callback(),
@@ -684,8 +675,11 @@ class Session:
             if entry.plan is None:
                 raise ExecutionError(f"sink '{entry.name}' has no query", hint=f"INSERT INTO {entry.name} SELECT ...")
             schema = self._sink_schema(entry)
-            run_ctx = replace(self._run_context(entry.base_dir), acknowledging_sources=self._acknowledging_sources(entry.plan))
-            run_ctx.extra["row_key_columns"] = _row_key_columns(entry.plan, schema)
+            run_ctx = replace(
+                self._run_context(entry.base_dir),
+                acknowledging_sources=self._acknowledging_sources(entry.plan),
+                row_key_columns=_row_key_columns(entry.plan, schema),
+            )
             op = SinkOperator(entry.name, schema, lambda sc, c=entry.connector, r=run_ctx: c.open(sc, r), sink_input_names(entry.plan))
             entry.plan.build(ctx).connect(op)
             sink_ops.append(op)
@@ -763,9 +757,8 @@ class Session:
             max_future_us=max_future_us,
             idle_timeout_us=options.get("idle_timeout"),
         )
-        run_ctx = self._run_context(entry.base_dir)
-        # how long windows hold this source's rows (event time): sources that ack (JetStream) size timeouts by it
-        run_ctx.extra["retention_horizon_us"] = retention_horizon_us + entry.delay_us if retention_horizon_us else 0
+        horizon_us = retention_horizon_us + entry.delay_us if retention_horizon_us else 0
+        run_ctx = replace(self._run_context(entry.base_dir), retention_horizon_us=horizon_us)
         reader = entry.connector.open(run_ctx)
         return SourceStage(spec, reader, self.dead_letters, self.clock)
 
@@ -861,25 +854,6 @@ def sink_input_names(plan: PlanNode) -> list[str]:
     """The columns a sink takes from a query: ``__op`` first for an updating result."""
     visible = [f.name for f in plan.schema if not is_hidden(f.name) and f.name != OP_COLUMN]
     return ([OP_COLUMN] if plan.updating else []) + visible
-
-
-def _retention_horizon_us(plans: list[PlanNode]) -> int:
-    """The largest window span or join interval (µs) in ``plans``: about how long their
-    state holds an input row before its results are emitted (0: none)."""
-    horizon = 0
-    stack = list(plans)
-    while stack:
-        node = stack.pop()
-        spec = getattr(node, "spec", None)
-        if spec is not None:
-            horizon = max(horizon, getattr(spec, "size_us", 0), getattr(spec, "gap_us", 0))
-        if hasattr(node, "lower_us") and hasattr(node, "upper_us"):  # an interval join keeps rows this long
-            span = max(abs(node.lower_us), abs(node.upper_us)) + getattr(node, "output_delay_us", 0)
-            horizon = max(horizon, span)
-        if getattr(node, "ttl_us", None):  # a regular join with join_state_ttl
-            horizon = max(horizon, node.ttl_us)
-        stack.extend(node.children)
-    return horizon
 
 
 def _row_key_columns(plan: PlanNode, schema: pa.Schema) -> list[str] | None:

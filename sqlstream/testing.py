@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -102,7 +103,7 @@ class MemorySource(SourceConnector):
     options = (OptionSpec("stream", doc="name of the MemoryStream (default: the source name)"),)
 
     def open(self, ctx: RunContext) -> SourceReader:
-        streams = ctx.extra.get("memory_streams", {})
+        streams = ctx.memory_streams
         key = self.config.get("stream") or self.source_name
         if key not in streams:
             streams[key] = MemoryStream(self.schema)
@@ -124,7 +125,7 @@ class MemorySink(SinkConnector):
     name = "memory"
 
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
-        outputs = ctx.extra.setdefault("memory_outputs", {})
+        outputs = ctx.memory_outputs
         return _CollectingWriter(outputs.setdefault(self.sink_name, []))
 
 
@@ -146,10 +147,7 @@ class TestSession(Session):
         return self.streams[name]
 
     def _run_context(self, base_dir: str) -> RunContext:
-        ctx = super()._run_context(base_dir)
-        ctx.extra["memory_streams"] = self.streams
-        ctx.extra["memory_outputs"] = self.outputs
-        return ctx
+        return replace(super()._run_context(base_dir), memory_streams=self.streams, memory_outputs=self.outputs)
 
     def start(self) -> "PipelineRun":
         """Build every sink's query and run it step by step in this thread (see

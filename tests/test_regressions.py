@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -94,7 +96,7 @@ class _AckingSource(SourceConnector):
     name = "test_acking"
 
     def open(self, ctx: RunContext) -> SourceReader:
-        return _AckingReader(ctx.extra["acking"])
+        return _AckingReader(ctx.memory_streams["acking"])
 
 
 def _pump(run, session) -> None:
@@ -110,8 +112,7 @@ class _AckingSession(TestSession):
 
     def _run_context(self, base_dir):
         ctx = super()._run_context(base_dir)
-        ctx.extra["acking"] = self.feed
-        return ctx
+        return replace(ctx, memory_streams={**ctx.memory_streams, "acking": self.feed})
 
 
 def test_emit_every_changes_hold_acks_until_they_are_written():

@@ -21,9 +21,9 @@ from typing import Iterator
 import pyarrow as pa
 
 from sqlstream.cli.render import Footer, ResultView
+from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM
 from sqlstream.errors import SqlAnalysisError, SqlStreamError
 from sqlstream.plan.nodes import PlanNode
-from sqlstream.runtime.dead_letter import DEAD_LETTER_STREAM
 from sqlstream.runtime.driver import Driver, RunSummary
 from sqlstream.runtime.sink import END_OF_STREAM, QueueWriter
 from sqlstream.session import Session, SinkEntry

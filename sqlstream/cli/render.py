@@ -17,6 +17,7 @@ from rich.text import Text
 from sqlstream.changelog import ChangelogTable
 from sqlstream.connectors.base import SinkWriter
 from sqlstream.connectors.stdout import JsonLinesWriter, PlainTableWriter, format_cell
+from sqlstream.hidden import OP_COLUMN, drop_op, is_real_watermark
 from sqlstream.runtime.state_tracker import describe as describe_state
 
 __all__ = [
@@ -53,7 +54,7 @@ class LiveTableWriter(SinkWriter):
     """An updating result shown as its current table, redrawn in place."""
 
     def __init__(self, schema: pa.Schema, console: Console | None = None, title: str | None = None):
-        self.columns = [n for n in schema.names if n != "__op"]
+        self.columns = drop_op(schema).names
         self.table = CurrentTable(self.columns)
         self.console = console or Console()
         self.title = title
@@ -90,7 +91,7 @@ def install_renderer(session) -> None:
     def factory(sink_name: str, schema: pa.Schema, fmt: str) -> SinkWriter:
         if fmt == "json" or not sys.stdout.isatty():
             return JsonLinesWriter()
-        if "__op" in schema.names:
+        if OP_COLUMN in schema.names:
             return LiveTableWriter(schema)
         return PlainTableWriter(schema)
 
@@ -142,7 +143,6 @@ class Progress:
 
 RESULT_MODES = ("table", "changelog", "tableau")
 OUTPUT_FORMATS = ("table", "json", "csv")
-_OP = "__op"
 _FINAL_ROWS_SHOWN = 1000
 
 
@@ -226,21 +226,21 @@ class RowText:
 
 
 def _display_name(column: str) -> str:
-    return "op" if column == _OP else column
+    return "op" if column == OP_COLUMN else column
 
 
 def _with_op(batch: pa.RecordBatch) -> pa.RecordBatch:
     """An append-only batch shown as a changelog: every row is an insert."""
-    if _OP in batch.schema.names:
+    if OP_COLUMN in batch.schema.names:
         return batch
     ops = pa.array(["+I"] * batch.num_rows, pa.string())
-    return pa.RecordBatch.from_arrays([ops, *batch.columns], names=[_OP, *batch.schema.names])
+    return pa.RecordBatch.from_arrays([ops, *batch.columns], names=[OP_COLUMN, *batch.schema.names])
 
 
 def _visible(batch: pa.RecordBatch) -> pa.RecordBatch:
-    if _OP not in batch.schema.names:
+    if OP_COLUMN not in batch.schema.names:
         return batch
-    keep = [i for i, n in enumerate(batch.schema.names) if n != _OP]
+    keep = [i for i, n in enumerate(batch.schema.names) if n != OP_COLUMN]
     return batch.select(keep)
 
 
@@ -260,7 +260,7 @@ class Footer:
     def text(self) -> Text:
         noun = "changes" if self.updating else "rows"
         parts = [f"{self.rows:,} {noun}", f"{self.rate:,.0f} {noun}/s", f"{self.elapsed_s:.1f}s"]
-        if self.watermark_us is not None and -(2**61) < self.watermark_us < 2**61:
+        if self.watermark_us is not None and is_real_watermark(self.watermark_us):
             parts.append(f"watermark {_timestamp_text(self.watermark_us)}")
         if self.paused:
             head = "paused (the query keeps running)"
@@ -376,8 +376,8 @@ class CurrentTable:
             return
         import pyarrow.compute as pc
 
-        if _OP in batch.schema.names:
-            removes = pc.is_in(batch.column(_OP), value_set=pa.array(["-U", "-D"]))
+        if OP_COLUMN in batch.schema.names:
+            removes = pc.is_in(batch.column(OP_COLUMN), value_set=pa.array(["-U", "-D"]))
             counts = pc.if_else(removes, pa.scalar(-1, pa.int64()), pa.scalar(1, pa.int64()))
         else:
             counts = pa.array(np.ones(batch.num_rows, dtype=np.int64))
@@ -449,7 +449,7 @@ class ScrollView(ResultView):
     def __init__(self, *args, show_op: bool = False):
         super().__init__(*args)
         self.show_op = show_op
-        names = ([_OP] if show_op else []) + [c for c in self.columns if c != _OP]
+        names = ([OP_COLUMN] if show_op else []) + [c for c in self.columns if c != OP_COLUMN]
         self.writer = RowText(self.fmt, names)
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -471,7 +471,7 @@ class FinalTableView(ResultView):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.visible = [c for c in self.columns if c != _OP]
+        self.visible = [c for c in self.columns if c != OP_COLUMN]
         self.table = CurrentTable(self.visible)
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -514,7 +514,7 @@ class ChangelogTailView(ResultView):
         super().__init__(*args)
         import collections
 
-        self.names = [_OP] + [c for c in self.columns if c != _OP]
+        self.names = [OP_COLUMN] + [c for c in self.columns if c != OP_COLUMN]
         height = self.console.size.height if self.console is not None else 24
         self.tail: collections.deque = collections.deque(maxlen=max(5, height - 7))
         self.schema: pa.Schema | None = None

@@ -19,10 +19,10 @@ import orjson
 from sqlglot import exp
 
 from sqlstream.changelog import fold_changelog
+from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.durations import format_duration_us
 from sqlstream.errors import SqlStreamError
-from sqlstream.runtime.dead_letter import DEAD_LETTER_STREAM
 from sqlstream.settings import DEFAULT_SETTINGS
 from sqlstream.sql.statements import CreateFunction, QueryStatement, normalize_name
 

@@ -4,7 +4,6 @@ from sqlstream.connectors import file, generator, nats, stdout  # noqa: F401  (r
 from sqlstream.connectors.base import (
     SINK_CONNECTORS,
     SOURCE_CONNECTORS,
-    DeadLetter,
     RunContext,
     SinkConnector,
     SinkWriter,
@@ -14,6 +13,7 @@ from sqlstream.connectors.base import (
     sink_connector,
     source_connector,
 )
+from sqlstream.connectors.dead_letters import DeadLetter
 
 __all__ = [
     "SINK_CONNECTORS",

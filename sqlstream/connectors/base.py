@@ -18,13 +18,13 @@ from typing import Any, Callable, ClassVar, Protocol
 
 import pyarrow as pa
 
+from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.options import COMMON_SOURCE_OPTIONS, OptionSpec, RawOption, validate_options
 from sqlstream.errors import ConnectorError, Location, did_you_mean
 from sqlstream.paths import AllowedPaths
 
 __all__ = [
     "Clock",
-    "DeadLetter",
     "RunContext",
     "SourceBatch",
     "SourceReader",
@@ -38,15 +38,10 @@ __all__ = [
     "SOURCE_CONNECTORS",
     "SINK_CONNECTORS",
     "METADATA_COLUMNS",
-    "SOURCE_ID_COLUMN",
 ]
 
 #: reserved column names a connector may fill from message metadata
 METADATA_COLUMNS = ("_subject", "_received_at", "_headers", "_stream_seq")
-
-#: hidden column (string) naming the source message a row came from, e.g. 'STREAM:42'
-#: (JetStream); stateless stages carry it so a sink can derive per-row message ids
-SOURCE_ID_COLUMN = "__src_id"
 
 
 class Clock(Protocol):
@@ -55,18 +50,6 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...  # seconds, for timeouts and rates
 
     def sleep(self, seconds: float) -> None: ...
-
-
-@dataclass
-class DeadLetter:
-    """A record that could not be used, and why. ``raw`` is the record as received."""
-
-    source: str
-    reason: str  # decode | type | null | late | future | udf | timeout
-    detail: str
-    raw: str | None = None
-    position: str | None = None
-    event_time: int | None = None  # µs since the epoch
 
 
 @dataclass
@@ -82,6 +65,9 @@ class SourceBatch:
 
 @dataclass
 class RunContext:
+    """What a connector gets when it opens: the run's settings, and what the pipeline
+    knows about the rows this source or sink handles."""
+
     clock: Clock
     batch_size: int = 8192
     batch_timeout_us: int = 10_000
@@ -91,7 +77,18 @@ class RunContext:
     allowed_paths: AllowedPaths | None = None  # every file path goes through sqlstream.paths.resolve_path
     #: sinks: the sources feeding this sink that acknowledge their input (see SourceConnector.acknowledges)
     acknowledging_sources: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: sinks: the columns that identify a row of a final window result (window bounds and
+    #: group key), for sinks that derive message ids from them; None if not all selected
+    row_key_columns: list[str] | None = None
+    #: sources: about how long (event time, µs) windows and joins hold this source's rows
+    #: before results go out (0: no state); sources that ack size their timeouts by it
+    retention_horizon_us: int = 0
+    #: ``connector = 'stdout'``: a richer renderer from the CLI (live tables on a
+    #: terminal), ``(sink_name, schema, format) -> SinkWriter``; None prints plainly
+    stdout_renderer: Callable[[str, pa.Schema, str], "SinkWriter"] | None = None
+    #: ``connector = 'memory'`` (``sqlstream.testing``): streams by name, collected outputs by sink
+    memory_streams: dict[str, Any] = field(default_factory=dict)
+    memory_outputs: dict[str, list[pa.RecordBatch]] = field(default_factory=dict)
 
 
 class SourceReader:
@@ -162,11 +159,22 @@ class SourceConnector:
     #: (JetStream): a later run does not read again what an earlier run's output holds.
     #: A connector whose answer depends on its options overrides this with a property.
     acknowledges: bool = False
+    #: True when the connector can back a TABLE (bounded reference data read whole)
+    can_back_table: ClassVar[bool] = False
 
     def __init__(self, source_name: str, schema: pa.Schema, options: dict[str, Any]):
         self.source_name = source_name
         self.schema = schema
         self.config = options
+
+    def check_table(self, where: Location | None) -> None:
+        """Raise ConnectorError unless this configured source can back a TABLE."""
+        if not self.can_back_table:
+            raise ConnectorError(
+                f"a TABLE is bounded reference data; connector '{self.name}' is a stream",
+                location=where,
+                hint="use CREATE SOURCE for streams",
+            )
 
     @classmethod
     def all_options(cls) -> tuple[OptionSpec, ...]:

@@ -33,7 +33,6 @@ import pyarrow.parquet as pq
 from sqlstream.batches import to_batch
 from sqlstream.connectors.base import (
     METADATA_COLUMNS,
-    DeadLetter,
     RunContext,
     SinkConnector,
     SinkWriter,
@@ -43,6 +42,7 @@ from sqlstream.connectors.base import (
     register_sink,
     register_source,
 )
+from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder, conform_table
 from sqlstream.connectors.encode import encode_json_lines, is_nested
 from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec, null_spellings
@@ -369,6 +369,7 @@ class _Prefetching(SourceReader):
 @register_source
 class FileSource(SourceConnector):
     name = "file"
+    can_back_table = True
     path_options = ("path",)
     options = (
         OptionSpec("path", required=True, doc="a file, a directory or a glob"),

@@ -257,6 +257,7 @@ class _GeneratorReader(SourceReader):
 @register_source
 class GeneratorSource(SourceConnector):
     name = "generator"
+    can_back_table = True
     options = (
         OptionSpec("rows_per_second", "int", default=1000, doc="rate limit; 0 = as fast as possible",
                    check=lambda v: None if v >= 0 else "must be >= 0"),
@@ -304,6 +305,10 @@ class GeneratorSource(SourceConnector):
 
     def open(self, ctx: RunContext) -> SourceReader:
         return _GeneratorReader(self, ctx)
+
+    def check_table(self, where: Location | None) -> None:
+        if self.total_rows is None:
+            raise ConnectorError(f"TABLE {self.source_name} must be bounded", location=where, hint="set max_rows, or use a file")
 
     def describe(self) -> str:
         rate = self.config["rows_per_second"]

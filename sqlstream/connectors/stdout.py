@@ -1,7 +1,7 @@
 """``connector = 'stdout'``: rows to standard output as JSON lines or a text table.
 
 The CLI may hand in a richer renderer (live tables on a terminal) through
-``RunContext.extra['stdout_renderer']``: a callable ``(sink_name, schema, format)
+``RunContext.stdout_renderer``: a callable ``(sink_name, schema, format)
 -> SinkWriter``. Without one, rows are printed plainly.
 """
 
@@ -71,7 +71,7 @@ class StdoutSink(SinkConnector):
 
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
         fmt = self.config["format"] or ("table" if sys.stdout.isatty() else "json")
-        renderer = ctx.extra.get("stdout_renderer")
+        renderer = ctx.stdout_renderer
         if renderer is not None:
             return renderer(self.sink_name, schema, fmt)
         return PlainTableWriter(schema) if fmt == "table" else JsonLinesWriter()

@@ -5,9 +5,9 @@ the epoch, ``int``), and the end of a bounded input as ``on_end``. An operator w
 several inputs (``ports``) sees the minimum watermark of the inputs that are neither
 idle nor ended. Hidden columns (prefix ``__``) travel with the rows:
 
-* ``__wm``: the watermark *before* this row arrived at its source (int64 µs), which
-  makes lateness a per-row property independent of batch sizes;
-* ``__op``: the change kind of an updating result ('+I', '-U', '+U', '-D').
+``__wm`` (the watermark *before* this row arrived at its source, which makes lateness
+a per-row property independent of batch sizes) and ``__op`` (the change kind of an
+updating result); see ``sqlstream.hidden``.
 """
 
 from __future__ import annotations
@@ -16,14 +16,10 @@ from typing import Callable
 
 import pyarrow as pa
 
+from sqlstream.hidden import MAX_WATERMARK, MIN_WATERMARK
 from sqlstream.operators.state_size import NO_STATE, StateSize
 
-__all__ = ["Operator", "StateSize", "IntervalTimer", "MIN_WATERMARK", "MAX_WATERMARK", "WM_COLUMN", "OP_COLUMN"]
-
-MIN_WATERMARK = -(2**62)
-MAX_WATERMARK = 2**62
-WM_COLUMN = "__wm"
-OP_COLUMN = "__op"
+__all__ = ["Operator", "StateSize", "IntervalTimer"]
 
 
 class IntervalTimer:

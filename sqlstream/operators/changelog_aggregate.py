@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.hidden import OP_COLUMN
 from sqlstream.operators.aggregates import AggCall, Aggregator
-from sqlstream.operators.base import OP_COLUMN, Operator
+from sqlstream.operators.base import Operator
 from sqlstream.operators.changes import diff_results, op_column
 from sqlstream.operators.keys import encode_keys
 from sqlstream.operators.state_size import StateSize, table_bytes

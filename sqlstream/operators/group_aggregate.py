@@ -11,8 +11,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.hidden import MIN_WATERMARK, OP_COLUMN
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
-from sqlstream.operators.base import MIN_WATERMARK, OP_COLUMN, IntervalTimer, Operator
+from sqlstream.operators.base import IntervalTimer, Operator
 from sqlstream.operators.changes import diff_results, op_column
 from sqlstream.operators.keys import encode_keys
 from sqlstream.operators.state_size import NO_STATE, StateSize

@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.operators.base import MAX_WATERMARK, MIN_WATERMARK, OP_COLUMN, WM_COLUMN, Operator
+from sqlstream.hidden import MAX_WATERMARK, MIN_WATERMARK, OP_COLUMN, WM_COLUMN
+from sqlstream.operators.base import Operator
 from sqlstream.operators.datafusion_program import DataFusionProgram
 from sqlstream.operators.join_keys import KeyIndex, join_pairs
 from sqlstream.operators.join_state import RowChunks, constant_keys

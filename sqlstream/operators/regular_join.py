@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.operators.base import OP_COLUMN, Operator
+from sqlstream.hidden import OP_COLUMN
+from sqlstream.operators.base import Operator
 from sqlstream.operators.join_state import RowChunks, constant_keys, rows_equal
 from sqlstream.operators.joins import JoinLayout, JoinOutput, _null_rows
 from sqlstream.operators.state_size import StateSize

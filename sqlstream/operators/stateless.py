@@ -15,9 +15,7 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from sqlstream.batches import drop_hidden
-from sqlstream.connectors.base import DeadLetter
-from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.connectors.dead_letters import rows_as_dead_letters
 from sqlstream.errors import ExecutionError
 from sqlstream.failure_isolation import isolate_failures
 from sqlstream.operators.base import Operator
@@ -59,12 +57,8 @@ class StatelessOperator(Operator):
     def _isolate(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         good, bad = isolate_failures(batch.num_rows, lambda s, e: self.program.run(batch.slice(s, e - s)))
         if bad and self.dead_letter is not None:
-            rows = batch.take(pa.array([i for i, _ in bad]))
-            raws = encode_json_lines(drop_hidden(rows)).decode("utf-8").splitlines()
-            letters = [
-                DeadLetter(self.label, "type", str(getattr(error, "message", error)), raw)
-                for (_, error), raw in zip(bad, raws)
-            ]
+            details = [str(getattr(error, "message", error)) for _, error in bad]
+            letters = rows_as_dead_letters(batch, [i for i, _ in bad], self.label, "type", details)
             self.dead_letter(letters)  # the runtime's callback writes, counts (skip) or fails
         batches = [b for _, _, b in good if b.num_rows]
         if not batches:

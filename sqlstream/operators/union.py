@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from sqlstream.operators.base import WM_COLUMN, Operator
+from sqlstream.hidden import WM_COLUMN
+from sqlstream.operators.base import Operator
 
 __all__ = ["UnionOperator", "LimitOperator"]
 

@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.batches import drop_hidden, event_time_us
-from sqlstream.connectors.base import DeadLetter
-from sqlstream.connectors.encode import encode_json_lines
-from sqlstream.operators.base import WM_COLUMN, Operator
+from sqlstream.batches import event_time_us
+from sqlstream.connectors.dead_letters import rows_as_dead_letters
+from sqlstream.hidden import WM_COLUMN
+from sqlstream.operators.base import Operator
 
 __all__ = [
     "tumble_start",
@@ -105,9 +105,7 @@ def window_assignments(spec, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 
 def late_rows_as_dead_letters(batch: pa.RecordBatch, mask: np.ndarray, times: np.ndarray, source: str, detail: str):
     rows = np.flatnonzero(mask)
-    subset = batch.take(pa.array(rows))
-    raws = encode_json_lines(drop_hidden(subset)).decode("utf-8").splitlines()
-    return [DeadLetter(source, "late", detail, raw, None, int(times[i])) for raw, i in zip(raws, rows)]
+    return rows_as_dead_letters(batch, rows, source, "late", detail, times[rows].tolist())
 
 
 class LateFilterOperator(Operator):

@@ -122,6 +122,10 @@ class IntervalJoin(_JoinNode):
 
         return IntervalJoinOperator(self.layout, self.lower_us, self.upper_us, self.output_delay_us)
 
+    def state_horizon_us(self) -> int:
+        span = max(abs(self.lower_us), abs(self.upper_us)) + self.output_delay_us
+        return max(span, super().state_horizon_us())
+
     def details(self) -> list[str]:
         lines = super().details()
         lines.append(f"output watermark: input watermark - {format_duration_us(self.output_delay_us)}")
@@ -142,6 +146,9 @@ class RegularJoin(_JoinNode):
         from sqlstream.operators.regular_join import RegularJoinOperator
 
         return RegularJoinOperator(self.layout, self.ttl_us, ctx.clock)
+
+    def state_horizon_us(self) -> int:
+        return max(self.ttl_us or 0, super().state_horizon_us())
 
     def describe(self) -> str:
         return super().describe() + (" (changelog)" if self.updating else " (append-only)")

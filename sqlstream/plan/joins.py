@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from sqlglot import exp
 
-from sqlstream.batches import is_hidden
 from sqlstream.durations import format_duration_us
 from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnsupportedSqlError
-from sqlstream.operators.base import OP_COLUMN, WM_COLUMN
+from sqlstream.hidden import OP_COLUMN, WM_COLUMN, is_hidden
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error, to_datafusion_sql
 from sqlstream.operators.joins import JoinLayout, JoinSide
 from sqlstream.plan.join_conditions import ColumnReferences, and_all, common_type, conjuncts, interval_bounds

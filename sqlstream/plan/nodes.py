@@ -14,6 +14,7 @@ from typing import Callable
 import pyarrow as pa
 
 from sqlstream.durations import format_duration_us
+from sqlstream.hidden import OP_COLUMN, is_hidden
 from sqlstream.operators.base import Operator
 from sqlstream.operators.datafusion_program import DataFusionProgram
 
@@ -77,7 +78,7 @@ class PlanNode:
 
     def explain(self, indent: int = 0) -> list[str]:
         pad = "  " * indent
-        columns = ", ".join(n for n in self.schema.names if n not in ("__wm", "__op", "__src_id"))
+        columns = ", ".join(n for n in self.schema.names if not is_hidden(n) and n != OP_COLUMN)
         kind = " [updating]" if self.updating else ""
         lines = [f"{pad}{self.describe()}{kind} -> ({columns})"]
         lines += [f"{pad}    {line}" for line in self.details()]
@@ -93,6 +94,11 @@ class PlanNode:
 
     def state_description(self) -> str | None:
         return None
+
+    def state_horizon_us(self) -> int:
+        """About how long (µs) this subtree holds an input row before its results go
+        out: the largest window span, join interval or join TTL in it (0: none)."""
+        return max((child.state_horizon_us() for child in self.children), default=0)
 
 
 class Scan(PlanNode):
@@ -172,8 +178,20 @@ class WindowSpec:
             return f"SESSION(gap {d(self.gap_us)})"
         return "window columns from upstream (final windows)"
 
+    @property
+    def span_us(self) -> int:
+        """How long a row stays in a window of this kind (µs)."""
+        return max(self.size_us, self.gap_us)
 
-class LateFilter(PlanNode):
+
+class _WindowedNode(PlanNode):
+    spec: WindowSpec
+
+    def state_horizon_us(self) -> int:
+        return max(self.spec.span_us, super().state_horizon_us())
+
+
+class LateFilter(_WindowedNode):
     """Sends rows whose every window has already been emitted to the dead-letter output
     (reason ``late``); keeps the whole row for the record."""
 
@@ -195,7 +213,7 @@ class LateFilter(PlanNode):
         return f"LateFilter {self.spec.describe()} on {self.time_column}"
 
 
-class WindowAggregate(PlanNode):
+class WindowAggregate(_WindowedNode):
     """Incremental windowed aggregation, each window emitted once, final, when the
     watermark passes its end (or early, as a changelog, with EMIT EVERY)."""
 
@@ -275,7 +293,7 @@ class ChangelogAggregate(PlanNode):
         ]
 
 
-class WindowExpand(PlanNode):
+class WindowExpand(_WindowedNode):
     """A window TVF without aggregation: each row once per window it belongs to."""
 
     def __init__(self, child: PlanNode, spec: WindowSpec, time_column: str, schema: pa.Schema):

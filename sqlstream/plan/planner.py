@@ -15,11 +15,9 @@ from typing import Protocol
 import pyarrow as pa
 from sqlglot import exp
 
-from sqlstream.batches import HIDDEN_PREFIX, is_hidden
-from sqlstream.connectors.base import SOURCE_ID_COLUMN
 from sqlstream.errors import PlanError, SqlAnalysisError, SqlStreamError, UnsupportedSqlError, did_you_mean
+from sqlstream.hidden import HIDDEN_PREFIX, OP_COLUMN, SOURCE_ID_COLUMN, WM_COLUMN, is_hidden
 from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS, AggCall, output_type
-from sqlstream.operators.base import OP_COLUMN, WM_COLUMN
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error, to_datafusion_sql
 from sqlstream.plan.nodes import (
     ChangelogAggregate,

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from sqlglot import exp
 
-from sqlstream.batches import is_hidden
 from sqlstream.errors import SqlAnalysisError, did_you_mean
+from sqlstream.hidden import OP_COLUMN, is_hidden
 from sqlstream.sql.statements import SourceText, normalize_name
 
 __all__ = ["ScopeColumn", "Scope", "column_ref"]
@@ -38,7 +38,7 @@ class Scope:
     @classmethod
     def of_schema(cls, schema: pa.Schema, qualifier: str | None) -> "Scope":
         quals = {qualifier} if qualifier else set()
-        return cls([ScopeColumn(f.name, f.name, f.type, set(quals)) for f in schema if not is_hidden(f.name) and f.name != "__op"])
+        return cls([ScopeColumn(f.name, f.name, f.type, set(quals)) for f in schema if not is_hidden(f.name) and f.name != OP_COLUMN])
 
     def requalified(self, qualifier: str) -> "Scope":
         return Scope([ScopeColumn(c.name, c.internal, c.type, {qualifier}, c.virtual) for c in self.columns])

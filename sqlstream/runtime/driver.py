@@ -14,10 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from sqlstream.connectors.dead_letters import DeadLetterOutput
 from sqlstream.errors import ExecutionError, SqlStreamError, StateLimitError
 from sqlstream.operators.base import Operator
 from sqlstream.operators.state_size import NO_STATE, StateSize
-from sqlstream.runtime.dead_letter import DeadLetterOutput
 from sqlstream.runtime.sink import SinkOperator
 from sqlstream.runtime.source_stage import SourceStage
 from sqlstream.runtime.state_tracker import StateLimits, StateTracker, describe

@@ -7,8 +7,9 @@ from typing import Callable
 
 import pyarrow as pa
 
-from sqlstream.connectors.base import SOURCE_ID_COLUMN, SinkWriter
+from sqlstream.connectors.base import SinkWriter
 from sqlstream.errors import ExecutionError
+from sqlstream.hidden import SOURCE_ID_COLUMN
 from sqlstream.operators.base import Operator
 
 __all__ = ["SinkOperator", "QueueWriter", "END_OF_STREAM"]

@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.batches import event_time_us
-from sqlstream.connectors.base import DeadLetter, SourceBatch, SourceReader
-from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.connectors.base import SourceBatch, SourceReader
+from sqlstream.connectors.dead_letters import DeadLetter, DeadLetterOutput, rows_as_dead_letters
 from sqlstream.errors import ExecutionError
-from sqlstream.operators.base import MAX_WATERMARK, WM_COLUMN, Operator
-from sqlstream.runtime.dead_letter import DeadLetterOutput
+from sqlstream.hidden import MAX_WATERMARK, WM_COLUMN
+from sqlstream.operators.base import Operator
 from sqlstream.runtime.sink import SinkOperator
 from sqlstream.runtime.watermarks import WatermarkTracker
 
@@ -235,17 +235,11 @@ class SourceStage:
         return batch.append_column(pa.field(WM_COLUMN, pa.int64()), pa.array(stamps))
 
     def _reject_rows(self, batch: pa.RecordBatch, rows: np.ndarray, reason: str, detail: str) -> None:
-        subset = batch.take(pa.array(rows))
-        raws = encode_json_lines(subset).decode("utf-8").splitlines()
-        times = subset.column(self.spec.watermark_column)
+        times = batch.column(self.spec.watermark_column).take(pa.array(rows))
         times_us = event_time_us(pc.fill_null(times, pa.scalar(0, times.type)))
         valid = pc.is_valid(times).to_numpy(zero_copy_only=False)
-        self.reject(
-            [
-                DeadLetter(self.name, reason, detail, raw, None, int(t) if ok else None)
-                for raw, t, ok in zip(raws, times_us, valid)
-            ]
-        )
+        event_times = [int(t) if ok else None for t, ok in zip(times_us, valid)]
+        self.reject(rows_as_dead_letters(batch, rows, self.name, reason, detail, event_times))
 
     # -- time ----------------------------------------------------------------------------
 

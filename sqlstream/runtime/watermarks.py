@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sqlstream.operators.base import MIN_WATERMARK
+from sqlstream.hidden import MIN_WATERMARK
 
 __all__ = ["WatermarkTracker", "row_watermarks"]
 

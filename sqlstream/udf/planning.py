@@ -32,9 +32,7 @@ import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
-from sqlstream.batches import drop_hidden
-from sqlstream.connectors.base import DeadLetter
-from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.connectors.dead_letters import rows_as_dead_letters
 from sqlstream.errors import ExecutionError, Location, SqlAnalysisError, UdfError, did_you_mean
 from sqlstream.failure_isolation import isolate_failures
 from sqlstream.operators.datafusion_program import (
@@ -290,9 +288,8 @@ class _StepBuilder:
 def _dead_letter(op, batch: pa.RecordBatch, failures: list[tuple[int, str, str]]) -> None:
     if op.dead_letter is None or not failures:
         return
-    rows = drop_hidden(batch.take(pa.array([row for row, _, _ in failures], pa.int64())))
-    raws = encode_json_lines(rows).decode("utf-8").splitlines()
-    op.dead_letter([DeadLetter(op.label, reason, detail, raw) for (_, reason, detail), raw in zip(failures, raws)])
+    rows, reasons, details = zip(*failures)
+    op.dead_letter(rows_as_dead_letters(batch, rows, op.label, reasons, details))
 
 
 def _without(batch: pa.RecordBatch, rows: list[int]) -> pa.RecordBatch:

@@ -19,8 +19,9 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sqlstream.hidden import MIN_WATERMARK, WM_COLUMN
 from sqlstream.operators.aggregates import AggCall, output_type
-from sqlstream.operators.base import MIN_WATERMARK, WM_COLUMN, Operator
+from sqlstream.operators.base import Operator
 from sqlstream.operators.window_aggregate import make_window_operator
 from sqlstream.operators.windows import (
     LateFilterOperator,

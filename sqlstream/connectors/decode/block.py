@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.connectors.base import METADATA_COLUMNS, DeadLetter
+from sqlstream.connectors.base import METADATA_COLUMNS
+from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.decode.conform import CONVERT_ERRORS, READ_ERRORS, conform_table, read_type
 from sqlstream.failure_isolation import isolate_failures
 

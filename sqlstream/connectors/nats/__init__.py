@@ -20,7 +20,6 @@ from __future__ import annotations
 import pyarrow as pa
 
 from sqlstream.connectors.base import (
-    SOURCE_ID_COLUMN,
     RunContext,
     SinkConnector,
     SinkWriter,
@@ -33,6 +32,7 @@ from sqlstream.connectors.nats.sink import NatsWriter, SubjectTemplate
 from sqlstream.connectors.nats.source import CoreReader, JetStreamReader, ack_defaults
 from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec
 from sqlstream.errors import ConnectorError, Location
+from sqlstream.hidden import SOURCE_ID_COLUMN
 
 __all__ = ["NatsSource", "NatsSink", "ack_defaults"]
 

@@ -18,11 +18,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.connectors.base import METADATA_COLUMNS, SOURCE_ID_COLUMN, DeadLetter
+from sqlstream.connectors.base import METADATA_COLUMNS
+from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder, conform_table
 from sqlstream.connectors.encode import encode_json_values
 from sqlstream.connectors.nats.protocol import text
 from sqlstream.connectors.nats.routing import parse_headers
+from sqlstream.hidden import SOURCE_ID_COLUMN
 
 __all__ = ["MessageDecoder", "Received", "js_reply_fields", "encode_json_payloads", "encode_arrow_payload"]
 

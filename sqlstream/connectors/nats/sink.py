@@ -32,12 +32,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.batches import is_hidden
-from sqlstream.connectors.base import SOURCE_ID_COLUMN, RunContext, SinkWriter
+from sqlstream.connectors.base import RunContext, SinkWriter
 from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_stream, runtime_error
 from sqlstream.connectors.nats.messages import encode_arrow_payload, encode_json_payloads
 from sqlstream.connectors.nats.protocol import Outgoing, msg_id_headers, prepare, send, text
 from sqlstream.errors import ConnectorError, did_you_mean
+from sqlstream.hidden import SOURCE_ID_COLUMN, is_hidden
 
 __all__ = ["SubjectTemplate", "NatsWriter", "message_ids"]
 
@@ -289,7 +289,7 @@ class NatsWriter(SinkWriter):
         self.ack_timeout_s = self.config["ack_timeout"] / 1e6
         self.subject = SubjectTemplate(self.config["subject"])
         self.subject.bind(schema, self.owner)
-        key_columns = ctx.extra.get("row_key_columns")  # window bounds + group key of final window results
+        key_columns = ctx.row_key_columns  # window bounds + group key of final window results
         self.key_columns = key_columns if key_columns and all(c in schema.names for c in key_columns) else None
         self.stream = self.config["stream"]
         self.published = 0

@@ -328,7 +328,7 @@ class JetStreamReader(_MessageReader):
 
     def __init__(self, connector, ctx: RunContext):
         super().__init__(connector, ctx)
-        horizon = int(ctx.extra.get("retention_horizon_us", 0))
+        horizon = ctx.retention_horizon_us
         default_wait, default_pending = ack_defaults(horizon, self.batch_size)
         configured_wait = self.config["ack_wait"]
         self.ack_wait_s = configured_wait / 1e6 if configured_wait is not None else default_wait

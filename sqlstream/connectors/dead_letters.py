@@ -1,6 +1,8 @@
-"""The dead-letter output: every rejected record, with the reason, counted.
+"""Dead letters: records that could not be used, why, and the output they all go to.
 
-Records are appended as JSON lines to ``dead_letter_path`` (columns ``at``,
+Sources, decoders, operators and functions make ``DeadLetter`` values (operators from
+failing rows through ``rows_as_dead_letters``); the runtime hands them to the one
+``DeadLetterOutput`` of a run. Records are appended as JSON lines to ``dead_letter_path`` (columns ``at``,
 ``source``, ``reason``, ``detail``, ``raw``, ``position``, ``event_time``) and handed
 to any query reading the ``sqlstream_dead_letter`` stream.
 """
@@ -10,15 +12,18 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
-from sqlstream.connectors.base import Clock, DeadLetter
+from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.hidden import drop_hidden
 
-__all__ = ["DeadLetterOutput", "DEAD_LETTER_SCHEMA", "DEAD_LETTER_STREAM"]
+__all__ = ["DeadLetter", "DeadLetterOutput", "rows_as_dead_letters", "DEAD_LETTER_SCHEMA", "DEAD_LETTER_STREAM"]
 
 DEAD_LETTER_STREAM = "sqlstream_dead_letter"
 
@@ -35,6 +40,44 @@ DEAD_LETTER_SCHEMA = pa.schema(
 )
 
 
+@dataclass
+class DeadLetter:
+    """A record that could not be used, and why. ``raw`` is the record as received."""
+
+    source: str
+    reason: str  # decode | type | null | late | future | udf | timeout
+    detail: str
+    raw: str | None = None
+    position: str | None = None
+    event_time: int | None = None  # µs since the epoch
+
+
+def rows_as_dead_letters(
+    batch: pa.RecordBatch,
+    rows: Sequence[int] | np.ndarray,
+    source: str,
+    reasons: str | Sequence[str],
+    details: str | Sequence[str],
+    event_times: Sequence[int | None] | None = None,
+) -> list[DeadLetter]:
+    """Rows ``rows`` of ``batch`` as dead letters; ``raw`` is each row as a JSON object
+    (hidden columns left out). ``reasons`` and ``details`` are one text for all rows or
+    one per row, ``event_times`` (µs or None) one per row."""
+    if len(rows) == 0:
+        return []
+    subset = drop_hidden(batch.take(pa.array(rows, pa.int64())))
+    raws = encode_json_lines(subset).decode("utf-8").splitlines()
+    n = len(raws)
+    why = [reasons] * n if isinstance(reasons, str) else reasons
+    texts = [details] * n if isinstance(details, str) else details
+    times = event_times if event_times is not None else [None] * n
+    return [DeadLetter(source, r, d, raw, None, t) for raw, r, d, t in zip(raws, why, texts, times)]
+
+
+class _Clock(Protocol):
+    def now_us(self) -> int: ...
+
+
 def _iso(us: int | None) -> str | None:
     if us is None:
         return None
@@ -44,7 +87,7 @@ def _iso(us: int | None) -> str | None:
 class DeadLetterOutput:
     """Writes, counts and fans out dead letters. Thread-safe."""
 
-    def __init__(self, path: str | None, clock: Clock):
+    def __init__(self, path: str | None, clock: _Clock):
         self.path = path
         self.clock = clock
         self.counts: Counter[tuple[str, str]] = Counter()  # (source, reason) → rows written
