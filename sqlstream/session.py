@@ -41,8 +41,9 @@ from sqlstream.errors import (
 )
 from sqlstream.hidden import OP_COLUMN, is_hidden, is_real_watermark, visible_schema
 from sqlstream.operators.base import Operator
+from sqlstream.operators.context import BuildContext
 from sqlstream.paths import resolve_path
-from sqlstream.plan.nodes import BuildContext, PlanNode
+from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.planner import QueryPlanner, RelationInfo
 from sqlstream.runtime.clock import WallClock
 from sqlstream.runtime.driver import Driver, RunSummary

@@ -13,9 +13,10 @@ from sqlstream.batches import to_batch
 from sqlstream.durations import format_duration_us
 from sqlstream.errors import PlanError
 from sqlstream.operators.base import Operator
+from sqlstream.operators.context import BuildContext
 from sqlstream.operators.datafusion_program import DataFusionProgram
 from sqlstream.operators.joins import JoinLayout
-from sqlstream.plan.nodes import BuildContext, PlanNode
+from sqlstream.plan.nodes import PlanNode
 
 __all__ = ["TableRef", "LookupJoin", "WindowJoin", "IntervalJoin", "RegularJoin"]
 

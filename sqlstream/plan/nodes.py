@@ -8,18 +8,17 @@ fresh runtime operators for each run. Every node knows its output ``schema``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from sqlstream.durations import format_duration_us
 from sqlstream.hidden import OP_COLUMN, is_hidden
 from sqlstream.operators.base import Operator
+from sqlstream.operators.context import BuildContext
 from sqlstream.operators.datafusion_program import DataFusionProgram
 
 __all__ = [
-    "BuildContext",
     "PlanNode",
     "Scan",
     "Stateless",
@@ -32,24 +31,6 @@ __all__ = [
     "Union",
     "Limit",
 ]
-
-
-@dataclass
-class BuildContext:
-    """What building operators for one run needs."""
-
-    connect_source: Callable[[str, Operator], None]  # source name, first operator
-    dead_letter: Callable  # list[DeadLetter] -> None
-    clock: object
-    on_error: str = "dead_letter"
-    settings: dict = field(default_factory=dict)
-    operators: list[Operator] = field(default_factory=list)
-    load_table: Callable[[str], pa.Table] | None = None  # TABLE name -> its rows (lookup joins)
-
-    def register(self, op: Operator) -> Operator:
-        op.dead_letter = self.dead_letter
-        self.operators.append(op)
-        return op
 
 
 class PlanNode:
