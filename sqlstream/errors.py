@@ -6,13 +6,19 @@
     ├── SqlError                   the user's SQL text is wrong            (exit 2)
     │   ├── SqlSyntaxError         it does not parse
     │   ├── SqlAnalysisError       it parses but names/types do not resolve
+    │   │   └── UnknownFunctionError   a function name nobody registered
     │   └── UnsupportedSqlError    valid SQL that sqlstream does not run (yet)
     ├── PlanError                  a query cannot be turned into a streaming plan (exit 2)
     ├── ConnectorError             a connector's options or I/O failed      (exit 2 at CREATE, 1 at run)
     ├── UdfError                   a Python/model function is wrong or failed
-    ├── CheckpointError            state could not be saved or restored     (exit 1)
+    ├── TestSpecError              a pipeline test (test.toml, fixtures, expected files) is malformed
     └── ExecutionError             a running pipeline failed                 (exit 1)
+        ├── DataFusionError        DataFusion failed on a batch
         └── StateLimitError        its state passed max_state_rows / max_state_bytes
+
+``exit_code`` is the class's default; an error raised while running rather than at
+CREATE (a connector losing its server, a function failing on data) passes
+``exit_code=1``.
 
 Errors raised by DataFusion, pyarrow or onnxruntime are converted at one boundary
 per library and keep the original exception as ``__cause__``.
@@ -30,12 +36,14 @@ __all__ = [
     "SqlError",
     "SqlSyntaxError",
     "SqlAnalysisError",
+    "UnknownFunctionError",
     "UnsupportedSqlError",
     "PlanError",
     "ConnectorError",
     "UdfError",
-    "CheckpointError",
+    "TestSpecError",
     "ExecutionError",
+    "DataFusionError",
     "StateLimitError",
     "did_you_mean",
 ]
@@ -69,13 +77,16 @@ class Location:
 class SqlStreamError(Exception):
     """Base class: a message a user can act on, a location and a hint where known."""
 
-    exit_code = 2
+    exit_code: int = 2
 
-    def __init__(self, message: str, *, location: Location | None = None, hint: str | None = None):
+    def __init__(
+        self, message: str, *, location: Location | None = None, hint: str | None = None, exit_code: int | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.location = location
         self.hint = hint
+        self.exit_code = type(self).exit_code if exit_code is None else exit_code
 
     def with_location(self, location: Location | None) -> "SqlStreamError":
         if self.location is None and location is not None:
@@ -110,6 +121,14 @@ class SqlAnalysisError(SqlError):
     """The SQL parses but a name, type or option does not resolve."""
 
 
+class UnknownFunctionError(SqlAnalysisError):
+    """A call of a function nobody registered (``function_name``)."""
+
+    def __init__(self, message: str, *, function_name: str, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.function_name = function_name
+
+
 class UnsupportedSqlError(SqlError):
     """Valid SQL that sqlstream does not execute."""
 
@@ -123,19 +142,36 @@ class ConnectorError(SqlStreamError):
 
 
 class UdfError(SqlStreamError):
-    """A Python or model function is invalid or failed."""
+    """A Python or model function is invalid or failed; ``option`` names the CREATE
+    FUNCTION option at fault, where one is."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        location: Location | None = None,
+        hint: str | None = None,
+        exit_code: int | None = None,
+        option: str | None = None,
+    ):
+        super().__init__(message, location=location, hint=hint, exit_code=exit_code)
+        self.option = option
 
 
-class CheckpointError(SqlStreamError):
-    """State could not be saved or restored."""
+class TestSpecError(SqlStreamError):
+    """A pipeline test itself is malformed (test.toml, fixtures, expected files)."""
 
-    exit_code = 1
+    __test__ = False
 
 
 class ExecutionError(SqlStreamError):
     """A running pipeline failed."""
 
     exit_code = 1
+
+
+class DataFusionError(ExecutionError):
+    """DataFusion failed on a batch (e.g. a CAST of a value that does not fit)."""
 
 
 class StateLimitError(ExecutionError):

@@ -67,7 +67,7 @@ from sqlstream.changelog import fold_changelog
 from sqlstream.connectors.decode import JsonDecoder
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.durations import parse_duration_us
-from sqlstream.errors import SqlStreamError
+from sqlstream.errors import SqlStreamError, TestSpecError
 from sqlstream.hidden import drop_op
 from sqlstream.paths import AllowedPaths
 from sqlstream.runtime.clock import ManualClock
@@ -92,12 +92,6 @@ _FIXTURE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet"
 _KEPT_SOURCE_OPTIONS = ("on_error", "max_future", "timestamp_format", "idle_timeout")
 _MODES = ("final", "append")
 _MAX_DIFF_LINES = 40
-
-
-class TestSpecError(SqlStreamError):
-    """A pipeline test itself is malformed (test.toml, fixtures, expected files)."""
-
-    __test__ = False
 
 
 @dataclass

@@ -36,6 +36,7 @@ from sqlstream.errors import (
     ExecutionError,
     SqlAnalysisError,
     SqlStreamError,
+    UdfError,
     UnsupportedSqlError,
     did_you_mean,
 )
@@ -453,7 +454,7 @@ class Session:
             check_function_name(st.name)
             model = ModelUdf.load(st.name, path, options)
         except SqlStreamError as error:
-            option = st.options.get(getattr(error, "option", None) or "")
+            option = st.options.get(error.option or "") if isinstance(error, UdfError) else None
             raise error.with_location(option.location if option is not None else st.location)
         self.functions[st.name] = FunctionEntry(st.name, "model", model, model.signature(), st.model_path)
         return StatementResult("create function", st.name, statement=st)

@@ -18,15 +18,11 @@ from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
 from sqlstream.batches import to_batch
-from sqlstream.errors import ExecutionError, SqlAnalysisError
+from sqlstream.errors import DataFusionError, SqlAnalysisError, UnknownFunctionError
 
-__all__ = ["DataFusionProgram", "to_datafusion_sql", "normalize_type", "DataFusionError", "INPUT_TABLE"]
+__all__ = ["DataFusionProgram", "to_datafusion_sql", "normalize_type", "INPUT_TABLE"]
 
 INPUT_TABLE = "__input"
-
-
-class DataFusionError(ExecutionError):
-    """DataFusion failed on a batch (e.g. a CAST of a value that does not fit)."""
 
 
 class _DataFusion(Postgres):
@@ -172,10 +168,9 @@ def plan_error(error: Exception, sql_node: exp.Expr | None = None) -> SqlAnalysi
         name = match.group(1)
         suggestion = re.search(r"Did you mean '([^']+)'", text)
         hint = f"did you mean '{suggestion.group(1)}'?" if suggestion else None
-        err = SqlAnalysisError(
+        return UnknownFunctionError(
             f"unknown function '{name}'",
+            function_name=name,
             hint=hint or "register Python functions with @udf in udfs/*.py, models with CREATE FUNCTION ... AS MODEL",
         )
-        err.function_name = name  # type: ignore[attr-defined]
-        return err
     return SqlAnalysisError(_clean(text))

@@ -16,10 +16,10 @@ import sqlglot
 from sqlglot import exp
 
 from sqlstream.connectors.dead_letters import rows_as_dead_letters
-from sqlstream.errors import ExecutionError
+from sqlstream.errors import DataFusionError, ExecutionError
 from sqlstream.failure_isolation import isolate_failures
 from sqlstream.operators.base import Operator
-from sqlstream.operators.datafusion_program import DataFusionError, DataFusionProgram
+from sqlstream.operators.datafusion_program import DataFusionProgram
 
 __all__ = ["StatelessOperator"]
 

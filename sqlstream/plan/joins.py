@@ -31,7 +31,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from sqlstream.durations import format_duration_us
-from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnsupportedSqlError
+from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnknownFunctionError, UnsupportedSqlError
 from sqlstream.hidden import OP_COLUMN, WM_COLUMN, is_hidden
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error, to_datafusion_sql
 from sqlstream.operators.joins import JoinLayout, JoinSide
@@ -404,7 +404,7 @@ class _JoinPlanner:
             except Exception as error:  # DataFusion planning errors are plain exceptions
                 err = plan_error(error)
                 err.location = self.planner.loc(residual[0].text)
-                if getattr(err, "function_name", None):
+                if isinstance(err, UnknownFunctionError):
                     err.hint = "functions in an outer join's condition run on DataFusion; move Python/model calls to WHERE or a subquery"
                 raise err from error
         sides = []

@@ -15,7 +15,14 @@ from typing import Protocol
 import pyarrow as pa
 from sqlglot import exp
 
-from sqlstream.errors import PlanError, SqlAnalysisError, SqlStreamError, UnsupportedSqlError, did_you_mean
+from sqlstream.errors import (
+    PlanError,
+    SqlAnalysisError,
+    SqlStreamError,
+    UnknownFunctionError,
+    UnsupportedSqlError,
+    did_you_mean,
+)
 from sqlstream.hidden import HIDDEN_PREFIX, OP_COLUMN, SOURCE_ID_COLUMN, WM_COLUMN, is_hidden
 from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS, AggCall, output_type
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error, to_datafusion_sql
@@ -480,7 +487,7 @@ class QueryPlanner:
             return DataFusionProgram(sql, schema)
         except Exception as error:  # DataFusion planning errors are plain exceptions
             err = plan_error(error)
-            name = getattr(err, "function_name", None)
+            name = err.function_name if isinstance(err, UnknownFunctionError) else None
             nodes = [i.expression for i in items] + ([condition] if condition is not None else [])
             if name:
                 for node in nodes:

@@ -102,9 +102,7 @@ def remote_url(path: str) -> str | None:
 
 
 def _option_error(option: str, message: str, hint: str | None = None) -> UdfError:
-    error = UdfError(message, hint=hint)
-    error.option = option  # type: ignore[attr-defined]  # lets CREATE FUNCTION point at the option
-    return error
+    return UdfError(message, hint=hint, option=option)  # lets CREATE FUNCTION point at the option
 
 
 def _first_line(error: Exception) -> str:

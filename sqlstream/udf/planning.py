@@ -364,7 +364,7 @@ class _CallStage:
                 except Exception:  # noqa: BLE001 - isolate the rows that fail
                     result, failures = self._isolate(args, n)
         except UdfError as error:
-            error.exit_code = 1  # a function misbehaving at run time
+            error.exit_code = 1  # a function misbehaving at run time (declared on SqlStreamError)
             raise error.with_location(call.location)
         out = batch.append_column(pa.field(call.output, result.type), result)
         if not failures:

@@ -49,9 +49,7 @@ async def require_stream(nc: Client, stream: str, owner: str, url: str) -> None:
 
 def runtime_error(message: str, *, hint: str | None = None) -> ConnectorError:
     """A connector failure while running (exit code 1, not 2: the input was fine)."""
-    error = ConnectorError(message, hint=hint)
-    error.exit_code = 1
-    return error
+    return ConnectorError(message, hint=hint, exit_code=1)
 
 
 @dataclass
