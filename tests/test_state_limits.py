@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from sqlstream.cli.render import Progress
+from sqlstream.cli.progress import Progress
 from sqlstream.errors import SqlAnalysisError, StateLimitError
 from sqlstream.operators.regular_join import RegularJoinOperator
 from sqlstream.operators.window_aggregate import WindowAggregateOperator

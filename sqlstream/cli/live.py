@@ -20,7 +20,8 @@ from typing import Iterator
 
 import pyarrow as pa
 
-from sqlstream.cli.render import Footer, ResultView
+from sqlstream.cli.progress import Footer
+from sqlstream.cli.result_views import ResultView
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM
 from sqlstream.errors import SqlAnalysisError, SqlStreamError
 from sqlstream.plan.nodes import PlanNode
