@@ -23,6 +23,7 @@ from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.durations import format_duration_us
 from sqlstream.errors import SqlStreamError
+from sqlstream.pipeline_tests import run_case
 from sqlstream.settings import DEFAULT_SETTINGS
 from sqlstream.sql.statements import CreateFunction, QueryStatement, normalize_name
 
@@ -80,8 +81,6 @@ def _toml_value(value) -> str:
 
 def save_test(path: str, session, last: LastQuery | None, functions: dict[str, CreateFunction]) -> str:
     """Write the test folder ``path``; returns a line saying what was written."""
-    from sqlstream.pipeline_tests import run_case
-
     if last is None:
         raise SqlStreamError("no query to save yet", hint="run a SELECT first; \\save_test saves the last one")
     outcome = last.outcome
