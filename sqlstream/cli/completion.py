@@ -13,12 +13,15 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
+from datafusion import SessionConfig, SessionContext
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from sqlglot.errors import TokenError
 from sqlglot.tokens import Token, TokenType
 
+from sqlstream.connectors.base import SINK_CONNECTORS, SOURCE_CONNECTORS, source_connector
 from sqlstream.sql.dialect import SqlStream
+from sqlstream.sql.types import sql_type_name
 
 __all__ = ["SqlCompleter", "KEYWORDS", "TYPE_NAMES", "META_COMMANDS", "builtin_functions", "statement_complete"]
 
@@ -76,8 +79,6 @@ def statement_complete(text: str) -> bool:
 @functools.lru_cache(maxsize=1)
 def builtin_functions() -> tuple[str, ...]:
     """DataFusion's scalar, aggregate and window functions (asked once per process)."""
-    from datafusion import SessionConfig, SessionContext
-
     ctx = SessionContext(SessionConfig().with_information_schema(True))
     table = ctx.sql("SELECT DISTINCT routine_name FROM information_schema.routines").to_arrow_table()
     names = {n for n in table.column(0).to_pylist() if n and n.isidentifier()}
@@ -113,8 +114,6 @@ class SqlCompleter(Completer):
         return list({"view": s.views, "sink": s.sinks, "function": s.functions}[kind])
 
     def columns_of(self, relation: str) -> list[tuple[str, str]]:
-        from sqlstream.sql.types import sql_type_name
-
         try:
             schema = self.session.schema_of(relation)
         except Exception:  # noqa: BLE001 - a name that does not resolve has no columns to offer
@@ -204,8 +203,6 @@ class SqlCompleter(Completer):
     # -- WITH (...) options ---------------------------------------------------------------------
 
     def _options(self, tokens: list[Token], open_at: int, statement: str) -> list[_Candidate]:
-        from sqlstream.connectors.base import SINK_CONNECTORS, SOURCE_CONNECTORS, source_connector
-
         source_connector("file")  # registers the built-in connectors
         inside = tokens[open_at + 1 :]
         if inside and inside[-1].token_type == TokenType.EQ:
@@ -234,8 +231,6 @@ class SqlCompleter(Completer):
         if not tokens or _open_with(tokens) is None or tokens[-1].token_type != TokenType.EQ or len(tokens) < 2:
             return
         key = tokens[-2].text.lower()
-        from sqlstream.connectors.base import SINK_CONNECTORS, SOURCE_CONNECTORS, source_connector
-
         source_connector("file")
         registry = SINK_CONNECTORS if _created_kind(tokens) == "SINK" else SOURCE_CONNECTORS
         typed = head[quote + 1 :]

@@ -13,9 +13,16 @@ import signal
 import sys
 import traceback
 
+from sqlstream.cli.pipeline_test_report import run_pipeline_tests
+from sqlstream.cli.produce import add_parser as add_produce
+from sqlstream.cli.progress import Progress
+from sqlstream.cli.render import install_renderer
+from sqlstream.cli.repl import run_repl
+from sqlstream.cli.session_setup import make_session, read_sql_file
 from sqlstream.errors import SqlStreamError
+from sqlstream.session import Session, explain_plan
 
-__all__ = ["main", "make_session", "Interrupted"]
+__all__ = ["main", "build_parser", "Interrupted"]
 
 
 class Interrupted(BaseException):
@@ -29,79 +36,7 @@ class Interrupted(BaseException):
         super().__init__(f"stopped by {self.signal_name} {during}")
 
 
-def _parse_sets(values: list[str]) -> dict[str, str]:
-    out = {}
-    for item in values or []:
-        if "=" not in item:
-            raise SqlStreamError(f"--set expects key=value, got '{item}'", hint="e.g. --set batch_size=1000")
-        key, value = item.split("=", 1)
-        out[key.strip().lower()] = value.strip()
-    return out
-
-
-def make_session(
-    path: str | None,
-    udf_dirs: list[str] | None,
-    sets: list[str] | None,
-    *,
-    clock=None,
-    discover_udfs: bool = True,
-    allow_paths: list[str] | None = None,
-):
-    """A Session configured as the CLI does for ``path`` (None: working directory).
-
-    ``allow_paths`` (directories, relative to the working directory) confines every file
-    path before ``sets`` apply; ``discover_udfs=False`` (``--no-udfs``) loads only
-    ``udf_dirs``. Each UDF file loaded is listed on stderr."""
-    from sqlstream.session import Session
-    from sqlstream.udf.discovery import loaded_text
-
-    base_dir = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
-    if path:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        dead_letter = os.path.join(base_dir, f"{stem}.dead_letter.jsonl")
-    else:
-        dead_letter = os.path.join(os.getcwd(), "sqlstream.dead_letter.jsonl")
-    session = Session(clock=clock, base_dir=base_dir, dead_letter_path=dead_letter)
-    if allow_paths:
-        _allow_paths(session, allow_paths)
-    for key, value in _parse_sets(sets).items():
-        session.apply_setting(key, value)
-    directories = []
-    automatic = (os.path.join(base_dir, "udfs"), os.path.join(os.getcwd(), "udfs")) if discover_udfs else ()
-    for candidate in automatic:
-        if os.path.isdir(candidate) and os.path.abspath(candidate) not in directories:
-            directories.append(os.path.abspath(candidate))
-    for directory in udf_dirs or []:
-        if not os.path.isdir(directory):
-            raise SqlStreamError(f"--udfs {directory}: no such directory")
-        if os.path.abspath(directory) not in directories:
-            directories.append(os.path.abspath(directory))
-    for directory in directories:
-        session.load_udfs(directory, on_file=lambda file, names: print(loaded_text(file, names), file=sys.stderr))
-    return session
-
-
-def _allow_paths(session, directories: list[str]) -> None:
-    """``--allow-paths DIR`` (repeatable): the widest ``allowed_paths`` of the session."""
-    from sqlstream.paths import AllowedPaths
-
-    for directory in directories:
-        if not os.path.isdir(directory):
-            raise SqlStreamError(f"--allow-paths {directory}: no such directory")
-    session.apply_setting("allowed_paths", AllowedPaths.parse(directories, os.getcwd()))
-
-
-def read_sql_file(path: str) -> str:
-    """The text of a .sql file, or a SqlStreamError saying why it cannot be read."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as error:
-        raise SqlStreamError(f"cannot read {path}: {error.strerror}") from error
-
-
-def _load(args) -> "object":
+def _load(args) -> Session:
     session = make_session(args.file, args.udfs, args.set, discover_udfs=not args.no_udfs, allow_paths=args.allow_paths)
     text = read_sql_file(args.file)
     session.execute(text, path=args.file, base_dir=os.path.dirname(os.path.abspath(args.file)))
@@ -109,8 +44,6 @@ def _load(args) -> "object":
 
 
 def cmd_run(args) -> int:
-    from sqlstream.cli.render import Progress, install_renderer
-
     loaded = []  # the session, once the file is loaded
     draining = []  # signals the run loop took
 
@@ -158,8 +91,6 @@ def cmd_check(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from sqlstream.session import explain_plan
-
     session = _load(args)
     parts = []
     for sink in session.pending_sinks():
@@ -169,15 +100,11 @@ def cmd_explain(args) -> int:
 
 
 def cmd_repl(args) -> int:
-    from sqlstream.cli.repl import run_repl
-
     return run_repl(args)
 
 
 def cmd_test(args) -> int:
-    from sqlstream.pipeline_tests import run_cli
-
-    return run_cli(
+    return run_pipeline_tests(
         args.dir, args.udfs, verbose=args.verbose, update=args.update, discover_udfs=not args.no_udfs,
         allow_paths=args.allow_paths,
     )
@@ -223,8 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--update", action="store_true", help="write expected/<sink>.jsonl from the actual output")
     p.set_defaults(handler=cmd_test)
-    from sqlstream.cli.produce import add_parser as add_produce
-
     add_produce(sub)
     return parser
 

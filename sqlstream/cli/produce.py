@@ -20,6 +20,10 @@ import re
 import signal
 import sys
 
+import nats
+from nats.js.errors import NotFoundError
+
+from sqlstream.cli.session_setup import make_session
 from sqlstream.errors import ConnectorError, SqlStreamError
 
 __all__ = ["add_parser", "cmd_produce", "produce_sql"]
@@ -74,9 +78,6 @@ def stream_subject(subject: str) -> str:
 
 
 async def _ensure_stream(url: str, stream: str, subject: str) -> bool:
-    import nats
-    from nats.js.errors import NotFoundError
-
     nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0, allow_reconnect=False)
     try:
         js = nc.jetstream()
@@ -91,8 +92,6 @@ async def _ensure_stream(url: str, stream: str, subject: str) -> bool:
 
 
 def cmd_produce(args) -> int:
-    from sqlstream.cli.main import make_session
-
     session = make_session(None, [], [])
     session.settings["dead_letter_path"] = "off"
     session.execute(produce_sql(args), path="<produce>")

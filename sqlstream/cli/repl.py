@@ -2,7 +2,7 @@
 
 Statements end at ``;`` (they may span lines); a line starting with ``\\`` is a meta
 command. A SELECT runs until its input ends, its LIMIT is reached or Ctrl-C, and renders
-live (see :mod:`sqlstream.cli.render`); CREATE SINK / INSERT INTO start that sink's
+live (see :mod:`sqlstream.cli.result_views`); CREATE SINK / INSERT INTO start that sink's
 query in the background (SHOW QUERIES, STOP QUERY n). A user error prints as
 ``<stdin>:line:col: error: ...`` with a caret and a hint, and the REPL goes on.
 """
@@ -13,18 +13,26 @@ import os
 import sys
 import threading
 import time
+import traceback
 from typing import Iterable, TextIO
 
 import pyarrow as pa
+from prompt_toolkit.patch_stdout import patch_stdout
 from rich.console import Console
+from sqlglot.errors import TokenError
+from sqlglot.tokens import TokenType
 
-from sqlstream.cli.completion import META_COMMANDS, SqlCompleter, builtin_functions, statement_complete
+from sqlstream.cli.completion import builtin_functions, statement_complete
 from sqlstream.cli.live import BackgroundQueries, ForegroundQuery, KeyReader, interrupt_flag
-from sqlstream.cli.main import read_sql_file
-from sqlstream.cli.render import OUTPUT_FORMATS, RESULT_MODES, make_view, render_table
-from sqlstream.cli.save_test import LastQuery, save_test
-from sqlstream.errors import Location, SqlAnalysisError, SqlStreamError
+from sqlstream.cli.meta_commands import MetaCommands, QuitRepl
+from sqlstream.cli.prompt import make_prompt_session
+from sqlstream.cli.render import current_stdout_renderer, render_table
+from sqlstream.cli.result_views import make_view
+from sqlstream.cli.save_test import LastQuery
+from sqlstream.cli.session_setup import make_session, read_sql_file
+from sqlstream.errors import Location, SqlStreamError
 from sqlstream.session import Session, StatementResult, sink_input_names
+from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.statements import (
     CreateFunction,
     CreateSink,
@@ -38,23 +46,10 @@ from sqlstream.sql.statements import (
     parse_script,
 )
 
-__all__ = ["Repl", "run_repl", "history_path", "make_prompt_session"]
-
-PROMPT = "sqlstream> "
-CONTINUATION = "...> "
-HISTORY_ENV = "SQLSTREAM_HISTORY"
+__all__ = ["Repl", "run_repl"]
 
 
-def history_path() -> str:
-    """``$SQLSTREAM_HISTORY``, else ``~/.sqlstream_history``."""
-    return os.environ.get(HISTORY_ENV) or os.path.join(os.path.expanduser("~"), ".sqlstream_history")
-
-
-class _Quit(Exception):
-    """``\\q``: leave the REPL."""
-
-
-class Repl:
+class Repl(MetaCommands):
     """The REPL's state (output format, result mode, running queries) and its statement
     loop, shared by the interactive prompt and scripts (-e, -f, piped stdin)."""
 
@@ -108,7 +103,7 @@ class Repl:
                     buffer = []
             if buffer:
                 self.run_sql("\n".join(buffer), path, base_dir, start)
-        except _Quit:
+        except QuitRepl:
             return False
         return True
 
@@ -139,8 +134,6 @@ class Repl:
 
     def report_internal(self, error: BaseException) -> None:
         if os.environ.get("SQLSTREAM_DEBUG"):
-            import traceback
-
             traceback.print_exception(error, file=self.err)
         print(f"error: internal error: {type(error).__name__}: {error}", file=self.err)
         print("  hint: this is a bug in sqlstream; SQLSTREAM_DEBUG=1 shows the traceback", file=self.err, flush=True)
@@ -251,122 +244,6 @@ class Repl:
                 detail += ", stopped"
             print(detail + ")", file=out, flush=True)
 
-    # -- meta commands ------------------------------------------------------------------------------
-
-    def meta(self, line: str, path: str, number: int) -> None:
-        command, _, argument = line.partition(" ")
-        argument = argument.strip()
-        try:
-            handler = {
-                "\\q": self._quit,
-                "\\quit": self._quit,
-                "\\d": self._describe,
-                "\\timing": self._timing,
-                "\\o": self._output_to,
-                "\\format": self._format,
-                "\\mode": self._mode,
-                "\\save_test": self._save_test,
-                "\\?": self._help,
-                "\\help": self._help,
-            }.get(command)
-            if handler is None:
-                from sqlstream.errors import did_you_mean
-
-                raise SqlAnalysisError(
-                    f"unknown command '{command}'",
-                    location=Location(path, number, 1, "\n" * (number - 1) + line, len(command)),
-                    hint=" ".join(filter(None, [did_you_mean(command, META_COMMANDS), "\\? lists the commands"])),
-                )
-            handler(argument)
-        except SqlStreamError as error:
-            if error.location is None:
-                error.location = Location(path, number, 1, "\n" * (number - 1) + line, len(command))
-            self.report(error)
-
-    def _quit(self, argument: str) -> None:
-        raise _Quit()
-
-    def _help(self, argument: str) -> None:
-        width = max(len(c) for c in META_COMMANDS)
-        lines = [f"{c.ljust(width)}  {about}" for c, about in META_COMMANDS.items()]
-        lines.append("SQL statements end with ';'. While a query runs: space pauses the display, Ctrl-C stops it.")
-        print("\n".join(lines), file=self.out, flush=True)
-
-    def _describe(self, argument: str) -> None:
-        s = self.session
-        if not argument:
-            rows = [{"name": n, "kind": e.kind.lower(), "details": e.connector.describe()}
-                    for n, e in s.sources.items()]
-            rows += [{"name": n, "kind": "view", "details": v.statement.text} for n, v in s.views.items()]
-            rows += [{"name": n, "kind": "sink", "details": f"{e.connector.describe()}: {e.query_text}"}
-                     for n, e in s.sinks.items() if not e.implicit]
-            rows += [{"name": n, "kind": f"{f.kind} function", "details": f.signature} for n, f in s.functions.items()]
-            self.show_rows(rows)
-            return
-        from sqlstream.sql.types import sql_type_name
-
-        quoted = len(argument) > 1 and argument[0] == argument[-1] == '"'
-        name = argument[1:-1] if quoted else argument.lower()  # Postgres rules, as in SQL
-        if name in s.functions:
-            f = s.functions[name]
-            self.show_rows([{"function": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin}])
-            return
-        schema = s.schema_of(name)
-        rows = [{"column": f.name, "type": sql_type_name(f.type), "nullable": f.nullable} for f in schema]
-        self.show_rows(rows)
-        if name in s.sources and s.sources[name].statement is not None:
-            entry = s.sources[name]
-            watermark = f", watermark {entry.rowtime}" if entry.rowtime else ""
-            print(f"{entry.kind.lower()} {name}: {entry.connector.describe()}{watermark}", file=self.out, flush=True)
-        elif name in s.views:
-            print(f"view {name}: {s.views[name].statement.text}", file=self.out, flush=True)
-
-    def _timing(self, argument: str) -> None:
-        if argument not in ("", "on", "off"):
-            raise SqlStreamError(f"\\timing takes on or off, not '{argument}'")
-        self.timing = (not self.timing) if not argument else argument == "on"
-        print(f"Timing is {'on' if self.timing else 'off'}.", file=self.out, flush=True)
-
-    def _output_to(self, argument: str) -> None:
-        if self._output is not None:
-            self._output.close()
-            self._output = None
-            self.output_path = None
-        if not argument:
-            self.note("Results go to the terminal.")
-            return
-        self.session.resolve_path(argument, os.getcwd(), what="\\o file")  # inside allowed_paths, if set
-        try:
-            self._output = open(argument, "w", encoding="utf-8")
-        except OSError as error:
-            raise SqlStreamError(f"cannot write {argument}: {error.strerror}") from error
-        self.output_path = argument
-        self.note(f"Results go to {argument}.")
-
-    def _format(self, argument: str) -> None:
-        if not argument:
-            print(f"format: {self.fmt}", file=self.out, flush=True)
-            return
-        if argument not in OUTPUT_FORMATS:
-            raise SqlStreamError(f"unknown format '{argument}'", hint="\\format table | json | csv")
-        self.fmt = argument
-        self.note(f"Output format is {argument}.")
-
-    def _mode(self, argument: str) -> None:
-        if not argument:
-            print(f"mode: {self.mode}", file=self.out, flush=True)
-            return
-        if argument not in RESULT_MODES:
-            raise SqlStreamError(f"unknown result mode '{argument}'", hint="\\mode table | changelog | tableau")
-        self.mode = argument
-        self.note(f"Result mode is {argument}.")
-
-    def _save_test(self, argument: str) -> None:
-        if not argument:
-            raise SqlStreamError("\\save_test needs a name", hint="\\save_test tests/sql/my_case")
-        self.session.resolve_path(argument, os.getcwd(), what="\\save_test folder")  # inside allowed_paths, if set
-        print(save_test(argument, self.session, self.last, self.functions), file=self.out, flush=True)
-
     # -- the prompt ---------------------------------------------------------------------------------
 
     def report_background(self) -> None:
@@ -375,8 +252,6 @@ class Repl:
 
     def interact(self, prompt_session) -> int:
         """Prompt until ``\\q`` or Ctrl-D; Ctrl-C at the prompt clears the line."""
-        from prompt_toolkit.patch_stdout import patch_stdout
-
         base_dir = os.getcwd()
         try:
             while True:
@@ -414,11 +289,6 @@ class Repl:
 
 def _statement_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) offsets of each ``;``-separated statement in ``text``."""
-    from sqlglot.errors import TokenError
-    from sqlglot.tokens import TokenType
-
-    from sqlstream.sql.dialect import SqlStream
-
     try:
         tokens = SqlStream().tokenizer().tokenize(text)
     except TokenError:
@@ -437,102 +307,10 @@ def _statement_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _input_complete(text: str) -> bool:
-    stripped = text.strip()
-    return not stripped or stripped.startswith("\\") or statement_complete(text)
-
-
-def make_prompt_session(session: Session, *, input=None, output=None, history: str | None = None):
-    """The prompt_toolkit session: multi-line until ``;``, history, Ctrl-R, highlighting, completion."""
-    from prompt_toolkit import PromptSession
-    from prompt_toolkit.completion import CompleteEvent, get_common_complete_suffix
-    from prompt_toolkit.filters import Condition
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
-    from prompt_toolkit.key_binding import KeyBindings
-    from prompt_toolkit.lexers import PygmentsLexer
-    from pygments.lexers.sql import SqlLexer
-
-    path = history or history_path()
-    try:
-        with open(path, "a", encoding="utf-8"):
-            pass
-        store = FileHistory(path)
-    except OSError:
-        store = InMemoryHistory()
-
-    prompt_session = None
-
-    @Condition
-    def continues() -> bool:
-        """Enter adds a line until the statement is complete. (The main buffer is asked,
-        not the current one: during Ctrl-R the current buffer is the search text.)"""
-        return prompt_session is None or not _input_complete(prompt_session.default_buffer.text)
-
-    def continuation(width: int, line_number: int, wrap_count: int) -> str:
-        return CONTINUATION.rjust(width)
-
-    completer = SqlCompleter(session)
-    bindings = KeyBindings()
-
-    @bindings.add("tab")
-    def complete(event) -> None:
-        """Complete at once: a single candidate is inserted, several show a menu."""
-        buffer = event.current_buffer
-        if buffer.complete_state:
-            buffer.complete_next()
-            return
-        found = list(completer.get_completions(buffer.document, CompleteEvent(completion_requested=True)))
-        if len(found) == 1:
-            buffer.apply_completion(found[0])
-        elif found:
-            common = get_common_complete_suffix(buffer.document, found)
-            if common:
-                buffer.insert_text(common)
-            else:
-                buffer.start_completion(insert_common_part=False)
-
-    prompt_session = PromptSession(
-        PROMPT,
-        key_bindings=bindings,
-        multiline=continues,
-        prompt_continuation=continuation,
-        history=store,
-        lexer=PygmentsLexer(SqlLexer),
-        completer=completer,
-        complete_while_typing=False,
-        enable_history_search=False,
-        input=input,
-        output=output,
-    )
-    return prompt_session
-
-
-def _stdout_renderer_factory():
-    """Background ``stdout`` sinks print JSON lines (or aligned rows) to whatever
-    ``sys.stdout`` is when they write, so that at the prompt they appear above it."""
-    from sqlstream.connectors.stdout import JsonLinesWriter, PlainTableWriter
-
-    class _CurrentStdout:
-        def write(self, text: str) -> int:
-            return sys.stdout.write(text)
-
-        def flush(self) -> None:
-            sys.stdout.flush()
-
-    def factory(sink_name: str, schema: pa.Schema, fmt: str):
-        if fmt == "table":
-            return PlainTableWriter(schema, _CurrentStdout())
-        return JsonLinesWriter(_CurrentStdout())
-
-    return factory
-
-
 def run_repl(args) -> int:
     """``sqlstream repl [FILE] [-e SQL] [-f FILE] [--json|--csv]``."""
-    from sqlstream.cli.main import make_session
-
     session = make_session(args.file, args.udfs, args.set, discover_udfs=not args.no_udfs, allow_paths=args.allow_paths)
-    session.stdout_renderer = _stdout_renderer_factory()
+    session.stdout_renderer = current_stdout_renderer()
     scripted = bool(args.execute or args.script)
     interactive = not scripted and sys.stdin.isatty()
     terminal = Console(file=sys.stdout) if sys.stdout.isatty() else None

@@ -28,7 +28,8 @@ from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
 from sqlstream.cli.completion import SqlCompleter
-from sqlstream.cli.repl import Repl, make_prompt_session
+from sqlstream.cli.prompt import make_prompt_session
+from sqlstream.cli.repl import Repl
 from sqlstream.pipeline_tests import run_case
 from sqlstream.session import Session
 
@@ -515,10 +516,10 @@ def test_prompt_ctrl_r_finds_a_statement_in_the_history_file(tmp_path):
 @given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 3), st.booleans()), max_size=60),
        st.integers(1, 7), st.booleans())
 def test_current_table_folds_like_the_changelog_reference(steps, batch_size, nested):
-    """CurrentTable (Arrow group-by, compacted) == fold_changelog (the Python reference),
+    """ArrowChangelogTable (Arrow group-by, compacted) == fold_changelog (the Python reference),
     for retractions, duplicates, NULLs, any batch split, and nested columns (fallback)."""
     from sqlstream.changelog import fold_changelog
-    from sqlstream.cli.render import CurrentTable
+    from sqlstream.cli.render import current_table
 
     live: dict[int, object] = {}
     changes = []
@@ -532,7 +533,7 @@ def test_current_table_folds_like_the_changelog_reference(steps, batch_size, nes
         changes.append({"__op": "+U" if was_live else "+I", "k": key, "v": shown})
         live[key] = shown
     schema = pa.schema([("__op", pa.string()), ("k", pa.int64()), ("v", pa.list_(pa.int64()) if nested else pa.float64())])
-    table = CurrentTable(["k", "v"])
+    table = current_table(["k", "v"])
     for start in range(0, len(changes), batch_size):
         table.apply_batch(pa.RecordBatch.from_pylist(changes[start : start + batch_size], schema=schema))
     expected = sorted(fold_changelog(changes), key=lambda r: (r["k"], str(r["v"])))

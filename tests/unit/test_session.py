@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 import sqlstream
-from sqlstream.cli.main import make_session
+from sqlstream.cli.session_setup import make_session
 from sqlstream.errors import SqlAnalysisError, UdfError
 from sqlstream.testing import TestSession
 

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from sqlstream.cli.main import main, make_session
+from sqlstream.cli.main import main
+from sqlstream.cli.session_setup import make_session
 from sqlstream.errors import UdfError
 from sqlstream.session import Session
 
