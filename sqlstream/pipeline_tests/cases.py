@@ -40,6 +40,9 @@ class InputSpec:
 
 @dataclass
 class ExpectedSpec:
+    """Rows a sink must receive: written inline or in a JSON-lines file; ``final`` (the
+    changelog folded) or ``append`` (every row as received), in ``ordered`` order or not."""
+
     sink: str
     mode: str = "final"
     ordered: bool = False
@@ -162,56 +165,90 @@ def load_case(path: str) -> CaseSpec:
         with open(sql_path, encoding="utf-8") as handle:
             sql = handle.read()
         sql_path = shown_path(sql_path)
-    spec = CaseSpec(name, path, base_dir, sql_path, sql, single_file=single)
-    spec.settings = dict(config.get("settings", {}))
-    spec.end_of_input = bool(config.get("end_of_input", True))
-    if "clock_start" in config:
-        spec.clock_start_us = timestamp_us(config["clock_start"], f"{where}: clock_start")
-    if not single:
-        inputs_dir = os.path.join(base_dir, "inputs")
-        if os.path.isdir(inputs_dir):
-            for file_name in sorted(os.listdir(inputs_dir)):
-                stem, ext = os.path.splitext(file_name)
-                if ext in FIXTURE_FORMATS:
-                    spec.inputs.setdefault(stem.lower(), _fixture_file(base_dir, stem))
-        expected_dir = os.path.join(base_dir, "expected")
-        if os.path.isdir(expected_dir):
-            for file_name in sorted(os.listdir(expected_dir)):
-                if file_name.endswith(".jsonl"):
-                    sink = file_name[: -len(".jsonl")].lower()
-                    spec.expected[sink] = ExpectedSpec(sink, path=os.path.join(expected_dir, file_name))
+    clock_start_us = timestamp_us(config["clock_start"], f"{where}: clock_start") if "clock_start" in config else None
+    inputs, expected = ({}, {}) if single else _folder_fixtures(base_dir)
+    inputs.update(_inputs(config, base_dir, where))
+    expected.update(_expectations(config, expected, base_dir, where))
+    return CaseSpec(
+        name,
+        path,
+        base_dir,
+        sql_path,
+        sql,
+        settings=dict(config.get("settings", {})),
+        inputs=inputs,
+        expected=expected,
+        steps=_steps(config, base_dir, where),
+        end_of_input=bool(config.get("end_of_input", True)),
+        clock_start_us=clock_start_us,
+        single_file=single,
+    )
+
+
+def _folder_fixtures(base_dir: str) -> tuple[dict[str, InputSpec], dict[str, ExpectedSpec]]:
+    """The fixtures in a case folder's ``inputs/`` and the expected rows in its ``expected/``."""
+    inputs: dict[str, InputSpec] = {}
+    expected: dict[str, ExpectedSpec] = {}
+    inputs_dir = os.path.join(base_dir, "inputs")
+    if os.path.isdir(inputs_dir):
+        for file_name in sorted(os.listdir(inputs_dir)):
+            stem, ext = os.path.splitext(file_name)
+            if ext in FIXTURE_FORMATS:
+                inputs.setdefault(stem.lower(), _fixture_file(base_dir, stem))
+    expected_dir = os.path.join(base_dir, "expected")
+    if os.path.isdir(expected_dir):
+        for file_name in sorted(os.listdir(expected_dir)):
+            if file_name.endswith(".jsonl"):
+                sink = file_name[: -len(".jsonl")].lower()
+                expected[sink] = ExpectedSpec(sink, path=os.path.join(expected_dir, file_name))
+    return inputs, expected
+
+
+def _inputs(config: dict, base_dir: str, where: str) -> dict[str, InputSpec]:
+    """The ``[inputs.<source>]`` tables."""
+    inputs: dict[str, InputSpec] = {}
     for source, table in (config.get("inputs") or {}).items():
         source = source.lower()
         here = f"{where}: [inputs.{source}]"
         _check_keys(table, ("rows", "file", "format", "timestamp_format"), here)
         if ("rows" in table) == ("file" in table):
             raise TestSpecError(f"{here}: give rows = [...] or file = \"...\"")
-        item = InputSpec(source, timestamp_format=table.get("timestamp_format"))
         if "rows" in table:
-            item.rows = list(table["rows"])
-        else:
-            item.path = os.path.join(base_dir, table["file"])
-            ext = os.path.splitext(item.path)[1]
-            item.format = table.get("format") or FIXTURE_FORMATS.get(ext, "json")
-            if not os.path.isfile(item.path):
-                raise TestSpecError(f"{here}: {shown_path(item.path)} does not exist")
-        spec.inputs[source] = item
+            inputs[source] = InputSpec(source, rows=list(table["rows"]), timestamp_format=table.get("timestamp_format"))
+            continue
+        file_path = os.path.join(base_dir, table["file"])
+        ext = os.path.splitext(file_path)[1]
+        fmt = table.get("format") or FIXTURE_FORMATS.get(ext, "json")
+        if not os.path.isfile(file_path):
+            raise TestSpecError(f"{here}: {shown_path(file_path)} does not exist")
+        inputs[source] = InputSpec(source, path=file_path, format=fmt, timestamp_format=table.get("timestamp_format"))
+    return inputs
+
+
+def _expectations(config: dict, found: dict[str, ExpectedSpec], base_dir: str, where: str) -> dict[str, ExpectedSpec]:
+    """The ``[expected.<sink>]`` tables, over the ``expected/`` files ``found`` in the folder."""
+    expected: dict[str, ExpectedSpec] = {}
     for sink, table in (config.get("expected") or {}).items():
         sink = sink.lower()
         here = f"{where}: [expected.{sink}]"
         _check_keys(table, ("rows", "file", "mode", "ordered"), here)
-        item = spec.expected.get(sink) or ExpectedSpec(sink)
-        item.mode = str(table.get("mode", item.mode))
-        if item.mode not in _MODES:
-            raise TestSpecError(f"{here}: mode must be final or append, not '{item.mode}'")
-        item.ordered = bool(table.get("ordered", False))
+        earlier = expected.get(sink) or found.get(sink) or ExpectedSpec(sink)
+        mode = str(table.get("mode", earlier.mode))
+        if mode not in _MODES:
+            raise TestSpecError(f"{here}: mode must be final or append, not '{mode}'")
+        rows, file_path = earlier.rows, earlier.path
         if "rows" in table:
-            item.rows, item.path = list(table["rows"]), None
+            rows, file_path = list(table["rows"]), None
         elif "file" in table:
-            item.path = os.path.join(base_dir, table["file"])
-        spec.expected[sink] = item
-    steps = config.get("steps") or []
-    for index, step in enumerate(steps, 1):
+            file_path = os.path.join(base_dir, table["file"])
+        expected[sink] = ExpectedSpec(sink, mode, bool(table.get("ordered", False)), file_path, rows)
+    return expected
+
+
+def _steps(config: dict, base_dir: str, where: str) -> list[dict]:
+    """The ``[[steps]]``, each checked to do one thing (a step's ``file`` resolved against ``base_dir``)."""
+    steps = []
+    for index, step in enumerate(config.get("steps") or [], 1):
         here = f"{where}: step {index}"
         _check_keys(step, ("source", "rows", "file", "format", "watermark", "advance", "expect", "end"), here)
         actions = [k for k in ("rows", "file", "watermark", "advance", "expect", "end") if k in step]
@@ -220,7 +257,5 @@ def load_case(path: str) -> CaseSpec:
                 f"{here}: a step does one thing",
                 hint="source + rows/file, watermark = { source = time }, advance = \"5s\", expect.<sink> = [...], or end",
             )
-        if "file" in step:
-            step["file"] = os.path.join(base_dir, step["file"])
-        spec.steps.append(step)
-    return spec
+        steps.append({**step, "file": os.path.join(base_dir, step["file"])} if "file" in step else step)
+    return steps

@@ -117,9 +117,11 @@ class _StepRunner:
         if "rows" in step or "file" in step:
             source = str(step["source"]).lower()
             decoder = self._decoder(source, index)
-            item = InputSpec(source, path=step.get("file"), rows=step.get("rows"), format=step.get("format", "json"))
-            if item.path is not None and "format" not in step:
-                item.format = FIXTURE_FORMATS.get(os.path.splitext(item.path)[1], "json")
+            path = step.get("file")
+            fmt = step.get("format", "json")
+            if path is not None and "format" not in step:
+                fmt = FIXTURE_FORMATS.get(os.path.splitext(path)[1], "json")
+            item = InputSpec(source, path=path, rows=step.get("rows"), format=fmt)
             session.stream(source).push(decoder.rows_of(item))
         elif "watermark" in step:
             marks = step["watermark"]
