@@ -97,13 +97,14 @@ class Driver:
         self.state = StateTracker.of(self._roots(), state_limits or StateLimits(), lambda text: self.warn(text),
                                      self._position)
 
-    def stop(self) -> None:
-        """Ask the loop to stop after the batch in flight (thread- and signal-safe)."""
-        self._stop.set()
+    def stop(self) -> bool:
+        """Ask the loop to stop after the batch in flight (thread- and signal-safe).
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
+        True when the run loop took the request (it drains and closes the sinks); False
+        when none is looping yet (start-up, opening sources) or it was already stopping."""
+        accepted = self.looping and not self._stop.is_set()
+        self._stop.set()
+        return accepted
 
     def run(self) -> RunSummary:
         """Run until every source ended or ``stop()``; then flush and close the sinks."""
