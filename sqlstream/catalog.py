@@ -11,10 +11,12 @@ import pyarrow as pa
 from sqlglot import exp
 
 from sqlstream.connectors.base import SinkConnector, SourceConnector
-from sqlstream.errors import SqlAnalysisError
-from sqlstream.hidden import OP_COLUMN, is_hidden
+from sqlstream.connectors.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_STREAM
+from sqlstream.errors import Location, SqlAnalysisError, did_you_mean
+from sqlstream.hidden import OP_COLUMN, is_hidden, visible_schema
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.planner import RelationInfo
+from sqlstream.runtime.dead_letter_source import DeadLetterSource
 from sqlstream.sql.statements import (
     ColumnSpec,
     CreateSink,
@@ -34,7 +36,9 @@ __all__ = [
     "FunctionEntry",
     "PlannerCatalog",
     "sink_schema",
+    "schema_of",
     "dependents_of",
+    "dead_letter_stream_entry",
 ]
 
 
@@ -125,6 +129,27 @@ def sink_schema(entry: SinkEntry) -> pa.Schema:
             hint="columns are matched by position: " + ", ".join(f.name for f in visible),
         )
     return pa.schema(op + [c.field().with_nullable(True) for c in entry.columns])
+
+
+def schema_of(name: str, sources: Mapping[str, SourceEntry], views: Mapping[str, ViewEntry],
+              sinks: Mapping[str, SinkEntry], location: Location | None = None) -> pa.Schema:
+    """The columns of source, TABLE, view or sink ``name``."""
+    if name in sources:
+        return sources[name].schema
+    if name in views:
+        return visible_schema(views[name].plan.schema)
+    if name in sinks and sinks[name].plan is not None:
+        return sink_schema(sinks[name])
+    if name in sinks and sinks[name].columns:
+        return pa.schema([c.field() for c in sinks[name].columns])
+    names = list(sources) + list(views) + list(sinks)
+    raise SqlAnalysisError(f"unknown name '{name}'", location=location, hint=did_you_mean(name, names))
+
+
+def dead_letter_stream_entry(base_dir: str) -> SourceEntry:
+    """The built-in ``sqlstream_dead_letter`` stream: the running pipeline's dead letters."""
+    connector = DeadLetterSource(DEAD_LETTER_STREAM, DEAD_LETTER_SCHEMA, {"connector": "internal"})
+    return SourceEntry(DEAD_LETTER_STREAM, "SOURCE", connector, DEAD_LETTER_SCHEMA, "at", 0, None, base_dir)
 
 
 def dependents_of(name: str, views: Mapping[str, ViewEntry], sinks: Mapping[str, SinkEntry]) -> list[str]:

@@ -7,18 +7,20 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol
 
 import pyarrow as pa
+from sqlglot import exp
 
 from sqlstream.catalog import FunctionEntry, SinkEntry, SourceEntry, ViewEntry
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.durations import format_duration_us
-from sqlstream.errors import SqlAnalysisError
+from sqlstream.errors import SqlAnalysisError, UnsupportedSqlError
 from sqlstream.hidden import is_real_watermark
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.runtime.driver import Driver
 from sqlstream.settings import SETTING_DOCS
+from sqlstream.sql.statements import CreateSink, CreateView, ExplainStatement, InsertInto, QueryStatement, SourceText
 from sqlstream.sql.types import sql_type_name
 
-__all__ = ["IntrospectedCatalog", "show_rows", "describe_rows", "watermark_rows", "metric_rows", "explain_plan",
+__all__ = ["IntrospectedCatalog", "show_rows", "describe_rows", "watermark_rows", "metric_rows", "explain_plan", "explain_target",
            "rows_table"]
 
 
@@ -68,6 +70,20 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
             hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | WATERMARKS | METRICS | SETTINGS",
         )
     return shows[what]()
+
+
+def explain_target(st: ExplainStatement) -> tuple[str, exp.Expr, SourceText]:
+    """What ``EXPLAIN`` explains: a title, the query and where its text came from."""
+    inner = st.statement
+    if isinstance(inner, QueryStatement):
+        return "query", inner.query, inner.source
+    if isinstance(inner, CreateSink) and inner.query is not None:
+        return f"sink {inner.name}", inner.query, inner.source
+    if isinstance(inner, InsertInto):
+        return f"sink {inner.sink}", inner.query, inner.source
+    if isinstance(inner, CreateView):
+        return f"view {inner.name}", inner.query, inner.source
+    raise UnsupportedSqlError("EXPLAIN takes a query, CREATE SINK ... AS, INSERT INTO or CREATE VIEW", location=st.location)
 
 
 def describe_rows(schema: pa.Schema) -> list[dict]:

@@ -1,6 +1,12 @@
 """``Session``: the catalog of sources, tables, views, sinks and functions, and the
 entry point that executes SQL and runs pipelines.
 
+The session executes DDL against its catalog and keeps the public API; the work it
+hands on lives beside it: catalog entries in :mod:`sqlstream.catalog`, functions in
+:mod:`sqlstream.functions`, SHOW/DESCRIBE/EXPLAIN in :mod:`sqlstream.introspection`,
+wiring a run in :class:`~sqlstream.runtime.builder.PipelineBuilder` and running one on
+a thread in :class:`~sqlstream.runtime.driver_thread.DriverThread`.
+
 >>> from sqlstream import Session
 >>> s = Session()
 >>> s.execute('''
@@ -29,11 +35,13 @@ from sqlstream.catalog import (
     SinkEntry,
     SourceEntry,
     ViewEntry,
+    dead_letter_stream_entry,
     dependents_of,
+    schema_of,
     sink_schema,
 )
 from sqlstream.connectors.base import RunContext, sink_connector, source_connector
-from sqlstream.connectors.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_STREAM, DeadLetterOutput
+from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.connectors.options import RawOption
 from sqlstream.errors import (
     ExecutionError,
@@ -43,8 +51,16 @@ from sqlstream.errors import (
     UnsupportedSqlError,
     did_you_mean,
 )
-from sqlstream.hidden import visible_schema
-from sqlstream.introspection import describe_rows, explain_plan, metric_rows, rows_table, show_rows, watermark_rows
+from sqlstream.functions import load_udf_directory, model_function, python_function
+from sqlstream.introspection import (
+    describe_rows,
+    explain_plan,
+    explain_target,
+    metric_rows,
+    rows_table,
+    show_rows,
+    watermark_rows,
+)
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.planner import QueryPlanner
@@ -57,7 +73,6 @@ from sqlstream.runtime.builder import (
     sink_input_names,
 )
 from sqlstream.runtime.clock import WallClock
-from sqlstream.runtime.dead_letter_source import DeadLetterSource
 from sqlstream.runtime.driver import Driver, RunSummary
 from sqlstream.runtime.driver_thread import DriverThread
 from sqlstream.runtime.sink import QueueWriter
@@ -80,21 +95,11 @@ from sqlstream.sql.statements import (
     StopQueryStatement,
     parse_script,
 )
-from sqlstream.udf.discovery import discover_files, origin_location
-from sqlstream.udf.model import ModelUdf, remote_url
+from sqlstream.udf.model import remote_url
 from sqlstream.udf.names import check_function_name
-from sqlstream.udf.python import PythonUdf
 
-__all__ = [
-    "Session",
-    "StatementResult",
-    "SourceEntry",
-    "ViewEntry",
-    "SinkEntry",
-    "FunctionEntry",
-    "explain_plan",
-    "sink_input_names",
-]
+__all__ = ["Session", "StatementResult", "SourceEntry", "ViewEntry", "SinkEntry", "FunctionEntry", "explain_plan",
+           "sink_input_names"]
 
 
 @dataclass
@@ -111,15 +116,8 @@ class StatementResult:
 class Session:
     """A catalog plus the means to run it. No global state: make as many as you like."""
 
-    def __init__(
-        self,
-        *,
-        clock=None,
-        base_dir: str | None = None,
-        dead_letter_path: str | None = None,
-        udf_dirs: list[str] | tuple[str, ...] = (),
-        settings: dict[str, Any] | None = None,
-    ):
+    def __init__(self, *, clock=None, base_dir: str | None = None, dead_letter_path: str | None = None,
+                 udf_dirs: list[str] | tuple[str, ...] = (), settings: dict[str, Any] | None = None):
         self.clock = clock or WallClock()
         self.base_dir = os.path.abspath(base_dir or os.getcwd())
         self.sources: dict[str, SourceEntry] = {}
@@ -137,10 +135,7 @@ class Session:
         self._lock = threading.Lock()
         self.last_summary: RunSummary | None = None
         self.dead_letters: DeadLetterOutput | None = None  # of the last run built
-        connector = DeadLetterSource(DEAD_LETTER_STREAM, DEAD_LETTER_SCHEMA, {"connector": "internal"})
-        self.sources[DEAD_LETTER_STREAM] = SourceEntry(
-            DEAD_LETTER_STREAM, "SOURCE", connector, DEAD_LETTER_SCHEMA, "at", 0, None, self.base_dir
-        )
+        self.sources[DEAD_LETTER_STREAM] = dead_letter_stream_entry(self.base_dir)
         for directory in udf_dirs:
             self.load_udfs(directory)
 
@@ -149,33 +144,13 @@ class Session:
     def load_udfs(self, directory: str, on_file: Callable[[str, list[str]], None] | None = None) -> list[str]:
         """Import every ``*.py`` under ``directory`` (code that runs) and register its @udf
         functions; ``on_file(path, names)`` is told of each file once it is loaded."""
-        names = []
-        for udf_file in discover_files(directory):
-            file_names = []
-            for fn, origin in udf_file.functions:
-                try:
-                    self.register_udf(fn, origin=origin)
-                except SqlStreamError as error:
-                    raise error.with_location(origin_location(origin))
-                file_names.append(fn.__sqlstream_udf__.name)
-            if on_file is not None:
-                on_file(udf_file.path, file_names)
-            names += file_names
-        return names
+        return load_udf_directory(directory, lambda fn, origin: self.register_udf(fn, origin=origin), on_file)
 
     def register_udf(self, fn, *, origin: str = "") -> None:
         """Register a function decorated with :func:`sqlstream.udf` (or a plain
         function with type hints)."""
-        udf = PythonUdf.from_function(fn)
-        check_function_name(udf.name)
-        existing = self.functions.get(udf.name)
-        same_function = existing is not None and isinstance(existing.impl, PythonUdf) and existing.impl.fn is fn
-        if existing is not None and existing.impl is not udf and not same_function:
-            raise UdfError(
-                f"function '{udf.name}' is defined twice: {existing.origin or 'earlier'} and {origin or 'here'}",
-                hint="rename one of them (@udf(name='...'))",
-            )
-        self.functions[udf.name] = FunctionEntry(udf.name, "python", udf, udf.signature(), origin or udf.origin)
+        entry = python_function(fn, origin, self.functions)
+        self.functions[entry.name] = entry
 
     def register_model(self, name: str, path: str, **options) -> None:
         """Register an ONNX model as a vectorized scalar SQL function ``name``."""
@@ -184,8 +159,8 @@ class Session:
         if name in self.functions:
             raise UdfError(f"function '{name}' already exists", hint=f"DROP FUNCTION {name} first, or pick another name")
         local = path if remote_url(path) else self.resolve_path(path, self.base_dir, what=f"model '{name}': path")
-        model = ModelUdf.load(name, local, options)  # a URL is refused there
-        self.functions[model.name] = FunctionEntry(model.name, "model", model, model.signature(), path)
+        entry = model_function(name, local, options, path)  # a URL is refused there
+        self.functions[entry.name] = entry
 
     # -- executing SQL ----------------------------------------------------------------------
 
@@ -372,12 +347,10 @@ class Session:
             path = self.resolve_path(path, self._base_dir(st), what=f"model '{st.name}': path", location=st.location)
         options = {k: v.value for k, v in st.options.items()}
         try:
-            check_function_name(st.name)
-            model = ModelUdf.load(st.name, path, options)
+            self.functions[st.name] = model_function(st.name, path, options, st.model_path)
         except SqlStreamError as error:
             option = st.options.get(error.option or "") if isinstance(error, UdfError) else None
             raise error.with_location(option.location if option is not None else st.location)
-        self.functions[st.name] = FunctionEntry(st.name, "model", model, model.signature(), st.model_path)
         return StatementResult("create function", st.name, statement=st)
 
     def _drop(self, st: DropStatement) -> StatementResult:
@@ -423,35 +396,16 @@ class Session:
         return StatementResult("describe", st.name, table=rows_table(rows), statement=st)
 
     def schema_of(self, name: str, st: Statement | None = None) -> pa.Schema:
-        if name in self.sources:
-            return self.sources[name].schema
-        if name in self.views:
-            plan = self.views[name].plan
-            return visible_schema(plan.schema)
-        if name in self.sinks and self.sinks[name].plan is not None:
-            return sink_schema(self.sinks[name])
-        if name in self.sinks and self.sinks[name].columns:
-            return pa.schema([c.field() for c in self.sinks[name].columns])
-        names = list(self.sources) + list(self.views) + list(self.sinks)
-        raise SqlAnalysisError(f"unknown name '{name}'", location=st.location if st else None, hint=did_you_mean(name, names))
+        """The columns of source, TABLE, view or sink ``name`` (DESCRIBE)."""
+        return schema_of(name, self.sources, self.views, self.sinks, st.location if st else None)
 
     def plan_query(self, st: QueryStatement) -> PlanNode:
         """The streaming plan of one SELECT, without registering it as a sink."""
         return self._plan(st.query, st.source)
 
     def _explain(self, st: ExplainStatement) -> StatementResult:
-        inner = st.statement
-        if isinstance(inner, QueryStatement):
-            plan, title = self._plan(inner.query, inner.source), "query"
-        elif isinstance(inner, CreateSink) and inner.query is not None:
-            plan, title = self._plan(inner.query, inner.source), f"sink {inner.name}"
-        elif isinstance(inner, InsertInto):
-            plan, title = self._plan(inner.query, inner.source), f"sink {inner.sink}"
-        elif isinstance(inner, CreateView):
-            plan, title = self._plan(inner.query, inner.source), f"view {inner.name}"
-        else:
-            raise UnsupportedSqlError("EXPLAIN takes a query, CREATE SINK ... AS, INSERT INTO or CREATE VIEW", location=st.location)
-        return StatementResult("explain", title, text=explain_plan(title, plan), statement=st)
+        title, query, source = explain_target(st)
+        return StatementResult("explain", title, text=explain_plan(title, self._plan(query, source)), statement=st)
 
     def explain(self, sql: str) -> str:
         """The streaming plan of every query registered so far plus those in ``sql``."""
