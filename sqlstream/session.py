@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
@@ -196,14 +196,14 @@ class Session:
     def _base_dir(self, st: Statement) -> str:
         return st.source.base_dir or self.base_dir
 
-    def _check_new_name(self, name: str, st: Statement, replace: bool, if_not_exists: bool, kind: str) -> bool:
+    def _check_new_name(self, name: str, st: Statement, or_replace: bool, if_not_exists: bool, kind: str) -> bool:
         """False if the statement should do nothing (IF NOT EXISTS); raises on clashes."""
         taken = name in self.sources or name in self.views or name in self.sinks or name == DEAD_LETTER_STREAM
         if not taken:
             return True
         if if_not_exists:
             return False
-        if replace and name not in (DEAD_LETTER_STREAM,):
+        if or_replace and name not in (DEAD_LETTER_STREAM,):
             self._forget(name)
             return True
         raise SqlAnalysisError(
@@ -248,10 +248,9 @@ class Session:
         cls = sink_connector(raw["connector"].value if "connector" in raw else None, _connector_location(raw, st))
         connector = cls.create(st.name, raw, st.location)
         self._check_paths(connector, raw, st, f"sink '{st.name}'")
-        entry = SinkEntry(st.name, connector, st, self._base_dir(st), columns=st.columns)
+        plan, query_text = None, ""
         if st.query is not None:
-            entry.plan = self._plan(st.query, st.source)
-            entry.query_text = st.query.sql(dialect=SqlStream)
+            plan, query_text = self._plan(st.query, st.source), st.query.sql(dialect=SqlStream)
         elif st.from_name is not None:
             query = exp.select("*").from_(exp.Table(this=exp.Identifier(this=st.from_name, quoted=True)))
             if st.from_name not in self.sources and st.from_name not in self.views:
@@ -259,11 +258,11 @@ class Session:
                 raise SqlAnalysisError(
                     f"unknown source or view '{st.from_name}'", location=st.location, hint=did_you_mean(st.from_name, names)
                 )
-            entry.plan = self._plan(query, st.source)
-            entry.query_text = f"SELECT * FROM {st.from_name}"
-        if entry.plan is not None:
+            plan, query_text = self._plan(query, st.source), f"SELECT * FROM {st.from_name}"
+        entry = SinkEntry(st.name, connector, st, self._base_dir(st), st.columns, plan, query_text=query_text)
+        if plan is not None:
             sink_schema(entry)
-            connector.check_inputs(acknowledging_sources(entry.plan, self.sources), st.location)
+            connector.check_inputs(acknowledging_sources(plan, self.sources), st.location)
         self.sinks[st.name] = entry
         return StatementResult("create sink", st.name, statement=st)
 
@@ -279,9 +278,9 @@ class Session:
             )
         plan = self._plan(st.query, st.source)
         entry.connector.check_inputs(acknowledging_sources(plan, self.sources), st.location)
-        entry.plan = plan
-        entry.query_text = st.query.sql(dialect=SqlStream)
+        entry = replace(entry, plan=plan, query_text=st.query.sql(dialect=SqlStream))
         sink_schema(entry)
+        self.sinks[st.sink] = entry
         return StatementResult("insert", st.sink, statement=st)
 
     def _bare_query(self, st: QueryStatement) -> StatementResult:
@@ -440,10 +439,11 @@ class Session:
         )
 
     def build(self, sinks: list[SinkEntry], extra_sinks: list[tuple[str, PlanNode, Callable]] = (), *,
-              wrap_reader: ReaderWrapper | None = None) -> Driver:
+              wrap_reader: ReaderWrapper | None = None, progress: Callable[[Driver], None] | None = None,
+              warn: Callable[[str], None] | None = None) -> Driver:
         """Operators for ``sinks`` (and ``extra_sinks``: name, plan, ``open_writer(schema)``)
         sharing one read per source, ready to run; ``wrap_reader(source, reader)`` may wrap
-        each source's reader."""
+        each source's reader; ``progress`` and ``warn`` go to the driver."""
         if not sinks and not extra_sinks:
             raise ExecutionError("nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT")
         builder = PipelineBuilder(self.sources, self.settings, self.clock, self._run_context, self._dead_letter_path(),
@@ -456,7 +456,7 @@ class Session:
         for name, plan, open_writer in extra_sinks:
             plans.append(SinkPlan(name, plan, query_result_schema(plan),
                                   lambda schema, ctx, open_writer=open_writer: open_writer(schema), self.base_dir))
-        driver = builder.build(plans)
+        driver = builder.build(plans, progress=progress, warn=warn)
         self.dead_letters = driver.dead_letters
         return driver
 
@@ -472,10 +472,7 @@ class Session:
             warn: Callable[[str], None] | None = None) -> RunSummary:
         """Run every sink's query together until the sources end or :meth:`stop`;
         ``warn`` takes warnings (large state) instead of stderr."""
-        driver = self.build(self.pending_sinks())
-        driver.progress = progress
-        if warn is not None:
-            driver.warn = warn
+        driver = self.build(self.pending_sinks(), progress=progress, warn=warn)
         self.report_on(driver)
         summary = driver.run()
         self.last_summary = summary

@@ -154,8 +154,10 @@ class PipelineBuilder:
         self.dead_letter_path = dead_letter_path
         self.wrap_reader = wrap_reader
 
-    def build(self, sinks: list[SinkPlan]) -> Driver:
-        """Operators for ``sinks`` sharing one read per source, ready to run."""
+    def build(self, sinks: list[SinkPlan], *, progress: Callable[[Driver], None] | None = None,
+              warn: Callable[[str], None] | None = None) -> Driver:
+        """Operators for ``sinks`` sharing one read per source, ready to run; ``progress``
+        and ``warn`` go to the :class:`Driver`."""
         dead_letters = DeadLetterOutput(self.dead_letter_path, self.clock)
         stages: dict[str, SourceStage] = {}
         names: set[str] = set()
@@ -192,7 +194,8 @@ class PipelineBuilder:
         if dead_letter_reader is not None:
             dead_letters.subscribe(dead_letter_reader.offer)
         limits = StateLimits(self.settings["max_state_rows"], self.settings["max_state_bytes"])
-        return Driver(list(stages.values()), sink_ops, self.clock, dead_letters, ctx.operators, state_limits=limits)
+        return Driver(list(stages.values()), sink_ops, self.clock, dead_letters, ctx.operators, state_limits=limits,
+                      progress=progress, warn=warn)
 
     def _sink_operator(self, sink: SinkPlan) -> SinkOperator:
         run_ctx = replace(

@@ -77,6 +77,8 @@ class Driver:
         operators: list[Operator] | None = None,
         tick_interval_s: float = 0.1,
         state_limits: StateLimits | None = None,
+        progress: Callable[["Driver"], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ):
         self.sources = sources
         self.sinks = sinks
@@ -89,11 +91,11 @@ class Driver:
         self._last_tick = 0.0
         self.tick_interval_s = tick_interval_s
         self.finished = False
-        self.progress: Callable[["Driver"], None] | None = None
+        self.progress = progress  # told of the run every ``progress_interval_s``
         self.progress_interval_s = 0.5
         self._last_progress = 0.0
         #: says a warning to the user (stderr by default; the CLI keeps its progress line clear)
-        self.warn: Callable[[str], None] = _print_warning
+        self.warn: Callable[[str], None] = warn or _print_warning
         self.state = StateTracker.of(self._roots(), state_limits or StateLimits(), lambda text: self.warn(text),
                                      self._position)
 
