@@ -2,9 +2,10 @@
 
 A foreground query runs its :class:`~sqlstream.runtime.driver.Driver` in a thread
 (:class:`~sqlstream.runtime.driver_thread.DriverThread`) and hands result batches to
-the REPL's thread through a bounded queue (a slow terminal slows
-the query down instead of filling memory). The REPL's thread renders, reads single key
-presses (space pauses the rendering) and turns Ctrl-C into a clean stop.
+the REPL's thread through a bounded queue (a slow terminal slows the query down
+instead of filling memory). The REPL's thread renders, reads single key presses
+(space pauses the rendering) and turns Ctrl-C into a clean stop. What a query read is
+recorded by wrapping its sources' readers when it is built (``\\save_test``).
 """
 
 from __future__ import annotations
