@@ -183,8 +183,7 @@ class PipelineRun:
     def __init__(self, session: TestSession):
         self.session = session
         self.driver = session.build(session.pending_sinks())
-        with session._lock:
-            session._driver = self.driver  # SHOW WATERMARKS / METRICS see this run
+        session.report_on(self.driver)  # SHOW WATERMARKS / METRICS see this run
         for sink in self.driver.sinks:
             sink.open()
 

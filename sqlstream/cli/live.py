@@ -1,9 +1,11 @@
 """Queries the REPL runs: a foreground SELECT rendered live, and sinks running in the background.
 
-A foreground query runs its :class:`~sqlstream.runtime.driver.Driver` in a thread and
-hands result batches to the REPL's thread through a bounded queue (a slow terminal slows
-the query down instead of filling memory). The REPL's thread renders, reads single key
-presses (space pauses the rendering) and turns Ctrl-C into a clean stop.
+A foreground query runs its :class:`~sqlstream.runtime.driver.Driver` in a thread
+(:class:`~sqlstream.runtime.driver_thread.DriverThread`) and hands result batches to
+the REPL's thread through a bounded queue (a slow terminal slows the query down
+instead of filling memory). The REPL's thread renders, reads single key presses
+(space pauses the rendering) and turns Ctrl-C into a clean stop. What a query read is
+recorded by wrapping its sources' readers when it is built (``\\save_test``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
@@ -26,6 +28,7 @@ from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM
 from sqlstream.errors import SqlAnalysisError, SqlStreamError
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.runtime.driver import Driver, RunSummary
+from sqlstream.runtime.driver_thread import DriverThread
 from sqlstream.runtime.sink import END_OF_STREAM, QueueWriter
 from sqlstream.session import Session, SinkEntry
 
@@ -136,28 +139,21 @@ class ForegroundQuery:
 
     def run(self, stop: threading.Event) -> QueryOutcome:
         results: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
-        driver = self.session.build([], [("query", self.plan, lambda schema: QueueWriter(results))])
         recorders: dict[str, RecordingReader] = {}
-        for stage in driver.sources:
-            if stage.name != DEAD_LETTER_STREAM:
-                recorders[stage.name] = stage.reader = RecordingReader(stage.reader, self.record_limit)
-        errors: list[BaseException] = []
-        summary: list[RunSummary] = []
 
-        def drive() -> None:
-            try:
-                summary.append(driver.run())
-            except BaseException as error:  # handed to the REPL's thread below
-                errors.append(error)
-            finally:
-                results.put(END_OF_STREAM)
+        def record(source: str, reader):
+            if source == DEAD_LETTER_STREAM:
+                return reader
+            recorders[source] = RecordingReader(reader, self.record_limit)
+            return recorders[source]
 
+        driver = self.session.build([], [("query", self.plan, lambda schema: QueueWriter(results))], wrap_reader=record)
+        running = DriverThread(driver, "sqlstream-repl-query", results)
         started = time.monotonic()
         received = 0
         result: list[pa.RecordBatch] | None = []
         footer = Footer(keys=self.keys is not None, updating=self.plan.updating)
         rate = _Rate(started)
-        thread = threading.Thread(target=drive, name="sqlstream-repl-query", daemon=True)
         ended = False
 
         def status() -> Footer:
@@ -169,17 +165,17 @@ class ForegroundQuery:
             return footer
 
         self.view.start(status())
-        thread.start()
+        running.start()
         last_refresh = 0.0
         try:
             while not stop.is_set():
                 self._read_keys(footer)
                 try:
-                    item = results.get(timeout=_REFRESH_S)
+                    item = running.next_result(_REFRESH_S)
                 except queue.Empty:
                     item = None
                 if item is END_OF_STREAM:
-                    ended = not errors
+                    ended = running.error is None
                     break
                 if item is not None and item.num_rows:
                     received += item.num_rows
@@ -193,16 +189,9 @@ class ForegroundQuery:
                     last_refresh = now
                     self.view.refresh(status())
         finally:
-            driver.stop()
-            while thread.is_alive():  # unblock a driver waiting on the full queue
-                try:
-                    results.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            thread.join()
+            running.stop()  # also unblocks a driver waiting on the full queue
             self.view.finish(status())
-        if errors:
-            raise errors[0]
+        running.raise_error()
         inputs = None
         if recorders and not any(r.overflow for r in recorders.values()):
             inputs = {name: r.batches for name, r in recorders.items()}
@@ -214,7 +203,7 @@ class ForegroundQuery:
             updating=self.plan.updating,
             result=result,
             inputs=inputs,
-            summary=summary[0] if summary else None,
+            summary=running.summary,
         )
 
     def _read_keys(self, footer: Footer) -> None:
@@ -257,41 +246,39 @@ class BackgroundQuery:
     number: int
     sink: str
     text: str
-    driver: Driver
+    running: DriverThread  # its error is reported at the next prompt
     started: float
-    thread: threading.Thread | None = None
-    error: BaseException | None = None
-    summary: RunSummary | None = None
     stopped: bool = False
     reported: bool = False
-    finished_at: float | None = None
-    _done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def driver(self) -> Driver:
+        return self.running.driver
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.running.error
+
+    @property
+    def summary(self) -> RunSummary | None:
+        return self.running.summary
+
+    @property
+    def finished_at(self) -> float | None:
+        return self.running.finished_at
 
     @property
     def status(self) -> str:
-        if not self._done.is_set():
+        if not self.running.done:
             return "running"
         if self.error is not None:
             return "failed"
         return "stopped" if self.stopped else "finished"
 
-    def run(self) -> None:
-        try:
-            self.summary = self.driver.run()
-        except BaseException as error:  # reported at the next prompt
-            self.error = error
-        finally:
-            self.finished_at = time.monotonic()
-            self._done.set()
-
     def wait(self, timeout: float | None = None) -> bool:
         """True once the query ended (and its thread is gone: a thread left running into
         interpreter shutdown can abort the process inside native code)."""
-        if not self._done.wait(timeout):
-            return False
-        if self.thread is not None:
-            self.thread.join()
-        return True
+        return self.running.wait(timeout)
 
     def row(self) -> dict:
         end = self.finished_at or time.monotonic()
@@ -321,11 +308,10 @@ class BackgroundQueries:
         self.queries: list[BackgroundQuery] = []
 
     def start(self, entry: SinkEntry) -> BackgroundQuery:
-        driver = self.session.build([entry])
-        query = BackgroundQuery(len(self.queries) + 1, entry.name, entry.query_text, driver, time.monotonic())
-        query.thread = threading.Thread(target=query.run, name=f"sqlstream-sink-{entry.name}", daemon=True)
+        running = DriverThread(self.session.build([entry]), f"sqlstream-sink-{entry.name}")
+        query = BackgroundQuery(len(self.queries) + 1, entry.name, entry.query_text, running, time.monotonic())
         self.queries.append(query)
-        query.thread.start()
+        running.start()
         return query
 
     def started(self, sink: str) -> bool:
@@ -352,8 +338,7 @@ class BackgroundQueries:
     def _stop(self, query: BackgroundQuery) -> None:
         if query.status == "running":
             query.stopped = True
-            query.driver.stop()
-            query.wait()
+            query.running.stop()
 
     def stop_all(self) -> None:
         for query in self.running():

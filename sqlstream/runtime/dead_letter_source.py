@@ -1,23 +1,32 @@
 """The ``sqlstream_dead_letter`` stream: dead letters of the running pipeline, readable
-by queries like any source (event time ``at``)."""
+by queries like any source (event time ``at``).
+
+The :class:`~sqlstream.runtime.builder.PipelineBuilder` makes the stream's reader
+itself (it is fed by the run's dead-letter output and ends with the run's other
+sources); :class:`DeadLetterSource` is its entry in the catalog.
+"""
 
 from __future__ import annotations
 
 import collections
 import threading
+from typing import Callable
 
 import pyarrow as pa
 
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, SourceReader
 
-__all__ = ["DeadLetterSource"]
+__all__ = ["DeadLetterSource", "DeadLetterReader"]
 
 
-class _DeadLetterReader(SourceReader):
-    def __init__(self):
+class DeadLetterReader(SourceReader):
+    """Dead letters offered by the run; exhausted once none is queued and
+    ``upstream_done()`` says every other source of the run has ended."""
+
+    def __init__(self, upstream_done: Callable[[], bool]):
         self._queue: collections.deque[pa.RecordBatch] = collections.deque()
         self._lock = threading.Lock()
-        self.upstream_done = lambda: False
+        self.upstream_done = upstream_done
 
     def offer(self, batch: pa.RecordBatch) -> None:
         with self._lock:
@@ -44,7 +53,8 @@ class DeadLetterSource(SourceConnector):
     name = "internal"
 
     def open(self, ctx: RunContext) -> SourceReader:
-        return _DeadLetterReader()
+        """Outside a run there is nothing upstream: no dead letters, and already ended."""
+        return DeadLetterReader(upstream_done=lambda: True)
 
     def describe(self) -> str:
         return "dead letters of the running pipeline"

@@ -77,6 +77,8 @@ class Driver:
         operators: list[Operator] | None = None,
         tick_interval_s: float = 0.1,
         state_limits: StateLimits | None = None,
+        progress: Callable[["Driver"], None] | None = None,
+        warn: Callable[[str], None] | None = None,
     ):
         self.sources = sources
         self.sinks = sinks
@@ -89,21 +91,22 @@ class Driver:
         self._last_tick = 0.0
         self.tick_interval_s = tick_interval_s
         self.finished = False
-        self.progress: Callable[["Driver"], None] | None = None
+        self.progress = progress  # told of the run every ``progress_interval_s``
         self.progress_interval_s = 0.5
         self._last_progress = 0.0
         #: says a warning to the user (stderr by default; the CLI keeps its progress line clear)
-        self.warn: Callable[[str], None] = _print_warning
+        self.warn: Callable[[str], None] = warn or _print_warning
         self.state = StateTracker.of(self._roots(), state_limits or StateLimits(), lambda text: self.warn(text),
                                      self._position)
 
-    def stop(self) -> None:
-        """Ask the loop to stop after the batch in flight (thread- and signal-safe)."""
-        self._stop.set()
+    def stop(self) -> bool:
+        """Ask the loop to stop after the batch in flight (thread- and signal-safe).
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
+        True when the run loop took the request (it drains and closes the sinks); False
+        when none is looping yet (start-up, opening sources) or it was already stopping."""
+        accepted = self.looping and not self._stop.is_set()
+        self._stop.set()
+        return accepted
 
     def run(self) -> RunSummary:
         """Run until every source ended or ``stop()``; then flush and close the sinks."""

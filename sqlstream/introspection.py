@@ -1,0 +1,161 @@
+"""What SHOW, DESCRIBE and EXPLAIN answer: rows about a catalog and a running pipeline,
+and the text of a plan."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Protocol
+
+import pyarrow as pa
+from sqlglot import exp
+
+from sqlstream.catalog import FunctionEntry, SinkEntry, SourceEntry, ViewEntry
+from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
+from sqlstream.durations import format_duration_us
+from sqlstream.errors import SqlAnalysisError, UnsupportedSqlError
+from sqlstream.hidden import is_real_watermark
+from sqlstream.plan.nodes import PlanNode
+from sqlstream.runtime.driver import Driver
+from sqlstream.settings import SETTING_DOCS
+from sqlstream.sql.statements import CreateSink, CreateView, ExplainStatement, InsertInto, QueryStatement, SourceText
+from sqlstream.sql.types import sql_type_name
+
+__all__ = ["IntrospectedCatalog", "show_rows", "describe_rows", "watermark_rows", "metric_rows", "explain_plan", "explain_target",
+           "rows_table"]
+
+
+class IntrospectedCatalog(Protocol):
+    """What SHOW reads (a :class:`~sqlstream.session.Session` is one)."""
+
+    sources: Mapping[str, SourceEntry]
+    views: Mapping[str, ViewEntry]
+    sinks: Mapping[str, SinkEntry]
+    functions: Mapping[str, FunctionEntry]
+    settings: Mapping[str, Any]
+
+    def watermark_rows(self) -> list[dict]: ...
+
+    def metric_rows(self) -> list[dict]: ...
+
+
+def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[dict]:
+    """The rows of ``SHOW <what>``."""
+    shows: dict[str, Callable[[], list[dict]]] = {
+        "SOURCES": lambda: [
+            {"name": e.name, "connector": e.connector.describe(), "watermark": _watermark_text(e)}
+            for e in catalog.sources.values() if e.kind == "SOURCE"
+        ],
+        "TABLES": lambda: [
+            {"name": e.name, "connector": e.connector.describe(),
+             "columns": ", ".join(f"{f.name} {sql_type_name(f.type)}" for f in e.schema)}
+            for e in catalog.sources.values() if e.kind == "TABLE"
+        ],
+        "VIEWS": lambda: [{"name": v.name, "query": v.statement.text} for v in catalog.views.values()],
+        "SINKS": lambda: [
+            {"name": s.name, "connector": s.connector.describe(), "query": s.query_text} for s in catalog.sinks.values()
+        ],
+        "FUNCTIONS": lambda: [
+            {"name": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin}
+            for f in sorted(catalog.functions.values(), key=lambda f: f.name)
+        ],
+        "WATERMARKS": catalog.watermark_rows,
+        "METRICS": catalog.metric_rows,
+        "SETTINGS": lambda: [{"key": k, "value": str(v), "about": SETTING_DOCS[k]} for k, v in catalog.settings.items()],
+    }
+    shows["ALL"] = shows["SETTINGS"]
+    if what not in shows:
+        raise SqlAnalysisError(
+            f"cannot SHOW {what}",
+            location=location,
+            hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | WATERMARKS | METRICS | SETTINGS",
+        )
+    return shows[what]()
+
+
+def explain_target(st: ExplainStatement) -> tuple[str, exp.Expr, SourceText]:
+    """What ``EXPLAIN`` explains: a title, the query and where its text came from."""
+    inner = st.statement
+    if isinstance(inner, QueryStatement):
+        return "query", inner.query, inner.source
+    if isinstance(inner, CreateSink) and inner.query is not None:
+        return f"sink {inner.name}", inner.query, inner.source
+    if isinstance(inner, InsertInto):
+        return f"sink {inner.sink}", inner.query, inner.source
+    if isinstance(inner, CreateView):
+        return f"view {inner.name}", inner.query, inner.source
+    raise UnsupportedSqlError("EXPLAIN takes a query, CREATE SINK ... AS, INSERT INTO or CREATE VIEW", location=st.location)
+
+
+def describe_rows(schema: pa.Schema) -> list[dict]:
+    """The rows of ``DESCRIBE``: one per column."""
+    return [{"column": f.name, "type": sql_type_name(f.type), "nullable": f.nullable} for f in schema]
+
+
+def watermark_rows(sources: Mapping[str, SourceEntry], driver: Driver | None, dead_letters: DeadLetterOutput | None,
+                   now_us: int, *, only_driver: bool) -> list[dict]:
+    """SHOW WATERMARKS: each event-time source (``only_driver``: only those ``driver`` reads)."""
+    rows = []
+    stages = {s.name: s for s in (driver.sources if driver else [])}
+    for entry in sources.values():
+        if entry.rowtime is None or (only_driver and entry.name not in stages):
+            continue
+        if entry.name == DEAD_LETTER_STREAM and entry.name not in stages:
+            continue  # the dead-letter stream, listed only while a query reads it
+        stage = stages.get(entry.name)
+        wm = stage.watermark if stage else None
+        tracker = stage.tracker if stage else None
+        valid = is_real_watermark(wm)
+        rows.append(
+            {
+                "source": entry.name,
+                "watermark": datetime.fromtimestamp(wm / 1e6, tz=timezone.utc).replace(tzinfo=None).isoformat() if valid else None,
+                "lag_s": round((now_us - wm) / 1e6, 3) if valid else None,
+                "idle": bool(tracker.idle) if tracker else False,
+                "late": dead_letters.total(entry.name, "late") if dead_letters else 0,
+                "future": dead_letters.total(entry.name, "future") if dead_letters else 0,
+            }
+        )
+    return rows
+
+
+def metric_rows(driver: Driver | None) -> list[dict]:
+    """SHOW METRICS: rows in/out, dead letters and state of ``driver``.
+
+    State: ``rows`` and ``bytes`` (estimated) of the whole pipeline, then
+    ``<operator> rows`` / ``<operator> bytes`` of each stateful operator."""
+    rows = []
+    if driver is None:
+        return rows
+    dead_letters = driver.dead_letters
+    for stage in driver.sources:
+        rows.append({"kind": "source", "name": stage.name, "rows": stage.metrics.rows_in,
+                     "dead_letters": dead_letters.total(stage.name) if dead_letters else 0})
+    for sink in driver.sinks:
+        rows.append({"kind": "sink", "name": sink.sink_name, "rows": sink.rows_out, "dead_letters": 0})
+    if dead_letters:
+        for reason, n in sorted(dead_letters.by_reason().items()):
+            rows.append({"kind": "dead_letter", "name": reason, "rows": n, "dead_letters": n})
+    sizes = driver.state.sizes()
+    rows.append({"kind": "state", "name": "rows", "rows": sum(s.rows for _, s in sizes), "dead_letters": 0})
+    rows.append({"kind": "state", "name": "bytes", "rows": sum(s.bytes for _, s in sizes), "dead_letters": 0})
+    for holder, size in sizes:
+        rows.append({"kind": "state", "name": f"{holder.label} rows", "rows": size.rows, "dead_letters": 0})
+        rows.append({"kind": "state", "name": f"{holder.label} bytes", "rows": size.bytes, "dead_letters": 0})
+    return rows
+
+
+def explain_plan(title: str, plan: PlanNode) -> str:
+    lines = [f"== {title} =="] + plan.explain()
+    return "\n".join(lines)
+
+
+def rows_table(rows: list[dict]) -> pa.Table:
+    if not rows:
+        return pa.table({})
+    return pa.Table.from_pylist(rows)
+
+
+def _watermark_text(entry: SourceEntry) -> str:
+    if entry.rowtime is None:
+        return ""
+    return f"{entry.rowtime} - {format_duration_us(entry.delay_us)}"
