@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sqlstream.connectors.base import SinkConnector, SinkWriter, register_sink
+from sqlstream.connectors import SinkConnector, SinkWriter, register_sink
 from sqlstream.testing import TestSession
 
 BASE_US = 1_690_000_000_000_000  # historic: before the manual clock, so max_future never fires

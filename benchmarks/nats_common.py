@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlstream.connectors.base import SinkConnector, SinkWriter, register_sink
+from sqlstream.connectors import SinkConnector, SinkWriter, register_sink
 
 __all__ = ["NatsServerProcess", "payload", "CountingSink", "run_role", "SENSOR_COLUMNS"]
 

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sqlstream.connectors.base import SinkConnector, SinkWriter, register_sink
+from sqlstream.connectors import SinkConnector, SinkWriter, register_sink
 from sqlstream.session import Session
 
 THRESHOLD = 50

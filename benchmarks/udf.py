@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from sqlstream import udf
-from sqlstream.connectors.base import SinkConnector, SinkWriter, register_sink
+from sqlstream.connectors import SinkConnector, SinkWriter, register_sink
 from sqlstream.testing import TestSession
 
 FEATURES = 16

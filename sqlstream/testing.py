@@ -19,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 
 from sqlstream.changelog import fold_changelog
-from sqlstream.connectors.base import (
+from sqlstream.connectors import (
+    OptionSpec,
     RunContext,
     SinkConnector,
     SinkWriter,
@@ -29,7 +30,6 @@ from sqlstream.connectors.base import (
     register_sink,
     register_source,
 )
-from sqlstream.connectors.options import OptionSpec
 from sqlstream.runtime.clock import ManualClock, WallClock
 from sqlstream.session import Session
 

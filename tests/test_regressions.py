@@ -71,7 +71,7 @@ def test_skipped_sql_errors_are_counted(tmp_path):
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, SourceReader, register_source  # noqa: E402
+from sqlstream.connectors import RunContext, SourceBatch, SourceConnector, SourceReader, register_source  # noqa: E402
 
 
 class _AckingReader(SourceReader):

@@ -19,7 +19,7 @@ from prompt_toolkit.document import Document
 from sqlglot.errors import TokenError
 from sqlglot.tokens import Token, TokenType
 
-from sqlstream.connectors.base import SINK_CONNECTORS, SOURCE_CONNECTORS, source_connector
+from sqlstream.connectors import SINK_CONNECTORS, SOURCE_CONNECTORS
 from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.types import sql_type_name
 
@@ -203,7 +203,6 @@ class SqlCompleter(Completer):
     # -- WITH (...) options ---------------------------------------------------------------------
 
     def _options(self, tokens: list[Token], open_at: int, statement: str) -> list[_Candidate]:
-        source_connector("file")  # registers the built-in connectors
         inside = tokens[open_at + 1 :]
         if inside and inside[-1].token_type == TokenType.EQ:
             return []  # a value comes next: offered inside the quotes
@@ -231,7 +230,6 @@ class SqlCompleter(Completer):
         if not tokens or _open_with(tokens) is None or tokens[-1].token_type != TokenType.EQ or len(tokens) < 2:
             return
         key = tokens[-2].text.lower()
-        source_connector("file")
         registry = SINK_CONNECTORS if _created_kind(tokens) == "SINK" else SOURCE_CONNECTORS
         typed = head[quote + 1 :]
         if key == "connector":

@@ -1,26 +1,57 @@
-"""The connector interface and registry.
+"""The connector interface: what a source or a sink implements.
 
 A connector knows nothing of SQL text: it gets an Arrow schema and typed options.
 
-* A :class:`SourceConnector` is created once per ``CREATE SOURCE``/``CREATE TABLE``
-  (options validated then) and ``open`` ed once per run into a :class:`SourceReader`.
-  Readers are non-blocking: ``poll`` returns what is ready now (or None) and
-  ``next_wakeup`` says when to ask again, so one driver loop serves many sources
-  without a thread per source.
-* A :class:`SinkConnector` is ``open`` ed into a :class:`SinkWriter` that takes Arrow
-  batches.
+Sources
+    A :class:`SourceConnector` is created once per ``CREATE SOURCE``/``CREATE TABLE``
+    (``create`` validates its options then) and ``open`` ed once per run into a
+    :class:`SourceReader`. Readers are non-blocking: ``poll`` returns what is ready now
+    (a :class:`SourceBatch`, or None) and ``next_wakeup`` says when to ask again, so one
+    driver loop serves many sources without a thread per source. A bounded reader sets
+    ``bounded`` and reports ``exhausted`` once it returned all of its rows.
+
+Sinks
+    A :class:`SinkConnector` is created once per ``CREATE SINK`` and ``open`` ed once
+    per run, with the schema of the rows it gets, into a :class:`SinkWriter` that takes
+    Arrow batches (``write``), makes them durable (``flush``/``durable_rows``) and ends
+    with ``close`` (clean end) or ``abort`` (failed run).
+
+Acknowledgement
+    A source that can have its input redelivered (JetStream) declares ``acknowledges``;
+    its batches carry an ``ack`` callback, which the runtime calls once every sink
+    holds the batch's rows durably and no window or join still needs them. A source
+    that does not acknowledge leaves ``ack`` None.
+
+Declared capabilities
+    Class attributes say what a connector can do, so nobody tests its name:
+    ``metadata_columns`` (columns it fills from message metadata, name → Arrow type),
+    ``path_options`` (options naming local files, checked against ``allowed_paths``),
+    ``acknowledges`` and ``can_back_table`` (with ``check_table`` for option-dependent
+    answers).
+
+Connectors register by name in :mod:`sqlstream.connectors.registry`.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import pyarrow as pa
 
 from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.options import COMMON_SOURCE_OPTIONS, OptionSpec, RawOption, validate_options
-from sqlstream.errors import ConnectorError, Location, did_you_mean
+from sqlstream.connectors.registry import (  # noqa: F401  (the registry's names stay importable from here)
+    SINK_CONNECTORS,
+    SOURCE_CONNECTORS,
+    metadata_column_fillers,
+    register_sink,
+    register_source,
+    sink_connector,
+    source_connector,
+)
+from sqlstream.errors import ConnectorError, Location
 from sqlstream.paths import AllowedPaths
 
 __all__ = [
@@ -31,17 +62,7 @@ __all__ = [
     "SourceConnector",
     "SinkWriter",
     "SinkConnector",
-    "register_source",
-    "register_sink",
-    "source_connector",
-    "sink_connector",
-    "SOURCE_CONNECTORS",
-    "SINK_CONNECTORS",
-    "METADATA_COLUMNS",
 ]
-
-#: reserved column names a connector may fill from message metadata
-METADATA_COLUMNS = ("_subject", "_received_at", "_headers", "_stream_seq")
 
 
 class Clock(Protocol):
@@ -91,14 +112,26 @@ class RunContext:
     memory_outputs: dict[str, list[pa.RecordBatch]] = field(default_factory=dict)
 
 
-class SourceReader:
-    """Reads one source during one run. Subclasses implement ``poll``."""
+class SourceReader(ABC):
+    """Reads one source during one run, on the driver thread. Subclasses implement ``poll``.
 
+    Non-blocking: no method waits for input. ``poll`` returns the rows ready now, or
+    None; the driver sleeps until ``next_wakeup`` (or until another source has rows)
+    and asks again. A reader doing I/O in the background keeps it on its own thread or
+    event loop and hands results over in ``poll``; an error there is raised by the
+    next ``poll``. ``close`` is called once when the run ends, whatever its outcome.
+    """
+
+    #: True for a source with an end (files, a generator with max_rows): the run ends
+    #: once every bounded source is ``exhausted`` and nothing unbounded is read
     bounded: bool = False
 
+    @abstractmethod
     def poll(self) -> SourceBatch | None:
-        """Rows ready now, or None. Never blocks for long."""
-        raise NotImplementedError
+        """Rows ready now, or None. Never blocks for long (a bounded read of one block
+        is fine; waiting for input is not). The batch has the connector's declared
+        schema plus its ``hidden_fields``; records that could not be decoded come back
+        as its ``dead_letters``; ``ack`` is set when the source ``acknowledges``."""
 
     @property
     def exhausted(self) -> bool:
@@ -109,8 +142,9 @@ class SourceReader:
         """Monotonic time at which ``poll`` may have rows; None = as soon as possible."""
         return None
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """Release what the reader holds (files, connections). Unacked input is left for
+        redelivery."""
 
     def status(self) -> dict[str, Any]:
         """Connector-specific counters for SHOW METRICS."""
@@ -125,7 +159,7 @@ class SourceReader:
     #: before the runtime calls ``ack_stalled`` (None: the reader does not ack)
     ack_stall_after_s: float | None = None
 
-    def ack_stalled(self, waited_s: float, holders: list[str]) -> None:
+    def ack_stalled(self, waited_s: float, holders: list[str]) -> None:  # noqa: B027 (optional hook)
         """Acks have not advanced for ``waited_s`` because of ``holders`` (in words, from
         the runtime): warn once, with what the reader knows too, and count it."""
 
@@ -134,7 +168,7 @@ class SourceReader:
     #: through the pipeline until it returns None or a deadline passes, then ``abandon``
     drains_on_stop: bool = False
 
-    def stop_receiving(self) -> None:
+    def stop_receiving(self) -> None:  # noqa: B027 (optional hook)
         """Graceful stop, first step: receive nothing new (e.g. unsubscribe)."""
 
     def drain(self) -> SourceBatch | None:
@@ -147,12 +181,16 @@ class SourceReader:
         return 0
 
 
-class SourceConnector:
-    """A configured source. Subclasses set ``name``, ``options`` and implement ``open``."""
+class SourceConnector(ABC):
+    """A configured source. Subclasses set ``name`` and ``options``, implement ``open``
+    and declare their capabilities; ``validate`` adds checks across options."""
 
     name: ClassVar[str] = ""
     options: ClassVar[tuple[OptionSpec, ...]] = ()
-    supports_metadata: ClassVar[tuple[str, ...]] = ()
+    #: metadata columns the connector fills (name → Arrow type): a declared column of
+    #: one of these names is filled from the message, not decoded from its payload.
+    #: Names start with '_'; no other source may declare a column another connector fills
+    metadata_columns: ClassVar[Mapping[str, pa.DataType]] = {}
     #: options naming a local file, directory or glob (checked against allowed_paths at CREATE)
     path_options: ClassVar[tuple[str, ...]] = ()
     #: True when the source acknowledges its input once every sink holds the rows durably
@@ -186,39 +224,49 @@ class SourceConnector:
     ) -> "SourceConnector":
         options = validate_options(cls.name, cls.all_options(), raw, where=where)
         for column in schema.names:
-            if column in METADATA_COLUMNS and column not in cls.supports_metadata:
-                raise ConnectorError(
-                    f"column '{column}' is a metadata column, which connector '{cls.name}' does not fill",
-                    location=where,
-                    hint="metadata columns are filled by the nats connector; rename the column",
-                )
+            if column.startswith("_") and column not in cls.metadata_columns:
+                fillers = metadata_column_fillers(column)
+                if fillers:
+                    raise ConnectorError(
+                        f"column '{column}' is a metadata column, which connector '{cls.name}' does not fill",
+                        location=where,
+                        hint=f"metadata columns are filled by the {', '.join(fillers)} connector; rename the column",
+                    )
         connector = cls(source_name, schema, options)
         connector.validate(where)
         return connector
 
-    def validate(self, where: Location | None) -> None:
+    def validate(self, where: Location | None) -> None:  # noqa: B027 (optional hook)
         """Cross-option checks at CREATE time; raise ConnectorError."""
 
     def hidden_fields(self) -> tuple[pa.Field, ...]:
         """Hidden columns (e.g. SOURCE_ID_COLUMN) appended to every batch after the declared ones."""
         return ()
 
+    @abstractmethod
     def open(self, ctx: RunContext) -> SourceReader:
-        raise NotImplementedError
+        """A reader for one run. Connects and checks what only a run can (servers,
+        files); raise ConnectorError for what the user must fix."""
 
     def describe(self) -> str:
+        """One line for EXPLAIN and SHOW SOURCES."""
         return self.name
 
 
-class SinkWriter:
+class SinkWriter(ABC):
+    """Writes one sink's rows during one run, on the driver thread. Subclasses implement
+    ``write``; a writer that buffers overrides ``flush`` and ``durable_rows``."""
+
     #: True: ``write`` also gets SOURCE_ID_COLUMN as the last column when the rows carry it
     accepts_source_ids: bool = False
 
+    @abstractmethod
     def write(self, batch: pa.RecordBatch) -> None:
-        raise NotImplementedError
+        """Take a batch of the schema the sink was opened with (changelog sinks: with
+        the op column). May buffer; must not block for long."""
 
-    def flush(self) -> None:
-        pass
+    def flush(self) -> None:  # noqa: B027 (optional hook)
+        """Push buffered rows out."""
 
     def durable_rows(self, written: int) -> int:
         """Make what was written durable where possible and return how many of the
@@ -227,8 +275,8 @@ class SinkWriter:
         self.flush()
         return written
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        """The run ended cleanly: commit and release everything."""
 
     def abort(self) -> None:
         """The run failed: release what is open without committing what is pending.
@@ -236,7 +284,9 @@ class SinkWriter:
         self.close()
 
 
-class SinkConnector:
+class SinkConnector(ABC):
+    """A configured sink. Subclasses set ``name`` and ``options`` and implement ``open``."""
+
     name: ClassVar[str] = ""
     options: ClassVar[tuple[OptionSpec, ...]] = ()
     #: options naming a local file or directory (checked against allowed_paths at CREATE)
@@ -257,60 +307,18 @@ class SinkConnector:
         connector.validate(where)
         return connector
 
-    def validate(self, where: Location | None) -> None:
-        pass
+    def validate(self, where: Location | None) -> None:  # noqa: B027 (optional hook)
+        """Cross-option checks at CREATE time; raise ConnectorError."""
 
-    def check_inputs(self, acknowledging: tuple[str, ...], where: Location | None) -> None:
+    def check_inputs(self, acknowledging: tuple[str, ...], where: Location | None) -> None:  # noqa: B027 (optional hook)
         """Checks once the sink's query is known (CREATE SINK ... AS, INSERT INTO) and again
         at ``open``: ``acknowledging`` names the sources it reads that acknowledge their
         input. Raise ConnectorError for a combination that cannot work."""
 
+    @abstractmethod
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
-        raise NotImplementedError
+        """A writer for one run, of rows of ``schema``."""
 
     def describe(self) -> str:
+        """One line for EXPLAIN and SHOW SINKS."""
         return self.name
-
-
-SOURCE_CONNECTORS: dict[str, type[SourceConnector]] = {}
-SINK_CONNECTORS: dict[str, type[SinkConnector]] = {}
-
-
-def register_source(cls: type[SourceConnector]) -> type[SourceConnector]:
-    SOURCE_CONNECTORS[cls.name] = cls
-    return cls
-
-
-def register_sink(cls: type[SinkConnector]) -> type[SinkConnector]:
-    SINK_CONNECTORS[cls.name] = cls
-    return cls
-
-
-def _lookup(registry: dict, kind: str, name: Any, where: Location | None):
-    if name is None:
-        raise ConnectorError(
-            f"a {kind} needs a connector",
-            location=where,
-            hint=f"add WITH (connector = '...'); available: {', '.join(sorted(registry))}",
-        )
-    cls = registry.get(str(name).lower())
-    if cls is None:
-        hint = did_you_mean(str(name), registry)
-        raise ConnectorError(
-            f"unknown {kind} connector '{name}'",
-            location=where,
-            hint=f"{hint + ' ' if hint else ''}available: {', '.join(sorted(registry))}",
-        )
-    return cls
-
-
-def source_connector(name: Any, where: Location | None = None) -> type[SourceConnector]:
-    from sqlstream import connectors  # noqa: F401  (registers the built-in connectors)
-
-    return _lookup(SOURCE_CONNECTORS, "source", name, where)
-
-
-def sink_connector(name: Any, where: Location | None = None) -> type[SinkConnector]:
-    from sqlstream import connectors  # noqa: F401
-
-    return _lookup(SINK_CONNECTORS, "sink", name, where)

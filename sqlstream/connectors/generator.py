@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, SourceReader, register_source
+from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, SourceReader
 from sqlstream.connectors.options import OptionSpec
+from sqlstream.connectors.registry import register_source
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import ConnectorError, Location
 

@@ -12,9 +12,10 @@ from typing import TextIO
 
 import pyarrow as pa
 
-from sqlstream.connectors.base import RunContext, SinkConnector, SinkWriter, register_sink
+from sqlstream.connectors.base import RunContext, SinkConnector, SinkWriter
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.connectors.options import OptionSpec
+from sqlstream.connectors.registry import register_sink
 
 __all__ = ["StdoutSink", "PlainTableWriter", "JsonLinesWriter", "format_cell"]
 

@@ -292,5 +292,6 @@ def message_path(request, monkeypatch):
     nats-py's parser (the fast path), and nats-py's ordinary subscription callback
     (what readers fall back to if a nats-py release changes the parser's hook)."""
     if request.param == "callback":
-        monkeypatch.setattr("sqlstream.connectors.nats.source.can_route", lambda: False)
+        monkeypatch.setattr("sqlstream.connectors.nats.core.can_route", lambda: False)
+        monkeypatch.setattr("sqlstream.connectors.nats.jetstream.can_route", lambda: False)
     return request.param

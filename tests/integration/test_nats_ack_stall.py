@@ -20,7 +20,7 @@ T0 = datetime(2024, 1, 1)
 
 @pytest.fixture(autouse=True)
 def short_threshold(monkeypatch):
-    monkeypatch.setattr("sqlstream.connectors.nats.source.STALL_MIN_S", 0.2)  # with ack_wait 1s: 0.5s
+    monkeypatch.setattr("sqlstream.connectors.nats.jetstream.STALL_MIN_S", 0.2)  # with ack_wait 1s: 0.5s
 
 
 def _stall_warnings(caplog) -> list[str]:

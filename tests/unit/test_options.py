@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sqlstream.connectors.base import SINK_CONNECTORS, SOURCE_CONNECTORS
+from sqlstream.connectors import SINK_CONNECTORS, SOURCE_CONNECTORS
 from sqlstream.connectors.options import COMMON_SOURCE_OPTIONS, OptionSpec, RawOption, validate_options
 from sqlstream.errors import ConnectorError, Location, SqlAnalysisError
 from sqlstream.settings import DEFAULT_SETTINGS, parse_setting

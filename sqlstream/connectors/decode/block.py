@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.connectors.base import METADATA_COLUMNS
 from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.decode.conform import CONVERT_ERRORS, READ_ERRORS, conform_table, read_type
 from sqlstream.failure_isolation import isolate_failures
@@ -130,7 +129,7 @@ class Decoder:
     blank = b"\r"  # bytes a line may hold and still be no record (an empty line)
 
     def __init__(self, schema: pa.Schema, source_name: str, timestamp_format: str = "iso"):
-        self.schema = pa.schema([f for f in schema if f.name not in METADATA_COLUMNS])
+        self.schema = schema
         self.not_null = [f.name for f in self.schema if not f.nullable]
         self.source_name = source_name
         self.timestamp_format = timestamp_format

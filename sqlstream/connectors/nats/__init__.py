@@ -25,12 +25,13 @@ from sqlstream.connectors.base import (
     SinkWriter,
     SourceConnector,
     SourceReader,
-    register_sink,
-    register_source,
 )
+from sqlstream.connectors.nats.core import CoreReader
+from sqlstream.connectors.nats.jetstream import JetStreamReader, ack_defaults
+from sqlstream.connectors.nats.messages import METADATA_COLUMNS
 from sqlstream.connectors.nats.sink import NatsWriter, SubjectTemplate
-from sqlstream.connectors.nats.source import CoreReader, JetStreamReader, ack_defaults
 from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec
+from sqlstream.connectors.registry import register_sink, register_source
 from sqlstream.errors import ConnectorError, Location
 from sqlstream.hidden import SOURCE_ID_COLUMN
 
@@ -66,7 +67,7 @@ _COMMON = (
 @register_source
 class NatsSource(SourceConnector):
     name = "nats"
-    supports_metadata = ("_subject", "_received_at", "_headers", "_stream_seq")
+    metadata_columns = METADATA_COLUMNS
     options = _COMMON + (
         OptionSpec("subject", doc="subject to read; wildcards allowed ('sensors.>'); JetStream: filter within the stream",
                    check=_subject),
@@ -113,7 +114,7 @@ class NatsSource(SourceConnector):
                 location=where,
                 hint="with JetStream, processes that share a durable consumer share its messages",
             )
-        data = [f for f in self.schema if f.name not in self.supports_metadata]
+        data = [f for f in self.schema if f.name not in self.metadata_columns]
         for field in self.schema:
             self._check_metadata(field, jetstream, where)
         if config["format"] == "raw":

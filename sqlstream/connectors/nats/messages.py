@@ -18,7 +18,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.connectors.base import METADATA_COLUMNS
 from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder, conform_table
 from sqlstream.connectors.encode import encode_json_values
@@ -26,9 +25,24 @@ from sqlstream.connectors.nats.protocol import text
 from sqlstream.connectors.nats.routing import parse_headers
 from sqlstream.hidden import SOURCE_ID_COLUMN
 
-__all__ = ["MessageDecoder", "Received", "js_reply_fields", "encode_json_payloads", "encode_arrow_payload"]
+__all__ = [
+    "METADATA_COLUMNS",
+    "MessageDecoder",
+    "Received",
+    "js_reply_fields",
+    "encode_json_payloads",
+    "encode_arrow_payload",
+]
 
 HEADERS_TYPE = pa.map_(pa.string(), pa.string())
+
+#: the metadata columns a nats source fills (declared by NatsSource.metadata_columns)
+METADATA_COLUMNS: dict[str, pa.DataType] = {
+    "_subject": pa.string(),
+    "_received_at": pa.timestamp("us"),
+    "_headers": HEADERS_TYPE,
+    "_stream_seq": pa.int64(),
+}
 
 
 @dataclass
@@ -87,9 +101,9 @@ class MessageDecoder:
         self.metadata = [f.name for f in schema if f.name in METADATA_COLUMNS]
         self.not_null = [f.name for f in self.data_schema if not f.nullable]
         if fmt == "json":
-            self._decoder = JsonDecoder(schema, source_name, timestamp_format)
+            self._decoder = JsonDecoder(self.data_schema, source_name, timestamp_format)
         elif fmt == "csv":
-            self._decoder = CsvDecoder(schema, source_name, None, delimiter, timestamp_format, null_values)
+            self._decoder = CsvDecoder(self.data_schema, source_name, None, delimiter, timestamp_format, null_values)
         else:
             self._decoder = None
         self.output_schema = pa.schema(

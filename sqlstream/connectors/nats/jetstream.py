@@ -1,28 +1,20 @@
-"""``connector = 'nats'`` as a source: core NATS subscriptions and JetStream pull consumers.
+"""``connector = 'nats'`` with ``stream``: a JetStream pull consumer, acked explicitly.
 
-Both readers share one shape. The connection's loop thread only appends received
-messages to a deque (and, for JetStream, keeps pull requests flowing); ``poll`` in
-the driver thread takes up to ``batch_size`` of them once that many are there or
-the oldest has waited ``batch_timeout``, and decodes them as one block.
+JetStream has flow control: the reader asks the server for more only while its
+buffer has room, so nothing is dropped and nothing is lost.
 
-Core NATS has no flow control: if the pipeline is slower than the subject, messages
-pile up until ``max_pending_messages`` / ``max_pending_bytes`` and the excess is
-dropped — counted, logged as a ``slow consumer`` warning and shown in the run
-summary, never silent. JetStream has flow control: the reader asks the server for
-more only while its buffer has room, so nothing is dropped and nothing is lost.
-
-JetStream acknowledgement (at-least-once): a batch's messages are acked when the
-runtime calls its ``ack`` — after every sink that received rows derived from it was
-flushed, and once no window or join still holds those rows (see
-``SourceStage.release_acks``). Until then the reader keeps the messages' ack
-subjects and, for long windows, tells the server it is still working on them
-(``+WPI``) so they are not redelivered while the pipeline runs.
+Acknowledgement (at-least-once): a batch's messages are acked when the runtime calls
+its ``ack`` — after every sink that received rows derived from it was flushed, and
+once no window or join still holds those rows (see ``SourceStage.release_acks``).
+Until then the reader keeps the messages' ack subjects and, for long windows, tells
+the server it is still working on them (``+WPI``) so they are not redelivered while
+the pipeline runs. Redelivered copies of messages this run already took are dropped
+(:class:`TakenSequences`) and acked with their original.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,20 +25,18 @@ import pyarrow as pa
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
-from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_stream, runtime_error
-from sqlstream.connectors.nats.messages import MessageDecoder, Received, js_reply_fields
+from sqlstream.connectors.base import RunContext, SourceBatch
+from sqlstream.connectors.nats.connection import LOG, require_stream, runtime_error
+from sqlstream.connectors.nats.messages import Received, js_reply_fields
 from sqlstream.connectors.nats.protocol import prepare, send
+from sqlstream.connectors.nats.reader import MessageReader
 from sqlstream.connectors.nats.redelivery import TakenSequences
-from sqlstream.connectors.nats.routing import can_route, route, status_of, unroute
-from sqlstream.connectors.options import null_spellings
+from sqlstream.connectors.nats.routing import can_route, route, status_of
 
-__all__ = ["CoreReader", "JetStreamReader", "ack_defaults"]
+__all__ = ["JetStreamReader", "ack_defaults", "STALL_MIN_S"]
 
-_IDLE_POLL_S = 0.001  # how often poll() looks for messages when none are buffered
 _PULL_EXPIRES_S = 5.0  # a pull request's lifetime on the server
 _PULL_HEARTBEAT_S = 1.0  # the server's idle heartbeat for a waiting pull request
-_UNSUBSCRIBE_S = 2.0  # graceful stop: the longest wait for the server to confirm an unsubscribe
 #: acks that have not advanced for max(this, ack_wait / 2) are reported as a stall
 STALL_MIN_S = 30.0
 _CONSUMER_POLL_S = 1.0  # how often the consumer's ack floor is read from the server
@@ -80,250 +70,7 @@ class _Held:
         return pa.concat_arrays([self.replies, *self.copies]) if self.copies else self.replies
 
 
-class _MessageReader(SourceReader):
-    """Buffering and micro-batching shared by the core and JetStream readers."""
-
-    def __init__(self, connector, ctx: RunContext):
-        self.c = connector
-        self.config = connector.config
-        self.ctx = ctx
-        self.clock = ctx.clock
-        self.batch_size = ctx.batch_size
-        self.timeout_s = ctx.batch_timeout_us / 1e6
-        self.buffer: collections.deque = collections.deque()
-        self.received = 0  # written by the loop thread only
-        self.received_bytes = 0
-        self.taken = 0  # written by the driver thread only
-        self.taken_bytes = 0
-        self.pending_since: float | None = None  # arrival of the oldest buffered message (monotonic)
-        self.with_time = "_received_at" in connector.schema.names  # stamp each message's arrival
-        self.decoder = MessageDecoder(
-            connector.schema,
-            connector.source_name,
-            self.config["format"],
-            self.config["timestamp_format"],
-            stream=self.config["stream"],
-            delimiter=self.config["delimiter"],
-            null_values=null_spellings(self.config["null_values"]),
-        )
-        owner = f"source '{connector.source_name}'"
-        self.conn = NatsConnection(self.config["url"], owner, connect_timeout_s=self.config["connect_timeout"] / 1e6)
-        self.failure: Exception | None = None  # set on the loop thread, raised by poll()
-
-    @property
-    def owner(self) -> str:
-        return self.conn.owner
-
-    def poll(self) -> SourceBatch | None:
-        if self.failure is not None:
-            raise self.failure
-        self.housekeeping()
-        pending = len(self.buffer)
-        if not pending:
-            return None
-        now = self.clock.monotonic()
-        since = self.pending_since
-        if since is None:  # (lost a race with the loop thread: time it from now)
-            since = self.pending_since = now
-        if pending < self.batch_size and now - since < self.timeout_s:
-            return None
-        return self._take(min(pending, self.batch_size))
-
-    def _take(self, count: int) -> SourceBatch:
-        popleft = self.buffer.popleft
-        items = [popleft() for _ in range(count)]
-        if not self.buffer:
-            self.pending_since = None
-        # (else what is left arrived before now and keeps the running timer: it is due next)
-        return self.make_batch(items)
-
-    def next_wakeup(self) -> float | None:
-        now = self.clock.monotonic()
-        since = self.pending_since
-        if since is None or not self.buffer:
-            return now + min(_IDLE_POLL_S, self.timeout_s)
-        if len(self.buffer) >= self.batch_size:
-            return now
-        return since + self.timeout_s
-
-    def arrived(self) -> None:
-        """Loop thread, per message: the batch timer starts with the first message that
-        finds the buffer empty (a batch closes ``batch_timeout`` after it arrived)."""
-        if self.pending_since is None:
-            self.pending_since = self.clock.monotonic()
-
-    def housekeeping(self) -> None:
-        """Driver-thread work between batches (JetStream: progress acks)."""
-
-    def make_batch(self, items: list) -> SourceBatch:
-        raise NotImplementedError
-
-    def problems(self) -> list[str]:
-        events = self.conn.events
-        out = []
-        drops = self.status()["slow_consumer_drops"]
-        if drops:
-            out.append(f"{drops:,} messages dropped: slow consumer")
-        if events.disconnects:
-            out.append(f"disconnected {events.disconnects}x for {events.disconnected_s:.1f}s" + self.outage_note)
-        return out
-
-    outage_note = ""
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def status(self) -> dict[str, Any]:
-        events = self.conn.events
-        return {
-            "disconnects": events.disconnects,
-            "disconnected_s": round(events.disconnected_s, 3),
-            "slow_consumer_drops": events.slow_consumer_events,
-        }
-
-
-class CoreReader(_MessageReader):
-    """A core NATS subscription (optionally in a queue group)."""
-
-    def __init__(self, connector, ctx: RunContext):
-        super().__init__(connector, ctx)
-        self.max_msgs = self.config["max_pending_messages"]
-        self.max_bytes = self.config["max_pending_bytes"]
-        self.dropped = 0  # messages over the pending limits (loop thread)
-        self.lost_at_shutdown = 0  # received, still buffered when the drain deadline passed
-        self.drain_deadline_s = 0.0
-        self._outage_seen_s = 0.0  # outage time already reported
-        self.conn.start()
-        self.conn.call(self._subscribe(), timeout=10)
-        self.conn.on_reconnect.append(self._after_reconnect)
-
-    async def _subscribe(self) -> None:
-        nc = self.conn.nc
-        append = self.buffer.append
-        with_time = self.with_time
-        max_msgs, max_bytes = self.max_msgs, self.max_bytes
-
-        def on_message(subject: bytes, reply: bytes, data: bytes, headers) -> None:
-            size = len(data)
-            if self.received - self.taken >= max_msgs or self.received_bytes - self.taken_bytes + size > max_bytes:
-                self._drop(subject)
-                return
-            if self.pending_since is None:
-                self.arrived()
-            append((subject, data, headers, time.time_ns() // 1000) if with_time else (subject, data, headers))
-            self.received += 1
-            self.received_bytes += size
-
-        async def on_msg(msg) -> None:  # the ordinary path, where routing is not available
-            on_message(msg.subject.encode(), msg.reply.encode(), msg.data, msg.headers)
-
-        # nats-py's own queue (used only without routing) gets the same limits
-        self.subscription = await nc.subscribe(
-            self.config["subject"],
-            queue=self.config["queue"] or "",
-            cb=on_msg,
-            pending_msgs_limit=max_msgs,
-            pending_bytes_limit=max_bytes,
-        )
-        if can_route():
-            route(nc, self.subscription._id, on_message)
-        await nc.flush()
-
-    def _drop(self, subject: bytes) -> None:
-        self.dropped += 1
-        if self.dropped == 1 or self.dropped % 100_000 == 0:
-            LOG.warning(
-                "%s: slow consumer: messages on '%s' dropped (%d so far): more than %d messages / %d bytes "
-                "wait for the pipeline (raise max_pending_messages / max_pending_bytes, or use JetStream "
-                "for guaranteed delivery)",
-                self.owner, subject.decode("utf-8", "replace"), self.dropped, self.max_msgs, self.max_bytes,
-            )
-
-    outage_note = ": core NATS messages published meanwhile were lost (how many cannot be known)"
-
-    async def _after_reconnect(self) -> None:
-        """Say what an outage lost, as far as anyone can tell (loop thread)."""
-        events = self.conn.events
-        LOG.warning(
-            "%s: core NATS messages published to '%s' during the outage (%.2fs) are lost; how many cannot be known: "
-            "the server keeps no record of them (a JetStream stream on the subject would). Counted: %s messages "
-            "dropped by the pending limits so far, %s received messages kept",
-            self.owner, self.config["subject"], events.disconnected_s - self._outage_seen_s,
-            f"{self.status()['slow_consumer_drops']:,}", f"{self.received:,}",
-        )
-        self._outage_seen_s = events.disconnected_s
-
-    # -- graceful stop (driver thread) ------------------------------------------------------------
-
-    drains_on_stop = True
-
-    def stop_receiving(self) -> None:
-        """Unsubscribe and wait for the server's round trip: every message it sent
-        before is in the buffer, and nothing new arrives."""
-        try:
-            self.conn.call(self._unsubscribe(), timeout=_UNSUBSCRIBE_S)
-        except Exception as error:  # noqa: BLE001 - an outage: what was received is drained anyway
-            LOG.debug("%s: unsubscribing failed: %s", self.owner, error)
-        self.conn.call_soon(unroute, self.conn.nc, self.subscription._id)
-
-    async def _unsubscribe(self) -> None:
-        nc, subscription = self.conn.nc, self.subscription
-        send_unsubscribe = getattr(nc, "_send_unsubscribe", None)
-        if send_unsubscribe is not None:
-            # nats-py writes a flush's PING ahead of commands still queued, so one round
-            # trip can return before the server saw the UNSUB (and the messages it sends
-            # until then would be dropped once the subscription is removed): the first
-            # round trip pushes the UNSUB out, the second returns after the server
-            # processed it
-            await send_unsubscribe(subscription._id)
-            await nc.flush()
-            await nc.flush()
-        await subscription.drain()  # the callback path: its queue is handed over too
-
-    def drain(self) -> SourceBatch | None:
-        if self.failure is not None:
-            raise self.failure
-        return self._take(min(len(self.buffer), self.batch_size)) if self.buffer else None
-
-    def abandon(self, deadline_s: float) -> int:
-        left = len(self.buffer)
-        if left:
-            self.lost_at_shutdown += left
-            self.buffer.clear()
-            self.pending_since = None
-            LOG.warning("%s: %s", self.owner, self._lost_note(deadline_s))
-        self.drain_deadline_s = deadline_s
-        return left
-
-    def _lost_note(self, deadline_s: float) -> str:
-        return (f"core NATS: {self.lost_at_shutdown:,} received messages not processed at shutdown "
-                f"(deadline {deadline_s:g}s)")
-
-    def problems(self) -> list[str]:
-        out = super().problems()
-        if self.lost_at_shutdown:
-            out.append(self._lost_note(self.drain_deadline_s))
-        return out
-
-    def make_batch(self, items: list) -> SourceBatch:
-        columns = list(zip(*items, strict=True))
-        subjects, payloads, headers = columns[0], columns[1], columns[2]
-        received_us = np.array(columns[3], dtype=np.int64) if self.with_time else None
-        first = self.taken + 1
-        received = Received(subjects, payloads, headers, np.arange(first, first + len(items)), received_us)
-        batch, dead = self.decoder.decode(received)
-        self.taken += len(items)
-        self.taken_bytes += sum(map(len, payloads))
-        return SourceBatch(batch, dead, raw_count=len(items))
-
-    def status(self) -> dict[str, Any]:
-        out = super().status()
-        out["slow_consumer_drops"] += self.dropped
-        out["lost_at_shutdown"] = self.lost_at_shutdown
-        return out
-
-
-class JetStreamReader(_MessageReader):
+class JetStreamReader(MessageReader):
     """A pull consumer on ``stream`` (durable if ``durable`` is set), acked explicitly."""
 
     def __init__(self, connector, ctx: RunContext):
@@ -647,4 +394,3 @@ class JetStreamReader(_MessageReader):
             }
         )
         return out
-
