@@ -68,7 +68,6 @@ def make_window_operator(spec, keys: list[str], calls: list[AggCall], schema: pa
 class _Fragment:
     part: Partial
     min_start: int
-    max_start: int
     min_end: int
     max_end: int
 
@@ -76,7 +75,7 @@ class _Fragment:
     def of(cls, part: Partial) -> "_Fragment":
         starts = pc.min_max(part.main.column(WS))
         ends = pc.min_max(part.main.column(WE))
-        return cls(part, starts["min"].as_py(), starts["max"].as_py(), ends["min"].as_py(), ends["max"].as_py())
+        return cls(part, starts["min"].as_py(), ends["min"].as_py(), ends["max"].as_py())
 
 
 class _TumbleAggregator(Aggregator):
