@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["to_batch", "concat_batches", "event_time_us"]
+__all__ = ["to_batch", "event_time_us"]
+
 
 def to_batch(table: pa.Table | pa.RecordBatch) -> pa.RecordBatch:
     """One RecordBatch holding all rows of ``table`` (copies only if it is chunked)."""
@@ -16,12 +17,6 @@ def to_batch(table: pa.Table | pa.RecordBatch) -> pa.RecordBatch:
         return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in table.schema], schema=table.schema)
     batches = table.combine_chunks().to_batches()
     return batches[0]
-
-
-def concat_batches(batches: list[pa.RecordBatch], schema: pa.Schema | None = None) -> pa.RecordBatch:
-    if len(batches) == 1:
-        return batches[0]
-    return to_batch(pa.Table.from_batches(batches, schema=schema))
 
 
 def event_time_us(column: pa.Array | pa.ChunkedArray) -> np.ndarray:

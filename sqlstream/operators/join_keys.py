@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["KeyIndex", "key_codes", "expand_ranges", "join_pairs"]
+__all__ = ["KeyIndex", "expand_ranges", "join_pairs"]
 
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
 _C2 = np.uint64(0x94D049BB133111EB)
@@ -82,7 +82,7 @@ _BYTE_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64) 
 _WORDS_KEPT = 16  # strings up to 128 bytes keep their words for verification; longer ones are compared by Arrow
 
 
-def _byte_words(column: pa.Array, keep: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _byte_words(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(byte lengths, the zero-padded 8-byte words per value as an (n, W) array or
     None, 64-bit hash) of a string/binary column, straight from its Arrow buffers."""
     t = column.type
@@ -99,7 +99,7 @@ def _byte_words(column: pa.Array, keep: bool) -> tuple[np.ndarray, np.ndarray | 
     begin = offsets[:-1] - start
     lengths = offsets[1:] - offsets[:-1]
     count = -(-int(lengths.max()) // 8) if n else 0
-    words = np.zeros((n, count), dtype=np.uint64) if keep and count <= _WORDS_KEPT else None
+    words = np.zeros((n, count), dtype=np.uint64) if count <= _WORDS_KEPT else None
     h = _mix(lengths.astype(np.uint64) ^ _GOLDEN)
     last = unaligned.size - 1
     for j in range(count):
@@ -119,7 +119,7 @@ class _KeyColumn:
 
     __slots__ = ("array", "valid", "kind", "values", "lengths", "words", "_hash")
 
-    def __init__(self, column: pa.Array | pa.ChunkedArray, keep_words: bool = True):
+    def __init__(self, column: pa.Array | pa.ChunkedArray):
         column = _combined(column)
         t = column.type
         self.array = column
@@ -137,7 +137,7 @@ class _KeyColumn:
                       or pa.types.is_large_binary(t)):
                 column = pc.cast(column, pa.string())  # decimals and the like: by their text
             self.kind = "bytes"
-            self.lengths, self.words, self._hash = _byte_words(column, keep_words)
+            self.lengths, self.words, self._hash = _byte_words(column)
 
     def hash(self) -> np.ndarray:
         if self._hash is None:
@@ -171,13 +171,6 @@ def _codes(columns: list[_KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bo
         part = column.hash()
         h = part if h is None else _mix(h * _C1 + part)
     return h, valid, False
-
-
-def key_codes(columns: list[pa.Array]) -> tuple[np.ndarray, np.ndarray | None, bool]:
-    """(codes, valid rows or None, exact): int64 values for one integer-like key
-    (exact), else uint64 hashes that need verification. A row with any NULL key
-    part is invalid."""
-    return _codes([_KeyColumn(c, keep_words=False) for c in columns])
 
 
 def _sort_order(values: np.ndarray, exact: bool) -> np.ndarray:

@@ -1,5 +1,8 @@
 """Pipeline text → typed statement nodes, each with the Location of its origin.
 
+The nodes themselves are in :mod:`sqlstream.sql.statement_types` (and importable
+from here, where callers have always found them).
+
 ``parse_script`` tokenizes a whole file once (so every line:col is absolute),
 splits it at ``;`` and parses one statement at a time, asking for the current set
 of registered function names before each one: a ``CREATE FUNCTION`` earlier in a
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
@@ -19,7 +21,14 @@ from sqlglot.errors import ErrorLevel, ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from sqlstream.durations import UNIT_US
-from sqlstream.errors import Location, SqlAnalysisError, SqlStreamError, SqlSyntaxError, UnsupportedSqlError
+from sqlstream.errors import (
+    Location,
+    SqlAnalysisError,
+    SqlStreamError,
+    SqlSyntaxError,
+    UnsupportedSqlError,
+    did_you_mean,
+)
 from sqlstream.sql.dialect import (
     CreateStream,
     ExplainStmt,
@@ -27,6 +36,27 @@ from sqlstream.sql.dialect import (
     SqlStream,
     StopQuery,
     StreamOption,
+)
+from sqlstream.sql.statement_types import (
+    ColumnSpec,
+    CreateFunction,
+    CreateSink,
+    CreateSource,
+    CreateView,
+    DescribeStatement,
+    DropStatement,
+    ExplainStatement,
+    InsertInto,
+    OptionValue,
+    QueryStatement,
+    SetStatement,
+    ShowStatement,
+    SourceText,
+    Statement,
+    StopQueryStatement,
+    WatermarkSpec,
+    node_line_col,
+    normalize_name,
 )
 from sqlstream.sql.types import arrow_type, sql_type_name
 
@@ -49,194 +79,10 @@ __all__ = [
     "DropStatement",
     "StopQueryStatement",
     "parse_script",
+    "function_call_problem",
     "interval_us",
     "normalize_name",
 ]
-
-
-@dataclass(frozen=True)
-class SourceText:
-    """SQL text and the name errors should show for it (a path, ``<stdin>``, ``<sql>``)."""
-
-    text: str
-    path: str = "<sql>"
-    base_dir: str | None = None  # relative paths in WITH/MODEL resolve against this
-
-    def location(self, node: exp.Expr | Token | tuple[int, int] | None) -> Location | None:
-        line_col = _line_col(node)
-        if line_col is None:
-            return None
-        length = 1
-        if isinstance(node, exp.Expr):
-            meta = _first_meta(node)
-            if meta and "start" in meta and "end" in meta:
-                length = meta["end"] - meta["start"] + 1
-        return Location(self.path, line_col[0], line_col[1], self.text, length)
-
-
-def _first_meta(node: exp.Expr) -> dict | None:
-    if node.meta.get("line") is not None:
-        return node.meta
-    best = None
-    for sub in node.walk():
-        meta = sub.meta if sub.__dict__ or hasattr(sub, "meta") else None
-        if meta and meta.get("line") is not None and "start" in meta:
-            if best is None or meta["start"] < best["start"]:
-                best = meta
-    return best
-
-
-def _line_col(node) -> tuple[int, int] | None:
-    if node is None:
-        return None
-    if isinstance(node, tuple):
-        return node
-    if isinstance(node, Token):
-        return node.line, max(1, node.col - (node.end - node.start))
-    meta = _first_meta(node)
-    if meta is None:
-        return None
-    # sqlglot's col is the column of the token's *last* character; we point at its first
-    col = meta["col"]
-    if "start" in meta and "end" in meta:
-        col = col - (meta["end"] - meta["start"])
-    return meta["line"], max(1, col)
-
-
-def normalize_name(identifier: exp.Expr | str) -> str:
-    """Postgres rules: unquoted identifiers fold to lower case, quoted ones keep case."""
-    if isinstance(identifier, str):
-        return identifier.lower()
-    if isinstance(identifier, exp.Identifier):
-        return identifier.name if identifier.quoted else identifier.name.lower()
-    if isinstance(identifier, (exp.Table, exp.Column)):
-        return normalize_name(identifier.this)
-    return identifier.name.lower()
-
-
-@dataclass(frozen=True)
-class OptionValue:
-    value: str | int | float | bool
-    location: Location | None = None
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    name: str
-    type: pa.DataType
-    not_null: bool = False
-    location: Location | None = None
-
-    def field(self) -> pa.Field:
-        return pa.field(self.name, self.type, nullable=not self.not_null)
-
-
-@dataclass(frozen=True)
-class WatermarkSpec:
-    column: str
-    delay_us: int
-    location: Location | None = None
-
-
-@dataclass
-class Statement:
-    location: Location | None
-    text: str
-    source: SourceText
-
-    def loc(self, node) -> Location | None:
-        return self.source.location(node) or self.location
-
-
-@dataclass
-class CreateSource(Statement):
-    """CREATE SOURCE and CREATE TABLE (``kind``)."""
-
-    kind: str = "SOURCE"
-    name: str = ""
-    columns: list[ColumnSpec] = field(default_factory=list)
-    watermark: WatermarkSpec | None = None
-    options: dict[str, OptionValue] = field(default_factory=dict)
-    if_not_exists: bool = False
-    replace: bool = False
-
-    def schema(self) -> pa.Schema:
-        return pa.schema([c.field() for c in self.columns])
-
-
-@dataclass
-class CreateView(Statement):
-    name: str = ""
-    query: exp.Expr | None = None
-    if_not_exists: bool = False
-    replace: bool = False
-
-
-@dataclass
-class CreateSink(Statement):
-    name: str = ""
-    query: exp.Expr | None = None  # AS <query>
-    from_name: str | None = None  # FROM <name>
-    columns: list[ColumnSpec] | None = None  # (cols) + INSERT INTO later
-    options: dict[str, OptionValue] = field(default_factory=dict)
-    if_not_exists: bool = False
-    replace: bool = False
-
-
-@dataclass
-class CreateFunction(Statement):
-    name: str = ""
-    model_path: str = ""
-    options: dict[str, OptionValue] = field(default_factory=dict)
-    replace: bool = False
-
-
-@dataclass
-class InsertInto(Statement):
-    sink: str = ""
-    query: exp.Expr | None = None
-
-
-@dataclass
-class QueryStatement(Statement):
-    query: exp.Expr | None = None
-
-
-@dataclass
-class SetStatement(Statement):
-    key: str = ""
-    value: OptionValue | None = None
-
-
-@dataclass
-class ShowStatement(Statement):
-    what: str = ""
-    name: str | None = None
-
-
-@dataclass
-class DescribeStatement(Statement):
-    name: str = ""
-
-
-@dataclass
-class ExplainStatement(Statement):
-    statement: Statement | None = None
-
-
-@dataclass
-class DropStatement(Statement):
-    kind: str = ""
-    name: str = ""
-    if_exists: bool = False
-
-
-@dataclass
-class StopQueryStatement(Statement):
-    number: int = 0
 
 
 # -- intervals ----------------------------------------------------------------------------
@@ -310,6 +156,19 @@ def parse_script(
         yield to_statement(tree, source, source.location(chunk[0]), text)
 
 
+def function_call_problem(name: str) -> str | None:
+    """Why ``name(x)`` does not parse as a call of a registered function ``name`` (a
+    word the grammar reserves, like ``values`` or ``case``), or None when it does."""
+    try:
+        statements = list(parse_script(SourceText(f"SELECT {name}(x) FROM t", "<name>", "."), lambda: (name,)))
+        first = statements[0].query.expressions[0] if statements else None
+        if not (isinstance(first, exp.Anonymous) and str(first.this).lower() == name):
+            return "it does not parse as a function call"
+    except SqlStreamError as error:
+        return error.message
+    return None
+
+
 def _set_positions(tokens: list[Token], text: str) -> None:
     """Line and column of each token from its character offsets: sqlglot counts them
     as it scans and miscounts in places (after a ``$``, every later line was one
@@ -329,11 +188,9 @@ def _check_statement_start(token: Token, source: SourceText) -> None:
     """A plain word where a statement should begin (``SELEC a``, ``CRATE SINK``)."""
     if token.token_type != TokenType.VAR or token.text.upper() in ("EXPLAIN", "STOP"):
         return
-    from sqlstream.errors import did_you_mean
-
     raise SqlSyntaxError(
         f"'{token.text}' does not start a statement",
-        location=Location(source.path, *_line_col(token), source.text, len(token.text)),
+        location=Location(source.path, *node_line_col(token), source.text, len(token.text)),
         hint=did_you_mean(token.text.upper(), _STATEMENT_WORDS)
         or "statements start with " + ", ".join(_STATEMENT_WORDS[:-2]),
     )
@@ -443,9 +300,7 @@ def _watermark(node: exp.Expr | None, columns: list[ColumnSpec], source: SourceT
     loc = source.location(node.this)
     names = {c.name: c for c in columns}
     if column not in names:
-        from sqlstream.errors import did_you_mean
-
-        raise SqlAnalysisError(
+            raise SqlAnalysisError(
             f"WATERMARK FOR names unknown column '{column}'", location=loc, hint=did_you_mean(column, names)
         )
     if not pa.types.is_timestamp(names[column].type):

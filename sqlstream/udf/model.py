@@ -17,16 +17,13 @@ Features reach onnxruntime as numpy views of the Arrow buffers (the list's value
 to the slice and reshaped to ``[n, k]``: no copy for ``FLOAT[k]`` without NULLs), cast to the model's element type
 only when they differ. A row whose features are NULL (or hold a NULL) gives NULL.
 Models load from local ``.onnx`` files only; pickled Python objects are refused.
+Reading the file (quantization, ZipMap removal) is :mod:`sqlstream.udf.model_file`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +32,7 @@ import pyarrow.compute as pc
 
 from sqlstream.errors import UdfError
 from sqlstream.sql.types import sql_type_name
+from sqlstream.udf.model_file import first_error_line, read_model
 
 __all__ = ["ModelUdf", "MODEL_OPTIONS", "remote_url"]
 
@@ -103,11 +101,6 @@ def remote_url(path: str) -> str | None:
 
 def _option_error(option: str, message: str, hint: str | None = None) -> UdfError:
     return UdfError(message, hint=hint, option=option)  # lets CREATE FUNCTION point at the option
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class ModelUdf:
@@ -191,32 +184,12 @@ class ModelUdf:
                 raise _option_error("threads", f"threads = {threads!r} is not a positive integer", "e.g. threads = 1")
             so.intra_op_num_threads = count
             so.inter_op_num_threads = 1
-        model_bytes = cls._prepare(path, options)
+        model_bytes = read_model(path, options)
         try:
             session = ort.InferenceSession(model_bytes, so, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types
-            raise UdfError(f"cannot load model {path}: {_first_line(error)}") from error
+            raise UdfError(f"cannot load model {path}: {first_error_line(error)}") from error
         return cls(name, path, session, options)
-
-    @staticmethod
-    def _prepare(path: str, options: dict) -> bytes:
-        """Model bytes: int8-quantized (cached next to the model) if asked, ZipMap removed."""
-        import onnx
-
-        with open(path, "rb") as handle:
-            raw = handle.read()
-        quantize = options.get("quantize")
-        if quantize is not None:
-            if str(quantize).lower() != "int8":
-                raise _option_error("quantize", f"quantize = '{quantize}' is not supported", "quantize = 'int8'")
-            raw = _quantized(path, raw)
-        try:
-            model = onnx.load_from_string(raw)
-        except Exception as error:  # protobuf's DecodeError and friends
-            raise UdfError(f"{path} is not an ONNX model (it does not parse as an ONNX protobuf)") from error
-        if not any(node.op_type == "ZipMap" for node in model.graph.node):
-            return raw
-        return _strip_zipmap(model).SerializeToString()
 
     def _input(self, info) -> _Input:
         dtype = _ONNX_TO_NUMPY.get(info.type)
@@ -372,47 +345,6 @@ class ModelUdf:
         return array if pa.types.is_fixed_size_list(out.type) else array.cast(out.type)
 
 
-def _quantized(path: str, raw: bytes) -> bytes:
-    """The int8 dynamically quantized model, made once and cached next to ``path`` as
-    ``<stem>.int8-<sha256 prefix>.onnx`` (in the temp directory if that is read-only)."""
-    digest = hashlib.sha256(raw).hexdigest()[:16]
-    stem = os.path.splitext(os.path.basename(path))[0]
-    name = f"{stem}.int8-{digest}.onnx"
-    candidates = [os.path.join(os.path.dirname(os.path.abspath(path)), name), os.path.join(tempfile.gettempdir(), name)]
-    for cached in candidates:
-        if os.path.exists(cached):
-            with open(cached, "rb") as handle:
-                return handle.read()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    for cached in candidates:
-        temp = f"{cached}.{os.getpid()}.tmp"
-        try:
-            with _quiet_root_logger():  # onnxruntime logs advice on pre-processing to the root logger
-                quantize_dynamic(path, temp, weight_type=QuantType.QInt8)
-            os.replace(temp, cached)
-        except PermissionError:
-            continue
-        except Exception as error:  # onnxruntime.quantization raises assorted types
-            if os.path.exists(temp):
-                os.remove(temp)
-            raise UdfError(f"int8 quantization of {path} failed: {_first_line(error)}") from error
-        with open(cached, "rb") as handle:
-            return handle.read()
-    raise UdfError(f"cannot write the int8 model for {path}: no writable directory")
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def _list_matrix(column: pa.Array, width: int, length: int) -> np.ndarray:
     """The ``[length, width]`` numpy view of a list column's values (no copy when they
     have no NULLs and the right type)."""
@@ -457,45 +389,3 @@ def _is_list(t: pa.DataType) -> bool:
 
 def _is_numeric(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_boolean(t)
-
-
-def _strip_zipmap(model):
-    """Expose each ZipMap's input (the probability tensor) as the graph output instead."""
-    import onnx
-
-    graph = model.graph
-    replaced = {}
-    keep = []
-    for node in graph.node:
-        if node.op_type == "ZipMap":
-            replaced[node.output[0]] = node.input[0]
-        else:
-            keep.append(node)
-    del graph.node[:]
-    graph.node.extend(keep)
-    outputs = []
-    for output in graph.output:
-        if output.name in replaced:
-            source = replaced[output.name]
-            outputs.append(onnx.helper.make_tensor_value_info(output.name, onnx.TensorProto.FLOAT, None))
-            # rename the probability tensor to the old output name so users keep the name
-            for node in graph.node:
-                for i, name in enumerate(node.output):
-                    if name == source:
-                        node.output[i] = output.name
-                for i, name in enumerate(node.input):
-                    if name == source:
-                        node.input[i] = output.name
-        else:
-            outputs.append(output)
-    del graph.output[:]
-    graph.output.extend(outputs)
-    inferred = onnx.shape_inference.infer_shapes(model)
-    # use the inferred shape ([N, classes]) for the new outputs where known
-    shapes = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    final = []
-    for output in graph.output:
-        final.append(shapes.get(output.name, output) if output.name in replaced else output)
-    del graph.output[:]
-    graph.output.extend(final)
-    return model

@@ -9,30 +9,20 @@ and words the grammar reserves (``values``, ``case``), which never parse as a ca
 
 from __future__ import annotations
 
-from sqlglot import exp
-
-from sqlstream.errors import SqlStreamError, UdfError
+from sqlstream.errors import UdfError
+from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS
+from sqlstream.sql.statements import function_call_problem
 
 __all__ = ["check_function_name"]
 
 
 def check_function_name(name: str) -> None:
     """Raise UdfError if ``name`` (lower case) cannot be called as a scalar function."""
-    from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS
-    from sqlstream.sql.statements import SourceText, parse_script
-
     if name in AGGREGATE_FUNCTIONS:
         raise UdfError(
             f"function name '{name}' is a SQL aggregate function", hint="choose another name, e.g. @udf(name='my_" + name + "')"
         )
-    problem = None
-    try:
-        statements = list(parse_script(SourceText(f"SELECT {name}(x) FROM t", "<name>", "."), lambda: (name,)))
-        first = statements[0].query.expressions[0] if statements else None
-        if not (isinstance(first, exp.Anonymous) and str(first.this).lower() == name):
-            problem = "it does not parse as a function call"
-    except SqlStreamError as error:
-        problem = error.message
+    problem = function_call_problem(name)
     if problem is not None:
         raise UdfError(
             f"function name '{name}' is a reserved word in SQL ({problem})",

@@ -1,4 +1,4 @@
-"""End-to-end fuzz: seeded mixes of good and bad records (``tests/fuzz_records.py``)
+"""End-to-end fuzz: seeded mixes of good and bad records (``tests/generators/fuzz_records.py``)
 through real ``sqlstream run`` processes — JSON-lines and CSV files, and a JetStream
 stream — into JSON, Parquet and JetStream sinks. Checks the accounting
 ``rows out + dead letters = records in``, every dead letter's reason, raw text and
@@ -26,7 +26,7 @@ import orjson
 import pytest
 from conftest import wait_until
 
-from tests.fuzz_records import (
+from tests.generators.fuzz_records import (
     CSV_HEADER,
     NAMES,
     SQL_COLUMNS,

@@ -1,6 +1,6 @@
 """Fuzzing the record decoders (JSON lines, CSV, NATS payloads, Parquet with odd types).
 
-Random mixes of good and bad records (``tests/fuzz_records.py`` knows what each must
+Random mixes of good and bad records (``tests/generators/fuzz_records.py`` knows what each must
 become) are decoded in randomly cut blocks, straight through the decoder classes
 and through file sources with ``file_batch_size`` 1, 2, 7 and large. Invariants:
 nothing raises; every non-blank line is exactly one row or exactly one dead letter
@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder
 from sqlstream.connectors.nats.messages import MessageDecoder, Received
 from sqlstream.testing import TestSession
-from tests.fuzz_records import (
+from tests.generators.fuzz_records import (
     ARROW_SCHEMA,
     NAMES,
     ORJSON_MAX_DEPTH,

@@ -22,7 +22,7 @@ import pytest
 
 from sqlstream import udf
 from sqlstream.testing import TestSession
-from tests.models_fixture import models  # noqa: F401 - the session-scoped fixture
+from tests.udf.models_fixture import models  # noqa: F401 - the session-scoped fixture
 
 BASE_US = 1_699_000_000_000_000
 DELAY_US = 2_000_000

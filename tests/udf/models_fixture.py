@@ -1,6 +1,6 @@
 """Tiny ONNX models for the model-UDF tests, built once per test session.
 
-Import the fixture into a test module (``from tests.models_fixture import models``)
+Import the fixture into a test module (``from tests.udf.models_fixture import models``)
 and it trains/exports each model on first use. Models come from scikit-learn through
 skl2onnx (the path users take) or, for shapes scikit-learn does not produce (several
 inputs, float64 or int64 features), straight from ``onnx.helper``.

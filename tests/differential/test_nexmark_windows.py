@@ -1,5 +1,5 @@
 """Nexmark queries that need event time only (q0, q1, q2, q5, q11, q12) against DuckDB
-over the same generated persons/auctions/bids (``tests/nexmark.py``), with bids out
+over the same generated persons/auctions/bids (``tests/generators/nexmark.py``), with bids out
 of order within the watermark delay and fed in small and large batches."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from sqlstream.testing import TestSession
-from tests.nexmark import AUCTION_SQL, BID_SQL, PERSON_SQL, generate
+from tests.generators.nexmark import AUCTION_SQL, BID_SQL, PERSON_SQL, generate
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,7 @@ is DuckDB SQL over the case's input files (paths relative to the case folder), a
 committed expected files still equal DuckDB's answer; after changing an input or an
 oracle, rewrite them with::
 
-    python tests/test_golden.py [CASE ...]
+    python tests/pipelines/test_golden.py [CASE ...]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.pipeline_tests import canonical_rows, discover_cases, run_case
 
-SQL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sql")
+SQL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sql")
 CASES = discover_cases(SQL_DIR)
 ORACLE_CASES = [c for c in CASES if os.path.isdir(os.path.join(c, "oracle"))]
 

@@ -17,7 +17,7 @@ import pytest
 from sqlstream.cli.main import main
 from sqlstream.pipeline_tests import discover_cases, run_case
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 WINDOW_SQL = """
 CREATE SOURCE bids (id BIGINT, ts TIMESTAMP, price DOUBLE, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)

@@ -1,6 +1,6 @@
 """Nexmark queries that join streams, vs DuckDB over the same generated events.
 
-Events come from ``tests/nexmark.py`` (persons, auctions, bids in the Nexmark
+Events come from ``tests/generators/nexmark.py`` (persons, auctions, bids in the Nexmark
 proportions) with out-of-order event times within the 300 ms watermark delay, fed
 in several batch sizes. Each query is written as Nexmark (RisingWave/Flink) states it;
 DuckDB computes windows with integer arithmetic on epoch microseconds.
@@ -22,7 +22,7 @@ import duckdb
 import pytest
 
 from sqlstream.testing import TestSession
-from tests.nexmark import AUCTION_SQL, BID_SQL, PERSON_SQL, generate
+from tests.generators.nexmark import AUCTION_SQL, BID_SQL, PERSON_SQL, generate
 
 DELAY_MS = 300
 PERSON, AUCTION, BID = generate(6000, seed=11, interval_us=5_000, max_delay_us=DELAY_MS * 1000)

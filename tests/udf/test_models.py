@@ -17,7 +17,7 @@ import pytest
 from sqlstream import UdfError
 from sqlstream.cli.main import main
 from sqlstream.testing import TestSession
-from tests.models_fixture import models  # noqa: F401 - the session-scoped fixture
+from tests.udf.models_fixture import models  # noqa: F401 - the session-scoped fixture
 
 ROWS = 200
 
@@ -339,7 +339,7 @@ def run_example(name: str, tmp_path, monkeypatch, rows: tuple[str, str]) -> str:
     """Copy ``examples/<name>`` to ``tmp_path``, make its model, run it on fewer rows."""
     import runpy
 
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", name)
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples", name)
     target = tmp_path / name
     shutil.copytree(here, target, ignore=shutil.ignore_patterns("out", "*.onnx", "*.jsonl", "__pycache__"))
     pipeline = target / "pipeline.sql"

@@ -25,7 +25,7 @@ from sqlstream.testing import TestSession
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE_US = 1_699_000_000_000_000
 SECOND = 1_000_000
 
