@@ -205,6 +205,12 @@ class SourceConnector(ABC):
         self.schema = schema
         self.config = options
 
+    @property
+    def bounded(self) -> bool:
+        """True when this configured source ends by itself (a file, a generator with
+        ``max_rows``); pipeline tests run such sources as they are."""
+        return self.can_back_table
+
     def check_table(self, where: Location | None) -> None:
         """Raise ConnectorError unless this configured source can back a TABLE."""
         if not self.can_back_table:

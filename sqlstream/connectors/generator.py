@@ -307,8 +307,12 @@ class GeneratorSource(SourceConnector):
     def open(self, ctx: RunContext) -> SourceReader:
         return _GeneratorReader(self, ctx)
 
+    @property
+    def bounded(self) -> bool:
+        return self.total_rows is not None
+
     def check_table(self, where: Location | None) -> None:
-        if self.total_rows is None:
+        if not self.bounded:
             raise ConnectorError(f"TABLE {self.source_name} must be bounded", location=where, hint="set max_rows, or use a file")
 
     def describe(self) -> str:

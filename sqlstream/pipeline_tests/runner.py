@@ -364,7 +364,4 @@ def _bounded(session: TestSession, name: str) -> bool:
     entry = session.sources.get(name)
     if entry is None:
         return True
-    connector = entry.connector
-    if connector.name == "generator":
-        return connector.total_rows is not None
-    return connector.name in ("file", "internal")
+    return entry.connector.bounded

@@ -52,6 +52,10 @@ class DeadLetterReader(SourceReader):
 class DeadLetterSource(SourceConnector):
     name = "internal"
 
+    @property
+    def bounded(self) -> bool:
+        return True  # it ends with the sources upstream
+
     def open(self, ctx: RunContext) -> SourceReader:
         """Outside a run there is nothing upstream: no dead letters, and already ended."""
         return DeadLetterReader(upstream_done=lambda: True)
