@@ -8,21 +8,21 @@ pipeline was running or by a second signal during the drain.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
 import traceback
 
-from sqlstream.cli.pipeline_test_report import run_pipeline_tests
-from sqlstream.cli.produce import add_parser as add_produce
 from sqlstream.cli.progress import Progress
 from sqlstream.cli.render import install_renderer
-from sqlstream.cli.repl import run_repl
 from sqlstream.cli.session_setup import make_session, read_sql_file
 from sqlstream.errors import SqlStreamError
 from sqlstream.session import Session, explain_plan
 
 __all__ = ["main", "build_parser", "Interrupted"]
+
+_DEFAULT_URL = "nats://127.0.0.1:4222"
 
 
 class Interrupted(BaseException):
@@ -99,15 +99,29 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def cmd_repl(args) -> int:
-    return run_repl(args)
+def _later(module: str, function: str):
+    """A subcommand whose module loads when it runs, so that ``sqlstream run`` does not
+    pay for the REPL's prompt_toolkit or produce's NATS client at start-up."""
+
+    def handler(args) -> int:
+        return getattr(importlib.import_module(module), function)(args)
+
+    return handler
 
 
-def cmd_test(args) -> int:
-    return run_pipeline_tests(
-        args.dir, args.udfs, verbose=args.verbose, update=args.update, discover_udfs=not args.no_udfs,
-        allow_paths=args.allow_paths,
-    )
+def _add_produce(sub) -> None:
+    p = sub.add_parser("produce", help="publish generated rows to a NATS subject at a given rate")
+    p.add_argument("subject", help="subject to publish to; may name columns: 'sensors.{sensor_id}'")
+    p.add_argument("--columns", required=True, metavar="'NAME TYPE, ...'",
+                   help="the rows' columns, as in CREATE SOURCE (e.g. 'id BIGINT, ts TIMESTAMP, v DOUBLE')")
+    p.add_argument("--url", default=_DEFAULT_URL, help=f"NATS server (default {_DEFAULT_URL})")
+    p.add_argument("--rate", type=int, default=100, help="rows per second (0 = as fast as possible; default 100)")
+    p.add_argument("--count", type=int, help="stop after this many rows (default: until Ctrl-C)")
+    p.add_argument("--stream", help="publish through JetStream into this stream (created if missing)")
+    p.add_argument("--format", choices=("json", "arrow"), default="json", help="payload format (default json)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="K=V",
+                   help="generator option, e.g. fields.temp.min=15, fields.k.values=a,b,c, seed=7")
+    p.set_defaults(handler=_later("sqlstream.cli.produce", "cmd_produce"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,14 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="K=V")
     p.add_argument("--json", dest="format", action="store_const", const="json", help="results as JSON lines")
     p.add_argument("--csv", dest="format", action="store_const", const="csv", help="results as CSV")
-    p.set_defaults(handler=cmd_repl)
+    p.set_defaults(handler=_later("sqlstream.cli.repl", "run_repl"))
     p = sub.add_parser("test", help="run pipeline tests (fixtures in, expected rows out)")
     p.add_argument("dir", nargs="?", default="tests/sql")
     udfs_and_paths(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--update", action="store_true", help="write expected/<sink>.jsonl from the actual output")
-    p.set_defaults(handler=cmd_test)
-    add_produce(sub)
+    p.set_defaults(handler=_later("sqlstream.cli.pipeline_test_report", "cmd_test"))
+    _add_produce(sub)
     return parser
 
 

@@ -13,7 +13,7 @@ from sqlstream.pipeline_tests import CaseResult, discover_cases, run_case
 from sqlstream.pipeline_tests.cases import shown_path
 from sqlstream.udf.discovery import loaded_text
 
-__all__ = ["run_pipeline_tests"]
+__all__ = ["run_pipeline_tests", "cmd_test"]
 
 
 def _rule(text: str, char: str = "=", width: int = 78) -> str:
@@ -75,3 +75,11 @@ def run_pipeline_tests(directory: str, udf_dirs: list[str] | None, verbose: bool
     parts = ([f"{len(failures)} failed"] if failures else []) + [f"{passed} {'updated' if update else 'passed'}"]
     print(_rule(f"{', '.join(parts)} in {elapsed:.2f}s"), file=out)
     return 1 if failures else 0
+
+
+def cmd_test(args) -> int:
+    """``sqlstream test``."""
+    return run_pipeline_tests(
+        args.dir, args.udfs, verbose=args.verbose, update=args.update, discover_udfs=not args.no_udfs,
+        allow_paths=args.allow_paths,
+    )

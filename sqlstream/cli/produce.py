@@ -14,7 +14,6 @@ stops after N rows; otherwise it runs until Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
 import signal
@@ -26,26 +25,7 @@ from nats.js.errors import NotFoundError
 from sqlstream.cli.session_setup import make_session
 from sqlstream.errors import ConnectorError, SqlStreamError
 
-__all__ = ["add_parser", "cmd_produce", "produce_sql"]
-
-_DEFAULT_URL = "nats://127.0.0.1:4222"
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("produce", help="publish generated rows to a NATS subject at a given rate")
-    p.add_argument("subject", help="subject to publish to; may name columns: 'sensors.{sensor_id}'")
-    p.add_argument("--columns", required=True, metavar="'NAME TYPE, ...'",
-                   help="the rows' columns, as in CREATE SOURCE (e.g. 'id BIGINT, ts TIMESTAMP, v DOUBLE')")
-    p.add_argument("--url", default=_DEFAULT_URL, help=f"NATS server (default {_DEFAULT_URL})")
-    p.add_argument("--rate", type=int, default=100, help="rows per second (0 = as fast as possible; default 100)")
-    p.add_argument("--count", type=int, help="stop after this many rows (default: until Ctrl-C)")
-    p.add_argument("--stream", help="publish through JetStream into this stream (created if missing)")
-    p.add_argument("--format", choices=("json", "arrow"), default="json", help="payload format (default json)")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="K=V",
-                   help="generator option, e.g. fields.temp.min=15, fields.k.values=a,b,c, seed=7")
-    p.set_defaults(handler=cmd_produce)
-    return p
-
+__all__ = ["cmd_produce", "produce_sql"]
 
 def _quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
