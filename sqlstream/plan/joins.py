@@ -37,7 +37,7 @@ from sqlstream.plan.join_inputs import SUPPORTED_JOINS, JoinContext, JoinInput, 
 from sqlstream.plan.join_nodes import IntervalJoin, LookupJoin, RegularJoin, TableRef, WindowJoin
 from sqlstream.plan.lowering import to_datafusion_sql
 from sqlstream.plan.relation import PendingWindow, PlannerContext, Relation
-from sqlstream.plan.scope import Scope
+from sqlstream.plan.scope import Scope, column_ref
 
 __all__ = ["plan_joins", "lookup_table_relation", "SUPPORTED_JOINS"]
 
@@ -139,8 +139,9 @@ class _JoinPlanner(JoinInputs):
             )
         self._key_columns(equalities)
         tvf = stream.rel.window
-        required = {stream.node.rowtime, stream.node.window_end, *(stream.node.window or ()),
-                    tvf.time_column if tvf is not None else None}
+        required = {stream.node.rowtime, stream.node.window_end, *(stream.node.window or ())}
+        if tvf is not None:  # the pending window's time and SESSION partition columns
+            required |= {tvf.time_column, *(c.name for p in tvf.partition for c in p.find_all(exp.Column))}
         self._carry(**{("left" if stream.index == 0 else "right"): required})
         node, stream_keys = self._prepare(stream, stream.rel.label)
         table_program, table_keys = self._table_program(table)
@@ -162,7 +163,8 @@ class _JoinPlanner(JoinInputs):
                           rowtime=rowtime, window=window, window_end=window_end)
         result = self._post_filter(join, [] if preserved else residual)
         if tvf is not None:  # a window TVF passes through: aggregate it after the join
-            tvf = PendingWindow(tvf.spec, names[tvf.time_column], tvf.label)
+            partition = tuple(_over_output(p, names) for p in tvf.partition)
+            tvf = PendingWindow(tvf.spec, names[tvf.time_column], tvf.label, partition)
         return self._result(result, tvf)
 
     def _table_program(self, table: JoinInput):
@@ -337,3 +339,16 @@ def _signed(us: int) -> str:
 def _example_column(side: JoinInput) -> str:
     """``alias.column`` of a side's first column, for hints."""
     return side.columns[0][1].internal if side.columns else "t.k"
+
+
+def _over_output(expression: exp.Expr, names: dict[str, str]) -> exp.Expr:
+    """An expression over a side's input columns rewritten over the join's output columns."""
+
+    def rewrite(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column) and node.name in names:
+            ref = column_ref(names[node.name])
+            ref.meta.update(node.meta)
+            return ref
+        return node
+
+    return expression.copy().transform(rewrite)
