@@ -4,7 +4,9 @@ A :class:`DataFusionProgram` registers each batch as the table ``__input`` and r
 ``SELECT ... FROM __input WHERE ...`` on a single-partition DataFusion context
 (measured: ~0.75 ms per call at 8k rows, ~7 ms at 1M rows). Its output schema is
 known at plan time by planning the same SQL over an empty batch; errors DataFusion
-raises are converted here, keeping the original as ``__cause__``.
+raises are converted here, keeping the original as ``__cause__``. The SQL text comes
+from the planner (:mod:`sqlstream.plan.lowering` writes expressions in DataFusion's
+dialect).
 """
 
 from __future__ import annotations
@@ -14,36 +16,13 @@ import threading
 
 import pyarrow as pa
 from datafusion import SessionConfig, SessionContext
-from sqlglot import exp
-from sqlglot.dialects.postgres import Postgres
 
 from sqlstream.batches import to_batch
 from sqlstream.errors import DataFusionError, SqlAnalysisError, UnknownFunctionError
 
-__all__ = ["DataFusionProgram", "to_datafusion_sql", "normalize_type", "INPUT_TABLE"]
+__all__ = ["DataFusionProgram", "normalize_type", "plan_error", "INPUT_TABLE"]
 
 INPUT_TABLE = "__input"
-
-
-class _DataFusion(Postgres):
-    class Generator(Postgres.Generator):
-        TRANSFORMS = {
-            **Postgres.Generator.TRANSFORMS,
-            exp.TryCast: lambda self, e: f"TRY_CAST({self.sql(e, 'this')} AS {self.sql(e, 'to')})",
-            exp.ToChar: lambda self, e: self.func("TO_CHAR", e.this, e.args.get("format")),
-            # Postgres has no ROUND(double, int) and sqlglot casts to DECIMAL for it; DataFusion has
-            exp.Round: lambda self, e: self.func("ROUND", e.this, e.args.get("decimals")),
-        }
-
-        def dot_sql(self, expression: exp.Dot) -> str:
-            # DataFusion rejects `f(x).field`; `f(x)['field']` is its struct access
-            if isinstance(expression.this, (exp.Column, exp.Dot, exp.Identifier)):
-                return super().dot_sql(expression)
-            return f"{self.sql(expression, 'this')}['{expression.expression.name}']"
-
-
-def to_datafusion_sql(node: exp.Expr) -> str:
-    return node.sql(dialect=_DataFusion)
 
 
 _VIEW_TYPES = {
@@ -160,7 +139,7 @@ def _clean(message: str) -> str:
     return message.splitlines()[0] if message else "DataFusion error"
 
 
-def plan_error(error: Exception, sql_node: exp.Expr | None = None) -> SqlAnalysisError:
+def plan_error(error: Exception) -> SqlAnalysisError:
     """A planning failure of DataFusion as a SqlAnalysisError with a hint where possible."""
     text = str(error)
     match = _INVALID_FUNCTION.search(text)

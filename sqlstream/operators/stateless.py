@@ -6,14 +6,15 @@ zero) is bisected: the rows that fail alone go to the dead-letter output (reason
 ``type``) and the rest continue, so results never depend on batch boundaries.
 
 A program that only picks and renames columns (e.g. ``SELECT "__udf0" AS p``
-after a model call) is applied without DataFusion: the arrays are passed through.
+after a model call) is applied without DataFusion: the planner hands over which input
+column each output column is (``projection``) and the arrays are passed through.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pyarrow as pa
-import sqlglot
-from sqlglot import exp
 
 from sqlstream.connectors.dead_letters import rows_as_dead_letters
 from sqlstream.errors import DataFusionError, ExecutionError
@@ -27,13 +28,14 @@ __all__ = ["StatelessOperator"]
 class StatelessOperator(Operator):
     name = "stateless"
 
-    def __init__(self, program: DataFusionProgram, udf_step, on_error: str, label: str):
+    def __init__(self, program: DataFusionProgram, udf_step, on_error: str, label: str,
+                 projection: Sequence[int] | None = None):
         super().__init__()
         self.program = program
         self.udf_step = udf_step
         self.on_error = on_error
         self.label = label
-        self.projection = _column_projection(program)
+        self.projection = projection  # input column indexes when the program only picks columns
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         if self.udf_step is not None:
@@ -64,36 +66,3 @@ class StatelessOperator(Operator):
         if not batches:
             return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in self.program.schema], schema=self.program.schema)
         return pa.Table.from_batches(batches, schema=self.program.schema).combine_chunks().to_batches()[0]
-
-
-def _column_projection(program: DataFusionProgram) -> list[int] | None:
-    """Input column indices when ``program`` only selects (and renames) columns of
-    ``__input`` with unchanged types, else None."""
-    try:
-        tree = sqlglot.parse_one(program.sql, dialect="postgres")
-    except sqlglot.errors.SqlglotError:
-        return None
-    if not isinstance(tree, exp.Select):
-        return None
-    if any(tree.args.get(k) for k in ("where", "group", "having", "order", "limit", "joins", "distinct", "qualify", "with_")):
-        return None
-    source = tree.args.get("from_") or tree.args.get("from")
-    table = source.this if source is not None else None
-    if not isinstance(table, exp.Table) or table.name != "__input" or table.args.get("db"):
-        return None
-    names = program.input_schema.names
-    if len(tree.expressions) != len(program.schema):
-        return None
-    indices = []
-    for item, out in zip(tree.expressions, program.schema):
-        inner = item.this if isinstance(item, exp.Alias) else item
-        if not isinstance(inner, exp.Column) or inner.args.get("table") or not isinstance(inner.this, exp.Identifier):
-            return None
-        name = inner.name if inner.this.args.get("quoted") else inner.name.lower()
-        if names.count(name) != 1:
-            return None
-        index = names.index(name)
-        if program.input_schema.field(index).type != out.type:
-            return None
-        indices.append(index)
-    return indices

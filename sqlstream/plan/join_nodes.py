@@ -15,7 +15,8 @@ from sqlstream.errors import PlanError
 from sqlstream.operators.base import Operator
 from sqlstream.operators.context import BuildContext
 from sqlstream.operators.datafusion_program import DataFusionProgram
-from sqlstream.operators.joins import JoinLayout
+from sqlstream.operators.joins import IntervalJoinOperator, JoinLayout, LookupJoinOperator, WindowJoinOperator
+from sqlstream.operators.regular_join import RegularJoinOperator
 from sqlstream.plan.nodes import PlanNode
 
 __all__ = ["TableRef", "LookupJoin", "WindowJoin", "IntervalJoin", "RegularJoin"]
@@ -40,7 +41,8 @@ class _JoinNode(PlanNode):
     strategy = "join"
 
     def __init__(self, children: tuple[PlanNode, ...], layout: JoinLayout, condition: str, reason: str, *,
-                 rowtime: str | None = None, window: tuple[str, str] | None = None, updating: bool = False):
+                 rowtime: str | None = None, window: tuple[str, str] | None = None, window_end: str | None = None,
+                 updating: bool = False):
         self.children = children
         self.layout = layout
         self.schema = layout.schema
@@ -48,6 +50,7 @@ class _JoinNode(PlanNode):
         self.reason = reason
         self.rowtime = rowtime
         self.window = window
+        self.window_end = window_end
         self.updating = updating
 
     def describe(self) -> str:
@@ -71,15 +74,14 @@ class LookupJoin(_JoinNode):
     strategy = "LookupJoin"
 
     def __init__(self, stream: PlanNode, stream_side: int, table: TableRef, table_program: DataFusionProgram | None,
-                 layout: JoinLayout, condition: str, reason: str, *, rowtime=None, window=None):
-        super().__init__((stream,), layout, condition, reason, rowtime=rowtime, window=window, updating=stream.updating)
+                 layout: JoinLayout, condition: str, reason: str, *, rowtime=None, window=None, window_end=None):
+        super().__init__((stream,), layout, condition, reason, rowtime=rowtime, window=window, window_end=window_end,
+                         updating=stream.updating)
         self.stream_side = stream_side
         self.table = table
         self.table_program = table_program
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.joins import LookupJoinOperator
-
         if ctx.load_table is None:
             raise PlanError(f"TABLE {self.table.table} cannot be loaded here")
         rows = ctx.load_table(self.table.table)
@@ -101,8 +103,6 @@ class WindowJoin(_JoinNode):
     strategy = "WindowJoin"
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.joins import WindowJoinOperator
-
         return WindowJoinOperator(self.layout)
 
     def state_description(self) -> str:
@@ -119,8 +119,6 @@ class IntervalJoin(_JoinNode):
         self.output_delay_us = output_delay_us
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.joins import IntervalJoinOperator
-
         return IntervalJoinOperator(self.layout, self.lower_us, self.upper_us, self.output_delay_us)
 
     def state_horizon_us(self) -> int:
@@ -144,8 +142,6 @@ class RegularJoin(_JoinNode):
         self.ttl_us = ttl_us
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.regular_join import RegularJoinOperator
-
         return RegularJoinOperator(self.layout, self.ttl_us, ctx.clock)
 
     def state_horizon_us(self) -> int:

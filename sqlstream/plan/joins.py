@@ -25,55 +25,45 @@ joins, ``WHERE`` conjuncts relating both sides count as join conditions too, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pyarrow as pa
 from sqlglot import exp
 
 from sqlstream.durations import format_duration_us
-from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnknownFunctionError, UnsupportedSqlError
-from sqlstream.hidden import OP_COLUMN, WM_COLUMN, is_hidden
-from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error, to_datafusion_sql
-from sqlstream.operators.joins import JoinLayout, JoinSide
-from sqlstream.plan.join_conditions import ColumnReferences, and_all, common_type, conjuncts, interval_bounds
+from sqlstream.errors import UnsupportedSqlError
+from sqlstream.hidden import OP_COLUMN, WM_COLUMN
+from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error
+from sqlstream.plan.join_conditions import and_all, conjuncts, interval_bounds
+from sqlstream.plan.join_inputs import SUPPORTED_JOINS, JoinContext, JoinInput, JoinInputs, shown
 from sqlstream.plan.join_nodes import IntervalJoin, LookupJoin, RegularJoin, TableRef, WindowJoin
-from sqlstream.plan.nodes import PlanNode
-from sqlstream.plan.scope import Scope, ScopeColumn, column_ref
-from sqlstream.sql.dialect import SqlStream
+from sqlstream.plan.lowering import to_datafusion_sql
+from sqlstream.plan.relation import PendingWindow, PlannerContext, Relation
+from sqlstream.plan.scope import Scope, column_ref
 
 __all__ = ["plan_joins", "lookup_table_relation", "SUPPORTED_JOINS"]
-
-SUPPORTED_JOINS = (
-    "supported joins: stream JOIN table (lookup join, INNER or LEFT); two windowed inputs ON l.window_start = "
-    "r.window_start AND l.window_end = r.window_end (window join); two streams with "
-    "r.ts BETWEEN l.ts - INTERVAL 'x' AND l.ts + INTERVAL 'y' (interval join); two streams ON an equality "
-    "l.k = r.k (regular join, INNER/LEFT/RIGHT/FULL)"
-)
 
 
 # -- entry points (called by the planner) ---------------------------------------------------------
 
 
-def lookup_table_relation(planner, info, alias: str, node: exp.Expr):
-    """A ``CREATE TABLE`` in FROM: only valid as a side of a join."""
-    from sqlstream.plan.planner import _Rel
-
+def lookup_table_relation(planner: PlannerContext, info, alias: str, node: exp.Expr) -> Relation:
+    """A ``CREATE TABLE`` in FROM (``info``: its catalog entry): only valid as a side of a join."""
     if not _is_join_operand(node):
         raise UnsupportedSqlError(
             f"'{info.name}' is a TABLE (bounded lookup data); it can only be joined to a stream",
             location=planner.loc(node),
             hint=f"FROM <stream> s JOIN {info.name} t ON s.<key> = t.<key>",
         )
-    return _Rel(TableRef(info.name, info.schema, info.connector), Scope.of_schema(info.schema, alias), None, info.name)
+    return Relation(TableRef(info.name, info.schema, info.connector), Scope.of_schema(info.schema, alias), None, info.name)
 
 
-def plan_joins(planner, rel, joins: list[exp.Join], select: exp.Select):
+def plan_joins(planner: PlannerContext, rel: Relation, joins: list[exp.Join], select: exp.Select) -> Relation:
+    """``rel`` joined with each of ``joins`` in turn."""
     kinds = [_join_kind(planner, join) for join in joins]
     where = select.args.get("where")
     where_conjuncts = conjuncts(where.this) if where is not None else []
-    context = _Context(planner, select, where_conjuncts, all(k == "inner" for k in kinds))
+    context = JoinContext(planner, select, where_conjuncts, all(k == "inner" for k in kinds))
     for join, kind in zip(joins, kinds, strict=True):
-        right = planner._plan_factor(join.this)
+        right = planner.plan_factor(join.this)
         rel = _JoinPlanner(context, join, kind, rel, right).plan()
     return rel
 
@@ -90,82 +80,28 @@ def _is_join_operand(node: exp.Expr) -> bool:
     return False
 
 
-def _join_kind(planner, join: exp.Join) -> str:
+def _join_kind(planner: PlannerContext, join: exp.Join) -> str:
     method = (join.args.get("method") or "").upper()
     kind = (join.args.get("kind") or "").upper()
     side = (join.args.get("side") or "").upper()
     if method:
-        raise planner._unsupported(f"{method} JOIN is not supported", join, "write the join condition: JOIN ... ON a.k = b.k")
+        raise planner.unsupported(f"{method} JOIN is not supported", join, "write the join condition: JOIN ... ON a.k = b.k")
     if kind in ("SEMI", "ANTI"):
-        raise planner._unsupported(f"{kind} JOIN is not supported", join, "use JOIN (or LEFT JOIN ... WHERE b.k IS NULL)")
+        raise planner.unsupported(f"{kind} JOIN is not supported", join, "use JOIN (or LEFT JOIN ... WHERE b.k IS NULL)")
     if kind not in ("", "INNER", "OUTER", "CROSS"):
-        raise planner._unsupported(f"{kind} JOIN is not supported", join, SUPPORTED_JOINS)
+        raise planner.unsupported(f"{kind} JOIN is not supported", join, SUPPORTED_JOINS)
     if join.args.get("using"):
         names = ", ".join(u.name for u in join.args["using"])
-        raise planner._unsupported(f"JOIN ... USING ({names}) is not supported", join, "write ON a.k = b.k")
+        raise planner.unsupported(f"JOIN ... USING ({names}) is not supported", join, "write ON a.k = b.k")
     if side in ("LEFT", "RIGHT", "FULL"):
         if join.args.get("on") is None:
-            raise planner._unsupported(f"{side} JOIN needs an ON condition", join, "e.g. LEFT JOIN b ON a.k = b.k")
+            raise planner.unsupported(f"{side} JOIN needs an ON condition", join, "e.g. LEFT JOIN b ON a.k = b.k")
         return side.lower()
     return "inner"
 
 
-def _sql(node: exp.Expr) -> str:
-    return node.sql(dialect=SqlStream)
-
-
-@dataclass
-class _Context:
-    planner: object
-    select: exp.Select
-    where: list[exp.Expr]
-    all_inner: bool
-    pushed: set[int] = field(default_factory=set)  # WHERE conjuncts already pushed into a side
-
-
-@dataclass
-class _Side:
-    """One input of the join being planned."""
-
-    rel: object  # _Rel
-    index: int
-    names: dict[str, str]  # input column -> output column, for the columns the output carries
-    qualifiers: set[str]
-    window: tuple[str, str] | None = None  # input columns
-    time: str | None = None  # input column: event time (rowtime, or a final window's end)
-    columns: list = field(default_factory=list)  # (input column, its ScopeColumn, named after the join?)
-    filters: list[exp.Expr] = field(default_factory=list)  # over input columns
-    keys: list[exp.Expr] = field(default_factory=list)  # over input columns
-
-    @property
-    def node(self) -> PlanNode:
-        return self.rel.node
-
-
-@dataclass
-class _Conjunct:
-    text: exp.Expr  # as written (for EXPLAIN)
-    resolved: exp.Expr  # over output columns
-    sides: frozenset[int]
-    origin: str  # on | where
-
-
-class _JoinPlanner:
-    def __init__(self, context: _Context, join: exp.Join, kind: str, left, right):
-        self.context = context
-        self.planner = context.planner
-        self.join = join
-        self.kind = kind
-        self.inputs = (left, right)
-        self.one_sided_bound = False
-        self.references = ColumnReferences.of(context.select, join)
-
-    def _unsupported(self, message: str, hint: str | None = SUPPORTED_JOINS, node=None) -> UnsupportedSqlError:
-        return self.planner._unsupported(message, node if node is not None else self.join, hint)
-
-    def _condition_node(self) -> exp.Expr:
-        """Where condition errors point: the ON condition, else the joined relation."""
-        return self.join.args.get("on") or self.join
+class _JoinPlanner(JoinInputs):
+    """Picks the strategy of one join and builds its node."""
 
     # -- the join ------------------------------------------------------------------------------
 
@@ -182,258 +118,6 @@ class _JoinPlanner:
         if any(tables):
             return self._plan_lookup(0 if tables[1] else 1)
         return self._plan_streams()
-
-    def _materialize(self, rel):
-        """A window TVF without aggregation joins as rows with window columns."""
-        from sqlstream.plan.planner import _Rel
-
-        if rel.window is None:
-            return rel
-        node, scope = self.planner._expand_window(rel, self.context.select)
-        out = _Rel(node, scope, None, rel.label)
-        out.expanded_window = ("window_start", "window_end")  # type: ignore[attr-defined]
-        return out
-
-    def _combine(self, left, right) -> tuple[_Side, _Side]:
-        """Output names for both inputs' columns, and the scope conditions resolve in."""
-        used: set[str] = set()
-        sides = []
-        every: list[ScopeColumn] = []  # what the join's condition may name
-        self.out_to_input = {}
-        self.virtual: list[ScopeColumn] = []
-        for index, rel in enumerate((left, right)):
-            side = _Side(rel, index, {}, set(), getattr(rel, "expanded_window", None) or rel.node.window,
-                         rel.node.rowtime or rel.node.window_end)
-            types = {f.name: f.type for f in rel.node.schema}
-            for column in rel.scope.columns:
-                side.qualifiers |= column.qualifiers
-                if column.virtual:  # window columns of a window TVF passed through a lookup join
-                    virtual = ScopeColumn(column.name, column.internal, column.type, set(column.qualifiers), True)
-                    self.virtual.append(virtual)
-                    every.append(virtual)
-                    continue
-                prefix = sorted(column.qualifiers)[0] if column.qualifiers else (rel.label or f"input{index}")
-                out = f"{prefix}.{column.name}"
-                while out in used:
-                    out += "_"
-                used.add(out)
-                self.out_to_input[out] = (index, column.internal)
-                scoped = ScopeColumn(column.name, out, types.get(column.internal, column.type), set(column.qualifiers))
-                every.append(scoped)
-                side.columns.append((column.internal, scoped, self.references.wanted(column)))
-            sides.append(side)
-        clash = sides[0].qualifiers & sides[1].qualifiers
-        if clash:
-            name = sorted(clash)[0]
-            raise SqlAnalysisError(
-                f"'{name}' names both sides of the join",
-                location=self.planner.loc(self.join),
-                hint=f"give one side an alias: JOIN {name} AS {name}2 ON ...",
-            )
-        self.condition_scope = Scope(every)
-        return sides[0], sides[1]
-
-    def _carry(self, left: set = frozenset(), right: set = frozenset()) -> None:
-        """The columns the join's output carries: those the query names after it, plus
-        ``left``/``right`` input columns its strategy needs (event time, windows)."""
-        scope = list(self.virtual)
-        for side, required in zip(self.sides, (left, right), strict=True):
-            side.names = {}
-            for internal, scoped, wanted in side.columns:
-                if wanted or internal in required:
-                    side.names[internal] = scoped.internal
-                    scope.append(scoped)
-        self.scope = Scope(scope)
-
-    def _out(self, side: _Side, column: str) -> str:
-        """The output name of an input column (carried or not)."""
-        return next(scoped.internal for internal, scoped, _ in side.columns if internal == column)
-
-    def _sides_of(self, resolved: exp.Expr) -> frozenset[int]:
-        return frozenset(
-            self.out_to_input[c.name][0] for c in resolved.find_all(exp.Column) if c.name in self.out_to_input
-        )
-
-    def _conditions(self) -> list[_Conjunct]:
-        source = self.planner.source
-        out = []
-        on = self.join.args.get("on")
-        for node in conjuncts(on):
-            resolved = self.condition_scope.resolve(node, source)
-            self._reject_unsupported(resolved, node)
-            self.planner._reject_virtual(resolved)
-            out.append(_Conjunct(node, resolved, self._sides_of(resolved), "on"))
-        if self.kind != "inner":
-            return out
-        for node in self.context.where:
-            if node.find(exp.Subquery, exp.Window, exp.AggFunc) is not None:
-                continue
-            try:
-                resolved = self.condition_scope.resolve(node, source)
-            except SqlStreamError:
-                continue  # names columns of a later join, or is wrong (reported by WHERE itself)
-            if any(c.meta.get("scope_column") is not None and c.meta["scope_column"].virtual
-                   for c in resolved.find_all(exp.Column)):
-                continue
-            sides = self._sides_of(resolved)
-            if sides == frozenset((0, 1)) or (self.context.all_inner and len(sides) == 1 and id(node) not in self.context.pushed):
-                out.append(_Conjunct(node, resolved, sides, "where"))
-        return out
-
-    def _reject_unsupported(self, resolved: exp.Expr, node: exp.Expr) -> None:
-        for found in resolved.find_all(exp.Subquery, exp.Window, exp.AggFunc):
-            raise self._unsupported("subqueries, window functions and aggregates are not allowed in a join condition",
-                                    None, node=found)
-
-    # -- pieces of the condition ----------------------------------------------------------------
-
-    def _to_input(self, resolved: exp.Expr) -> exp.Expr:
-        """An expression over output columns rewritten over its side's input columns."""
-
-        def rewrite(node):
-            if isinstance(node, exp.Column) and node.name in self.out_to_input:
-                ref = column_ref(self.out_to_input[node.name][1])
-                ref.meta.update(node.meta)
-                return ref
-            return node
-
-        return resolved.copy().transform(rewrite)
-
-    def _split(self, preserved: set[int]):
-        """(equality pairs, residual conjuncts); filters go to the sides."""
-        equalities: list[tuple[exp.Expr, exp.Expr, _Conjunct]] = []
-        residual: list[_Conjunct] = []
-        for conjunct in self.conjuncts:
-            sides = conjunct.sides
-            if len(sides) == 1:
-                (index,) = sides
-                if index in preserved:
-                    residual.append(conjunct)  # decides matching, not which rows exist
-                else:
-                    self.sides[index].filters.append(self._to_input(conjunct.resolved))
-                    if conjunct.origin == "where":
-                        self.context.pushed.add(id(conjunct.text))
-                continue
-            if conjunct.origin == "where" and len(sides) < 2:
-                continue
-            pair = self._equality(conjunct)
-            if pair is not None:
-                equalities.append(pair)
-            elif conjunct.origin == "on":
-                residual.append(conjunct)
-        return equalities, residual
-
-    def _equality(self, conjunct: _Conjunct):
-        node = conjunct.resolved
-        if not isinstance(node, exp.EQ) or conjunct.sides != frozenset((0, 1)):
-            return None
-        a, b = node.this, node.expression
-        sides_a, sides_b = self._sides_of(a), self._sides_of(b)
-        if sides_a == {0} and sides_b == {1}:
-            return self._to_input(a), self._to_input(b), conjunct
-        if sides_a == {1} and sides_b == {0}:
-            return self._to_input(b), self._to_input(a), conjunct
-        return None
-
-    def _key_columns(self, equalities) -> None:
-        """Key expressions of both sides, cast to a common type per pair."""
-        for left_expr, right_expr, conjunct in equalities:
-            types = [self._type_of(side, e) for side, e in zip(self.sides, (left_expr, right_expr), strict=True)]
-            common = common_type(*types)
-            if common is None:
-                raise SqlAnalysisError(
-                    f"cannot join on {_sql(conjunct.text)}: the sides have types {_type_name(types[0])} and {_type_name(types[1])}",
-                    location=self.planner.loc(conjunct.text),
-                    hint="CAST one side to the other's type",
-                )
-            for side, expr, t in zip(self.sides, (left_expr, right_expr), types, strict=True):
-                if t != common:
-                    expr = exp.Cast(this=expr, to=exp.DataType.build(_type_name(common)))
-                side.keys.append(expr)
-
-    def _type_of(self, side: _Side, expression: exp.Expr) -> pa.DataType:
-        schema = side.node.schema
-        if isinstance(expression, exp.Column) and expression.name in schema.names:
-            return schema.field(expression.name).type
-        try:
-            program = DataFusionProgram(f"SELECT {to_datafusion_sql(expression)} AS k FROM __input", _plain(schema))
-        except Exception as error:  # DataFusion planning errors are plain exceptions
-            err = plan_error(error)
-            err.location = self.planner.loc(expression)
-            raise err from error
-        return program.schema.field(0).type
-
-    def _prepare(self, side: _Side, label: str):
-        """The side's input with its filters applied and key expressions computed; the
-        key column names."""
-        items = []
-        key_names = []
-        extra = []
-        for number, key in enumerate(side.keys):
-            if isinstance(key, exp.Column) and key.name in side.node.schema.names:
-                key_names.append(key.name)
-            else:
-                name = f"__jk{side.index}_{number}"
-                key_names.append(name)
-                extra.append((key, name))
-        condition = and_all(side.filters)
-        if not extra and condition is None:
-            return side.node, key_names
-        from sqlstream.plan.planner import _Item
-
-        items = [_Item(column_ref(f.name), f.name) for f in side.node.schema if not is_hidden(f.name) and f.name != OP_COLUMN]
-        items += [_Item(key, name) for key, name in extra]
-        return self.planner.stateless(side.node, items, condition, label=label), key_names
-
-    def _layout(self, kind: str, key_names, residual: list[_Conjunct], hidden: list[pa.Field],
-                window_columns=(None, None), times=(None, None)) -> JoinLayout:
-        output = []
-        fields = []
-        for side in self.sides:
-            types = {f.name: f.type for f in side.node.schema}
-            for name, out in side.names.items():
-                output.append((side.index, name))
-                fields.append(pa.field(out, types[name]))
-        visible = pa.schema(fields)
-        program = None
-        if residual:
-            condition = and_all([c.resolved for c in residual])
-            sql = f'SELECT ({to_datafusion_sql(condition)}) AS "__match" FROM __input'
-            try:
-                program = DataFusionProgram(sql, visible)
-            except Exception as error:  # DataFusion planning errors are plain exceptions
-                err = plan_error(error)
-                err.location = self.planner.loc(residual[0].text)
-                if isinstance(err, UnknownFunctionError):
-                    err.hint = "functions in an outer join's condition run on DataFusion; move Python/model calls to WHERE or a subquery"
-                raise err from error
-        sides = []
-        for side, keys, window, time in zip(self.sides, key_names, window_columns, times, strict=True):
-            sides.append(JoinSide(tuple(side.names), tuple(keys), time, window, side.rel.label))
-        return JoinLayout(kind, sides[0], sides[1], tuple(output), pa.schema(fields + hidden), program)
-
-    def _condition_text(self) -> str:
-        on = self.join.args.get("on")
-        parts = [_sql(on)] if on is not None else []
-        parts += [f"{_sql(c.text)} (from WHERE)" for c in self.conjuncts if c.origin == "where" and len(c.sides) == 2]
-        return " AND ".join(parts)
-
-    def _post_filter(self, node: PlanNode, residual: list[_Conjunct]):
-        """Inner joins: the residual condition filters joined rows (UDFs allowed)."""
-        if not residual:
-            return node
-        from sqlstream.plan.planner import _Item
-
-        items = [_Item(column_ref(f.name), f.name) for f in node.schema if not is_hidden(f.name) and f.name != OP_COLUMN]
-        return self.planner.stateless(node, items, and_all([c.resolved for c in residual]), label=self._label())
-
-    def _label(self) -> str:
-        return f"{self.sides[0].rel.label} JOIN {self.sides[1].rel.label}"
-
-    def _result(self, node: PlanNode, window=None):
-        from sqlstream.plan.planner import _Rel
-
-        return _Rel(node, self.scope, window, self._label())
 
     # -- lookup join ------------------------------------------------------------------------------
 
@@ -455,8 +139,9 @@ class _JoinPlanner:
             )
         self._key_columns(equalities)
         tvf = stream.rel.window
-        required = {stream.node.rowtime, stream.node.window_end, *(stream.node.window or ()),
-                    tvf.time_column if tvf is not None else None}
+        required = {stream.node.rowtime, stream.node.window_end, *(stream.node.window or ())}
+        if tvf is not None:  # the pending window's time and SESSION partition columns
+            required |= {tvf.time_column, *(c.name for p in tvf.partition for c in p.find_all(exp.Column))}
         self._carry(**{("left" if stream.index == 0 else "right"): required})
         node, stream_keys = self._prepare(stream, stream.rel.label)
         table_program, table_keys = self._table_program(table)
@@ -470,20 +155,19 @@ class _JoinPlanner:
         window = tuple(names[w] for w in stream.node.window) if stream.node.window and all(w in names for w in stream.node.window) else None
         reason = (
             f"'{table.rel.label}' is a TABLE: its rows are loaded once when the query starts and an index on "
-            f"({', '.join(_show(k) for k in table.keys)}) is built once; each micro-batch of "
+            f"({', '.join(shown(k) for k in table.keys)}) is built once; each micro-batch of "
             f"'{stream.rel.label}' probes it (no per-event state)"
         )
+        window_end = names.get(stream.node.window_end) if stream.node.window_end else None
         join = LookupJoin(node, stream.index, table.node, table_program, layout, self._condition_text(), reason,
-                          rowtime=rowtime, window=window)
-        join.window_end = names.get(stream.node.window_end) if stream.node.window_end else None
+                          rowtime=rowtime, window=window, window_end=window_end)
         result = self._post_filter(join, [] if preserved else residual)
         if tvf is not None:  # a window TVF passes through: aggregate it after the join
-            from sqlstream.plan.planner import _Window
-
-            tvf = _Window(tvf.spec, names[tvf.time_column], tvf.label)
+            partition = tuple(_over_output(p, names) for p in tvf.partition)
+            tvf = PendingWindow(tvf.spec, names[tvf.time_column], tvf.label, partition)
         return self._result(result, tvf)
 
-    def _table_program(self, table: _Side):
+    def _table_program(self, table: JoinInput):
         """Filters and computed keys of the table, run once on its rows at load time."""
         schema = table.node.schema
         key_names, extra = [], []
@@ -589,8 +273,8 @@ class _JoinPlanner:
             "both inputs are windowed and the condition equates their window_start and window_end: each window is "
             "joined once when the watermark passes its end (final rows, no retractions) and its rows are freed"
         )
-        node = WindowJoin(tuple(nodes), layout, self._condition_text(), reason, rowtime=None, window=window)
-        node.window_end = window[1]
+        node = WindowJoin(tuple(nodes), layout, self._condition_text(), reason, rowtime=None, window=window,
+                          window_end=window[1])
         return self._result(self._post_filter(node, [] if preserved else residual))
 
     def _plan_interval(self, equalities, residual, preserved, lower, upper, used):
@@ -648,27 +332,23 @@ class _JoinPlanner:
         return self._result(self._post_filter(node, [] if preserved else residual))
 
 
-def _show(expression: exp.Expr) -> str:
-    """An expression over a side's input columns as users wrote it (no quoting)."""
-    if isinstance(expression, exp.Column):
-        return expression.name
-    return _sql(expression).replace('"', "")
-
-
-def _plain(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([f for f in schema if not is_hidden(f.name)])
-
-
-def _type_name(t: pa.DataType) -> str:
-    from sqlstream.sql.types import sql_type_name
-
-    return sql_type_name(t)
-
-
 def _signed(us: int) -> str:
     return ("-" if us < 0 else "+") + format_duration_us(abs(us))
 
 
-def _example_column(side: _Side) -> str:
+def _example_column(side: JoinInput) -> str:
     """``alias.column`` of a side's first column, for hints."""
     return side.columns[0][1].internal if side.columns else "t.k"
+
+
+def _over_output(expression: exp.Expr, names: dict[str, str]) -> exp.Expr:
+    """An expression over a side's input columns rewritten over the join's output columns."""
+
+    def rewrite(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column) and node.name in names:
+            ref = column_ref(names[node.name])
+            ref.meta.update(node.meta)
+            return ref
+        return node
+
+    return expression.copy().transform(rewrite)

@@ -15,8 +15,14 @@ import pyarrow as pa
 from sqlstream.durations import format_duration_us
 from sqlstream.hidden import OP_COLUMN, is_hidden
 from sqlstream.operators.base import Operator
+from sqlstream.operators.changelog_aggregate import ChangelogAggregateOperator
 from sqlstream.operators.context import BuildContext
 from sqlstream.operators.datafusion_program import DataFusionProgram
+from sqlstream.operators.group_aggregate import GroupAggregateOperator
+from sqlstream.operators.stateless import StatelessOperator
+from sqlstream.operators.union import LimitOperator, UnionOperator
+from sqlstream.operators.window_aggregate import make_window_operator
+from sqlstream.operators.windows import LateFilterOperator, WindowExpandOperator
 
 __all__ = [
     "PlanNode",
@@ -107,23 +113,30 @@ class Scan(PlanNode):
 
 class Stateless(PlanNode):
     """Projection, filter and scalar functions per micro-batch on DataFusion (plus a
-    vectorized step for Python/model functions before it)."""
+    vectorized step for Python/model functions before it).
 
-    def __init__(self, child: PlanNode, program: DataFusionProgram, udf_step=None, *, rowtime=None, window=None, label=""):
+    ``projection``: the input column of each output column when the program only picks
+    and renames columns (the operator then passes the arrays on without DataFusion)."""
+
+    def __init__(self, child: PlanNode, program: DataFusionProgram, udf_step=None, *,
+                 projection: tuple[int, ...] | None = None, rowtime: str | None = None,
+                 window: tuple[str, str] | None = None, key_columns: tuple[str, ...] | None = None,
+                 window_end: str | None = None, label: str = ""):
         self.children = (child,)
         self.program = program
         self.udf_step = udf_step
+        self.projection = projection
         self.schema = program.schema
         self.updating = child.updating
         self.rowtime = rowtime
         self.window = window
+        self.key_columns = key_columns
+        self.window_end = window_end
         self.label = label
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.stateless import StatelessOperator
-
         step = self.udf_step.instantiate(ctx) if self.udf_step is not None else None
-        return StatelessOperator(self.program, step, ctx.on_error, self.label)
+        return StatelessOperator(self.program, step, ctx.on_error, self.label, self.projection)
 
     def describe(self) -> str:
         return "Stateless (DataFusion per micro-batch)"
@@ -186,8 +199,6 @@ class LateFilter(_WindowedNode):
         self.window = child.window
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.windows import LateFilterOperator
-
         return LateFilterOperator(self.spec, self.time_column, self.source_label)
 
     def describe(self) -> str:
@@ -210,8 +221,6 @@ class WindowAggregate(_WindowedNode):
         self.window = ("window_start", "window_end")
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.window_aggregate import make_window_operator
-
         return make_window_operator(self.spec, self.keys, self.calls, self.schema, self.emit_every_us)
 
     def describe(self) -> str:
@@ -236,8 +245,6 @@ class GroupAggregate(PlanNode):
         self.updating = True
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.group_aggregate import GroupAggregateOperator
-
         return GroupAggregateOperator(self.keys, self.calls, self.schema, self.emit_every_us)
 
     def describe(self) -> str:
@@ -259,8 +266,6 @@ class ChangelogAggregate(PlanNode):
         self.updating = True
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.changelog_aggregate import ChangelogAggregateOperator
-
         return ChangelogAggregateOperator(self.keys, self.calls, self.schema)
 
     def describe(self) -> str:
@@ -289,8 +294,6 @@ class WindowExpand(_WindowedNode):
         self.window = ("window_start", "window_end")
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.windows import WindowExpandOperator
-
         return WindowExpandOperator(self.spec, self.time_column, self.schema)
 
     def describe(self) -> str:
@@ -306,8 +309,6 @@ class Union(PlanNode):
         self.updating = any(c.updating for c in children)
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.union import UnionOperator
-
         return UnionOperator(len(self.children), self.schema)
 
     def describe(self) -> str:
@@ -323,8 +324,6 @@ class Limit(PlanNode):
         self.window = child.window
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        from sqlstream.operators.union import LimitOperator
-
         return LimitOperator(self.count)
 
     def describe(self) -> str:

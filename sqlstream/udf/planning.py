@@ -39,8 +39,8 @@ from sqlstream.operators.datafusion_program import (
     DataFusionError,
     DataFusionProgram,
     plan_error,
-    to_datafusion_sql,
 )
+from sqlstream.plan.lowering import to_datafusion_sql
 from sqlstream.sql.types import sql_type_name
 
 __all__ = ["UdfPlanner", "UdfStep"]

@@ -225,6 +225,18 @@ def test_lookup_join_window_after_the_join(tmp_path):
     assert_same(ours, theirs)
 
 
+def test_lookup_join_keeps_the_partition_of_a_session_window(tmp_path):
+    """SESSION(TABLE a PARTITION BY k ...) through a lookup join: sessions stay per key,
+    as if the key were in GROUP BY."""
+    tvf = "TABLE(SESSION(TABLE a PARTITION BY k, DESCRIPTOR(ts), INTERVAL '1' SECOND)) AS x JOIN m ON x.k = m.id"
+    ours, keyed = (
+        make_session(tmp_path, {"a": A}, 17).run_query(f"SELECT window_start, window_end, count(*) AS n FROM {tvf} {group}")
+        for group in ("GROUP BY window_start, window_end", "GROUP BY window_start, window_end, x.k")
+    )
+    assert len(ours) > 20
+    assert_same(ours, keyed)
+
+
 def test_lookup_join_of_a_changelog_stays_a_changelog(tmp_path):
     session = make_session(tmp_path, {"a": A}, 29)
     sql = "SELECT c.k, c.n, m.region FROM (SELECT k, count(*) AS n FROM a GROUP BY k) c JOIN m ON c.k = m.id"
