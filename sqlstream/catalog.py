@@ -16,6 +16,7 @@ from sqlstream.errors import Location, SqlAnalysisError, did_you_mean
 from sqlstream.hidden import OP_COLUMN, is_hidden, visible_schema
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.planner import RelationInfo
+from sqlstream.plan.udf_calls import UdfPlanner
 from sqlstream.runtime.dead_letter_source import DeadLetterSource
 from sqlstream.sql.statements import (
     ColumnSpec,
@@ -27,7 +28,6 @@ from sqlstream.sql.statements import (
     Statement,
     normalize_name,
 )
-from sqlstream.udf.planning import UdfPlanner
 
 __all__ = [
     "SourceEntry",

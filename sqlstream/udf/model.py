@@ -108,6 +108,7 @@ class ModelUdf:
 
     kind = "model"
     volatility = "immutable"
+    is_async = False
 
     def __init__(self, name: str, path: str, session, options: dict):
         self.name = name
