@@ -2,17 +2,35 @@
 
 This package is the plugin API: a connector subclasses :class:`SourceConnector` /
 :class:`SinkConnector` (see :mod:`sqlstream.connectors.base` for the contract), declares
-its options with :class:`OptionSpec`, and registers itself by name::
+its options with :class:`OptionSpec`, and registers itself by name. A bounded source
+that counts down, used from SQL:
 
-    from sqlstream.connectors import OptionSpec, SourceConnector, register_source
-
-    @register_source
-    class KafkaSource(SourceConnector):
-        name = "kafka"
-        options = (OptionSpec("topic", required=True, doc="topic to read"),)
-
-        def open(self, ctx):
-            ...
+>>> import pyarrow as pa
+>>> from sqlstream import Session
+>>> from sqlstream.connectors import OptionSpec, SourceBatch, SourceConnector, SourceReader, register_source
+>>> class CountdownReader(SourceReader):
+...     bounded = True
+...     def __init__(self, start: int):
+...         self.left = start
+...     def poll(self):  # never blocks: rows ready now, or None
+...         if self.left <= 0:
+...             return None
+...         batch = pa.RecordBatch.from_pydict({"n": pa.array(range(self.left, 0, -1), pa.int64())})
+...         self.left = 0
+...         return SourceBatch(batch, raw_count=batch.num_rows)
+...     @property
+...     def exhausted(self) -> bool:
+...         return self.left <= 0
+>>> @register_source
+... class CountdownSource(SourceConnector):
+...     name = "countdown"
+...     options = (OptionSpec("start", "int", default=3, doc="the first number"),)
+...     def open(self, ctx):
+...         return CountdownReader(self.config["start"])
+>>> session = Session()
+>>> _ = session.execute("CREATE SOURCE c (n BIGINT) WITH (connector = 'Countdown', start = 4)")
+>>> [b.to_pydict() for b in session.query("SELECT n * 10 AS m FROM c")]
+[{'m': [40, 30, 20, 10]}]
 
 The built-in connectors (file, generator, nats, stdout) are imported only when they
 are first named (see :mod:`sqlstream.connectors.registry`): importing this package

@@ -27,6 +27,7 @@ from sqlglot import exp
 
 from sqlstream.errors import Location, SqlAnalysisError, UdfError, did_you_mean
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error
+from sqlstream.plan.join_conditions import and_all, conjuncts
 from sqlstream.plan.lowering import to_datafusion_sql
 from sqlstream.sql.types import sql_type_name
 from sqlstream.udf.step import CallArgument, CallStage, FunctionCall, ProgramStage, UdfStep
@@ -40,21 +41,6 @@ def _quote(name: str) -> str:
 
 def _column(name: str) -> exp.Column:
     return exp.Column(this=exp.Identifier(this=name, quoted=True))
-
-
-def _conjuncts(condition: exp.Expr) -> list[exp.Expr]:
-    inner = condition
-    while isinstance(inner, exp.Paren):
-        inner = inner.this
-    if isinstance(inner, exp.And):
-        return _conjuncts(inner.this) + _conjuncts(inner.expression)
-    return [condition]
-
-
-def _and(parts: list[exp.Expr]) -> exp.Expr | None:
-    if not parts:
-        return None
-    return exp.and_(*[p.copy() for p in parts]) if len(parts) > 1 else parts[0]
 
 
 def _literal(node: exp.Expr) -> tuple[object, pa.DataType] | None:
@@ -185,22 +171,22 @@ class _StepBuilder:
     # -- stages ------------------------------------------------------------------------------
 
     def build(self, expressions: list[exp.Expr], condition: exp.Expr | None):
-        conjuncts = _conjuncts(condition) if condition is not None else []
-        plain = [c for c in conjuncts if not self.planner.has_call(c)]
-        with_calls = [c for c in conjuncts if self.planner.has_call(c)]
+        parts = conjuncts(condition)
+        plain = [c for c in parts if not self.planner.has_call(c)]
+        with_calls = [c for c in parts if self.planner.has_call(c)]
         where = [self.lower(c, "where") for c in with_calls]
         select = [self.lower(e, "select") for e in expressions]
-        self.pending_filter = _and(plain)
+        self.pending_filter = and_all(plain)
         self._phase([c for c in self.calls if c.phase == "where"])
         select_calls = [c for c in self.calls if c.phase == "select"]
         remaining = where + ([self.pending_filter] if self.pending_filter is not None else [])
         if not select_calls:
             # the last filter runs in the query's own DataFusion program
             self.pending_filter = None
-            return select, _and(remaining), UdfStep(self.stages), self.schema
+            return select, and_all(remaining), UdfStep(self.stages), self.schema
         if where:  # (without calls in WHERE, its plain part joins the first program below)
             self.pending_filter = None
-            self._add_program(f"SELECT * FROM __input WHERE {to_datafusion_sql(_and(remaining))}", remaining, "filter")
+            self._add_program(f"SELECT * FROM __input WHERE {to_datafusion_sql(and_all(remaining))}", remaining, "filter")
         self._phase(select_calls)
         return select, None, UdfStep(self.stages), self.schema
 
