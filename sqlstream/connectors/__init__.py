@@ -23,12 +23,12 @@ that counts down, used from SQL:
 ...         return self.left <= 0
 >>> @register_source
 ... class CountdownSource(SourceConnector):
-...     name = "countdown"
+...     name = "ticks"  # registered for the whole process: pick a name no other connector has
 ...     options = (OptionSpec("start", "int", default=3, doc="the first number"),)
 ...     def open(self, ctx):
 ...         return CountdownReader(self.config["start"])
 >>> session = Session()
->>> _ = session.execute("CREATE SOURCE c (n BIGINT) WITH (connector = 'Countdown', start = 4)")
+>>> _ = session.execute("CREATE SOURCE c (n BIGINT) WITH (connector = 'Ticks', start = 4)")
 >>> [b.to_pydict() for b in session.query("SELECT n * 10 AS m FROM c")]
 [{'m': [40, 30, 20, 10]}]
 
