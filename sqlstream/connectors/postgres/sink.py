@@ -231,10 +231,10 @@ def _keyless(writer: PostgresWriter) -> list[str]:
     """Statements applying a staged changelog without a key (``__seq`` holds ±1): the table as a multiset."""
     cols = writer.column_list
     same = " AND ".join(f"t.{quote_ident(f.name)} IS NOT DISTINCT FROM d.{quote_ident(f.name)}" for f in writer.columns)
-    net = f"SELECT {cols}, sum(__seq) AS n FROM {writer.stage} GROUP BY {cols}"
+    net = f"SELECT {cols}, sum(__seq) AS __n FROM {writer.stage} GROUP BY {cols}"
     return [
-        f"DELETE FROM {writer.name.sql} WHERE ctid IN (SELECT ctid FROM (SELECT t.ctid, d.n, row_number() OVER "
-        f"(PARTITION BY d.g ORDER BY t.ctid) AS rn FROM {writer.name.sql} AS t JOIN (SELECT row_number() OVER () AS g, "
-        f"-n AS n, {cols} FROM ({net}) AS s WHERE n < 0) AS d ON {same}) AS x WHERE x.rn <= x.n)",
-        f"INSERT INTO {writer.name.sql} ({cols}) SELECT {cols} FROM ({net}) AS s, generate_series(1, s.n) WHERE s.n > 0",
+        f"DELETE FROM {writer.name.sql} WHERE ctid IN (SELECT __ctid FROM (SELECT t.ctid AS __ctid, d.__n, row_number() "
+        f"OVER (PARTITION BY d.__g ORDER BY t.ctid) AS __rn FROM {writer.name.sql} AS t JOIN (SELECT row_number() OVER () "
+        f"AS __g, -__n AS __n, {cols} FROM ({net}) AS s WHERE __n < 0) AS d ON {same}) AS x WHERE x.__rn <= x.__n)",
+        f"INSERT INTO {writer.name.sql} ({cols}) SELECT {cols} FROM ({net}) AS s, generate_series(1, s.__n) WHERE s.__n > 0",
     ]
