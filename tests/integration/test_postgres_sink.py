@@ -12,7 +12,10 @@ import pytest
 
 from sqlstream.errors import ConnectorError
 from sqlstream.testing import TestSession
-from tests.integration.postgres_fixtures import POSTGRES_URL, pg_schema  # noqa: F401 (fixture)
+from tests.integration import postgres_fixtures
+from tests.integration.postgres_fixtures import POSTGRES_URL
+
+pg_schema = postgres_fixtures.pg_schema  # the fixture
 
 pytestmark = pytest.mark.timeout(120)
 
