@@ -1,6 +1,8 @@
 """``connector = 'postgres'`` as a sink: rows into a PostgreSQL table.
 
-Append-only results are bulk-loaded with ``COPY … FROM STDIN (FORMAT csv)``. Updating
+Append-only results are bulk-loaded with ``COPY … FROM STDIN``: in the binary format
+when every column has exactly the type its values take in binary (see
+:mod:`~sqlstream.connectors.postgres.binary`; about twice as fast), else as CSV. Updating
 results (``__op`` first) keep the table equal to the current result, one transaction
 per flushed batch:
 
@@ -26,6 +28,7 @@ import pyarrow as pa
 from sqlstream.connectors.base import RunContext, SinkConnector, SinkWriter
 from sqlstream.connectors.dead_letters import rows_as_dead_letters
 from sqlstream.connectors.options import OptionSpec
+from sqlstream.connectors.postgres.binary import binary_copy, binary_typname
 from sqlstream.connectors.postgres.table import (
     TableName,
     check_table,
@@ -106,6 +109,9 @@ class PostgresWriter(SinkWriter):
                     "which upserts need",
                     hint=f"ALTER TABLE {self.name.sql} ADD PRIMARY KEY ({', '.join(quote_ident(k) for k in self.key)})",
                 )
+        # binary COPY where every column has exactly the type its values have in binary; else CSV
+        self.binary = all(binary_typname(f.type) == columns[f.name][0]
+                          or (binary_typname(f.type) == "text" and columns[f.name][0] == "varchar") for f in self.columns)
         quoted = [quote_ident(f.name) for f in self.columns]
         self.column_list = ", ".join(quoted)
         if self.updating:
@@ -172,21 +178,25 @@ class PostgresWriter(SinkWriter):
 
     def _apply(self, batch: pa.Table) -> None:
         if not self.updating:
-            self._copy(f"COPY {self.name.sql} ({self.column_list}) FROM STDIN (FORMAT csv)", batch)
+            self._copy(f"COPY {self.name.sql} ({self.column_list}) FROM STDIN", batch)
             return
         ops = batch.column(OP_COLUMN).combine_chunks()
         data = batch.drop_columns([OP_COLUMN])
         first = pa.array(row_signs(ops) if not self.key else np.arange(batch.num_rows, dtype=np.int64))
         staged = pa.Table.from_arrays([first, ops, *data.columns], names=["__seq", "__op", *data.column_names])
-        self._copy(f"COPY {self.stage} FROM STDIN (FORMAT csv)", staged)
+        self._copy(f"COPY {self.stage} FROM STDIN", staged)
         with self.conn.cursor() as cursor:
             for statement in self.statements:
                 cursor.execute(statement)
         self.conn.execute(f"TRUNCATE {self.stage}")
 
     def _copy(self, statement: str, table: pa.Table) -> None:
+        if self.binary:
+            statement, payload = statement + " (FORMAT binary)", binary_copy(table)
+        else:
+            statement, payload = statement + " (FORMAT csv)", csv_rows(table)
         with self.conn.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.write(csv_rows(table))
+            copy.write(payload)
 
     def close(self) -> None:
         try:
