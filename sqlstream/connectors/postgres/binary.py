@@ -1,8 +1,10 @@
-"""Rows as PostgreSQL's binary ``COPY`` format, built with numpy (no per-row Python).
+"""Rows as PostgreSQL's binary ``COPY`` format, built with Arrow kernels and numpy
+(no per-row Python): each value becomes a field (length + bytes), and one
+``binary_join_element_wise`` per batch joins them into tuples.
 
 Covers the types whose binary form is a fixed-width big-endian number or raw bytes:
 boolean, smallint/integer/bigint, real/double precision, text/varchar, bytea, date,
-time and timestamp(tz). :func:`binary_typnames` says whether a table's columns all
+time and timestamp(tz). :func:`binary_typname` says whether a table's columns all
 have such a type (exactly the one the Arrow type maps to); otherwise the sink uses
 CSV. Measured on 1M rows (benchmarks/postgres_sink.py) binary COPY is about twice as
 fast as CSV: the server parses CSV far slower than it reads binary.
