@@ -148,3 +148,23 @@ def test_an_upsert_needs_a_unique_key_on_an_existing_table(tmp_path, pg_schema):
         t.run()
     assert info.value.message == (f"sink 'out': table {schema}.nokey has no primary key or unique index on (k), "
                                   "which upserts need")
+
+
+def test_a_left_join_with_retractions_leaves_its_final_result(tmp_path, pg_schema):
+    """A regular outer join retracts its NULL-padded rows when a match arrives; the
+    keyless (multiset) path keeps the table equal to the final result."""
+    conn, schema = pg_schema
+    left = _events(200, 8)
+    right = pa.table({"k": [f"key-{i}" for i in range(0, 8, 2)], "w": pa.array([10, 20, 30, 40], pa.int64())})
+    t = TestSession(base_dir=str(tmp_path), dead_letter_path=str(tmp_path / "dead.jsonl"))
+    t.execute("CREATE SOURCE s (k VARCHAR, v BIGINT) WITH (connector = 'memory')")
+    t.execute("CREATE SOURCE r (k VARCHAR, w BIGINT) WITH (connector = 'memory')")
+    t.stream("s").push(left, batch_size=25).finish()
+    t.stream("r").push(right, batch_size=1).finish()
+    query = "SELECT s.k, s.v, r.w FROM s LEFT JOIN r ON s.k = r.k"
+    _sink(t, schema, "joined", query)
+    t.run()
+    con = duckdb.connect()
+    con.register("s", left)
+    con.register("r", right)
+    assert _rows(conn, f'SELECT k, v, w FROM "{schema}".joined') == sorted(con.execute(query).fetchall(), key=repr)
