@@ -47,7 +47,8 @@ class PostgresTableReader(SourceReader):
         if self.done:
             return None
         self.done = True
-        return SourceBatch(self._read(), raw_count=0)
+        batch = self._read()
+        return SourceBatch(batch, raw_count=batch.num_rows)
 
     def _read(self) -> pa.RecordBatch:
         with connect(self.url, self.owner) as conn:
