@@ -101,6 +101,11 @@ class RunContext:
     #: sinks: the columns that identify a row of a final window result (window bounds and
     #: group key), for sinks that derive message ids from them; None if not all selected
     row_key_columns: list[str] | None = None
+    #: sinks of updating results: the columns identifying a row of the result (the group
+    #: key of an unwindowed GROUP BY), for sinks that upsert by them; None if unknown
+    upsert_key_columns: list[str] | None = None
+    #: sinks: where rows the destination rejects go, as dead letters (None: nowhere)
+    dead_letter: Callable[[list[DeadLetter]], None] | None = None
     #: sources: about how long (event time, µs) windows and joins hold this source's rows
     #: before results go out (0: no state); sources that ack size their timeouts by it
     retention_horizon_us: int = 0

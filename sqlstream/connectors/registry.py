@@ -148,6 +148,7 @@ SOURCE_CONNECTORS = ConnectorRegistry(
         "file": "sqlstream.connectors.file",
         "generator": "sqlstream.connectors.generator",
         "nats": "sqlstream.connectors.nats",
+        "postgres": "sqlstream.connectors.postgres",
     },
 )
 SINK_CONNECTORS = ConnectorRegistry(
@@ -155,6 +156,7 @@ SINK_CONNECTORS = ConnectorRegistry(
     {
         "file": "sqlstream.connectors.file",
         "nats": "sqlstream.connectors.nats",
+        "postgres": "sqlstream.connectors.postgres",
         "stdout": "sqlstream.connectors.stdout",
     },
 )

@@ -335,7 +335,11 @@ class _Aggregation:
         replacements = self._post_replacements(grouping, key_items, calls)
         post_items = [SelectItem(self._rewrite_post(i.expression, replacements), i.name) for i in resolved_items]
         post_having = self._rewrite_post(resolved_having, replacements) if resolved_having is not None else None
-        columns = _window_result_columns(post_items, key_items, emit_every) if grouping.spec is not None else None
+        if grouping.spec is not None:
+            columns = _window_result_columns(post_items, key_items, emit_every)
+        else:  # an updating result: its group key identifies a row (sinks upsert by it)
+            keys = _window_result_columns(post_items, key_items, None).key_columns if key_items else None
+            columns = StageColumns(key_columns=keys) if keys else None
         return self.ctx.stateless(node, post_items, post_having, label=self.rel.label, columns=columns)
 
     @staticmethod

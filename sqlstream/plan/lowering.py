@@ -149,7 +149,7 @@ def _passed_through(node: PlanNode, items: list[SelectItem], expressions: list[e
     if node.window is not None and all(w in renamed for w in node.window):
         window = (renamed[node.window[0]], renamed[node.window[1]])
     key_columns = None  # a final window result's group key columns, if the projection keeps them all
-    if window and node.key_columns is not None and all(k in renamed for k in node.key_columns):
+    if (window or node.updating) and node.key_columns is not None and all(k in renamed for k in node.key_columns):
         key_columns = tuple(renamed[k] for k in node.key_columns)
     window_end = next(
         (i.name for i, e in zip(items, expressions, strict=True)

@@ -130,6 +130,17 @@ def row_key_columns(plan: RunnablePlan, schema: pa.Schema) -> list[str] | None:
     return [schema.names[names.index(k)] for k in wanted]
 
 
+def upsert_key_columns(plan: RunnablePlan, schema: pa.Schema) -> list[str] | None:
+    """The sink columns that identify a row of an updating result (an unwindowed GROUP
+    BY's key), for sinks that upsert; None if unknown or not all selected."""
+    names = sink_input_names(plan)
+    if not plan.updating or plan.window is not None or not plan.key_columns:
+        return None
+    if not all(k in names for k in plan.key_columns):
+        return None
+    return [schema.names[names.index(k)] for k in plan.key_columns]
+
+
 class PipelineBuilder:
     """Builds the :class:`Driver` of one run.
 
@@ -188,7 +199,7 @@ class PipelineBuilder:
         )
         sink_ops = []
         for sink in sinks:
-            op = self._sink_operator(sink)
+            op = self._sink_operator(sink, ctx.dead_letter)
             sink.plan.build(ctx).connect(op)
             sink_ops.append(op)
         if dead_letter_reader is not None:
@@ -197,11 +208,13 @@ class PipelineBuilder:
         return Driver(list(stages.values()), sink_ops, self.clock, dead_letters, ctx.operators, state_limits=limits,
                       progress=progress, warn=warn)
 
-    def _sink_operator(self, sink: SinkPlan) -> SinkOperator:
+    def _sink_operator(self, sink: SinkPlan, dead_letter: Callable | None = None) -> SinkOperator:
         run_ctx = replace(
             self.run_context(sink.base_dir),
             acknowledging_sources=acknowledging_sources(sink.plan, self.sources),
             row_key_columns=row_key_columns(sink.plan, sink.schema),
+            upsert_key_columns=upsert_key_columns(sink.plan, sink.schema),
+            dead_letter=dead_letter,
         )
         open_writer = sink.open_writer
         return SinkOperator(sink.name, sink.schema, lambda schema: open_writer(schema, run_ctx), sink_input_names(sink.plan))
