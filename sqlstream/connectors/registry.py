@@ -147,6 +147,7 @@ SOURCE_CONNECTORS = ConnectorRegistry(
     {
         "file": "sqlstream.connectors.file",
         "generator": "sqlstream.connectors.generator",
+        "mqtt": "sqlstream.connectors.mqtt",
         "nats": "sqlstream.connectors.nats",
     },
 )
@@ -154,6 +155,7 @@ SINK_CONNECTORS = ConnectorRegistry(
     "sink",
     {
         "file": "sqlstream.connectors.file",
+        "mqtt": "sqlstream.connectors.mqtt",
         "nats": "sqlstream.connectors.nats",
         "stdout": "sqlstream.connectors.stdout",
     },
