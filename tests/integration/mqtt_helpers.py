@@ -7,6 +7,7 @@ port, for tests that stop and restart the broker.
 
 from __future__ import annotations
 
+import getpass
 import socket
 import subprocess
 import threading
@@ -97,7 +98,8 @@ class Mosquitto:
         self.directory = Path(directory)
         self.port = _free_port()
         self.config = self.directory / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 100000"]
+        # "user": started as root, mosquitto would switch to its own user, which cannot write here
+        lines = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 100000"]
         if persistence:
             lines += ["persistence true", f"persistence_location {self.directory}/", "autosave_interval 1"]
         self.config.write_text("\n".join(lines) + "\n")

@@ -59,6 +59,7 @@ class MqttClient:
         self.generation = 0  # connections so far: message ids are valid within one
         self.disconnects = 0
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
         self.failure: str | None = None
         self.closing = False
         client_id = config["client_id"] or f"sqlstream-{uuid.uuid4().hex[:12]}"
@@ -81,6 +82,7 @@ class MqttClient:
             self.client.tls_insecure_set(bool(config["tls_insecure"]))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
         if on_message is not None:
             self.client.on_message = on_message
 
@@ -125,11 +127,13 @@ class MqttClient:
                     ) from error
                 time.sleep(0.1)  # connection retry backoff, not a wait for data
         self.client.loop_start()
-        if not self.connected.wait(max(0.0, deadline - time.monotonic()) + 1.0) or self.failure:
+        wait_s = max(0.0, deadline - time.monotonic()) + 1.0
+        ready = self.connected.wait(wait_s) and (self.subscription is None or self.subscribed.wait(wait_s))
+        if not ready or self.failure:
             self.close()
             raise ConnectorError(
                 f"{self.owner}: cannot connect to MQTT broker {self.host}:{self.port}: "
-                f"{self.failure or 'no answer to CONNECT'}",
+                f"{self.failure or 'no answer to CONNECT / SUBSCRIBE'}",
                 hint="check options 'url', 'username', 'password' and the TLS options",
             )
 

@@ -63,6 +63,9 @@ class MqttReader(SourceReader):
         self.mqtt = MqttClient(config, f"source '{connector.source_name}'", self._on_message,
                                subscribe=(config["topic"], self.qos), manual_ack=True)
         self.mqtt.start()
+        #: QoS 0 input cannot be redelivered: a graceful stop unsubscribes and drains it
+        self.drains_on_stop = self.qos == 0
+        self.lost_at_shutdown = 0
 
     def _on_message(self, client, userdata, message) -> None:  # network thread, per message
         if self.pending_since is None:
@@ -139,6 +142,23 @@ class MqttReader(SourceReader):
             self.acked += count
         return ack
 
+    def stop_receiving(self) -> None:
+        self.mqtt.client.unsubscribe(self.mqtt.subscription[0])
+
+    def drain(self) -> SourceBatch | None:
+        if not self.buffer:
+            return None
+        popleft = self.buffer.popleft
+        items = [popleft() for _ in range(min(len(self.buffer), self.batch_size))]
+        self.pending_since = None if not self.buffer else self.pending_since
+        return self._batch(items)
+
+    def abandon(self, deadline_s: float) -> int:
+        left = len(self.buffer)
+        self.lost_at_shutdown += left
+        self.buffer.clear()
+        return left
+
     def close(self) -> None:
         self.mqtt.close()
 
@@ -146,8 +166,9 @@ class MqttReader(SourceReader):
         return {"received": self.received, "acked": self.acked, "disconnects": self.mqtt.disconnects}
 
     def problems(self) -> list[str]:
+        out = [f"QoS 0: {self.lost_at_shutdown:,} received messages not processed at shutdown"] if self.lost_at_shutdown else []
         if not self.mqtt.disconnects:
-            return []
+            return out
         lost = "QoS 0 messages published meanwhile were lost" if self.qos == 0 else (
             "QoS 1 messages are redelivered on a persistent session (clean_session = false)")
-        return [f"disconnected {self.mqtt.disconnects}x from the MQTT broker: {lost}"]
+        return out + [f"disconnected {self.mqtt.disconnects}x from the MQTT broker: {lost}"]
