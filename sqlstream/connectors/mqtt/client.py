@@ -93,6 +93,8 @@ class MqttClient:
             return
         self.generation += 1
         if self.subscription is not None:
+            if flags.session_present:  # the broker kept the subscription (and queued messages for it)
+                self.subscribed.set()
             topic, qos = self.subscription
             client.subscribe(topic, qos)
         self.connected.set()
