@@ -115,9 +115,13 @@ def prepare(port: int, client_id: str, topic: str, n: int) -> None:
     consumer.loop_stop()
     publisher = _client(f"pub-{uuid.uuid4().hex[:8]}", False, port)
     publisher.loop_start()
-    infos = [publisher.publish(topic, payload(i), 1) for i in range(n)]
-    for info in infos:
-        info.wait_for_publish(60)
+    deadline = time.monotonic() + 10
+    while not publisher.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.01)  # waiting for CONNACK, with a deadline
+    for start in range(0, n, 50_000):  # message ids are 16-bit: wait before reusing them
+        infos = [publisher.publish(topic, payload(i), 1) for i in range(start, min(n, start + 50_000))]
+        for info in infos:
+            info.wait_for_publish(60)
     publisher.disconnect()
     publisher.loop_stop()
 

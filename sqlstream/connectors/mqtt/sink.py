@@ -22,6 +22,8 @@ from sqlstream.hidden import is_hidden
 
 __all__ = ["MqttWriter", "TopicTemplate"]
 
+_MAX_UNACKED = 50_000
+
 
 class TopicTemplate(DestinationTemplate):
     """``'factory/{line}/alerts'``: an MQTT topic from row values."""
@@ -49,6 +51,8 @@ class MqttWriter(SinkWriter):
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
+        if len(self.unacked) + batch.num_rows > _MAX_UNACKED:
+            self.flush()  # message ids are 16-bit: outstanding publishes must stay below 65,535
         topics = self.topic.render(batch)
         data = batch.select(self.columns)
         if self.format == "arrow":
