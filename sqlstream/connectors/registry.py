@@ -147,6 +147,7 @@ SOURCE_CONNECTORS = ConnectorRegistry(
     {
         "file": "sqlstream.connectors.file",
         "generator": "sqlstream.connectors.generator",
+        "mqtt": "sqlstream.connectors.mqtt",
         "nats": "sqlstream.connectors.nats",
         "postgres": "sqlstream.connectors.postgres",
     },
@@ -155,6 +156,7 @@ SINK_CONNECTORS = ConnectorRegistry(
     "sink",
     {
         "file": "sqlstream.connectors.file",
+        "mqtt": "sqlstream.connectors.mqtt",
         "nats": "sqlstream.connectors.nats",
         "postgres": "sqlstream.connectors.postgres",
         "stdout": "sqlstream.connectors.stdout",

@@ -10,7 +10,6 @@ position is ``subject#sequence``. :func:`encode_rows` does the reverse for the s
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.connectors.dead_letters import DeadLetter
-from sqlstream.connectors.decode import CsvDecoder, JsonDecoder, conform_table
+from sqlstream.connectors.decode.payloads import PayloadDecoder
 from sqlstream.connectors.encode import encode_json_values
 from sqlstream.connectors.nats.protocol import text
 from sqlstream.connectors.nats.routing import parse_headers
@@ -99,13 +98,7 @@ class MessageDecoder:
         self.stream = stream
         self.data_schema = pa.schema([f for f in schema if f.name not in METADATA_COLUMNS])
         self.metadata = [f.name for f in schema if f.name in METADATA_COLUMNS]
-        self.not_null = [f.name for f in self.data_schema if not f.nullable]
-        if fmt == "json":
-            self._decoder = JsonDecoder(self.data_schema, source_name, timestamp_format)
-        elif fmt == "csv":
-            self._decoder = CsvDecoder(self.data_schema, source_name, None, delimiter, timestamp_format, null_values)
-        else:
-            self._decoder = None
+        self.payloads = PayloadDecoder(self.data_schema, source_name, fmt, timestamp_format, delimiter, null_values)
         self.output_schema = pa.schema(
             [f.with_nullable(True) for f in schema]
             + ([pa.field(SOURCE_ID_COLUMN, pa.string())] if stream is not None else [])
@@ -114,79 +107,11 @@ class MessageDecoder:
     # -- decoding ---------------------------------------------------------------------------
 
     def decode(self, received: Received) -> tuple[pa.RecordBatch, list[DeadLetter]]:
-        payloads = received.payloads
-        dead: list[DeadLetter] = []
-
         def position(index: int) -> str:
             return f"{received.subjects[index].decode('utf-8', 'replace')}#{received.sequences[index]}"
 
-        if self.format == "arrow":
-            table, rows = self._decode_arrow(payloads, position, dead)
-        elif self.format == "raw":
-            table, rows = self._decode_raw(payloads, position, dead)
-        else:
-            table, rows = self._decode_text(payloads, position, dead)
+        table, rows, dead = self.payloads.decode(received.payloads, position)
         return self._assemble(table, rows, received), dead
-
-    def _decode_text(self, payloads: list[bytes], position, dead: list[DeadLetter]) -> tuple[pa.Table, np.ndarray]:
-        """JSON / CSV: one record per message (a row or one dead letter), decoded in one
-        call for the batch."""
-        decoded = self._decoder.decode_records(payloads, position)
-        dead.extend(decoded.dead)
-        return decoded.table, decoded.records
-
-    def _decode_arrow(self, payloads: list[bytes], position, dead: list[DeadLetter]) -> tuple[pa.Table, np.ndarray]:
-        """Arrow IPC: each message is a stream of record batches (any number of rows)."""
-        tables, rows = [], []
-        by_lower = {f.name.lower(): f.name for f in self.data_schema}
-        for i, payload in enumerate(payloads):
-            raw = "base64:" + base64.b64encode(payload[:4096]).decode()
-            try:
-                table = pa.ipc.open_stream(payload).read_all()
-            except (pa.ArrowInvalid, OSError) as error:
-                dead.append(DeadLetter(self.source_name, "decode", f"not an Arrow IPC stream: {error}", raw, position(i)))
-                continue
-            names = {by_lower[n.lower()]: n for n in table.column_names if n.lower() in by_lower}
-            try:
-                table = conform_table(table, self.data_schema, self.timestamp_format, names)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
-                detail = str(error).splitlines()[0]
-                reason = "decode" if detail.endswith("not valid UTF-8") else "type"  # text that is not UTF-8 is no record
-                dead.append(DeadLetter(self.source_name, reason, detail, raw, position(i)))
-                continue
-            for name in self.not_null:
-                if table.column(name).null_count:
-                    dead.append(DeadLetter(self.source_name, "null", f"column '{name}' is NULL but declared NOT NULL", raw, position(i)))
-                    break
-            else:
-                tables.append(table)
-                rows.append(np.full(table.num_rows, i, dtype=np.int64))
-        if not tables:
-            return conform_table(self.data_schema.empty_table(), self.data_schema), np.zeros(0, dtype=np.int64)
-        return pa.concat_tables(tables), np.concatenate(rows)
-
-    def _decode_raw(self, payloads: list[bytes], position, dead: list[DeadLetter]) -> tuple[pa.Table, np.ndarray]:
-        """raw: the payload is the value of the one declared column (VARCHAR or BYTEA)."""
-        field = self.data_schema.field(0)
-        values = pa.array(payloads, pa.binary())
-        index = np.arange(len(payloads))
-        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
-            try:
-                values = values.cast(field.type)
-            except pa.ArrowInvalid:
-                good = []
-                for i, payload in enumerate(payloads):
-                    try:
-                        payload.decode("utf-8")
-                        good.append(i)
-                    except UnicodeDecodeError as error:
-                        text = payload.decode("utf-8", "replace")
-                        dead.append(DeadLetter(self.source_name, "decode", f"not UTF-8 text: {error}", text, position(i)))
-                index = np.array(good, dtype=np.int64)
-                values = values.take(pa.array(index)).cast(field.type)
-        else:
-            values = values.cast(field.type)
-        return pa.table([values], schema=pa.schema([field.with_nullable(True)])), index
 
     # -- metadata and assembly ------------------------------------------------------------------
 

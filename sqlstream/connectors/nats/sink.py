@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +35,8 @@ from sqlstream.connectors.base import RunContext, SinkWriter
 from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_stream, runtime_error
 from sqlstream.connectors.nats.messages import encode_arrow_payload, encode_json_payloads
 from sqlstream.connectors.nats.protocol import Outgoing, msg_id_headers, prepare, send, text
-from sqlstream.errors import ConnectorError, did_you_mean
-from sqlstream.hidden import SOURCE_ID_COLUMN, is_hidden
+from sqlstream.connectors.templates import DestinationTemplate
+from sqlstream.hidden import SOURCE_ID_COLUMN
 
 __all__ = ["SubjectTemplate", "NatsWriter", "message_ids"]
 
@@ -46,57 +45,12 @@ _MAX_OUTSTANDING = 65_536
 _PUBLISH_ATTEMPTS = 5
 
 
-class SubjectTemplate:
-    """``'alerts.{sensor_id}'``: literal text and column references."""
+class SubjectTemplate(DestinationTemplate):
+    """``'alerts.{sensor_id}'``: a NATS subject from row values (whitespace, ``*`` and
+    ``>`` in values become ``_``)."""
 
     def __init__(self, text: str):
-        self.text = text
-        self.parts: list[tuple[str, str | None]] = []  # (literal, column or None)
-        try:
-            for literal, name, spec, conversion in string.Formatter().parse(text):
-                if name is not None and (spec or conversion):
-                    raise ValueError(f"'{{{name}}}' takes no format spec")
-                if name == "":
-                    raise ValueError("'{}' needs a column name, e.g. '{sensor_id}'")
-                self.parts.append((literal, name.strip().lower() if name is not None else None))
-        except ValueError as error:
-            raise ValueError(f"bad subject template: {error}") from None
-        self.columns = [name for _, name in self.parts if name is not None]
-
-    @property
-    def constant(self) -> bool:
-        return not self.columns
-
-    def bind(self, schema: pa.Schema, owner: str) -> None:
-        by_lower = {n.lower(): n for n in schema.names}
-        resolved = []
-        for column in self.columns:
-            if column not in by_lower:
-                raise ConnectorError(
-                    f"{owner}: subject '{self.text}' names column '{column}', which the query does not produce",
-                    hint=did_you_mean(column, [n for n in schema.names if not is_hidden(n)])
-                    or f"columns: {', '.join(schema.names)}",
-                )
-            resolved.append(by_lower[column])
-        self._resolved = resolved
-
-    def render(self, batch: pa.RecordBatch) -> pa.Array | str:
-        """One subject per row (or the constant subject)."""
-        if self.constant:
-            return self.text
-        pieces: list[Any] = []
-        names = iter(self._resolved)
-        for literal, name in self.parts:
-            if literal:
-                pieces.append(text(literal))
-            if name is not None:
-                values = pc.cast(batch.column(next(names)), pa.string())
-                values = pc.replace_substring_regex(pc.fill_null(values, text("null")), pattern=r"[\s*>]", replacement="_")
-                values = pc.if_else(pc.equal(values, text("")), text("_"), values)
-                pieces.append(values)
-        if len(pieces) == 1:
-            return pieces[0]
-        return pc.binary_join_element_wise(*pieces, text(""))
+        super().__init__(text, forbidden=r"[\s*>]", kind="subject")
 
 
 def message_ids(
