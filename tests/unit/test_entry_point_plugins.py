@@ -139,3 +139,24 @@ def test_a_function_pack_without_functions_is_an_error(plugins):
     with pytest.raises(UdfError, match=r"plugin entry point 'e = plug_e:NOT_A_UDF' \(sqlstream.functions, "
                                        r"from emptypack==1\) has no @udf functions"):
         "twice" in FunctionCatalog(FunctionPacks(scan=scan))  # noqa: B015
+
+
+def _connector_completions(text: str) -> list[str]:
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    from sqlstream import Session
+    from sqlstream.cli.completion import SqlCompleter
+
+    completer = SqlCompleter(Session())
+    document = Document(text, cursor_position=len(text))
+    return [c.text for c in completer.get_completions(document, CompleteEvent(completion_requested=True))]
+
+
+def test_completion_lists_plugin_connectors_and_survives_a_broken_one(plugins):
+    add, _, _ = plugins
+    add("drip", "1.2", "sqlstream.connectors", {"drip": "plug_drip2:DripSource"}, {"plug_drip2": SOURCE_CLASS.format(name="drip")})
+    assert _connector_completions("CREATE SOURCE s (a BIGINT) WITH (connector = 'dr") == ["drip'"]
+    add("badpkg", "0.3", "sqlstream.connectors", {"bad": "plug_raises"}, {"plug_raises": "raise ImportError('nope')\n"})
+    SOURCE_CONNECTORS._plugins.__self__.reset()  # the loader scans again
+    assert _connector_completions("CREATE SOURCE s (a BIGINT) WITH (connector = 'dr") == []
