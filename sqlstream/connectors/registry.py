@@ -155,7 +155,14 @@ class ConnectorRegistry(Mapping[str, type]):
     # -- lookup with errors ------------------------------------------------------------------------
 
     def lookup(self, name: Any, where: Location | None = None) -> type:
-        """The class ``name`` names; ConnectorError (with the names available) if none."""
+        """The class ``name`` names; ConnectorError (with the names available) if none,
+        or from a plugin that fails to load (located at ``where``)."""
+        try:
+            return self._lookup(name, where)
+        except ConnectorError as error:
+            raise error.with_location(where) from error.__cause__
+
+    def _lookup(self, name: Any, where: Location | None) -> type:
         if name is None:
             raise ConnectorError(
                 f"a {self.kind} needs a connector",

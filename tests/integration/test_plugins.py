@@ -150,6 +150,8 @@ def test_a_plugin_that_fails_to_import_is_a_clear_error(tmp_path, group, value, 
                             timeout=120, env=_env(site))
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+    if group == "sqlstream.connectors":  # located at the connector option that named it
+        assert result.stderr.startswith(f"pipeline.sql:1:34: error: {message}"), result.stderr
     assert "hint: fix or reinstall sqlstream-broken==2.0.1, or uninstall it" in result.stderr
     assert "Traceback" not in result.stderr
 
