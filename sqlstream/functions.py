@@ -1,8 +1,10 @@
-"""The SQL functions a catalog holds: Python UDFs (``@udf``, ``udfs/`` directories) and
-ONNX models, made into :class:`~sqlstream.catalog.FunctionEntry` s."""
+"""The SQL functions a catalog holds: Python UDFs (``@udf``, ``udfs/`` directories,
+function packs installed as plugins) and ONNX models, made into
+:class:`~sqlstream.catalog.FunctionEntry` s."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
 from typing import Callable, Mapping
 
 from sqlstream.catalog import FunctionEntry
@@ -10,9 +12,10 @@ from sqlstream.errors import SqlStreamError, UdfError
 from sqlstream.udf.discovery import discover_files, origin_location
 from sqlstream.udf.model import ModelUdf
 from sqlstream.udf.names import check_function_name
+from sqlstream.udf.plugins import FUNCTION_PACKS, FunctionPacks
 from sqlstream.udf.python import PythonUdf
 
-__all__ = ["python_function", "model_function", "load_udf_directory"]
+__all__ = ["FunctionCatalog", "python_function", "model_function", "load_udf_directory"]
 
 
 def python_function(fn, origin: str, functions: Mapping[str, FunctionEntry]) -> FunctionEntry:
@@ -54,3 +57,53 @@ def load_udf_directory(directory: str, register: Callable[[object, str], None],
             on_file(udf_file.path, file_names)
         names += file_names
     return names
+
+
+class FunctionCatalog(MutableMapping[str, FunctionEntry]):
+    """A session's functions by name: a dict that registers the installed function packs
+    (entry points, :mod:`sqlstream.udf.plugins`) the first time it is read — a lookup or
+    a listing — so ``Session()`` itself imports no plugin. Their origin is the
+    distribution's ``package==version``; a name a pack shares with another function is
+    refused, as for any two functions."""
+
+    def __init__(self, packs: FunctionPacks = FUNCTION_PACKS):
+        self._entries: dict[str, FunctionEntry] = {}
+        self._packs: FunctionPacks | None = packs  # None once registered
+
+    def _load_packs(self) -> None:
+        packs, self._packs = self._packs, None
+        if packs is None:
+            return
+        try:
+            for pack in packs.packs():
+                for fn in pack.functions:
+                    entry = python_function(fn, pack.origin, self._entries)
+                    self._entries[entry.name] = entry
+        except SqlStreamError:
+            self._packs = packs  # asked again, it fails again: never a silent skip
+            raise
+
+    def __getitem__(self, name: str) -> FunctionEntry:
+        if name not in self._entries:
+            self._load_packs()
+        return self._entries[name]
+
+    def __contains__(self, name: object) -> bool:
+        if name not in self._entries:
+            self._load_packs()
+        return name in self._entries
+
+    def __setitem__(self, name: str, entry: FunctionEntry) -> None:
+        self._entries[name] = entry
+
+    def __delitem__(self, name: str) -> None:
+        self._load_packs()
+        del self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._load_packs()
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        self._load_packs()
+        return len(self._entries)

@@ -3,6 +3,7 @@ and the text of a plan."""
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Protocol
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from sqlstream.catalog import FunctionEntry, SinkEntry, SourceEntry, ViewEntry
+from sqlstream.connectors import SINK_CONNECTORS, SOURCE_CONNECTORS
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.durations import format_duration_us
 from sqlstream.errors import SqlAnalysisError, UnsupportedSqlError
@@ -20,7 +22,7 @@ from sqlstream.settings import SETTING_DOCS
 from sqlstream.sql.statements import CreateSink, CreateView, ExplainStatement, InsertInto, QueryStatement, SourceText
 from sqlstream.sql.types import sql_type_name
 
-__all__ = ["IntrospectedCatalog", "show_rows", "describe_rows", "watermark_rows", "metric_rows", "explain_plan", "explain_target",
+__all__ = ["IntrospectedCatalog", "show_rows", "connector_rows", "describe_rows", "watermark_rows", "metric_rows", "explain_plan", "explain_target",
            "rows_table"]
 
 
@@ -58,6 +60,7 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
             {"name": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin}
             for f in sorted(catalog.functions.values(), key=lambda f: f.name)
         ],
+        "CONNECTORS": connector_rows,
         "WATERMARKS": catalog.watermark_rows,
         "METRICS": catalog.metric_rows,
         "SETTINGS": lambda: [{"key": k, "value": str(v), "about": SETTING_DOCS[k]} for k, v in catalog.settings.items()],
@@ -67,9 +70,45 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
         raise SqlAnalysisError(
             f"cannot SHOW {what}",
             location=location,
-            hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | WATERMARKS | METRICS | SETTINGS",
+            hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | CONNECTORS | WATERMARKS | METRICS | SETTINGS",
         )
     return shows[what]()
+
+
+def connector_rows() -> list[dict]:
+    """SHOW CONNECTORS: every connector, built-in or plugin (plugins load here), with
+    its kind (``source``, ``sink`` or ``source, sink``), origin (``built-in`` or the
+    plugin's ``package==version``) and the first line of its class docstring."""
+    rows = []
+    sources, sinks = set(SOURCE_CONNECTORS), set(SINK_CONNECTORS)
+    for name in sorted(sources | sinks):
+        registries = [r for r, names in ((SOURCE_CONNECTORS, sources), (SINK_CONNECTORS, sinks)) if name in names]
+        rows.append({
+            "name": name,
+            "kind": ", ".join(r.kind for r in registries),
+            "origin": registries[0].origin(name),
+            "description": _description([r[name] for r in registries]),
+        })
+    return rows
+
+
+def _description(classes: list[type]) -> str:
+    """The first line of the class docstring, else of its package's (a connector in a
+    package of its own, as ``file``), else of its module's."""
+    docs = [cls.__doc__ for cls in classes]
+    for cls in classes:
+        package = cls.__module__.rpartition(".")[0]
+        if package not in ("", "sqlstream.connectors"):
+            docs.append(getattr(sys.modules.get(package), "__doc__", None))
+        docs.append(getattr(sys.modules.get(cls.__module__), "__doc__", None))
+    for doc in docs:
+        lines = [line.strip() for line in (doc or "").strip().splitlines()]
+        if lines and lines[0]:
+            first = lines[0]
+            if first.startswith("``connector = ") and "``: " in first:
+                first = first.split("``: ", 1)[1]  # the built-ins' "``connector = 'x'``: what it does"
+            return first[:1].upper() + first[1:]
+    return ""
 
 
 def explain_target(st: ExplainStatement) -> tuple[str, exp.Expr, SourceText]:

@@ -51,7 +51,7 @@ from sqlstream.errors import (
     UnsupportedSqlError,
     did_you_mean,
 )
-from sqlstream.functions import load_udf_directory, model_function, python_function
+from sqlstream.functions import FunctionCatalog, load_udf_directory, model_function, python_function
 from sqlstream.introspection import (
     describe_rows,
     explain_plan,
@@ -123,7 +123,7 @@ class Session:
         self.sources: dict[str, SourceEntry] = {}
         self.views: dict[str, ViewEntry] = {}
         self.sinks: dict[str, SinkEntry] = {}
-        self.functions: dict[str, FunctionEntry] = {}
+        self.functions: FunctionCatalog = FunctionCatalog()  # installed function packs load on first use
         self.settings: dict[str, Any] = dict(DEFAULT_SETTINGS)
         for key, value in (settings or {}).items():
             self.apply_setting(key, value)

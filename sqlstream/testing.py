@@ -1,5 +1,7 @@
 """Test helpers: in-memory sources and sinks, and a manual clock, so pipeline tests
-run without servers and window tests never sleep.
+run without servers and window tests never sleep; and the connector conformance kit
+(:func:`check_source_connector`, :func:`check_sink_connector`, from
+:mod:`sqlstream.conformance`) that a plugin's tests run on its connectors.
 
 >>> from sqlstream.testing import TestSession
 >>> t = TestSession()
@@ -19,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from sqlstream.changelog import fold_changelog
+from sqlstream.conformance import check_sink_connector, check_source_connector
 from sqlstream.connectors import (
     OptionSpec,
     RunContext,
@@ -33,7 +36,8 @@ from sqlstream.connectors import (
 from sqlstream.runtime.clock import ManualClock, WallClock
 from sqlstream.session import Session
 
-__all__ = ["TestSession", "PipelineRun", "MemoryStream", "ManualClock", "WallClock"]
+__all__ = ["TestSession", "PipelineRun", "MemoryStream", "ManualClock", "WallClock", "check_source_connector",
+           "check_sink_connector"]
 
 
 class MemoryStream:

@@ -20,6 +20,7 @@ from sqlglot.errors import TokenError
 from sqlglot.tokens import Token, TokenType
 
 from sqlstream.connectors import SINK_CONNECTORS, SOURCE_CONNECTORS
+from sqlstream.errors import SqlStreamError
 from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.types import sql_type_name
 
@@ -34,7 +35,7 @@ KEYWORDS = (
     "CREATE SOURCE", "CREATE SINK", "CREATE VIEW", "CREATE TABLE", "CREATE FUNCTION", "CREATE OR REPLACE",
     "IF NOT EXISTS", "IF EXISTS", "WATERMARK FOR", "WITH", "AS MODEL", "INSERT INTO", "DROP SOURCE",
     "DROP SINK", "DROP VIEW", "DROP TABLE", "DROP FUNCTION", "SHOW SOURCES", "SHOW SINKS", "SHOW VIEWS",
-    "SHOW TABLES", "SHOW FUNCTIONS", "SHOW QUERIES", "SHOW METRICS", "SHOW WATERMARKS", "SHOW SETTINGS",
+    "SHOW TABLES", "SHOW FUNCTIONS", "SHOW CONNECTORS", "SHOW QUERIES", "SHOW METRICS", "SHOW WATERMARKS", "SHOW SETTINGS",
     "DESCRIBE", "EXPLAIN", "SET", "STOP QUERY",
 )
 
@@ -123,6 +124,12 @@ class SqlCompleter(Completer):
     # -- completion ---------------------------------------------------------------------------
 
     def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterator[Completion]:
+        try:
+            yield from self._completions(document)
+        except SqlStreamError:
+            return  # e.g. a plugin that fails to load: running the statement reports it, completing offers nothing
+
+    def _completions(self, document: Document) -> Iterator[Completion]:
         before = document.text_before_cursor
         word = _WORD.search(before).group(0)
         if before.lstrip().startswith("\\"):

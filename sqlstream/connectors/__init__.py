@@ -34,7 +34,12 @@ that counts down, used from SQL:
 
 The built-in connectors (file, generator, nats, stdout) are imported only when they
 are first named (see :mod:`sqlstream.connectors.registry`): importing this package
-does not import nats-py.
+does not import nats-py. Connectors other distributions declare as entry points (group
+``sqlstream.connectors``, see :mod:`sqlstream.connectors.plugins` and
+``docs/plugins.md``) load the first time a name is not a built-in.
+
+What this package exports (``__all__``) is the versioned plugin API: it changes only
+with a new major version of sqlstream.
 """
 
 from sqlstream.connectors.base import (
@@ -47,6 +52,7 @@ from sqlstream.connectors.base import (
 )
 from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.options import OptionSpec
+from sqlstream.connectors.plugins import CONNECTOR_PLUGINS
 from sqlstream.connectors.registry import (
     SINK_CONNECTORS,
     SOURCE_CONNECTORS,
@@ -55,6 +61,9 @@ from sqlstream.connectors.registry import (
     sink_connector,
     source_connector,
 )
+
+SOURCE_CONNECTORS.use_plugins(CONNECTOR_PLUGINS.load)
+SINK_CONNECTORS.use_plugins(CONNECTOR_PLUGINS.load)
 
 __all__ = [
     "SINK_CONNECTORS",

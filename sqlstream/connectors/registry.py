@@ -13,10 +13,13 @@ hint, completion). So ``import sqlstream`` does not import nats-py, and a pipeli
 that never names ``nats`` never loads it.
 
 Plugins: a third-party connector only has to be imported once to register itself.
-Loading them through Python entry points (``importlib.metadata.entry_points(group=
-'sqlstream.sources')``) comes down to adding each entry point's module to a
-registry's lazy table — :meth:`ConnectorRegistry.add_lazy` — before the first lookup:
-the lookup, listing and duplicate rules below then hold for them unchanged.
+Connectors that other distributions declare as entry points (group
+``sqlstream.connectors``) are loaded by a plugin loader the registry asks when a name
+is not among the built-ins, and before listing every name (:meth:`ConnectorRegistry.
+use_plugins`; :mod:`sqlstream.connectors.plugins` is that loader): the lookup, listing
+and duplicate rules below then hold for them unchanged, and a plugin may not take a
+built-in's name. Each name has an origin: ``built-in``, the plugin's
+``package==version``, or the module of a class registered by hand.
 
 This module knows connectors only by what every connector class declares: ``name``
 and, for sources, ``metadata_columns``; the classes themselves live in
@@ -26,7 +29,7 @@ and, for sources, ``metadata_columns``; the classes themselves live in
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from sqlstream.errors import ConnectorError, Location, did_you_mean
@@ -61,13 +64,41 @@ class ConnectorRegistry(Mapping[str, type]):
         self.kind = kind  # "source" | "sink": for error texts
         #: name → module that registers it when imported (built-ins, later entry points)
         self._lazy: dict[str, str] = {_normalised(n): module for n, module in lazy.items()}
+        self._builtin = frozenset(self._lazy)
         self._classes: dict[str, type] = {}
+        self._origins: dict[str, str] = {}
+        #: ``load(name)`` / ``load(None)`` (all): loads plugin connectors (see use_plugins)
+        self._plugins: Callable[[str | None], None] | None = None
+
+    def use_plugins(self, load: Callable[[str | None], None]) -> None:
+        """Ask ``load(name)`` for a name that is not a built-in, and ``load(None)`` before
+        listing every name; ``load`` registers what it finds (with its origin)."""
+        self._plugins = load
+
+    def is_builtin(self, name: str) -> bool:
+        """Whether ``name`` is one of the built-in connectors (nothing is imported)."""
+        return _normalised(name) in self._builtin
+
+    def has_loaded(self, name: str) -> bool:
+        """Whether a class is registered under ``name`` now (nothing is imported)."""
+        return _normalised(name) in self._classes
+
+    def origin(self, name: str) -> str:
+        """``built-in``, ``package==version`` of a plugin, or the module that registered ``name``."""
+        key = _normalised(name)
+        cls = self[key]
+        if key in self._origins:
+            return self._origins[key]
+        return "built-in" if key in self._builtin or cls.__module__.startswith("sqlstream.") else cls.__module__
+
+    def set_origin(self, name: str, origin: str) -> None:
+        self._origins[_normalised(name)] = origin
 
     def add_lazy(self, name: str, module: str) -> None:
         """Know ``name`` as registered by ``module``, imported on first use."""
         self._lazy[_normalised(name)] = module
 
-    def register(self, cls: type) -> type:
+    def register(self, cls: type, origin: str | None = None) -> type:
         """Add ``cls`` under ``cls.name`` (class decorator). Raises ConnectorError when
         another class has that name."""
         name = _normalised(cls.name)
@@ -84,16 +115,22 @@ class ConnectorRegistry(Mapping[str, type]):
                 hint=f"choose another name for {_qualified_name(cls)}",
             )
         self._classes[name] = cls
+        if origin is not None:
+            self._origins[name] = origin
         return cls
 
     def _load(self, name: str) -> None:
         module = self._lazy.pop(name, None)
         if module is not None and name not in self._classes:
             importlib.import_module(module)  # the one lazy import: registers the connector
+        elif module is None and name not in self._classes and self._plugins is not None:
+            self._plugins(name)
 
     def _load_all(self) -> None:
         for name in list(self._lazy):
             self._load(name)
+        if self._plugins is not None:
+            self._plugins(None)
 
     # -- Mapping ---------------------------------------------------------------------------------
 
@@ -118,7 +155,14 @@ class ConnectorRegistry(Mapping[str, type]):
     # -- lookup with errors ------------------------------------------------------------------------
 
     def lookup(self, name: Any, where: Location | None = None) -> type:
-        """The class ``name`` names; ConnectorError (with the names available) if none."""
+        """The class ``name`` names; ConnectorError (with the names available) if none,
+        or from a plugin that fails to load (located at ``where``)."""
+        try:
+            return self._lookup(name, where)
+        except ConnectorError as error:
+            raise error.with_location(where) from error.__cause__
+
+    def _lookup(self, name: Any, where: Location | None) -> type:
         if name is None:
             raise ConnectorError(
                 f"a {self.kind} needs a connector",

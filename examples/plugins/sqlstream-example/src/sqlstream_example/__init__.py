@@ -1,0 +1,1 @@
+"""An example sqlstream plugin: the ``sequence`` source and the ``text`` function pack."""
