@@ -118,6 +118,7 @@ class RequestQueue:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client posts many bodies on one connection
+    disable_nagle_algorithm = True  # the response is two writes (headers, body): no delayed-ACK stall
     server: "WebhookServer"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
