@@ -54,7 +54,7 @@ class HttpSource(SourceConnector):
     name = "http"
     options = (
         OptionSpec("listen", default="127.0.0.1:8080", check=_listen,
-                   doc="host:port to listen on; port 0 picks a free port (logged, and in SHOW METRICS)"),
+                   doc="host:port to listen on; port 0 picks a free port (logged on stderr)"),
         OptionSpec("path", default="/", check=lambda v: None if v.startswith("/") else "must start with '/'",
                    doc="the URL path records are POSTed to"),
         OptionSpec("format", "choice", default="json", choices=("json", "csv", "arrow"),
@@ -118,7 +118,8 @@ class HttpReader(SourceReader):
         self.thread = threading.Thread(target=self.server.serve_forever, args=(_SERVE_POLL_S,),
                                        name=f"http {connector.source_name}", daemon=True)
         self.thread.start()
-        LOG.info("%s: listening on %s", self.owner, self.url)
+        # port 0: the port is news the user needs (a warning shows without logging set up)
+        (LOG.warning if int(port) == 0 else LOG.info)("%s: listening on %s", self.owner, self.url)
 
     # -- reading (driver thread) -------------------------------------------------------------------
 
