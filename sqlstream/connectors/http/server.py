@@ -109,11 +109,10 @@ class RequestQueue:
         with self.lock:
             self.pending_bytes -= sum(r.size for r in requests)
 
-    def stop(self) -> list[Posted]:
-        """Queue nothing new; returns nothing (what waits is drained by the driver)."""
+    def stop(self) -> None:
+        """Queue nothing new (what waits is drained by the driver)."""
         with self.lock:
             self.stopping = True
-        return []
 
 
 class _Handler(BaseHTTPRequestHandler):
