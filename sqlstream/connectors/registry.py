@@ -191,6 +191,7 @@ SOURCE_CONNECTORS = ConnectorRegistry(
     {
         "file": "sqlstream.connectors.file",
         "generator": "sqlstream.connectors.generator",
+        "http": "sqlstream.connectors.http",
         "mqtt": "sqlstream.connectors.mqtt",
         "nats": "sqlstream.connectors.nats",
         "postgres": "sqlstream.connectors.postgres",
