@@ -4,6 +4,7 @@ the process starts are read, filtered and published to templated topics."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-pytestmark = pytest.mark.skipif(not broker_up(), reason="no MQTT broker at 127.0.0.1:1883")
+# CI machines run Mosquitto: there a missing broker fails the tests instead of skipping them
+pytestmark = pytest.mark.skipif(not broker_up() and not os.environ.get("CI"), reason="no MQTT broker at 127.0.0.1:1883")
 
 
 def _create_session(client_id: str, topic: str) -> None:
