@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, SourceReader
+from sqlstream.connectors.batching import IDLE_POLL_S
 from sqlstream.connectors.http.decode import BodyDecoder, response_body
 from sqlstream.connectors.http.server import LOG, Posted, RequestQueue, WebhookServer
 from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec, null_spellings
@@ -30,7 +31,6 @@ from sqlstream.sizes import parse_bytes
 
 __all__ = ["HttpSource", "HttpReader"]
 
-_IDLE_POLL_S = 0.001
 _TAKE_BYTES = 16 << 20  # bodies decoded together in one poll, about
 _SERVE_POLL_S = 0.05  # how soon the server loop notices a stop
 
@@ -153,7 +153,7 @@ class HttpReader(SourceReader):
             posted.answer(200, body)
 
     def next_wakeup(self) -> float | None:
-        return None if self.queue.waiting else self.clock.monotonic() + _IDLE_POLL_S
+        return None if self.queue.waiting else self.clock.monotonic() + IDLE_POLL_S
 
     # -- stopping --------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
+from sqlstream.connectors.batching import batch_due, next_batch_at
 from sqlstream.connectors.decode.payloads import PayloadDecoder
 from sqlstream.connectors.mqtt.client import MqttClient
 from sqlstream.connectors.options import null_spellings
@@ -34,9 +35,6 @@ METADATA_COLUMNS: dict[str, pa.DataType] = {
     "_received_at": pa.timestamp("us"),
     "_retained": pa.bool_(),
 }
-
-_IDLE_POLL_S = 0.001
-
 
 class MqttReader(SourceReader):
     """One subscription (a topic filter, wildcards allowed) for one run."""
@@ -82,7 +80,7 @@ class MqttReader(SourceReader):
         since = self.pending_since
         if since is None:
             since = self.pending_since = now
-        if pending < self.batch_size and now - since < self.timeout_s:
+        if not batch_due(pending, since, now, self.batch_size, self.timeout_s):
             return None
         popleft = self.buffer.popleft
         items = [popleft() for _ in range(min(pending, self.batch_size))]
@@ -91,13 +89,7 @@ class MqttReader(SourceReader):
         return self._batch(items)
 
     def next_wakeup(self) -> float | None:
-        now = self.clock.monotonic()
-        since = self.pending_since
-        if since is None or not self.buffer:
-            return now + min(_IDLE_POLL_S, self.timeout_s)
-        if len(self.buffer) >= self.batch_size:
-            return now
-        return since + self.timeout_s
+        return next_batch_at(len(self.buffer), self.pending_since, self.clock.monotonic(), self.batch_size, self.timeout_s)
 
     def _batch(self, items: list) -> SourceBatch:
         columns = list(zip(*items, strict=True))

@@ -13,14 +13,12 @@ from abc import abstractmethod
 from typing import Any
 
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
+from sqlstream.connectors.batching import batch_due, next_batch_at
 from sqlstream.connectors.nats.connection import NatsConnection
 from sqlstream.connectors.nats.messages import MessageDecoder
 from sqlstream.connectors.options import null_spellings
 
 __all__ = ["MessageReader"]
-
-_IDLE_POLL_S = 0.001  # how often poll() looks for messages when none are buffered
-
 
 class MessageReader(SourceReader):
     """Buffering and micro-batching shared by the core and JetStream readers."""
@@ -67,7 +65,7 @@ class MessageReader(SourceReader):
         since = self.pending_since
         if since is None:  # (lost a race with the loop thread: time it from now)
             since = self.pending_since = now
-        if pending < self.batch_size and now - since < self.timeout_s:
+        if not batch_due(pending, since, now, self.batch_size, self.timeout_s):
             return None
         return self._take(min(pending, self.batch_size))
 
@@ -80,13 +78,7 @@ class MessageReader(SourceReader):
         return self.make_batch(items)
 
     def next_wakeup(self) -> float | None:
-        now = self.clock.monotonic()
-        since = self.pending_since
-        if since is None or not self.buffer:
-            return now + min(_IDLE_POLL_S, self.timeout_s)
-        if len(self.buffer) >= self.batch_size:
-            return now
-        return since + self.timeout_s
+        return next_batch_at(len(self.buffer), self.pending_since, self.clock.monotonic(), self.batch_size, self.timeout_s)
 
     def arrived(self) -> None:
         """Loop thread, per message: the batch timer starts with the first message that
