@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow as pa
 import pytest
 from conftest import BackgroundRun, wait_until
 from mqtt_helpers import SHARED_URL, Collector, Mosquitto, broker_up, publish, unique_prefix
 
 from sqlstream import Session
+from sqlstream.connectors import RunContext, sink_connector
+from sqlstream.connectors.mqtt import sink as mqtt_sink
+from sqlstream.connectors.options import RawOption
 from sqlstream.errors import ConnectorError
+from sqlstream.runtime.clock import WallClock
 
 # CI machines run Mosquitto: there a missing broker fails the tests instead of skipping them
 pytestmark = pytest.mark.skipif(not broker_up() and not os.environ.get("CI"), reason="no MQTT broker at 127.0.0.1:1883")
@@ -161,3 +166,27 @@ def test_an_unreachable_broker_is_a_connector_error(tmp_path):
     assert "cannot connect to MQTT broker 127.0.0.1:1" in str(info.value)
 
 
+
+
+def test_a_sink_batch_larger_than_the_message_ids_goes_out_in_acknowledged_parts(tmp_path, monkeypatch):
+    """MQTT message ids are 16-bit: a QoS 1 batch with more rows than the writer keeps
+    unacknowledged is published in parts, each acknowledged before the next."""
+    monkeypatch.setattr(mqtt_sink, "_MAX_UNACKED", 100)
+    prefix = unique_prefix()
+    collector = Collector(1883, f"{prefix}/#")
+    sink = sink_connector("mqtt").create(
+        "big", {k: RawOption(v) for k, v in {"connector": "mqtt", "url": SHARED_URL, "topic": f"{prefix}/out", "qos": "1"}.items()},
+        None,
+    )
+    writer = sink.open(pa.schema([("id", pa.int64())]), RunContext(clock=WallClock()))
+    flushes = []
+    original = writer.flush
+    monkeypatch.setattr(writer, "flush", lambda: (flushes.append(len(writer.unacked)), original())[1])
+    try:
+        writer.write(pa.RecordBatch.from_pydict({"id": pa.array(range(250), pa.int64())}))
+        writer.close()
+        wait_until(lambda: len(collector) >= 250, timeout=20, what="250 messages")
+    finally:
+        collector.close()
+    assert sorted(json.loads(payload)["id"] for _, payload in collector.messages) == list(range(250))
+    assert flushes[:2] == [100, 100]  # two full parts acknowledged before the next was sent

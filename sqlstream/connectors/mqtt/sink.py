@@ -51,6 +51,10 @@ class MqttWriter(SinkWriter):
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
+        if self.qos and batch.num_rows > _MAX_UNACKED:  # more messages than ids: in parts, acknowledged in between
+            for start in range(0, batch.num_rows, _MAX_UNACKED):
+                self.write(batch.slice(start, _MAX_UNACKED))
+            return
         if len(self.unacked) + batch.num_rows > _MAX_UNACKED:
             self.flush()  # message ids are 16-bit: outstanding publishes must stay below 65,535
         topics = self.topic.render(batch)
