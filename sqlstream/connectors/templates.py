@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.connectors.encode import text
-from sqlstream.errors import ConnectorError, did_you_mean
+from sqlstream.errors import ConnectorError, Location, did_you_mean
 from sqlstream.hidden import is_hidden
 
 __all__ = ["DestinationTemplate"]
@@ -41,6 +41,18 @@ class DestinationTemplate:
         except ValueError as error:
             raise ValueError(f"bad {kind} template: {error}") from None
         self.columns = [name for _, name in self.parts if name is not None]
+
+    @classmethod
+    def from_option(cls, option: str, value: str, where: Location | None, example: str) -> "DestinationTemplate":
+        """The template a sink's ``option`` gives; a bad one is a ConnectorError at ``where``."""
+        try:
+            return cls(value)
+        except ValueError as error:
+            raise ConnectorError(
+                f"option '{option}' = {value!r}: {error}",
+                location=where,
+                hint=f"columns go in braces: {option} = '{example}'",
+            ) from None
 
     @property
     def constant(self) -> bool:

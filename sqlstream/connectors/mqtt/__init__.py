@@ -139,14 +139,7 @@ class MqttSink(SinkConnector):
 
     def validate(self, where: Location | None) -> None:
         _check_session(self.config, where)
-        try:
-            template = TopicTemplate(self.config["topic"])
-        except ValueError as error:
-            raise ConnectorError(
-                f"option 'topic' = {self.config['topic']!r}: {error}",
-                location=where,
-                hint="columns go in braces: topic = 'factory/{line}/alerts'",
-            ) from None
+        template = TopicTemplate.from_option("topic", self.config["topic"], where, "factory/{line}/alerts")
         literal = "".join(text for text, _ in template.parts)
         if not self.config["topic"] or "+" in literal or "#" in literal:
             raise ConnectorError(

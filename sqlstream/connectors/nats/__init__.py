@@ -182,14 +182,7 @@ class NatsSink(SinkConnector):
     )
 
     def validate(self, where: Location | None) -> None:
-        try:
-            template = SubjectTemplate(self.config["subject"])
-        except ValueError as error:
-            raise ConnectorError(
-                f"option 'subject' = {self.config['subject']!r}: {error}",
-                location=where,
-                hint="columns go in braces: subject = 'alerts.{sensor_id}'",
-            ) from None
+        template = SubjectTemplate.from_option("subject", self.config["subject"], where, "alerts.{sensor_id}")
         rendered = "".join(literal + ("x" if name else "") for literal, name in template.parts)
         problem = _subject(rendered)
         if problem or "*" in rendered or ">" in rendered:
