@@ -19,6 +19,7 @@ from datafusion import SessionConfig, SessionContext
 
 from sqlstream.batches import to_batch
 from sqlstream.errors import DataFusionError, SqlAnalysisError, UnknownFunctionError
+from sqlstream.failure_isolation import isolate_failures
 
 __all__ = ["DataFusionProgram", "normalize_type", "plan_error", "INPUT_TABLE"]
 
@@ -111,6 +112,15 @@ class DataFusionProgram:
         if self._needs_cast:
             out = out.cast(self.schema)
         return _owned(out)
+
+    def run_isolating(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[tuple[int, Exception]]]:
+        """Run over ``batch`` leaving out the rows it fails on (found by bisection): the
+        output of the other rows, and ``(row, error)`` for each failing row."""
+        good, bad = isolate_failures(batch.num_rows, lambda s, e: self.run(batch.slice(s, e - s)))
+        parts = [b for _, _, b in good if b.num_rows]
+        if not parts:
+            return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in self.schema], schema=self.schema), bad
+        return to_batch(pa.Table.from_batches(parts, schema=self.schema)), bad
 
 
 _OWN_BELOW_ROWS = 65_536

@@ -18,7 +18,6 @@ import pyarrow as pa
 
 from sqlstream.connectors.dead_letters import rows_as_dead_letters
 from sqlstream.errors import DataFusionError, ExecutionError
-from sqlstream.failure_isolation import isolate_failures
 from sqlstream.operators.base import Operator
 from sqlstream.operators.datafusion_program import DataFusionProgram
 
@@ -57,12 +56,9 @@ class StatelessOperator(Operator):
         self.emit(out)
 
     def _isolate(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        good, bad = isolate_failures(batch.num_rows, lambda s, e: self.program.run(batch.slice(s, e - s)))
+        out, bad = self.program.run_isolating(batch)
         if bad and self.dead_letter is not None:
             details = [str(getattr(error, "message", error)) for _, error in bad]
             letters = rows_as_dead_letters(batch, [i for i, _ in bad], self.label, "type", details)
             self.dead_letter(letters)  # the runtime's callback writes, counts (skip) or fails
-        batches = [b for _, _, b in good if b.num_rows]
-        if not batches:
-            return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in self.program.schema], schema=self.program.schema)
-        return pa.Table.from_batches(batches, schema=self.program.schema).combine_chunks().to_batches()[0]
+        return out

@@ -78,13 +78,9 @@ class ProgramStage:
         except DataFusionError as error:
             if op.on_error == "fail":
                 raise ExecutionError(f"{op.label}: {error.message}") from error
-        good, bad = isolate_failures(batch.num_rows, lambda s, e: self.program.run(batch.slice(s, e - s)))
+        out, bad = self.program.run_isolating(batch)
         _dead_letter(op, batch, [(row, "type", str(getattr(error, "message", error))) for row, error in bad])
-        parts = [b for _, _, b in good if b.num_rows]
-        if not parts:
-            schema = self.program.schema
-            return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in schema], schema=schema)
-        return pa.Table.from_batches(parts, schema=self.program.schema).combine_chunks().to_batches()[0]
+        return out
 
 
 class CallStage:
