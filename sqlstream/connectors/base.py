@@ -112,6 +112,12 @@ class RunContext:
     #: ``connector = 'stdout'``: a richer renderer from the CLI (live tables on a
     #: terminal), ``(sink_name, schema, format) -> SinkWriter``; None prints plainly
     stdout_renderer: Callable[[str, pa.Schema, str], "SinkWriter"] | None = None
+    #: the run takes checkpoints (``SET checkpoint_dir``): sinks commit per epoch
+    #: (``SinkWriter.prepare_commit``/``commit``), sources report ``position``
+    checkpointing: bool = False
+    #: sources of a resumed run: where to start reading, as ``SourceReader.position``
+    #: returned it when the checkpoint was taken (None: from the start)
+    start_position: dict | None = None
     #: ``connector = 'memory'`` (``sqlstream.testing``): streams by name, collected outputs by sink
     memory_streams: dict[str, Any] = field(default_factory=dict)
     memory_outputs: dict[str, list[pa.RecordBatch]] = field(default_factory=dict)
@@ -150,6 +156,13 @@ class SourceReader(ABC):
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release what the reader holds (files, connections). Unacked input is left for
         redelivery."""
+
+    def position(self) -> dict | None:
+        """Where reading stands just after the last row ``poll`` returned, as JSON values
+        (file and byte offset, generator row, stream sequence): a checkpoint stores it and
+        a resumed run opens the reader with it as ``RunContext.start_position``, to read
+        exactly what follows. None: the source cannot replay (core NATS)."""
+        return None
 
     def status(self) -> dict[str, Any]:
         """Connector-specific counters for SHOW METRICS."""
@@ -204,6 +217,10 @@ class SourceConnector(ABC):
     acknowledges: bool = False
     #: True when the connector can back a TABLE (bounded reference data read whole)
     can_back_table: ClassVar[bool] = False
+    #: True when a reader can start at a ``position`` an earlier reader reported (files,
+    #: the generator, JetStream): a checkpointed run resumes it exactly. False (core
+    #: NATS, MQTT QoS 0): what arrives while the pipeline is down is lost, said at start
+    replayable: ClassVar[bool] = False
 
     def __init__(self, source_name: str, schema: pa.Schema, options: dict[str, Any]):
         self.source_name = source_name
@@ -285,6 +302,32 @@ class SinkWriter(ABC):
         after ``flush``; a writer that commits whole files later reports fewer."""
         self.flush()
         return written
+
+    # -- checkpoints (RunContext.checkpointing) -------------------------------------------
+    #: what a checkpointed run guarantees for this sink's output after a crash:
+    #: 'exactly-once' (each epoch's rows appear once: committed with the checkpoint),
+    #: 'effectively-once' (the destination drops replayed rows, e.g. by message id) or
+    #: 'at-least-once' (rows of the epoch being written when the crash came appear again)
+    delivery: ClassVar[str] = "at-least-once"
+
+    def prepare_commit(self, epoch: int) -> dict | None:
+        """Checkpoint, first step: make every row written in ``epoch`` durable, not yet
+        visible where visibility can wait (hidden part files), and say what ``commit``
+        needs to publish it, as JSON values stored in the checkpoint. Default: flush; the
+        rows are visible already (at-least-once)."""
+        self.flush()
+        return None
+
+    def commit(self, epoch: int, prepared: dict | None) -> None:  # noqa: B027 (optional hook)
+        """Checkpoint, after the state is saved: publish ``epoch`` (e.g. an atomic manifest
+        entry). Idempotent: committing an epoch already committed does nothing, so a run
+        that crashed between the two steps can finish the job (``recover``)."""
+
+    def recover(self, epoch: int, prepared: dict | None) -> None:  # noqa: B027 (optional hook)
+        """A resumed run, right after ``open``: ``epoch`` is the checkpoint it resumes from
+        and ``prepared`` what ``prepare_commit`` returned for it. Commit that epoch if it
+        is not yet, and remove what later, unfinished epochs left behind (their rows are
+        produced again)."""
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         """The run ended cleanly: commit and release everything."""

@@ -17,6 +17,7 @@ from typing import Callable
 import pyarrow as pa
 
 from sqlstream.hidden import MAX_WATERMARK, MIN_WATERMARK
+from sqlstream.operators.snapshot import OperatorSnapshot
 from sqlstream.operators.state_size import NO_STATE, StateSize
 
 __all__ = ["Operator", "StateSize", "IntervalTimer"]
@@ -152,6 +153,52 @@ class Operator:
         operator still holds back (open windows, join state); None when it holds none.
         Sources acknowledge input (e.g. JetStream) only below this bound."""
         return None
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    #: the layout of this operator's ``state_values``/``state_tables``: bump it when they
+    #: change, so a checkpoint written by another version is refused instead of misread
+    state_version: int = 1
+
+    def snapshot(self) -> OperatorSnapshot:
+        """This operator's state between two driver steps: its input watermarks and ends
+        (every operator) plus what a stateful subclass returns from ``state_values`` and
+        ``state_tables``. Tables are shared, not copied: Arrow data is immutable."""
+        values = {
+            "port_watermarks": list(self.port_watermarks),
+            "port_ended": list(self.port_ended),
+            "port_idle": list(self.port_idle),
+            "watermark": self.watermark,
+            "ended": self.ended,
+        }
+        own = self.state_values()
+        if own:
+            values["state"] = own
+        return OperatorSnapshot(type(self).__name__, self.state_version, values, self.state_tables())
+
+    def restore(self, snapshot: OperatorSnapshot) -> None:
+        """Take the state ``snapshot`` describes, on a freshly built operator of the same
+        plan, before any input arrives. Nothing is emitted."""
+        values = snapshot.values
+        self.port_watermarks = list(values["port_watermarks"])
+        self.port_ended = list(values["port_ended"])
+        self.port_idle = list(values["port_idle"])
+        self.watermark = values["watermark"]
+        self.ended = values["ended"]
+        self.load_state(values.get("state", {}), snapshot.tables)
+
+    def state_values(self) -> dict:
+        """A stateful operator's small state as JSON values (e.g. the watermark up to which
+        windows were emitted, counters). Default: none."""
+        return {}
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """A stateful operator's rows of state as Arrow tables, by a name the operator
+        chooses (e.g. ``{"partials": ..., "left": ..., "right": ...}``). Default: none."""
+        return {}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:  # noqa: B027 (optional hook)
+        """The inverse of ``state_values``/``state_tables``."""
 
     # -- outputs -------------------------------------------------------------------------------
 
