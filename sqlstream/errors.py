@@ -12,9 +12,11 @@
     ├── ConnectorError             a connector's options or I/O failed      (exit 2 at CREATE, 1 at run)
     ├── UdfError                   a Python/model function is wrong or failed
     ├── TestSpecError              a pipeline test (test.toml, fixtures, expected files) is malformed
-    └── ExecutionError             a running pipeline failed                 (exit 1)
-        ├── DataFusionError        DataFusion failed on a batch
-        └── StateLimitError        its state passed max_state_rows / max_state_bytes
+    ├── ExecutionError             a running pipeline failed                 (exit 1)
+    │   ├── DataFusionError        DataFusion failed on a batch
+    │   └── StateLimitError        its state passed max_state_rows / max_state_bytes
+    └── CheckpointError            a checkpoint cannot be resumed: damaged (exit 1) or
+                                   written by another pipeline (exit 2)
 
 ``exit_code`` is the class's default; an error raised while running rather than at
 CREATE (a connector losing its server, a function failing on data) passes
@@ -45,6 +47,7 @@ __all__ = [
     "ExecutionError",
     "DataFusionError",
     "StateLimitError",
+    "CheckpointError",
     "did_you_mean",
 ]
 
@@ -181,6 +184,14 @@ class StateLimitError(ExecutionError):
     def __init__(self, message: str, *, setting: str, hint: str | None = None):
         super().__init__(message, hint=hint)
         self.setting = setting
+
+
+class CheckpointError(SqlStreamError):
+    """A checkpoint directory cannot be resumed: every checkpoint in it is damaged, its
+    files contradict each other, or it was written by a different pipeline (``exit_code``
+    2: the SQL changed; the message says what)."""
+
+    exit_code = 1
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:

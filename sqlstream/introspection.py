@@ -17,12 +17,14 @@ from sqlstream.durations import format_duration_us
 from sqlstream.errors import SqlAnalysisError, UnsupportedSqlError
 from sqlstream.hidden import is_real_watermark
 from sqlstream.plan.nodes import PlanNode
+from sqlstream.runtime.checkpoints import CheckpointStore
 from sqlstream.runtime.driver import Driver
 from sqlstream.settings import SETTING_DOCS
+from sqlstream.sizes import format_bytes
 from sqlstream.sql.statements import CreateSink, CreateView, ExplainStatement, InsertInto, QueryStatement, SourceText
 from sqlstream.sql.types import sql_type_name
 
-__all__ = ["IntrospectedCatalog", "show_rows", "connector_rows", "describe_rows", "watermark_rows", "metric_rows", "explain_plan", "explain_target",
+__all__ = ["IntrospectedCatalog", "show_rows", "connector_rows", "checkpoint_rows", "describe_rows", "watermark_rows", "metric_rows", "explain_plan", "explain_target",
            "rows_table"]
 
 
@@ -61,6 +63,7 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
             for f in sorted(catalog.functions.values(), key=lambda f: f.name)
         ],
         "CONNECTORS": connector_rows,
+        "CHECKPOINTS": lambda: checkpoint_rows(catalog.settings["checkpoint_dir"], location),
         "WATERMARKS": catalog.watermark_rows,
         "METRICS": catalog.metric_rows,
         "SETTINGS": lambda: [{"key": k, "value": str(v), "about": SETTING_DOCS[k]} for k, v in catalog.settings.items()],
@@ -70,9 +73,25 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
         raise SqlAnalysisError(
             f"cannot SHOW {what}",
             location=location,
-            hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | CONNECTORS | WATERMARKS | METRICS | SETTINGS",
+            hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | CONNECTORS | CHECKPOINTS | WATERMARKS | METRICS "
+                 "| SETTINGS",
         )
     return shows[what]()
+
+
+def checkpoint_rows(directory: str | None, location=None) -> list[dict]:
+    """SHOW CHECKPOINTS / ``sqlstream checkpoints DIR``: the epochs in ``directory``."""
+    if directory is None:
+        raise SqlAnalysisError("SHOW CHECKPOINTS: no checkpoint_dir is set", location=location,
+                               hint="SET checkpoint_dir = 'dir' (or run with --checkpoint DIR)")
+    return [
+        {"epoch": e.epoch,
+         "taken": datetime.fromtimestamp(e.created_at, tz=timezone.utc).replace(tzinfo=None).isoformat(
+             sep=" ", timespec="milliseconds"),
+         "committed": e.committed, "state_rows": e.state_rows, "state_size": format_bytes(e.state_bytes),
+         "duration_ms": round(e.duration_ms, 1)}
+        for e in CheckpointStore(directory).list()
+    ]
 
 
 def connector_rows() -> list[dict]:

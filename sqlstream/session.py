@@ -6,6 +6,7 @@ hands on lives beside it: catalog entries in :mod:`sqlstream.catalog`, functions
 :mod:`sqlstream.functions`, SHOW/DESCRIBE/EXPLAIN in :mod:`sqlstream.introspection`,
 wiring a run in :class:`~sqlstream.runtime.builder.PipelineBuilder` and running one on
 a thread in :class:`~sqlstream.runtime.driver_thread.DriverThread`.
+The module is long because it is the public API: each method is short and hands its work on.
 
 >>> from sqlstream import Session
 >>> s = Session()
@@ -72,6 +73,7 @@ from sqlstream.runtime.builder import (
     query_result_schema,
     sink_input_names,
 )
+from sqlstream.runtime.checkpointing import CheckpointConfig
 from sqlstream.runtime.clock import WallClock
 from sqlstream.runtime.driver import Driver, RunSummary
 from sqlstream.runtime.driver_thread import DriverThread
@@ -313,8 +315,8 @@ class Session:
                     location=location,
                     hint="the widest allowed paths are decided on the command line (--allow-paths)",
                 ) from None
-        if key == "dead_letter_path" and parsed not in ("", "off", "none"):
-            self.resolve_path(parsed, self.base_dir, what="dead_letter_path", location=location)
+        if key in ("checkpoint_dir", "dead_letter_path") and parsed not in (None, "", "off", "none"):
+            self.resolve_path(parsed, self.base_dir, what=key, location=location)
         self.settings[key] = parsed
 
     def resolve_path(
@@ -440,7 +442,7 @@ class Session:
 
     def build(self, sinks: list[SinkEntry], extra_sinks: list[tuple[str, PlanNode, Callable]] = (), *,
               wrap_reader: ReaderWrapper | None = None, progress: Callable[[Driver], None] | None = None,
-              warn: Callable[[str], None] | None = None) -> Driver:
+              warn: Callable[[str], None] | None = None, checkpoint: CheckpointConfig | None = None) -> Driver:
         """Operators for ``sinks`` (and ``extra_sinks``: name, plan, ``open_writer(schema)``)
         sharing one read per source, ready to run; ``wrap_reader(source, reader)`` may wrap
         each source's reader; ``progress`` and ``warn`` go to the driver."""
@@ -456,7 +458,7 @@ class Session:
         for name, plan, open_writer in extra_sinks:
             plans.append(SinkPlan(name, plan, query_result_schema(plan),
                                   lambda schema, ctx, open_writer=open_writer: open_writer(schema), self.base_dir))
-        driver = builder.build(plans, progress=progress, warn=warn)
+        driver = builder.build(plans, progress=progress, warn=warn, checkpoint=checkpoint)
         self.dead_letters = driver.dead_letters
         return driver
 
@@ -469,10 +471,13 @@ class Session:
         return [s for s in self.sinks.values() if s.plan is not None]
 
     def run(self, *, progress: Callable[[Driver], None] | None = None,
-            warn: Callable[[str], None] | None = None) -> RunSummary:
+            warn: Callable[[str], None] | None = None, from_scratch: bool = False) -> RunSummary:
         """Run every sink's query together until the sources end or :meth:`stop`;
-        ``warn`` takes warnings (large state) instead of stderr."""
-        driver = self.build(self.pending_sinks(), progress=progress, warn=warn)
+        ``warn`` takes warnings (large state) instead of stderr. With ``SET checkpoint_dir``
+        the run resumes from the last checkpoint there (``from_scratch``: removes it first)
+        and takes checkpoints every ``checkpoint_interval``."""
+        driver = self.build(self.pending_sinks(), progress=progress, warn=warn,
+                            checkpoint=CheckpointConfig.of(self.settings, from_scratch))
         self.report_on(driver)
         summary = driver.run()
         self.last_summary = summary

@@ -22,6 +22,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "max_state_rows": None,  # rows of state of the whole pipeline, None = no limit
     "max_state_bytes": None,  # estimated bytes of state, None = no limit
     "allowed_paths": None,  # AllowedPaths, None = unrestricted
+    "checkpoint_dir": None,  # absolute path, None = no checkpoints
+    "checkpoint_interval": 5_000_000,  # µs
+    "checkpoint_keep": 3,  # committed epochs kept on disk
 }
 
 SETTING_DOCS = {
@@ -36,6 +39,10 @@ SETTING_DOCS = {
     "max_state_bytes": "stop the run when the pipeline's state passes this size, e.g. '2GB', '500MB' "
                        "(default off; a warning at 80%, or at 1 GB without a limit)",
     "allowed_paths": "directories every file path must stay inside (default: unrestricted; can only narrow)",
+    "checkpoint_dir": "directory of the pipeline's checkpoints: a run resumes from it and takes checkpoints "
+                      "(default: none)",
+    "checkpoint_interval": "how often a checkpoint is taken (default 5s)",
+    "checkpoint_keep": "how many committed checkpoints stay on disk (default 3)",
 }
 
 
@@ -50,19 +57,25 @@ def parse_setting(key: str, value: Any, location: Location | None = None, *, bas
             hint=(did_you_mean(key, DEFAULT_SETTINGS) or "") + " valid settings: " + ", ".join(DEFAULT_SETTINGS),
         )
     try:
-        if key in ("batch_size", "file_batch_size"):
+        if key in ("batch_size", "file_batch_size", "checkpoint_keep"):
+            what = "checkpoints" if key == "checkpoint_keep" else "rows"
             try:
                 number = int(str(value).replace("_", ""))
             except ValueError:
-                raise ValueError("expected a whole number of rows") from None
+                raise ValueError(f"expected a whole number of {what}") from None
             if number <= 0:
-                raise ValueError("must be a positive number of rows")
+                raise ValueError(f"must be a positive number of {what}")
             return number
-        if key in ("batch_timeout", "join_state_ttl"):
+        if key in ("batch_timeout", "join_state_ttl", "checkpoint_interval"):
             us = parse_duration_us(value, default_unit="ms" if key == "batch_timeout" else "s")
-            if us < 0:
-                raise ValueError("must not be negative")
+            if us < 0 or (us == 0 and key == "checkpoint_interval"):
+                raise ValueError("must be positive" if key == "checkpoint_interval" else "must not be negative")
             return us
+        if key == "checkpoint_dir":
+            text = str(value)
+            if text.lower() in ("", "off", "none"):
+                return None
+            return os.path.abspath(os.path.join(base_dir or os.getcwd(), os.path.expanduser(text)))
         if key == "max_state_rows":
             return parse_count(value)
         if key == "max_state_bytes":

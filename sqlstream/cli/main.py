@@ -14,10 +14,13 @@ import signal
 import sys
 import traceback
 
+from rich.console import Console
+
 from sqlstream.cli.progress import Progress
-from sqlstream.cli.render import install_renderer
+from sqlstream.cli.render import install_renderer, render_table
 from sqlstream.cli.session_setup import make_session, read_sql_file
 from sqlstream.errors import SqlStreamError
+from sqlstream.introspection import checkpoint_rows, rows_table
 from sqlstream.session import Session, explain_plan
 
 __all__ = ["main", "build_parser", "Interrupted"]
@@ -61,6 +64,10 @@ def cmd_run(args) -> int:
     progress = None
     try:
         session = _load(args)
+        if args.checkpoint:
+            session.apply_setting("checkpoint_dir", args.checkpoint, base_dir=os.getcwd())
+        if args.checkpoint_interval:
+            session.apply_setting("checkpoint_interval", args.checkpoint_interval)
         loaded.append(session)
         install_renderer(session)
         sinks = session.pending_sinks()
@@ -69,13 +76,26 @@ def cmd_run(args) -> int:
                 f"{args.file}: nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT"
             )
         progress = Progress(sys.stderr) if sys.stderr.isatty() and not any(s.implicit for s in sinks) else None
-        summary = session.run(progress=progress.update if progress else None, warn=progress.note if progress else None)
+        summary = session.run(progress=progress.update if progress else None, warn=progress.note if progress else None,
+                              from_scratch=args.from_scratch)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if progress:
             progress.clear()
     print(f"sqlstream: {summary.line()}", file=sys.stderr)
+    return 0
+
+
+def cmd_checkpoints(args) -> int:
+    if not os.path.isdir(args.dir):
+        raise SqlStreamError(f"{args.dir}: no such checkpoint directory")
+    rows = checkpoint_rows(os.path.abspath(args.dir))
+    if not rows:
+        print(f"{args.dir}: no checkpoints")
+        return 0
+    console = Console() if sys.stdout.isatty() else None
+    render_table(rows_table(rows), "table" if console else "csv", sys.stdout, console)
     return 0
 
 
@@ -142,7 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a pipeline until its sources end or Ctrl-C")
     common(p)
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="take checkpoints in DIR and resume from the last one there (SET checkpoint_dir)")
+    p.add_argument("--checkpoint-interval", metavar="DURATION", help="how often, e.g. 10s (default 5s)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="remove the checkpoint and read the sources from the start")
     p.set_defaults(handler=cmd_run)
+    p = sub.add_parser("checkpoints", help="list the checkpoints in a checkpoint directory")
+    p.add_argument("dir", help="checkpoint directory (--checkpoint of sqlstream run)")
+    p.set_defaults(handler=cmd_checkpoints)
     p = sub.add_parser("check", help="parse, resolve and plan a pipeline without running it")
     common(p)
     p.set_defaults(handler=cmd_check)

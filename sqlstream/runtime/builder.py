@@ -24,8 +24,9 @@ from sqlstream.errors import ExecutionError
 from sqlstream.hidden import OP_COLUMN, is_hidden
 from sqlstream.operators.base import Operator
 from sqlstream.operators.context import BuildContext
+from sqlstream.runtime.checkpointing import CheckpointConfig, Checkpointer
 from sqlstream.runtime.dead_letter_source import DeadLetterReader
-from sqlstream.runtime.driver import Driver
+from sqlstream.runtime.driver import Driver, print_warning
 from sqlstream.runtime.sink import SinkOperator
 from sqlstream.runtime.source_stage import SourceSpec, SourceStage
 from sqlstream.runtime.state_tracker import StateLimits
@@ -62,6 +63,8 @@ class RunnablePlan(Protocol):
     def build(self, ctx: BuildContext) -> Operator: ...
 
     def state_horizon_us(self) -> int: ...
+
+    def explain(self) -> list[str]: ...
 
 
 class SourceDefinition(Protocol):
@@ -166,9 +169,17 @@ class PipelineBuilder:
         self.wrap_reader = wrap_reader
 
     def build(self, sinks: list[SinkPlan], *, progress: Callable[[Driver], None] | None = None,
-              warn: Callable[[str], None] | None = None) -> Driver:
+              warn: Callable[[str], None] | None = None, checkpoint: CheckpointConfig | None = None) -> Driver:
         """Operators for ``sinks`` sharing one read per source, ready to run; ``progress``
-        and ``warn`` go to the :class:`Driver`."""
+        and ``warn`` go to the :class:`Driver`. With ``checkpoint``, the run resumes from
+        the last checkpoint in its directory (if any) and takes checkpoints."""
+        checkpointer = None
+        if checkpoint is not None:
+            checkpointer = Checkpointer(checkpoint, warn or print_warning, self.clock)
+            checkpointer.open({
+                sink.name: {"columns": [f"{f.name} {f.type}" for f in sink.schema], "plan": sink.plan.explain()}
+                for sink in sinks
+            })
         dead_letters = DeadLetterOutput(self.dead_letter_path, self.clock)
         stages: dict[str, SourceStage] = {}
         names: set[str] = set()
@@ -184,10 +195,11 @@ class PipelineBuilder:
                 )
                 reader = dead_letter_reader
             else:
-                reader = self._open_reader(name, horizon_us)
+                reader = self._open_reader(name, horizon_us, checkpointer)
             if self.wrap_reader is not None:
                 reader = self.wrap_reader(name, reader)
             stages[name] = SourceStage(spec, reader, dead_letters, self.clock)
+            stages[name].checkpointing = checkpointer is not None
         tables = _TableLoader(self, dead_letters)
         ctx = BuildContext(
             connect_source=lambda name, op: stages[name].connect(op),
@@ -199,32 +211,44 @@ class PipelineBuilder:
         )
         sink_ops = []
         for sink in sinks:
-            op = self._sink_operator(sink, ctx.dead_letter)
+            op = self._sink_operator(sink, ctx.dead_letter, checkpointing=checkpointer is not None)
             sink.plan.build(ctx).connect(op)
             sink_ops.append(op)
         if dead_letter_reader is not None:
             dead_letters.subscribe(dead_letter_reader.offer)
         limits = StateLimits(self.settings["max_state_rows"], self.settings["max_state_bytes"])
-        return Driver(list(stages.values()), sink_ops, self.clock, dead_letters, ctx.operators, state_limits=limits,
-                      progress=progress, warn=warn)
+        driver = Driver(list(stages.values()), sink_ops, self.clock, dead_letters, ctx.operators, state_limits=limits,
+                        progress=progress, warn=warn, checkpointer=checkpointer)
+        if checkpointer is not None:
+            checkpointer.attach(driver)
+        return driver
 
-    def _sink_operator(self, sink: SinkPlan, dead_letter: Callable | None = None) -> SinkOperator:
+    def _sink_operator(self, sink: SinkPlan, dead_letter: Callable | None = None,
+                       checkpointing: bool = False) -> SinkOperator:
         run_ctx = replace(
             self.run_context(sink.base_dir),
             acknowledging_sources=acknowledging_sources(sink.plan, self.sources),
             row_key_columns=row_key_columns(sink.plan, sink.schema),
             upsert_key_columns=upsert_key_columns(sink.plan, sink.schema),
             dead_letter=dead_letter,
+            checkpointing=checkpointing,
         )
         open_writer = sink.open_writer
-        return SinkOperator(sink.name, sink.schema, lambda schema: open_writer(schema, run_ctx), sink_input_names(sink.plan))
+        op = SinkOperator(sink.name, sink.schema, lambda schema: open_writer(schema, run_ctx), sink_input_names(sink.plan))
+        op.checkpointed = checkpointing
+        return op
 
-    def _open_reader(self, name: str, retention_horizon_us: int = 0) -> SourceReader:
+    def _open_reader(self, name: str, retention_horizon_us: int = 0,
+                     checkpointer: Checkpointer | None = None) -> SourceReader:
         """Opens source ``name``; its reader keeps input unacknowledged for as long as
-        state built from it may be held (``retention_horizon_us`` plus the watermark delay)."""
+        state built from it may be held (``retention_horizon_us`` plus the watermark delay)
+        or, with checkpoints, until the epoch that read it is committed, and starts where
+        the checkpoint being resumed left it."""
         entry = self.sources[name]
         horizon_us = retention_horizon_us + entry.delay_us if retention_horizon_us else 0
         run_ctx = replace(self.run_context(entry.base_dir), retention_horizon_us=horizon_us)
+        if checkpointer is not None:
+            run_ctx = replace(run_ctx, checkpointing=True, start_position=checkpointer.start_position(name))
         return entry.connector.open(run_ctx)
 
     def _spec(self, name: str) -> SourceSpec:
@@ -242,6 +266,8 @@ class PipelineBuilder:
             on_error=options.get("on_error") or self.settings["on_error"],
             max_future_us=max_future_us,
             idle_timeout_us=options.get("idle_timeout"),
+            # the run's own dead letters come again when their input is replayed
+            replayable=entry.connector.replayable or name == DEAD_LETTER_STREAM,
         )
 
     def _dead_letter_handler(self, dead_letters: DeadLetterOutput) -> Callable:

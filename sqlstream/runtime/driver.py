@@ -18,11 +18,12 @@ from sqlstream.connectors.dead_letters import DeadLetterOutput
 from sqlstream.errors import ExecutionError, SqlStreamError, StateLimitError
 from sqlstream.operators.base import Operator
 from sqlstream.operators.state_size import NO_STATE, StateSize
+from sqlstream.runtime.checkpointing import Checkpointer, CheckpointStats
 from sqlstream.runtime.sink import SinkOperator
 from sqlstream.runtime.source_stage import SourceStage
 from sqlstream.runtime.state_tracker import StateLimits, StateTracker, describe
 
-__all__ = ["Driver", "RunSummary"]
+__all__ = ["Driver", "RunSummary", "print_warning"]
 
 _MAX_SLEEP_S = 0.05
 
@@ -41,6 +42,7 @@ class RunSummary:
     stopped: bool = False  # stopped by request before the sources ended
     open_state_rows: int = 0
     peak_state: StateSize = NO_STATE  # the most rows and the most bytes of state held
+    checkpoints: CheckpointStats | None = None  # None: the run took no checkpoints
 
     def line(self) -> str:
         parts = []
@@ -60,7 +62,10 @@ class RunSummary:
             reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(self.skipped.items()))
             parts.append(f"skipped (on_error = 'skip'): {skipped:,} ({reasons})")
         if self.stopped and self.open_state_rows:
-            parts.append(f"{self.open_state_rows:,} rows of open window/aggregate state not emitted (stopped early)")
+            kept = "kept in the checkpoint" if self.checkpoints is not None else "not emitted"
+            parts.append(f"{self.open_state_rows:,} rows of open window/aggregate state {kept} (stopped early)")
+        if self.checkpoints is not None and self.checkpoints.line():
+            parts.append(self.checkpoints.line())
         if self.peak_state.rows or self.peak_state.bytes:
             parts.append(f"peak state {describe(self.peak_state)}")
         parts.append(f"elapsed {self.elapsed_s:.2f}s")
@@ -79,6 +84,7 @@ class Driver:
         state_limits: StateLimits | None = None,
         progress: Callable[["Driver"], None] | None = None,
         warn: Callable[[str], None] | None = None,
+        checkpointer: Checkpointer | None = None,
     ):
         self.sources = sources
         self.sinks = sinks
@@ -95,7 +101,11 @@ class Driver:
         self.progress_interval_s = 0.5
         self._last_progress = 0.0
         #: says a warning to the user (stderr by default; the CLI keeps its progress line clear)
-        self.warn: Callable[[str], None] = warn or _print_warning
+        self.warn: Callable[[str], None] = warn or print_warning
+        self.checkpointer = checkpointer
+        #: counts what changes state or output (batches taken, ticks that emitted, sources
+        #: ending): a checkpoint is skipped when nothing happened since the last one
+        self.activity = 0
         self.state = StateTracker.of(self._roots(), state_limits or StateLimits(), lambda text: self.warn(text),
                                      self._position)
 
@@ -115,8 +125,11 @@ class Driver:
             sink.open()
         self.looping = True
         try:
+            if self.checkpointer is not None:
+                self.checkpointer.restore(self)
             while not self._stop.is_set() and self.step():
-                pass
+                if self.checkpointer is not None:
+                    self.checkpointer.maybe_take(self)
             if self._stop.is_set():
                 self._drain_sources()
         except StateLimitError:
@@ -142,9 +155,11 @@ class Driver:
             if item is not None:
                 stage.process(item)
                 progressed = True
+                self.activity += 1
                 self.state.check()
             if stage.reader.exhausted:
                 stage.end()
+                self.activity += 1
             else:
                 live = True
             if self._stop.is_set():
@@ -155,8 +170,11 @@ class Driver:
             now_us = self.clock.now_us()
             for stage in self.sources:
                 stage.check_idle(now_us)
+            rows_out = self._rows_out()
             for op in self._roots():
                 op.tick(now_us)
+            if self._rows_out() != rows_out:  # EMIT EVERY results went out
+                self.activity += 1
             for stage in self.sources:
                 stage.release_acks()
                 stage.check_ack_stall()
@@ -185,6 +203,7 @@ class Driver:
                 if item is None:
                     break
                 stage.process(item)
+                self.activity += 1
             stage.reader.abandon(DRAIN_DEADLINE_S)
 
     def _roots(self) -> list[Operator]:
@@ -205,6 +224,13 @@ class Driver:
             return
         self.finished = True
         errors = []
+        if graceful and self.checkpointer is not None:
+            try:  # what the run did since the last checkpoint is committed with one more
+                self.checkpointer.take(self)
+            except Exception as error:  # noqa: BLE001 - close what is open, keep what is committed
+                graceful = False
+                self._close_sources_and_sinks(graceful=False)
+                raise ExecutionError(f"the final checkpoint failed: {error}") from error
         for sink in self.sinks:
             if graceful:
                 try:
@@ -214,6 +240,12 @@ class Driver:
         if graceful:
             for stage in self.sources:
                 stage.release_acks()  # sinks are flushed: what their state no longer holds is done
+        errors += self._close_sources_and_sinks(graceful)
+        if graceful and errors:
+            raise ExecutionError(f"closing the pipeline failed: {errors[0]}") from errors[0]
+
+    def _close_sources_and_sinks(self, graceful: bool) -> list[Exception]:
+        errors = []
         for stage in self.sources:
             try:
                 stage.close()
@@ -225,11 +257,13 @@ class Driver:
             except Exception as error:  # noqa: BLE001
                 errors.append(error)
         self.dead_letters.close()
-        if graceful and errors:
-            raise ExecutionError(f"closing the pipeline failed: {errors[0]}") from errors[0]
+        return errors
 
     def state_rows(self) -> int:
         return sum(size.rows for _, size in self.state.sizes())
+
+    def _rows_out(self) -> int:
+        return sum(s.rows_out for s in self.sinks)
 
     def _position(self) -> str:
         """How far each source was read: ``12,000 rows of events, 40 rows of users``."""
@@ -250,8 +284,9 @@ class Driver:
             stopped=stopped,
             open_state_rows=self.state_rows() if stopped else 0,
             peak_state=self.state.peak,
+            checkpoints=None if self.checkpointer is None else self.checkpointer.stats,
         )
 
 
-def _print_warning(text: str) -> None:
+def print_warning(text: str) -> None:
     print(f"sqlstream: {text}", file=sys.stderr, flush=True)

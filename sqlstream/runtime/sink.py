@@ -33,6 +33,9 @@ class SinkOperator(Operator):
         self.writer: SinkWriter | None = None
         self.rows_out = 0
         self.closed = False
+        #: the run takes checkpoints: the writer commits per epoch, so the end of the input
+        #: only flushes; the final checkpoint commits and the driver closes the writer
+        self.checkpointed = False
 
     def open(self) -> None:
         if self.writer is None:
@@ -75,7 +78,10 @@ class SinkOperator(Operator):
         return self.writer.durable_rows(self.rows_out)
 
     def on_end(self) -> None:
-        self.close()
+        if self.checkpointed:
+            self.flush()
+        else:
+            self.close()
 
     def close(self) -> None:
         if self.closed:

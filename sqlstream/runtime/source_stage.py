@@ -38,6 +38,8 @@ class SourceSpec:
     max_future_us: int | None = 3_600_000_000
     idle_timeout_us: int | None = None
     bounded: bool = False
+    #: the reader can resume at a saved position (see SourceConnector.replayable)
+    replayable: bool = False
 
 
 @dataclass
@@ -73,6 +75,9 @@ class SourceStage:
         self.pending_acks: list[PendingAck] = []
         self.acks_moved_at = clock.monotonic()  # when the oldest pending ack was last released
         self.stall_warned = False  # the current stall was reported
+        #: the run takes checkpoints: input is acknowledged when the epoch that read it is
+        #: committed (``release_committed``), not when windows emit
+        self.checkpointing = False
 
     @property
     def name(self) -> str:
@@ -80,6 +85,10 @@ class SourceStage:
 
     def connect(self, op: Operator, port: int = 0) -> None:
         self.consumers.append((op, port))
+
+    @property
+    def replayable(self) -> bool:
+        return self.spec.replayable
 
     @property
     def watermark(self) -> int | None:
@@ -153,7 +162,7 @@ class SourceStage:
         """Acknowledge input once every row derived from it is durable in every sink: no
         operator holds its contribution back (open windows, buffered EMIT EVERY changes,
         join state), and each sink made durable the rows it had received by then."""
-        if not self.pending_acks:
+        if not self.pending_acks or self.checkpointing:
             return
         holding = self.retention_start()
         durable = {id(s): s.durable_rows() for s in self.sinks()}
@@ -169,6 +178,36 @@ class SourceStage:
         self.pending_acks = keep
         for ack in ready:
             ack()
+
+    def release_committed(self) -> None:
+        """Checkpoints: the epoch that read every pending batch is committed (state and
+        positions saved, sinks committed), so its input is never needed again."""
+        if not self.pending_acks:
+            return
+        ready, self.pending_acks = self.pending_acks, []
+        self.acks_moved_at = self.clock.monotonic()
+        self.stall_warned = False
+        for entry in ready:
+            entry.ack()
+
+    def checkpoint(self) -> dict:
+        """This source's part of a checkpoint: the reader's position and the watermark."""
+        saved: dict = {"position": self.reader.position(), "ended": self.ended}
+        if self.tracker is not None:
+            t = self.tracker
+            saved["watermark"] = {"max_event_us": t.max_event_us, "late_rows": t.late_rows,
+                                  "future_rows": t.future_rows, "idle": t.idle}
+        return saved
+
+    def restore(self, saved: dict) -> None:
+        """The inverse of ``checkpoint`` (the reader was opened at the saved position)."""
+        self.ended = saved["ended"]
+        watermark = saved.get("watermark")
+        if self.tracker is not None and watermark is not None:
+            self.tracker.max_event_us = watermark["max_event_us"]
+            self.tracker.late_rows = watermark["late_rows"]
+            self.tracker.future_rows = watermark["future_rows"]
+            self.tracker.idle = watermark["idle"]
 
     @staticmethod
     def _released(entry: PendingAck, holding: int | None) -> bool:
