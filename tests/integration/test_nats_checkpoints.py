@@ -15,7 +15,7 @@ from sqlstream.connectors.base import RunContext, SourceBatch
 from sqlstream.connectors.options import RawOption
 from sqlstream.connectors.registry import sink_connector, source_connector
 from sqlstream.errors import ConnectorError
-from sqlstream.runtime.clock import WallClock
+from sqlstream.runtime.clock import ManualClock, WallClock
 
 pytestmark = pytest.mark.nats
 
@@ -244,14 +244,16 @@ def test_a_replayed_epoch_is_stored_once_by_the_jetstream_sink(nats_server, nats
         assert first.delivery == "effectively-once"
         first.write(_window_rows(0, 25))
         first.write(_window_rows(25, 15))
-        assert first.prepare_commit(1) is None
+        prepared = first.prepare_commit(1)
         assert first.status()["stored"] == 40  # prepare_commit returned after every PubAck
+        assert set(prepared) == {"stored_at_us"} and json.loads(json.dumps(prepared)) == prepared
     finally:
         first.abort()
     second = _sink(nats_server.url, stream, subject).open(WINDOWS, RunContext(clock=WallClock(), row_key_columns=keys,
                                                                                checkpointing=True))
     try:
-        second.recover(0, None)
+        second.recover(1, prepared)  # at once: within the duplicate window
+        assert second.status()["late_recoveries"] == 0
         for start in range(0, 40, 8):  # the replay cuts the epoch differently
             second.write(_window_rows(start, 8))
         prepared = second.prepare_commit(1)
@@ -263,6 +265,29 @@ def test_a_replayed_epoch_is_stored_once_by_the_jetstream_sink(nats_server, nats
     ids = [m.headers["Nats-Msg-Id"] for m in stored]
     assert len(ids) == 40 and len(set(ids)) == 40
     assert sorted(json.loads(m.data)["peak"] for m in stored) == [float(i) for i in range(40)]
+
+
+def test_a_restart_after_the_duplicate_window_is_warned_about(nats_server, nats_client, caplog):
+    stream, subject = "CK_SINK_LATE", "cksinklate.out"
+    nats_client.add_stream(stream, [subject], duplicate_window=60.0)
+    clock = ManualClock()
+    ctx = RunContext(clock=clock, row_key_columns=["window_start", "window_end", "sensor"], checkpointing=True)
+    first = _sink(nats_server.url, stream, subject).open(WINDOWS, ctx)
+    try:
+        first.write(_window_rows(0, 3))
+        prepared = first.prepare_commit(7)
+    finally:
+        first.abort()
+    clock.advance(90)
+    second = _sink(nats_server.url, stream, subject).open(WINDOWS, ctx)
+    try:
+        second.recover(7, prepared)
+        assert second.status()["late_recoveries"] == 1
+    finally:
+        second.close()
+    assert ("sink 'alerts': resuming 90s after checkpoint 7, beyond stream 'CK_SINK_LATE''s duplicate_window (60s): "
+            "rows the crashed run published after that checkpoint may be stored twice (raise the stream's "
+            "duplicate_window to cover restarts)") in caplog.messages
 
 
 def test_rows_of_a_stateless_query_keep_their_source_message_ids_across_batches(nats_server, nats_client):
@@ -322,7 +347,7 @@ def test_sinks_without_deterministic_ids_are_at_least_once(nats_server, nats_cli
         try:
             assert writer.delivery == "at-least-once"
             writer.write(pa.RecordBatch.from_pydict({"v": [1]}))
-            assert writer.prepare_commit(3) is None
+            writer.prepare_commit(3)
         finally:
             writer.close()
 

@@ -261,6 +261,9 @@ class NatsWriter(SinkWriter):
             self.key_columns is not None or ctx.source_ids
         )
         self.rows_without_id = 0  # JetStream rows published with no Nats-Msg-Id (status)
+        self.clock = ctx.clock
+        self.duplicate_window_s = 0.0  # the stream's: how long it remembers a Nats-Msg-Id
+        self.late_recoveries = 0  # resumed after the duplicate window: the replay may be stored twice
         self.published = 0
         self.lost = 0  # core NATS batches that could not be handed to the client
         self._unflushed = 0
@@ -274,6 +277,8 @@ class NatsWriter(SinkWriter):
                 check = require_stream(self.conn.nc, self.stream, self.owner, self.config["url"])
                 self.conn.call(check, timeout=self.conn.connect_timeout_s + 10)
                 self.conn.call(self.publisher.start(), timeout=10)
+                info = self.conn.call(self.conn.nc.jetstream().stream_info(self.stream), timeout=10)
+                self.duplicate_window_s = float(info.config.duplicate_window or 0)
             except Exception:
                 self.conn.close()
                 raise
@@ -354,10 +359,11 @@ class NatsWriter(SinkWriter):
     def prepare_commit(self, epoch: int) -> dict | None:
         """Wait until the stream stored every row written so far (their PubAcks; core
         NATS: a round trip, so the server has read them): the epoch's output is
-        published before its checkpoint commits. Nothing is left for ``commit``."""
+        published before its checkpoint commits. Nothing is left for ``commit``; the
+        checkpoint keeps when that was, for ``recover`` to check the duplicate window."""
         if self.publisher is not None:
             self.flush()
-            return None
+            return {"stored_at_us": self.clock.now_us()}
         try:
             timeout = max(1, int(self.ack_timeout_s))
             self.conn.call(self.conn.nc.flush(timeout=timeout), timeout=self.ack_timeout_s + 5)
@@ -367,6 +373,21 @@ class NatsWriter(SinkWriter):
                 hint="is the server reachable? the checkpoint is retried",
             ) from error
         return None
+
+    def recover(self, epoch: int, prepared: dict | None) -> None:
+        """Nothing to finish: rows are visible once stored. The replay of what followed
+        the checkpoint is dropped by Nats-Msg-Id only within the stream's duplicate
+        window, counted from each original publish: say so when the restart comes later."""
+        if not self.ids_deterministic or not prepared or "stored_at_us" not in prepared:
+            return
+        since_s = (self.clock.now_us() - prepared["stored_at_us"]) / 1e6
+        if since_s > self.duplicate_window_s:
+            LOG.warning(
+                "%s: resuming %.0fs after checkpoint %d, beyond stream '%s''s duplicate_window (%gs): rows the "
+                "crashed run published after that checkpoint may be stored twice (raise the stream's "
+                "duplicate_window to cover restarts)", self.owner, since_s, epoch, self.stream, self.duplicate_window_s,
+            )
+            self.late_recoveries += 1
 
     def close(self) -> None:
         if self.conn.closed:
@@ -385,5 +406,6 @@ class NatsWriter(SinkWriter):
         out: dict[str, Any] = {"published": self.published, "lost": self.lost, "disconnects": self.conn.events.disconnects}
         if self.publisher is not None:
             out.update(stored=self.publisher.stored, duplicates=self.publisher.duplicates,
-                       republished=self.publisher.republished, rows_without_id=self.rows_without_id)
+                       republished=self.publisher.republished, rows_without_id=self.rows_without_id,
+                       late_recoveries=self.late_recoveries)
         return out
