@@ -118,6 +118,13 @@ class RunContext:
     #: sources of a resumed run: where to start reading, as ``SourceReader.position``
     #: returned it when the checkpoint was taken (None: from the start)
     start_position: dict | None = None
+    #: sources of a checkpointed run: about how often (µs) checkpoints are taken; input is
+    #: acknowledged when the checkpoint that read it commits, so sources that ack size their
+    #: timeouts by it instead of by ``retention_horizon_us`` (None: not known)
+    checkpoint_interval_us: int | None = None
+    #: sinks: the rows carry their source messages' ids (SOURCE_ID_COLUMN, a stateless query
+    #: over a source with ``hidden_fields``), for sinks that derive message ids from them
+    source_ids: bool = False
     #: ``connector = 'memory'`` (``sqlstream.testing``): streams by name, collected outputs by sink
     memory_streams: dict[str, Any] = field(default_factory=dict)
     memory_outputs: dict[str, list[pa.RecordBatch]] = field(default_factory=dict)
@@ -226,6 +233,14 @@ class SourceConnector(ABC):
         self.source_name = source_name
         self.schema = schema
         self.config = options
+
+    def replay_gap(self) -> str | None:
+        """What a checkpointed run of a source that is not ``replayable`` loses across a
+        restart, in words, for the runtime to say at start (None: the source replays)."""
+        if self.replayable:
+            return None
+        return (f"source '{self.source_name}' cannot replay: messages published while the pipeline is down are "
+                "lost, and a resumed run reads only what arrives after it started")
 
     @property
     def bounded(self) -> bool:

@@ -21,7 +21,7 @@ from sqlstream.connectors.base import RunContext, SinkWriter, SourceConnector, S
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import ExecutionError
-from sqlstream.hidden import OP_COLUMN, is_hidden
+from sqlstream.hidden import OP_COLUMN, SOURCE_ID_COLUMN, is_hidden
 from sqlstream.operators.base import Operator
 from sqlstream.operators.context import BuildContext
 from sqlstream.runtime.checkpointing import CheckpointConfig, Checkpointer
@@ -230,6 +230,7 @@ class PipelineBuilder:
             acknowledging_sources=acknowledging_sources(sink.plan, self.sources),
             row_key_columns=row_key_columns(sink.plan, sink.schema),
             upsert_key_columns=upsert_key_columns(sink.plan, sink.schema),
+            source_ids=SOURCE_ID_COLUMN in sink.plan.schema.names,
             dead_letter=dead_letter,
             checkpointing=checkpointing,
         )

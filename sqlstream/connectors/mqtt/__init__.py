@@ -117,6 +117,15 @@ class MqttSource(SourceConnector):
         """QoS 1/2 messages are acknowledged once every sink holds their rows; QoS 0 has no acks."""
         return self.config["qos"] > 0
 
+    def replay_gap(self) -> str | None:
+        if self.config["qos"] > 0 and not self.config["clean_session"]:
+            return (f"source '{self.source_name}' cannot replay from a position: a resumed run gets what its "
+                    "persistent session still holds, i.e. the QoS 1/2 messages not acked when it stopped (acks wait "
+                    "for the checkpoint), redelivered at least once: messages whose ack was on its way at the "
+                    "crash are counted twice")
+        return (f"source '{self.source_name}' cannot replay: messages published while the pipeline is down are "
+                "lost (only qos >= 1 with clean_session = false keeps them for a resumed run)")
+
     def open(self, ctx: RunContext) -> SourceReader:
         return MqttReader(self, ctx)
 

@@ -151,6 +151,20 @@ class NatsSource(SourceConnector):
         """JetStream acknowledges messages once the sinks hold their rows; core NATS does not."""
         return bool(self.config["stream"])
 
+    @property
+    def replayable(self) -> bool:  # type: ignore[override]
+        """JetStream resumes at a stream sequence (``SourceReader.position``); core NATS
+        keeps no record of what it delivered."""
+        return bool(self.config["stream"])
+
+    def replay_gap(self) -> str | None:
+        if self.replayable:
+            return None
+        return (f"source '{self.source_name}' cannot replay: core NATS keeps no messages, so those published to "
+                f"'{self.config['subject']}' while the pipeline is down are lost (a resumed run restores its state "
+                "and reads what arrives from then on); read the subject through a JetStream stream "
+                "(stream = '...') to resume exactly")
+
     def hidden_fields(self) -> tuple[pa.Field, ...]:
         # JetStream rows carry their message's identity to the sinks (deterministic Nats-Msg-Id)
         return (pa.field(SOURCE_ID_COLUMN, pa.string()),) if self.config["stream"] else ()

@@ -10,6 +10,14 @@ Until then the reader keeps the messages' ack subjects and, for long windows, te
 the server it is still working on them (``+WPI``) so they are not redelivered while
 the pipeline runs. Redelivered copies of messages this run already took are dropped
 (:class:`TakenSequences`) and acked with their original.
+
+Checkpoints: ``position`` is the stream sequence of the last message ``poll``
+returned. A resumed run (``RunContext.start_position``) deletes the durable consumer
+and creates it again, same name, delivering by start sequence from the one after:
+exactly the messages that follow, in stream order; copies at or below it are
+dropped and acked. With checkpoints the runtime acks a batch once the checkpoint
+that read it commits, so ack_wait follows the checkpoint interval, not the windows
+(:func:`ack_defaults`).
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ STALL_MIN_S = 30.0
 _CONSUMER_POLL_S = 1.0  # how often the consumer's ack floor is read from the server
 
 
-def ack_defaults(retention_horizon_us: int, batch_size: int) -> tuple[float, int]:
+def ack_defaults(retention_horizon_us: int, batch_size: int, checkpoint_interval_us: int | None = None) -> tuple[float, int]:
     """``ack_wait`` (s) and ``max_ack_pending`` when the user does not set them.
 
     A stateless pipeline acks each batch right after its sink write: 30 s and room
@@ -51,7 +59,22 @@ def ack_defaults(retention_horizon_us: int, batch_size: int) -> tuple[float, int
     delay (the retention horizon): ack_wait is twice that plus 30 s, and
     max_ack_pending is unlimited, because a limit below what the windows hold would
     stop delivery and, with it, the watermark that closes them.
+
+    A checkpointed run (``checkpoint_interval_us``) acks input when the checkpoint
+    that read it commits, whatever the windows hold (their state is in the
+    checkpoint): ack_wait is twice the interval plus 30 s, and max_ack_pending is
+    unlimited too — about one interval of input is unacked at any time, and a count
+    limit would cap the throughput at limit / interval.
+
+    >>> ack_defaults(0, 1000)
+    (30.0, 10000)
+    >>> ack_defaults(60_000_000, 1000)
+    (150.0, -1)
+    >>> ack_defaults(3_600_000_000, 1000, checkpoint_interval_us=10_000_000)
+    (50.0, -1)
     """
+    if checkpoint_interval_us is not None:
+        return 2 * checkpoint_interval_us / 1e6 + 30.0, -1
     if retention_horizon_us <= 0:
         return 30.0, max(8 * batch_size, 10_000)
     return 2 * retention_horizon_us / 1e6 + 30.0, -1
@@ -75,8 +98,9 @@ class JetStreamReader(MessageReader):
 
     def __init__(self, connector, ctx: RunContext):
         super().__init__(connector, ctx)
-        horizon = ctx.retention_horizon_us
-        default_wait, default_pending = ack_defaults(horizon, self.batch_size)
+        interval = ctx.checkpoint_interval_us if ctx.checkpointing else None
+        default_wait, default_pending = ack_defaults(ctx.retention_horizon_us, self.batch_size, interval)
+        self.checkpoint_interval_s = interval / 1e6 if interval is not None else None
         configured_wait = self.config["ack_wait"]
         self.ack_wait_s = configured_wait / 1e6 if configured_wait is not None else default_wait
         configured_pending = self.config["max_ack_pending"]
@@ -101,6 +125,15 @@ class JetStreamReader(MessageReader):
         self.server_ack_pending = 0
         self.consumer_reset_to: int | None = None
         self.ack_stalls = 0  # times the acks stopped advancing for longer than ack_stall_after_s
+        #: the stream sequence of the last message poll() returned (what position() reports)
+        self.last_sequence = 0
+        self.resumed_from: int | None = None  # start_position's sequence, for a resumed run
+        self.lost_before_resume = 0  # messages after the checkpoint the stream no longer held at resume
+        start = ctx.start_position
+        if start is not None:
+            self.resumed_from = self._check_position(start)
+            self.last_sequence = self.resumed_from
+            self.taken_sequences.advance_floor(self.resumed_from)  # older copies are dropped (and acked)
         self.conn.start()
         try:
             self.conn.call(self._setup(), timeout=self.conn.connect_timeout_s + 10)
@@ -127,7 +160,9 @@ class JetStreamReader(MessageReader):
             except NotFoundError:
                 info = None
         subject = self.config["subject"]
-        if info is None:
+        if self.resumed_from is not None:
+            info = await self._resume_consumer(js, durable, subject)
+        elif info is None:
             config = ConsumerConfig(
                 durable_name=durable or None,
                 ack_policy=AckPolicy.EXPLICIT,
@@ -157,6 +192,8 @@ class JetStreamReader(MessageReader):
                 info = await js.add_consumer(self.stream, info.config)  # (create-or-update: same name)
             if info.num_ack_pending and not info.num_waiting:
                 await self._reset_to_ack_floor(durable)
+        if self.resumed_from is None:  # before the first message, reading stands at the consumer's ack floor
+            self.last_sequence = info.ack_floor.stream_seq or 0
         self.consumer_name = info.name
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer_name}"
         self.inbox = nc.new_inbox()
@@ -169,6 +206,54 @@ class JetStreamReader(MessageReader):
             route(nc, self.subscription._id, self._on_message)
         self.last_activity = time.monotonic()
         await self._request()
+
+    async def _resume_consumer(self, js, durable: str | None, subject: str | None):
+        """A resumed run reads exactly what follows the checkpoint's sequence, in stream
+        order: the consumer is created to deliver by start sequence from there. The
+        deliver policy of a durable cannot change, so a durable of that name is deleted
+        and created again under the same name (what it had delivered, acked or not, is
+        superseded by the checkpoint; other processes must not share it)."""
+        start = self.resumed_from + 1
+        state = (await js.stream_info(self.stream)).state
+        if state.first_seq > start:
+            self.lost_before_resume = state.first_seq - start
+            LOG.warning(
+                "%s: stream '%s' no longer holds sequences %d..%d, which follow the checkpoint (removed by its "
+                "limits or a purge while the pipeline was down): up to %s messages are lost to this pipeline",
+                self.owner, self.stream, start, state.first_seq - 1, f"{self.lost_before_resume:,}",
+            )
+        if durable:
+            try:
+                await js.delete_consumer(self.stream, durable)
+            except NotFoundError:
+                pass
+        config = ConsumerConfig(
+            durable_name=durable or None,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            filter_subject=subject or None,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=self.max_ack_pending,
+            inactive_threshold=None if durable else 60.0,
+        )
+        return await js.add_consumer(self.stream, config)
+
+    def _check_position(self, position: dict) -> int:
+        """The sequence a checkpoint's ``position`` resumes after."""
+        sequence = position.get("sequence")
+        if position.get("stream") != self.stream or not isinstance(sequence, int) or sequence < 0:
+            raise runtime_error(
+                f"{self.owner}: the checkpoint's position {position!r} is not a position in stream '{self.stream}'",
+                hint="the source's stream changed since the checkpoint was taken: start without the checkpoint "
+                     "(a new checkpoint_dir)",
+            )
+        return sequence
+
+    def position(self) -> dict:
+        """The stream and the sequence of the last message ``poll`` returned (a resumed
+        reader starts right after it; before any message: where the consumer starts)."""
+        return {"stream": self.stream, "sequence": int(self.last_sequence)}
 
     async def _reset_to_ack_floor(self, durable: str) -> None:
         """Messages a previous run received but did not ack would come back only after
@@ -286,6 +371,8 @@ class JetStreamReader(MessageReader):
         self.redelivered += int((delivered > 1).sum())
         self.taken_sequences.advance_floor(self.server_ack_floor)
         new = self.taken_sequences.take(sequences)
+        if new.any():
+            self.last_sequence = max(self.last_sequence, int(sequences[new].max()))
         copies = None
         if not new.all():
             keep = np.flatnonzero(new)
@@ -360,6 +447,9 @@ class JetStreamReader(MessageReader):
         self.ack_stalls += 1
         reasons = list(holders)
         unacked = max(sum(len(h.replies) for h in self.held.values()) + len(self.buffer), self.server_ack_pending)
+        if self.checkpoint_interval_s is not None:
+            reasons.append(f"input is acked when the checkpoint that read it commits (every "
+                           f"{self.checkpoint_interval_s:g}s): are checkpoints failing or slow?")
         if 0 < self.max_ack_pending <= unacked:
             reasons.append(f"max_ack_pending ({self.max_ack_pending:,}) is reached: the server delivers no more "
                            "messages until some are acked")
@@ -370,6 +460,9 @@ class JetStreamReader(MessageReader):
 
     def problems(self) -> list[str]:
         out = super().problems()
+        if self.lost_before_resume:
+            out.append(f"up to {self.lost_before_resume:,} messages after the checkpoint were no longer in stream "
+                       f"'{self.stream}' when the run resumed (see the warning)")
         if self.ack_stalls:
             out.append(f"acks stalled {self.ack_stalls}x for over {self.ack_stall_after_s:g}s (see the warnings)")
         return out

@@ -26,6 +26,7 @@ __all__ = ["Outgoing", "prepare", "send", "frames", "msg_id_headers", "text"]
 
 _HEADER_PREFIX = "NATS/1.0\r\nNats-Msg-Id: "
 _HEADER_SUFFIX = "\r\n\r\n"
+_EMPTY_HEADERS = "NATS/1.0\r\n\r\n"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -42,8 +43,10 @@ def _binary(piece: pa.Array | pa.Scalar | str | bytes) -> pa.Array | pa.Scalar:
 
 
 def msg_id_headers(ids: pa.Array) -> pa.Array:
-    """NATS header blocks carrying ``Nats-Msg-Id`` (ids must not contain CR/LF)."""
-    return pc.binary_join_element_wise(text(_HEADER_PREFIX), ids, text(_HEADER_SUFFIX), text(""))
+    """NATS header blocks carrying ``Nats-Msg-Id`` (ids must not contain CR/LF); a null
+    id gets an empty header block (the message has no id)."""
+    headers = pc.binary_join_element_wise(text(_HEADER_PREFIX), ids, text(_HEADER_SUFFIX), text(""))
+    return pc.fill_null(headers, text(_EMPTY_HEADERS)) if ids.null_count else headers
 
 
 def frames(

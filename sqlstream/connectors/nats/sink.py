@@ -17,6 +17,13 @@ the stream's duplicate window:
   ``#<n>`` for the n-th further row derived from the same message;
 * window results: ``<sink>:<window_start>:<window_end>:<group key...>`` (times in µs);
 * other rows (changelogs, core NATS input) get no id: at-least-once.
+
+Checkpoints (``delivery``): a JetStream sink whose rows all get an id is
+'effectively-once' — ``prepare_commit`` waits until the stream stored every row
+written so far, and a resumed run's replay of the epoch after the checkpoint
+publishes the same ids, which the stream drops as long as they are within its
+``duplicate_window``. Without ids (updating results, ``format = 'arrow'``, input
+without message ids) and on core NATS it is 'at-least-once'.
 """
 
 from __future__ import annotations
@@ -72,6 +79,8 @@ def message_ids(
             numbers = pc.cast(pa.array(rank), pa.string())
             suffix = pc.if_else(pa.array(rank > 0), pc.binary_join_element_wise(text("#"), numbers, text("")), text(""))
             out = pc.binary_join_element_wise(out, suffix, text(""))
+        if source_ids.null_count:  # rows from no message (another source): no id, not one shared id
+            out = pc.if_else(pc.is_valid(source_ids), out, pa.scalar(None, out.type))
         return out
     if key_columns:
         parts = [pc.fill_null(pc.cast(_id_part(batch.column(name)), pa.string()), text("\u2205")) for name in key_columns]
@@ -246,6 +255,15 @@ class NatsWriter(SinkWriter):
         key_columns = ctx.row_key_columns  # window bounds + group key of final window results
         self.key_columns = key_columns if key_columns and all(c in schema.names for c in key_columns) else None
         self.stream = self.config["stream"]
+        #: every row gets a Nats-Msg-Id that a replay reproduces: final window results
+        #: (key columns) or rows that carry their source message's id
+        self.ids_deterministic = bool(self.stream) and self.format == "json" and (
+            self.key_columns is not None or ctx.source_ids
+        )
+        self.rows_without_id = 0  # JetStream rows published with no Nats-Msg-Id (status)
+        self.clock = ctx.clock
+        self.duplicate_window_s = 0.0  # the stream's: how long it remembers a Nats-Msg-Id
+        self.late_recoveries = 0  # resumed after the duplicate window: the replay may be stored twice
         self.published = 0
         self.lost = 0  # core NATS batches that could not be handed to the client
         self._unflushed = 0
@@ -259,6 +277,8 @@ class NatsWriter(SinkWriter):
                 check = require_stream(self.conn.nc, self.stream, self.owner, self.config["url"])
                 self.conn.call(check, timeout=self.conn.connect_timeout_s + 10)
                 self.conn.call(self.publisher.start(), timeout=10)
+                info = self.conn.call(self.conn.nc.jetstream().stream_info(self.stream), timeout=10)
+                self.duplicate_window_s = float(info.config.duplicate_window or 0)
             except Exception:
                 self.conn.close()
                 raise
@@ -280,7 +300,17 @@ class NatsWriter(SinkWriter):
             if self.publisher is not None:
                 ids = message_ids(self.name, batch, source_ids, self.key_columns)
                 headers = msg_id_headers(ids) if ids is not None else None
+                self._count_missing_ids(ids, batch.num_rows)
         self._send(subjects, payloads, headers)
+
+    def _count_missing_ids(self, ids: pa.Array | None, rows: int) -> None:
+        missing = rows if ids is None else ids.null_count
+        if not missing:
+            return
+        if self.ids_deterministic and not self.rows_without_id:
+            LOG.warning("%s: rows without a message id reached a sink declared effectively-once; those rows are "
+                        "at-least-once (a replay after a crash publishes them again)", self.owner)
+        self.rows_without_id += missing
 
     def _arrow_messages(self, batch: pa.RecordBatch, subjects: pa.Array | str) -> tuple[pa.Array | str, pa.Array]:
         """One IPC stream per subject."""
@@ -318,6 +348,47 @@ class NatsWriter(SinkWriter):
         self._flushed_token = self.publisher.next_token
         self._unflushed = 0
 
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    @property
+    def delivery(self) -> str:  # type: ignore[override]
+        """'effectively-once' when every row gets a deterministic Nats-Msg-Id: the stream
+        drops what a replayed epoch publishes again, within its ``duplicate_window``."""
+        return "effectively-once" if self.ids_deterministic else "at-least-once"
+
+    def prepare_commit(self, epoch: int) -> dict | None:
+        """Wait until the stream stored every row written so far (their PubAcks; core
+        NATS: a round trip, so the server has read them): the epoch's output is
+        published before its checkpoint commits. Nothing is left for ``commit``; the
+        checkpoint keeps when that was, for ``recover`` to check the duplicate window."""
+        if self.publisher is not None:
+            self.flush()
+            return {"stored_at_us": self.clock.now_us()}
+        try:
+            timeout = max(1, int(self.ack_timeout_s))
+            self.conn.call(self.conn.nc.flush(timeout=timeout), timeout=self.ack_timeout_s + 5)
+        except Exception as error:  # noqa: BLE001 - converted: the checkpoint must not commit
+            raise runtime_error(
+                f"{self.owner}: NATS did not confirm the rows of checkpoint epoch {epoch}: {error or type(error).__name__}",
+                hint="is the server reachable? the checkpoint is retried",
+            ) from error
+        return None
+
+    def recover(self, epoch: int, prepared: dict | None) -> None:
+        """Nothing to finish: rows are visible once stored. The replay of what followed
+        the checkpoint is dropped by Nats-Msg-Id only within the stream's duplicate
+        window, counted from each original publish: say so when the restart comes later."""
+        if not self.ids_deterministic or not prepared or "stored_at_us" not in prepared:
+            return
+        since_s = (self.clock.now_us() - prepared["stored_at_us"]) / 1e6
+        if since_s > self.duplicate_window_s:
+            LOG.warning(
+                "%s: resuming %.0fs after checkpoint %d, beyond stream '%s''s duplicate_window (%gs): rows the "
+                "crashed run published after that checkpoint may be stored twice (raise the stream's "
+                "duplicate_window to cover restarts)", self.owner, since_s, epoch, self.stream, self.duplicate_window_s,
+            )
+            self.late_recoveries += 1
+
     def close(self) -> None:
         if self.conn.closed:
             return
@@ -335,5 +406,6 @@ class NatsWriter(SinkWriter):
         out: dict[str, Any] = {"published": self.published, "lost": self.lost, "disconnects": self.conn.events.disconnects}
         if self.publisher is not None:
             out.update(stored=self.publisher.stored, duplicates=self.publisher.duplicates,
-                       republished=self.publisher.republished)
+                       republished=self.publisher.republished, rows_without_id=self.rows_without_id,
+                       late_recoveries=self.late_recoveries)
         return out
