@@ -103,6 +103,12 @@ def cmd_check(args) -> int:
     session = _load(args)
     sinks = session.pending_sinks()
     sources = [s for s in session.sources.values() if s.statement is not None]
+    if session.settings["checkpoint_dir"] is not None:  # say now what checkpoints cannot cover
+        read = set().union(*(sink.plan.sources() for sink in sinks))
+        for source in sources:
+            gap = source.connector.replay_gap() if source.name in read else None
+            if gap:
+                print(f"sqlstream: warning: {gap}", file=sys.stderr)
     print(
         f"{args.file}: ok ({len(sources)} source(s)/table(s), {len(session.views)} view(s), "
         f"{len(sinks)} query(ies), {len(session.functions)} function(s))"

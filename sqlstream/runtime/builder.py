@@ -249,7 +249,8 @@ class PipelineBuilder:
         horizon_us = retention_horizon_us + entry.delay_us if retention_horizon_us else 0
         run_ctx = replace(self.run_context(entry.base_dir), retention_horizon_us=horizon_us)
         if checkpointer is not None:
-            run_ctx = replace(run_ctx, checkpointing=True, start_position=checkpointer.start_position(name))
+            run_ctx = replace(run_ctx, checkpointing=True, start_position=checkpointer.start_position(name),
+                              checkpoint_interval_us=int(checkpointer.config.interval_s * 1e6))
         return entry.connector.open(run_ctx)
 
     def _spec(self, name: str) -> SourceSpec:
@@ -268,7 +269,7 @@ class PipelineBuilder:
             max_future_us=max_future_us,
             idle_timeout_us=options.get("idle_timeout"),
             # the run's own dead letters come again when their input is replayed
-            replayable=entry.connector.replayable or name == DEAD_LETTER_STREAM,
+            replay_gap=None if name == DEAD_LETTER_STREAM else entry.connector.replay_gap(),
         )
 
     def _dead_letter_handler(self, dead_letters: DeadLetterOutput) -> Callable:

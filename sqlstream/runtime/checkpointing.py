@@ -173,14 +173,13 @@ class Checkpointer:
                     exit_code=2,
                 )
         for stage in driver.sources:
-            if stage.replayable:
+            gap = stage.spec.replay_gap
+            if gap is None:
                 continue
-            lost = ""
             if self.resume is not None:
                 since = datetime.fromtimestamp(self.resume.created_at, tz=timezone.utc).replace(tzinfo=None)
-                lost = f"; what it received after {since.isoformat(sep=' ', timespec='seconds')} UTC and before now is lost"
-            self.warn(f"source '{stage.name}' cannot replay its input, so checkpoints do not cover it: "
-                      f"what arrives while the pipeline is down is lost{lost}")
+                gap += f" (this run resumes a checkpoint taken {since.isoformat(sep=' ', timespec='seconds')} UTC)"
+            self.warn(gap)
 
     # -- the run ------------------------------------------------------------------------------
 

@@ -38,8 +38,9 @@ class SourceSpec:
     max_future_us: int | None = 3_600_000_000
     idle_timeout_us: int | None = None
     bounded: bool = False
-    #: the reader can resume at a saved position (see SourceConnector.replayable)
-    replayable: bool = False
+    #: what a checkpointed run of this source loses across a restart, in words (see
+    #: SourceConnector.replay_gap); None: the reader resumes at a saved position
+    replay_gap: str | None = None
 
 
 @dataclass
@@ -85,10 +86,6 @@ class SourceStage:
 
     def connect(self, op: Operator, port: int = 0) -> None:
         self.consumers.append((op, port))
-
-    @property
-    def replayable(self) -> bool:
-        return self.spec.replayable
 
     @property
     def watermark(self) -> int | None:
