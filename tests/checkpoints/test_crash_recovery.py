@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -54,6 +55,10 @@ SINKS = {"per_customer": "parquet", "sessions": "json", "paid": "parquet", "big"
 FAULT_POINTS = ["after_prepare", "after_state", "after_offsets", "after_commit", "after_commits", "after_acks"]
 
 
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+
+
 def _write_inputs(folder: Path, rows: int, seed: int = 7) -> None:
     """Orders with event times up to 3 s out of order, payments for most of them, and a
     few malformed lines (dead letters, not failures)."""
@@ -63,11 +68,11 @@ def _write_inputs(folder: Path, rows: int, seed: int = 7) -> None:
     for i in range(rows):
         ts = start + i * 20 + rng.randint(-3000, 0)
         orders.append(json.dumps({"order_id": i, "customer": f"c{rng.randint(0, 40)}",
-                                  "amount": round(rng.uniform(1, 100), 2), "ts": ts}))
+                                  "amount": round(rng.uniform(1, 100), 2), "ts": _iso(ts)}))
         if rng.random() < 0.8:
             paid_at = ts + rng.randint(0, 25_000)
             payments.append((paid_at, json.dumps({"order_id": i, "paid": round(rng.uniform(1, 100), 2),
-                                                  "paid_at": paid_at})))
+                                                  "paid_at": _iso(paid_at)})))
         if i % 5000 == 17:
             orders.append('{"order_id": "not a number", "ts": ')
     payments.sort(key=lambda p: p[0] + rng.randint(-2000, 0))
@@ -163,9 +168,10 @@ def test_uninterrupted_run_matches_duckdb(tmp_path, reference):
     folder = _fresh(tmp_path)
     _finish(folder)
     expected = duckdb.sql(f"""
-        SELECT epoch_ms(ts // 10000 * 10000) AS window_start, customer, count(*) AS n, round(sum(amount), 6) AS total
+        SELECT time_bucket(INTERVAL 10 SECOND, ts) AS window_start, customer, count(*) AS n,
+               round(sum(amount), 6) AS total
         FROM read_json('{folder / "orders.jsonl"}', format = 'newline_delimited', ignore_errors = true,
-                       columns = {{order_id: 'BIGINT', customer: 'VARCHAR', amount: 'DOUBLE', ts: 'BIGINT'}})
+                       columns = {{order_id: 'BIGINT', customer: 'VARCHAR', amount: 'DOUBLE', ts: 'TIMESTAMP'}})
         WHERE customer IS NOT NULL GROUP BY ALL ORDER BY ALL""").fetchall()
     per_customer = ds.dataset(str(folder / "out" / "per_customer"), format="parquet").to_table()  # noqa: F841 (DuckDB reads it by name)
     actual = duckdb.sql("SELECT window_start::TIMESTAMP, customer, n, round(total, 6) FROM per_customer ORDER BY ALL").fetchall()
