@@ -89,6 +89,7 @@ class CheckpointStats:
     last_duration_ms: float = 0.0
     total_duration_ms: float = 0.0
     last_at: float | None = None  # monotonic
+    restore_s: float = 0.0  # reading and restoring the resumed checkpoint's state
 
     def line(self) -> str:
         if not self.taken and self.resumed_from is None:
@@ -198,6 +199,7 @@ class Checkpointer:
                 self.store.remove_epoch(epoch)
         self.store.remove_unlisted_state()
         if resume is not None:
+            started = time.perf_counter()
             snapshots = self.store.snapshots(resume)
             for op_id, op in self.operators:
                 op.restore(snapshots[op_id])
@@ -205,6 +207,9 @@ class Checkpointer:
                 saved = resume.sources.get(stage.name)
                 if saved is not None:
                     stage.restore(saved)
+            self.stats.restore_s = time.perf_counter() - started
+            rows = sum(snap.rows for snap in snapshots.values())
+            self.warn(f"restored epoch {resume.epoch}: {rows:,} rows of state in {self.stats.restore_s:.2f}s")
         self._activity = driver.activity
         self.stats.last_at = self.clock.monotonic()
 
