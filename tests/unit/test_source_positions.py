@@ -78,10 +78,16 @@ def inputs(tmp_path):
     write_lines(tmp_path / "a.csv", range(23), header="id,name")
     pq.write_table(pa.table({"id": list(range(23)), "name": [f"n{i}" for i in range(23)]}), tmp_path / "a.parquet",
                    row_group_size=5)
+    for number, ids in enumerate((range(0, 7), range(7, 8), range(8, 23))):  # globs over three files each
+        write_lines(tmp_path / f"p{number}.jsonl", ids)
+        write_lines(tmp_path / f"p{number}.csv", ids, header="id,name")
+        pq.write_table(pa.table({"id": list(ids), "name": [f"n{i}" for i in ids]}), tmp_path / f"p{number}.parquet",
+                       row_group_size=4)
     return tmp_path
 
 
-CASES = [("a.jsonl", "json"), ("a.csv", "csv"), ("a.parquet", "parquet")]
+CASES = [("a.jsonl", "json"), ("a.csv", "csv"), ("a.parquet", "parquet"),
+         ("p*.jsonl", "json"), ("p*.csv", "csv"), ("p*.parquet", "parquet")]
 
 
 @pytest.mark.parametrize("name, fmt", CASES)
@@ -92,7 +98,7 @@ def test_a_resumed_read_returns_exactly_the_rest(inputs, name, fmt, cut, first_b
     assert resumed_read(connector, inputs, cut, first_batch, second_batch) == expected(range(23))
 
 
-@pytest.mark.parametrize("name, fmt", CASES)
+@pytest.mark.parametrize("name, fmt", CASES[:3])
 def test_the_position_names_the_file_and_where_in_it(inputs, name, fmt):
     connector = file_source(inputs, name, fmt)
     rows, position = read(connector, context(inputs, batch_size=4), stop_after=2)
