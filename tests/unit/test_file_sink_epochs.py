@@ -268,6 +268,24 @@ def test_checkpointed_file_sink_errors(tmp_path):
         open_writer(tmp_path, "csv").recover(1, None)
 
 
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_appending_to_a_file_that_does_not_exist_yet(tmp_path, fmt):
+    writer = open_writer(tmp_path, fmt, mode="append")
+    writer.recover(0, None)
+    run_epoch(writer, 1, {})
+    assert_output(tmp_path, fmt, [1])
+
+
+def test_a_file_cut_outside_the_sink_is_an_error_not_zeros(tmp_path):
+    stored: dict[int, dict | None] = {}
+    writer = open_writer(tmp_path, "json")
+    writer.recover(0, None)
+    run_epoch(writer, 1, stored)
+    os.truncate(tmp_path / "out.jsonl", 10)
+    with pytest.raises(ConnectorError, match=r"out\.jsonl has 10 bytes, fewer than the \d+ its committed epochs wrote"):
+        open_writer(tmp_path, "json").recover(1, stored[1])
+
+
 def test_writers_say_they_deliver_exactly_once(tmp_path):
     for fmt in FORMATS:
         assert open_writer(tmp_path, fmt).delivery == "exactly-once"

@@ -338,6 +338,16 @@ class LinesEpochWriter(_EpochWriter):
             )
         return int(entry["length"])
 
+    def _check_length(self, length: int) -> None:
+        """The file holds at least the committed ``length`` bytes (else it was cut outside the sink)."""
+        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        if size < length:
+            raise ConnectorError(
+                f"{self.path} has {size} bytes, fewer than the {length} its committed epochs wrote: "
+                "it was changed outside the sink",
+                hint="restore the file, or start over with --from-scratch",
+            )
+
     def write(self, batch: pa.RecordBatch) -> None:
         self._require_recovered()
         if batch.num_rows == 0:
@@ -375,6 +385,7 @@ class LinesEpochWriter(_EpochWriter):
 
     def _commit_epoch(self, manifest: EpochManifest, epoch: int, prepared: dict) -> None:
         length = self._length(manifest)
+        self._check_length(length)
         side = prepared.get("file")
         if side:
             side_path = os.path.join(self.directory, side)
@@ -395,6 +406,7 @@ class LinesEpochWriter(_EpochWriter):
 
     def _remove_after(self, manifest: EpochManifest, epoch: int) -> None:
         length = self._length(manifest)
+        self._check_length(length)
         if os.path.exists(self.path) and os.path.getsize(self.path) > length:
             os.truncate(self.path, length)
             _fsync_file(self.path)
