@@ -2,6 +2,14 @@
 
 Values are generated in fixed chunks from a counter-based seed ``(seed, column,
 chunk)``, so a run is reproducible whatever batch sizes the rate limiter produces.
+
+Position (checkpoints): ``{"rows": N, "time_base_us": T}``, the rows produced and the
+event time of row 0. A resumed run produces rows N, N+1, ... exactly as the first run
+would have (event time ``T + row * step`` included, so it continues where it stopped
+rather than jumping to the resumed run's wall clock); with a rate limit it goes on at
+that rate from the moment it resumes. The one exception: ``clock = 'wall'`` with
+``rows_per_second = 0`` stamps each chunk of rows with the wall time it is made, so
+the rows after N carry the resumed run's time.
 """
 
 from __future__ import annotations
@@ -171,15 +179,17 @@ class _GeneratorReader(SourceReader):
         self.c = connector
         self.ctx = ctx
         self.clock = ctx.clock
-        self.emitted = 0
+        resumed = ctx.start_position or {}
+        self.emitted = int(resumed.get("rows", 0))
         self.total = connector.total_rows
         self.bounded = self.total is not None
         self.rate = connector.config["rows_per_second"]
+        self.resumed_from = self.emitted  # rows of earlier runs: due at once, the rest follow at the rate
         self.t0 = self.clock.monotonic()
         self.last_emit = self.t0
         simulated = connector.config["clock"] == "simulated"
         start = connector.config["clock_start"]
-        self.time_base_us = (
+        self.time_base_us = int(resumed["time_base_us"]) if "time_base_us" in resumed else (
             _parse_iso_us(start) if (simulated and start) else (1_704_067_200_000_000 if simulated else self.clock.now_us())
         )
         self.simulated = simulated
@@ -196,15 +206,15 @@ class _GeneratorReader(SourceReader):
         if self.rate <= 0:
             due = self.emitted + self.batch_size
         else:
-            due = int(_seconds(now - self.t0) * self.rate)
+            due = self.resumed_from + int(_seconds(now - self.t0) * self.rate)
         return due if self.total is None else min(due, self.total)
 
     def next_wakeup(self) -> float | None:
         if self.rate <= 0 or self.exhausted:
             return None
         timeout = self.ctx.batch_timeout_us / 1e6
-        next_row = self.t0 + (self.emitted + 1) / self.rate
-        full_batch = self.t0 + (self.emitted + self.batch_size) / self.rate
+        next_row = self.t0 + (self.emitted - self.resumed_from + 1) / self.rate
+        full_batch = self.t0 + (self.emitted - self.resumed_from + self.batch_size) / self.rate
         return max(next_row, min(self.last_emit + timeout, full_batch))
 
     def poll(self) -> SourceBatch | None:
@@ -227,6 +237,10 @@ class _GeneratorReader(SourceReader):
         self.emitted += n
         self.last_emit = now
         return SourceBatch(batch, raw_count=n)
+
+    def position(self) -> dict | None:
+        """The rows produced so far and the event time of row 0 (see the module docstring)."""
+        return {"rows": self.emitted, "time_base_us": self.time_base_us}
 
     def _column_chunk(self, gen: _ColumnGen, chunk: int) -> pa.Array:
         key = (gen.index, chunk)
@@ -259,6 +273,7 @@ class _GeneratorReader(SourceReader):
 class GeneratorSource(SourceConnector):
     name = "generator"
     can_back_table = True
+    replayable = True
     options = (
         OptionSpec("rows_per_second", "int", default=1000, doc="rate limit; 0 = as fast as possible",
                    check=lambda v: None if v >= 0 else "must be >= 0"),

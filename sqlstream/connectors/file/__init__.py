@@ -12,6 +12,11 @@ file (or old Parquet parts) only when the run ends cleanly; ``mode = 'append'``
 appends JSON/CSV at batch boundaries; rolled Parquet (``rows_per_file`` /
 ``roll_interval``) renames each part into place as it completes. Temporary files
 left by dead processes are removed when a sink opens.
+
+Checkpoints: the source reports and resumes from exact positions
+(:mod:`~sqlstream.connectors.file.positions`); the sink commits each epoch exactly
+once (:mod:`~sqlstream.connectors.file.epoch_writers`, with a hidden manifest,
+:mod:`~sqlstream.connectors.file.manifest`). See ``docs/checkpoints-file-connectors.md``.
 """
 
 from sqlstream.connectors.file.publish import remove_stale_temp_files

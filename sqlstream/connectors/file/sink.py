@@ -1,5 +1,6 @@
 """``connector = 'file'`` as a sink: JSON lines, CSV or Parquet, made visible only
-when complete (see :mod:`sqlstream.connectors.file.publish`)."""
+when complete (see :mod:`sqlstream.connectors.file.publish`); under checkpoints, one
+epoch at a time, exactly once (see :mod:`sqlstream.connectors.file.epoch_writers`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pyarrow as pa
 
 from sqlstream.connectors.base import RunContext, SinkConnector, SinkWriter
 from sqlstream.connectors.encode import is_nested
+from sqlstream.connectors.file.epoch_writers import LinesEpochWriter, ParquetEpochWriter
 from sqlstream.connectors.file.source import FORMATS
 from sqlstream.connectors.file.writers import LinesWriter, ParquetWriter
 from sqlstream.connectors.options import OptionSpec
@@ -92,6 +94,12 @@ class FileSink(SinkConnector):
                     f"sink '{self.sink_name}': CSV cannot hold nested column(s) {', '.join(nested)}",
                     hint="use format = 'json' or 'parquet', or select CAST(col AS VARCHAR)",
                 )
+        if ctx.checkpointing:  # exactly once: each checkpoint's rows become visible when it commits
+            if fmt == "parquet":
+                return ParquetEpochWriter(
+                    path, schema, ctx, self.config["rows_per_file"], self.config["roll_interval"], append
+                )
+            return LinesEpochWriter(path, fmt, schema, append, self.config["delimiter"])
         if fmt == "parquet":
             return ParquetWriter(
                 path, schema, ctx, self.config["rows_per_file"], self.config["roll_interval"], append

@@ -20,6 +20,7 @@ from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, 
 from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.decode import conform_table
 from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.connectors.file.positions import finished_file, resume_plan
 from sqlstream.connectors.file.text_reader import TextFileReader
 from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec
 from sqlstream.connectors.registry import register_source
@@ -52,10 +53,15 @@ class ParquetReader(SourceReader):
 
     def __init__(self, connector: SourceConnector, files: list[str], ctx: RunContext):
         self.c = connector
-        self.files = files
+        plan = resume_plan(files, ctx.start_position, connector.source_name, count_rows=True)
+        self.files = plan.files  # in reading order: a resumed run reads its unfinished file first
+        self._sorted_index = {path: i for i, path in enumerate(files)}
+        self._start_row = plan.offset  # of the first file
+        self._done_files = plan.done
+        self._position = dict(ctx.start_position) if ctx.start_position else {"done": [], "file": None, "row": 0}
         self.ctx = ctx
         self._iter = self._batches()
-        self._done = not files
+        self._done = not self.files
 
     @property
     def exhausted(self) -> bool:
@@ -71,11 +77,33 @@ class ParquetReader(SourceReader):
             by_lower = {n.lower(): n for n in parquet.schema_arrow.names}
             names = {f.name: by_lower[f.name.lower()] for f in schema if f.name.lower() in by_lower}
             columns = list(names.values())
-            row = 0
-            for batch in parquet.iter_batches(batch_size=self.ctx.file_batch_size, columns=columns):
+            row, groups, skip = self._start(parquet)
+            batches = parquet.iter_batches(batch_size=self.ctx.file_batch_size, columns=columns, row_groups=groups)
+            for batch in batches if groups else ():
+                if skip:
+                    batch, skip = batch.slice(min(skip, batch.num_rows)), max(0, skip - batch.num_rows)
+                    if batch.num_rows == 0:
+                        continue
                 table = pa.Table.from_batches([batch])
-                yield self._conform(table, schema, names, path, row)
+                item = self._conform(table, schema, names, path, row)
                 row += batch.num_rows
+                self._position = {
+                    "done": list(self._done_files), "file": path, "file_index": self._sorted_index.get(path), "row": row,
+                }
+                yield item
+            self._done_files.append(finished_file(path, parquet.metadata.num_rows))
+        self._position = {"done": list(self._done_files), "file": None, "row": 0}
+
+    def _start(self, parquet: pq.ParquetFile) -> tuple[int, list[int], int]:
+        """Where to take up a file: its first row, the row groups from the one holding
+        it on (from the metadata: skipped groups are not decoded), and the rows of that
+        group before it. Only the first file of a resumed run starts past row 0."""
+        start, self._start_row = self._start_row, 0
+        metadata, first_group, first_row = parquet.metadata, 0, 0
+        while first_group < metadata.num_row_groups and first_row + metadata.row_group(first_group).num_rows <= start:
+            first_row += metadata.row_group(first_group).num_rows
+            first_group += 1
+        return start, list(range(first_group, metadata.num_row_groups)), start - first_row
 
     def _conform(self, table, schema, names, path, first_row):
         fmt = self.c.config["timestamp_format"]
@@ -103,11 +131,20 @@ class ParquetReader(SourceReader):
         rb = to_batch(table)
         return SourceBatch(rb, dead, raw_count=rb.num_rows + len(dead))
 
+    def position(self) -> dict | None:
+        """After the last batch ``poll`` returned: the files done, and the rows of the
+        current file returned."""
+        return self._position
+
 
 class PrefetchingReader(SourceReader):
     """Reads (and decodes) the next blocks of a bounded file reader in a background
     thread while the pipeline processes the current one: pyarrow's readers release the
-    GIL, so decoding and the query run on different cores."""
+    GIL, so decoding and the query run on different cores.
+
+    Each block goes through the queue with the inner reader's position just after it,
+    so ``position`` is that of the rows ``poll`` returned, not of what the thread read
+    ahead."""
 
     bounded = True
     _DONE = object()
@@ -117,6 +154,7 @@ class PrefetchingReader(SourceReader):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._finished = False
         self._stop = stop  # shared with ``inner``, which may wait for a file to grow
+        self._position = inner.position()
         self._thread = threading.Thread(target=self._run, name="sqlstream-file-reader", daemon=True)
         self._thread.start()
 
@@ -125,8 +163,8 @@ class PrefetchingReader(SourceReader):
             while not self._stop.is_set() and not self.inner.exhausted:
                 item = self.inner.poll()
                 if item is not None:
-                    self._put(item)
-            self._put(self._DONE)
+                    self._put((item, self.inner.position()))
+            self._put((self._DONE, self.inner.position()))
         except BaseException as error:  # handed to the driver thread by poll()
             self._put(error)
 
@@ -145,13 +183,17 @@ class PrefetchingReader(SourceReader):
             item = self._queue.get(timeout=0.005)
         except queue.Empty:
             return None
-        if item is self._DONE:
-            self._finished = True
-            return None
         if isinstance(item, BaseException):
             self._finished = True
             raise item
+        item, self._position = item
+        if item is self._DONE:
+            self._finished = True
+            return None
         return item
+
+    def position(self) -> dict | None:
+        return self._position
 
     @property
     def exhausted(self) -> bool:
@@ -170,6 +212,7 @@ class PrefetchingReader(SourceReader):
 class FileSource(SourceConnector):
     name = "file"
     can_back_table = True
+    replayable = True
     path_options = ("path",)
     options = (
         OptionSpec("path", required=True, doc="a file, a directory or a glob"),

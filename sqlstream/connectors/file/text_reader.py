@@ -1,4 +1,6 @@
-"""JSON lines and CSV files: whole lines read in blocks, each block decoded vectorized."""
+"""JSON lines and CSV files: whole lines read in blocks, each block decoded vectorized;
+the position after each block is the byte just past its last line (see
+:mod:`sqlstream.connectors.file.positions`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import time
 from sqlstream.batches import to_batch
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, SourceReader
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder
+from sqlstream.connectors.file.positions import finished_file, resume_plan
 from sqlstream.connectors.options import null_spellings
 from sqlstream.errors import ConnectorError
 
@@ -46,7 +49,12 @@ class TextFileReader(SourceReader):
 
     def __init__(self, connector: SourceConnector, files: list[str], ctx: RunContext, stop: threading.Event):
         self.c = connector
-        self.files = files
+        plan = resume_plan(files, ctx.start_position, connector.source_name)
+        self.files = plan.files  # in reading order: a resumed run reads its unfinished file first
+        self._sorted_index = {path: i for i, path in enumerate(files)}
+        self._done_files = plan.done  # positions: the files read to their end
+        self._resume_at = (plan.offset, plan.line)  # where the first file is taken up
+        self._position = dict(ctx.start_position) if ctx.start_position else {"done": [], "file": None, "offset": 0, "line": 0}
         self.ctx = ctx
         self.rows_per_block = ctx.file_batch_size
         self._stop = stop  # set when the run stops: no more waiting for a file to grow
@@ -57,7 +65,7 @@ class TextFileReader(SourceReader):
         self._carry = b""  # bytes read past the last block's final line
         self._final = False  # the current file's unterminated last line was taken: read no further
         self._decoder = None
-        self._done = not files
+        self._done = not self.files
 
     @property
     def exhausted(self) -> bool:
@@ -65,8 +73,10 @@ class TextFileReader(SourceReader):
 
     def _open_next(self) -> bool:
         if self._handle is not None:
+            read = self._handle.tell() - len(self._carry)
             self._handle.close()
             self._handle = None
+            self._done_files.append(finished_file(self.files[self._file_index], read))
         self._file_index += 1
         if self._file_index >= len(self.files):
             self._done = True
@@ -77,6 +87,11 @@ class TextFileReader(SourceReader):
         self._final = False
         self._line = 0
         self._decoder = self._make_decoder()
+        offset, line = self._resume_at
+        if offset:
+            self._resume_at = (0, 0)
+            self._handle.seek(offset)  # past the header too: the decoder has its names already
+            self._line = line
         return True
 
     def _make_decoder(self):
@@ -173,18 +188,29 @@ class TextFileReader(SourceReader):
     def poll(self) -> SourceBatch | None:
         while not self._done:
             if self._handle is None and not self._open_next():
+                self._position = {"done": list(self._done_files), "file": None, "offset": 0, "line": 0}
                 return None
             data = self._read_block()
             if not data:
-                self._open_next()
+                if not self._open_next():
+                    self._position = {"done": list(self._done_files), "file": None, "offset": 0, "line": 0}
                 continue
             first_line = self._line
             self._line += data.count(b"\n")
             path = self.files[self._file_index]
             table, dead = self._decoder.decode(data, lambda i, p=path, f=first_line: f"{p}:{f + i + 1}")
+            self._position = {
+                "done": list(self._done_files), "file": path, "file_index": self._sorted_index.get(path),
+                "offset": self._handle.tell() - len(self._carry), "line": self._line,
+            }
             rb = to_batch(table)
             return SourceBatch(rb, dead, raw_count=rb.num_rows + len(dead))
         return None
+
+    def position(self) -> dict | None:
+        """After the last block ``poll`` returned: the files done, and the byte just past
+        the block's last line in the file it came from."""
+        return self._position
 
     def close(self) -> None:
         if self._handle is not None:
