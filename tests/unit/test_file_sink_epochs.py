@@ -238,7 +238,7 @@ def test_appended_parquet_parts_are_numbered_after_the_earlier_ones(tmp_path):
     writer.recover(0, None)
     run_epoch(writer, 1, {})
     writer.close()
-    os.remove(tmp_path / "out" / DIRECTORY_MANIFEST)  # a new history: earlier output is not in its manifest
+    # --from-scratch (recover(0) with the manifest of an earlier history): appended after it
     writer = open_writer(tmp_path, "parquet", mode="append", rows_per_file="100")
     writer.recover(0, None)
     run_epoch(writer, 1, {})

@@ -89,14 +89,19 @@ class _EpochWriter(SinkWriter):
 
     def recover(self, epoch: int, prepared: dict | None) -> None:
         manifest = EpochManifest.load(self.manifest_path)
-        if manifest is None:
-            if epoch > 0:
-                raise ConnectorError(
-                    f"the checkpoint resumes at epoch {epoch}, but the sink's manifest {self.manifest_path} is gone",
-                    hint="the sink's output no longer matches the checkpoint; start over with --from-scratch",
-                )
+        if epoch == 0:
+            # a new checkpointed history (a first run, --from-scratch, or a crash before the
+            # first checkpoint): what an earlier history committed is kept (append) or
+            # replaced (overwrite); what it left uncommitted goes
+            if manifest is not None:
+                self._remove_after(manifest, manifest.committed)
             manifest = EpochManifest(self.manifest_path, base=self._start_history())
             manifest.save()
+        elif manifest is None:
+            raise ConnectorError(
+                f"the checkpoint resumes at epoch {epoch}, but the sink's manifest {self.manifest_path} is gone",
+                hint="the sink's output no longer matches the checkpoint; start over with --from-scratch",
+            )
         if epoch > manifest.committed:  # the crash came between the checkpoint and its commit
             if prepared is None or epoch != manifest.committed + 1:
                 raise ConnectorError(
