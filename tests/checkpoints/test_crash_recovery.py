@@ -103,8 +103,9 @@ def _sink_rows(folder: Path, name: str) -> list[str]:
     """The sink's rows as sorted JSON texts (Parquet through pyarrow.dataset, which skips
     hidden files as DuckDB's globs do)."""
     path = folder / "out" / (name + (".jsonl" if SINKS[name] == "json" else ""))
-    if SINKS[name] == "json":
-        lines = path.read_text().splitlines() if path.exists() else []
+    if SINKS[name] == "json":  # with checkpoints a directory of parts; without, one file
+        files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path] if path.exists() else []
+        lines = [line for f in files for line in f.read_text().splitlines()]
         return sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines)
     if not path.exists():
         return []

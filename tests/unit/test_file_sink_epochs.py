@@ -19,14 +19,14 @@ import pytest
 
 from sqlstream.connectors.base import RunContext
 from sqlstream.connectors.file import FileSink
-from sqlstream.connectors.file.epoch_writers import DIRECTORY_MANIFEST
+from sqlstream.connectors.file.epoch_writers import DIRECTORY_MANIFEST, EXTENSIONS
 from sqlstream.connectors.options import RawOption
 from sqlstream.errors import ConnectorError
 from sqlstream.testing import ManualClock
 
 SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string())])
 FORMATS = ["parquet", "json", "csv"]
-TARGET = {"parquet": "out", "json": "out.jsonl", "csv": "out.csv"}
+TARGET = {"parquet": "out", "json": "out.jsonl", "csv": "out.csv"}  # directories of part files
 
 
 def rows(epoch: int, count: int = 5) -> list[int]:
@@ -46,39 +46,39 @@ def open_writer(tmp_path, fmt: str, **options):
 
 
 def output_ids(tmp_path, fmt: str) -> list[int]:
-    """The ids a reader of the output sees, read by pyarrow and by DuckDB (which must agree)."""
+    """The ids a reader of the output sees, read by pyarrow and by DuckDB (which must
+    agree); parts in name order, which is epoch order."""
     path = tmp_path / TARGET[fmt]
+    ext = EXTENSIONS[fmt]
+    parts = sorted(n for n in os.listdir(path) if n.endswith(f".{ext}")) if path.exists() else []
     if fmt == "parquet":
         dataset = ds.dataset(path, format="parquet")
-        if not any(n.endswith(".parquet") for n in os.listdir(path)):
+        if not parts:
             assert dataset.count_rows() == 0  # no visible file: hidden ones are not read either
             return []
         by_arrow = dataset.to_table().column("id").to_pylist()
         by_duckdb = [r[0] for r in duckdb.sql(f"SELECT id FROM read_parquet('{path}/*.parquet')").fetchall()]
         assert sorted(by_duckdb) == sorted(by_arrow)
         return sorted(by_arrow)
-    if not path.exists() or path.stat().st_size == 0:
+    if not parts:
         return []
     if fmt == "json":
-        by_arrow = [orjson.loads(line)["id"] for line in path.read_bytes().splitlines()]
-        by_duckdb = [r[0] for r in duckdb.sql(f"SELECT id FROM read_json_auto('{path}')").fetchall()]
+        by_arrow = [orjson.loads(line)["id"] for p in parts for line in (path / p).read_bytes().splitlines()]
+        by_duckdb = [r[0] for r in duckdb.sql(f"SELECT id FROM read_json_auto('{path}/*.jsonl')").fetchall()]
     else:
-        by_arrow = pcsv.read_csv(path).column("id").to_pylist()
-        by_duckdb = [r[0] for r in duckdb.sql(f"SELECT id FROM read_csv('{path}', header = true)").fetchall()]
-        assert path.read_text().count('"id","name"') == 1  # the header, exactly once
-    assert by_duckdb == by_arrow
+        by_arrow = [i for p in parts for i in pcsv.read_csv(path / p).column("id").to_pylist()]
+        by_duckdb = [r[0] for r in duckdb.sql(f"SELECT id FROM read_csv('{path}/*.csv', header = true)").fetchall()]
+        assert all((path / p).read_text().count('"id","name"') == 1 for p in parts)  # a header per part
+    assert sorted(by_duckdb) == sorted(by_arrow)
     return by_arrow
 
 
 def assert_output(tmp_path, fmt: str, epochs) -> None:
     expected = [i for e in epochs for i in rows(e)]
     assert output_ids(tmp_path, fmt) == (sorted(expected) if fmt == "parquet" else expected)
-    if fmt == "parquet":
-        names = os.listdir(tmp_path / "out")
-        assert sorted(n for n in names if not n.startswith("part-")) == [DIRECTORY_MANIFEST]  # no leftovers
-        assert all(n.startswith(tuple(f"part-{e:08d}-" for e in epochs)) for n in names if n.startswith("part-"))
-    else:
-        assert sorted(os.listdir(tmp_path)) == sorted([TARGET[fmt], f".{TARGET[fmt]}.sqlstream-manifest.json"])
+    names = os.listdir(tmp_path / TARGET[fmt])
+    assert sorted(n for n in names if not n.startswith("part-")) == [DIRECTORY_MANIFEST]  # no leftovers
+    assert all(n.startswith(tuple(f"part-{e:08d}-" for e in epochs)) for n in names if n.startswith("part-"))
 
 
 def run_epoch(writer, epoch: int, stored: dict[int, dict | None]) -> None:
@@ -130,20 +130,17 @@ def test_a_crash_at_any_step_leaves_exactly_the_committed_epochs(tmp_path, fmt, 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_commit_cut_short_is_finished_by_recovery(tmp_path, fmt):
-    """The crash came in the middle of commit(2): one part renamed / half the rows appended."""
+    """The crash came in the middle of commit(2): one of its parts renamed, the others not."""
     stored: dict[int, dict | None] = {}
     writer = open_writer(tmp_path, fmt, rows_per_file="2") if fmt == "parquet" else open_writer(tmp_path, fmt)
     writer.recover(0, None)
     run_epoch(writer, 1, stored)
-    writer.write(batch(rows(2)))
+    writer.write(batch(rows(2)[:2]))
+    writer._close_part()  # two parts in epoch 2, whatever the format
+    writer.write(batch(rows(2)[2:]))
     stored[2] = writer.prepare_commit(2)
-    if fmt == "parquet":
-        first = stored[2]["files"][0]
-        os.replace(tmp_path / "out" / f".{first}.pending", tmp_path / "out" / first)
-    else:
-        side = (tmp_path / stored[2]["file"]).read_bytes()
-        with open(tmp_path / TARGET[fmt], "ab") as out:
-            out.write(side[: len(side) // 2])
+    first = stored[2]["files"][0]
+    os.replace(tmp_path / TARGET[fmt] / f".{first}.pending", tmp_path / TARGET[fmt] / first)
     del writer
     for _ in range(2):
         writer = open_writer(tmp_path, fmt)
@@ -218,8 +215,9 @@ def test_parquet_parts_roll_within_an_epoch_and_are_named_by_epoch(tmp_path):
 @pytest.mark.parametrize("mode, kept", [("overwrite", False), ("append", True)])
 def test_a_new_history_overwrites_or_appends_to_earlier_output(tmp_path, mode, kept):
     (tmp_path / "out").mkdir()
-    pa.parquet.write_table(pa.Table.from_batches([batch([1, 2])]), tmp_path / "out" / "part-00003.parquet")
-    (tmp_path / "out.jsonl").write_text('{"id": 1, "name": "n1"}\n{"id": 2, "name": "n2"}\n')
+    pa.parquet.write_table(pa.Table.from_batches([batch([1, 2])]), tmp_path / "out" / "part-00000003-0000.parquet")
+    (tmp_path / "out.jsonl").mkdir()
+    (tmp_path / "out.jsonl" / "part-00000003-0000.jsonl").write_text('{"id": 1, "name": "n1"}\n{"id": 2, "name": "n2"}\n')
     rolled = {"rows_per_file": "100"}  # a Parquet sink appends parts (CREATE does not know of checkpoints)
     for fmt in ("parquet", "json"):
         writer = open_writer(tmp_path, fmt, mode=mode, **(rolled if fmt == "parquet" else {}))
@@ -250,40 +248,42 @@ def test_appended_parquet_parts_are_numbered_after_the_earlier_ones(tmp_path):
 
 
 def test_checkpointed_file_sink_errors(tmp_path):
-    (tmp_path / "out").write_text("")
-    with pytest.raises(ConnectorError, match=r"with checkpoints a Parquet sink writes a directory of part files .* but .*out is a file"):
-        open_writer(tmp_path, "parquet")
-    os.remove(tmp_path / "out")
-    (tmp_path / "out.jsonl").mkdir()
-    with pytest.raises(ConnectorError, match=r"a JSON sink writes one file, but .*out\.jsonl is a directory"):
-        open_writer(tmp_path, "json")
+    for fmt in FORMATS:
+        (tmp_path / TARGET[fmt]).write_text("")
+        with pytest.raises(ConnectorError, match=r"with checkpoints a file sink writes a directory of part files "
+                                                 r".* but .*out.* is a file"):
+            open_writer(tmp_path, fmt)
+        os.remove(tmp_path / TARGET[fmt])
     writer = open_writer(tmp_path, "csv")
     with pytest.raises(ConnectorError, match=r"written to before recover\(\)"):
         writer.write(batch([1]))
     writer.recover(0, None)
     with pytest.raises(ConnectorError, match="the checkpoint resumes at epoch 5, but the sink's manifest .* has epochs up to 0"):
-        open_writer(tmp_path, "csv").recover(5, {"file": None, "rows": 0})
-    os.remove(tmp_path / ".out.csv.sqlstream-manifest.json")
+        open_writer(tmp_path, "csv").recover(5, {"files": [], "rows": 0})
+    os.remove(tmp_path / "out.csv" / DIRECTORY_MANIFEST)
     with pytest.raises(ConnectorError, match="the checkpoint resumes at epoch 1, but the sink's manifest .* is gone"):
         open_writer(tmp_path, "csv").recover(1, None)
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_appending_to_a_file_that_does_not_exist_yet(tmp_path, fmt):
+def test_appending_to_a_directory_that_does_not_exist_yet(tmp_path, fmt):
     writer = open_writer(tmp_path, fmt, mode="append")
     writer.recover(0, None)
     run_epoch(writer, 1, {})
     assert_output(tmp_path, fmt, [1])
 
 
-def test_a_file_cut_outside_the_sink_is_an_error_not_zeros(tmp_path):
+def test_a_missing_part_of_the_epoch_to_finish_is_an_error(tmp_path):
     stored: dict[int, dict | None] = {}
     writer = open_writer(tmp_path, "json")
     writer.recover(0, None)
     run_epoch(writer, 1, stored)
-    os.truncate(tmp_path / "out.jsonl", 10)
-    with pytest.raises(ConnectorError, match=r"out\.jsonl has 10 bytes, fewer than the \d+ its committed epochs wrote"):
-        open_writer(tmp_path, "json").recover(1, stored[1])
+    writer.write(batch(rows(2)))
+    stored[2] = writer.prepare_commit(2)
+    (pending,) = [n for n in os.listdir(tmp_path / "out.jsonl") if n.endswith(".pending")]
+    os.remove(tmp_path / "out.jsonl" / pending)
+    with pytest.raises(ConnectorError, match=r"part file part-00000002-0000\.jsonl of checkpoint epoch 2 is missing"):
+        open_writer(tmp_path, "json").recover(2, stored[2])
 
 
 def test_writers_say_they_deliver_exactly_once(tmp_path):

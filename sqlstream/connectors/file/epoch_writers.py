@@ -1,35 +1,29 @@
 """The file sink under checkpoints (``RunContext.checkpointing``): each epoch's rows
 become visible once, when the checkpoint that holds them commits.
 
-Parquet (:class:`ParquetEpochWriter`): ``path`` is a directory. An epoch's rows go to
-hidden part files ``.part-<n>-<i>.parquet.pending``; ``commit`` renames them to
-``part-<n>-<i>.parquet`` (``n`` = the manifest's base + the epoch, ``i`` the part of
-the epoch: ``rows_per_file``/``roll_interval`` roll within an epoch) and records the
-epoch in the hidden manifest ``_sqlstream_manifest.json``. Names are fixed by the
-epoch, so committing again after a crash renames nothing twice.
-
-JSON lines / CSV (:class:`LinesEpochWriter`): ``path`` stays one file. An epoch's rows
-go to a hidden side file ``.<name>.epoch-<n>.pending``; ``commit`` cuts the file to
-the committed length (the manifest's), appends the side file, syncs, records the new
-length in the manifest ``.<name>.sqlstream-manifest.json``, then drops the side file.
+``path`` is a directory of part files, whatever the format (Parquet, JSON lines, CSV).
+An epoch's rows go to hidden part files ``.part-<n>-<i>.<ext>.pending``; ``commit``
+renames them to ``part-<n>-<i>.<ext>`` (``n`` = the manifest's base + the epoch, ``i``
+the part of the epoch: ``rows_per_file``/``roll_interval`` roll within an epoch) and
+records the epoch in the hidden manifest ``_sqlstream_manifest.json``. Names are fixed
+by the epoch, so committing again after a crash renames nothing twice. A reader of
+``<path>/*.<ext>`` (DuckDB, ``pyarrow.dataset``) sees whole committed epochs only.
 
 ``recover(E, prepared)`` (before any write) commits E if the crash came between the
 checkpoint and the commit, forgets later epochs in the manifest, and removes what they
-left (hidden files; Parquet parts numbered after E; one file's bytes past E's length).
-Each step can be repeated, so a crash during recovery is recovered the same way.
+left (hidden files, parts numbered after E). Each step can be repeated, so a crash
+during recovery is recovered the same way.
 
 Modes: with checkpoints a resumed run always continues what the checkpoint committed.
-``overwrite`` (the default) applies when the sink's checkpointed history starts (no
-manifest yet): earlier output (``part-*.parquet`` parts; the one file) is removed
-then. ``append`` keeps it, and numbers or appends after it.
+``overwrite`` (the default) applies when the sink's checkpointed history starts
+(``recover(0)``: a first run, ``--from-scratch``): earlier parts are removed then.
+``append`` keeps them and numbers new parts after them.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
-import shutil
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -41,17 +35,44 @@ from sqlstream.connectors.file.manifest import EpochManifest
 from sqlstream.connectors.file.publish import fsync_directory, remove_if_exists
 from sqlstream.errors import ConnectorError
 
-__all__ = ["ParquetEpochWriter", "LinesEpochWriter", "DIRECTORY_MANIFEST", "part_name"]
+__all__ = ["EpochPartsWriter", "DIRECTORY_MANIFEST", "EXTENSIONS", "part_name"]
 
 #: the manifest of a directory sink, in the directory
 DIRECTORY_MANIFEST = "_sqlstream_manifest.json"
-_PART = re.compile(r"^part-(?P<number>[0-9]{8})-[0-9]{4,}\.parquet$")
-_PENDING_PART = re.compile(r"^\.part-[0-9]{8}-[0-9]{4,}\.parquet\.pending$")
+#: part file extension by format
+EXTENSIONS = {"parquet": "parquet", "json": "jsonl", "csv": "csv"}
+_PART = re.compile(r"^part-(?P<number>[0-9]{8})-[0-9]{4,}\.(parquet|jsonl|csv)$")
+_PENDING_PART = re.compile(r"^\.part-[0-9]{8}-[0-9]{4,}\.(parquet|jsonl|csv)\.pending$")
 
 
-def part_name(number: int, index: int) -> str:
+def part_name(number: int, index: int, extension: str = "parquet") -> str:
     """The visible name of part ``index`` of the epoch numbered ``number`` (base + epoch)."""
-    return f"part-{number:08d}-{index:04d}.parquet"
+    return f"part-{number:08d}-{index:04d}.{extension}"
+
+
+class _PartFile:
+    """One part file being written, in the sink's format."""
+
+    def __init__(self, path: str, fmt: str, schema: pa.Schema, delimiter: str):
+        self.fmt = fmt
+        if fmt == "parquet":
+            self._writer = pq.ParquetWriter(path, schema)
+        elif fmt == "csv":
+            self._writer = pcsv.CSVWriter(path, schema, write_options=pcsv.WriteOptions(delimiter=delimiter))
+        else:
+            self._writer = open(path, "wb")
+
+    def write(self, table: pa.Table) -> None:
+        if self.fmt == "parquet":
+            self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        elif self.fmt == "csv":
+            self._writer.write_table(table)
+        else:
+            for batch in table.to_batches():
+                self._writer.write(encode_json_lines(batch))
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 def _fsync_file(path: str) -> None:
@@ -165,27 +186,30 @@ class _EpochWriter(SinkWriter):
         raise NotImplementedError
 
 
-class ParquetEpochWriter(_EpochWriter):
-    """Parquet under checkpoints: a directory of part files, one or more per epoch."""
+class EpochPartsWriter(_EpochWriter):
+    """A directory of part files, one or more per epoch."""
 
-    def __init__(self, path: str, schema: pa.Schema, ctx: RunContext, rows_per_file: int | None,
-                 roll_interval_us: int | None, append: bool):
+    def __init__(self, path: str, fmt: str, schema: pa.Schema, ctx: RunContext, rows_per_file: int | None,
+                 roll_interval_us: int | None, append: bool, delimiter: str = ","):
         if os.path.isfile(path):
             raise ConnectorError(
-                f"with checkpoints a Parquet sink writes a directory of part files (one or more per "
+                f"with checkpoints a file sink writes a directory of part files (one or more per "
                 f"checkpoint), but {path} is a file",
                 hint="name a directory as the path (it is created), or move the file away",
             )
         os.makedirs(path, exist_ok=True)
         super().__init__(os.path.join(path, DIRECTORY_MANIFEST), append)
         self.path = path
+        self.fmt = fmt
+        self.extension = EXTENSIONS[fmt]
+        self.delimiter = delimiter
         self.schema = schema
         self.clock = ctx.clock
         self.rows_per_file = rows_per_file
         self.roll_interval_us = roll_interval_us
         self.row_group_rows = 128 * 1024
         self._parts: list[str] = []  # visible names of this epoch's parts
-        self._writer: pq.ParquetWriter | None = None
+        self._writer: _PartFile | None = None
         self._file_rows = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -197,12 +221,12 @@ class ParquetEpochWriter(_EpochWriter):
     def _start_history(self) -> int:
         numbers = []
         for name in os.listdir(self.path):
-            if not (name.startswith("part-") and name.endswith(".parquet")):
+            if _PART.match(name) is None:
                 continue
             if not self.append:
                 remove_if_exists(os.path.join(self.path, name))
-            elif (match := _PART.match(name)) is not None:
-                numbers.append(int(match["number"]))
+            else:
+                numbers.append(int(_PART.match(name)["number"]))
         fsync_directory(self.path)
         return max(numbers, default=0)
 
@@ -230,12 +254,12 @@ class ParquetEpochWriter(_EpochWriter):
         if not self._pending:
             return
         if self._writer is None:
-            name = part_name(self._manifest.base + self._epoch, len(self._parts))
+            name = part_name(self._manifest.base + self._epoch, len(self._parts), self.extension)
             self._parts.append(name)
-            self._writer = pq.ParquetWriter(self._pending_path(name), self.schema)
+            self._writer = _PartFile(self._pending_path(name), self.fmt, self.schema, self.delimiter)
             self._file_rows = 0
         table = pa.Table.from_batches(self._pending, schema=self.schema)
-        self._writer.write_table(table, row_group_size=max(1, table.num_rows))
+        self._writer.write(table)
         self._file_rows += table.num_rows
         self._pending, self._pending_rows = [], 0
 
@@ -298,131 +322,3 @@ class ParquetEpochWriter(_EpochWriter):
         for name in self._parts:
             remove_if_exists(self._pending_path(name))
         self._parts = []
-
-
-class LinesEpochWriter(_EpochWriter):
-    """JSON lines / CSV under checkpoints: one file, extended by whole epochs."""
-
-    def __init__(self, path: str, fmt: str, schema: pa.Schema, append: bool, delimiter: str):
-        if os.path.isdir(path):
-            raise ConnectorError(
-                f"a {fmt.upper()} sink writes one file, but {path} is a directory",
-                hint="name a file as the path",
-            )
-        directory, self.name = os.path.split(path)
-        self.directory = directory or "."
-        os.makedirs(self.directory, exist_ok=True)
-        super().__init__(os.path.join(self.directory, f".{self.name}.sqlstream-manifest.json"), append)
-        self.path = path
-        self.fmt = fmt
-        self.schema = schema
-        self.delimiter = delimiter
-        self._handle: io.BufferedWriter | None = None
-        self._needs_header = False
-
-    def _side_path(self, epoch: int) -> str:
-        return os.path.join(self.directory, f".{self.name}.epoch-{epoch:08d}.pending")
-
-    def _start_history(self) -> int:
-        if not self.append:
-            with open(self.path, "wb"):
-                pass  # overwrite: the history starts from an empty file
-            fsync_directory(self.directory)
-        return os.path.getsize(self.path) if os.path.exists(self.path) else 0
-
-    @staticmethod
-    def _length(manifest: EpochManifest) -> int:
-        """The file's committed length."""
-        if manifest.committed == 0:
-            return manifest.base
-        entry = manifest.entry(manifest.committed)
-        if entry is None:
-            raise ConnectorError(
-                f"the sink's manifest {manifest.path} no longer knows epoch {manifest.committed}",
-                hint="the checkpoint is older than the sink's output remembers; start over with --from-scratch",
-            )
-        return int(entry["length"])
-
-    def _check_length(self, length: int) -> None:
-        """The file holds at least the committed ``length`` bytes (else it was cut outside the sink)."""
-        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
-        if size < length:
-            raise ConnectorError(
-                f"{self.path} has {size} bytes, fewer than the {length} its committed epochs wrote: "
-                "it was changed outside the sink",
-                hint="restore the file, or start over with --from-scratch",
-            )
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        self._require_recovered()
-        if batch.num_rows == 0:
-            return
-        if self.fmt == "json":
-            data = encode_json_lines(batch)
-        else:
-            buffer = io.BytesIO()
-            options = pcsv.WriteOptions(include_header=self._needs_header, delimiter=self.delimiter)
-            pcsv.write_csv(batch, buffer, write_options=options)
-            self._needs_header = False
-            data = buffer.getvalue()
-        if self._handle is None:
-            self._handle = open(self._side_path(self._epoch), "wb")
-        self._handle.write(data)
-        self._written += batch.num_rows
-        self._epoch_rows += batch.num_rows
-
-    def flush(self) -> None:
-        if self._handle is not None:
-            self._handle.flush()
-
-    def _seal(self, epoch: int) -> dict:
-        side = None
-        if self._handle is not None:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            self._handle = None
-            side = os.path.basename(self._side_path(epoch))
-            fsync_directory(self.directory)
-        prepared = {"file": side, "rows": self._epoch_rows}
-        self._epoch_rows = 0
-        return prepared
-
-    def _commit_epoch(self, manifest: EpochManifest, epoch: int, prepared: dict) -> None:
-        length = self._length(manifest)
-        self._check_length(length)
-        side = prepared.get("file")
-        if side:
-            side_path = os.path.join(self.directory, side)
-            if not os.path.exists(side_path):
-                raise ConnectorError(
-                    f"{side_path}, the rows of checkpoint epoch {epoch}, is missing",
-                    hint="the sink's output no longer matches the checkpoint; start over with --from-scratch",
-                )
-            with open(self.path, "ab") as out, open(side_path, "rb") as rows:
-                out.truncate(length)  # what a commit cut short before is written again
-                shutil.copyfileobj(rows, out, 1 << 20)
-                out.flush()
-                os.fsync(out.fileno())
-                length = out.tell()
-        manifest.add({"epoch": epoch, "length": length, "rows": int(prepared.get("rows", 0))})
-        if side:
-            remove_if_exists(os.path.join(self.directory, side))
-
-    def _remove_after(self, manifest: EpochManifest, epoch: int) -> None:
-        length = self._length(manifest)
-        self._check_length(length)
-        if os.path.exists(self.path) and os.path.getsize(self.path) > length:
-            os.truncate(self.path, length)
-            _fsync_file(self.path)
-        prefix = f".{self.name}.epoch-"
-        for name in os.listdir(self.directory):
-            if name.startswith(prefix) and name.endswith(".pending"):
-                remove_if_exists(os.path.join(self.directory, name))
-        self._needs_header = self.fmt == "csv" and length == 0
-
-    def _release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-            remove_if_exists(self._side_path(self._epoch))

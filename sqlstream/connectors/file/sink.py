@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from sqlstream.connectors.base import RunContext, SinkConnector, SinkWriter
 from sqlstream.connectors.encode import is_nested
-from sqlstream.connectors.file.epoch_writers import LinesEpochWriter, ParquetEpochWriter
+from sqlstream.connectors.file.epoch_writers import EpochPartsWriter
 from sqlstream.connectors.file.source import FORMATS
 from sqlstream.connectors.file.writers import LinesWriter, ParquetWriter
 from sqlstream.connectors.options import OptionSpec
@@ -94,12 +94,9 @@ class FileSink(SinkConnector):
                     f"sink '{self.sink_name}': CSV cannot hold nested column(s) {', '.join(nested)}",
                     hint="use format = 'json' or 'parquet', or select CAST(col AS VARCHAR)",
                 )
-        if ctx.checkpointing:  # exactly once: each checkpoint's rows become visible when it commits
-            if fmt == "parquet":
-                return ParquetEpochWriter(
-                    path, schema, ctx, self.config["rows_per_file"], self.config["roll_interval"], append
-                )
-            return LinesEpochWriter(path, fmt, schema, append, self.config["delimiter"])
+        if ctx.checkpointing:  # exactly once: a directory of parts, each checkpoint's visible when it commits
+            return EpochPartsWriter(path, fmt, schema, ctx, self.config["rows_per_file"], self.config["roll_interval"],
+                                    append, self.config["delimiter"])
         if fmt == "parquet":
             return ParquetWriter(
                 path, schema, ctx, self.config["rows_per_file"], self.config["roll_interval"], append
