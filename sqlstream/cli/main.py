@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
     try:
         session = _load(args)
         if args.checkpoint:
-            session.apply_setting("checkpoint_dir", args.checkpoint, base_dir=os.getcwd())
+            session.apply_setting("checkpoint_dir", args.checkpoint)  # relative to the pipeline file
         if args.checkpoint_interval:
             session.apply_setting("checkpoint_interval", args.checkpoint_interval)
         loaded.append(session)
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a pipeline until its sources end or Ctrl-C")
     common(p)
     p.add_argument("--checkpoint", metavar="DIR",
-                   help="take checkpoints in DIR and resume from the last one there (SET checkpoint_dir)")
+                   help="take checkpoints in DIR (relative to the pipeline file) and resume from the last one there")
     p.add_argument("--checkpoint-interval", metavar="DURATION", help="how often, e.g. 10s (default 5s)")
     p.add_argument("--from-scratch", action="store_true",
                    help="remove the checkpoint and read the sources from the start")
