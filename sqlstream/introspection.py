@@ -199,6 +199,12 @@ def metric_rows(driver: Driver | None) -> list[dict]:
     for holder, size in sizes:
         rows.append({"kind": "state", "name": f"{holder.label} rows", "rows": size.rows, "dead_letters": 0})
         rows.append({"kind": "state", "name": f"{holder.label} bytes", "rows": size.bytes, "dead_letters": 0})
+    if driver.checkpointer is not None:
+        stats = driver.checkpointer.stats
+        for name, value in (("taken", stats.taken), ("last epoch", stats.last_epoch),
+                            ("last state rows", stats.last_state_rows), ("last state bytes", stats.last_state_bytes),
+                            ("last duration ms", round(stats.last_duration_ms))):
+            rows.append({"kind": "checkpoint", "name": name, "rows": value, "dead_letters": 0})
     return rows
 
 

@@ -210,6 +210,9 @@ class Checkpointer:
             self.stats.restore_s = time.perf_counter() - started
             rows = sum(snap.rows for snap in snapshots.values())
             self.warn(f"restored epoch {resume.epoch}: {rows:,} rows of state in {self.stats.restore_s:.2f}s")
+            if all(stage.ended for stage in driver.sources):
+                self.warn("the checkpointed run had read all of its input: nothing is left to do "
+                          "(--from-scratch runs the pipeline again)")
         self._activity = driver.activity
         self.stats.last_at = self.clock.monotonic()
 
