@@ -21,6 +21,7 @@ from sqlstream.operators.state_size import NO_STATE, StateSize
 from sqlstream.runtime.sink import SinkOperator
 from sqlstream.runtime.source_stage import SourceStage
 from sqlstream.runtime.state_tracker import StateLimits, StateTracker, describe
+from sqlstream.runtime.table_refresh import TableRefresher
 
 __all__ = ["Driver", "RunSummary"]
 
@@ -41,6 +42,7 @@ class RunSummary:
     stopped: bool = False  # stopped by request before the sources ended
     open_state_rows: int = 0
     peak_state: StateSize = NO_STATE  # the most rows and the most bytes of state held
+    tables: dict[str, dict] = field(default_factory=dict)  # TABLEs read again during the run
 
     def line(self) -> str:
         parts = []
@@ -49,6 +51,9 @@ class RunSummary:
             parts.append(f"{name}: {m['rows_in']:,} rows in" + (f" ({'; '.join(problems)})" if problems else ""))
         for name, rows in self.sinks.items():
             parts.append(f"{name}: {rows:,} rows out")
+        for name, t in self.tables.items():
+            failed = f", {t['refresh_failures']} failed" if t["refresh_failures"] else ""
+            parts.append(f"TABLE {name}: read again {t['refreshes']}x{failed}")
         dead = sum(self.dead_letters.values())
         if dead:
             reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(self.dead_letters.items()))
@@ -79,6 +84,7 @@ class Driver:
         state_limits: StateLimits | None = None,
         progress: Callable[["Driver"], None] | None = None,
         warn: Callable[[str], None] | None = None,
+        tables: list[TableRefresher] | None = None,
     ):
         self.sources = sources
         self.sinks = sinks
@@ -96,6 +102,9 @@ class Driver:
         self._last_progress = 0.0
         #: says a warning to the user (stderr by default; the CLI keeps its progress line clear)
         self.warn: Callable[[str], None] = warn or _print_warning
+        self.tables = tables or []  # TABLEs read again while the run goes on
+        for table in self.tables:
+            table.warn = lambda text: self.warn(text)
         self.state = StateTracker.of(self._roots(), state_limits or StateLimits(), lambda text: self.warn(text),
                                      self._position)
 
@@ -135,6 +144,8 @@ class Driver:
         """One round over the sources. False once every source has ended."""
         progressed = False
         live = False
+        for table in self.tables:  # between two steps: no batch sees half a refresh
+            table.step()
         for stage in self.sources:
             if stage.ended:
                 continue
@@ -204,6 +215,8 @@ class Driver:
         if self.finished:
             return
         self.finished = True
+        for table in self.tables:
+            table.close()
         errors = []
         for sink in self.sinks:
             if graceful:
@@ -250,6 +263,7 @@ class Driver:
             stopped=stopped,
             open_state_rows=self.state_rows() if stopped else 0,
             peak_state=self.state.peak,
+            tables={t.name: t.status() for t in self.tables},
         )
 
 
