@@ -177,7 +177,9 @@ def watermark_rows(sources: Mapping[str, SourceEntry], driver: Driver | None, de
 
 
 def metric_rows(driver: Driver | None) -> list[dict]:
-    """SHOW METRICS: rows in/out, dead letters and state of ``driver``.
+    """SHOW METRICS: rows in/out, dead letters and state of ``driver``; each source's
+    ``SourceReader.status()`` counters (``source_status``, ``orders.requests``) and
+    each refreshed TABLE's (``table``).
 
     State: ``rows`` and ``bytes`` (estimated) of the whole pipeline, then
     ``<operator> rows`` / ``<operator> bytes`` of each stateful operator."""
@@ -188,6 +190,9 @@ def metric_rows(driver: Driver | None) -> list[dict]:
     for stage in driver.sources:
         rows.append({"kind": "source", "name": stage.name, "rows": stage.metrics.rows_in,
                      "dead_letters": dead_letters.total(stage.name) if dead_letters else 0})
+        rows += _counter_rows("source_status", stage.name, stage.reader.status())
+    for table in getattr(driver, "tables", ()):
+        rows += _counter_rows("table", table.name, table.status())
     for sink in driver.sinks:
         rows.append({"kind": "sink", "name": sink.sink_name, "rows": sink.rows_out, "dead_letters": 0})
     if dead_letters:
@@ -206,6 +211,13 @@ def metric_rows(driver: Driver | None) -> list[dict]:
                             ("last duration ms", round(stats.last_duration_ms))):
             rows.append({"kind": "checkpoint", "name": name, "rows": value, "dead_letters": 0})
     return rows
+
+
+def _counter_rows(kind: str, owner: str, status: dict) -> list[dict]:
+    """A reader's (or TABLE's) ``status()`` counters as rows ``owner.counter``; values
+    that are not whole numbers (URLs, seconds, flags) are left out of the table."""
+    return [{"kind": kind, "name": f"{owner}.{key}", "rows": value, "dead_letters": 0}
+            for key, value in status.items() if isinstance(value, int) and not isinstance(value, bool)]
 
 
 def explain_plan(title: str, plan: PlanNode) -> str:

@@ -38,10 +38,15 @@ does not import nats-py. Connectors other distributions declare as entry points 
 ``sqlstream.connectors``, see :mod:`sqlstream.connectors.plugins` and
 ``docs/plugins.md``) load the first time a name is not a built-in.
 
+A source on an asyncio client library runs it on an :class:`AsyncioBridge` (its own
+event-loop thread) and hands messages to ``poll`` through a bounded :class:`Handoff`
+(see :mod:`sqlstream.connectors.asyncio_bridge` and ``docs/plugins.md``).
+
 What this package exports (``__all__``) is the versioned plugin API: it changes only
 with a new major version of sqlstream.
 """
 
+from sqlstream.connectors.asyncio_bridge import AsyncioBridge, Handoff
 from sqlstream.connectors.base import (
     RunContext,
     SinkConnector,
@@ -68,7 +73,9 @@ SINK_CONNECTORS.use_plugins(CONNECTOR_PLUGINS.load)
 __all__ = [
     "SINK_CONNECTORS",
     "SOURCE_CONNECTORS",
+    "AsyncioBridge",
     "DeadLetter",
+    "Handoff",
     "OptionSpec",
     "RunContext",
     "SinkConnector",

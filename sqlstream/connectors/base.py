@@ -243,6 +243,13 @@ class SourceConnector(ABC):
                 "lost, and a resumed run reads only what arrives after it started")
 
     @property
+    def refresh_interval_us(self) -> int | None:
+        """A TABLE it backs is read again this often (µs) while the run goes on, and the
+        lookup joins switch to the new rows between two driver steps; None: read once.
+        The runtime opens a fresh reader for each read, on a background thread."""
+        return None
+
+    @property
     def bounded(self) -> bool:
         """True when this configured source ends by itself (a file, a generator with
         ``max_rows``); pipeline tests run such sources as they are."""

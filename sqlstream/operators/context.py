@@ -24,6 +24,10 @@ class BuildContext:
     settings: dict = field(default_factory=dict)
     operators: list[Operator] = field(default_factory=list)
     load_table: Callable[[str], pa.Table] | None = None  # TABLE name -> its rows (lookup joins)
+    #: TABLE name, swap: ``swap(rows)`` is called with the TABLE's rows each time they are
+    #: read again while the run goes on (``refresh_interval``); it prepares what the
+    #: operator needs and returns a function that switches to it (called between steps)
+    watch_table: Callable[[str, Callable[[pa.Table], Callable[[], None]]], None] | None = None
 
     def register(self, op: Operator) -> Operator:
         op.dead_letter = self.dead_letter

@@ -154,7 +154,8 @@ def _filter(columns: list[pa.Array], mask: np.ndarray) -> list[pa.Array]:
 
 
 class LookupJoinOperator(Operator):
-    """A stream joined with a bounded table indexed once at the start of the run."""
+    """A stream joined with a bounded table indexed at the start of the run (and again
+    when the table is read again: :meth:`prepare_swap`)."""
 
     name = "lookup_join"
     state_hint = "the TABLE is held in memory whole: select fewer of its columns or filter its rows"
@@ -164,11 +165,24 @@ class LookupJoinOperator(Operator):
         self.out = JoinOutput(layout)
         self.layout = layout
         self.stream_side = stream_side
-        self.table = table.combine_chunks()
-        self.index = KeyIndex([self.table.column(k) for k in layout.sides[1 - stream_side].keys])
-        self._table_bytes = table_bytes(self.table) + self.index.nbytes
+        self.table, self.index, self._table_bytes = self._indexed(table)
         self.preserve = layout.outer(stream_side)
         self._stream_columns = set(layout.sides[stream_side].columns) | {WM_COLUMN, OP_COLUMN}  # what the output reads
+
+    def _indexed(self, table: pa.Table) -> tuple[pa.Table, KeyIndex, int]:
+        table = table.combine_chunks()
+        index = KeyIndex([table.column(k) for k in self.layout.sides[1 - self.stream_side].keys])
+        return table, index, table_bytes(table) + index.nbytes
+
+    def prepare_swap(self, table: pa.Table):
+        """Index ``table`` (the TABLE read again) and return the function that switches
+        the join to it at once; until it is called, batches are joined with the old rows."""
+        indexed = self._indexed(table)
+
+        def swap() -> None:
+            self.table, self.index, self._table_bytes = indexed
+
+        return swap
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         stream = self.layout.sides[self.stream_side]
@@ -203,7 +217,7 @@ class LookupJoinOperator(Operator):
         return tables, rows
 
     def state_size(self) -> StateSize:
-        """The TABLE's rows and their key index (fixed for the run)."""
+        """The TABLE's rows and their key index."""
         return StateSize(self.table.num_rows, self._table_bytes)
 
 

@@ -84,10 +84,15 @@ class LookupJoin(_JoinNode):
     def make_operator(self, ctx: BuildContext) -> Operator:
         if ctx.load_table is None:
             raise PlanError(f"TABLE {self.table.table} cannot be loaded here")
-        rows = ctx.load_table(self.table.table)
+        op = LookupJoinOperator(self.layout, self.stream_side, self._rows(ctx.load_table(self.table.table)))
+        if ctx.watch_table is not None:  # a TABLE read again while the run goes on
+            ctx.watch_table(self.table.table, lambda rows: op.prepare_swap(self._rows(rows)))
+        return op
+
+    def _rows(self, rows: pa.Table) -> pa.Table:
         if self.table_program is not None:
             rows = pa.Table.from_batches([self.table_program.run(to_batch(rows))])
-        return LookupJoinOperator(self.layout, self.stream_side, rows)
+        return rows
 
     def details(self) -> list[str]:
         lines = [f"table: {self.table.describe()}"]
@@ -96,7 +101,8 @@ class LookupJoin(_JoinNode):
         return lines + super().details()
 
     def state_description(self) -> str:
-        return "the table's rows and their key index (built once, probed per micro-batch); nothing per event"
+        return ("the table's rows and their key index (built once, or again each refresh_interval; probed per "
+                "micro-batch); nothing per event")
 
 
 class WindowJoin(_JoinNode):

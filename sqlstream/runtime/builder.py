@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import pyarrow as pa
 
-from sqlstream.connectors.base import RunContext, SinkWriter, SourceConnector, SourceReader
+from sqlstream.connectors.base import RunContext, SinkWriter, SourceBatch, SourceConnector, SourceReader
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import ExecutionError
@@ -30,6 +30,7 @@ from sqlstream.runtime.driver import Driver, print_warning
 from sqlstream.runtime.sink import SinkOperator
 from sqlstream.runtime.source_stage import SourceSpec, SourceStage
 from sqlstream.runtime.state_tracker import StateLimits
+from sqlstream.runtime.table_refresh import TableRefresher, TableSwap
 
 __all__ = [
     "PipelineBuilder",
@@ -208,6 +209,7 @@ class PipelineBuilder:
             on_error=self.settings["on_error"],
             settings=dict(self.settings),
             load_table=tables.load,
+            watch_table=tables.watch,
         )
         sink_ops = []
         for sink in sinks:
@@ -218,7 +220,8 @@ class PipelineBuilder:
             dead_letters.subscribe(dead_letter_reader.offer)
         limits = StateLimits(self.settings["max_state_rows"], self.settings["max_state_bytes"])
         driver = Driver(list(stages.values()), sink_ops, self.clock, dead_letters, ctx.operators, state_limits=limits,
-                        progress=progress, warn=warn, checkpointer=checkpointer)
+                        progress=progress, warn=warn, checkpointer=checkpointer,
+                        tables=list(tables.refreshers.values()))
         if checkpointer is not None:
             checkpointer.attach(driver)
         return driver
@@ -288,10 +291,7 @@ class PipelineBuilder:
 
     def load_table(self, name: str, dead_letters: DeadLetterOutput) -> pa.Table:
         """All rows of a bounded TABLE; bad records go where the table's ``on_error`` says."""
-        spec = self._spec(name)
-        stage = SourceStage(spec, self._open_reader(name), dead_letters, self.clock)
-        collect = _CollectedRows()
-        stage.connect(collect)
+        stage, collect = self._table_stage(name, self._open_reader(name), dead_letters)
         try:
             while not stage.reader.exhausted:
                 item = stage.reader.poll()
@@ -302,23 +302,60 @@ class PipelineBuilder:
                     self.clock.sleep(max(0.0005, min(0.05, (wakeup or 0) - self.clock.monotonic())))
         finally:
             stage.close()
+        return self._table_of(name, collect)
+
+    def table_rows(self, name: str, reader: SourceReader, items: list[SourceBatch],
+                   dead_letters: DeadLetterOutput) -> pa.Table:
+        """A TABLE's rows from what ``reader`` returned (read elsewhere); closes it."""
+        stage, collect = self._table_stage(name, reader, dead_letters)
+        try:
+            for item in items:
+                stage.process(item)
+        finally:
+            stage.close()
+        return self._table_of(name, collect)
+
+    def _table_stage(self, name: str, reader: SourceReader,
+                     dead_letters: DeadLetterOutput) -> tuple[SourceStage, "_CollectedRows"]:
+        stage = SourceStage(self._spec(name), reader, dead_letters, self.clock)
+        collect = _CollectedRows()
+        stage.connect(collect)
+        return stage, collect
+
+    def _table_of(self, name: str, collect: "_CollectedRows") -> pa.Table:
         schema = self.sources[name].schema
         batches = [b.select(schema.names) for b in collect.batches]
         return pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
 
 
 class _TableLoader:
-    """Reads a TABLE's rows once per run (lookup joins share them)."""
+    """Reads a TABLE's rows once per run (lookup joins share them); a TABLE whose
+    connector has a ``refresh_interval_us`` gets a :class:`TableRefresher`."""
 
     def __init__(self, builder: PipelineBuilder, dead_letters: DeadLetterOutput):
         self.builder = builder
         self.dead_letters = dead_letters
         self.loaded: dict[str, pa.Table] = {}
+        self.refreshers: dict[str, TableRefresher] = {}
 
     def load(self, name: str) -> pa.Table:
         if name not in self.loaded:
-            self.loaded[name] = self.builder.load_table(name, self.dead_letters)
+            rows = self.loaded[name] = self.builder.load_table(name, self.dead_letters)
+            interval_us = self.builder.sources[name].connector.refresh_interval_us
+            if interval_us:
+                builder, dead_letters = self.builder, self.dead_letters
+                self.refreshers[name] = TableRefresher(
+                    name, interval_us / 1e6, lambda: builder._open_reader(name),
+                    lambda reader, items: builder.table_rows(name, reader, items, dead_letters),
+                    builder.clock, rows.num_rows,
+                )
         return self.loaded[name]
+
+    def watch(self, name: str, swap: TableSwap) -> None:
+        """``swap`` gets the TABLE's rows each time they are read again (if they are)."""
+        refresher = self.refreshers.get(name)
+        if refresher is not None:
+            refresher.watch(swap)
 
 
 class _CollectedRows(Operator):

@@ -22,6 +22,7 @@ from sqlstream.runtime.checkpointing import Checkpointer, CheckpointStats
 from sqlstream.runtime.sink import SinkOperator
 from sqlstream.runtime.source_stage import SourceStage
 from sqlstream.runtime.state_tracker import StateLimits, StateTracker, describe
+from sqlstream.runtime.table_refresh import TableRefresher
 
 __all__ = ["Driver", "RunSummary", "print_warning"]
 
@@ -43,6 +44,7 @@ class RunSummary:
     open_state_rows: int = 0
     peak_state: StateSize = NO_STATE  # the most rows and the most bytes of state held
     checkpoints: CheckpointStats | None = None  # None: the run took no checkpoints
+    tables: dict[str, dict] = field(default_factory=dict)  # TABLEs read again during the run
 
     def line(self) -> str:
         parts = []
@@ -51,6 +53,9 @@ class RunSummary:
             parts.append(f"{name}: {m['rows_in']:,} rows in" + (f" ({'; '.join(problems)})" if problems else ""))
         for name, rows in self.sinks.items():
             parts.append(f"{name}: {rows:,} rows out")
+        for name, t in self.tables.items():
+            failed = f", {t['refresh_failures']} failed" if t["refresh_failures"] else ""
+            parts.append(f"TABLE {name}: read again {t['refreshes']}x{failed}")
         dead = sum(self.dead_letters.values())
         if dead:
             reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(self.dead_letters.items()))
@@ -85,6 +90,7 @@ class Driver:
         progress: Callable[["Driver"], None] | None = None,
         warn: Callable[[str], None] | None = None,
         checkpointer: Checkpointer | None = None,
+        tables: list[TableRefresher] | None = None,
     ):
         self.sources = sources
         self.sinks = sinks
@@ -106,6 +112,9 @@ class Driver:
         #: counts what changes state or output (batches taken, ticks that emitted, sources
         #: ending): a checkpoint is skipped when nothing happened since the last one
         self.activity = 0
+        self.tables = tables or []  # TABLEs read again while the run goes on
+        for table in self.tables:
+            table.warn = lambda text: self.warn(text)
         self.state = StateTracker.of(self._roots(), state_limits or StateLimits(), lambda text: self.warn(text),
                                      self._position)
 
@@ -148,6 +157,8 @@ class Driver:
         """One round over the sources. False once every source has ended."""
         progressed = False
         live = False
+        for table in self.tables:  # between two steps: no batch sees half a refresh
+            table.step()
         for stage in self.sources:
             if stage.ended:
                 continue
@@ -223,6 +234,8 @@ class Driver:
         if self.finished:
             return
         self.finished = True
+        for table in self.tables:
+            table.close()
         errors = []
         if graceful and self.checkpointer is not None:
             try:  # what the run did since the last checkpoint is committed with one more
@@ -285,6 +298,7 @@ class Driver:
             open_state_rows=self.state_rows() if stopped else 0,
             peak_state=self.state.peak,
             checkpoints=None if self.checkpointer is None else self.checkpointer.stats,
+            tables={t.name: t.status() for t in self.tables},
         )
 
 

@@ -182,6 +182,8 @@ def test_a_full_queue_answers_429_with_retry_after(tmp_path):
     wait_until(lambda: reader.queue.pending_bytes == 1000, what="five bodies waiting")
     status, answer, headers = Client(reader.port).post("/in", body(6))
     assert (status, answer, headers["Retry-After"]) == (429, {"error": "too many records waiting for the pipeline: retry later"}, "3")
+    counters = reader.status()
+    assert (counters["responses_429"], counters["queued_requests"], counters["pending_bytes"]) == (1, 5, 1000)
     release.set()
     for thread in waiting:
         thread.join(30)
@@ -190,6 +192,27 @@ def test_a_full_queue_answers_429_with_retry_after(tmp_path):
     run.stop()
     assert sorted(r["id"] for r in _sink_rows(tmp_path)) == list(range(7))
     assert reader.status()["refused_full"] == 1
+
+
+def test_request_counters_show_in_show_metrics(tmp_path):
+    run, reader = _start(tmp_path)
+    run.session.report_on(run.driver)
+    client = Client(reader.port)
+    assert client.post("/in", b'{"id": 1, "v": 1}\n{"id": 2, "v": 2}\n')[0] == 200
+    assert client.post("/in", b'[{"id": 3, "v": 3}]')[0] == 200
+    assert client.post("/in", b"hello")[0] == 400
+    assert client.post("/nowhere", b"{}")[0] == 404
+    assert client.post("/in", b"", method="GET")[0] == 405
+    client.close()
+    wait_until(lambda: reader.status()["accepted_rows"] == 3, what="3 rows taken")
+    metrics = {r["name"]: r["rows"] for r in run.session.execute("SHOW METRICS")[0].table.to_pylist()
+               if r["kind"] == "source_status"}
+    run.stop()
+    assert {k: metrics[f"ev.{k}"] for k in ("requests", "accepted_requests", "accepted_rows", "responses_2xx",
+                                           "rejected_4xx", "responses_429", "responses_503", "queued_requests")} == {
+        "requests": 5, "accepted_requests": 2, "accepted_rows": 3, "responses_2xx": 2, "rejected_4xx": 3,
+        "responses_429": 0, "responses_503": 0, "queued_requests": 0}
+    assert metrics["ev.port"] == reader.port and "ev.url" not in metrics  # whole numbers only
 
 
 def test_graceful_stop_answers_what_was_queued_and_then_refuses(tmp_path):

@@ -202,7 +202,9 @@ def test_the_plugin_api_is_exported():
     import sqlstream.connectors
 
     assert sorted(sqlstream.connectors.__all__) == [
+        "AsyncioBridge",
         "DeadLetter",
+        "Handoff",
         "OptionSpec",
         "RunContext",
         "SINK_CONNECTORS",

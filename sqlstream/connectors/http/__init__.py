@@ -190,10 +190,21 @@ class HttpReader(SourceReader):
         self.unanswered = []
 
     def status(self) -> dict[str, Any]:
+        """For SHOW METRICS: ``requests`` (every request), ``accepted_requests`` (queued
+        for the pipeline), ``accepted_rows`` (rows they gave), ``responses_2xx``,
+        ``rejected_4xx`` (bad requests: 400, 404, 405, 411, 413, 415), ``responses_429``
+        (backpressure: ``max_pending_bytes``), ``responses_503`` (stopping), ``responses_504``
+        (the pipeline too slow for ``response_timeout``), ``queued_requests`` and
+        ``pending_bytes`` (taken by nobody yet / not answered yet)."""
+        with self.queue.lock:
+            queued = len(self.queue.waiting)
         return {
             "url": self.url,
             "port": self.port,
-            "requests": self.queue.received,
+            **self.server.counts.snapshot(),
+            "accepted_requests": self.queue.received,
+            "accepted_rows": self.rows,
             "refused_full": self.queue.refused_full,
+            "queued_requests": queued,
             "pending_bytes": self.queue.pending_bytes,
         }

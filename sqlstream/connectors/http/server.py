@@ -115,6 +115,36 @@ class RequestQueue:
             self.stopping = True
 
 
+class ResponseCounts:
+    """Requests and the answers they got, counted by the handler threads."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.by_status: collections.Counter[int] = collections.Counter()
+
+    def request(self) -> None:
+        with self.lock:
+            self.requests += 1
+
+    def answered(self, status: int) -> None:
+        with self.lock:
+            self.by_status[status] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            by = dict(self.by_status)
+            requests = self.requests
+        return {
+            "requests": requests,
+            "responses_2xx": sum(n for s, n in by.items() if 200 <= s < 300),
+            "rejected_4xx": sum(n for s, n in by.items() if 400 <= s < 500 and s != 429),
+            "responses_429": by.get(429, 0),
+            "responses_503": by.get(503, 0),
+            "responses_504": by.get(504, 0),
+        }
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client posts many bodies on one connection
     disable_nagle_algorithm = True  # the response is two writes (headers, body): no delayed-ACK stall
@@ -124,6 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
         LOG.debug("%s: " + format, self.server.owner, *args)
 
     def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+        self.server.counts.answered(status)
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -140,6 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, {"error": error}, headers)
 
     def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        self.server.counts.request()
         self._refuse_method()
 
     do_PUT = do_DELETE = do_PATCH = do_GET  # noqa: N815
@@ -157,6 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 (stdlib naming)
         server = self.server
+        server.counts.request()
         if self.path.split("?", 1)[0] != server.path:
             self._discard_body()
             return self._error(404, f"no endpoint at {self.path}: POST records to {server.path}")
@@ -211,6 +244,7 @@ class WebhookServer(ThreadingHTTPServer):
         self.response_timeout_s = config["response_timeout"] / 1e6
         self.retry_after_s = max(1, round(config["retry_after"] / 1e6))
         self.queue = queue
+        self.counts = ResponseCounts()
         super().__init__(address, _Handler)
 
     def frame(self, fmt: str, body: bytes) -> Posted:

@@ -91,6 +91,11 @@ class MqttSource(SourceConnector):
         OptionSpec("delimiter", default=",", doc="csv field delimiter",
                    check=lambda v: None if len(v) == 1 else "must be one character"),
         NULL_VALUES_OPTION,
+        OptionSpec("max_buffered", "int", default=65_535,
+                   doc="messages received and not yet through the pipeline: QoS 1/2 — the broker sends no more "
+                       "until some are acknowledged (MQTT 5 receive maximum, at most 65535); QoS 0 — more are "
+                       "dropped, counted and reported",
+                   check=lambda n: None if n >= 1 else "expected at least 1"),
     )
 
     def validate(self, where: Location | None) -> None:

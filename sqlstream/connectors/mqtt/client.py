@@ -75,10 +75,16 @@ class MqttClient:
         if config["username"] is not None:
             self.client.username_pw_set(config["username"], config["password"])
         if tls or config["tls"]:
-            self.client.tls_set(
-                ca_certs=config["ca_file"], certfile=config["cert_file"], keyfile=config["key_file"],
-                cert_reqs=ssl.CERT_NONE if config["tls_insecure"] else ssl.CERT_REQUIRED,
-            )
+            try:
+                self.client.tls_set(
+                    ca_certs=config["ca_file"], certfile=config["cert_file"], keyfile=config["key_file"],
+                    cert_reqs=ssl.CERT_NONE if config["tls_insecure"] else ssl.CERT_REQUIRED,
+                )
+            except (OSError, ssl.SSLError, ValueError) as error:  # a missing or unreadable file, a bad PEM
+                raise ConnectorError(
+                    f"{owner}: cannot set up TLS: {error}",
+                    hint="check options 'ca_file', 'cert_file' and 'key_file' (PEM files this process can read)",
+                ) from error
             self.client.tls_insecure_set(bool(config["tls_insecure"]))
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -110,7 +116,7 @@ class MqttClient:
         kwargs: dict[str, Any] = {}
         if self.v5:
             properties = Properties(PacketTypes.CONNECT)
-            properties.ReceiveMaximum = _RECEIVE_MAXIMUM
+            properties.ReceiveMaximum = min(_RECEIVE_MAXIMUM, self.config.get("max_buffered") or _RECEIVE_MAXIMUM)
             if not self.clean:
                 properties.SessionExpiryInterval = int(self.config["session_expiry"] // 1_000_000)
             kwargs = {"clean_start": self.clean, "properties": properties}
@@ -121,6 +127,13 @@ class MqttClient:
             try:
                 self.client.connect(self.host, self.port, keepalive=30, **kwargs)
                 break
+            except ssl.SSLCertVerificationError as error:  # retrying cannot help
+                raise ConnectorError(
+                    f"{self.owner}: the TLS certificate of MQTT broker {self.host}:{self.port} is not trusted: "
+                    f"{error.verify_message or error}",
+                    hint="option 'ca_file' must name the CA (PEM) that signed the broker's certificate, and the "
+                         "certificate must be for the host in 'url' (tls_insecure = true skips the check: tests only)",
+                ) from error
             except (OSError, ssl.SSLError) as error:
                 if time.monotonic() >= deadline:
                     raise ConnectorError(

@@ -15,6 +15,7 @@ are skipped (the broker redelivers those messages on a persistent session).
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ import pyarrow as pa
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
 from sqlstream.connectors.batching import batch_due, next_batch_at
 from sqlstream.connectors.decode.payloads import PayloadDecoder
-from sqlstream.connectors.mqtt.client import MqttClient
+from sqlstream.connectors.mqtt.client import LOG, MqttClient
 from sqlstream.connectors.options import null_spellings
 
 __all__ = ["MqttReader", "METADATA_COLUMNS"]
@@ -58,7 +59,15 @@ class MqttReader(SourceReader):
             self.data_schema, connector.source_name, config["format"], config["timestamp_format"],
             config["delimiter"], null_spellings(config["null_values"]),
         )
-        self.mqtt = MqttClient(config, f"source '{connector.source_name}'", self._on_message,
+        self.owner = f"source '{connector.source_name}'"
+        self.max_buffered = config["max_buffered"]
+        self.dropped = 0  # QoS 0 messages over max_buffered (network thread)
+        self.high_water = 0  # the most messages buffered at once
+        self.paused = 0  # QoS 1/2: times the network thread waited for room (network thread)
+        self.paused_s = 0.0
+        self._room = threading.Event()  # set by the driver thread when it took messages
+        self._closing = False
+        self.mqtt = MqttClient(config, self.owner, self._on_message,
                                subscribe=(config["topic"], self.qos), manual_ack=True)
         self.mqtt.start()
         #: QoS 0 input cannot be redelivered: a graceful stop unsubscribes and drains it
@@ -66,11 +75,42 @@ class MqttReader(SourceReader):
         self.lost_at_shutdown = 0
 
     def _on_message(self, client, userdata, message) -> None:  # network thread, per message
+        buffered = len(self.buffer)
+        if buffered >= self.max_buffered:
+            if message.qos == 0:  # no flow control at QoS 0: drop, count, say so
+                self._drop(message._topic)
+                return
+            self._wait_for_room()
+            buffered = len(self.buffer)
+        if buffered >= self.high_water:
+            self.high_water = buffered + 1
         if self.pending_since is None:
             self.pending_since = self.clock.monotonic()
         item = (message._topic, message.payload, message.mid, message.qos, message.retain, self.mqtt.generation)
         self.buffer.append(item + (time.time_ns() // 1000,) if self.with_time else item)
         self.received += 1
+
+    def _wait_for_room(self) -> None:
+        """QoS 1/2 and a full buffer: hold paho's network thread until the pipeline takes
+        messages. The socket is not read meanwhile, so the broker queues what follows
+        (the receive maximum should stop it earlier; Mosquitto 2.0 sends past it)."""
+        self.paused += 1
+        started = time.monotonic()
+        while len(self.buffer) >= self.max_buffered and not self._closing:
+            self._room.clear()
+            if len(self.buffer) < self.max_buffered:
+                break
+            self._room.wait(0.1)
+        self.paused_s += time.monotonic() - started
+
+    def _drop(self, topic: bytes) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 100_000 == 0:
+            LOG.warning(
+                "%s: slow consumer: QoS 0 messages on '%s' dropped (%d so far): more than %d messages wait for the "
+                "pipeline (raise max_buffered, or publish at QoS 1 for flow control)",
+                self.owner, topic.decode("utf-8", "replace"), self.dropped, self.max_buffered,
+            )
 
     def poll(self) -> SourceBatch | None:
         pending = len(self.buffer)
@@ -86,6 +126,7 @@ class MqttReader(SourceReader):
         items = [popleft() for _ in range(min(pending, self.batch_size))]
         if not self.buffer:
             self.pending_since = None
+        self._room.set()
         return self._batch(items)
 
     def next_wakeup(self) -> float | None:
@@ -143,22 +184,32 @@ class MqttReader(SourceReader):
         popleft = self.buffer.popleft
         items = [popleft() for _ in range(min(len(self.buffer), self.batch_size))]
         self.pending_since = None if not self.buffer else self.pending_since
+        self._room.set()
         return self._batch(items)
 
     def abandon(self, deadline_s: float) -> int:
         left = len(self.buffer)
         self.lost_at_shutdown += left
         self.buffer.clear()
+        self._room.set()
         return left
 
     def close(self) -> None:
+        self._closing = True  # a network thread waiting for room lets go (QoS 1/2: redelivered later)
+        self._room.set()
         self.mqtt.close()
 
     def status(self) -> dict[str, Any]:
-        return {"received": self.received, "acked": self.acked, "disconnects": self.mqtt.disconnects}
+        return {"received": self.received, "acked": self.acked, "disconnects": self.mqtt.disconnects,
+                "buffered": len(self.buffer), "buffered_high_water": self.high_water,
+                "max_buffered": self.max_buffered, "slow_consumer_drops": self.dropped,
+                "paused_reading": self.paused, "paused_reading_s": round(self.paused_s, 3)}
 
     def problems(self) -> list[str]:
         out = [f"QoS 0: {self.lost_at_shutdown:,} received messages not processed at shutdown"] if self.lost_at_shutdown else []
+        if self.dropped:
+            out.append(f"{self.dropped:,} QoS 0 messages dropped: slow consumer (more than {self.max_buffered:,} "
+                       "waiting for the pipeline)")
         if not self.mqtt.disconnects:
             return out
         lost = "QoS 0 messages published meanwhile were lost" if self.qos == 0 else (

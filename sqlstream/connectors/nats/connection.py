@@ -1,10 +1,12 @@
 """One nats-py client on its own asyncio thread.
 
 The driver loop is synchronous and single-threaded; nats-py is asyncio. Each NATS
-reader or writer owns a :class:`NatsConnection`: a daemon thread running an event
-loop that reads the socket, and a few thread-safe doors into it (``call`` waits for
-a coroutine, ``submit`` does not). The loop thread only moves messages; decoding
-and encoding happen in the driver thread, on whole micro-batches.
+reader or writer owns a :class:`NatsConnection`: an
+:class:`~sqlstream.connectors.asyncio_bridge.AsyncioBridge` (a daemon thread running
+an event loop that reads the socket, and thread-safe doors into it: ``call`` waits for
+a coroutine, ``submit`` does not) holding one nats-py client. The loop thread only
+moves messages; decoding and encoding happen in the driver thread, on whole
+micro-batches.
 
 Connection events (disconnects, reconnects, slow-consumer drops, server errors) are
 counted in :class:`ConnectionEvents` and logged as warnings on the
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any, Awaitable, Callable, Coroutine
 from nats.aio.client import Client
 from nats.errors import SlowConsumerError
 
+from sqlstream.connectors.asyncio_bridge import AsyncioBridge
 from sqlstream.errors import ConnectorError
 
 __all__ = ["NatsConnection", "ConnectionEvents", "LOG", "runtime_error"]
@@ -73,28 +75,24 @@ class NatsConnection:
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_wait_s = reconnect_wait_s
         self.events = ConnectionEvents()
-        self.loop = asyncio.new_event_loop()
+        self.bridge = AsyncioBridge(owner, thread_name=f"sqlstream-nats {owner}")
+        self.loop = self.bridge.loop
         self.nc: Client | None = None
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []  # run on the loop after a reconnect
         self.closed = False
         self._connecting = False
         self._connect_error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, name=f"sqlstream-nats {owner}", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> "NatsConnection":
-        self._thread.start()
+        self.bridge.start()
         try:
             self.nc = self.call(self._connect(), timeout=self.connect_timeout_s + 5)
         except Exception:
-            self._stop_loop()
+            self.bridge.close()
             raise
         return self
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
 
     async def _connect(self) -> Client:
         client = Client()
@@ -136,12 +134,7 @@ class NatsConnection:
         if self.closed:
             return
         self.closed = True
-        if self.nc is not None and self._thread.is_alive():
-            try:
-                self.call(self._close(), timeout=timeout)
-            except Exception:  # noqa: BLE001 - closing is best effort after a flush
-                pass
-        self._stop_loop()
+        self.bridge.close(self._close() if self.nc is not None else None, timeout=timeout)
 
     async def _close(self) -> None:
         nc = self.nc
@@ -154,29 +147,17 @@ class NatsConnection:
                 pass
         await nc.close()
 
-    def _stop_loop(self) -> None:
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-        if not self._thread.is_alive() and not self.loop.is_closed():
-            self.loop.close()
-
     # -- doors into the loop -------------------------------------------------------------------
 
     def call(self, coro: Coroutine, timeout: float | None = None) -> Any:
         """Run ``coro`` on the loop and wait for its result (driver thread only)."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
-            raise
+        return self.bridge.call(coro, timeout)
 
     def submit(self, coro: Coroutine) -> Future:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return self.bridge.submit(coro)
 
     def call_soon(self, fn: Callable, *args) -> None:
-        self.loop.call_soon_threadsafe(fn, *args)
+        self.bridge.call_soon(fn, *args)
 
     @property
     def connected(self) -> bool:

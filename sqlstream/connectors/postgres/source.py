@@ -1,14 +1,17 @@
-"""``connector = 'postgres'`` as a lookup TABLE: the whole table, read once at the start
-of a run into the lookup join's index (no refresh while the run goes on)."""
+"""``connector = 'postgres'`` as a lookup TABLE: the whole table, read at the start of a
+run into the lookup join's index, and again every ``refresh_interval`` if set (the
+runtime reads it on a background thread and swaps the join's index between two driver
+steps; see :mod:`sqlstream.runtime.table_refresh`)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, SourceReader
+from sqlstream.connectors.options import OptionSpec
 from sqlstream.connectors.postgres.sink import CONNECTION_OPTIONS
 from sqlstream.connectors.postgres.table import TableName, connect, existing_columns
-from sqlstream.connectors.postgres.types import quote_ident
+from sqlstream.connectors.postgres.table_read import read_table
 from sqlstream.connectors.registry import register_source
 from sqlstream.errors import ConnectorError, Location
 
@@ -18,8 +21,15 @@ __all__ = ["PostgresSource", "PostgresTableReader"]
 @register_source
 class PostgresSource(SourceConnector):
     name = "postgres"
-    options = CONNECTION_OPTIONS
+    options = CONNECTION_OPTIONS + (
+        OptionSpec("refresh_interval", "duration", doc="re-read the table this often while the run goes on ('30s')",
+                   check=lambda us: None if us >= 10_000 else "expected at least '10ms'"),
+    )
     can_back_table = True
+
+    @property
+    def refresh_interval_us(self) -> int | None:
+        return self.config.get("refresh_interval")
 
     def check_table(self, where: Location | None) -> None:
         return None
@@ -28,7 +38,8 @@ class PostgresSource(SourceConnector):
         return PostgresTableReader(self.source_name, self.schema, self.config)
 
     def describe(self) -> str:
-        return f"postgres table {self.config['table']}"
+        every = self.config.get("refresh_interval")
+        return f"postgres table {self.config['table']}" + (f", re-read every {every / 1e6:g}s" if every else "")
 
 
 class PostgresTableReader(SourceReader):
@@ -59,19 +70,7 @@ class PostgresTableReader(SourceReader):
             if missing:
                 raise ConnectorError(f"{self.owner}: PostgreSQL table {self.name} has no column '{missing[0]}'",
                                      hint=f"its columns: {', '.join(columns)}")
-            select = ", ".join(quote_ident(n) for n in self.schema.names)
-            rows = conn.execute(f"SELECT {select} FROM {self.name.sql}").fetchall()
-        arrays = []
-        for i, field in enumerate(self.schema):
-            values = [row[i] for row in rows]
-            try:
-                arrays.append(pa.array(values, field.type))
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as error:
-                raise ConnectorError(
-                    f"{self.owner}: column '{field.name}' of {self.name} ({columns[field.name][1]}) does not fit "
-                    f"its declared type: {error}"
-                ) from error
-        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+            return read_table(conn, self.name, self.schema, columns, self.owner)
 
     @property
     def exhausted(self) -> bool:

@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 
 from sqlstream.connectors.encode import encode_json_values, is_nested
 
-__all__ = ["postgres_type", "accepted_types", "csv_rows", "quote_ident", "arrow_type_of"]
+__all__ = ["postgres_type", "accepted_types", "csv_rows", "quote_ident", "arrow_type_of", "bytea_hex", "interval_text"]
 
 
 def quote_ident(name: str) -> str:
@@ -120,17 +120,58 @@ def _text_column(values: pa.Array) -> pa.Array:
         inner = pc.replace_substring_regex(objects, pattern=r'^\{"v":(.*)\}$', replacement=r"\1")
         return pc.if_else(pc.is_null(values), pa.scalar(None, pa.string()), inner)
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
-        return pa.array([None if v is None else "\\x" + v.hex() for v in values.to_pylist()], pa.string())
+        return bytea_hex(values)
     if pa.types.is_duration(t):
         micros = pc.cast(pc.cast(values, pa.duration("us")), pa.int64())
         return pc.binary_join_element_wise(pc.cast(micros, pa.string()), " microseconds", "")
     if pa.types.is_interval(t):
-        return pa.array([None if v is None else f"{v.months} mons {v.days} days {v.nanoseconds // 1000} microseconds"
-                         for v in values.to_pylist()], pa.string())
+        return interval_text(values)
     if pa.types.is_floating(t):  # PostgreSQL spells them Infinity/-Infinity/NaN
         text = pc.cast(values, pa.string())
         return pc.replace_substring_regex(text, pattern="^(-?)inf$", replacement=r"\1Infinity")
     return values
+
+
+_HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), np.uint16)  # byte → its two digits
+_BYTEA_PREFIX = pa.scalar("\\x", pa.large_string())
+_EMPTY = pa.scalar("", pa.large_string())
+
+
+def bytea_hex(values: pa.Array) -> pa.Array:
+    """Binary values as PostgreSQL's bytea hex text (``\\x00ff``), with numpy over the
+    array's data buffer (no Python per value); NULL stays NULL."""
+    if not pa.types.is_large_binary(values.type):
+        values = values.cast(pa.large_binary())  # 64-bit offsets: the text is twice the bytes
+    if values.offset:
+        values = pa.concat_arrays([values])  # offsets from 0
+    n = len(values)
+    validity, offsets_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int64, n + 1)
+    first, last = int(offsets[0]), int(offsets[-1])
+    data = np.frombuffer(data_buffer, np.uint8, last)[first:] if data_buffer is not None else np.empty(0, np.uint8)
+    hexed = _HEX_PAIRS[data].view(np.uint8)  # two digits a byte: the values' offsets doubled
+    digits = pa.LargeStringArray.from_buffers(n, pa.py_buffer(2 * (offsets - first)), pa.py_buffer(hexed), validity,
+                                              values.null_count)
+    return pc.binary_join_element_wise(_BYTEA_PREFIX, digits, _EMPTY)
+
+
+_MONTH_DAY_NANO = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanos", "<i8")])
+
+
+def interval_text(values: pa.Array) -> pa.Array:
+    """month_day_nano intervals as PostgreSQL interval input (``1 mons 2 days 3 microseconds``),
+    from the array's buffer with numpy and Arrow string kernels; NULL stays NULL."""
+    if values.offset:
+        values = pa.concat_arrays([values])
+    parts = np.frombuffer(values.buffers()[1], _MONTH_DAY_NANO, len(values))
+    mask = values.is_null().to_numpy(zero_copy_only=False) if values.null_count else None
+    micros = np.floor_divide(parts["nanos"], 1000)
+
+    def text(numbers: np.ndarray) -> pa.Array:
+        return pc.cast(pa.array(numbers, mask=mask), pa.string())
+
+    return pc.binary_join_element_wise(text(parts["months"]), " mons ", text(parts["days"]), " days ",
+                                       text(micros), " microseconds", "")
 
 
 _NEEDS_TEXT = (pa.types.is_dictionary, is_nested, pa.types.is_binary, pa.types.is_large_binary,
