@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sqlstream.changelog import fold_changelog
 from sqlstream.operators.snapshot import OperatorSnapshot
@@ -244,6 +246,22 @@ def test_a_restored_pipeline_continues_exactly(tmp_path, name):
     # the operator this case is for was snapshotted, holding state where it has any
     snapshots = [s for s in seen if s.kind == case.kind]
     assert snapshots and (case.kind in STATELESS or any(s.rows or s.values.get("state") for s in snapshots))
+
+
+_UNINTERRUPTED: dict[tuple[str, int], list[dict]] = {}
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["hop emit every", "session with late rows", "regular full join", "regular join of changelogs"]),
+       seed=st.integers(0, 3), restarts=st.sets(st.integers(0, 80), min_size=1, max_size=4))
+def test_restarts_at_any_boundaries_change_nothing(tmp_path, name, seed, restarts):
+    """Hypothesis picks the batching and up to four restart boundaries (past the end:
+    none); the rows are the uninterrupted run's."""
+    case = CASES[name]
+    steps = batches(case, seed)
+    if (name, seed) not in _UNINTERRUPTED:
+        _UNINTERRUPTED[name, seed] = run_case(case, tmp_path, steps, set())[0]
+    assert run_case(case, tmp_path, steps, restarts)[0] == _UNINTERRUPTED[name, seed]
 
 
 # -- operator ids and stored snapshots ------------------------------------------------------------
