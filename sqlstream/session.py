@@ -264,9 +264,13 @@ class Session:
         entry = SinkEntry(st.name, connector, st, self._base_dir(st), st.columns, plan, query_text=query_text)
         if plan is not None:
             sink_schema(entry)
-            connector.check_inputs(acknowledging_sources(plan, self.sources), st.location)
+            connector.check_inputs(acknowledging_sources(plan, self.sources, self._checkpointing), st.location)
         self.sinks[st.name] = entry
         return StatementResult("create sink", st.name, statement=st)
+
+    @property
+    def _checkpointing(self) -> bool:
+        return self.settings["checkpoint_dir"] is not None
 
     def _insert_into(self, st: InsertInto) -> StatementResult:
         entry = self.sinks.get(st.sink)
@@ -279,7 +283,7 @@ class Session:
                 f"sink '{st.sink}' already has a query (one running query per sink)", location=st.location
             )
         plan = self._plan(st.query, st.source)
-        entry.connector.check_inputs(acknowledging_sources(plan, self.sources), st.location)
+        entry.connector.check_inputs(acknowledging_sources(plan, self.sources, self._checkpointing), st.location)
         entry = replace(entry, plan=plan, query_text=st.query.sql(dialect=SqlStream))
         sink_schema(entry)
         self.sinks[st.sink] = entry

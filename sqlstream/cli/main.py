@@ -63,11 +63,12 @@ def cmd_run(args) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = None
     try:
+        flags = [f"checkpoint_dir={args.checkpoint}"] if args.checkpoint else []
+        flags += [f"checkpoint_interval={args.checkpoint_interval}"] if args.checkpoint_interval else []
+        args.set += flags  # before the file (CREATE SINK checks its inputs knowing of checkpoints) ...
         session = _load(args)
-        if args.checkpoint:
-            session.apply_setting("checkpoint_dir", args.checkpoint)  # relative to the pipeline file
-        if args.checkpoint_interval:
-            session.apply_setting("checkpoint_interval", args.checkpoint_interval)
+        for key, value in (flag.split("=", 1) for flag in flags):  # ... and after: the flags win over SET
+            session.apply_setting(key, value)
         loaded.append(session)
         install_renderer(session)
         sinks = session.pending_sinks()

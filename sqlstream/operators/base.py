@@ -28,17 +28,17 @@ class IntervalTimer:
 
     def __init__(self, interval_us: int | None):
         self.interval_us = interval_us
-        self._last: int | None = None
+        self.last_us: int | None = None  # processing time of the last tick (kept by checkpoints)
 
     def due(self, now_us: int) -> bool:
         if self.interval_us is None:
             return False
-        if self._last is None:
-            self._last = now_us
+        if self.last_us is None:
+            self.last_us = now_us
             return False
-        if now_us - self._last < self.interval_us:
+        if now_us - self.last_us < self.interval_us:
             return False
-        self._last = now_us
+        self.last_us = now_us
         return True
 
 

@@ -118,6 +118,16 @@ class ChangelogAggregateOperator(Operator):
                 columns.append(column.cast(field.type) if column.type != field.type else column)
         self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
 
+    def state_tables(self) -> dict[str, pa.Table]:
+        """The input multiset (``rows``: columns + ``__weight``) and the emitted row of
+        every group (``results``)."""
+        tables = {"rows": self.rows, "results": self.results}
+        return {name: table for name, table in tables.items() if table is not None}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        self.rows = tables.get("rows")
+        self.results = tables.get("results")
+
     def state_size(self) -> StateSize:
         """The input multiset plus the emitted row of every group."""
         rows = (self.rows.num_rows if self.rows is not None else 0) + (self.results.num_rows if self.results is not None else 0)

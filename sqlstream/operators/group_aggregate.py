@@ -17,6 +17,7 @@ from sqlstream.operators.base import IntervalTimer, Operator
 from sqlstream.operators.changes import diff_results, op_column
 from sqlstream.operators.keys import encode_keys
 from sqlstream.operators.state_size import NO_STATE, StateSize
+from sqlstream.operators.state_tables import partials_from_tables, partials_to_tables
 
 __all__ = ["GroupAggregateOperator"]
 
@@ -108,6 +109,22 @@ class GroupAggregateOperator(Operator):
                     pieces.append(column.cast(field.type) if column.type != field.type else column)
             columns.append(pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0])
         self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+
+    def state_values(self) -> dict:
+        """The arrival counter (first/last_value) and the EMIT EVERY timer."""
+        return {"sequence": self.sequence.next, "early_last_us": self.early.last_us}
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """The partial of every group (``groups_0_*``) and the partials waiting for the
+        next EMIT EVERY tick (``pending_{i}_*``)."""
+        held = [self.state] if self.state is not None else []
+        return {**partials_to_tables("groups", held), **partials_to_tables("pending", self.pending)}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        self.sequence.next = values["sequence"]
+        self.early.last_us = values["early_last_us"]
+        self.state = next(iter(partials_from_tables("groups", tables)), None)
+        self.pending = partials_from_tables("pending", tables)
 
     def retention_start(self) -> int | None:
         """Changes buffered for the next EMIT EVERY tick are not written yet: hold all acks."""

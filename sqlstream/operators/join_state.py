@@ -21,8 +21,12 @@ import pyarrow.compute as pc
 
 from sqlstream.operators.join_keys import KeyIndex
 from sqlstream.operators.state_size import StateSize, numpy_bytes, table_bytes
+from sqlstream.operators.state_tables import arrays_to_table, numbered, table_to_arrays
 
 __all__ = ["RowChunks", "Chunk", "constant_keys"]
+
+#: the per-row arrays of a chunk and their types, as a checkpoint stores them
+_CHUNK_ARRAYS = {"alive": np.bool_, "times": np.int64, "matches": np.int64, "arrival": np.int64}
 
 
 def constant_keys(table: pa.Table | pa.RecordBatch, names: tuple[str, ...]) -> list[pa.Array]:
@@ -142,6 +146,26 @@ class RowChunks:
 
     def rows(self) -> int:
         return sum(c.live for c in self.chunks)
+
+    def to_tables(self, name: str) -> dict[str, pa.Table]:
+        """Each chunk as it is, dead rows included (so a restored side has the same
+        chunks, merges and probe order): its rows as ``{name}_{i}`` and its per-row
+        arrays (``alive``, and ``times``/``matches``/``arrival`` where kept) as
+        ``{name}_{i}_rows``. The key index is not stored: it is rebuilt on restore."""
+        tables = {}
+        for i, chunk in enumerate(self.chunks):
+            tables[f"{name}_{i}"] = chunk.table
+            tables[f"{name}_{i}_rows"] = arrays_to_table({a: getattr(chunk, a) for a in _CHUNK_ARRAYS})
+        return tables
+
+    def load_tables(self, name: str, tables: dict[str, pa.Table]) -> None:
+        """The chunks :meth:`to_tables` wrote under ``name``, key indexes rebuilt."""
+        self.chunks = []
+        for i in range(numbered(name, tables)):
+            table = tables[f"{name}_{i}"].combine_chunks()
+            arrays = table_to_arrays(tables[f"{name}_{i}_rows"], _CHUNK_ARRAYS)
+            self.chunks.append(Chunk(table, self._index(table), arrays["alive"], arrays["times"], arrays["matches"],
+                                     arrays["arrival"]))
 
     def state_size(self) -> StateSize:
         return StateSize(self.rows(), sum(c.nbytes for c in self.chunks))

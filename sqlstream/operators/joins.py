@@ -32,6 +32,7 @@ from sqlstream.operators.datafusion_program import DataFusionProgram
 from sqlstream.operators.join_keys import KeyIndex, join_pairs
 from sqlstream.operators.join_state import RowChunks, constant_keys
 from sqlstream.operators.state_size import NO_STATE, StateSize, numpy_bytes, table_bytes
+from sqlstream.operators.state_tables import numbered
 from sqlstream.operators.windows import column_int64, late_rows_as_dead_letters
 
 __all__ = [
@@ -247,6 +248,9 @@ def _concat_rows(parts: list[_WindowRows]) -> _WindowRows:
 
 _MAX_PENDING = 32
 
+#: the table names of a two-input join's sides in a checkpoint
+_SIDE_NAMES = ("left", "right")
+
 
 class WindowJoinOperator(Operator):
     """Both inputs windowed; each window joined once when the watermark passes its end."""
@@ -337,6 +341,23 @@ class WindowJoinOperator(Operator):
             return
         columns = self.out.columns(tables, (left_rows, right_rows))
         self.emit(self.out.batch(columns, wm=self.emitted_wm))
+
+    def state_values(self) -> dict:
+        """The watermark up to which windows were joined, and the count of late rows."""
+        return {"emitted_wm": self.emitted_wm, "late_rows": self.late_rows}
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """The rows waiting per side, ``left_{i}``/``right_{i}`` in arrival order (their
+        window bounds are read again from the window columns)."""
+        return {f"{name}_{i}": rows.table
+                for name, pending in zip(_SIDE_NAMES, self.pending, strict=True) for i, rows in enumerate(pending)}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        self.emitted_wm = values["emitted_wm"]
+        self.late_rows = values["late_rows"]
+        for name, side, pending in zip(_SIDE_NAMES, self.layout.sides, self.pending, strict=True):
+            stored = [tables[f"{name}_{i}"] for i in range(numbered(name, tables))]
+            pending[:] = [_WindowRows(t, column_int64(t, side.window[0]), column_int64(t, side.window[1])) for t in stored]
 
     def state_size(self) -> StateSize:
         """Rows of both sides waiting for their windows to close."""
@@ -461,6 +482,20 @@ class IntervalJoinOperator(Operator):
         tables[1 - port] = _null_rows(self.layout.sides[1 - port], self.layout, 1 - port)
         pair = (rows, none) if port == 0 else (none, rows)
         self.emit(self.out.batch(self.out.columns(tables, pair), wm=self.output_wm))
+
+    def state_values(self) -> dict:
+        """The watermark passed downstream (held back by the interval), late rows counted."""
+        return {"output_wm": self.output_wm, "late_rows": self.late_rows}
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """Each side's stored rows (:meth:`~sqlstream.operators.join_state.RowChunks.to_tables`)."""
+        return {**self.state[0].to_tables("left"), **self.state[1].to_tables("right")}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        self.output_wm = values["output_wm"]
+        self.late_rows = values["late_rows"]
+        self.state[0].load_tables("left", tables)
+        self.state[1].load_tables("right", tables)
 
     def state_size(self) -> StateSize:
         return self.state[0].state_size() + self.state[1].state_size()

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from sqlstream.hidden import WM_COLUMN
 from sqlstream.operators.aggregates import Aggregator, Partial
+from sqlstream.operators.state_tables import partials_from_tables, partials_to_tables
 from sqlstream.operators.window_output import (
     MAX_FRAGMENTS,
     WE,
@@ -129,6 +130,17 @@ class PaneWindowOperator(WindowOutputOperator):
 
     def current_open(self) -> pa.Table | None:
         return self._windows_between(self.emitted_wm, None)
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """The shared tables plus the pane partials (``pane_{i}_*``) and the per-window
+        partials of partially late rows (``direct_{i}_*``)."""
+        return {**super().state_tables(), **partials_to_tables("pane", self.panes),
+                **partials_to_tables("direct", self.direct)}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        super().load_state(values, tables)
+        self.panes = partials_from_tables("pane", tables)
+        self.direct = partials_from_tables("direct", tables)
 
     def held_partials(self) -> list[Partial]:
         return self.panes + self.direct

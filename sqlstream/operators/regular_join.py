@@ -212,6 +212,22 @@ class RegularJoinOperator(Operator):
             died = state.expire_before("arrival", limit)
             self.expired_rows += sum(rows.size for _, rows in died)
 
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state_values(self) -> dict:
+        """Rows dropped by the state TTL so far (a metric)."""
+        return {"expired_rows": self.expired_rows}
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """Each side's stored rows (:meth:`~sqlstream.operators.join_state.RowChunks.to_tables`;
+        ``arrival`` with a TTL, ``matches`` on an outer side)."""
+        return {**self.state[0].to_tables("left"), **self.state[1].to_tables("right")}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        self.expired_rows = values["expired_rows"]
+        self.state[0].load_tables("left", tables)
+        self.state[1].load_tables("right", tables)
+
     def state_size(self) -> StateSize:
         return self.state[0].state_size() + self.state[1].state_size()
 

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from sqlstream.hidden import WM_COLUMN
 from sqlstream.operators.aggregates import Aggregator, Partial
 from sqlstream.operators.keys import encode_keys, key_changes
+from sqlstream.operators.state_tables import partials_from_tables, partials_to_tables
 from sqlstream.operators.window_output import WE, WS, WindowOutputOperator, concat_partials, int64_scalar
 from sqlstream.operators.windows import column_int64
 
@@ -139,6 +140,14 @@ class SessionWindowOperator(WindowOutputOperator):
                 self.open = self.open.filter_by(WE, lambda c: pc.greater(c, int64_scalar(watermark)))
                 self.emit_final(self.window_agg.finalize(closed), watermark)
         self.emitted_wm = max(self.emitted_wm, watermark)
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """The shared tables plus the open sessions' partial (``open_0_*``)."""
+        return {**super().state_tables(), **partials_to_tables("open", self.held_partials())}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        super().load_state(values, tables)
+        self.open = next(iter(partials_from_tables("open", tables)), None)
 
     def current_open(self) -> pa.Table | None:
         if self.open is None or self.open.num_rows == 0:

@@ -61,6 +61,13 @@ class LimitOperator(Operator):
             self.satisfied = True
             self.emit_end()
 
+    def state_values(self) -> dict:
+        return {"remaining": self.remaining, "satisfied": self.satisfied}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        self.remaining = values["remaining"]
+        self.satisfied = values["satisfied"]
+
     def on_watermark(self, watermark: int) -> None:
         if not self.satisfied:
             self.emit_watermark(watermark)

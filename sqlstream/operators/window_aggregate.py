@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 from sqlstream.operators.aggregates import AggCall, Aggregator, Partial
 from sqlstream.operators.pane_windows import PaneWindowOperator
 from sqlstream.operators.session_windows import SessionWindowOperator
+from sqlstream.operators.state_tables import partials_from_tables, partials_to_tables
 from sqlstream.operators.window_output import (
     MAX_FRAGMENTS,
     WE,
@@ -179,6 +180,14 @@ class WindowAggregateOperator(WindowOutputOperator):
             results.append(agg.finalize(concat_partials(direct)))
         results.append(agg.finalize(agg.merge(shared, regroup=True)))
         return pa.concat_tables(results) if len(results) > 1 else results[0]
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """The shared tables plus the fragments' partials (``fragment_{i}_main``/``_set{j}``)."""
+        return {**super().state_tables(), **partials_to_tables("fragment", [f.part for f in self.fragments])}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        super().load_state(values, tables)
+        self.fragments = [_Fragment.of(part) for part in partials_from_tables("fragment", tables)]
 
     def current_open(self) -> pa.Table | None:
         if not self.fragments:

@@ -105,6 +105,24 @@ class WindowOutputOperator(Operator):
         """The partial aggregates of the open windows."""
         raise NotImplementedError
 
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state_values(self) -> dict:
+        """What every window kind keeps besides its partials: the watermark up to which
+        windows were emitted, the arrival counter (first/last_value) and the EMIT EVERY
+        timer; a subclass adds its own."""
+        return {"emitted_wm": self.emitted_wm, "sequence": self.sequence.next, "early_last_us": self.early.last_us}
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """The last early results (EMIT EVERY) as ``early``; a subclass adds its partials."""
+        return {"early": self._early} if self._early is not None else {}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        self.emitted_wm = values["emitted_wm"]
+        self.sequence.next = values["sequence"]
+        self.early.last_us = values["early_last_us"]
+        self._early = tables.get("early")
+
     def state_size(self) -> StateSize:
         """Partials of the open windows; with EMIT EVERY also the bytes of the last early
         result (one row per open window and key, already counted as rows)."""

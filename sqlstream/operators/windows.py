@@ -144,6 +144,13 @@ class LateFilterOperator(Operator):
             )
         self.emit(batch.filter(pa.array(~late)))
 
+    def state_values(self) -> dict:
+        """The count of late rows (a metric that continues after a restore)."""
+        return {"late_rows": self.late_rows}
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        self.late_rows = values["late_rows"]
+
 
 class WindowExpandOperator(Operator):
     """A window TVF without aggregation: one output row per (row, window not yet closed)."""

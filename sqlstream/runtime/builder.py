@@ -116,8 +116,13 @@ def query_result_schema(plan: RunnablePlan) -> pa.Schema:
     return pa.schema([plan.schema.field(n) for n in sink_input_names(plan)])
 
 
-def acknowledging_sources(plan: RunnablePlan, sources: Mapping[str, SourceDefinition]) -> tuple[str, ...]:
-    """The sources ``plan`` reads that acknowledge their input (declared by the connector)."""
+def acknowledging_sources(plan: RunnablePlan, sources: Mapping[str, SourceDefinition],
+                          checkpointing: bool = False) -> tuple[str, ...]:
+    """The sources ``plan`` reads that acknowledge their input once the sink holds the rows
+    (declared by the connector). None with checkpoints: input is acknowledged when the
+    checkpoint that read it commits, whatever the sinks hold."""
+    if checkpointing:
+        return ()
     return tuple(sorted(n for n in plan.sources() if n in sources and sources[n].connector.acknowledges))
 
 
@@ -230,7 +235,7 @@ class PipelineBuilder:
                        checkpointing: bool = False) -> SinkOperator:
         run_ctx = replace(
             self.run_context(sink.base_dir),
-            acknowledging_sources=acknowledging_sources(sink.plan, self.sources),
+            acknowledging_sources=acknowledging_sources(sink.plan, self.sources, checkpointing),
             row_key_columns=row_key_columns(sink.plan, sink.schema),
             upsert_key_columns=upsert_key_columns(sink.plan, sink.schema),
             source_ids=SOURCE_ID_COLUMN in sink.plan.schema.names,

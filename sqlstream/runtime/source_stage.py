@@ -189,7 +189,8 @@ class SourceStage:
 
     def checkpoint(self) -> dict:
         """This source's part of a checkpoint: the reader's position and the watermark."""
-        saved: dict = {"position": self.reader.position(), "ended": self.ended}
+        saved: dict = {"position": self.reader.position(), "ended": self.ended,
+                       "last_data_us": self.metrics.last_data_us}
         if self.tracker is not None:
             t = self.tracker
             saved["watermark"] = {"max_event_us": t.max_event_us, "late_rows": t.late_rows,
@@ -199,6 +200,7 @@ class SourceStage:
     def restore(self, saved: dict) -> None:
         """The inverse of ``checkpoint`` (the reader was opened at the saved position)."""
         self.ended = saved["ended"]
+        self.metrics.last_data_us = saved["last_data_us"]  # idleness goes on from there
         watermark = saved.get("watermark")
         if self.tracker is not None and watermark is not None:
             self.tracker.max_event_us = watermark["max_event_us"]

@@ -65,7 +65,8 @@ class FileSink(SinkConnector):
                 f"sink '{self.sink_name}': a single Parquet file is committed only when the run ends, but "
                 f"{sources} acknowledges its input only once rows are committed: delivery would stall",
                 location=where,
-                hint="add rows_per_file or roll_interval to commit part files as they complete",
+                hint="add rows_per_file or roll_interval to commit part files as they complete, or run with "
+                     "checkpoints (--checkpoint DIR): each checkpoint then commits a part",
             )
         if self.config["mode"] == "overwrite":
             raise ConnectorError(
