@@ -21,6 +21,8 @@ import duckdb
 import pyarrow.dataset as ds
 import pytest
 
+from sqlstream.runtime.checkpoints import CheckpointStore
+
 SQLSTREAM = str(Path(sys.executable).with_name("sqlstream"))
 
 PIPELINE = """
@@ -52,6 +54,7 @@ CREATE SINK big AS
 """
 
 SINKS = {"per_customer": "parquet", "sessions": "json", "paid": "parquet", "big": "json"}
+LONG_ROWS = 60_000
 FAULT_POINTS = ["after_prepare", "after_state", "after_offsets", "after_commit", "after_commits", "after_acks"]
 
 
@@ -131,23 +134,33 @@ def _leftovers(folder: Path) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, tuple[int, str]]:
-    """The uninterrupted run's output (checkpointing on; it equals a run without)."""
-    folder = tmp_path_factory.mktemp("reference")
-    _write_inputs(folder, 6000)
-    _pipeline(folder)
-    done = _run(folder)
+def _reference_run(folder: Path, rows: int, plain: bool = False) -> dict[str, tuple[int, str]]:
+    _write_inputs(folder, rows)
+    if plain:
+        (folder / "p.sql").write_text(PIPELINE.format(window=10))
+        done = subprocess.run([SQLSTREAM, "run", "p.sql"], cwd=folder, capture_output=True, text=True, timeout=180)
+    else:
+        _pipeline(folder)
+        done = _run(folder)
     assert done.returncode == 0, done.stderr
     digest = _digest(folder)
     assert all(count > 0 for count, _ in digest.values()), digest
-    plain = tmp_path_factory.mktemp("plain")
-    _write_inputs(plain, 6000)
-    (plain / "p.sql").write_text(PIPELINE.format(window=10))
-    done = subprocess.run([SQLSTREAM, "run", "p.sql"], cwd=plain, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
-    assert _digest(plain) == digest
     return digest
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """The uninterrupted run's output over 6,000 orders (checkpointing on; it equals a
+    run without)."""
+    digest = _reference_run(tmp_path_factory.mktemp("reference"), 6000)
+    assert _reference_run(tmp_path_factory.mktemp("plain"), 6000, plain=True) == digest
+    return digest
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory) -> dict[str, tuple[int, str]]:
+    """The same over 60,000 orders: a run of a few seconds, long enough to kill at random."""
+    return _reference_run(tmp_path_factory.mktemp("long_reference"), LONG_ROWS)
 
 
 def _fresh(tmp_path: Path, rows: int = 6000, interval: str = "100ms") -> Path:
@@ -204,44 +217,49 @@ def test_crash_during_recovery(tmp_path, reference):
 
 
 def _random_kills(folder: Path, kills: int, seed: int) -> int:
-    """SIGKILL the run at ``kills`` random moments (restarting each time), then let it
-    finish; returns how many kills hit a running pipeline."""
+    """Start the run, let it take at least one checkpoint, SIGKILL it at a random moment
+    after that; ``kills`` times (or until a run finishes first). Returns the kills."""
     rng = random.Random(seed)
+    store = CheckpointStore(str(folder / "ck"))
     hits = 0
     for _ in range(kills):
+        before = max(store.epochs(), default=0)
         process = _start(folder)
-        time.sleep(rng.uniform(0.8, 3.0))
+        deadline = time.monotonic() + 60
+        while process.poll() is None and max(store.epochs(), default=0) <= before and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling a child process's progress, not waiting a fixed time
+        time.sleep(rng.uniform(0, 0.6))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             hits += 1
         process.communicate(timeout=60)
-        if process.returncode == 0:  # it finished before the kill: start over to keep killing
+        if process.returncode == 0:
             break
     return hits
 
 
-def test_random_kills(tmp_path, reference):
-    """R1, short: a few kills at random moments."""
-    folder = _fresh(tmp_path, interval="200ms")
-    hits = _random_kills(folder, kills=3, seed=1)
-    _finish(folder)
-    assert hits >= 1
-    assert _digest(folder) == reference
+def test_random_kills(tmp_path, long_reference):
+    """R1, short: three kills at random moments of a running pipeline."""
+    _write_inputs(tmp_path, LONG_ROWS)
+    _pipeline(tmp_path, interval="200ms")
+    hits = _random_kills(tmp_path, kills=3, seed=1)
+    _finish(tmp_path)
+    assert hits >= 2
+    assert _digest(tmp_path) == long_reference
 
 
 @pytest.mark.slow
-def test_random_kills_many(tmp_path, reference):
+def test_random_kills_many(tmp_path, long_reference):
     """R1: twenty and more kills at seeded random moments, checkpoints every 0.5 s."""
-    folder = tmp_path
-    _write_inputs(folder, 6000)
-    _pipeline(folder, interval="500ms")
+    _write_inputs(tmp_path, LONG_ROWS)
+    _pipeline(tmp_path, interval="500ms")
     total = 0
     for round_ in range(8):
-        shutil.rmtree(folder / "out", ignore_errors=True)
-        shutil.rmtree(folder / "ck", ignore_errors=True)
-        total += _random_kills(folder, kills=4, seed=100 + round_)
-        _finish(folder)
-        assert _digest(folder) == reference
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        shutil.rmtree(tmp_path / "ck", ignore_errors=True)
+        total += _random_kills(tmp_path, kills=4, seed=100 + round_)
+        _finish(tmp_path)
+        assert _digest(tmp_path) == long_reference
     assert total >= 20
 
 

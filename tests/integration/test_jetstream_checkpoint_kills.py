@@ -66,17 +66,18 @@ def _committed_sequence(folder: Path) -> int:
     return store.load(committed[-1]).sources["events"]["position"]["sequence"]
 
 
-def test_kills_while_publishing(tmp_path, durable_nats_server):
+@pytest.mark.parametrize("count, chunk", [(12_000, 600), pytest.param(200_000, 4000, marks=pytest.mark.slow)])
+def test_kills_while_publishing(tmp_path, durable_nats_server, count, chunk):
     client = NatsClient(durable_nats_server.url)
     try:
         client.add_stream("CK_IN", ["ck.in"])
         client.add_stream("CK_OUT", ["ck.out"])
-        events = _events(12_000)
+        events = _events(count)
         (tmp_path / "p.sql").write_text(_pipeline(durable_nats_server.url))
 
-        def publish():  # ~3,000 messages a second, while the pipeline is killed and restarted
-            for start in range(0, len(events), 600):
-                client.js_publish("ck.in", [json.dumps(e).encode() for e in events[start:start + 600]])
+        def publish():  # chunks five times a second, while the pipeline is killed and restarted
+            for start in range(0, len(events), chunk):
+                client.js_publish("ck.in", [json.dumps(e).encode() for e in events[start:start + chunk]])
                 time.sleep(0.2)
 
         publisher = threading.Thread(target=publish)
@@ -96,8 +97,12 @@ def test_kills_while_publishing(tmp_path, durable_nats_server):
                 floor = client.consumer_info("CK_IN", "ck").ack_floor.stream_seq
                 assert floor <= _committed_sequence(tmp_path), "acks never pass a committed checkpoint"
             publisher.join()
+            log.flush()
+            restores = (tmp_path / "run.log").read_text().count("restored epoch")
             final = subprocess.Popen([SQLSTREAM, "run", "p.sql", "--checkpoint", "ck"], cwd=tmp_path,
                                      stdout=subprocess.DEVNULL, stderr=log)
+            wait_until(lambda: (tmp_path / "run.log").read_text().count("restored epoch") > restores, timeout=60,
+                       what="the last run to resume")
             wait_until(lambda: _committed_sequence(tmp_path) == len(events), timeout=90,
                        what="the last run to commit every message")
             final.send_signal(signal.SIGTERM)
