@@ -29,6 +29,7 @@ from sqlstream.connectors.base import RunContext, SinkConnector, SinkWriter
 from sqlstream.connectors.dead_letters import rows_as_dead_letters
 from sqlstream.connectors.options import OptionSpec
 from sqlstream.connectors.postgres.binary import binary_copy, binary_typname
+from sqlstream.connectors.postgres.changelog import keyed_statements, keyless_statements
 from sqlstream.connectors.postgres.table import (
     TableName,
     check_table,
@@ -118,7 +119,8 @@ class PostgresWriter(SinkWriter):
             self.stage = f"sqlstream_stage_{next(_stage_numbers)}"
             typed = ", ".join(f"{q} {columns[f.name][1]}" for q, f in zip(quoted, self.columns))
             self.conn.execute(f"CREATE TEMP TABLE {self.stage} (__seq bigint, __op text, {typed}) ON COMMIT DELETE ROWS")
-            self.statements = _keyed(self) if self.key else _keyless(self)
+            self.statements = (keyed_statements(self.name, self.stage, self.columns, self.key) if self.key
+                               else keyless_statements(self.name, self.stage, self.columns, "__seq"))
         self.conn.commit()
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -221,30 +223,3 @@ def _key(option: str | None, query_key: list[str] | None, schema: pa.Schema, own
                                  hint=f"columns: {', '.join(schema.names)}")
     return key
 
-
-def _keyed(writer: PostgresWriter) -> list[str]:
-    """Statements applying a staged keyed changelog: the last change of each key wins."""
-    key = ", ".join(quote_ident(k) for k in writer.key)
-    last = f"(SELECT DISTINCT ON ({key}) * FROM {writer.stage} ORDER BY {key}, __seq DESC) AS l"
-    match = " AND ".join(f"t.{quote_ident(k)} = l.{quote_ident(k)}" for k in writer.key)
-    rest = [quote_ident(f.name) for f in writer.columns if f.name not in writer.key]
-    update = f"DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in rest)}" if rest else "DO NOTHING"
-    values = ", ".join(f"l.{quote_ident(f.name)}" for f in writer.columns)
-    return [
-        f"DELETE FROM {writer.name.sql} AS t USING {last} WHERE l.__op IN ('-U', '-D') AND {match}",
-        f"INSERT INTO {writer.name.sql} ({writer.column_list}) SELECT {values} FROM {last}"
-        f" WHERE l.__op IN ('+I', '+U') ON CONFLICT ({key}) {update}",
-    ]
-
-
-def _keyless(writer: PostgresWriter) -> list[str]:
-    """Statements applying a staged changelog without a key (``__seq`` holds ±1): the table as a multiset."""
-    cols = writer.column_list
-    same = " AND ".join(f"t.{quote_ident(f.name)} IS NOT DISTINCT FROM d.{quote_ident(f.name)}" for f in writer.columns)
-    net = f"SELECT {cols}, sum(__seq) AS __n FROM {writer.stage} GROUP BY {cols}"
-    return [
-        f"DELETE FROM {writer.name.sql} WHERE ctid IN (SELECT __ctid FROM (SELECT t.ctid AS __ctid, d.__n, row_number() "
-        f"OVER (PARTITION BY d.__g ORDER BY t.ctid) AS __rn FROM {writer.name.sql} AS t JOIN (SELECT row_number() OVER () "
-        f"AS __g, -__n AS __n, {cols} FROM ({net}) AS s WHERE __n < 0) AS d ON {same}) AS x WHERE x.__rn <= x.__n)",
-        f"INSERT INTO {writer.name.sql} ({cols}) SELECT {cols} FROM ({net}) AS s, generate_series(1, s.__n) WHERE s.__n > 0",
-    ]
