@@ -276,7 +276,7 @@ class PostgresWriter(SinkWriter):
             return
         stage = self._require_recovered()
         try:
-            if stage.commit(epoch, self._reject) is not None:
+            if stage.commit(epoch, self._reject, alone=self._epoch_rows == 0) is not None:
                 self.epochs_committed += 1
         except psycopg.Error as error:
             raise ConnectorError(f"{self.owner}: committing epoch {epoch} to {self.name} failed: "
