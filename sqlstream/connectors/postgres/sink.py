@@ -134,7 +134,7 @@ class PostgresWriter(SinkWriter):
                           or (binary_typname(f.type) == "text" and columns[f.name][0] == "varchar") for f in self.columns)
         quoted = [quote_ident(f.name) for f in self.columns]
         self.column_list = ", ".join(quoted)
-        if self.updating:
+        if self.updating and not self.ctx.checkpointing:  # with checkpoints: EpochStage
             self.stage = f"sqlstream_stage_{next(_stage_numbers)}"
             typed = ", ".join(f"{q} {columns[f.name][1]}" for q, f in zip(quoted, self.columns))
             self.conn.execute(f"CREATE TEMP TABLE {self.stage} (__seq bigint, __op text, {typed}) ON COMMIT DELETE ROWS")
@@ -142,9 +142,11 @@ class PostgresWriter(SinkWriter):
                                else keyless_statements(self.name, self.stage, self.columns, "__seq"))
         self.conn.commit()
 
-    def _buffer(self, batch: pa.RecordBatch) -> None:
+    def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
+        if self.epochs is not None:
+            self._staged += batch.num_rows
         self.pending.append(batch)
         self.pending_rows += batch.num_rows
         if self.pending_rows >= self.ctx.batch_size:
@@ -296,11 +298,6 @@ class PostgresWriter(SinkWriter):
                                  f"{str(error).strip()}") from error
         self._recovered = True
         self._epoch, self._epoch_rows, self._epoch_seq = epoch + 1, 0, 0
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        if self.epochs is not None:
-            self._staged += batch.num_rows
-        self._buffer(batch)
 
     def durable_rows(self, written: int) -> int:
         """With checkpoints: rows of committed epochs only (input is acknowledged as
