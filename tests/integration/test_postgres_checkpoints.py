@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -388,6 +390,22 @@ CREATE SINK big AS SELECT order_id, upper(customer) AS customer FROM orders WHER
 """
 
 
+def _orders(folder: Path, rows: int, schema: str) -> list[dict]:
+    rnd = random.Random(5)
+    orders = [{"order_id": i, "customer": f"c{rnd.randrange(12)}", "amount": rnd.randrange(1, 100)}
+              for i in range(rows)]
+    (folder / "orders.jsonl").write_text("".join(json.dumps(o) + "\n" for o in orders))
+    (folder / "p.sql").write_text(PIPELINE.format(url=POSTGRES_URL, schema=schema))
+    return orders
+
+
+def _check(conn, schema: str, orders: list[dict]) -> None:
+    got = conn.execute(f'SELECT order_id, customer, amount FROM "{schema}".copied ORDER BY order_id').fetchall()
+    assert got == [(o["order_id"], o["customer"], o["amount"]) for o in orders]
+    assert _rows(conn, f'SELECT order_id, customer FROM "{schema}".big') == _duckdb(
+        pa.Table.from_pylist(orders), "SELECT order_id, upper(customer) FROM s WHERE amount > 50")
+
+
 def _sqlstream(folder: Path, fault: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("SQLSTREAM_CHECKPOINT_FAULT", None)
@@ -397,14 +415,10 @@ def _sqlstream(folder: Path, fault: str | None = None) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=150)
 
 
-@pytest.mark.parametrize("fault", ["after_offsets@3", "after_prepare@3", "after_commit@3"])
+@pytest.mark.parametrize("fault", ["after_offsets@2", "after_prepare@3", "after_commit@3"])
 def test_a_killed_run_restarted_writes_each_row_once(tmp_path, pg_schema, fault):
     conn, schema = pg_schema
-    rnd = random.Random(5)
-    orders = [{"order_id": i, "customer": f"c{rnd.randrange(12)}", "amount": rnd.randrange(1, 100)}
-              for i in range(8000)]
-    (tmp_path / "orders.jsonl").write_text("".join(json.dumps(o) + "\n" for o in orders))
-    (tmp_path / "p.sql").write_text(PIPELINE.format(url=POSTGRES_URL, schema=schema))
+    orders = _orders(tmp_path, 8000, schema)
     killed = _sqlstream(tmp_path, fault)
     assert killed.returncode == -9, killed.stderr
     landed = conn.execute(f'SELECT count(*) FROM "{schema}".copied').fetchone()[0]
@@ -412,7 +426,30 @@ def test_a_killed_run_restarted_writes_each_row_once(tmp_path, pg_schema, fault)
     done = _sqlstream(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "resuming from checkpoint epoch" in done.stderr
-    got = conn.execute(f'SELECT order_id, customer, amount FROM "{schema}".copied ORDER BY order_id').fetchall()
-    assert got == [(o["order_id"], o["customer"], o["amount"]) for o in orders]
-    assert _rows(conn, f'SELECT order_id, customer FROM "{schema}".big') == _duckdb(
-        pa.Table.from_pylist(orders), "SELECT order_id, upper(customer) FROM s WHERE amount > 50")
+    _check(conn, schema, orders)
+
+
+def test_runs_killed_whenever_rows_landed_and_restarted_write_each_row_once(tmp_path, pg_schema):
+    """SIGKILL from outside, each time once more rows landed than before (not at a
+    chosen protocol step), three times; then a run to the end."""
+    conn, schema = pg_schema
+    orders = _orders(tmp_path, 30000, schema)
+    landed, kills = 0, 0
+    for _ in range(3):
+        process = subprocess.Popen([SQLSTREAM, "run", "p.sql", "--checkpoint", "ck"], cwd=tmp_path,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            exists = conn.execute("SELECT to_regclass(%s)", [f'"{schema}".copied']).fetchone()[0]
+            now = conn.execute(f'SELECT count(*) FROM "{schema}".copied').fetchone()[0] if exists else 0
+            if now > landed:
+                landed = now
+                break
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=60)
+    done = _sqlstream(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert kills >= 1
+    _check(conn, schema, orders)
