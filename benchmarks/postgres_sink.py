@@ -11,6 +11,10 @@ the same Arrow data with the same driver (psycopg 3), in the same run.
   column's type allows (encoded from Arrow with numpy:
   ``sqlstream.connectors.postgres.binary``) — the sink's path without the engine,
   and the baseline of the ratio.
+* **sqlstream, checkpointed**: the same pipeline with ``SET checkpoint_dir`` (every
+  ``--checkpoint-interval``): each flush is a COPY into the sink's staging table and
+  each checkpoint moves its epoch into the table in one transaction with its marker
+  (exactly-once), so every row is written twice inside PostgreSQL.
 * **plain COPY (binary, psycopg rows)**: psycopg's binary COPY fed row by row
   (``copy.write_row``), for the choice between the two formats (``--binary-rows``
   rows; Python builds every row, so it is far slower).
@@ -25,6 +29,7 @@ best of ``--repeat`` runs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import tempfile
 import time
@@ -80,12 +85,17 @@ def plain_copy_binary_rows(conn: psycopg.Connection, data: pa.Table) -> float:
     return time.perf_counter() - start
 
 
-def through_sqlstream(data: pa.Table, batch_size: int) -> float:
+def through_sqlstream(data: pa.Table, batch_size: int, checkpoint_interval: str | None = None) -> float:
     with psycopg.connect(URL) as conn:
         reset(conn, "bench_sqlstream")
+        conn.execute("DROP TABLE IF EXISTS sqlstream_epochs")
+        conn.commit()
     with tempfile.TemporaryDirectory() as tmp:
         t = TestSession(base_dir=tmp, dead_letter_path="off")
         t.settings["batch_size"] = batch_size
+        if checkpoint_interval is not None:
+            t.execute("SET checkpoint_dir = 'ck'")
+            t.execute(f"SET checkpoint_interval = '{checkpoint_interval}'")
         t.execute("CREATE SOURCE s (id BIGINT, sensor VARCHAR, value DOUBLE, ts TIMESTAMP) WITH (connector = 'memory')")
         t.execute(f"CREATE SINK out AS SELECT * FROM s WITH (connector = 'postgres', url = '{URL}', table = 'bench_sqlstream')")
         t.stream("s").push(data, batch_size=batch_size).finish()
@@ -96,12 +106,19 @@ def through_sqlstream(data: pa.Table, batch_size: int) -> float:
     return elapsed
 
 
+def stage_of(conn: psycopg.Connection) -> str:
+    """The staging table the checkpointed sink 'out' left (empty) beside bench_sqlstream."""
+    schema = conn.execute("SELECT current_schema()").fetchone()[0]
+    return "sqlstream_stage_" + hashlib.sha256(f"out@{schema}.bench_sqlstream".encode()).hexdigest()[:16]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=100_000)
     parser.add_argument("--binary-rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--checkpoint-interval", default="1s")
     args = parser.parse_args()
     data = make_rows(args.rows)
     with psycopg.connect(URL) as conn:
@@ -111,13 +128,23 @@ def main() -> None:
         ours = min(through_sqlstream(data, args.batch_size) for _ in range(args.repeat))
         count = conn.execute("SELECT count(*) FROM bench_sqlstream").fetchone()[0]
         assert count == args.rows, count
-        for table in ("bench_plain", "bench_binary", "bench_sqlstream"):
+        conn.commit()  # its lock on bench_sqlstream would hold up the next run's DROP TABLE
+        checkpointed = min(through_sqlstream(data, args.batch_size, args.checkpoint_interval)
+                           for _ in range(args.repeat))
+        count = conn.execute("SELECT count(*) FROM bench_sqlstream").fetchone()[0]
+        epochs = conn.execute("SELECT count(*) FROM sqlstream_epochs").fetchone()[0]
+        assert count == args.rows, count
+        conn.execute(f"DROP TABLE IF EXISTS {stage_of(conn)}")
+        for table in ("bench_plain", "bench_binary", "bench_sqlstream", "sqlstream_epochs"):
             conn.execute(f"DROP TABLE IF EXISTS {table}")
     print(f"rows: {args.rows:,}, batch size {args.batch_size:,}, best of {args.repeat}")
     print(f"plain COPY (csv, pyarrow):       {args.rows / csv:12,.0f} rows/s")
     print(f"plain COPY (binary, numpy):      {args.rows / plain:12,.0f} rows/s")
     print(f"plain COPY (binary, write_row):  {args.binary_rows / binary:12,.0f} rows/s ({args.binary_rows:,} rows)")
     print(f"sqlstream → postgres sink:       {args.rows / ours:12,.0f} rows/s  ({plain / ours:.2f}× plain binary COPY)")
+    print(f"  … checkpointed (exactly-once): {args.rows / checkpointed:12,.0f} rows/s  "
+          f"({plain / checkpointed:.2f}× plain binary COPY, {ours / checkpointed:.2f}× the sink without checkpoints; "
+          f"{epochs} epochs, checkpoint_interval {args.checkpoint_interval})")
 
 
 if __name__ == "__main__":

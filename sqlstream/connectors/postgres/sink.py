@@ -14,6 +14,10 @@ per flushed batch:
 
 A batch PostgreSQL rejects is bisected (each half in a savepoint) until the rows it
 rejects stand alone; those become dead letters (reason ``sink``) and the rest commit.
+
+With checkpoints (``RunContext.checkpointing``) the sink is exactly-once: flushes stage
+rows per epoch and ``commit(N)`` moves epoch N into the table in one transaction with an
+epoch marker (:mod:`~sqlstream.connectors.postgres.epochs`).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ import psycopg
 import pyarrow as pa
 
 from sqlstream.connectors.base import RunContext, SinkConnector, SinkWriter
-from sqlstream.connectors.dead_letters import rows_as_dead_letters
+from sqlstream.connectors.dead_letters import DeadLetter, rows_as_dead_letters
 from sqlstream.connectors.options import OptionSpec
 from sqlstream.connectors.postgres.binary import binary_copy, binary_typname
+from sqlstream.connectors.postgres.changelog import keyed_statements, keyless_statements
+from sqlstream.connectors.postgres.epochs import EPOCH_COLUMN, ROW_ERRORS, SEQ_COLUMN, EpochStage
 from sqlstream.connectors.postgres.table import (
     TableName,
     check_table,
@@ -51,8 +57,7 @@ CONNECTION_OPTIONS = (
     OptionSpec("schema", doc="PostgreSQL schema of the table (default: the search_path)"),
 )
 
-#: errors that a row's values cause (bisected to dead letters); anything else fails the run
-_ROW_ERRORS = (psycopg.errors.DataError, psycopg.errors.IntegrityError)
+_ROW_ERRORS = ROW_ERRORS
 _stage_numbers = itertools.count()
 
 
@@ -76,7 +81,9 @@ class PostgresSink(SinkConnector):
 
 
 class PostgresWriter(SinkWriter):
-    """Buffers up to ``batch_size`` rows, then writes them in one transaction."""
+    """Buffers up to ``batch_size`` rows, then writes them in one transaction; with
+    checkpoints, into the epoch's stage (:class:`EpochStage`), moved into the table by
+    ``commit``."""
 
     def __init__(self, sink_name: str, config: dict[str, Any], schema: pa.Schema, ctx: RunContext):
         self.owner = f"sink '{sink_name}'"
@@ -89,9 +96,21 @@ class PostgresWriter(SinkWriter):
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
         self.rows_written = 0
+        self.epochs: EpochStage | None = None  # with checkpoints
+        self._recovered = False
+        self._epoch = 0  # the epoch being written
+        self._epoch_rows = 0  # rows staged in it so far (its next __seq: _epoch_seq)
+        self._epoch_seq = 0
+        self._prepared_rows: dict[int, int] = {}
+        self._staged = 0  # rows handed to write() with checkpoints...
+        self._landed = 0  # ...and, of those, rows in committed epochs (or dead letters)
+        self.epochs_committed = 0
         self.conn = connect(config["url"], self.owner)
         try:
             self._prepare()
+            if ctx.checkpointing:
+                self.epochs = EpochStage(self.conn, self.owner, sink_name, self.name, self.columns, self.declared,
+                                         self.updating, self.key)
         except BaseException:
             self.conn.close()
             raise
@@ -109,21 +128,25 @@ class PostgresWriter(SinkWriter):
                     "which upserts need",
                     hint=f"ALTER TABLE {self.name.sql} ADD PRIMARY KEY ({', '.join(quote_ident(k) for k in self.key)})",
                 )
+        self.declared = columns
         # binary COPY where every column has exactly the type its values have in binary; else CSV
         self.binary = all(binary_typname(f.type) == columns[f.name][0]
                           or (binary_typname(f.type) == "text" and columns[f.name][0] == "varchar") for f in self.columns)
         quoted = [quote_ident(f.name) for f in self.columns]
         self.column_list = ", ".join(quoted)
-        if self.updating:
+        if self.updating and not self.ctx.checkpointing:  # with checkpoints: EpochStage
             self.stage = f"sqlstream_stage_{next(_stage_numbers)}"
             typed = ", ".join(f"{q} {columns[f.name][1]}" for q, f in zip(quoted, self.columns))
             self.conn.execute(f"CREATE TEMP TABLE {self.stage} (__seq bigint, __op text, {typed}) ON COMMIT DELETE ROWS")
-            self.statements = _keyed(self) if self.key else _keyless(self)
+            self.statements = (keyed_statements(self.name, self.stage, self.columns, self.key) if self.key
+                               else keyless_statements(self.name, self.stage, self.columns, "__seq"))
         self.conn.commit()
 
     def write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
+        if self.epochs is not None:
+            self._staged += batch.num_rows
         self.pending.append(batch)
         self.pending_rows += batch.num_rows
         if self.pending_rows >= self.ctx.batch_size:
@@ -134,18 +157,26 @@ class PostgresWriter(SinkWriter):
             return
         batch = pa.Table.from_batches(self.pending).combine_chunks()
         self.pending, self.pending_rows = [], 0
+        if self.epochs is not None:
+            self._require_recovered()
+            batch = self.epochs.number(batch, self._epoch, self._epoch_seq)
+            self._epoch_seq += batch.num_rows
         try:
             with self.conn.transaction():
-                self._write_isolating(batch)
+                rejected = self._write_isolating(batch)
         except psycopg.Error as error:
             raise ConnectorError(f"{self.owner}: writing to {self.name} failed: {str(error).strip()}") from error
         self.rows_written += batch.num_rows
+        if self.epochs is not None:
+            self._epoch_rows += batch.num_rows - rejected
+            self._landed += rejected
 
-    def _write_isolating(self, batch: pa.Table) -> None:
+    def _write_isolating(self, batch: pa.Table) -> int:
+        """Write ``batch``; returns how many of its rows became dead letters."""
         try:
             with self.conn.transaction():  # a savepoint: the whole batch at once
                 self._apply(batch)
-            return
+            return 0
         except _ROW_ERRORS:
             pass
         fatal: list[Exception] = []
@@ -167,16 +198,27 @@ class PostgresWriter(SinkWriter):
             raise fatal[0]
         if bad:
             self._dead_letters(batch, bad)
+        return len(bad)
 
     def _dead_letters(self, batch: pa.Table, bad: list[tuple[int, Exception]]) -> None:
         details = [str(error).strip().splitlines()[0] for _, error in bad]
         if self.ctx.dead_letter is None:
             raise ConnectorError(f"{self.owner}: PostgreSQL rejected a row: {details[0]}")
         rows = [i for i, _ in bad]
+        batch = batch.drop_columns([c for c in (EPOCH_COLUMN, SEQ_COLUMN) if c in batch.column_names])
         self.ctx.dead_letter(rows_as_dead_letters(batch.combine_chunks().to_batches()[0], rows, self.sink_name,
                                                   "sink", details))
 
+    def _reject(self, rejected: list[tuple[str, str]]) -> None:
+        """Rows the table rejected when an epoch moved in: dead letters."""
+        if self.ctx.dead_letter is None:
+            raise ConnectorError(f"{self.owner}: PostgreSQL rejected a row: {rejected[0][1]}")
+        self.ctx.dead_letter([DeadLetter(self.sink_name, "sink", detail, raw) for raw, detail in rejected])
+
     def _apply(self, batch: pa.Table) -> None:
+        if self.epochs is not None:
+            self._copy(self.epochs.copy_statement(batch.column_names), batch)
+            return
         if not self.updating:
             self._copy(f"COPY {self.name.sql} ({self.column_list}) FROM STDIN", batch)
             return
@@ -198,17 +240,92 @@ class PostgresWriter(SinkWriter):
         with self.conn.cursor() as cursor, cursor.copy(statement) as copy:
             copy.write(payload)
 
-    def close(self) -> None:
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    @property
+    def delivery(self) -> str:  # type: ignore[override]
+        """'exactly-once' with checkpoints: an epoch's rows land in one transaction with
+        its marker, and a replayed epoch finds the marker and changes nothing."""
+        return "exactly-once" if self.epochs is not None else "at-least-once"
+
+    def _require_recovered(self) -> EpochStage:
+        if self.epochs is None or not self._recovered:
+            raise ConnectorError(
+                f"{self.owner}: a checkpointed PostgreSQL sink was written to before recover(): the run must "
+                "recover it first (recover(0, None) when there is no checkpoint yet)"
+            )
+        return self.epochs
+
+    def prepare_commit(self, epoch: int) -> dict | None:
+        """Stage what is buffered (each flush is a committed transaction into a logged
+        table: durable) and close the epoch; ``{"rows": staged rows}``."""
+        if self.epochs is None:
+            return super().prepare_commit(epoch)
+        self._require_recovered()
+        if epoch != self._epoch:
+            raise ConnectorError(f"{self.owner}: checkpoint epoch {epoch} prepared while the sink writes epoch "
+                                 f"{self._epoch}")
+        self.flush()
+        prepared = {"rows": self._epoch_rows}
+        self._prepared_rows[epoch] = self._epoch_rows
+        self._epoch, self._epoch_rows, self._epoch_seq = epoch + 1, 0, 0
+        return prepared
+
+    def commit(self, epoch: int, prepared: dict | None) -> None:
+        """Move the epoch's staged rows into the table with its marker, in one
+        transaction; nothing when the marker is there already."""
+        if self.epochs is None:
+            return
+        stage = self._require_recovered()
         try:
-            self.flush()
+            if stage.commit(epoch, self._reject, alone=self._epoch_rows == 0) is not None:
+                self.epochs_committed += 1
+        except psycopg.Error as error:
+            raise ConnectorError(f"{self.owner}: committing epoch {epoch} to {self.name} failed: "
+                                 f"{str(error).strip()}") from error
+        self._landed += self._prepared_rows.pop(epoch, 0)
+
+    def recover(self, epoch: int, prepared: dict | None) -> None:
+        if self.epochs is None:
+            return
+        try:
+            if epoch == 0:
+                self.epochs.start_history()
+            else:
+                self.epochs.recover(epoch, prepared, self._reject)
+        except psycopg.Error as error:
+            raise ConnectorError(f"{self.owner}: recovering epoch {epoch} in {self.name} failed: "
+                                 f"{str(error).strip()}") from error
+        self._recovered = True
+        self._epoch, self._epoch_rows, self._epoch_seq = epoch + 1, 0, 0
+
+    def durable_rows(self, written: int) -> int:
+        """With checkpoints: rows of committed epochs only (input is acknowledged as
+        checkpoints commit)."""
+        if self.epochs is None:
+            return super().durable_rows(written)
+        return written - (self._staged - self._landed)
+
+    def close(self) -> None:
+        """A clean end; with checkpoints, rows written after the last checkpoint land as
+        one more epoch (a run resumed from an earlier checkpoint rolls it back or refuses)."""
+        try:
+            if self.epochs is not None and self._recovered and (self.pending or self._epoch_rows):
+                epoch = self._epoch
+                self.commit(epoch, self.prepare_commit(epoch))
+            else:
+                self.flush()
         finally:
             self.conn.close()
 
     def abort(self) -> None:
+        """A failed run: what is staged stays for the next run's ``recover`` to land or drop."""
         self.conn.close()
 
     def status(self) -> dict[str, Any]:
-        return {"rows_written": self.rows_written}
+        if self.epochs is None:
+            return {"rows_written": self.rows_written}
+        return {"rows_written": self.rows_written, "epochs_committed": self.epochs_committed}
 
 
 def _key(option: str | None, query_key: list[str] | None, schema: pa.Schema, owner: str) -> list[str] | None:
@@ -221,30 +338,3 @@ def _key(option: str | None, query_key: list[str] | None, schema: pa.Schema, own
                                  hint=f"columns: {', '.join(schema.names)}")
     return key
 
-
-def _keyed(writer: PostgresWriter) -> list[str]:
-    """Statements applying a staged keyed changelog: the last change of each key wins."""
-    key = ", ".join(quote_ident(k) for k in writer.key)
-    last = f"(SELECT DISTINCT ON ({key}) * FROM {writer.stage} ORDER BY {key}, __seq DESC) AS l"
-    match = " AND ".join(f"t.{quote_ident(k)} = l.{quote_ident(k)}" for k in writer.key)
-    rest = [quote_ident(f.name) for f in writer.columns if f.name not in writer.key]
-    update = f"DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in rest)}" if rest else "DO NOTHING"
-    values = ", ".join(f"l.{quote_ident(f.name)}" for f in writer.columns)
-    return [
-        f"DELETE FROM {writer.name.sql} AS t USING {last} WHERE l.__op IN ('-U', '-D') AND {match}",
-        f"INSERT INTO {writer.name.sql} ({writer.column_list}) SELECT {values} FROM {last}"
-        f" WHERE l.__op IN ('+I', '+U') ON CONFLICT ({key}) {update}",
-    ]
-
-
-def _keyless(writer: PostgresWriter) -> list[str]:
-    """Statements applying a staged changelog without a key (``__seq`` holds ±1): the table as a multiset."""
-    cols = writer.column_list
-    same = " AND ".join(f"t.{quote_ident(f.name)} IS NOT DISTINCT FROM d.{quote_ident(f.name)}" for f in writer.columns)
-    net = f"SELECT {cols}, sum(__seq) AS __n FROM {writer.stage} GROUP BY {cols}"
-    return [
-        f"DELETE FROM {writer.name.sql} WHERE ctid IN (SELECT __ctid FROM (SELECT t.ctid AS __ctid, d.__n, row_number() "
-        f"OVER (PARTITION BY d.__g ORDER BY t.ctid) AS __rn FROM {writer.name.sql} AS t JOIN (SELECT row_number() OVER () "
-        f"AS __g, -__n AS __n, {cols} FROM ({net}) AS s WHERE __n < 0) AS d ON {same}) AS x WHERE x.__rn <= x.__n)",
-        f"INSERT INTO {writer.name.sql} ({cols}) SELECT {cols} FROM ({net}) AS s, generate_series(1, s.__n) WHERE s.__n > 0",
-    ]
