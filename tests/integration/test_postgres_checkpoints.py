@@ -387,6 +387,8 @@ CREATE SINK copied AS SELECT order_id, customer, amount FROM orders
   WITH (connector = 'postgres', url = '{url}', schema = '{schema}', table = 'copied');
 CREATE SINK big AS SELECT order_id, upper(customer) AS customer FROM orders WHERE amount > 50
   WITH (connector = 'postgres', url = '{url}', schema = '{schema}', table = 'big');
+CREATE SINK totals AS SELECT customer, count(*) AS n, sum(amount) AS total FROM orders GROUP BY customer
+  WITH (connector = 'postgres', url = '{url}', schema = '{schema}', table = 'totals');
 """
 
 
@@ -404,6 +406,9 @@ def _check(conn, schema: str, orders: list[dict]) -> None:
     assert got == [(o["order_id"], o["customer"], o["amount"]) for o in orders]
     assert _rows(conn, f'SELECT order_id, customer FROM "{schema}".big') == _duckdb(
         pa.Table.from_pylist(orders), "SELECT order_id, upper(customer) FROM s WHERE amount > 50")
+    # an updating result: the aggregates' state comes back from the checkpoint, the upserts land once
+    assert _rows(conn, f'SELECT customer, n, total FROM "{schema}".totals') == _duckdb(
+        pa.Table.from_pylist(orders), "SELECT customer, count(*), sum(amount) FROM s GROUP BY customer")
 
 
 def _sqlstream(folder: Path, fault: str | None = None) -> subprocess.CompletedProcess:
