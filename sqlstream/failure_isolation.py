@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-__all__ = ["isolate_failures"]
+__all__ = ["isolate_failures", "reject_failing_rows"]
 
 T = TypeVar("T")
 
@@ -43,3 +43,35 @@ def isolate_failures(
     good.sort(key=lambda item: item[0])
     bad.sort(key=lambda item: item[0])
     return good, bad
+
+
+def reject_failing_rows(
+    length: int, apply: Callable[[int, int], None], row_errors: tuple[type[Exception], ...]
+) -> list[tuple[int, Exception]]:
+    """Run ``apply(start, end)`` on ``[0, length)`` at once; when that raises one of
+    ``row_errors`` (a row the destination rejects), bisect with :func:`isolate_failures`
+    so every other row is applied. Returns ``(index, exception)`` of the rejected rows.
+    Any other exception (a lost connection, a bug) is raised as it is: it is no row's
+    fault, and retrying it row by row would only repeat it."""
+    try:
+        apply(0, length)
+        return []
+    except row_errors:
+        pass
+    fatal: list[Exception] = []
+
+    def attempt(start: int, end: int) -> None:
+        if fatal:
+            raise fatal[0]
+        try:
+            apply(start, end)
+        except row_errors:
+            raise
+        except Exception as error:
+            fatal.append(error)
+            raise
+
+    _, rejected = isolate_failures(length, attempt)
+    if fatal:
+        raise fatal[0]
+    return rejected

@@ -37,7 +37,7 @@ from sqlstream.connectors.postgres.changelog import SIGN_OF_OP, keyed_statements
 from sqlstream.connectors.postgres.table import TableName
 from sqlstream.connectors.postgres.types import quote_ident
 from sqlstream.errors import ConnectorError
-from sqlstream.failure_isolation import isolate_failures
+from sqlstream.failure_isolation import reject_failing_rows
 from sqlstream.hidden import OP_COLUMN
 
 __all__ = ["EpochStage", "EPOCH_COLUMN", "SEQ_COLUMN", "MARKERS_TABLE", "ROW_ERRORS"]
@@ -195,27 +195,9 @@ class EpochStage:
 
     def _move(self, epoch: int, end: int, reject: Callable[[Rejected], None]) -> int:
         """Apply the epoch's changes ``[0, end)``; returns how many staged rows were rejected."""
-        try:
-            self._apply(epoch, 0, end)
+        failed = reject_failing_rows(end, lambda start, stop: self._apply(epoch, start, stop), ROW_ERRORS)
+        if not failed:
             return 0
-        except ROW_ERRORS:
-            pass
-        fatal: list[Exception] = []
-
-        def attempt(start: int, stop: int) -> None:
-            if fatal:
-                raise fatal[0]
-            try:
-                self._apply(epoch, start, stop)
-            except ROW_ERRORS:
-                raise
-            except Exception as error:
-                fatal.append(error)
-                raise
-
-        _, failed = isolate_failures(end, attempt)
-        if fatal:
-            raise fatal[0]
         seqs = [seq for seq, _ in failed]
         raws = dict(self.conn.execute(
             f"SELECT {SEQ_COLUMN}, row_to_json(r)::text FROM (SELECT {SEQ_COLUMN}, {self.column_list} FROM "

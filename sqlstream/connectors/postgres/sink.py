@@ -46,7 +46,7 @@ from sqlstream.connectors.postgres.table import (
 from sqlstream.connectors.postgres.types import csv_rows, quote_ident, row_signs
 from sqlstream.connectors.registry import register_sink
 from sqlstream.errors import ConnectorError, Location
-from sqlstream.failure_isolation import isolate_failures
+from sqlstream.failure_isolation import reject_failing_rows
 from sqlstream.hidden import OP_COLUMN
 
 __all__ = ["PostgresSink", "PostgresWriter", "CONNECTION_OPTIONS"]
@@ -173,32 +173,15 @@ class PostgresWriter(SinkWriter):
 
     def _write_isolating(self, batch: pa.Table) -> int:
         """Write ``batch``; returns how many of its rows became dead letters."""
-        try:
-            with self.conn.transaction():  # a savepoint: the whole batch at once
-                self._apply(batch)
-            return 0
-        except _ROW_ERRORS:
-            pass
-        fatal: list[Exception] = []
-
-        def attempt(start: int, end: int) -> None:
-            if fatal:
-                raise fatal[0]
-            try:
-                with self.conn.transaction():
-                    self._apply(batch.slice(start, end - start))
-            except _ROW_ERRORS:
-                raise
-            except Exception as error:
-                fatal.append(error)
-                raise
-
-        _, bad = isolate_failures(batch.num_rows, attempt)
-        if fatal:
-            raise fatal[0]
+        bad = reject_failing_rows(batch.num_rows, lambda start, end: self._apply_alone(batch.slice(start, end - start)),
+                                  _ROW_ERRORS)
         if bad:
             self._dead_letters(batch, bad)
         return len(bad)
+
+    def _apply_alone(self, batch: pa.Table) -> None:
+        with self.conn.transaction():  # a savepoint: a failing part leaves the rest of the transaction
+            self._apply(batch)
 
     def _dead_letters(self, batch: pa.Table, bad: list[tuple[int, Exception]]) -> None:
         details = [str(error).strip().splitlines()[0] for _, error in bad]
