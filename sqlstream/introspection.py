@@ -17,6 +17,7 @@ from sqlstream.durations import format_duration_us
 from sqlstream.errors import SqlAnalysisError, UnsupportedSqlError
 from sqlstream.hidden import is_real_watermark
 from sqlstream.plan.nodes import PlanNode
+from sqlstream.runtime.checkpointing import utc_text
 from sqlstream.runtime.checkpoints import CheckpointStore
 from sqlstream.runtime.driver import Driver
 from sqlstream.settings import SETTING_DOCS
@@ -86,8 +87,7 @@ def checkpoint_rows(directory: str | None, location=None) -> list[dict]:
                                hint="SET checkpoint_dir = 'dir' (or run with --checkpoint DIR)")
     return [
         {"epoch": e.epoch,
-         "taken": datetime.fromtimestamp(e.created_at, tz=timezone.utc).replace(tzinfo=None).isoformat(
-             sep=" ", timespec="milliseconds"),
+         "taken": utc_text(e.created_at, "milliseconds"),
          "committed": e.committed, "state_rows": e.state_rows, "state_size": format_bytes(e.state_bytes),
          "duration_ms": round(e.duration_ms, 1)}
         for e in CheckpointStore(directory).list()

@@ -44,7 +44,7 @@ from sqlstream.sizes import format_bytes
 if TYPE_CHECKING:
     from sqlstream.operators.base import Operator
 
-__all__ = ["CheckpointConfig", "Checkpointer", "CheckpointStats", "FAULT_ENV", "describe_change"]
+__all__ = ["CheckpointConfig", "Checkpointer", "CheckpointStats", "FAULT_ENV", "describe_change", "utc_text"]
 
 FAULT_ENV = "SQLSTREAM_CHECKPOINT_FAULT"
 
@@ -147,9 +147,8 @@ class Checkpointer:
                 )
             self.epoch = self.resume.epoch
             self.stats.resumed_from = self.epoch
-            taken = datetime.fromtimestamp(self.resume.created_at, tz=timezone.utc).replace(tzinfo=None)
             self.warn(f"resuming from checkpoint epoch {self.epoch} in {self.config.directory} "
-                      f"(taken {taken.isoformat(sep=' ', timespec='seconds')} UTC)")
+                      f"(taken {utc_text(self.resume.created_at)} UTC)")
         return self.resume
 
     def start_position(self, source: str) -> dict | None:
@@ -162,7 +161,7 @@ class Checkpointer:
         """Name the built operators and check them against the checkpoint's; say which
         sources cannot replay what arrives while the pipeline is down."""
         self.operators = checkpoint_operators(driver.sources)
-        self.pipeline["operators"] = [[op_id, op.snapshot().kind, op.state_version] for op_id, op in self.operators]
+        self.pipeline["operators"] = [[op_id, type(op).__name__, op.state_version] for op_id, op in self.operators]
         if self.resume is not None:
             old = [tuple(x) for x in self.resume.pipeline.get("operators", [])]
             new = [tuple(x) for x in self.pipeline["operators"]]
@@ -178,8 +177,7 @@ class Checkpointer:
             if gap is None:
                 continue
             if self.resume is not None:
-                since = datetime.fromtimestamp(self.resume.created_at, tz=timezone.utc).replace(tzinfo=None)
-                gap += f" (this run resumes a checkpoint taken {since.isoformat(sep=' ', timespec='seconds')} UTC)"
+                gap += f" (this run resumes a checkpoint taken {utc_text(self.resume.created_at)} UTC)"
             self.warn(gap)
 
     # -- the run ------------------------------------------------------------------------------
@@ -290,6 +288,11 @@ class Checkpointer:
     def _crash_if(self, point: str, epoch: int) -> None:
         if self._fault is not None and self._fault[0] == point and self._fault[1] in (None, epoch):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def utc_text(seconds: float, timespec: str = "seconds") -> str:
+    """A wall-clock time (seconds since the epoch) as ``2026-12-07 13:05:09``, UTC."""
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).replace(tzinfo=None).isoformat(sep=" ", timespec=timespec)
 
 
 def _parse_fault(text: str | None) -> tuple[str, int | None] | None:
