@@ -11,6 +11,7 @@ import glob
 import os
 import queue
 import threading
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,17 +21,19 @@ from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, 
 from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.decode import conform_table
 from sqlstream.connectors.encode import encode_json_lines
+from sqlstream.connectors.file.binary_reader import BinaryFilesReader, check_binary_columns
 from sqlstream.connectors.file.positions import finished_file, resume_plan
 from sqlstream.connectors.file.text_reader import TextFileReader
 from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec
 from sqlstream.connectors.registry import register_source
-from sqlstream.errors import ConnectorError
+from sqlstream.errors import ConnectorError, Location
 from sqlstream.failure_isolation import isolate_failures
 from sqlstream.paths import resolve_path
 
-__all__ = ["FileSource", "FORMATS", "resolve_files", "ParquetReader", "PrefetchingReader"]
+__all__ = ["FileSource", "FORMATS", "SOURCE_FORMATS", "resolve_files", "ParquetReader", "PrefetchingReader"]
 
-FORMATS = ("json", "csv", "parquet")
+FORMATS = ("json", "csv", "parquet")  # what the sink writes; the source also reads "binary"
+SOURCE_FORMATS = FORMATS + ("binary",)
 
 
 def resolve_files(path: str) -> list[str]:
@@ -146,11 +149,11 @@ class PrefetchingReader(SourceReader):
     so ``position`` is that of the rows ``poll`` returned, not of what the thread read
     ahead."""
 
-    bounded = True
     _DONE = object()
 
     def __init__(self, inner: SourceReader, stop: threading.Event, depth: int = 2):
         self.inner = inner
+        self.bounded = inner.bounded  # an unbounded inner reader (watching a folder) is polled when it says
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._finished = False
         self._stop = stop  # shared with ``inner``, which may wait for a file to grow
@@ -164,6 +167,9 @@ class PrefetchingReader(SourceReader):
                 item = self.inner.poll()
                 if item is not None:
                     self._put((item, self.inner.position()))
+                elif not self.inner.exhausted:  # nothing yet: wait until the reader expects more
+                    wakeup = self.inner.next_wakeup()
+                    self._stop.wait(min(0.05, max(0.001, (wakeup or 0) - time.monotonic())))
             self._put((self._DONE, self.inner.position()))
         except BaseException as error:  # handed to the driver thread by poll()
             self._put(error)
@@ -216,21 +222,58 @@ class FileSource(SourceConnector):
     path_options = ("path",)
     options = (
         OptionSpec("path", required=True, doc="a file, a directory or a glob"),
-        OptionSpec("format", "choice", required=True, choices=FORMATS, doc="json | csv | parquet"),
+        OptionSpec("format", "choice", required=True, choices=SOURCE_FORMATS,
+                   doc="json | csv | parquet | binary (one row per file: path, content, size, mtime)"),
         OptionSpec("header", "bool", default=True, doc="csv: the first line names the columns"),
+        OptionSpec("watch", "bool", default=False,
+                   doc="binary: keep listing the path and read files as they appear (an unbounded source)"),
+        OptionSpec("poll_interval", "duration", default=1_000_000, doc="watch: how often the path is listed again"),
+        OptionSpec("settle", "duration", default=500_000,
+                   doc="watch: a file is read once it has not been modified for this long"),
         OptionSpec("delimiter", "str", default=",", doc="csv field delimiter",
                    check=lambda v: None if len(v) == 1 else "must be one character"),
         NULL_VALUES_OPTION,
     )
 
+    @property
+    def watching(self) -> bool:
+        return bool(self.config["watch"])
+
+    @property
+    def bounded(self) -> bool:
+        return not self.watching
+
+    def validate(self, where: Location | None) -> None:
+        if self.config["format"] == "binary":
+            check_binary_columns(self.schema, where)
+        elif self.watching:
+            raise ConnectorError("watch = true applies to format = 'binary' only", location=where,
+                                 hint="JSON lines / CSV files are read as they grow already (a file being "
+                                      "appended to is followed to its end)")
+
+    def check_table(self, where: Location | None) -> None:
+        if self.watching:
+            raise ConnectorError("a TABLE is read whole, but watch = true never ends", location=where,
+                                 hint="use CREATE SOURCE for a folder that files keep arriving in")
+
     def open(self, ctx: RunContext) -> SourceReader:
         what = f"source '{self.source_name}': path"
         path = resolve_path(self.config["path"], ctx.base_dir, ctx.allowed_paths, what=what, pattern=True)
-        files = [resolve_path(f, ctx.base_dir, ctx.allowed_paths, what=what) for f in resolve_files(path)]
-        if not files:
+
+        def list_files() -> list[str]:
+            return [resolve_path(f, ctx.base_dir, ctx.allowed_paths, what=what) for f in resolve_files(path)]
+
+        files = list_files()
+        if not files and not self.watching:
             raise ConnectorError(f"source '{self.source_name}': no file matches path '{path}'")
         stop = threading.Event()
-        if self.config["format"] == "parquet":
+        fmt = self.config["format"]
+        if fmt == "binary":
+            inner = BinaryFilesReader(self, list_files, ctx, watch=self.watching,
+                                      poll_interval_s=self.config["poll_interval"] / 1e6,
+                                      settle_s=self.config["settle"] / 1e6)
+            return PrefetchingReader(inner, stop)
+        if fmt == "parquet":
             return PrefetchingReader(ParquetReader(self, files, ctx), stop)
         return PrefetchingReader(TextFileReader(self, files, ctx, stop), stop)
 
