@@ -108,9 +108,14 @@ class CheckpointStore:
     # -- writing ------------------------------------------------------------------------
 
     def create(self) -> None:
+        """The directory's folders; what a write cut short by a crash left is removed."""
         for path in (self.directory, self.offsets_dir, self.state_dir, self.commits_dir):
             os.makedirs(path, exist_ok=True)
         fsync_directory(os.path.dirname(os.path.abspath(self.directory)))
+        for folder in (self.offsets_dir, self.commits_dir):
+            for name in os.listdir(folder):
+                if name.endswith(".tmp"):
+                    remove_if_exists(os.path.join(folder, name))
 
     def write_state(self, epoch: int, snapshots: dict[str, OperatorSnapshot]) -> dict[str, dict[str, Any]]:
         """Each operator's tables as Arrow IPC files under ``state/<epoch>/``; returns the

@@ -82,3 +82,14 @@ def test_describe_change_names_what_changed():
     widened = {"out": {"columns": ["a int64", "b string"], "plan": ["Tumble 10s", "  Scan s"]}}
     assert describe_change({"out": old["out"]}, widened) == "sink 'out' columns (a int64) are now (a int64, b string)"
     assert describe_change(old, old) == ""
+
+
+def test_writes_cut_short_are_removed_when_the_directory_opens(tmp_path):
+    store = CheckpointStore(str(tmp_path))
+    store.create()
+    _epoch(store, 1)
+    (tmp_path / "offsets" / "0000000002.json.tmp").write_text("{")
+    (tmp_path / "commits" / "0000000002.json.tmp").write_text("{")
+    store.create()
+    assert sorted(p.name for p in (tmp_path / "offsets").iterdir()) == ["0000000001.json"]
+    assert sorted(p.name for p in (tmp_path / "commits").iterdir()) == ["0000000001.json"]

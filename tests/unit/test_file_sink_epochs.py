@@ -289,3 +289,16 @@ def test_a_missing_part_of_the_epoch_to_finish_is_an_error(tmp_path):
 def test_writers_say_they_deliver_exactly_once(tmp_path):
     for fmt in FORMATS:
         assert open_writer(tmp_path, fmt).delivery == "exactly-once"
+
+
+def test_a_manifest_save_cut_short_by_a_crash_is_cleaned_up(tmp_path):
+    writer = open_writer(tmp_path, "parquet")
+    writer.recover(0, None)
+    run_epoch(writer, 1, {})
+    del writer
+    stale = tmp_path / "out" / f".{DIRECTORY_MANIFEST}.999999999.inprogress"  # a process that is gone
+    stale.write_text('{"version": 1')
+    writer = open_writer(tmp_path, "parquet")
+    writer.recover(1, None)
+    assert not stale.exists()
+    assert_output(tmp_path, "parquet", [1])

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from sqlstream.connectors.base import RunContext, SinkWriter
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.connectors.file.manifest import EpochManifest
-from sqlstream.connectors.file.publish import fsync_directory, remove_if_exists
+from sqlstream.connectors.file.publish import fsync_directory, remove_if_exists, remove_stale_temp_files
 from sqlstream.errors import ConnectorError
 
 __all__ = ["EpochPartsWriter", "DIRECTORY_MANIFEST", "EXTENSIONS", "part_name"]
@@ -198,6 +198,7 @@ class EpochPartsWriter(_EpochWriter):
                 hint="name a directory as the path (it is created), or move the file away",
             )
         os.makedirs(path, exist_ok=True)
+        remove_stale_temp_files(path, DIRECTORY_MANIFEST.__eq__)  # a manifest save a crash cut short
         super().__init__(os.path.join(path, DIRECTORY_MANIFEST), append)
         self.path = path
         self.fmt = fmt
