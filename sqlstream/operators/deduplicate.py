@@ -1,0 +1,137 @@
+"""Keep-first deduplication by event time: the first row of each key, emitted once,
+final (an append-only result).
+
+``ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts ASC) = 1`` with ``ts`` the event time:
+per key the row with the smallest event time (the first to arrive among equal
+times) is a *candidate* until the watermark passes its time (watermark > ts): no row
+that is not late can then come before it, so it is emitted and only its key (and
+time) is kept, to drop the key's later rows. Rows whose event time is below their
+``__wm`` stamp (late) go to the dead-letter output, reason ``late``, whatever their
+key: which rows are late does not depend on batch sizes.
+
+State: one candidate row per undecided key, plus one (key, time) per emitted key —
+forgotten once the watermark passes time + ``ttl_us`` (``dedup_state_ttl``; a key seen
+again after that is emitted again), else kept for the life of the query.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sqlstream.batches import event_time_us
+from sqlstream.hidden import WM_COLUMN
+from sqlstream.operators.base import Operator
+from sqlstream.operators.keys import encode_keys
+from sqlstream.operators.state_size import NO_STATE, StateSize, table_bytes
+from sqlstream.operators.top_n import KEY, RANK, SEQ, rank_rows
+from sqlstream.operators.windows import late_rows_as_dead_letters
+
+__all__ = ["FirstRowOperator"]
+
+TIME = "__time"
+
+
+class FirstRowOperator(Operator):
+    """The first row per key by event time, once final."""
+
+    name = "deduplicate"
+    state_hint = "set dedup_state_ttl to forget keys seen long ago"
+
+    def __init__(self, partition: list[str], time_column: str, schema: pa.Schema, ttl_us: int | None, source_label: str,
+                 rank_column: str | None = None):
+        super().__init__()
+        self.rank_column = rank_column  # ROW_NUMBER's column, if selected: always 1
+        self.partition = list(partition)
+        self.time_column = time_column
+        self.schema = schema
+        self.ttl_us = ttl_us
+        self.source_label = source_label
+        self.payload = [f.name for f in schema if f.name != rank_column]
+        self.stored = list(dict.fromkeys(self.payload + self.partition))
+        self.next_seq = 0
+        self.late_rows = 0
+        self.pending: pa.Table | None = None  # stored + KEY + SEQ + TIME: one candidate per undecided key
+        self.seen: pa.Table | None = None  # KEY + TIME: keys already emitted
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        times = event_time_us(batch.column(self.time_column))
+        if WM_COLUMN in batch.schema.names:
+            late = times < batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
+            if late.any():
+                self.late_rows += int(late.sum())
+                if self.dead_letter is not None:
+                    self.dead_letter(late_rows_as_dead_letters(
+                        batch, late, times, self.source_label,
+                        "the first row of its key is decided once the watermark passes its event time",
+                    ))
+                batch, times = batch.filter(pa.array(~late)), times[~late]
+        n = batch.num_rows
+        if n == 0:
+            return
+        table = pa.Table.from_batches([batch]).select(self.stored)
+        table = table.append_column(KEY, encode_keys(table, self.partition))
+        table = table.append_column(SEQ, pa.array(np.arange(self.next_seq, self.next_seq + n, dtype=np.int64)))
+        table = table.append_column(TIME, pa.array(times, pa.int64()))
+        self.next_seq += n
+        if self.seen is not None and self.seen.num_rows:
+            table = table.filter(pc.invert(pc.is_in(table.column(KEY), value_set=self.seen.column(KEY), skip_nulls=False)))
+        if self.pending is not None and self.pending.num_rows:
+            table = pa.concat_tables([self.pending, table])
+        self.pending = rank_rows(table, [(TIME, False, False)], 1, later_wins=False).drop_columns([RANK])
+
+    def on_watermark(self, watermark: int) -> None:
+        if self.pending is not None and self.pending.num_rows:
+            ready = pc.less(self.pending.column(TIME), pa.scalar(watermark, pa.int64()))
+            out = self.pending.filter(ready)
+            if out.num_rows:
+                self.pending = self.pending.filter(pc.invert(ready))
+                out = out.take(pc.sort_indices(out, sort_keys=[(TIME, "ascending"), (SEQ, "ascending")]))
+                self.emit(pa.RecordBatch.from_arrays([
+                    pa.repeat(pa.scalar(1, pa.int64()), out.num_rows) if f.name == self.rank_column
+                    else out.column(f.name).combine_chunks() for f in self.schema
+                ], schema=self.schema))
+                seen = out.select([KEY, TIME])
+                self.seen = seen if self.seen is None else pa.concat_tables([self.seen, seen]).combine_chunks()
+        if self.ttl_us is not None and self.seen is not None and self.seen.num_rows:
+            keep = pc.greater_equal(self.seen.column(TIME), pa.scalar(watermark - self.ttl_us, pa.int64()))
+            self.seen = self.seen.filter(keep)
+        self.emit_watermark(watermark)
+
+    def retention_start(self) -> int | None:
+        """Candidates not emitted yet hold their input back."""
+        if self.pending is None or self.pending.num_rows == 0:
+            return None
+        return int(pc.min(self.pending.column(TIME)).as_py())
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def state_values(self) -> dict:
+        """The next arrival number (ties) and the count of late rows."""
+        return {"next_seq": self.next_seq, "late_rows": self.late_rows}
+
+    def state_tables(self) -> dict[str, pa.Table]:
+        """``pending``: one candidate row per undecided key (stored columns, ``__topn_key``,
+        ``__seq``, ``__time``); ``seen``: the keys already emitted (``__topn_key``, ``__time``)."""
+        tables = {}
+        if self.pending is not None and self.pending.num_rows:
+            tables["pending"] = self.pending
+        if self.seen is not None and self.seen.num_rows:
+            tables["seen"] = self.seen
+        return tables
+
+    def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
+        self.next_seq = values["next_seq"]
+        self.late_rows = values["late_rows"]
+        self.pending = tables.get("pending")
+        self.seen = tables.get("seen")
+
+    def state_size(self) -> StateSize:
+        """One candidate row per undecided key and one (key, time) per emitted key."""
+        size = NO_STATE
+        for table in (self.pending, self.seen):
+            if table is not None:
+                size = size + StateSize(table.num_rows, table_bytes(table))
+        return size
+
