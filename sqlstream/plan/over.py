@@ -139,7 +139,7 @@ def _call(ctx: PlannerContext, window: exp.Window, j: int) -> tuple[OverCall, ex
     spec = window.args.get("spec")
     if func in ("lag", "lead"):
         if spec is not None:
-            raise ctx.unsupported(f"{func.upper()}() takes no frame (ROWS/RANGE)", spec)
+            raise ctx.unsupported(f"{func.upper()}() takes no frame (ROWS/RANGE)", window)
         if fn.args.get("default") is not None:
             raise ctx.unsupported(f"{func.upper()}() with a default value is not supported on a stream", fn,
                                   f"COALESCE({func.upper()}(x, n) OVER (...), default)")
@@ -150,16 +150,16 @@ def _call(ctx: PlannerContext, window: exp.Window, j: int) -> tuple[OverCall, ex
         raise ctx.unsupported(f"{func}() OVER (...) over a stream needs a bounded frame", window, _EXAMPLE)
     end = spec.args.get("end")
     if str(spec.args.get("start_side") or "").upper() != "PRECEDING" or str(end).upper() != "CURRENT ROW" or spec.args.get("end_side"):
-        raise ctx.unsupported("only frames BETWEEN ... PRECEDING AND CURRENT ROW are supported on a stream", spec, _EXAMPLE)
+        raise ctx.unsupported("only frames BETWEEN ... PRECEDING AND CURRENT ROW are supported on a stream", window, _EXAMPLE)
     start = spec.args.get("start")
     if isinstance(start, str) or (isinstance(start, exp.Var) and start.name.upper() == "UNBOUNDED") or start is None:
-        raise ctx.unsupported("UNBOUNDED PRECEDING frames are not supported on a stream (state would grow for ever)", spec,
+        raise ctx.unsupported("UNBOUNDED PRECEDING frames are not supported on a stream (state would grow for ever)", window,
                               _EXAMPLE)
     kind = str(spec.args.get("kind")).upper()
     if kind == "ROWS":
         return OverCall(func, arg_name, output, pa.null(), "rows", _whole(ctx, start, "ROWS ... PRECEDING")), arg
     if not isinstance(start, exp.Interval):
-        raise ctx.unsupported("a RANGE frame over event time needs an INTERVAL", start, "RANGE BETWEEN INTERVAL '1' HOUR PRECEDING AND CURRENT ROW")
+        raise ctx.unsupported("a RANGE frame over event time needs an INTERVAL", window, "RANGE BETWEEN INTERVAL '1' HOUR PRECEDING AND CURRENT ROW")
     return OverCall(func, arg_name, output, pa.null(), "range", interval_us(start, ctx.source)), arg
 
 

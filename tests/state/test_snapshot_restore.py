@@ -29,6 +29,7 @@ from sqlstream.operators.snapshot import OperatorSnapshot
 from sqlstream.runtime.operator_ids import checkpoint_operators
 from sqlstream.testing import PipelineRun, TestSession, stored_snapshot
 from tests.differential import test_joins as joins
+from tests.differential import test_over as over
 from tests.differential import test_ranking as ranking
 from tests.differential import test_windows_differential as windows
 
@@ -172,6 +173,11 @@ CASES = {
     "keep first with late rows and ttl": Case(
         "SELECT idx, g FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY x ORDER BY ts) AS rn FROM events) WHERE rn = 1",
         "FirstRowOperator", {"events": late_events()}, setup="SET dedup_state_ttl = '5s';"),
+    "over aggregate": duck_case(over.QUERIES["range aggregates"][0], "OverAggregateOperator", {"events": EVENTS},
+                                over.duck_sql("range aggregates")),
+    "over rows, lag and lead": duck_case(over.QUERIES["lag and lead"][0], "OverAggregateOperator", {"events": EVENTS},
+                                         over.duck_sql("lag and lead")),
+    "over with late rows": Case(over.QUERIES["rows aggregates"][0], "OverAggregateOperator", {"events": late_events()}),
 }
 
 
