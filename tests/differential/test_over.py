@@ -181,3 +181,17 @@ def test_refused_forms_point_at_the_sql(sql, at, message):
         session.execute(statement, path="pipe.sql")
     text = str(caught.value)
     assert text.startswith(f"pipe.sql:1:{statement.index(at) + 1}: error: {message}"), text
+
+
+def test_a_window_aggregation_over_over_rows_matches_duckdb(events):
+    """OVER output keeps the event-time column and the rows' watermark stamps: a TUMBLE
+    over it is final per window and none of its rows is late."""
+    data = events[1_500]
+    ours = stream(data, """SELECT window_start, count(*) AS n, sum(c) AS sc FROM TUMBLE(
+                             (SELECT ts, count(*) OVER (PARTITION BY k ORDER BY ts ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS c
+                              FROM events), ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end""", [50])
+    theirs = duck(data, """SELECT time_bucket(INTERVAL 10 SECOND, ts) AS window_start, count(*) AS n, sum(c)::BIGINT AS sc FROM (
+                             SELECT ts, count(*) OVER (PARTITION BY k ORDER BY ts, idx ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS c
+                             FROM events) GROUP BY 1""")
+    assert len(theirs) > 20
+    assert sorted(map(tuple, (r.values() for r in ours))) == sorted(map(tuple, (r.values() for r in theirs)))
