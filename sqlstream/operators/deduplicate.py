@@ -23,8 +23,9 @@ import pyarrow.compute as pc
 from sqlstream.batches import event_time_us
 from sqlstream.hidden import WM_COLUMN
 from sqlstream.operators.base import Operator
+from sqlstream.operators.keyed_rows import KeyedRows
 from sqlstream.operators.keys import encode_keys
-from sqlstream.operators.state_size import NO_STATE, StateSize, table_bytes
+from sqlstream.operators.state_size import StateSize, table_bytes
 from sqlstream.operators.top_n import KEY, RANK, SEQ, rank_rows
 from sqlstream.operators.windows import late_rows_as_dead_letters
 
@@ -53,7 +54,7 @@ class FirstRowOperator(Operator):
         self.next_seq = 0
         self.late_rows = 0
         self.pending: pa.Table | None = None  # stored + KEY + SEQ + TIME: one candidate per undecided key
-        self.seen: pa.Table | None = None  # KEY + TIME: keys already emitted
+        self.seen = KeyedRows(KEY)  # KEY + TIME: keys already emitted
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         times = event_time_us(batch.column(self.time_column))
@@ -75,8 +76,8 @@ class FirstRowOperator(Operator):
         table = table.append_column(SEQ, pa.array(np.arange(self.next_seq, self.next_seq + n, dtype=np.int64)))
         table = table.append_column(TIME, pa.array(times, pa.int64()))
         self.next_seq += n
-        if self.seen is not None and self.seen.num_rows:
-            table = table.filter(pc.invert(pc.is_in(table.column(KEY), value_set=self.seen.column(KEY), skip_nulls=False)))
+        if self.seen.rows:
+            table = table.filter(pa.array(~self.seen.contains(table.column(KEY))))
         if self.pending is not None and self.pending.num_rows:
             table = pa.concat_tables([self.pending, table])
         self.pending = rank_rows(table, [(TIME, False, False)], 1, later_wins=False).drop_columns([RANK])
@@ -92,11 +93,9 @@ class FirstRowOperator(Operator):
                     pa.repeat(pa.scalar(1, pa.int64()), out.num_rows) if f.name == self.rank_column
                     else out.column(f.name).combine_chunks() for f in self.schema
                 ], schema=self.schema))
-                seen = out.select([KEY, TIME])
-                self.seen = seen if self.seen is None else pa.concat_tables([self.seen, seen]).combine_chunks()
-        if self.ttl_us is not None and self.seen is not None and self.seen.num_rows:
-            keep = pc.greater_equal(self.seen.column(TIME), pa.scalar(watermark - self.ttl_us, pa.int64()))
-            self.seen = self.seen.filter(keep)
+                self.seen.add(out.select([KEY, TIME]))
+        if self.ttl_us is not None and self.seen.rows:
+            self.seen.keep(TIME, watermark - self.ttl_us)
         self.emit_watermark(watermark)
 
     def retention_start(self) -> int | None:
@@ -117,21 +116,21 @@ class FirstRowOperator(Operator):
         tables = {}
         if self.pending is not None and self.pending.num_rows:
             tables["pending"] = self.pending
-        if self.seen is not None and self.seen.num_rows:
-            tables["seen"] = self.seen
+        seen = self.seen.table()
+        if seen is not None:
+            tables["seen"] = seen
         return tables
 
     def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
         self.next_seq = values["next_seq"]
         self.late_rows = values["late_rows"]
         self.pending = tables.get("pending")
-        self.seen = tables.get("seen")
+        self.seen.load(tables.get("seen"))
 
     def state_size(self) -> StateSize:
         """One candidate row per undecided key and one (key, time) per emitted key."""
-        size = NO_STATE
-        for table in (self.pending, self.seen):
-            if table is not None:
-                size = size + StateSize(table.num_rows, table_bytes(table))
+        size = self.seen.state_size()
+        if self.pending is not None:
+            size = size + StateSize(self.pending.num_rows, table_bytes(self.pending))
         return size
 

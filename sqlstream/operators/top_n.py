@@ -1,10 +1,11 @@
 """Top-N per key over an append-only stream (and keep-last deduplication, its N = 1
 case): an updating result.
 
-State is the current top N rows of every key (one Arrow table, at most keys × N
-rows): a row that falls out of its key's top N can never come back, since rows are
-only ever added. Per batch, the state rows of the keys the batch touches and the
-batch's rows are sorted together (key, order columns, arrival) with one Arrow sort,
+State is the current top N rows of every key (at most keys × N rows, in
+:class:`~sqlstream.operators.keyed_rows.KeyedRows`: a batch takes out its keys' rows
+without copying the others): a row that falls out of its key's top N can never come
+back, since rows are only ever added. Per batch, the state rows of the keys the batch
+touches and the batch's rows are sorted together (key, order columns, arrival) with one Arrow sort,
 ranked with numpy, cut at N and compared with the old top N of those keys by row
 identity (an arrival number): a row pushed out is ``-D``, a new row in the top is
 ``+I`` and, when the rank is selected, a row whose rank moved is ``-U`` old rank /
@@ -34,8 +35,9 @@ import pyarrow.compute as pc
 from sqlstream.hidden import OP_COLUMN
 from sqlstream.operators.base import Operator
 from sqlstream.operators.changes import op_column
+from sqlstream.operators.keyed_rows import KeyedRows
 from sqlstream.operators.keys import encode_keys, key_changes
-from sqlstream.operators.state_size import NO_STATE, StateSize, table_bytes
+from sqlstream.operators.state_size import StateSize
 
 __all__ = ["TopNOperator", "rank_rows", "KEY", "SEQ", "RANK"]
 
@@ -46,13 +48,22 @@ def rank_rows(table: pa.Table, order: list[tuple[str, bool, bool]], limit: int |
     """``table`` (with ``KEY`` and ``SEQ`` columns) sorted by key, then ``order``
     ((column, descending, nulls_first) each), then arrival; with its rank in its key
     (``RANK``, from 1) and only ranks up to ``limit`` (None: all)."""
+    indices, ranks = rank_indices(table, order, limit, later_wins)
+    return table.take(indices).append_column(RANK, pa.array(ranks, pa.int64()))
+
+
+def rank_indices(table: pa.Table, order: list[tuple[str, bool, bool]], limit: int | None,
+                 later_wins: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of :func:`rank_rows` as indices into ``table``, and their ranks."""
     columns = {KEY: table.column(KEY)}
     sort_keys = [(KEY, "ascending")]
     for i, (name, descending, nulls_first) in enumerate(order):
         column = table.column(name)
-        columns[f"n{i}"] = pc.cast(pc.is_null(column), pa.int8())
+        if column.null_count:
+            columns[f"n{i}"] = pc.cast(pc.is_null(column), pa.int8())
+            sort_keys.append((f"n{i}", "descending" if nulls_first else "ascending"))
         columns[f"v{i}"] = column
-        sort_keys += [(f"n{i}", "descending" if nulls_first else "ascending"), (f"v{i}", "descending" if descending else "ascending")]
+        sort_keys.append((f"v{i}", "descending" if descending else "ascending"))
     columns[SEQ] = table.column(SEQ)
     sort_keys.append((SEQ, "descending" if later_wins else "ascending"))
     indices = pc.sort_indices(pa.table(columns), sort_keys=sort_keys).to_numpy()
@@ -64,7 +75,7 @@ def rank_rows(table: pa.Table, order: list[tuple[str, bool, bool]], limit: int |
     if limit is not None:
         keep = ranks <= limit
         indices, ranks = indices[keep], ranks[keep]
-    return table.take(indices).append_column(RANK, pa.array(ranks, pa.int64()))
+    return indices, ranks
 
 
 class TopNOperator(Operator):
@@ -85,7 +96,7 @@ class TopNOperator(Operator):
         self.payload = [f.name for f in schema if f.name not in (OP_COLUMN, rank_column)]
         self.stored = list(dict.fromkeys(self.payload + self.partition + [name for name, _, _ in self.order]))
         self.next_seq = 0
-        self.top: pa.Table | None = None  # stored columns + KEY + SEQ + RANK: the top N of every key
+        self.top = KeyedRows(KEY)  # stored columns + KEY + SEQ + RANK: the top N of every key
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         table = pa.Table.from_batches([batch]).select(self.stored)
@@ -93,23 +104,23 @@ class TopNOperator(Operator):
         table = table.append_column(KEY, encode_keys(table, self.partition))
         table = table.append_column(SEQ, pa.array(np.arange(self.next_seq, self.next_seq + n, dtype=np.int64)))
         self.next_seq += n
-        if self.top is None or self.top.num_rows == 0:
-            old, rest = None, None
-        else:
-            touched = pc.is_in(self.top.column(KEY), value_set=pc.unique(table.column(KEY)), skip_nulls=False)
-            old, rest = self.top.filter(touched), self.top.filter(pc.invert(touched))
-        candidates = table if old is None or old.num_rows == 0 else pa.concat_tables([old.drop_columns([RANK]), table])
-        new = rank_rows(candidates, self.order, self.limit, self.later_wins)
-        self.top = new if rest is None or rest.num_rows == 0 else pa.concat_tables([rest, new]).combine_chunks()
-        self._emit_changes(old, new)
-
-    def _emit_changes(self, old: pa.Table | None, new: pa.Table) -> None:
-        if old is None or old.num_rows == 0:
+        old = self.top.take(table.column(KEY))
+        candidates = table if old is None else pa.concat_tables([old.drop_columns([RANK]), table])
+        indices, ranks = rank_indices(candidates, self.order, self.limit, self.later_wins)
+        new = candidates.take(indices).append_column(RANK, pa.array(ranks, pa.int64()))
+        self.top.add(new)
+        if old is None:
             self._emit([(new, "+I")])
             return
-        index = pc.index_in(old.column(SEQ), value_set=new.column(SEQ))
-        gone = old.filter(pc.is_null(index))
-        inserted = new.filter(pc.invert(pc.is_in(new.column(SEQ), value_set=old.column(SEQ))))
+        self._emit_changes(old, new, indices)
+
+    def _emit_changes(self, old: pa.Table, new: pa.Table, indices: np.ndarray) -> None:
+        """``indices``: the candidate row of each new row (old rows first, then the batch's)."""
+        from_old = indices < old.num_rows
+        kept = np.zeros(old.num_rows, dtype=bool)
+        kept[indices[from_old]] = True
+        gone = old.filter(pa.array(~kept))
+        inserted = new.filter(pa.array(~from_old))
         if self.limit == 1:  # one row per key: a replaced row is an update of its key
             replaced = pc.is_in(gone.column(KEY), value_set=inserted.column(KEY), skip_nulls=False)
             updated = pc.is_in(inserted.column(KEY), value_set=gone.column(KEY), skip_nulls=False)
@@ -120,10 +131,9 @@ class TopNOperator(Operator):
             return
         parts = [(gone, "-D")]
         if self.rank_column is not None:
-            stayed = pc.is_valid(index)
-            before, after = old.filter(stayed), new.take(pc.drop_null(index))
-            moved = pc.not_equal(before.column(RANK), after.column(RANK))
-            parts += [(before.filter(moved), "-U"), (after.filter(moved), "+U")]
+            before, after = old.take(pa.array(indices[from_old])), new.filter(pa.array(from_old))
+            moved = (before.column(RANK).to_numpy() != after.column(RANK).to_numpy())
+            parts += [(before.filter(pa.array(moved)), "-U"), (after.filter(pa.array(moved)), "+U")]
         self._emit(parts + [(inserted, "+I")])
 
     def _emit(self, parts: list[tuple[pa.Table, str]]) -> None:
@@ -149,14 +159,13 @@ class TopNOperator(Operator):
     def state_tables(self) -> dict[str, pa.Table]:
         """``top``: the current top N rows of every key (stored columns, ``__topn_key``,
         ``__seq``, ``__rank``)."""
-        return {"top": self.top} if self.top is not None and self.top.num_rows else {}
+        top = self.top.table()
+        return {"top": top} if top is not None else {}
 
     def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
         self.next_seq = values["next_seq"]
-        self.top = tables.get("top")
+        self.top.load(tables.get("top"))
 
     def state_size(self) -> StateSize:
         """At most N rows per key."""
-        if self.top is None:
-            return NO_STATE
-        return StateSize(self.top.num_rows, table_bytes(self.top))
+        return self.top.state_size()
