@@ -47,12 +47,15 @@ class KeyedRows:
             self._compact()
 
     def _matches(self, keys: pa.Array) -> list[np.ndarray]:
-        """Per chunk: the live rows whose key is one of ``keys``."""
-        unique = pc.unique(keys)
-        return [
-            pc.is_in(chunk.column(self.key), value_set=unique, skip_nulls=False).to_numpy(zero_copy_only=False) & alive
-            for chunk, alive in zip(self.chunks, self.alive, strict=True)
-        ]
+        """Per chunk: the live rows whose key is one of ``keys`` (one lookup over all
+        chunks: the set of ``keys`` is hashed once)."""
+        column = pa.chunked_array([c for chunk in self.chunks for c in chunk.column(self.key).chunks],
+                                  type=self.chunks[0].schema.field(self.key).type)
+        found = pc.is_in(column, value_set=pc.unique(keys), skip_nulls=False)
+        found = found.combine_chunks().to_numpy(zero_copy_only=False) if isinstance(found, pa.ChunkedArray) else (
+            found.to_numpy(zero_copy_only=False))
+        bounds = np.cumsum([0] + [chunk.num_rows for chunk in self.chunks])
+        return [found[lo:hi] & alive for lo, hi, alive in zip(bounds[:-1], bounds[1:], self.alive, strict=True)]
 
     def take(self, keys: pa.Array) -> pa.Table | None:
         """Remove and return the live rows whose key is one of ``keys`` (None: none)."""
