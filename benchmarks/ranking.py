@@ -1,11 +1,13 @@
-"""Top-N and deduplication throughput (Nexmark q18 and q19): sqlstream (streaming,
+"""Top-N, deduplication and OVER throughput (Nexmark q18 and q19, an OVER aggregation): sqlstream (streaming,
 micro-batches, an updating result) vs DuckDB (batch, the final rows) on the same bids.
 
 ``--events`` bids (default 2M) over 10,000 auctions and 50,000 bidders at 10,000
 bids/s of event time, 5% out of order by up to 2 s (the watermark delay: none is late).
 
 * **q18**: the last bid of each (bidder, auction) — keep-last deduplication;
-* **q19**: the ten highest bids of each auction — Top-N.
+* **q19**: the ten highest bids of each auction — Top-N;
+* **over**: each bid with the average price of its auction's bids in the 10 s before it
+  and the previous bid's price — an OVER aggregation (RANGE frame and LAG).
 
 sqlstream runs the real planner and operators on a ``connector = 'memory'`` source in
 micro-batches of ``--batch-size`` rows into a sink that counts the changelog rows and
@@ -39,6 +41,14 @@ QUERIES = {
     "q19 top 10": (
         "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rn FROM bid) WHERE rn <= 10",
         "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rn FROM bid) WHERE rn <= 10",
+    ),
+    "over 10s avg": (
+        "SELECT auction, price, avg(price) OVER (PARTITION BY auction ORDER BY date_time "
+        "RANGE BETWEEN INTERVAL '10' SECOND PRECEDING AND CURRENT ROW) AS a, lag(price) OVER (PARTITION BY auction "
+        "ORDER BY date_time) AS p FROM bid",
+        "SELECT auction, price, avg(price) OVER (PARTITION BY auction ORDER BY date_time "
+        "RANGE BETWEEN INTERVAL '10' SECOND PRECEDING AND CURRENT ROW) AS a, lag(price) OVER (PARTITION BY auction "
+        "ORDER BY date_time) AS p FROM bid",
     ),
 }
 
