@@ -72,6 +72,7 @@ def plan_ranking(ctx: PlannerContext, select: exp.Select, node: PlanNode, scope:
         window, rank_item.name, tuple(h.name for h in hidden[: len(partition)]),
         tuple((f"__rank_o{i}", desc, nulls) for i, (_, desc, nulls) in enumerate(ordered)),
         time_order, tuple(keys) if all(k is not None for k in keys) else None,
+        (", ".join(p.sql() for p in window.args.get("partition_by") or []) or "-", ", ".join(o.sql() for o in order.expressions)),
     )
     visible = [f for f in stage.schema if not is_hidden(f.name) and f.name != OP_COLUMN]
     out_scope = Scope.of_schema(pa.schema(visible + [pa.field(rank_item.name, pa.int64())]), None)
@@ -108,14 +109,14 @@ def materialize_rank(ctx: PlannerContext, select: exp.Select, rel: Relation) -> 
     if rank.time_order == "asc" and limit == 1:
         schema = pa.schema(visible + rank_field)
         ranked: PlanNode = Deduplicate(node, list(rank.partition), rank.order[0][0], schema,
-                                       rank.column if needed else None, settings.get("dedup_state_ttl"), rel.label)
+                                       rank.column if needed else None, settings.get("dedup_state_ttl"), rel.label, rank.shown)
     else:
         schema = pa.schema([pa.field(OP_COLUMN, pa.string())] + visible + rank_field)
         keys = None
         if rank.key_columns is not None and (limit == 1 or needed):
             keys = rank.key_columns + ((rank.column,) if needed and limit > 1 else ())
         ranked = TopN(node, list(rank.partition), list(rank.order), limit, schema, rank.column if needed else None,
-                      rank.time_order == "desc", keys)
+                      rank.time_order == "desc", keys, rank.shown)
     scope = Scope.of_schema(schema, None)
     if rel.scope.columns and rel.scope.columns[0].qualifiers:
         scope = scope.requalified(sorted(rel.scope.columns[0].qualifiers)[0])

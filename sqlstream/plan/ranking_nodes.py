@@ -16,16 +16,13 @@ from sqlstream.plan.nodes import PlanNode
 __all__ = ["TopN", "Deduplicate"]
 
 
-def _order_text(order) -> str:
-    return ", ".join(f"{name}{' DESC' if desc else ''}" for name, desc, _ in order)
-
-
 class TopN(PlanNode):
     """``ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) <= N`` over an append-only
     input: the top N rows per key as an updating result."""
 
     def __init__(self, child: PlanNode, partition: list[str], order: list[tuple[str, bool, bool]], limit: int,
-                 schema: pa.Schema, rank_column: str | None, later_wins: bool, key_columns: tuple[str, ...] | None):
+                 schema: pa.Schema, rank_column: str | None, later_wins: bool, key_columns: tuple[str, ...] | None,
+                 shown: tuple[str, str]):
         self.children = (child,)
         self.partition = partition
         self.order = order
@@ -34,6 +31,7 @@ class TopN(PlanNode):
         self.rank_column = rank_column
         self.later_wins = later_wins
         self.key_columns = key_columns
+        self.shown = shown  # PARTITION BY and ORDER BY as written
         self.updating = True
 
     def make_operator(self, ctx: BuildContext) -> Operator:
@@ -41,12 +39,12 @@ class TopN(PlanNode):
 
     def describe(self) -> str:
         what = "keep last row" if self.limit == 1 and self.later_wins else f"Top-{self.limit}"
-        return f"TopN {what} ORDER BY {_order_text(self.order)}"
+        return f"TopN {what} ORDER BY {self.shown[1]}"
 
     def details(self) -> list[str]:
         ties = "the last arrived first" if self.later_wins else "the first arrived first"
         rank = f"rank in '{self.rank_column}' (moves are -U/+U)" if self.rank_column else "rank not selected"
-        return [f"keys: {', '.join(self.partition) or '-'}; ties: {ties}; {rank}",
+        return [f"keys: {self.shown[0]}; ties: {ties}; {rank}",
                 f"state: at most {self.limit} rows per key (unbounded keys)"]
 
 
@@ -55,7 +53,7 @@ class Deduplicate(PlanNode):
     per key, emitted once the watermark passes its time (append-only)."""
 
     def __init__(self, child: PlanNode, partition: list[str], time_column: str, schema: pa.Schema,
-                 rank_column: str | None, ttl_us: int | None, label: str):
+                 rank_column: str | None, ttl_us: int | None, label: str, shown: tuple[str, str]):
         self.children = (child,)
         self.partition = partition
         self.time_column = time_column
@@ -63,6 +61,7 @@ class Deduplicate(PlanNode):
         self.rank_column = rank_column
         self.ttl_us = ttl_us
         self.label = label
+        self.shown = shown
 
     def make_operator(self, ctx: BuildContext) -> Operator:
         return FirstRowOperator(self.partition, self.time_column, self.schema, self.ttl_us, self.label, self.rank_column)
@@ -73,7 +72,7 @@ class Deduplicate(PlanNode):
     def details(self) -> list[str]:
         ttl = (f"forgotten {format_duration_us(self.ttl_us)} after their row (dedup_state_ttl)" if self.ttl_us
                else "kept for ever (SET dedup_state_ttl = '1h' bounds them)")
-        return [f"keys: {', '.join(self.partition) or '-'}",
+        return [f"keys: {self.shown[0]}; ORDER BY {self.shown[1]}",
                 f"state: one candidate per undecided key; emitted keys {ttl}"]
 
     def state_horizon_us(self) -> int:

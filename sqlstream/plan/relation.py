@@ -45,6 +45,7 @@ class PendingRank:
     order: tuple[tuple[str, bool, bool], ...]  # (column, descending, nulls first)
     time_order: str | None  # "asc"/"desc": ORDER BY the event-time column alone
     key_columns: tuple[str, ...] | None  # output columns equal to the partition values, if all are selected
+    shown: tuple[str, str] = ("", "")  # PARTITION BY and ORDER BY as written (EXPLAIN)
 
 
 @dataclass(frozen=True)

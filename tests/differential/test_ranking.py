@@ -221,3 +221,17 @@ def test_refused_forms_point_at_the_sql(sql, at, message):
         session.execute(statement, path="pipe.sql")
     text = str(caught.value)
     assert text.startswith(f"pipe.sql:1:{statement.index(at) + 1}: error: {message}"), text
+
+
+def test_explain_names_the_form_keys_and_state_bound():
+    session = TestSession()
+    session.execute(SOURCE_SQL)
+    top = session.explain("EXPLAIN SELECT * FROM (SELECT k, v, ROW_NUMBER() OVER (PARTITION BY k, g ORDER BY v DESC) AS rn "
+                          "FROM events) WHERE rn <= 3")
+    assert "TopN Top-3 ORDER BY v DESC NULLS FIRST [updating]" in top
+    assert "keys: k, g; ties: the first arrived first; rank in 'rn' (moves are -U/+U)" in top
+    assert "state: at most 3 rows per key" in top
+    first = session.explain("EXPLAIN SELECT k FROM (SELECT k, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM events) "
+                            "WHERE rn = 1")
+    assert "Deduplicate keep first row (event time, emitted when the watermark passes it)" in first
+    assert "emitted keys kept for ever (SET dedup_state_ttl = '1h' bounds them)" in first
