@@ -1,7 +1,9 @@
 """Keep-first deduplication by event time: the first row of each key, emitted once,
 final (an append-only result).
 
-``ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts ASC) = 1`` with ``ts`` the event time:
+``ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts ASC) = 1`` with ``ts`` the event time
+(the output keeps it as its event time, ``__wm`` being the watermark before the step
+that emitted the row, so a window aggregation can follow):
 per key the row with the smallest event time (the first to arrive among equal
 times) is a *candidate* until the watermark passes its time (watermark > ts): no row
 that is not late can then come before it, so it is emitted and only its key (and
@@ -21,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.batches import event_time_us
-from sqlstream.hidden import WM_COLUMN
+from sqlstream.hidden import MIN_WATERMARK, WM_COLUMN
 from sqlstream.operators.base import Operator
 from sqlstream.operators.keyed_rows import KeyedRows
 from sqlstream.operators.keys import encode_keys
@@ -49,10 +51,11 @@ class FirstRowOperator(Operator):
         self.schema = schema
         self.ttl_us = ttl_us
         self.source_label = source_label
-        self.payload = [f.name for f in schema if f.name != rank_column]
+        self.payload = [f.name for f in schema if f.name not in (rank_column, WM_COLUMN)]
         self.stored = list(dict.fromkeys(self.payload + self.partition))
         self.next_seq = 0
         self.late_rows = 0
+        self.emitted_wm = MIN_WATERMARK  # the watermark of the last step: output rows' __wm
         self.pending: pa.Table | None = None  # stored + KEY + SEQ + TIME: one candidate per undecided key
         self.seen = KeyedRows(KEY)  # KEY + TIME: keys already emitted
 
@@ -89,14 +92,19 @@ class FirstRowOperator(Operator):
             if out.num_rows:
                 self.pending = self.pending.filter(pc.invert(ready))
                 out = out.take(pc.sort_indices(out, sort_keys=[(TIME, "ascending"), (SEQ, "ascending")]))
-                self.emit(pa.RecordBatch.from_arrays([
-                    pa.repeat(pa.scalar(1, pa.int64()), out.num_rows) if f.name == self.rank_column
-                    else out.column(f.name).combine_chunks() for f in self.schema
-                ], schema=self.schema))
+                self.emit(pa.RecordBatch.from_arrays([self._column(out, f.name) for f in self.schema], schema=self.schema))
                 self.seen.add(out.select([KEY, TIME]))
         if self.ttl_us is not None and self.seen.rows:
             self.seen.keep(TIME, watermark - self.ttl_us)
+        self.emitted_wm = watermark
         self.emit_watermark(watermark)
+
+    def _column(self, out: pa.Table, name: str) -> pa.Array:
+        if name == self.rank_column:
+            return pa.repeat(pa.scalar(1, pa.int64()), out.num_rows)
+        if name == WM_COLUMN:  # the watermark before this step: every row emitted now is at or after it
+            return pa.repeat(pa.scalar(self.emitted_wm, pa.int64()), out.num_rows)
+        return out.column(name).combine_chunks()
 
     def retention_start(self) -> int | None:
         """Candidates not emitted yet hold their input back."""
@@ -107,8 +115,9 @@ class FirstRowOperator(Operator):
     # -- checkpoints -------------------------------------------------------------------------
 
     def state_values(self) -> dict:
-        """The next arrival number (ties) and the count of late rows."""
-        return {"next_seq": self.next_seq, "late_rows": self.late_rows}
+        """The next arrival number (ties), the count of late rows and the last watermark
+        step (the ``__wm`` of rows emitted at the next one)."""
+        return {"next_seq": self.next_seq, "late_rows": self.late_rows, "emitted_wm": self.emitted_wm}
 
     def state_tables(self) -> dict[str, pa.Table]:
         """``pending``: one candidate row per undecided key (stored columns, ``__topn_key``,
@@ -124,6 +133,7 @@ class FirstRowOperator(Operator):
     def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
         self.next_seq = values["next_seq"]
         self.late_rows = values["late_rows"]
+        self.emitted_wm = values["emitted_wm"]
         self.pending = tables.get("pending")
         self.seen.load(tables.get("seen"))
 

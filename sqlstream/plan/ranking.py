@@ -18,7 +18,7 @@ from __future__ import annotations
 import pyarrow as pa
 from sqlglot import exp
 
-from sqlstream.hidden import OP_COLUMN, is_hidden
+from sqlstream.hidden import OP_COLUMN, WM_COLUMN, is_hidden
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.ranking_nodes import Deduplicate, TopN
 from sqlstream.plan.relation import PendingRank, PlannerContext, Relation, SelectItem
@@ -107,7 +107,8 @@ def materialize_rank(ctx: PlannerContext, select: exp.Select, rel: Relation) -> 
     rank_field = [pa.field(rank.column, pa.int64())] if needed else []
     settings = ctx.settings
     if rank.time_order == "asc" and limit == 1:
-        schema = pa.schema(visible + rank_field)
+        stamps = [pa.field(WM_COLUMN, pa.int64())] if WM_COLUMN in node.schema.names else []
+        schema = pa.schema(visible + rank_field + stamps)
         ranked: PlanNode = Deduplicate(node, list(rank.partition), rank.order[0][0], schema,
                                        rank.column if needed else None, settings.get("dedup_state_ttl"), rel.label, rank.shown)
     else:

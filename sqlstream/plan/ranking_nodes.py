@@ -62,6 +62,7 @@ class Deduplicate(PlanNode):
         self.ttl_us = ttl_us
         self.label = label
         self.shown = shown
+        self.rowtime = child.rowtime  # kept: the first row per key is emitted at or after the watermark
 
     def make_operator(self, ctx: BuildContext) -> Operator:
         return FirstRowOperator(self.partition, self.time_column, self.schema, self.ttl_us, self.label, self.rank_column)

@@ -235,3 +235,17 @@ def test_explain_names_the_form_keys_and_state_bound():
                             "WHERE rn = 1")
     assert "Deduplicate keep first row (event time, emitted when the watermark passes it)" in first
     assert "emitted keys kept for ever (SET dedup_state_ttl = '1h' bounds them)" in first
+
+
+def test_a_window_aggregation_over_first_rows_matches_duckdb(events):
+    """Keep-first output keeps its event time and watermark stamps: a TUMBLE over it is
+    final per window and none of its rows is late."""
+    data = events[4_000]
+    ours = stream(data, """SELECT window_start, count(*) AS n, max(x) AS mx FROM TUMBLE(
+                             (SELECT ts, x FROM (SELECT ts, x, ROW_NUMBER() OVER (PARTITION BY k, x ORDER BY ts) AS rn FROM events)
+                              WHERE rn = 1), ts, INTERVAL '20' SECOND) GROUP BY window_start, window_end""", [7, 100])
+    theirs = duck(data, """SELECT time_bucket(INTERVAL 20 SECOND, ts) AS window_start, count(*) AS n, max(x) AS mx FROM (
+                             SELECT ts, x, ROW_NUMBER() OVER (PARTITION BY k, x ORDER BY ts, idx) AS rn FROM events)
+                           WHERE rn = 1 GROUP BY 1""")
+    assert len(theirs) > 20
+    assert_same(ours, theirs)
