@@ -1,7 +1,8 @@
 """OVER aggregations by event time (Flink's Over Aggregation): an append-only result.
 
 ``agg(x) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '1' HOUR PRECEDING AND
-CURRENT ROW)``, ``ROWS BETWEEN n PRECEDING AND CURRENT ROW``, ``LAG``/``LEAD(x, n)``:
+CURRENT ROW)``, ``ROWS BETWEEN n PRECEDING AND CURRENT ROW``, ``UNBOUNDED PRECEDING``,
+``LAG``/``LEAD(x, n)``:
 every input row comes out once, with its window values, when the watermark passes its
 event time (watermark > ts: no row that is not late can still come before it or tie
 with it); ``LEAD(x, n)`` also waits until its n-th following row has passed. Rows of a
@@ -16,7 +17,8 @@ frame, and pending ones) are sorted by (key, time, arrival); frame bounds come f
 prefix sums, min/max from a sparse table (O(n log n)), LAG/LEAD from index shifts.
 State: pending rows, plus emitted rows with time ≥ (the lowest time a future row may
 have) − the largest RANGE, and the last n emitted rows per key for the largest ROWS /
-LAG offset.
+LAG offset; for UNBOUNDED PRECEDING frames, one totals row per key (rows, non-NULL
+count, sum or min/max of every emitted row), to which the emitted rows are folded.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import pyarrow.compute as pc
 from sqlstream.batches import event_time_us
 from sqlstream.hidden import MAX_WATERMARK, WM_COLUMN
 from sqlstream.operators.base import Operator
+from sqlstream.operators.keyed_rows import KeyedRows
 from sqlstream.operators.keys import encode_keys, key_changes
-from sqlstream.operators.state_size import NO_STATE, StateSize, table_bytes
+from sqlstream.operators.state_size import StateSize, table_bytes
 from sqlstream.operators.windows import late_rows_as_dead_letters
 
 __all__ = ["OverCall", "OverAggregateOperator"]
@@ -51,7 +54,7 @@ class OverCall:
     output: str
     type: pa.DataType
     frame: str | None = None
-    preceding: int = 0
+    preceding: int | None = 0  # None: UNBOUNDED PRECEDING
     offset: int = 1
 
 
@@ -67,8 +70,11 @@ class OverAggregateOperator(Operator):
         self.schema = schema
         self.source_label = source_label
         self.inputs = [f.name for f in schema if f.name not in {c.output for c in calls}]
-        self.range_us = max((c.preceding for c in calls if c.frame == "range"), default=None)
-        self.keep_rows = max([c.preceding for c in calls if c.frame == "rows"] + [c.offset for c in calls if c.func == "lag"] + [0])
+        self.range_us = max((c.preceding for c in calls if c.frame == "range" and c.preceding is not None), default=None)
+        self.keep_rows = max([c.preceding for c in calls if c.frame == "rows" and c.preceding is not None]
+                             + [c.offset for c in calls if c.func == "lag"] + [0])
+        self.unbounded = any(c.preceding is None and c.func not in ("lag", "lead") for c in calls)
+        self.totals = KeyedRows(KEY)  # unbounded frames: per key, the aggregates of the rows folded in
         self.lead = max((c.offset for c in calls if c.func == "lead"), default=0)
         self.next_seq = 0
         self.late_rows = 0
@@ -121,7 +127,21 @@ class OverAggregateOperator(Operator):
             ready &= (ahead <= last) & (times[np.minimum(ahead, times.size - 1)] < watermark)
         if not ready.any():
             return
-        values = {c.output: self._compute(c, held, times, group, first, last, ready) for c in self.calls}
+        done_per_group = np.bincount(group[done], minlength=int(group.max()) + 1)
+        fresh = first + done_per_group[group]  # emitted rows are a prefix of each key
+        rows = np.flatnonzero(ready)
+        acc: dict[int, dict] = {}
+        if self.unbounded:
+            old, groups, index = self._totals(held, group, rows)
+            row_group = np.searchsorted(groups, group[rows])
+            for j, c in enumerate(self.calls):
+                totals = _accumulated(c, j, old, index) if c.preceding is None and c.func not in ("lag", "lead") else None
+                if totals is not None:
+                    acc[j] = {name: values[row_group] for name, values in totals.items()}
+        values = {c.output: self._compute(c, held, times, group, first, last, ready, fresh, acc.get(j))
+                  for j, c in enumerate(self.calls)}
+        if self.unbounded:
+            self._fold(held, group, fresh, ready, old, groups, index)
         out_rows = np.flatnonzero(ready)
         out_rows = out_rows[np.lexsort((held.column(SEQ).to_numpy()[out_rows], times[out_rows]))]
         out = held.take(out_rows)
@@ -153,37 +173,51 @@ class OverAggregateOperator(Operator):
         keep &= emitted
         return held.filter(pa.array(keep)) if keep.any() else None
 
-    def _compute(self, call: OverCall, held: pa.Table, times, group, first, last, ready) -> pa.Array:
-        """``call``'s value for each ready row (in held order)."""
+    def _compute(self, call: OverCall, held: pa.Table, times, group, first, last, ready, fresh, acc) -> pa.Array:
+        """``call``'s value for each ready row (in held order). ``fresh``: per row, the
+        first row of its key not folded into the key's totals yet; ``acc``: per ready
+        row, the key's totals (unbounded frames)."""
         rows = np.flatnonzero(ready)
         if call.func in ("lag", "lead"):
             source = rows - call.offset if call.func == "lag" else rows + call.offset
             inside = (source >= first[rows]) & (source <= last[rows])
             picked = held.column(call.arg).combine_chunks().take(pa.array(np.where(inside, source, 0)))
             return pc.if_else(pa.array(inside), picked, pa.nulls(rows.size, picked.type)).cast(call.type)
-        if call.frame == "rows":
+        if call.preceding is None:  # UNBOUNDED PRECEDING: the key's totals + its rows not folded in yet
+            start = fresh[rows]
+            end = rows if call.frame == "rows" else _range_bounds(times, group, 0, rows)[1]
+        elif call.frame == "rows":
             start, end = np.maximum(first[rows], rows - call.preceding), rows
         else:
             start, end = _range_bounds(times, group, call.preceding, rows)
-        if call.arg is None:
-            return pa.array(end - start + 1, pa.int64())
-        column = held.column(call.arg).combine_chunks()
-        valid = column.is_valid().to_numpy(zero_copy_only=False)
-        counts = np.concatenate([[0], np.cumsum(valid)])
-        count = counts[end + 1] - counts[start]
-        if call.func == "count":
-            return pa.array(count, pa.int64())
-        empty = count == 0
-        if call.func in ("sum", "avg"):
-            numbers = pc.fill_null(column, 0).to_numpy(zero_copy_only=False)
-            if call.func == "avg" or numbers.dtype.kind == "f":
-                numbers = numbers.astype(np.float64)
-            sums = np.concatenate([[0], np.cumsum(numbers)])
-            total = sums[end + 1] - sums[start]
-            if call.func == "avg":
-                total = total / np.where(empty, 1, count)
-            return pa.array(total, mask=empty).cast(call.type)
-        return _min_max(column, call.func, start, end, empty).cast(call.type)
+        part = _segment(call, held, start, end)
+        if call.preceding is None:
+            part = _combine(call.func, acc, part)
+        return _finish(call, part)
+
+    def _totals(self, held: pa.Table, group: np.ndarray, rows: np.ndarray) -> tuple[pa.Table | None, np.ndarray, np.ndarray]:
+        """The totals of the keys of ``rows`` (taken out of the state; None: none yet),
+        the ready keys' group numbers, and per row the index of its key's totals (-1: none)."""
+        groups, at = np.unique(group[rows], return_index=True)
+        keys = held.column(KEY).take(pa.array(rows[at]))
+        old = self.totals.take(keys)
+        index = np.full(groups.size, -1, dtype=np.int64)
+        if old is not None:
+            index = pc.fill_null(pc.index_in(keys, value_set=old.column(KEY), skip_nulls=False), -1).to_numpy().astype(np.int64)
+        return old, groups, index
+
+    def _fold(self, held: pa.Table, group: np.ndarray, fresh: np.ndarray, ready: np.ndarray, old, groups, index) -> None:
+        """The key totals after this step: old totals ⊕ the rows emitted now (a block
+        starting at ``fresh`` in each key)."""
+        counts = np.bincount(group[ready], minlength=int(group.max()) + 1)[groups]
+        starts = fresh[np.flatnonzero(np.r_[True, group[1:] != group[:-1]])][groups]
+        columns = {KEY: held.column(KEY).take(pa.array(starts))}
+        for j, call in enumerate(self.calls):
+            if call.preceding is not None or call.func in ("lag", "lead"):
+                continue
+            part = _combine(call.func, _accumulated(call, j, old, index), _segment(call, held, starts, starts + counts - 1))
+            columns.update({f"{name}{j}": values for name, values in part.items()})
+        self.totals.add(pa.table(columns))
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -198,18 +232,25 @@ class OverAggregateOperator(Operator):
 
     def state_tables(self) -> dict[str, pa.Table]:
         """``pending`` (rows not emitted yet) and ``history`` (emitted rows still inside a
-        frame): input columns + ``__over_key``, ``__seq``, ``__time``."""
-        return {name: t for name, t in (("pending", self.pending), ("history", self.history)) if t is not None and t.num_rows}
+        frame): input columns + ``__over_key``, ``__seq``, ``__time``; ``totals`` (unbounded
+        frames): ``__over_key`` + per call j ``n{j}``, ``c{j}``, ``s{j}`` or ``m{j}``."""
+        tables = {name: t for name, t in (("pending", self.pending), ("history", self.history)) if t is not None and t.num_rows}
+        totals = self.totals.table()
+        if totals is not None:
+            tables["totals"] = totals
+        return tables
 
     def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
         self.next_seq = values["next_seq"]
         self.late_rows = values["late_rows"]
         self.pending = tables.get("pending")
         self.history = tables.get("history")
+        self.totals.load(tables.get("totals"))
 
     def state_size(self) -> StateSize:
-        """Pending rows and the emitted rows still inside a frame."""
-        size = NO_STATE
+        """Pending rows, the emitted rows still inside a frame, one totals row per key
+        (unbounded frames)."""
+        size = self.totals.state_size()
         for table in (self.pending, self.history):
             if table is not None:
                 size = size + StateSize(table.num_rows, table_bytes(table))
@@ -237,29 +278,103 @@ def _range_bounds(times: np.ndarray, group: np.ndarray, preceding_us: int, rows:
     return start, end
 
 
-def _min_max(column: pa.Array, func: str, start: np.ndarray, end: np.ndarray, empty: np.ndarray) -> pa.Array:
-    """min/max over [start, end] per row with a sparse table; NULL where the frame has no value."""
+def _numbers(call: OverCall, column: pa.Array) -> np.ndarray:
+    """The argument as int64 or float64 numbers, NULL as 0 (sums) or as the identity of
+    min/max."""
     kind = column.type
-    as_int = pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind)
-    numbers = pc.fill_null(pc.cast(column, pa.int64()) if as_int else column, 0)
-    values = numbers.to_numpy(zero_copy_only=False).astype(np.float64 if pa.types.is_floating(kind) else np.int64)
-    if pa.types.is_floating(kind):
-        fill = np.inf if func == "min" else -np.inf
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_time(kind):
+        column = pc.cast(column, pa.int64())
+    floating = pa.types.is_floating(kind) or call.func == "avg"
+    values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False).astype(np.float64 if floating else np.int64)
+    if call.func in ("min", "max"):
+        values = np.where(column.is_valid().to_numpy(zero_copy_only=False), values, _identity(call.func, values.dtype))
+    return values
+
+
+def _identity(func: str, dtype) -> float | int:
+    if np.dtype(dtype).kind == "f":
+        return np.inf if func == "min" else -np.inf
+    return np.iinfo(np.int64).max if func == "min" else np.iinfo(np.int64).min
+
+
+def _segment(call: OverCall, held: pa.Table, start: np.ndarray, end: np.ndarray) -> dict[str, np.ndarray]:
+    """Over rows [start, end] (empty where end < start): ``n`` rows, ``c`` non-NULL
+    arguments, and ``s`` their sum (count/sum/avg) or ``m`` their min/max."""
+    length = np.maximum(end - start + 1, 0)
+    part = {"n": length.astype(np.int64)}
+    if call.arg is None:
+        return part
+    column = held.column(call.arg).combine_chunks()
+    counts = np.concatenate([[0], np.cumsum(column.is_valid().to_numpy(zero_copy_only=False))])
+    safe_start, safe_end = np.where(length > 0, start, 0), np.where(length > 0, end, 0)
+    part["c"] = np.where(length > 0, counts[safe_end + 1] - counts[safe_start], 0)
+    if call.func == "count":
+        return part
+    values = _numbers(call, column)
+    if call.func in ("sum", "avg"):
+        sums = np.concatenate([np.zeros(1, values.dtype), np.cumsum(values)])
+        part["s"] = np.where(length > 0, sums[safe_end + 1] - sums[safe_start], 0).astype(values.dtype)
     else:
-        fill = np.iinfo(np.int64).max if func == "min" else np.iinfo(np.int64).min
-    values = np.where(column.is_valid().to_numpy(zero_copy_only=False), values, fill)
+        found = _sparse_min_max(values, call.func, safe_start, safe_end)
+        part["m"] = np.where(length > 0, found, _identity(call.func, values.dtype)).astype(values.dtype)
+    return part
+
+
+def _accumulated(call: OverCall, j: int, old: pa.Table | None, index: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The totals of call ``j`` at ``index`` in ``old`` (-1: nothing folded yet; None:
+    no totals at all)."""
+    if old is None:
+        return None
+    names = ["n"] + (["c"] if call.arg is not None else []) + (["s"] if call.func in ("sum", "avg") else []) + (
+        ["m"] if call.func in ("min", "max") else [])
+    out = {}
+    for name in names:
+        column = old.column(f"{name}{j}").to_numpy()
+        neutral = _identity(call.func, column.dtype) if name == "m" else 0
+        out[name] = np.where(index >= 0, column[np.maximum(index, 0)], neutral).astype(column.dtype)
+    return out
+
+
+def _combine(func: str, a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if a is None:
+        return b
+    out = {}
+    for name, values in b.items():
+        if name == "m":
+            out[name] = (np.minimum if func == "min" else np.maximum)(a[name].astype(values.dtype), values)
+        else:
+            out[name] = a[name].astype(values.dtype) + values
+    return out
+
+
+def _finish(call: OverCall, part: dict[str, np.ndarray]) -> pa.Array:
+    """The SQL value of a window function from its segment aggregates."""
+    if call.func == "count":
+        return pa.array(part["c"] if call.arg is not None else part["n"], pa.int64())
+    empty = part["c"] == 0
+    if call.func == "sum":
+        return pa.array(part["s"], mask=empty).cast(call.type)
+    if call.func == "avg":
+        return pa.array(part["s"] / np.where(empty, 1, part["c"]), mask=empty).cast(call.type)
+    result = pa.array(part["m"], mask=empty)
+    if pa.types.is_timestamp(call.type) or pa.types.is_date(call.type) or pa.types.is_time(call.type):
+        return result.cast(pa.int64()).cast(call.type)
+    return result.cast(call.type)
+
+
+def _sparse_min_max(values: np.ndarray, func: str, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """min/max over [start, end] per query (start <= end) with a sparse table."""
     pick = np.minimum if func == "min" else np.maximum
     levels = [values]
     length = end - start + 1
-    while (1 << len(levels)) <= int(length.max()):
+    while length.size and (1 << len(levels)) <= int(length.max()):
         step = 1 << (len(levels) - 1)
         prev = levels[-1]
         levels.append(pick(prev[:-step], prev[step:]))
-    k = np.floor(np.log2(length)).astype(np.int64)
+    k = np.floor(np.log2(np.maximum(length, 1))).astype(np.int64)
     result = np.empty(start.size, dtype=values.dtype)
     for level in np.unique(k):
         mine = k == level
         table = levels[level]
         result[mine] = pick(table[start[mine]], table[end[mine] - (1 << int(level)) + 1])
-    out = pa.array(result, mask=empty)
-    return out.cast(pa.int64()).cast(kind) if as_int else out
+    return result

@@ -2,8 +2,8 @@
 
 ``ROW_NUMBER()`` goes to :mod:`sqlstream.plan.ranking` (Top-N, deduplication). The
 others are OVER aggregations by event time (Flink's Over Aggregation): count, sum,
-avg, min, max over ``RANGE BETWEEN INTERVAL ... PRECEDING AND CURRENT ROW`` or ``ROWS
-BETWEEN n PRECEDING AND CURRENT ROW``, and ``LAG``/``LEAD(x[, n])``, all with the same
+avg, min, max over ``RANGE BETWEEN INTERVAL ... PRECEDING AND CURRENT ROW``, ``ROWS
+BETWEEN n PRECEDING AND CURRENT ROW`` or ``UNBOUNDED PRECEDING`` (the default frame), and ``LAG``/``LEAD(x[, n])``, all with the same
 ``PARTITION BY`` and ``ORDER BY <event-time column>``. Planned as a *pre-stage*
 (DataFusion: WHERE, the partition values and the arguments as hidden columns) →
 ``OverAggregate`` (each row once, when the watermark passes it) → a *post-stage* (the
@@ -55,14 +55,18 @@ class OverAggregate(PlanNode):
         def frame(c: OverCall) -> str:
             if c.func in ("lag", "lead"):
                 return f"{c.func}({c.arg}, {c.offset})"
-            size = format_duration_us(c.preceding) if c.frame == "range" else str(c.preceding)
+            size = ("UNBOUNDED" if c.preceding is None else format_duration_us(c.preceding) if c.frame == "range"
+                    else str(c.preceding))
             return f"{c.func}({c.arg or '*'}) {c.frame.upper()} {size} PRECEDING"
 
+        totals = " + one totals row per key (UNBOUNDED PRECEDING)" if any(c.preceding is None for c in self.calls
+                                                                           if c.func not in ("lag", "lead")) else ""
         return [", ".join(frame(c) for c in self.calls),
-                "state: rows not emitted yet + emitted rows still inside a frame (trimmed as the watermark passes)"]
+                f"state: rows not emitted yet + emitted rows still inside a frame (trimmed as the watermark passes){totals}"]
 
     def state_horizon_us(self) -> int:
-        return max([c.preceding for c in self.calls if c.frame == "range"] + [super().state_horizon_us()])
+        return max([c.preceding for c in self.calls if c.frame == "range" and c.preceding is not None]
+                   + [super().state_horizon_us()])
 
 
 def plan_over(ctx: PlannerContext, select: exp.Select, node: PlanNode, scope: Scope, items: list[SelectItem],
@@ -146,16 +150,16 @@ def _call(ctx: PlannerContext, window: exp.Window, j: int) -> tuple[OverCall, ex
         offset = fn.args.get("offset")
         n = 1 if offset is None else _whole(ctx, offset, f"{func.upper()}() offset")
         return OverCall(func, arg_name, output, pa.null(), offset=n), arg
-    if spec is None:
-        raise ctx.unsupported(f"{func}() OVER (...) over a stream needs a bounded frame", window, _EXAMPLE)
+    if spec is None:  # the SQL default with ORDER BY: RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+        return OverCall(func, arg_name, output, pa.null(), "range", None), arg
     end = spec.args.get("end")
-    if str(spec.args.get("start_side") or "").upper() != "PRECEDING" or str(end).upper() != "CURRENT ROW" or spec.args.get("end_side"):
+    if (str(spec.args.get("start_side") or "").upper() != "PRECEDING" or (end is not None and str(end).upper() != "CURRENT ROW")
+            or spec.args.get("end_side")):  # `ROWS n PRECEDING` alone ends at the current row
         raise ctx.unsupported("only frames BETWEEN ... PRECEDING AND CURRENT ROW are supported on a stream", window, _EXAMPLE)
     start = spec.args.get("start")
-    if isinstance(start, str) or (isinstance(start, exp.Var) and start.name.upper() == "UNBOUNDED") or start is None:
-        raise ctx.unsupported("UNBOUNDED PRECEDING frames are not supported on a stream (state would grow for ever)", window,
-                              _EXAMPLE)
     kind = str(spec.args.get("kind")).upper()
+    if isinstance(start, str) or (isinstance(start, exp.Var) and start.name.upper() == "UNBOUNDED"):
+        return OverCall(func, arg_name, output, pa.null(), "rows" if kind == "ROWS" else "range", None), arg
     if kind == "ROWS":
         return OverCall(func, arg_name, output, pa.null(), "rows", _whole(ctx, start, "ROWS ... PRECEDING")), arg
     if not isinstance(start, exp.Interval):

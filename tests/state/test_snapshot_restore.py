@@ -177,6 +177,9 @@ CASES = {
                                 over.duck_sql("range aggregates")),
     "over rows, lag and lead": duck_case(over.QUERIES["lag and lead"][0], "OverAggregateOperator", {"events": EVENTS},
                                          over.duck_sql("lag and lead")),
+    "over unbounded": duck_case(over.QUERIES["unbounded frames (the default with ORDER BY, ROWS and RANGE)"][0],
+                                "OverAggregateOperator", {"events": EVENTS},
+                                over.duck_sql("unbounded frames (the default with ORDER BY, ROWS and RANGE)")),
     "over with late rows": Case(over.QUERIES["rows aggregates"][0], "OverAggregateOperator", {"events": late_events()}),
 }
 
