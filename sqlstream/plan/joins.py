@@ -36,6 +36,7 @@ from sqlstream.plan.join_conditions import and_all, conjuncts, interval_bounds
 from sqlstream.plan.join_inputs import SUPPORTED_JOINS, JoinContext, JoinInput, JoinInputs, shown
 from sqlstream.plan.join_nodes import IntervalJoin, LookupJoin, RegularJoin, TableRef, WindowJoin
 from sqlstream.plan.lowering import to_datafusion_sql
+from sqlstream.plan.ranking import reject_pending_rank
 from sqlstream.plan.relation import PendingWindow, PlannerContext, Relation
 from sqlstream.plan.scope import Scope, column_ref
 
@@ -64,6 +65,7 @@ def plan_joins(planner: PlannerContext, rel: Relation, joins: list[exp.Join], se
     context = JoinContext(planner, select, where_conjuncts, all(k == "inner" for k in kinds))
     for join, kind in zip(joins, kinds, strict=True):
         right = planner.plan_factor(join.this)
+        reject_pending_rank(planner, right)
         rel = _JoinPlanner(context, join, kind, rel, right).plan()
     return rel
 

@@ -23,9 +23,11 @@ from sqlstream.plan.aggregation import find_aggregates, group_expressions, plan_
 from sqlstream.plan.joins import lookup_table_relation, plan_joins
 from sqlstream.plan.lowering import stateless_stage
 from sqlstream.plan.nodes import Limit, PlanNode, Scan, Stateless, Union
+from sqlstream.plan.over import plan_over
+from sqlstream.plan.ranking import materialize_rank, reject_pending_rank
 from sqlstream.plan.relation import Relation, SelectItem, StageColumns
 from sqlstream.plan.scope import Scope, column_ref
-from sqlstream.plan.windows import expand_window, plan_window_tvf, reject_window_functions
+from sqlstream.plan.windows import expand_window, over_whole_windows, plan_window_tvf, reject_window_functions
 from sqlstream.sql.dialect import SqlStream, WindowTVF
 from sqlstream.sql.statements import SourceText, normalize_name
 from sqlstream.sql.types import sql_type_name
@@ -91,7 +93,9 @@ class QueryPlanner:
     # -- entry ----------------------------------------------------------------------
 
     def plan(self, query: exp.Expr) -> PlanNode:
-        return self._plan_query(query).node
+        rel = self._plan_query(query)
+        reject_pending_rank(self, rel)
+        return rel.node
 
     def _plan_query(self, query: exp.Expr) -> Relation:
         with_ = query.args.get("with_") or query.args.get("with")
@@ -117,6 +121,7 @@ class QueryPlanner:
         joins = select.args.get("joins") or []
         rel = self.plan_factor(from_.this)
         if joins:
+            reject_pending_rank(self, rel)
             rel = plan_joins(self, rel, joins, select)
         return rel
 
@@ -137,7 +142,7 @@ class QueryPlanner:
             inner = self._plan_query(factor.this)
             alias = factor.alias_or_name
             scope = inner.scope.requalified(normalize_name(alias)) if alias else inner.scope
-            return Relation(inner.node, scope, inner.window, inner.label)
+            return Relation(inner.node, scope, inner.window, inner.label, inner.rank)
         if isinstance(factor, exp.Table):
             if not isinstance(factor.this, exp.Identifier):
                 raise self.unsupported(f"unsupported table expression {factor.sql(dialect=SqlStream)}", factor)
@@ -150,7 +155,7 @@ class QueryPlanner:
         if name in self._ctes:
             query, source = self._ctes[name]
             inner = self._sub_planner(source)._plan_query(query)
-            return Relation(inner.node, inner.scope.requalified(alias), inner.window, name)
+            return Relation(inner.node, inner.scope.requalified(alias), inner.window, name, inner.rank)
         info = self.catalog.relation(name)
         if info is None:
             names = self.catalog.relation_names()
@@ -177,7 +182,7 @@ class QueryPlanner:
             inner = planner._plan_query(info.query)
         except SqlStreamError as error:
             raise error.with_location(self.loc(node))
-        return Relation(inner.node, inner.scope.requalified(alias), inner.window, name)
+        return Relation(inner.node, inner.scope.requalified(alias), inner.window, name, inner.rank)
 
     def _sub_planner(self, source: SourceText, view: str | None = None) -> "QueryPlanner":
         """A planner for a CTE's or view's text: this planner's CTEs, and the views being
@@ -192,6 +197,8 @@ class QueryPlanner:
     def _plan_select(self, select: exp.Select) -> Relation:
         self._reject_select_clauses(select)
         rel = self._plan_from(select)
+        if rel.rank is not None:  # Top-N / deduplication: bounded by this WHERE
+            rel, select = materialize_rank(self, select, rel)
         items = self._select_items(select, rel.scope)
         has_aggregate = any(find_aggregates(i.expression, self.source) for i in items) or (
             select.args.get("having") is not None
@@ -288,6 +295,8 @@ class QueryPlanner:
         scope = rel.scope
         if rel.window is not None:
             node, scope = expand_window(self, rel, select)
+        if not all(over_whole_windows(i.expression, node) for i in items):
+            return plan_over(self, select, node, scope, items, rel.label)
         for item in items:
             reject_window_functions(self, item.expression, node)
         resolved = [SelectItem(scope.resolve(i.expression, self.source), i.name) for i in items]
@@ -302,6 +311,8 @@ class QueryPlanner:
         if union.args.get("distinct"):
             raise self.unsupported("UNION (distinct) is not supported on streams", union, "use UNION ALL")
         sides = [self._plan_query(union.this), self._plan_query(union.expression)]
+        for side in sides:
+            reject_pending_rank(self, side)
         left = [f for f in sides[0].node.schema if not is_hidden(f.name)]
         for side in sides[1:]:
             right = [f for f in side.node.schema if not is_hidden(f.name)]

@@ -20,7 +20,7 @@ from sqlstream.plan.nodes import PlanNode, Stateless, WindowSpec
 from sqlstream.plan.scope import Scope
 from sqlstream.sql.statements import SourceText
 
-__all__ = ["PendingWindow", "Relation", "SelectItem", "StageColumns", "PlannerContext"]
+__all__ = ["PendingWindow", "PendingRank", "Relation", "SelectItem", "StageColumns", "PlannerContext"]
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,30 @@ class PendingWindow:
 
 
 @dataclass(frozen=True)
+class PendingRank:
+    """``ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...)`` over a stream, waiting for
+    the enclosing query's ``WHERE rn <= N`` (see :mod:`sqlstream.plan.ranking`). Its
+    relation's node computes every other column and the partition and order values."""
+
+    window: exp.Window  # where it was written (errors)
+    column: str  # the rank's name
+    partition: tuple[str, ...]  # columns of the node
+    order: tuple[tuple[str, bool, bool], ...]  # (column, descending, nulls first)
+    time_order: str | None  # "asc"/"desc": ORDER BY the event-time column alone
+    key_columns: tuple[str, ...] | None  # output columns equal to the partition values, if all are selected
+    shown: tuple[str, str] = ("", "")  # PARTITION BY and ORDER BY as written (EXPLAIN)
+
+
+@dataclass(frozen=True)
 class Relation:
-    """A planned FROM item: its node, its columns' names and a pending window TVF."""
+    """A planned FROM item: its node, its columns' names, a pending window TVF and a
+    pending ROW_NUMBER ranking."""
 
     node: PlanNode
     scope: Scope
     window: PendingWindow | None = None
     label: str = ""
+    rank: PendingRank | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from sqlstream.sql.statements import SourceText, interval_us, normalize_name
 
 __all__ = [
     "WINDOW_COLUMNS", "TIMESTAMP_US", "plan_window_tvf", "expand_window", "reject_virtual", "is_virtual",
-    "reject_window_functions",
+    "reject_window_functions", "over_whole_windows",
 ]
 
 WINDOW_COLUMNS = ("window_start", "window_end")
@@ -41,6 +41,9 @@ _INTERVALS = {"TUMBLE": 1, "HOP": 2, "CUMULATE": 2, "SESSION": 1}
 def plan_window_tvf(ctx: PlannerContext, tvf: WindowTVF) -> Relation:
     """``TUMBLE(src, ts, ...)`` and its kin: ``src`` with a pending window."""
     inner = ctx.plan_factor(tvf.this)
+    if inner.rank is not None:
+        raise ctx.unsupported("a window function over a ROW_NUMBER() ranking is not supported", inner.rank.window,
+                              "bound the ranking first: (SELECT * FROM (...) WHERE rn <= N)")
     if inner.window is not None:
         raise ctx.unsupported("a window function over another window function is not supported", tvf)
     time_column = _time_column(ctx, tvf, inner)
@@ -146,12 +149,22 @@ def reject_virtual(source: SourceText, expression: exp.Expr) -> None:
             )
 
 
+def over_whole_windows(expression: exp.Expr, node: PlanNode) -> bool:
+    """True when every OVER (...) in ``expression`` is over whole final windows (rows of a
+    window arriving together, partitioned by its window columns): DataFusion evaluates
+    them per batch."""
+    for window in expression.find_all(exp.Window):
+        partition = {normalize_name(p.this) for p in window.args.get("partition_by") or [] if isinstance(p, exp.Column)}
+        if not (node.window is not None and set(node.window) <= partition and _emits_whole_windows(node)):
+            return False
+    return True
+
+
 def reject_window_functions(ctx: PlannerContext, expression: exp.Expr, node: PlanNode) -> None:
     """OVER (...) in a projection: only over whole final windows (rows of a window
     arriving together, partitioned by its window columns)."""
     for window in expression.find_all(exp.Window):
-        partition = {normalize_name(p.this) for p in window.args.get("partition_by") or [] if isinstance(p, exp.Column)}
-        if node.window is not None and set(node.window) <= partition and _emits_whole_windows(node):
+        if over_whole_windows(window, node):
             continue  # rows of a final window arrive together: DataFusion evaluates it per batch
         raise ctx.unsupported(
             "window functions (OVER) need PARTITION BY window_start, window_end over a windowed aggregation",

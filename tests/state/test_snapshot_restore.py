@@ -29,6 +29,8 @@ from sqlstream.operators.snapshot import OperatorSnapshot
 from sqlstream.runtime.operator_ids import checkpoint_operators
 from sqlstream.testing import PipelineRun, TestSession, stored_snapshot
 from tests.differential import test_joins as joins
+from tests.differential import test_over as over
+from tests.differential import test_ranking as ranking
 from tests.differential import test_windows_differential as windows
 
 pytestmark = pytest.mark.timeout(300)
@@ -162,6 +164,23 @@ CASES = {
                                         {"a": REGULAR_A, "b": REGULAR_B}, emit_every=True,
                                         setup="SET join_state_ttl = '2s';"),
     "lookup join": duck_case(joins.LOOKUPS["computed keys and residual"][0], "LookupJoinOperator", {"a": A}),
+    "top n": duck_case(ranking.QUERIES["top3 with rank"][0], "TopNOperator", {"events": EVENTS},
+                       ranking.QUERIES["top3 with rank"][1]),
+    "keep last": duck_case(ranking.QUERIES["keep last (event time DESC)"][0], "TopNOperator", {"events": EVENTS},
+                           ranking.QUERIES["keep last (event time DESC)"][1]),
+    "keep first": duck_case(ranking.QUERIES["keep first (event time)"][0], "FirstRowOperator", {"events": EVENTS},
+                            ranking.QUERIES["keep first (event time)"][1]),
+    "keep first with late rows and ttl": Case(
+        "SELECT idx, g FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY x ORDER BY ts) AS rn FROM events) WHERE rn = 1",
+        "FirstRowOperator", {"events": late_events()}, setup="SET dedup_state_ttl = '5s';"),
+    "over aggregate": duck_case(over.QUERIES["range aggregates"][0], "OverAggregateOperator", {"events": EVENTS},
+                                over.duck_sql("range aggregates")),
+    "over rows, lag and lead": duck_case(over.QUERIES["lag and lead"][0], "OverAggregateOperator", {"events": EVENTS},
+                                         over.duck_sql("lag and lead")),
+    "over unbounded": duck_case(over.QUERIES["unbounded frames (the default with ORDER BY, ROWS and RANGE)"][0],
+                                "OverAggregateOperator", {"events": EVENTS},
+                                over.duck_sql("unbounded frames (the default with ORDER BY, ROWS and RANGE)")),
+    "over with late rows": Case(over.QUERIES["rows aggregates"][0], "OverAggregateOperator", {"events": late_events()}),
 }
 
 
