@@ -487,8 +487,9 @@ class Session:
         self.last_summary = summary
         return summary
 
-    def stop(self) -> bool:
-        """Stop a running :meth:`run` or :meth:`query` after the batch in flight.
+    def stop(self, reason: str | None = None) -> bool:
+        """Stop a running :meth:`run` or :meth:`query` after the batch in flight;
+        ``reason`` (``SIGTERM``) is what the summary says stopped it.
 
         True when a run loop took the request (it drains and closes the sinks); False
         when none is looping yet (start-up, opening sources) or it was already stopping."""
@@ -496,7 +497,7 @@ class Session:
             driver = self._driver
         if driver is None:
             return False
-        return driver.stop()
+        return driver.stop(reason)
 
     def query(self, sql: str, *, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
         """Run one query and yield its result batches as they come (changelog batches

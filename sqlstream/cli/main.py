@@ -1,8 +1,9 @@
 """``sqlstream`` command line: run, check, explain, repl, test.
 
-Exit codes: 0 ok (also after a graceful stop by SIGINT/SIGTERM), 1 runtime failure,
-2 invalid input (SQL, options, files), 130 / 143 stopped by SIGINT / SIGTERM before the
-pipeline was running or by a second signal during the drain.
+Exit codes: 0 finished, 1 runtime failure, 2 invalid input (SQL, options, files),
+130 / 143 stopped by SIGINT / SIGTERM: gracefully (drained, sinks closed; the summary
+says "stopped by SIGTERM"), before the pipeline was running, or by a second signal
+during the drain.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def cmd_run(args) -> int:
     def on_signal(signum, frame):
         """In the run loop the first signal drains gracefully; before it (loading the file,
         planning, opening sources, listing files) and for a second signal, stop at once."""
-        if loaded and loaded[0].stop():
+        if loaded and loaded[0].stop(signal.Signals(signum).name):
             draining.append(signum)
         elif draining:
             raise Interrupted(signum, "again while draining (sinks not closed)")
@@ -85,7 +86,9 @@ def cmd_run(args) -> int:
         if progress:
             progress.clear()
     print(f"sqlstream: {summary.line()}", file=sys.stderr)
-    return 0
+    for line in summary.target_lines():
+        print(f"sqlstream: {line}", file=sys.stderr)
+    return 128 + draining[0] if draining else 0  # 130 SIGINT, 143 SIGTERM: stopped, not finished
 
 
 def cmd_checkpoints(args) -> int:

@@ -310,6 +310,11 @@ class SinkWriter(ABC):
     #: True: ``write`` also gets SOURCE_ID_COLUMN as the last column when the rows carry it
     accepts_source_ids: bool = False
 
+    def output_path(self) -> str | None:
+        """Where the rows go, for the run summary: a local file or directory; None (the
+        default) for a destination without one (stdout, a message subject)."""
+        return None
+
     @abstractmethod
     def write(self, batch: pa.RecordBatch) -> None:
         """Take a batch of the schema the sink was opened with (changelog sinks: with
