@@ -75,7 +75,8 @@ from sqlstream.runtime.builder import (
 )
 from sqlstream.runtime.checkpointing import CheckpointConfig
 from sqlstream.runtime.clock import WallClock
-from sqlstream.runtime.driver import Driver, RunSummary
+from sqlstream.observability.server import serving
+from sqlstream.runtime.driver import Driver, RunSummary, print_warning
 from sqlstream.runtime.driver_thread import DriverThread
 from sqlstream.runtime.sink import QueueWriter
 from sqlstream.settings import DEFAULT_SETTINGS, parse_setting
@@ -475,15 +476,20 @@ class Session:
         return [s for s in self.sinks.values() if s.plan is not None]
 
     def run(self, *, progress: Callable[[Driver], None] | None = None,
-            warn: Callable[[str], None] | None = None, from_scratch: bool = False) -> RunSummary:
+            warn: Callable[[str], None] | None = None, from_scratch: bool = False,
+            pipeline: str = "sqlstream") -> RunSummary:
         """Run every sink's query together until the sources end or :meth:`stop`;
+        ``SET http`` serves its metrics and console meanwhile, labelled ``pipeline``;
         ``warn`` takes warnings (large state) instead of stderr. With ``SET checkpoint_dir``
         the run resumes from the last checkpoint there (``from_scratch``: removes it first)
         and takes checkpoints every ``checkpoint_interval``."""
-        driver = self.build(self.pending_sinks(), progress=progress, warn=warn,
-                            checkpoint=CheckpointConfig.of(self.settings, from_scratch))
-        self.report_on(driver)
-        summary = driver.run()
+        built: list[Driver] = []  # ``SET http``: the endpoint serves before the run is built (/ready 503)
+        with serving(self.settings["http"], lambda: built[0] if built else None, pipeline, warn or print_warning):
+            driver = self.build(self.pending_sinks(), progress=progress, warn=warn,
+                                checkpoint=CheckpointConfig.of(self.settings, from_scratch))
+            built.append(driver)
+            self.report_on(driver)
+            summary = driver.run()
         self.last_summary = summary
         return summary
 

@@ -66,6 +66,7 @@ def cmd_run(args) -> int:
     try:
         flags = [f"checkpoint_dir={args.checkpoint}"] if args.checkpoint else []
         flags += [f"checkpoint_interval={args.checkpoint_interval}"] if args.checkpoint_interval else []
+        flags += [f"http={args.http}"] if args.http else []
         args.set += flags  # before the file (CREATE SINK checks its inputs knowing of checkpoints) ...
         session = _load(args)
         for key, value in (flag.split("=", 1) for flag in flags):  # ... and after: the flags win over SET
@@ -79,7 +80,8 @@ def cmd_run(args) -> int:
             )
         progress = Progress(sys.stderr) if sys.stderr.isatty() and not any(s.implicit for s in sinks) else None
         summary = session.run(progress=progress.update if progress else None, warn=progress.note if progress else None,
-                              from_scratch=args.from_scratch)
+                              from_scratch=args.from_scratch,
+                              pipeline=os.path.splitext(os.path.basename(args.file))[0])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -177,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-interval", metavar="DURATION", help="how often, e.g. 10s (default 5s)")
     p.add_argument("--from-scratch", action="store_true",
                    help="remove the checkpoint and read the sources from the start")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="serve /metrics, /live, /ready and a web console while the pipeline runs "
+                        "(e.g. 127.0.0.1:9464; a port alone binds 127.0.0.1; read-only, no authentication)")
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("checkpoints", help="list the checkpoints in a checkpoint directory")
     p.add_argument("dir", help="checkpoint directory (--checkpoint of sqlstream run)")

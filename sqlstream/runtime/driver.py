@@ -115,6 +115,8 @@ class Driver:
         self._stop = threading.Event()
         self.stop_reason: str | None = None  # what ``stop`` was told (``SIGTERM``), for the summary
         self.looping = False  # in the run loop: a stop request drains and closes gracefully
+        #: sources open, sinks open and checkpoint state restored: the run takes input (``/ready``)
+        self.ready = False
         self._started = 0.0
         self._last_tick = 0.0
         self.tick_interval_s = tick_interval_s
@@ -155,6 +157,7 @@ class Driver:
         try:
             if self.checkpointer is not None:
                 self.checkpointer.restore(self)
+            self.ready = True
             while not self._stop.is_set() and self.step():
                 if self.checkpointer is not None:
                     self.checkpointer.maybe_take(self)
