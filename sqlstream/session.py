@@ -62,6 +62,7 @@ from sqlstream.introspection import (
     show_rows,
     watermark_rows,
 )
+from sqlstream.observability.server import serving
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.planner import QueryPlanner
@@ -75,7 +76,6 @@ from sqlstream.runtime.builder import (
 )
 from sqlstream.runtime.checkpointing import CheckpointConfig
 from sqlstream.runtime.clock import WallClock
-from sqlstream.observability.server import serving
 from sqlstream.runtime.driver import Driver, RunSummary, print_warning
 from sqlstream.runtime.driver_thread import DriverThread
 from sqlstream.runtime.sink import QueueWriter

@@ -131,7 +131,7 @@ class PipelineCollector(Collector):
             rows.add_metric([p, name], stage.metrics.rows_in)
             records.add_metric([p, name], stage.metrics.records_in)
             batches.add_metric([p, name], stage.metrics.batches)
-            wm = stage.watermark if stage.tracker is not None else None
+            wm = stage.tracker.watermark if stage.tracker is not None else None  # the data's, also once ended
             if wm is not None and is_real_watermark(wm):
                 watermark.add_metric([p, name], wm / 1e6)
                 lag.add_metric([p, name], now_s - wm / 1e6)

@@ -42,7 +42,7 @@ def pipeline_view(driver: Driver | None, pipeline: str) -> dict:
                               "rows_out": stage.metrics.rows_in})
         for op, _ in stage.consumers:
             view["edges"].append([node, ids[id(op)]])
-        wm = stage.watermark if stage.tracker is not None else None
+        wm = stage.tracker.watermark if stage.tracker is not None else None  # the data's, also once ended
         real = wm is not None and is_real_watermark(wm)
         view["sources"].append({
             "name": stage.name, "rows": stage.metrics.rows_in, "records": stage.metrics.records_in,
