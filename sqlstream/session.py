@@ -62,6 +62,7 @@ from sqlstream.introspection import (
     show_rows,
     watermark_rows,
 )
+from sqlstream.observability.analyze import DiscardWriter, analyze_text
 from sqlstream.observability.server import serving
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import PlanNode
@@ -411,7 +412,30 @@ class Session:
 
     def _explain(self, st: ExplainStatement) -> StatementResult:
         title, query, source = explain_target(st)
-        return StatementResult("explain", title, text=explain_plan(title, self._plan(query, source)), statement=st)
+        plan = self._plan(query, source)
+        if st.analyze:
+            if not isinstance(st.statement, QueryStatement):
+                raise UnsupportedSqlError("EXPLAIN ANALYZE takes a query (SELECT ...); for a file's sinks use "
+                                          "sqlstream explain --analyze FILE", location=st.location)
+            return StatementResult("explain", title, text=self._analyze([(title, "query", plan)], []), statement=st)
+        return StatementResult("explain", title, text=explain_plan(title, plan), statement=st)
+
+    def explain_analyze(self) -> str:
+        """Run every pending sink's query to the end of its input and return their plans
+        annotated per operator (rows in/out, batches, time, peak state)."""
+        sinks = self.pending_sinks()
+        return self._analyze([(f"sink {s.name} [{s.connector.describe()}]", s.name, s.plan) for s in sinks], sinks)
+
+    def _analyze(self, plans: list[tuple[str, str, PlanNode]], sinks: list[SinkEntry]) -> str:
+        unbounded = sorted(name for _, _, plan in plans for name in plan.sources()
+                           if not self.sources[name].connector.bounded)
+        if unbounded:
+            raise UnsupportedSqlError(f"EXPLAIN ANALYZE runs the query to the end of its input, but source "
+                                      f"'{unbounded[0]}' has no end", hint="give it an end (e.g. max_rows)")
+        extra = [] if sinks else [(name, plan, lambda schema: DiscardWriter()) for _, name, plan in plans]
+        driver = self.build(sinks, extra)
+        self.report_on(driver)
+        return analyze_text(plans, driver, driver.run())
 
     def explain(self, sql: str) -> str:
         """The streaming plan of every query registered so far plus those in ``sql``."""

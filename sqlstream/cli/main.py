@@ -124,6 +124,12 @@ def cmd_check(args) -> int:
 
 def cmd_explain(args) -> int:
     session = _load(args)
+    if args.analyze:
+        if not session.pending_sinks():
+            raise SqlStreamError(f"{args.file}: nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT")
+        install_renderer(session)
+        print(session.explain_analyze())
+        return 0
     parts = []
     for sink in session.pending_sinks():
         parts.append(explain_plan(f"sink {sink.name} [{sink.connector.describe()}]", sink.plan))
@@ -191,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_check)
     p = sub.add_parser("explain", help="show the streaming plan of each query")
     common(p)
+    p.add_argument("--analyze", action="store_true",
+                   help="run the pipeline to the end of its input (its sinks write as in run) and show rows in/out, "
+                        "time and peak state per operator")
     p.set_defaults(handler=cmd_explain)
     p = sub.add_parser("repl", help="interactive SQL against live streams")
     p.add_argument("file", nargs="?", help="run this file's statements first")
