@@ -21,6 +21,7 @@ The module is long because it is the public API: each method is short and hands 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -63,7 +64,6 @@ from sqlstream.introspection import (
     watermark_rows,
 )
 from sqlstream.observability.analyze import DiscardWriter, analyze_text
-from sqlstream.observability.server import serving
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.planner import QueryPlanner
@@ -508,7 +508,13 @@ class Session:
         the run resumes from the last checkpoint there (``from_scratch``: removes it first)
         and takes checkpoints every ``checkpoint_interval``."""
         built: list[Driver] = []  # ``SET http``: the endpoint serves before the run is built (/ready 503)
-        with serving(self.settings["http"], lambda: built[0] if built else None, pipeline, warn or print_warning):
+        endpoint = contextlib.nullcontext()
+        if self.settings["http"] is not None:  # (imported here: a run without it does not load prometheus_client)
+            from sqlstream.observability.server import serving
+
+            endpoint = serving(self.settings["http"], lambda: built[0] if built else None, pipeline,
+                               warn or print_warning)
+        with endpoint:
             driver = self.build(self.pending_sinks(), progress=progress, warn=warn,
                                 checkpoint=CheckpointConfig.of(self.settings, from_scratch))
             built.append(driver)
