@@ -118,6 +118,8 @@ class PipelineCollector(Collector):
         records = self._family(CounterMetricFamily, "sqlstream_source_records",
                                "records received from the source, good and bad", ["source"])
         batches = self._family(CounterMetricFamily, "sqlstream_source_batches", "micro-batches read", ["source"])
+        read = self._family(CounterMetricFamily, "sqlstream_source_bytes", "bytes read (files, message payloads)",
+                            ["source"])
         watermark = self._family(GaugeMetricFamily, "sqlstream_source_watermark_seconds",
                                  "the source's watermark (event time, seconds since the epoch)", ["source"])
         lag = self._family(GaugeMetricFamily, "sqlstream_source_watermark_lag_seconds",
@@ -131,6 +133,8 @@ class PipelineCollector(Collector):
             rows.add_metric([p, name], stage.metrics.rows_in)
             records.add_metric([p, name], stage.metrics.records_in)
             batches.add_metric([p, name], stage.metrics.batches)
+            if stage.metrics.bytes_in is not None:
+                read.add_metric([p, name], stage.metrics.bytes_in)
             wm = stage.tracker.watermark if stage.tracker is not None else None  # the data's, also once ended
             if wm is not None and is_real_watermark(wm):
                 watermark.add_metric([p, name], wm / 1e6)
@@ -155,7 +159,7 @@ class PipelineCollector(Collector):
                 if full not in readers:
                     readers[full] = self._family(family, full, doc, ["source"])
                 readers[full].add_metric([p, name], value)
-        yield from (rows, records, batches, watermark, lag, idle, *readers.values())
+        yield from (rows, records, batches, read, watermark, lag, idle, *readers.values())
 
     def _sinks_and_dead_letters(self, driver: Driver) -> Iterator[Metric]:
         p = self.pipeline

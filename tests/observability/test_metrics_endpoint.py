@@ -8,7 +8,7 @@ import signal
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.observability.conftest import DECODE, GOOD, TYPE, Running, get, wait_for
+from tests.observability.conftest import DECODE, EVENTS, GOOD, TYPE, Running, get, wait_for
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -34,6 +34,8 @@ def test_metrics_count_exactly_what_the_run_did(known_run):
     assert m[("sqlstream_pipeline_ready", ())] == 1
     assert m[("sqlstream_source_rows_total", src)] == GOOD + 1  # the late row is read, then dropped by the window
     assert m[("sqlstream_source_records_total", src)] == GOOD + DECODE + TYPE + 1
+    assert m[("sqlstream_source_bytes_total", src)] == len(EVENTS.encode())
+    assert ("sqlstream_source_bytes_total", (("source", "beat"),)) not in m  # a generator reads no bytes
     assert m[("sqlstream_dead_letters_total", (("reason", "decode"), ("source", "events")))] == DECODE
     assert m[("sqlstream_dead_letters_total", (("reason", "type"), ("source", "events")))] == TYPE
     assert m[("sqlstream_dead_letters_total", (("reason", "late"), ("source", "events")))] == 1

@@ -387,7 +387,8 @@ class JetStreamReader(MessageReader):
         if copies is not None and len(copies):
             held.copies.append(copies)
         self.held[batch_id] = held
-        return SourceBatch(batch, dead, ack=lambda: self._ack(batch_id), raw_count=len(items))
+        return SourceBatch(batch, dead, ack=lambda: self._ack(batch_id), raw_count=len(items),
+                           raw_bytes=sum(map(len, payloads)))
 
     def _settle_copies(self, replies: pa.Array, sequences: np.ndarray, copy: np.ndarray) -> pa.Array:
         """Redelivered copies of messages this run already took are dropped, never
