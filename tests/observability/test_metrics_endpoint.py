@@ -4,6 +4,7 @@ rows) and parsed with prometheus_client's own parser; ``/live``, ``/ready``."""
 
 from __future__ import annotations
 
+import re
 import signal
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -125,3 +126,27 @@ def test_a_bad_http_setting_is_bad_input(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "invalid value 'localhost:http' for setting 'http': expected 'host:port'" in result.stderr
+
+
+def test_checkpoint_metrics(tmp_path):
+    (tmp_path / "p.sql").write_text(
+        "CREATE SOURCE beat (n BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)\n"
+        "    WITH (connector = 'generator', rows_per_second = 200);\n"
+        "CREATE SINK counts AS SELECT window_end, count(*) AS n FROM TUMBLE(beat, ts, INTERVAL '1' HOUR)\n"
+        "    GROUP BY window_end WITH (connector = 'file', path = 'counts.jsonl', format = 'json');\n")
+    run = Running(tmp_path, ["p.sql", "--http", "127.0.0.1:0", "--checkpoint", "ck", "--checkpoint-interval", "200ms"])
+    try:
+        m = wait_for(lambda: (s := scrape(run.url)).get(("sqlstream_checkpoints_total", ()), 0) >= 2 and s,
+                     "two checkpoints")
+        assert m[("sqlstream_checkpoint_last_epoch", ())] == m[("sqlstream_checkpoints_total", ())]  # a first run
+        assert m[("sqlstream_checkpoint_last_state_rows", ())] > 0  # the open window's partials
+        assert m[("sqlstream_checkpoint_last_size_bytes", ())] > 0
+        assert 0 < m[("sqlstream_checkpoint_last_duration_seconds", ())] <= m[("sqlstream_checkpoint_duration_seconds_total", ())]
+        assert 0 <= m[("sqlstream_checkpoint_age_seconds", ())] < 60
+        window = [labels for name, labels in m if name == "sqlstream_operator_state_rows"]
+        assert len(window) == 1 and m[("sqlstream_operator_state_rows", window[0])] > 0
+    finally:
+        code, stderr = run.stop()
+    assert code == 143, stderr
+    assert re.search(r"^sqlstream: stopped by SIGTERM \| .* rows of open window/aggregate state kept in the checkpoint",
+                     stderr, re.MULTILINE), stderr
