@@ -92,3 +92,15 @@ def test_cli_explain_analyze_runs_the_file_and_annotates_each_sink(tmp_path):
                                  ("Scan", 1001, 1001)]
     assert "peak state 3 rows / " in keys
     assert len((tmp_path / "small.jsonl").read_text().splitlines()) == 10  # the sinks wrote, as in run
+
+
+def test_explain_analyze_in_the_repl(tmp_path):
+    (tmp_path / "events.jsonl").write_text(EVENTS)
+    result = subprocess.run(
+        [SQLSTREAM, "repl", "--no-udfs", "-e",
+         "CREATE SOURCE events (id BIGINT, ts TIMESTAMP, v BIGINT) WITH (connector = 'file', path = 'events.jsonl',"
+         " format = 'json'); EXPLAIN ANALYZE SELECT id FROM events WHERE v >= 990"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "== query (EXPLAIN ANALYZE) ==\nSink query: 10 rows out" in result.stdout
+    assert annotations(result.stdout) == [("Stateless", 1001, 10), ("Scan", 1001, 1001)]
