@@ -21,6 +21,7 @@ The module is long because it is the public API: each method is short and hands 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -62,6 +63,7 @@ from sqlstream.introspection import (
     show_rows,
     watermark_rows,
 )
+from sqlstream.observability.analyze import DiscardWriter, analyze_text
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.planner import QueryPlanner
@@ -75,7 +77,7 @@ from sqlstream.runtime.builder import (
 )
 from sqlstream.runtime.checkpointing import CheckpointConfig
 from sqlstream.runtime.clock import WallClock
-from sqlstream.runtime.driver import Driver, RunSummary
+from sqlstream.runtime.driver import Driver, RunSummary, print_warning
 from sqlstream.runtime.driver_thread import DriverThread
 from sqlstream.runtime.sink import QueueWriter
 from sqlstream.settings import DEFAULT_SETTINGS, parse_setting
@@ -410,7 +412,30 @@ class Session:
 
     def _explain(self, st: ExplainStatement) -> StatementResult:
         title, query, source = explain_target(st)
-        return StatementResult("explain", title, text=explain_plan(title, self._plan(query, source)), statement=st)
+        plan = self._plan(query, source)
+        if st.analyze:
+            if not isinstance(st.statement, QueryStatement):
+                raise UnsupportedSqlError("EXPLAIN ANALYZE takes a query (SELECT ...); for a file's sinks use "
+                                          "sqlstream explain --analyze FILE", location=st.location)
+            return StatementResult("explain", title, text=self._analyze([(title, "query", plan)], []), statement=st)
+        return StatementResult("explain", title, text=explain_plan(title, plan), statement=st)
+
+    def explain_analyze(self) -> str:
+        """Run every pending sink's query to the end of its input and return their plans
+        annotated per operator (rows in/out, batches, time, peak state)."""
+        sinks = self.pending_sinks()
+        return self._analyze([(f"sink {s.name} [{s.connector.describe()}]", s.name, s.plan) for s in sinks], sinks)
+
+    def _analyze(self, plans: list[tuple[str, str, PlanNode]], sinks: list[SinkEntry]) -> str:
+        unbounded = sorted(name for _, _, plan in plans for name in plan.sources()
+                           if not self.sources[name].connector.bounded)
+        if unbounded:
+            raise UnsupportedSqlError(f"EXPLAIN ANALYZE runs the query to the end of its input, but source "
+                                      f"'{unbounded[0]}' has no end", hint="give it an end (e.g. max_rows)")
+        extra = [] if sinks else [(name, plan, lambda schema: DiscardWriter()) for _, name, plan in plans]
+        driver = self.build(sinks, extra)
+        self.report_on(driver)
+        return analyze_text(plans, driver, driver.run())
 
     def explain(self, sql: str) -> str:
         """The streaming plan of every query registered so far plus those in ``sql``."""
@@ -475,20 +500,32 @@ class Session:
         return [s for s in self.sinks.values() if s.plan is not None]
 
     def run(self, *, progress: Callable[[Driver], None] | None = None,
-            warn: Callable[[str], None] | None = None, from_scratch: bool = False) -> RunSummary:
+            warn: Callable[[str], None] | None = None, from_scratch: bool = False,
+            pipeline: str = "sqlstream") -> RunSummary:
         """Run every sink's query together until the sources end or :meth:`stop`;
+        ``SET http`` serves its metrics and console meanwhile, labelled ``pipeline``;
         ``warn`` takes warnings (large state) instead of stderr. With ``SET checkpoint_dir``
         the run resumes from the last checkpoint there (``from_scratch``: removes it first)
         and takes checkpoints every ``checkpoint_interval``."""
-        driver = self.build(self.pending_sinks(), progress=progress, warn=warn,
-                            checkpoint=CheckpointConfig.of(self.settings, from_scratch))
-        self.report_on(driver)
-        summary = driver.run()
+        built: list[Driver] = []  # ``SET http``: the endpoint serves before the run is built (/ready 503)
+        endpoint = contextlib.nullcontext()
+        if self.settings["http"] is not None:  # (imported here: a run without it does not load prometheus_client)
+            from sqlstream.observability.server import serving
+
+            endpoint = serving(self.settings["http"], lambda: built[0] if built else None, pipeline,
+                               warn or print_warning)
+        with endpoint:
+            driver = self.build(self.pending_sinks(), progress=progress, warn=warn,
+                                checkpoint=CheckpointConfig.of(self.settings, from_scratch))
+            built.append(driver)
+            self.report_on(driver)
+            summary = driver.run()
         self.last_summary = summary
         return summary
 
-    def stop(self) -> bool:
-        """Stop a running :meth:`run` or :meth:`query` after the batch in flight.
+    def stop(self, reason: str | None = None) -> bool:
+        """Stop a running :meth:`run` or :meth:`query` after the batch in flight;
+        ``reason`` (``SIGTERM``) is what the summary says stopped it.
 
         True when a run loop took the request (it drains and closes the sinks); False
         when none is looping yet (start-up, opening sources) or it was already stopping."""
@@ -496,7 +533,7 @@ class Session:
             driver = self._driver
         if driver is None:
             return False
-        return driver.stop()
+        return driver.stop(reason)
 
     def query(self, sql: str, *, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
         """Run one query and yield its result batches as they come (changelog batches

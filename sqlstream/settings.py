@@ -10,7 +10,7 @@ from sqlstream.errors import Location, SqlAnalysisError, did_you_mean
 from sqlstream.paths import AllowedPaths
 from sqlstream.sizes import parse_bytes, parse_count
 
-__all__ = ["DEFAULT_SETTINGS", "parse_setting", "SETTING_DOCS"]
+__all__ = ["DEFAULT_SETTINGS", "parse_setting", "SETTING_DOCS", "parse_http_address"]
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "batch_size": 8192,
@@ -26,6 +26,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "checkpoint_dir": None,  # absolute path, None = no checkpoints
     "checkpoint_interval": 5_000_000,  # µs
     "checkpoint_keep": 3,  # committed epochs kept on disk
+    "http": None,  # (host, port) of the metrics/console endpoint of a run, None = off
 }
 
 SETTING_DOCS = {
@@ -45,6 +46,8 @@ SETTING_DOCS = {
                       "(default: none)",
     "checkpoint_interval": "how often a checkpoint is taken (default 5s)",
     "checkpoint_keep": "how many committed checkpoints stay on disk (default 3)",
+    "http": "serve /metrics, /live, /ready and the console at 'host:port' while a pipeline runs "
+            "(default off; 'port' alone binds 127.0.0.1)",
 }
 
 
@@ -87,6 +90,8 @@ def parse_setting(key: str, value: Any, location: Location | None = None, *, bas
             if text not in ("dead_letter", "fail", "skip"):
                 raise ValueError("expected dead_letter, fail or skip")
             return text
+        if key == "http":
+            return parse_http_address(value)
         if key == "allowed_paths":
             return value if isinstance(value, AllowedPaths) else AllowedPaths.parse(value, base_dir or os.getcwd())
         return str(value)
@@ -94,3 +99,21 @@ def parse_setting(key: str, value: Any, location: Location | None = None, *, bas
         raise SqlAnalysisError(
             f"invalid value {value!r} for setting '{key}': {error}", location=location, hint=SETTING_DOCS[key]
         ) from None
+
+
+def parse_http_address(value: Any) -> tuple[str, int] | None:
+    """``'host:port'`` (or ``'port'``, on 127.0.0.1) as ``(host, port)``; ``'off'``: None.
+
+    >>> parse_http_address("127.0.0.1:9464"), parse_http_address("9464"), parse_http_address("[::1]:0")
+    (('127.0.0.1', 9464), ('127.0.0.1', 9464), ('::1', 0))
+    """
+    if isinstance(value, tuple):
+        return value
+    text = str(value).strip()
+    if text.lower() in ("", "off", "none"):
+        return None
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected 'host:port', e.g. '127.0.0.1:9464' (port 0: any free port)")
+    return host, int(port)

@@ -1,14 +1,16 @@
 """``sqlstream`` command line: run, check, explain, repl, test.
 
-Exit codes: 0 ok (also after a graceful stop by SIGINT/SIGTERM), 1 runtime failure,
-2 invalid input (SQL, options, files), 130 / 143 stopped by SIGINT / SIGTERM before the
-pipeline was running or by a second signal during the drain.
+Exit codes: 0 finished, 1 runtime failure, 2 invalid input (SQL, options, files),
+130 / 143 stopped by SIGINT / SIGTERM: gracefully (drained, sinks closed; the summary
+says "stopped by SIGTERM"), before the pipeline was running, or by a second signal
+during the drain.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import signal
 import sys
@@ -21,6 +23,7 @@ from sqlstream.cli.render import install_renderer, render_table
 from sqlstream.cli.session_setup import make_session, read_sql_file
 from sqlstream.errors import SqlStreamError
 from sqlstream.introspection import checkpoint_rows, rows_table
+from sqlstream.runtime.driver import RunSummary
 from sqlstream.session import Session, explain_plan
 
 __all__ = ["main", "build_parser", "Interrupted"]
@@ -53,7 +56,7 @@ def cmd_run(args) -> int:
     def on_signal(signum, frame):
         """In the run loop the first signal drains gracefully; before it (loading the file,
         planning, opening sources, listing files) and for a second signal, stop at once."""
-        if loaded and loaded[0].stop():
+        if loaded and loaded[0].stop(signal.Signals(signum).name):
             draining.append(signum)
         elif draining:
             raise Interrupted(signum, "again while draining (sinks not closed)")
@@ -65,27 +68,68 @@ def cmd_run(args) -> int:
     try:
         flags = [f"checkpoint_dir={args.checkpoint}"] if args.checkpoint else []
         flags += [f"checkpoint_interval={args.checkpoint_interval}"] if args.checkpoint_interval else []
+        flags += [f"http={args.http}"] if args.http else []
         args.set += flags  # before the file (CREATE SINK checks its inputs knowing of checkpoints) ...
         session = _load(args)
         for key, value in (flag.split("=", 1) for flag in flags):  # ... and after: the flags win over SET
             session.apply_setting(key, value)
         loaded.append(session)
-        install_renderer(session)
         sinks = session.pending_sinks()
         if not sinks:  # invalid input (exit 2), not a failure while running
             raise SqlStreamError(
                 f"{args.file}: nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT"
             )
-        progress = Progress(sys.stderr) if sys.stderr.isatty() and not any(s.implicit for s in sinks) else None
-        summary = session.run(progress=progress.update if progress else None, warn=progress.note if progress else None,
-                              from_scratch=args.from_scratch)
+        # the progress line stays at the bottom of the terminal, also under rows printed there; not
+        # under an updating result (a table redrawn in place), with --quiet or --log-format json
+        redrawn = sys.stdout.isatty() and any(s.implicit and s.plan.updating for s in sinks)
+        shown = sys.stderr.isatty() and not redrawn and not args.quiet and args.log_format == "text"
+        progress = Progress(sys.stderr) if shown else None
+        install_renderer(session, progress.clear if progress else None)
+        warn = progress.note if progress else None
+        if args.log_format == "json":
+            warn = lambda text: _log_json({"level": "warning", "message": text})  # noqa: E731
+        summary = session.run(progress=progress.update if progress else None, warn=warn,
+                              from_scratch=args.from_scratch,
+                              pipeline=os.path.splitext(os.path.basename(args.file))[0])
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if progress:
             progress.clear()
-    print(f"sqlstream: {summary.line()}", file=sys.stderr)
-    return 0
+    code = 128 + draining[0] if draining else 0  # 130 SIGINT, 143 SIGTERM: stopped, not finished
+    if args.log_format == "json":
+        if not args.quiet:
+            _log_json(_summary_event(summary, code))
+    elif not args.quiet:
+        print(f"sqlstream: {summary.line()}", file=sys.stderr)
+        for line in summary.target_lines():
+            print(f"sqlstream: {line}", file=sys.stderr)
+    return code
+
+
+def _log_json(event: dict) -> None:
+    """One JSON object per line on stderr (``--log-format json``)."""
+    print(json.dumps(event, default=str), file=sys.stderr, flush=True)
+
+
+def _summary_event(summary: RunSummary, code: int) -> dict:
+    """The run summary as one JSON log event."""
+    return {
+        "level": "info", "event": "summary", "status": "stopped" if summary.stopped_by else "finished",
+        "stopped_by": summary.stopped_by, "exit_code": code, "elapsed_s": round(summary.elapsed_s, 3),
+        "sources": {name: {"rows_in": m["rows_in"], "records_in": m["records_in"], "problems": m.get("problems") or []}
+                    for name, m in summary.sources.items()},
+        "sinks": {name: {"rows_out": rows, "path": summary.targets.get(name)} for name, rows in summary.sinks.items()},
+        "dead_letters": dict(sorted(summary.dead_letters.items())), "dead_letter_path":
+            summary.dead_letter_path if summary.dead_letters else None,
+        "skipped": dict(sorted(summary.skipped.items())), "open_state_rows": summary.open_state_rows,
+        "open_state": ("kept in the checkpoint" if summary.checkpoints is not None else "not emitted")
+        if summary.open_state_rows else None,
+        "peak_state": {"rows": summary.peak_state.rows, "bytes": summary.peak_state.bytes},
+        "checkpoints": None if summary.checkpoints is None else {
+            "taken": summary.checkpoints.taken, "last_epoch": summary.checkpoints.last_epoch,
+            "resumed_from": summary.checkpoints.resumed_from},
+    }
 
 
 def cmd_checkpoints(args) -> int:
@@ -119,6 +163,12 @@ def cmd_check(args) -> int:
 
 def cmd_explain(args) -> int:
     session = _load(args)
+    if args.analyze:
+        if not session.pending_sinks():
+            raise SqlStreamError(f"{args.file}: nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT")
+        install_renderer(session)
+        print(session.explain_analyze())
+        return 0
     parts = []
     for sink in session.pending_sinks():
         parts.append(explain_plan(f"sink {sink.name} [{sink.connector.describe()}]", sink.plan))
@@ -174,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-interval", metavar="DURATION", help="how often, e.g. 10s (default 5s)")
     p.add_argument("--from-scratch", action="store_true",
                    help="remove the checkpoint and read the sources from the start")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress line and no summary on stderr (warnings and errors still; the exit code says how it ended)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="json: warnings, errors and the summary as one JSON object per line on stderr, no progress line")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="serve /metrics, /live, /ready and a web console while the pipeline runs "
+                        "(e.g. 127.0.0.1:9464; a port alone binds 127.0.0.1; read-only, no authentication)")
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("checkpoints", help="list the checkpoints in a checkpoint directory")
     p.add_argument("dir", help="checkpoint directory (--checkpoint of sqlstream run)")
@@ -183,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_check)
     p = sub.add_parser("explain", help="show the streaming plan of each query")
     common(p)
+    p.add_argument("--analyze", action="store_true",
+                   help="run the pipeline to the end of its input (its sinks write as in run) and show rows in/out, "
+                        "time and peak state per operator")
     p.set_defaults(handler=cmd_explain)
     p = sub.add_parser("repl", help="interactive SQL against live streams")
     p.add_argument("file", nargs="?", help="run this file's statements first")
@@ -209,10 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except SqlStreamError as error:
-        print(error.render(), file=sys.stderr)
+        if getattr(args, "log_format", "text") == "json":
+            _log_json({"level": "error", "message": error.render(), "exit_code": error.exit_code})
+        else:
+            print(error.render(), file=sys.stderr)
         return error.exit_code
     except Interrupted as stop:
-        print(f"sqlstream: {stop}", file=sys.stderr)
+        if getattr(args, "log_format", "text") == "json":
+            _log_json({"level": "error", "message": str(stop), "exit_code": stop.exit_code})
+        else:
+            print(f"sqlstream: {stop}", file=sys.stderr)
         return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -90,17 +90,33 @@ class LiveTableWriter(SinkWriter):
             self._live = None
 
 
-def install_renderer(session) -> None:
-    """Bare SELECTs on a terminal: live tables for updating results, aligned rows else."""
+def install_renderer(session, before_write: Callable[[], None] | None = None) -> None:
+    """Bare SELECTs on a terminal: live tables for updating results, aligned rows else;
+    ``before_write`` runs before each write of rows to stdout (it clears the progress line)."""
+    stream = _ClearingStdout(before_write) if before_write is not None else None
 
     def factory(sink_name: str, schema: pa.Schema, fmt: str) -> SinkWriter:
         if fmt == "json" or not sys.stdout.isatty():
-            return JsonLinesWriter()
+            return JsonLinesWriter(stream)
         if OP_COLUMN in schema.names:
             return LiveTableWriter(schema)
-        return PlainTableWriter(schema)
+        return PlainTableWriter(schema, stream)
 
     session.stdout_renderer = factory
+
+
+class _ClearingStdout:
+    """``sys.stdout``, calling ``before_write`` first (rows land where the progress line was)."""
+
+    def __init__(self, before_write: Callable[[], None]):
+        self.before_write = before_write
+
+    def write(self, text: str) -> int:
+        self.before_write()
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
 
 
 class _CurrentStdout:

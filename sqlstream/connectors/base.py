@@ -81,6 +81,7 @@ class SourceBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     ack: Callable[[], None] | None = None  # called once every row of this batch is safely written
     raw_count: int = 0  # records received (good + bad)
+    raw_bytes: int | None = None  # bytes those records took (file bytes, payloads); None: the reader cannot say
     event_time_hint: int | None = None  # µs: the source has seen event time up to here (moves the watermark)
 
 
@@ -309,6 +310,11 @@ class SinkWriter(ABC):
 
     #: True: ``write`` also gets SOURCE_ID_COLUMN as the last column when the rows carry it
     accepts_source_ids: bool = False
+
+    def output_path(self) -> str | None:
+        """Where the rows go, for the run summary: a local file or directory; None (the
+        default) for a destination without one (stdout, a message subject)."""
+        return None
 
     @abstractmethod
     def write(self, batch: pa.RecordBatch) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Protocol, Sequence
@@ -26,6 +26,7 @@ from sqlstream.hidden import drop_hidden
 __all__ = ["DeadLetter", "DeadLetterOutput", "rows_as_dead_letters", "DEAD_LETTER_SCHEMA", "DEAD_LETTER_STREAM"]
 
 DEAD_LETTER_STREAM = "sqlstream_dead_letter"
+RECENT = 20  # dead letters kept in memory for the console
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -95,6 +96,8 @@ class DeadLetterOutput:
         self._lock = threading.Lock()
         self._handle = None
         self._subscribers: list[Callable[[pa.RecordBatch], None]] = []
+        #: the latest dead letters (raw text cut at 500 characters), for the web console
+        self.recent: deque[dict] = deque(maxlen=RECENT)
 
     def subscribe(self, callback: Callable[[pa.RecordBatch], None]) -> None:
         self._subscribers.append(callback)
@@ -129,6 +132,10 @@ class DeadLetterOutput:
         with self._lock:
             for letter in letters:
                 self.counts[(letter.source, letter.reason)] += 1
+            for d in letters[-RECENT:]:
+                self.recent.append({"at": _iso(now), "source": d.source, "reason": d.reason, "detail": d.detail,
+                                    "raw": d.raw if d.raw is None or len(d.raw) <= 500 else d.raw[:497] + "...",
+                                    "position": d.position})
             if self.path:
                 if self._handle is None:
                     os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)

@@ -8,10 +8,16 @@ idle nor ended. Hidden columns (prefix ``__``) travel with the rows:
 ``__wm`` (the watermark *before* this row arrived at its source, which makes lateness
 a per-row property independent of batch sizes) and ``__op`` (the change kind of an
 updating result); see ``sqlstream.hidden``.
+
+Every operator counts what passes it, per batch (never per row), for metrics and
+EXPLAIN ANALYZE: ``rows_in``, ``rows_out``, ``batches_in`` and ``busy_s``, the time spent
+in its own ``on_batch`` / ``on_watermark`` / ``on_end`` without what operators downstream
+of it spent on what it emitted.
 """
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Callable
 
 import pyarrow as pa
@@ -60,6 +66,11 @@ class Operator:
         self.watermark = MIN_WATERMARK
         self.ended = False
         self.dead_letter: Callable | None = None  # set by the runtime: (DeadLetter list) -> None
+        self.rows_in = 0
+        self.rows_out = 0
+        self.batches_in = 0
+        self.busy_s = 0.0  # own time (s) in on_batch/on_watermark/on_end, downstream excluded
+        self._timing = 0  # > 0 while one of those runs: emitting then subtracts downstream time
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -82,8 +93,27 @@ class Operator:
     # -- inputs ---------------------------------------------------------------------------
 
     def push(self, batch: pa.RecordBatch, port: int = 0) -> None:
-        if batch.num_rows:
-            self.on_batch(batch, port)
+        n = batch.num_rows
+        if n:
+            self.rows_in += n
+            self.batches_in += 1
+            self._timing += 1
+            start = perf_counter()
+            try:
+                self.on_batch(batch, port)
+            finally:
+                self.busy_s += perf_counter() - start
+                self._timing -= 1
+
+    def _timed(self, call: Callable, *args) -> None:
+        """Run one of the ``on_*`` hooks, counting its time in ``busy_s``."""
+        self._timing += 1
+        start = perf_counter()
+        try:
+            call(*args)
+        finally:
+            self.busy_s += perf_counter() - start
+            self._timing -= 1
 
     def advance(self, watermark: int, port: int = 0) -> None:
         if watermark <= self.port_watermarks[port]:
@@ -92,7 +122,7 @@ class Operator:
         combined = self.combined_watermark()
         if combined > self.watermark:
             self.watermark = combined
-            self.on_watermark(combined)
+            self._timed(self.on_watermark, combined)
 
     def set_idle(self, idle: bool, port: int = 0) -> None:
         """An input went quiet (``idle_timeout``) or woke up: it stops / resumes holding
@@ -115,7 +145,7 @@ class Operator:
         self.advance(MAX_WATERMARK, port)
         if all(self.port_ended):
             self.ended = True
-            self.on_end()
+            self._timed(self.on_end)
 
     def tick(self, now_us: int) -> None:
         """Processing time passed (EMIT EVERY, roll intervals). Default: forward."""
@@ -203,14 +233,25 @@ class Operator:
     # -- outputs -------------------------------------------------------------------------------
 
     def emit(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows:
+        n = batch.num_rows
+        if n:
+            self.rows_out += n
+            start = perf_counter()
             for op, port in self.outputs:
                 op.push(batch, port)
+            if self._timing:  # downstream's time is downstream's
+                self.busy_s -= perf_counter() - start
 
     def emit_watermark(self, watermark: int) -> None:
+        start = perf_counter()
         for op, port in self.outputs:
             op.advance(watermark, port)
+        if self._timing:
+            self.busy_s -= perf_counter() - start
 
     def emit_end(self) -> None:
+        start = perf_counter()
         for op, port in self.outputs:
             op.end(port)
+        if self._timing:
+            self.busy_s -= perf_counter() - start

@@ -13,6 +13,7 @@ column each output column is (``projection``) and the arrays are passed through.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -21,7 +22,18 @@ from sqlstream.errors import DataFusionError, ExecutionError
 from sqlstream.operators.base import Operator
 from sqlstream.operators.datafusion_program import DataFusionProgram
 
-__all__ = ["StatelessOperator"]
+__all__ = ["StatelessOperator", "FunctionStats"]
+
+
+@dataclass
+class FunctionStats:
+    """One Python/model function's calls in one operator (``udf/step.py`` counts them):
+    vectorized calls made, rows passed in, seconds spent in the function, rows it failed on."""
+
+    calls: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    failed_rows: int = 0
 
 
 class StatelessOperator(Operator):
@@ -35,6 +47,7 @@ class StatelessOperator(Operator):
         self.on_error = on_error
         self.label = label
         self.projection = projection  # input column indexes when the program only picks columns
+        self.function_stats: dict[str, FunctionStats] = {}  # by function name, filled by the UDF step
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         if self.udf_step is not None:

@@ -45,9 +45,12 @@ class RunSummary:
     peak_state: StateSize = NO_STATE  # the most rows and the most bytes of state held
     checkpoints: CheckpointStats | None = None  # None: the run took no checkpoints
     tables: dict[str, dict] = field(default_factory=dict)  # TABLEs read again during the run
+    stopped_by: str | None = None  # what asked the run to stop (``SIGTERM``), None when it ran to the end
+    targets: dict[str, str] = field(default_factory=dict)  # sink → the file or directory it wrote
+    dead_letter_path: str | None = None  # where dead letters went (None: not written to a file)
 
     def line(self) -> str:
-        parts = []
+        parts = [f"stopped by {self.stopped_by}"] if self.stopped_by else []
         for name, m in self.sources.items():
             problems = m.get("problems") or []
             parts.append(f"{name}: {m['rows_in']:,} rows in" + (f" ({'; '.join(problems)})" if problems else ""))
@@ -69,12 +72,24 @@ class RunSummary:
         if self.stopped and self.open_state_rows:
             kept = "kept in the checkpoint" if self.checkpoints is not None else "not emitted"
             parts.append(f"{self.open_state_rows:,} rows of open window/aggregate state {kept} (stopped early)")
+        elif self.stopped and self.checkpoints is not None:
+            parts.append("open window state is kept in the checkpoint")
         if self.checkpoints is not None and self.checkpoints.line():
             parts.append(self.checkpoints.line())
         if self.peak_state.rows or self.peak_state.bytes:
             parts.append(f"peak state {describe(self.peak_state)}")
         parts.append(f"elapsed {self.elapsed_s:.2f}s")
         return " | ".join(parts)
+
+    def target_lines(self) -> list[str]:
+        """Where the data went, a line each: every file sink (``out: 1,500 rows → out.jsonl``)
+        and the dead-letter file when it got rows."""
+        lines = [f"{name}: {self.sinks.get(name, 0):,} rows → {path}" for name, path in self.targets.items()]
+        dead = sum(self.dead_letters.values())
+        if dead and self.dead_letter_path:
+            reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(self.dead_letters.items()))
+            lines.append(f"dead letters: {dead:,} rows ({reasons}) → {self.dead_letter_path}")
+        return lines
 
 
 class Driver:
@@ -98,7 +113,10 @@ class Driver:
         self.dead_letters = dead_letters
         self.operators = operators or []
         self._stop = threading.Event()
+        self.stop_reason: str | None = None  # what ``stop`` was told (``SIGTERM``), for the summary
         self.looping = False  # in the run loop: a stop request drains and closes gracefully
+        #: sources open, sinks open and checkpoint state restored: the run takes input (``/ready``)
+        self.ready = False
         self._started = 0.0
         self._last_tick = 0.0
         self.tick_interval_s = tick_interval_s
@@ -118,12 +136,15 @@ class Driver:
         self.state = StateTracker.of(self._roots(), state_limits or StateLimits(), lambda text: self.warn(text),
                                      self._position)
 
-    def stop(self) -> bool:
-        """Ask the loop to stop after the batch in flight (thread- and signal-safe).
+    def stop(self, reason: str | None = None) -> bool:
+        """Ask the loop to stop after the batch in flight (thread- and signal-safe);
+        ``reason`` (``SIGINT``) is what the summary says stopped it.
 
         True when the run loop took the request (it drains and closes the sinks); False
         when none is looping yet (start-up, opening sources) or it was already stopping."""
         accepted = self.looping and not self._stop.is_set()
+        if accepted and reason is not None:
+            self.stop_reason = reason
         self._stop.set()
         return accepted
 
@@ -136,6 +157,7 @@ class Driver:
         try:
             if self.checkpointer is not None:
                 self.checkpointer.restore(self)
+            self.ready = True
             while not self._stop.is_set() and self.step():
                 if self.checkpointer is not None:
                     self.checkpointer.maybe_take(self)
@@ -299,6 +321,9 @@ class Driver:
             peak_state=self.state.peak,
             checkpoints=None if self.checkpointer is None else self.checkpointer.stats,
             tables={t.name: t.status() for t in self.tables},
+            stopped_by=self.stop_reason if self._stop.is_set() else None,
+            targets={s.sink_name: s.output_path() for s in self.sinks if s.output_path()},
+            dead_letter_path=self.dead_letters.path,
         )
 
 

@@ -37,6 +37,10 @@ class SinkOperator(Operator):
         #: only flushes; the final checkpoint commits and the driver closes the writer
         self.checkpointed = False
 
+    def output_path(self) -> str | None:
+        """The file or directory this sink writes (None: no local file, or not opened)."""
+        return self.writer.output_path() if self.writer is not None else None
+
     def open(self) -> None:
         if self.writer is None:
             self.writer = self._open_writer(self.schema)

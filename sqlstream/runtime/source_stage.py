@@ -59,6 +59,7 @@ class SourceMetrics:
     records_in: int = 0
     batches: int = 0
     skipped: int = 0
+    bytes_in: int | None = None  # bytes read, when the reader says (SourceBatch.raw_bytes)
     last_data_us: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -116,6 +117,8 @@ class SourceStage:
         self.metrics.batches += 1
         max_event = None
         self.metrics.records_in += item.raw_count
+        if item.raw_bytes is not None:
+            self.metrics.bytes_in = (self.metrics.bytes_in or 0) + item.raw_bytes
         self.reject(item.dead_letters)
         batch = item.batch
         if batch is not None and batch.num_rows:

@@ -101,6 +101,7 @@ class StateTracker:
         self.position = position
         self.current = NO_STATE
         self.peak = NO_STATE  # the largest rows and the largest bytes seen (not necessarily at once)
+        self.peaks: dict[int, StateSize] = {}  # the same per operator, by id(operator) (EXPLAIN ANALYZE)
         self._rows = _Levels(limits.max_rows, limits.warn_rows)
         self._bytes = _Levels(limits.max_bytes, limits.warn_bytes)
 
@@ -128,8 +129,11 @@ class StateTracker:
             return NO_STATE
         sizes = self.sizes()
         total = NO_STATE
-        for _, size in sizes:
+        for holder, size in sizes:
             total = total + size
+            peak = self.peaks.get(id(holder.operator), NO_STATE)
+            if size.rows > peak.rows or size.bytes > peak.bytes:
+                self.peaks[id(holder.operator)] = StateSize(max(peak.rows, size.rows), max(peak.bytes, size.bytes))
         self.current = total
         self.peak = StateSize(max(self.peak.rows, total.rows), max(self.peak.bytes, total.bytes))
         limits = self.limits

@@ -10,7 +10,7 @@ What is added on top of RisingWave:
   form and Flink's ``TABLE(TUMBLE(TABLE src, DESCRIPTOR(ts), size))`` long form — both
   normalized into :class:`WindowTVF`.
 * ``EMIT ON WINDOW CLOSE`` and ``EMIT EVERY INTERVAL ...`` after a query (:class:`Emit`).
-* ``SHOW ...``, ``EXPLAIN <query>``, ``STOP QUERY n`` as typed nodes.
+* ``SHOW ...``, ``EXPLAIN [ANALYZE] <query>``, ``STOP QUERY n`` as typed nodes.
 * Registered user function names parse as plain calls even when they collide with a
   dialect built-in (``predict``, ``explode``, ...): see :attr:`Parser.user_functions`.
 """
@@ -101,7 +101,7 @@ class ShowStmt(exp.Expression):
 
 
 class ExplainStmt(exp.Expression):
-    arg_types = {"this": True}
+    arg_types = {"this": True, "analyze": False}
 
 
 class StopQuery(exp.Expression):
@@ -134,10 +134,14 @@ class _Parser(RisingWaveParser):
         if self._curr and self._curr.text.upper() == "EXPLAIN" and self._curr.token_type != TokenType.STRING:
             token = self._curr
             self._advance()
+            analyze = bool(self._curr and self._curr.text.upper() == "ANALYZE"
+                           and self._curr.token_type != TokenType.STRING)
+            if analyze:
+                self._advance()
             inner = self._parse_statement()
             if inner is None:
                 self.raise_error("EXPLAIN needs a query", token)
-            return _token_meta(self.expression(ExplainStmt(this=inner)), token)
+            return _token_meta(self.expression(ExplainStmt(this=inner, analyze=analyze)), token)
         if self._curr and self._match_text_seq("STOP", "QUERY"):
             token = self._prev
             number = self._parse_number()

@@ -209,6 +209,7 @@ class DescribeStatement(Statement):
 @dataclass
 class ExplainStatement(Statement):
     statement: Statement | None = None
+    analyze: bool = False  # EXPLAIN ANALYZE: run the query to its end and show what each operator did
 
 
 @dataclass

@@ -421,7 +421,8 @@ def to_statement(tree: exp.Expr, source: SourceText, location: Location, text: s
     if isinstance(tree, exp.Describe):
         return DescribeStatement(**common, name=normalize_name(tree.this))
     if isinstance(tree, ExplainStmt):
-        return ExplainStatement(**common, statement=to_statement(tree.this, source, location, text))
+        return ExplainStatement(**common, statement=to_statement(tree.this, source, location, text),
+                                analyze=bool(tree.args.get("analyze")))
     if isinstance(tree, exp.Drop):
         kind = str(tree.args.get("kind") or "").upper()
         tables = tree.args.get("tables") or []

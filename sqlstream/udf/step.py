@@ -13,6 +13,7 @@ the batch continues: the output is the same whatever the batch size. ``on_error 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,7 @@ from sqlstream.connectors.dead_letters import rows_as_dead_letters
 from sqlstream.errors import DataFusionError, ExecutionError, Location, UdfError
 from sqlstream.failure_isolation import isolate_failures
 from sqlstream.operators.datafusion_program import DataFusionProgram
+from sqlstream.operators.stateless import FunctionStats
 
 __all__ = ["CallArgument", "FunctionCall", "ProgramStage", "CallStage", "UdfStep"]
 
@@ -112,6 +114,10 @@ class CallStage:
         n = batch.num_rows
         args = self._arrays(batch)
         failures: list[tuple[int, str, str]] = []
+        stats = op.function_stats.get(impl.name)
+        if stats is None:
+            stats = op.function_stats[impl.name] = FunctionStats()
+        start = perf_counter()
         try:
             if impl.is_async:
                 result, row_failures = impl.call_rows(args, n)
@@ -126,6 +132,11 @@ class CallStage:
         except UdfError as error:
             error.exit_code = 1  # a function misbehaving at run time (declared on SqlStreamError)
             raise error.with_location(call.location)
+        finally:
+            stats.calls += 1
+            stats.rows += n
+            stats.seconds += perf_counter() - start
+        stats.failed_rows += len(failures)
         out = batch.append_column(pa.field(call.output, result.type), result)
         if not failures:
             return out

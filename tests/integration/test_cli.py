@@ -278,8 +278,8 @@ def test_second_example_writes_parquet(tmp_path, cli):
 # -- clean shutdown ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_stops_cleanly_and_every_row_read_is_in_the_sink(tmp_path, signum):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly_and_every_row_read_is_in_the_sink(tmp_path, signum, code):
     name = pipeline(
         tmp_path,
         """
@@ -303,7 +303,8 @@ def test_signal_stops_cleanly_and_every_row_read_is_in_the_sink(tmp_path, signum
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 0, stderr
+    assert process.returncode == code, stderr  # a graceful stop still says it was stopped (exit 128 + signal)
+    assert f"sqlstream: stopped by {signal.Signals(signum).name} | " in stderr
     assert not in_progress.exists()
     summary = counts(SUMMARY.search(stderr).group("body"))
     rows = jsonl(out)

@@ -189,6 +189,9 @@ class _EpochWriter(SinkWriter):
 class EpochPartsWriter(_EpochWriter):
     """A directory of part files, one or more per epoch."""
 
+    def output_path(self) -> str | None:
+        return self.path
+
     def __init__(self, path: str, fmt: str, schema: pa.Schema, ctx: RunContext, rows_per_file: int | None,
                  roll_interval_us: int | None, append: bool, delimiter: str = ","):
         if os.path.isfile(path):

@@ -204,7 +204,7 @@ class TextFileReader(SourceReader):
                 "offset": self._handle.tell() - len(self._carry), "line": self._line,
             }
             rb = to_batch(table)
-            return SourceBatch(rb, dead, raw_count=rb.num_rows + len(dead))
+            return SourceBatch(rb, dead, raw_count=rb.num_rows + len(dead), raw_bytes=len(data))
         return None
 
     def position(self) -> dict | None:

@@ -28,6 +28,9 @@ class LinesWriter(SinkWriter):
     whole. Otherwise the rows go to a hidden temporary file that replaces ``path`` at a
     clean close; a failed or killed run leaves the previous output as it was."""
 
+    def output_path(self) -> str | None:
+        return self.path
+
     def __init__(self, path: str, fmt: str, schema: pa.Schema, append: bool, delimiter: str):
         self.path = path
         self.fmt = fmt
@@ -99,6 +102,9 @@ class ParquetWriter(SinkWriter):
     Rolled parts are numbered after the parts already in the directory. Overwriting
     removes the old parts only at a clean close (and renumbers the new ones from
     ``part-00000``), so a run that fails or is killed leaves them in place."""
+
+    def output_path(self) -> str | None:
+        return self.path
 
     def __init__(self, path: str, schema: pa.Schema, ctx: RunContext, rows_per_file: int | None,
                  roll_interval_us: int | None, append: bool):

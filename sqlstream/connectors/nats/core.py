@@ -156,8 +156,9 @@ class CoreReader(MessageReader):
         received = Received(subjects, payloads, headers, np.arange(first, first + len(items)), received_us)
         batch, dead = self.decoder.decode(received)
         self.taken += len(items)
-        self.taken_bytes += sum(map(len, payloads))
-        return SourceBatch(batch, dead, raw_count=len(items))
+        size = sum(map(len, payloads))
+        self.taken_bytes += size
+        return SourceBatch(batch, dead, raw_count=len(items), raw_bytes=size)
 
     def status(self) -> dict[str, Any]:
         out = super().status()

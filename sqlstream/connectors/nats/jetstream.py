@@ -35,7 +35,7 @@ from nats.js.errors import NotFoundError
 
 from sqlstream.connectors.base import RunContext, SourceBatch
 from sqlstream.connectors.nats.connection import LOG, require_stream, runtime_error
-from sqlstream.connectors.nats.messages import Received, js_reply_fields
+from sqlstream.connectors.nats.messages import Received, js_pending, js_reply_fields
 from sqlstream.connectors.nats.protocol import prepare, send
 from sqlstream.connectors.nats.reader import MessageReader
 from sqlstream.connectors.nats.redelivery import TakenSequences
@@ -119,6 +119,7 @@ class JetStreamReader(MessageReader):
         self.acked = 0
         self.progress_acks = 0  # "+WPI" sent for messages held longer than ack_wait / 3
         self.redelivered = 0
+        self.pending: int | None = None  # messages left on the server, as the last delivered one said
         self.duplicates_dropped = 0  # redelivered copies of messages this run already took
         self.taken_sequences = TakenSequences()
         self.server_ack_floor = 0  # the consumer's ack floor (stream sequence), polled from the server
@@ -367,6 +368,8 @@ class JetStreamReader(MessageReader):
         subjects, payloads, headers = columns[0], columns[2], columns[3]
         received_us = np.array(columns[4], dtype=np.int64) if self.with_time else None
         replies = pa.array(columns[1], pa.binary())
+        if columns[1]:
+            self.pending = js_pending(columns[1][-1])
         sequences, delivered = js_reply_fields(replies)
         self.redelivered += int((delivered > 1).sum())
         self.taken_sequences.advance_floor(self.server_ack_floor)
@@ -387,7 +390,8 @@ class JetStreamReader(MessageReader):
         if copies is not None and len(copies):
             held.copies.append(copies)
         self.held[batch_id] = held
-        return SourceBatch(batch, dead, ack=lambda: self._ack(batch_id), raw_count=len(items))
+        return SourceBatch(batch, dead, ack=lambda: self._ack(batch_id), raw_count=len(items),
+                           raw_bytes=sum(map(len, payloads)))
 
     def _settle_copies(self, replies: pa.Array, sequences: np.ndarray, copy: np.ndarray) -> pa.Array:
         """Redelivered copies of messages this run already took are dropped, never
@@ -486,4 +490,6 @@ class JetStreamReader(MessageReader):
                 "max_ack_pending": self.max_ack_pending,
             }
         )
+        if self.pending is not None:
+            out["pending"] = self.pending
         return out

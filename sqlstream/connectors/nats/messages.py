@@ -25,6 +25,7 @@ from sqlstream.connectors.nats.routing import parse_headers
 from sqlstream.hidden import SOURCE_ID_COLUMN
 
 __all__ = [
+    "js_pending",
     "METADATA_COLUMNS",
     "MessageDecoder",
     "Received",
@@ -59,6 +60,18 @@ class Received:
     headers: Sequence
     sequences: np.ndarray  # int64
     received_us: np.ndarray | None = None
+
+
+def js_pending(reply: bytes | str) -> int | None:
+    """Messages left on the server for the consumer when this one was delivered: the last
+    field of a v1 JetStream ack subject (9 tokens), the eleventh of a v2 one.
+
+    >>> js_pending(b"$JS.ACK.ORDERS.c.1.42.42.1700000000000000000.17"), js_pending("$JS.ACK.d.h.S.c.1.5.5.1.3.x")
+    (17, 3)
+    """
+    tokens = (reply.decode() if isinstance(reply, bytes) else reply).split(".")
+    index = 8 if len(tokens) == 9 else 10
+    return int(tokens[index]) if len(tokens) > index and tokens[index].isdigit() else None
 
 
 def js_reply_fields(replies: pa.Array) -> tuple[np.ndarray, np.ndarray]:
