@@ -14,12 +14,14 @@ from sqlstream.errors import (
     UdfError,
     UnsupportedSqlError,
 )
+from sqlstream.results import QueryResult
 from sqlstream.session import Session, StatementResult
 from sqlstream.udf.decorator import udf
 
 __all__ = [
     "Session",
     "StatementResult",
+    "QueryResult",
     "udf",
     "SqlStreamError",
     "SqlError",
