@@ -16,6 +16,7 @@ import traceback
 
 from rich.console import Console
 
+from sqlstream import __version__
 from sqlstream.cli.progress import Progress
 from sqlstream.cli.render import install_renderer, render_table
 from sqlstream.cli.session_setup import make_session, read_sql_file
@@ -152,7 +153,9 @@ def _add_produce(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sqlstream", description="SQL-first stream processing over Arrow micro-batches")
+    parser = argparse.ArgumentParser(prog="sqlstream", description="SQL-first stream processing over Arrow micro-batches",
+                                     epilog="With no command (or only REPL options), sqlstream opens the REPL.")
+    parser.add_argument("--version", action="version", version=f"sqlstream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def udfs_and_paths(p):
@@ -184,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="show the streaming plan of each query")
     common(p)
     p.set_defaults(handler=cmd_explain)
-    p = sub.add_parser("repl", help="interactive SQL against live streams")
-    p.add_argument("file", nargs="?", help="run this file's statements first")
+    p = sub.add_parser("repl", help="interactive SQL against live streams (also: sqlstream with no command)")
+    p.add_argument("file", nargs="?", help="load this file first: its DDL runs, its SELECTs wait (see --run)")
+    p.add_argument("--run", action="store_true", help="also run the file's SELECTs at start")
     p.add_argument("-e", dest="execute", action="append", default=[], metavar="SQL", help="run SQL and exit")
     p.add_argument("-f", dest="script", metavar="FILE", help="run a SQL file and exit")
     udfs_and_paths(p)
@@ -205,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["repl", *argv]  # bare ``sqlstream`` (or ``sqlstream -e SQL``, ``--json``) is the REPL
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
