@@ -13,16 +13,16 @@ import os
 import signal
 import sys
 import traceback
-
-from rich.console import Console
+from typing import TYPE_CHECKING
 
 from sqlstream import __version__
-from sqlstream.cli.progress import Progress
-from sqlstream.cli.render import install_renderer, render_table
-from sqlstream.cli.session_setup import make_session, read_sql_file
 from sqlstream.errors import SqlStreamError
-from sqlstream.introspection import checkpoint_rows, rows_table
-from sqlstream.session import Session, explain_plan
+
+if TYPE_CHECKING:
+    from sqlstream.session import Session
+
+# The commands import what they use when they run: ``--help`` and argument errors do not
+# load pyarrow, DataFusion, sqlglot or rich (tests/integration/test_startup.py checks it).
 
 __all__ = ["main", "build_parser", "Interrupted"]
 
@@ -40,7 +40,9 @@ class Interrupted(BaseException):
         super().__init__(f"stopped by {self.signal_name} {during}")
 
 
-def _load(args) -> Session:
+def _load(args) -> "Session":
+    from sqlstream.cli.session_setup import make_session, read_sql_file
+
     session = make_session(args.file, args.udfs, args.set, discover_udfs=not args.no_udfs, allow_paths=args.allow_paths)
     text = read_sql_file(args.file)
     session.execute(text, path=args.file, base_dir=os.path.dirname(os.path.abspath(args.file)))
@@ -48,6 +50,9 @@ def _load(args) -> Session:
 
 
 def cmd_run(args) -> int:
+    from sqlstream.cli.progress import Progress
+    from sqlstream.cli.render import install_renderer
+
     loaded = []  # the session, once the file is loaded
     draining = []  # signals the run loop took
 
@@ -90,6 +95,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_checkpoints(args) -> int:
+    from rich.console import Console
+
+    from sqlstream.cli.render import render_table
+    from sqlstream.introspection import checkpoint_rows, rows_table
+
     if not os.path.isdir(args.dir):
         raise SqlStreamError(f"{args.dir}: no such checkpoint directory")
     rows = checkpoint_rows(os.path.abspath(args.dir))
@@ -119,6 +129,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from sqlstream.introspection import explain_plan
+
     session = _load(args)
     parts = []
     for sink in session.pending_sinks():
