@@ -562,7 +562,11 @@ class Session:
                 self.execute_statement(st)
         if len(queries) != 1:
             raise SqlAnalysisError("query() takes exactly one SELECT", hint="use execute() for DDL")
-        result = QueryResult(self._plan(queries[0].query, queries[0].source), self._start_query, timeout=timeout,
+        return self.query_result(queries[0], timeout=timeout)
+
+    def query_result(self, st: QueryStatement, *, timeout: float | None = None) -> QueryResult:
+        """The result of a parsed SELECT (errors point into its own text)."""
+        result = QueryResult(self._plan(st.query, st.source), self._start_query, timeout=timeout,
                              on_end=lambda summary: setattr(self, "last_summary", summary))
         self._results.add(result)
         return result
