@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from sqlstream.changelog import ArrowChangelogTable
 from sqlstream.connectors.one_row import ONE_ROW_SOURCE
+from sqlstream.connectors.stdout import format_cell
 from sqlstream.errors import SqlStreamError
 from sqlstream.results import QueryResult
 from sqlstream.session import Session, StatementResult
@@ -270,8 +271,4 @@ def html_table(table: pa.Table, rows: int = 20) -> str:
 
 
 def _cell(value) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    return str(value)
+    return format_cell(value)  # as the REPL and JSON write it
