@@ -158,9 +158,15 @@ class Session:
     def close(self) -> None:
         """Stop every query this session started (results of :meth:`query`, a :meth:`run`
         in another thread)."""
+        errors = []
         for result in list(self._results):
-            result.close()
+            try:
+                result.close()
+            except Exception as error:  # noqa: BLE001 - every query is stopped first, then the first failure told
+                errors.append(error)
         self.stop()
+        if errors:
+            raise errors[0]
 
     # -- data in Python -------------------------------------------------------------------
 
