@@ -229,6 +229,5 @@ def _require(module: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(
-            f"{what} needs {module}, which is not installed: pip install {module} (or pip install 'sqlstream[notebook]')"
-        ) from None
+        extra = " (or pip install 'sqlstream[notebook]')" if module == "pandas" else ""
+        raise ImportError(f"{what} needs {module}, which is not installed: pip install {module}{extra}") from None

@@ -174,3 +174,29 @@ def test_a_timeout_without_batches_raises_queue_empty_and_stops():
         with pytest.raises(queue.Empty):
             next(result)
         assert result.done
+
+
+def test_a_missing_dataframe_library_is_named_with_how_to_install_it():
+    import subprocess
+    import sys
+
+    code = """
+import sys
+class Missing:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pandas", "polars"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Missing())
+from sqlstream import Session
+with Session(dead_letter_path="off") as s:
+    for method in ("to_pandas", "to_polars"):
+        try:
+            getattr(s.sql("SELECT 1 AS one"), method)()
+        except ImportError as error:
+            print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == [
+        "to_pandas() needs pandas, which is not installed: pip install pandas (or pip install 'sqlstream[notebook]')",
+        "to_polars() needs polars, which is not installed: pip install polars",
+    ], done.stderr
