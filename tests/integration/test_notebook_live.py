@@ -24,7 +24,7 @@ def test_keyboard_interrupt_stops_a_live_query(capsys):
                   "fields.id.kind = 'sequence')")
         result = s.sql("SELECT id FROM g")
         assert not is_bounded(s, result.plan)
-        timer = threading.Timer(1.5, _thread.interrupt_main)
+        timer = threading.Timer(2.0, _thread.interrupt_main)
         timer.start()
         live = LiveDisplay(result, rows=5)
         table = live.run(None)

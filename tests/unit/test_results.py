@@ -106,10 +106,10 @@ def test_head_stops_an_endless_generator():
 
 def test_take_runs_an_unbounded_query_for_a_while_then_stops():
     with Session(dead_letter_path="off") as s:
-        s.execute("""CREATE SOURCE g (id BIGINT) WITH (connector = 'generator', rows_per_second = 200,
+        s.execute("""CREATE SOURCE g (id BIGINT) WITH (connector = 'generator', rows_per_second = 1000,
                                                     fields.id.kind = 'sequence')""")
         result = s.sql("SELECT count(*) AS n FROM g")
-        table = result.take(seconds=0.5)
+        table = result.take(seconds=1.5)
         assert result.done
         (n,) = table.column("n").to_pylist()
         assert n > 0
