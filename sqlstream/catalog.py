@@ -12,6 +12,7 @@ from sqlglot import exp
 
 from sqlstream.connectors.base import SinkConnector, SourceConnector
 from sqlstream.connectors.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_STREAM
+from sqlstream.connectors.one_row import ONE_ROW_SCHEMA, ONE_ROW_SOURCE, OneRowSource
 from sqlstream.errors import Location, SqlAnalysisError, did_you_mean
 from sqlstream.hidden import OP_COLUMN, is_hidden, visible_schema
 from sqlstream.plan.nodes import PlanNode
@@ -39,6 +40,7 @@ __all__ = [
     "schema_of",
     "dependents_of",
     "dead_letter_stream_entry",
+    "with_one_row",
 ]
 
 
@@ -94,8 +96,8 @@ class PlannerCatalog:
         self.functions = functions
 
     def relation(self, name: str) -> RelationInfo | None:
-        if name in self.sources:
-            e = self.sources[name]
+        if name in self.sources or name == ONE_ROW_SOURCE:
+            e = self.sources[name] if name in self.sources else _one_row_entry("")
             hidden = e.connector.hidden_fields()  # e.g. the source message id of JetStream rows
             schema = pa.schema(list(e.schema) + list(hidden)) if hidden else e.schema
             return RelationInfo(e.name, e.kind, schema, e.rowtime, e.delay_us, e.connector.name)
@@ -150,6 +152,16 @@ def dead_letter_stream_entry(base_dir: str) -> SourceEntry:
     """The built-in ``sqlstream_dead_letter`` stream: the running pipeline's dead letters."""
     connector = DeadLetterSource(DEAD_LETTER_STREAM, DEAD_LETTER_SCHEMA, {"connector": "internal"})
     return SourceEntry(DEAD_LETTER_STREAM, "SOURCE", connector, DEAD_LETTER_SCHEMA, "at", 0, None, base_dir)
+
+
+def _one_row_entry(base_dir: str) -> SourceEntry:
+    connector = OneRowSource(ONE_ROW_SOURCE, ONE_ROW_SCHEMA, {"connector": "internal"})
+    return SourceEntry(ONE_ROW_SOURCE, "SOURCE", connector, ONE_ROW_SCHEMA, None, 0, None, base_dir)
+
+
+def with_one_row(sources: Mapping[str, SourceEntry], base_dir: str) -> dict[str, SourceEntry]:
+    """``sources`` and the one-row source a query without FROM reads, for a run."""
+    return {**sources, ONE_ROW_SOURCE: _one_row_entry(base_dir)}
 
 
 def dependents_of(name: str, views: Mapping[str, ViewEntry], sinks: Mapping[str, SinkEntry]) -> list[str]:

@@ -25,8 +25,9 @@ import contextlib
 import os
 import queue
 import threading
+import weakref
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pyarrow as pa
 from sqlglot import exp
@@ -41,9 +42,11 @@ from sqlstream.catalog import (
     dependents_of,
     schema_of,
     sink_schema,
+    with_one_row,
 )
 from sqlstream.connectors.base import RunContext, sink_connector, source_connector
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
+from sqlstream.connectors.memory import BatchCallback, MemoryStream
 from sqlstream.connectors.options import RawOption
 from sqlstream.errors import (
     ExecutionError,
@@ -67,6 +70,8 @@ from sqlstream.observability.analyze import DiscardWriter, analyze_text
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.planner import QueryPlanner
+from sqlstream.python_data import create_source_sql, memory_stream_of, quoted
+from sqlstream.results import QueryResult
 from sqlstream.runtime.builder import (
     PipelineBuilder,
     ReaderWrapper,
@@ -140,8 +145,58 @@ class Session:
         self.last_summary: RunSummary | None = None
         self.dead_letters: DeadLetterOutput | None = None  # of the last run built
         self.sources[DEAD_LETTER_STREAM] = dead_letter_stream_entry(self.base_dir)
+        self.streams: dict[str, MemoryStream] = {}  # connector = 'memory' sources, by name
+        self.outputs: dict[str, Any] = {}  # connector = 'memory' sinks: batches, or a BatchCallback
+        self._results: weakref.WeakSet[QueryResult] = weakref.WeakSet()
         for directory in udf_dirs:
             self.load_udfs(directory)
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every query this session started (results of :meth:`query`, a :meth:`run`
+        in another thread)."""
+        errors = []
+        for result in list(self._results):
+            try:
+                result.close()
+            except Exception as error:  # noqa: BLE001 - every query is stopped first, then the first failure told
+                errors.append(error)
+        self.stop()
+        if errors:
+            raise errors[0]
+
+    # -- data in Python -------------------------------------------------------------------
+
+    def source_from(self, data: Any, name: str, *, watermark: str | None = None, delay: str | float = 0,
+                    schema: pa.Schema | None = None, replace: bool = False) -> str:
+        """Declare source ``name`` over data held in Python: a list or iterator of dicts (or
+        a function returning an iterator: each query gets a fresh one), a pyarrow Table,
+        RecordBatch or list of them, a pandas or polars DataFrame. ``watermark``: its
+        event-time column, ``delay`` how late rows may come ('2s' or seconds)."""
+        stream = memory_stream_of(data, schema)
+        sql = create_source_sql(name, stream.schema, watermark, delay)
+        self.execute(sql.replace("CREATE SOURCE", "CREATE OR REPLACE SOURCE", 1) if replace else sql)
+        self.streams[name] = stream
+        return name
+
+    def sink_to(self, function: Callable[[pa.RecordBatch], Any], query: str | None = None, *,
+                name: str | None = None) -> str:
+        """Hand every result batch of sink ``name`` to ``function`` (``__op`` first for an
+        updating result). With ``query`` the sink is created (``CREATE SINK name AS query``);
+        otherwise ``CREATE SINK name ... WITH (connector = 'memory')`` later. :meth:`run`
+        runs it."""
+        if not callable(function):
+            raise SqlAnalysisError(f"sink_to() needs a function, not {type(function).__name__}")
+        name = name or getattr(function, "__name__", "python_sink")
+        self.outputs[name] = BatchCallback(function)
+        if query is not None:
+            self.execute(f"CREATE SINK {quoted(name)} AS {query.strip().rstrip(';')} WITH (connector = 'memory')")
+        return name
 
     # -- functions ------------------------------------------------------------------------
 
@@ -457,6 +512,8 @@ class Session:
             on_error=self.settings["on_error"],
             allowed_paths=self.settings["allowed_paths"],
             stdout_renderer=self.stdout_renderer,
+            memory_streams=self.streams,
+            memory_outputs=self.outputs,
         )
 
     def _dead_letter_path(self) -> str | None:
@@ -477,7 +534,7 @@ class Session:
         each source's reader; ``progress`` and ``warn`` go to the driver."""
         if not sinks and not extra_sinks:
             raise ExecutionError("nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT")
-        builder = PipelineBuilder(self.sources, self.settings, self.clock, self._run_context, self._dead_letter_path(),
+        builder = PipelineBuilder(with_one_row(self.sources, self.base_dir), self.settings, self.clock, self._run_context, self._dead_letter_path(),
                                   wrap_reader)
         plans = []
         for entry in sinks:
@@ -535,9 +592,12 @@ class Session:
             return False
         return driver.stop(reason)
 
-    def query(self, sql: str, *, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
-        """Run one query and yield its result batches as they come (changelog batches
-        carry ``__op``). Ends when its sources end, on LIMIT, or on :meth:`stop`."""
+    def query(self, sql: str, *, timeout: float | None = None) -> QueryResult:
+        """One query's result (DDL before it runs first): iterate it for its batches as they
+        come (changelog batches carry ``__op``), or gather them with ``to_arrow()``,
+        ``to_pandas()``, ``head(n)``, ``take(seconds=)``. It starts on first use and ends when
+        its sources end, on LIMIT, on ``close()`` or :meth:`stop`; ``timeout``: seconds
+        iteration waits for a batch before ``queue.Empty``."""
         statements = list(parse_script(SourceText(sql, "<query>", self.base_dir), lambda: self.functions.keys()))
         queries = [s for s in statements if isinstance(s, QueryStatement)]
         for st in statements:
@@ -545,18 +605,22 @@ class Session:
                 self.execute_statement(st)
         if len(queries) != 1:
             raise SqlAnalysisError("query() takes exactly one SELECT", hint="use execute() for DDL")
-        plan = self._plan(queries[0].query, queries[0].source)
+        return self.query_result(queries[0], timeout=timeout)
+
+    def query_result(self, st: QueryStatement, *, timeout: float | None = None) -> QueryResult:
+        """The result of a parsed SELECT (errors point into its own text)."""
+        result = QueryResult(self._plan(st.query, st.source), self._start_query, timeout=timeout,
+                             on_end=lambda summary: setattr(self, "last_summary", summary))
+        self._results.add(result)
+        return result
+
+    sql = query
+
+    def _start_query(self, plan: PlanNode) -> DriverThread:
         results: queue.Queue = queue.Queue()
         driver = self.build([], [("query", plan, lambda schema: QueueWriter(results))])
         self.report_on(driver)
-        running = DriverThread(driver, "sqlstream-query", results).start()
-        try:
-            yield from running.batches(timeout)
-        finally:
-            running.stop()
-            if running.summary is not None:
-                self.last_summary = running.summary
-        running.raise_error()
+        return DriverThread(driver, "sqlstream-query", results).start()
 
 
 def _connector_location(raw: dict[str, RawOption], st: Statement):

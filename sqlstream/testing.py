@@ -13,128 +13,22 @@ run without servers and window tests never sleep; and the connector conformance 
 
 from __future__ import annotations
 
-import collections
 import json
-import threading
-from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
 
 from sqlstream.changelog import fold_changelog
 from sqlstream.conformance import check_sink_connector, check_source_connector
-from sqlstream.connectors import (
-    OptionSpec,
-    RunContext,
-    SinkConnector,
-    SinkWriter,
-    SourceBatch,
-    SourceConnector,
-    SourceReader,
-    register_sink,
-    register_source,
-)
+from sqlstream.connectors.memory import MemorySink, MemorySource, MemoryStream
 from sqlstream.errors import ExecutionError
 from sqlstream.operators.snapshot import OperatorSnapshot
 from sqlstream.runtime.clock import ManualClock, WallClock
 from sqlstream.runtime.operator_ids import checkpoint_operators
 from sqlstream.session import Session
 
-__all__ = ["TestSession", "PipelineRun", "MemoryStream", "ManualClock", "WallClock", "check_source_connector",
-           "check_sink_connector", "stored_snapshot"]
-
-
-class MemoryStream:
-    """Rows (and watermark steps) to feed a ``connector = 'memory'`` source."""
-
-    def __init__(self, schema: pa.Schema | None = None):
-        self.schema = schema
-        self.items: collections.deque = collections.deque()
-        self.finished = False
-        self._lock = threading.Lock()
-
-    def push(self, rows: list[dict] | pa.Table | pa.RecordBatch, batch_size: int | None = None) -> "MemoryStream":
-        """Queue rows; with ``batch_size`` they arrive as several batches of that many."""
-        if isinstance(rows, list):
-            table = pa.Table.from_pylist(rows, schema=self.schema) if self.schema is not None else pa.Table.from_pylist(rows)
-        elif isinstance(rows, pa.RecordBatch):
-            table = pa.Table.from_batches([rows])
-        else:
-            table = rows
-        if self.schema is not None and table.schema != self.schema:
-            table = table.select(self.schema.names).cast(self.schema)
-        size = batch_size or max(1, table.num_rows)
-        with self._lock:
-            for start in range(0, table.num_rows, size):
-                chunk = table.slice(start, size).combine_chunks()
-                batches = chunk.to_batches()
-                self.items.append(("rows", batches[0] if batches else None))
-        return self
-
-    def advance_to(self, event_time_us: int) -> "MemoryStream":
-        """Tell the source that event time reached ``event_time_us`` (moves its watermark)."""
-        with self._lock:
-            self.items.append(("time", event_time_us))
-        return self
-
-    def finish(self) -> "MemoryStream":
-        """No more rows: the source ends (its watermark goes to +infinity)."""
-        with self._lock:
-            self.finished = True
-        return self
-
-
-class _MemoryReader(SourceReader):
-    def __init__(self, stream: MemoryStream):
-        self.stream = stream
-
-    def poll(self) -> SourceBatch | None:
-        with self.stream._lock:
-            if not self.stream.items:
-                return None
-            kind, value = self.stream.items.popleft()
-        if kind == "time":
-            return SourceBatch(None, event_time_hint=value)
-        return SourceBatch(value, raw_count=value.num_rows if value is not None else 0)
-
-    @property
-    def exhausted(self) -> bool:
-        with self.stream._lock:
-            return self.stream.finished and not self.stream.items
-
-
-@register_source
-class MemorySource(SourceConnector):
-    """``connector = 'memory'``: rows pushed by a test through :class:`MemoryStream`."""
-
-    name = "memory"
-    options = (OptionSpec("stream", doc="name of the MemoryStream (default: the source name)"),)
-
-    def open(self, ctx: RunContext) -> SourceReader:
-        streams = ctx.memory_streams
-        key = self.config.get("stream") or self.source_name
-        if key not in streams:
-            streams[key] = MemoryStream(self.schema)
-        return _MemoryReader(streams[key])
-
-
-class _CollectingWriter(SinkWriter):
-    def __init__(self, target: list):
-        self.target = target
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        self.target.append(batch)
-
-
-@register_sink
-class MemorySink(SinkConnector):
-    """``connector = 'memory'``: batches collected in ``TestSession.outputs[sink]``."""
-
-    name = "memory"
-
-    def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
-        outputs = ctx.memory_outputs
-        return _CollectingWriter(outputs.setdefault(self.sink_name, []))
+__all__ = ["TestSession", "PipelineRun", "MemoryStream", "MemorySource", "MemorySink", "ManualClock", "WallClock",
+           "check_source_connector", "check_sink_connector", "stored_snapshot"]
 
 
 class TestSession(Session):
@@ -153,9 +47,6 @@ class TestSession(Session):
             schema = self.sources[name].schema if name in self.sources else None
             self.streams[name] = MemoryStream(schema)
         return self.streams[name]
-
-    def _run_context(self, base_dir: str) -> RunContext:
-        return replace(super()._run_context(base_dir), memory_streams=self.streams, memory_outputs=self.outputs)
 
     def start(self) -> "PipelineRun":
         """Build every sink's query and run it step by step in this thread (see

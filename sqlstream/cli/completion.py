@@ -24,7 +24,8 @@ from sqlstream.errors import SqlStreamError
 from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.types import sql_type_name
 
-__all__ = ["SqlCompleter", "KEYWORDS", "TYPE_NAMES", "META_COMMANDS", "builtin_functions", "statement_complete"]
+__all__ = ["SqlCompleter", "KEYWORDS", "TYPE_NAMES", "META_COMMANDS", "COMMAND_ALIASES", "as_meta_command",
+           "builtin_functions", "statement_complete"]
 
 KEYWORDS = (
     "SELECT", "FROM", "WHERE", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "AS", "AND", "OR", "NOT", "IN",
@@ -46,14 +47,41 @@ TYPE_NAMES = (
 
 META_COMMANDS = {
     "\\d": "list sources, tables, views, sinks and functions; \\d NAME describes one",
+    "\\dt": "list sources, tables and views (also .tables)",
+    "\\df": "list functions",
+    "\\x": "expanded display: one line per column (on|off)",
+    "\\i": "run the statements of FILE (also .read FILE)",
+    "\\e": "edit the last statement in $EDITOR, then run it",
     "\\timing": "show how long each statement took (on|off)",
     "\\o": "write query results to FILE (\\o alone: back to the terminal)",
-    "\\format": "output format: table | json | csv",
+    "\\format": "output format: table | json | csv | expanded",
     "\\mode": "result mode: table | changelog | tableau",
     "\\save_test": "write the session's DDL, the last query and its result as a pipeline test",
-    "\\q": "quit",
-    "\\?": "this help",
+    "\\q": "quit (also exit, quit, .exit, .quit)",
+    "\\?": "this help (also help, .help)",
 }
+
+#: words and sqlite-style dot commands that stand for a backslash command
+COMMAND_ALIASES = {
+    "exit": "\\q", "quit": "\\q", "help": "\\?", ".exit": "\\q", ".quit": "\\q", ".help": "\\?",
+    ".tables": "\\dt", ".read": "\\i", ".schema": "\\d",
+}
+
+
+def as_meta_command(line: str) -> str | None:
+    """``line`` as a backslash command when it is one, or a word or dot command that
+    stands for one (``exit``, ``.tables``, ``.read FILE``); None for SQL."""
+    stripped = line.strip()
+    if stripped.startswith("\\"):
+        return stripped
+    word, _, rest = stripped.rstrip(";").strip().partition(" ")
+    alias = COMMAND_ALIASES.get(word.lower())
+    if alias is not None and (word.startswith(".") or not rest.strip()):
+        return f"{alias} {rest.strip()}".rstrip()
+    if word.startswith(".") and len(word) > 1 and word[1:].isalpha():
+        return word  # an unknown dot command: reported as one
+    return None
+
 
 _WINDOW_FUNCTIONS = ("tumble", "hop", "cumulate", "session")
 _RELATION_BEFORE = {"FROM", "JOIN", "DESCRIBE", "TABLE", "EXPLAIN"}  # the next word names a relation

@@ -15,16 +15,17 @@ import os
 import signal
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-
-from sqlstream.cli.progress import Progress
-from sqlstream.cli.render import install_renderer, render_table
-from sqlstream.cli.session_setup import make_session, read_sql_file
+from sqlstream import __version__
 from sqlstream.errors import SqlStreamError
-from sqlstream.introspection import checkpoint_rows, rows_table
-from sqlstream.runtime.driver import RunSummary
-from sqlstream.session import Session, explain_plan
+
+if TYPE_CHECKING:
+    from sqlstream.runtime.driver import RunSummary
+    from sqlstream.session import Session
+
+# The commands import what they use when they run: ``--help`` and argument errors do not
+# load pyarrow, DataFusion, sqlglot or rich (tests/integration/test_startup.py checks it).
 
 __all__ = ["main", "build_parser", "Interrupted"]
 
@@ -42,7 +43,9 @@ class Interrupted(BaseException):
         super().__init__(f"stopped by {self.signal_name} {during}")
 
 
-def _load(args) -> Session:
+def _load(args) -> "Session":
+    from sqlstream.cli.session_setup import make_session, read_sql_file
+
     session = make_session(args.file, args.udfs, args.set, discover_udfs=not args.no_udfs, allow_paths=args.allow_paths)
     text = read_sql_file(args.file)
     session.execute(text, path=args.file, base_dir=os.path.dirname(os.path.abspath(args.file)))
@@ -50,6 +53,9 @@ def _load(args) -> Session:
 
 
 def cmd_run(args) -> int:
+    from sqlstream.cli.progress import Progress
+    from sqlstream.cli.render import install_renderer
+
     loaded = []  # the session, once the file is loaded
     draining = []  # signals the run loop took
 
@@ -112,7 +118,7 @@ def _log_json(event: dict) -> None:
     print(json.dumps(event, default=str), file=sys.stderr, flush=True)
 
 
-def _summary_event(summary: RunSummary, code: int) -> dict:
+def _summary_event(summary: "RunSummary", code: int) -> dict:
     """The run summary as one JSON log event."""
     return {
         "level": "info", "event": "summary", "status": "stopped" if summary.stopped_by else "finished",
@@ -133,6 +139,11 @@ def _summary_event(summary: RunSummary, code: int) -> dict:
 
 
 def cmd_checkpoints(args) -> int:
+    from rich.console import Console
+
+    from sqlstream.cli.render import render_table
+    from sqlstream.introspection import checkpoint_rows, rows_table
+
     if not os.path.isdir(args.dir):
         raise SqlStreamError(f"{args.dir}: no such checkpoint directory")
     rows = checkpoint_rows(os.path.abspath(args.dir))
@@ -162,6 +173,9 @@ def cmd_check(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from sqlstream.cli.render import install_renderer
+    from sqlstream.introspection import explain_plan
+
     session = _load(args)
     if args.analyze:
         if not session.pending_sinks():
@@ -202,7 +216,9 @@ def _add_produce(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sqlstream", description="SQL-first stream processing over Arrow micro-batches")
+    parser = argparse.ArgumentParser(prog="sqlstream", description="SQL-first stream processing over Arrow micro-batches",
+                                     epilog="With no command (or only REPL options), sqlstream opens the REPL.")
+    parser.add_argument("--version", action="version", version=f"sqlstream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def udfs_and_paths(p):
@@ -244,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the pipeline to the end of its input (its sinks write as in run) and show rows in/out, "
                         "time and peak state per operator")
     p.set_defaults(handler=cmd_explain)
-    p = sub.add_parser("repl", help="interactive SQL against live streams")
-    p.add_argument("file", nargs="?", help="run this file's statements first")
+    p = sub.add_parser("repl", help="interactive SQL against live streams (also: sqlstream with no command)")
+    p.add_argument("file", nargs="?", help="load this file first: its DDL runs, its SELECTs wait (see --run)")
+    p.add_argument("--run", action="store_true", help="also run the file's SELECTs at start")
     p.add_argument("-e", dest="execute", action="append", default=[], metavar="SQL", help="run SQL and exit")
     p.add_argument("-f", dest="script", metavar="FILE", help="run a SQL file and exit")
     udfs_and_paths(p)
@@ -265,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["repl", *argv]  # bare ``sqlstream`` (or ``sqlstream -e SQL``, ``--json``) is the REPL
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

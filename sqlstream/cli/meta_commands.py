@@ -1,14 +1,21 @@
-"""The REPL's backslash commands: ``\\d``, ``\\timing``, ``\\o``, ``\\format``, ``\\mode``,
-``\\save_test``, ``\\?`` and ``\\q``."""
+"""The REPL's backslash commands: ``\\d``, ``\\dt``, ``\\df``, ``\\x``, ``\\i``, ``\\e``,
+``\\timing``, ``\\o``, ``\\format``, ``\\mode``, ``\\save_test``, ``\\?`` and ``\\q`` (the words
+``exit``, ``quit``, ``help`` and sqlite's ``.tables``, ``.read`` ... stand for some of them:
+see :func:`sqlstream.cli.completion.as_meta_command`)."""
 
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
+import tempfile
 from typing import TextIO
 
-from sqlstream.cli.completion import META_COMMANDS
+from sqlstream.cli.completion import COMMAND_ALIASES, META_COMMANDS
 from sqlstream.cli.result_views import OUTPUT_FORMATS, RESULT_MODES
 from sqlstream.cli.save_test import LastQuery, save_test
+from sqlstream.cli.session_setup import read_sql_file
+from sqlstream.durations import format_duration_us
 from sqlstream.errors import Location, SqlAnalysisError, SqlStreamError, did_you_mean
 from sqlstream.session import Session
 from sqlstream.sql.statements import CreateFunction
@@ -34,7 +41,15 @@ class MetaCommands:
     output_path: str | None
     _output: TextIO | None
     last: LastQuery | None
+    last_text: str | None
     functions: dict[str, CreateFunction]
+    _unexpanded: str | None = None  # the format \\x went back from
+
+    def run_lines(self, lines, path: str, base_dir: str) -> bool:
+        raise NotImplementedError
+
+    def run_sql(self, text: str, path: str, base_dir: str, first_line: int = 1) -> None:
+        raise NotImplementedError
 
     def show_rows(self, rows: list[dict]) -> None:
         raise NotImplementedError
@@ -53,6 +68,11 @@ class MetaCommands:
                 "\\q": self._quit,
                 "\\quit": self._quit,
                 "\\d": self._describe,
+                "\\dt": self._relations,
+                "\\df": self._list_functions,
+                "\\x": self._expanded,
+                "\\i": self._include,
+                "\\e": self._edit,
                 "\\timing": self._timing,
                 "\\o": self._output_to,
                 "\\format": self._format,
@@ -65,7 +85,8 @@ class MetaCommands:
                 raise SqlAnalysisError(
                     f"unknown command '{command}'",
                     location=Location(path, number, 1, "\n" * (number - 1) + line, len(command)),
-                    hint=" ".join(filter(None, [did_you_mean(command, META_COMMANDS), "\\? lists the commands"])),
+                    hint=" ".join(filter(None, [did_you_mean(command, [*META_COMMANDS, *COMMAND_ALIASES]),
+                                                "\\? lists the commands"])),
                 )
             handler(argument)
         except SqlStreamError as error:
@@ -75,6 +96,59 @@ class MetaCommands:
 
     def _quit(self, argument: str) -> None:
         raise QuitRepl()
+
+    def _relations(self, argument: str) -> None:
+        s = self.session
+        rows = [{"name": n, "kind": e.kind.lower(), "details": e.connector.describe()}
+                for n, e in s.sources.items() if e.statement is not None]
+        rows += [{"name": n, "kind": "view", "details": v.statement.text} for n, v in s.views.items()]
+        self.show_rows(rows)
+
+    def _list_functions(self, argument: str) -> None:
+        functions = sorted(self.session.functions.values(), key=lambda f: f.name)
+        self.show_rows([{"name": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin}
+                        for f in functions])
+
+    def _expanded(self, argument: str) -> None:
+        if argument not in ("", "on", "off"):
+            raise SqlStreamError(f"\\x takes on or off, not '{argument}'")
+        on = (self.fmt != "expanded") if not argument else argument == "on"
+        if on and self.fmt != "expanded":
+            self._unexpanded, self.fmt = self.fmt, "expanded"
+        elif not on and self.fmt == "expanded":
+            self.fmt = self._unexpanded or "table"
+        print(f"Expanded display is {'on' if on else 'off'}.", file=self.out, flush=True)
+
+    def _include(self, argument: str) -> None:
+        if not argument:
+            raise SqlStreamError("\\i needs a file", hint="\\i queries/hello.sql")
+        path = self.session.resolve_path(argument, os.getcwd(), what="\\i file")  # inside allowed_paths, if set
+        text = read_sql_file(path)
+        if not self.run_lines(text.splitlines(), argument, os.path.dirname(path)):
+            raise QuitRepl()
+
+    def _edit(self, argument: str) -> None:
+        """Open the last statement (or FILE) in ``$VISUAL``/``$EDITOR``; run what is saved."""
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False, encoding="utf-8") as handle:
+            handle.write((self.last_text or "").rstrip() + "\n")
+            path = handle.name
+        try:
+            try:
+                code = subprocess.call([*shlex.split(editor), path])
+            except OSError as error:
+                raise SqlStreamError(f"cannot start editor '{editor}': {error.strerror}",
+                                     hint="set EDITOR to your editor, e.g. EDITOR=nano") from error
+            if code != 0:
+                raise SqlStreamError(f"editor '{editor}' exited with {code}; nothing was run")
+            with open(path, encoding="utf-8") as edited:
+                text = edited.read()
+        finally:
+            os.unlink(path)
+        if text.strip():
+            print(text.rstrip(), file=self.out, flush=True)
+            if not self.run_lines(text.splitlines(), "<edited>", os.getcwd()):
+                raise QuitRepl()
 
     def _help(self, argument: str) -> None:
         width = max(len(c) for c in META_COMMANDS)
@@ -104,7 +178,8 @@ class MetaCommands:
         self.show_rows(rows)
         if name in s.sources and s.sources[name].statement is not None:
             entry = s.sources[name]
-            watermark = f", watermark {entry.rowtime}" if entry.rowtime else ""
+            delay = f" - {format_duration_us(entry.delay_us)}" if entry.delay_us else ""
+            watermark = f", watermark {entry.rowtime}{delay}" if entry.rowtime else ""
             print(f"{entry.kind.lower()} {name}: {entry.connector.describe()}{watermark}", file=self.out, flush=True)
         elif name in s.views:
             print(f"view {name}: {s.views[name].statement.text}", file=self.out, flush=True)

@@ -14,7 +14,7 @@ from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.lexers import PygmentsLexer
 from pygments.lexers.sql import SqlLexer
 
-from sqlstream.cli.completion import SqlCompleter, statement_complete
+from sqlstream.cli.completion import SqlCompleter, as_meta_command, statement_complete
 from sqlstream.session import Session
 
 __all__ = ["make_prompt_session", "history_path", "PROMPT", "CONTINUATION", "HISTORY_ENV"]
@@ -31,7 +31,7 @@ def history_path() -> str:
 
 def _input_complete(text: str) -> bool:
     stripped = text.strip()
-    return not stripped or stripped.startswith("\\") or statement_complete(text)
+    return not stripped or as_meta_command(stripped) is not None or statement_complete(text)
 
 
 def make_prompt_session(session: Session, *, input=None, output=None, history: str | None = None):

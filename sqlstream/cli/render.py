@@ -158,20 +158,35 @@ def text_columns(batch: pa.RecordBatch) -> list[pa.Array]:
 
 class RowText:
     """Rows as text in one output format. ``table`` is aligned columns whose header is
-    written once and whose widths only grow; ``json`` is JSON lines; ``csv`` has one header."""
+    written once and whose widths only grow; ``json`` is JSON lines; ``csv`` has one header;
+    ``expanded`` (``\\x``) is one ``column | value`` line per column, record by record."""
 
     def __init__(self, fmt: str, columns: list[str]):
         self.fmt = fmt
         self.columns = columns
         self.widths = [max(4, len(display_name(c))) for c in columns]
         self._started = False
+        self._records = 0
 
     def rows(self, batch: pa.RecordBatch) -> str:
         if self.fmt == "json":
             return encode_json_lines(batch).decode("utf-8")
         if self.fmt == "csv":
             return self._csv(batch)
+        if self.fmt == "expanded":
+            return self._expanded(batch)
         return self._aligned(batch)
+
+    def _expanded(self, batch: pa.RecordBatch) -> str:
+        names = [display_name(c) for c in self.columns]
+        width = max((len(n) for n in names), default=0)
+        cells = [c.to_pylist() for c in text_columns(batch)]
+        lines = []
+        for row in range(batch.num_rows):
+            self._records += 1
+            lines.append(f"-[ RECORD {self._records} ]".ljust(width + 3, "-") + "-" * 8)
+            lines += [f"{name.ljust(width)} | {column[row]}".rstrip() for name, column in zip(names, cells)]
+        return "\n".join(lines) + "\n" if lines else ""
 
     def _csv(self, batch: pa.RecordBatch) -> str:
         columns = []
@@ -202,7 +217,7 @@ class RowText:
 
     def header_only(self) -> str:
         """What an empty result prints (the table header or the CSV header)."""
-        if self._started or self.fmt == "json":
+        if self._started or self.fmt in ("json", "expanded"):
             return ""
         if self.fmt == "csv":
             self._started = True

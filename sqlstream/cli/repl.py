@@ -22,7 +22,7 @@ from rich.console import Console
 from sqlglot.errors import TokenError
 from sqlglot.tokens import TokenType
 
-from sqlstream.cli.completion import builtin_functions, statement_complete
+from sqlstream.cli.completion import as_meta_command, builtin_functions, statement_complete
 from sqlstream.cli.live import BackgroundQueries, ForegroundQuery, KeyReader, interrupt_flag
 from sqlstream.cli.meta_commands import MetaCommands, QuitRepl
 from sqlstream.cli.prompt import make_prompt_session
@@ -78,6 +78,9 @@ class Repl(MetaCommands):
         self.background = BackgroundQueries(session)
         self.functions: dict[str, CreateFunction] = {}
         self.last: LastQuery | None = None
+        self.skip_queries = False  # loading ``repl FILE`` without --run: SELECTs wait
+        self.skipped: list[QueryStatement] = []
+        self.last_text: str | None = None  # the last SQL run, which \e edits
         self.exit_code = 0
 
     # -- scripts and typed input ------------------------------------------------------------------
@@ -90,8 +93,9 @@ class Repl(MetaCommands):
         try:
             for number, line in enumerate(lines, 1):
                 line = line.rstrip("\n")
-                if not buffer and line.lstrip().startswith("\\"):
-                    self.meta(line.strip(), path, number)
+                command = as_meta_command(line) if not buffer else None
+                if command is not None:
+                    self.meta(command, path, number)
                     continue
                 if not buffer:
                     if not line.strip():
@@ -111,6 +115,7 @@ class Repl(MetaCommands):
         """Run each statement of ``text`` (which starts at ``first_line`` of ``path``);
         an error is printed and the next statement still runs."""
         padded = "\n" * (first_line - 1) + text
+        self.last_text = text
         for start, end in _statement_spans(padded):
             blank = "".join(c if c == "\n" else " " for c in padded[:start])
             source = SourceText(blank + padded[start:end], path, base_dir)
@@ -150,6 +155,9 @@ class Repl(MetaCommands):
     def execute(self, statement: Statement) -> None:
         session = self.session
         if isinstance(statement, QueryStatement):
+            if self.skip_queries:
+                self.skipped.append(statement)
+                return
             self.run_query(statement)
             return
         if isinstance(statement, StopQueryStatement):
@@ -235,7 +243,7 @@ class Repl(MetaCommands):
             else:
                 outcome = query.run(stop)
         self.last = LastQuery(statement, outcome)
-        if self.fmt == "table":
+        if self.fmt in ("table", "expanded"):
             noun = "row" if outcome.rows == 1 else "rows"
             detail = f"({outcome.rows:,} {noun}"
             if outcome.updating:
@@ -307,6 +315,24 @@ def _statement_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def _load_file(repl: Repl, path: str, *, run_queries: bool) -> bool:
+    """Run ``path``'s statements; its SELECTs only with ``run_queries`` (else they are
+    listed, for ``--run`` or ``\\i``). False after ``\\q`` in the file."""
+    repl.skip_queries = not run_queries
+    try:
+        go_on = repl.run_lines(read_sql_file(path).splitlines(), path, os.path.dirname(os.path.abspath(path)))
+    finally:
+        repl.skip_queries = False
+    if repl.skipped:
+        lines = ", ".join(str(st.location.line) for st in repl.skipped if st.location is not None)
+        noun = "query" if len(repl.skipped) == 1 else "queries"
+        print(f"{path}: loaded; {len(repl.skipped)} {noun} not run (line {lines}): type it, "
+              f"\\i {path} runs the file, sqlstream repl --run {path} runs its queries at start", file=sys.stdout,
+              flush=True)
+        repl.skipped = []
+    return go_on
+
+
 def run_repl(args) -> int:
     """``sqlstream repl [FILE] [-e SQL] [-f FILE] [--json|--csv]``."""
     session = make_session(args.file, args.udfs, args.set, discover_udfs=not args.no_udfs, allow_paths=args.allow_paths)
@@ -319,10 +345,12 @@ def run_repl(args) -> int:
     warm_up = threading.Thread(target=builtin_functions, name="sqlstream-functions", daemon=True)
     if interactive:
         warm_up.start()  # the first Tab should not wait for DataFusion's function list
-    if args.file:
-        if not repl.run_lines(read_sql_file(args.file).splitlines(), args.file, os.path.dirname(os.path.abspath(args.file))):
-            repl.finish_script()
-            return repl.exit_code
+    banner = "sqlstream repl — statements end with ';', help or \\? for help, exit or \\q to quit"
+    if interactive:
+        print(banner, file=sys.stdout, flush=True)
+    if args.file and not _load_file(repl, args.file, run_queries=args.run or scripted or not interactive):
+        repl.finish_script()
+        return repl.exit_code
     if scripted:
         go_on = True
         for sql in args.execute:
@@ -338,7 +366,6 @@ def run_repl(args) -> int:
         return repl.exit_code
     if repl.exit_code and args.file:
         print(f"sqlstream: {args.file} had errors; the statements that worked are loaded", file=sys.stderr)
-    print("sqlstream repl — statements end with ';', \\? for help, \\q to quit", file=sys.stdout, flush=True)
     try:
         return repl.interact(make_prompt_session(session))
     finally:

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 RESULT_MODES = ("table", "changelog", "tableau")
-OUTPUT_FORMATS = ("table", "json", "csv")
+OUTPUT_FORMATS = ("table", "json", "csv", "expanded")
 _FINAL_ROWS_SHOWN = 1000
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import threading
 
-import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -30,9 +29,12 @@ def text(value: str) -> pa.Scalar:
     return pa.scalar(value, pa.string())
 
 
-def _connection() -> duckdb.DuckDBPyConnection:
+def _connection():
+    """This thread's DuckDB connection (duckdb loads on the first nested or large batch)."""
     con = getattr(_local, "con", None)
     if con is None:
+        import duckdb
+
         con = duckdb.connect()
         con.execute("SET threads = 1")
         _local.con = con

@@ -192,6 +192,7 @@ SOURCE_CONNECTORS = ConnectorRegistry(
         "file": "sqlstream.connectors.file",
         "generator": "sqlstream.connectors.generator",
         "http": "sqlstream.connectors.http",
+        "memory": "sqlstream.connectors.memory",
         "mqtt": "sqlstream.connectors.mqtt",
         "nats": "sqlstream.connectors.nats",
         "postgres": "sqlstream.connectors.postgres",
@@ -201,6 +202,7 @@ SINK_CONNECTORS = ConnectorRegistry(
     "sink",
     {
         "file": "sqlstream.connectors.file",
+        "memory": "sqlstream.connectors.memory",
         "mqtt": "sqlstream.connectors.mqtt",
         "nats": "sqlstream.connectors.nats",
         "postgres": "sqlstream.connectors.postgres",

@@ -7,6 +7,8 @@ The CLI may hand in a richer renderer (live tables on a terminal) through
 
 from __future__ import annotations
 
+import datetime
+import re
 import sys
 from typing import TextIO
 
@@ -57,12 +59,20 @@ class PlainTableWriter(SinkWriter):
 
 
 def format_cell(value) -> str:
-    """A value as a table cell: NULL for None, 6 significant digits for floats."""
+    """A value as a table cell: NULL for None, 6 significant digits for floats, a
+    timestamp as JSON and the REPL's text views write it (``2024-01-01 00:00:05.8``, no
+    trailing zeros in the fraction)."""
     if value is None:
         return "NULL"
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, (datetime.datetime, datetime.time)):
+        text = value.isoformat(sep=" ") if isinstance(value, datetime.datetime) else value.isoformat()
+        return _TRAILING_FRACTION.sub(lambda m: m.group(1).rstrip("0").rstrip("."), text)
     return str(value)
+
+
+_TRAILING_FRACTION = re.compile(r"(\.\d+)(?=$|[+-]\d\d:)")
 
 
 @register_sink

@@ -11,6 +11,7 @@ dialect).
 
 from __future__ import annotations
 
+import difflib
 import re
 import threading
 
@@ -149,6 +150,11 @@ def _clean(message: str) -> str:
     return message.splitlines()[0] if message else "DataFusion error"
 
 
+#: words in a function name that suggest a model rather than a typo of a built-in
+_MODEL_WORDS = re.compile(r"(^|_)(predict\w*|score|scoring|classif\w*|infer\w*|model|embed\w*|detect\w*|"
+                          r"forecast\w*|anomal\w*|sentiment|inference)(_|$)", re.IGNORECASE)
+
+
 def plan_error(error: Exception) -> SqlAnalysisError:
     """A planning failure of DataFusion as a SqlAnalysisError with a hint where possible."""
     text = str(error)
@@ -157,6 +163,10 @@ def plan_error(error: Exception) -> SqlAnalysisError:
         name = match.group(1)
         suggestion = re.search(r"Did you mean '([^']+)'", text)
         hint = f"did you mean '{suggestion.group(1)}'?" if suggestion else None
+        close = suggestion is not None and difflib.SequenceMatcher(None, name, suggestion.group(1)).ratio() >= 0.8
+        if _MODEL_WORDS.search(name) and not close:
+            hint = (f"to call a model, CREATE FUNCTION {name} AS MODEL 'path/to/model.onnx'; "
+                    f"for Python code, a @udf function in udfs/*.py")  # not a far-fetched built-in name
         return UnknownFunctionError(
             f"unknown function '{name}'",
             function_name=name,

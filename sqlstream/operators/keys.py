@@ -7,6 +7,8 @@ every value), so NULL keys match each other as GROUP BY expects.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,11 +16,12 @@ import pyarrow.compute as pc
 __all__ = ["encode_keys", "concat_tables", "key_changes"]
 
 
-# typed scalars: pyarrow infers the type of bare Python values at a cost per call
-_COLON = pa.scalar(":", pa.string())
-_BAR = pa.scalar("|", pa.string())
-_NULL_TAG = pa.scalar("\x00", pa.string())
-_FALSE = pa.scalar(False, pa.bool_())
+@functools.cache
+def _scalar(value: str | bool) -> pa.Scalar:
+    """A typed scalar, made once: pyarrow infers the type of bare Python values at a cost
+    per call, and making one at import would import pandas (pyarrow looks for it on the
+    first conversion of a Python value) when only planning, as ``sqlstream check`` does."""
+    return pa.scalar(value, pa.bool_() if isinstance(value, bool) else pa.string())
 
 
 def _part(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -31,8 +34,8 @@ def _part(column: pa.Array | pa.ChunkedArray) -> pa.Array:
         column = column.dictionary_decode()
     text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
     length = pc.cast(pc.utf8_length(text), pa.string())
-    tagged = pc.binary_join_element_wise(length, text, _COLON)
-    return pc.fill_null(tagged, _NULL_TAG)
+    tagged = pc.binary_join_element_wise(length, text, _scalar(":"))
+    return pc.fill_null(tagged, _scalar("\x00"))
 
 
 def encode_keys(table: pa.Table | pa.RecordBatch, columns: list[str]) -> pa.Array:
@@ -45,7 +48,7 @@ def encode_keys(table: pa.Table | pa.RecordBatch, columns: list[str]) -> pa.Arra
             column = column.combine_chunks()
         return column
     parts = [_part(table.column(c)) for c in columns]
-    return pc.binary_join_element_wise(*parts, _BAR)
+    return pc.binary_join_element_wise(*parts, _scalar("|"))
 
 
 def concat_tables(tables: list[pa.Table]) -> pa.Table:
@@ -62,7 +65,7 @@ def key_changes(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
     out = np.ones(n, dtype=bool)
     if n > 1:
         a, b = keys.slice(1), keys.slice(0, n - 1)
-        differ = pc.fill_null(pc.not_equal(a, b), _FALSE)
+        differ = pc.fill_null(pc.not_equal(a, b), _scalar(False))
         if keys.null_count:
             differ = pc.or_(differ, pc.xor(pc.is_null(a), pc.is_null(b)))
         out[1:] = differ.to_numpy(zero_copy_only=False)

@@ -17,6 +17,7 @@ from typing import Protocol
 import pyarrow as pa
 from sqlglot import exp
 
+from sqlstream.connectors.one_row import ONE_ROW_SOURCE
 from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnsupportedSqlError, did_you_mean
 from sqlstream.hidden import WM_COLUMN, is_hidden
 from sqlstream.plan.aggregation import find_aggregates, group_expressions, plan_aggregate
@@ -116,8 +117,8 @@ class QueryPlanner:
 
     def _plan_from(self, select: exp.Select) -> Relation:
         from_ = select.args.get("from_") or select.args.get("from")
-        if from_ is None:
-            raise self.unsupported("a streaming query needs FROM", select, "SELECT ... FROM <source>")
+        if from_ is None:  # a constant query: one row, then the end
+            return self._plan_named(ONE_ROW_SOURCE, ONE_ROW_SOURCE, select)
         joins = select.args.get("joins") or []
         rel = self.plan_factor(from_.this)
         if joins:

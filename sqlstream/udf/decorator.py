@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlstream.errors import UdfError
+
+if TYPE_CHECKING:  # pyarrow loads when a function is decorated: ``import sqlstream`` stays light
+    import pyarrow as pa
 
 __all__ = ["udf", "UdfSpec", "VOLATILITIES"]
 
@@ -59,6 +60,8 @@ def udf(
     name, lower-cased). ``async def`` functions run once per row, ``concurrency`` at a
     time, each within ``timeout`` (``'2s'``, ``'500ms'`` or seconds as a number).
     """
+    import pyarrow as pa
+
     spec_name = (name or "").lower() or None
     if spec_name is not None and not _NAME.fullmatch(spec_name):
         raise UdfError(

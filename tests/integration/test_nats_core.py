@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -252,3 +253,18 @@ def test_produce_publishes_generated_rows(tmp_path, nats_server, nats_client):
     assert "created stream PRODUCED (js.*)" in result.stderr
     stored = nats_client.stream_messages("PRODUCED")
     assert sorted(json.loads(m.data)["id"] for m in stored) == list(range(120))
+
+
+def test_produce_shows_its_count_and_rate_on_a_terminal(tmp_path, nats_server, nats_client):
+    pexpect = pytest.importorskip("pexpect")
+    received = nats_client.subscribe("shown.rows")
+    child = pexpect.spawn(sys.executable, ["-m", "sqlstream.cli.main", "produce", "shown.rows", "--url", nats_server.url,
+                                           "--columns", "id BIGINT", "--rate", "100", "--count", "150"],
+                          cwd=str(tmp_path), encoding="utf-8", timeout=60, env=dict(os.environ, TERM="xterm"))
+    child.expect(r"published ([1-9][\d,]*) / 150 rows · ([\d,]+)/s")  # counting up (it starts at 0)
+    assert int(child.match.group(1).replace(",", "")) <= 150
+    child.expect_exact("published: 150 rows out")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    wait_until(lambda: len(received) == 150, what="150 messages")

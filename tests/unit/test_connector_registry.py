@@ -123,7 +123,7 @@ def test_built_in_connectors_are_imported_when_named():
         "print('nats' in sys.modules, source_connector('file').__name__, 'nats' in sys.modules)\n"
         "print(','.join(sorted(SOURCE_CONNECTORS)), 'nats' in sys.modules)\n"
     )
-    assert _python(code).splitlines() == ["False FileSource False", "file,generator,http,mqtt,nats,postgres True"]
+    assert _python(code).splitlines() == ["False FileSource False", "file,generator,http,memory,mqtt,nats,postgres True"]
 
 
 def test_unknown_connector_names_what_is_available():

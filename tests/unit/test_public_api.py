@@ -10,6 +10,7 @@ PUBLIC_NAMES = [
     "ConnectorError",
     "ExecutionError",
     "PlanError",
+    "QueryResult",
     "Session",
     "SqlAnalysisError",
     "SqlError",
