@@ -24,11 +24,11 @@ import time
 from collections import Counter
 from typing import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sqlstream.hidden import is_real_watermark
-from sqlstream.operators.base import Operator
+from sqlstream.operators.base import BATCH_SECONDS_BUCKETS, Operator
 from sqlstream.operators.stateless import FunctionStats, StatelessOperator
 from sqlstream.runtime.driver import Driver
 from sqlstream.runtime.operator_ids import checkpoint_operators
@@ -195,6 +195,8 @@ class PipelineCollector(Collector):
                                ["operator"])
         busy = self._family(CounterMetricFamily, "sqlstream_operator_busy_seconds",
                             "time spent in the operator itself (downstream operators excluded)", ["operator"])
+        durations = self._family(HistogramMetricFamily, "sqlstream_operator_batch_seconds",
+                                 "time the operator itself spent on each micro-batch", ["operator"])
         state_rows = self._family(GaugeMetricFamily, "sqlstream_operator_state_rows", "rows of state held",
                                   ["operator"])
         state_bytes = self._family(GaugeMetricFamily, "sqlstream_operator_state_bytes",
@@ -204,11 +206,12 @@ class PipelineCollector(Collector):
             rows_out.add_metric([p, label], op.rows_out)
             batches.add_metric([p, label], op.batches_in)
             busy.add_metric([p, label], max(op.busy_s, 0.0))
+            durations.add_metric([p, label], _cumulative(op.batch_seconds), sum_value=max(op.busy_s, 0.0))
             if op.state_hint is not None:
                 size = _stable(op.state_size)
                 state_rows.add_metric([p, label], size.rows)
                 state_bytes.add_metric([p, label], size.bytes)
-        yield from (rows_in, rows_out, batches, busy, state_rows, state_bytes)
+        yield from (rows_in, rows_out, batches, busy, durations, state_rows, state_bytes)
 
     def _functions(self, operators: list[tuple[str, Operator]]) -> Iterator[Metric]:
         p = self.pipeline
@@ -253,3 +256,12 @@ class PipelineCollector(Collector):
             family = self._family(GaugeMetricFamily, name, doc, [])
             family.add_metric([p], value)
             yield family
+
+
+def _cumulative(counts: list[int]) -> list[tuple[str, int]]:
+    """Per-bucket counts as Prometheus buckets: cumulative, by upper bound, ``+Inf`` last."""
+    buckets, total = [], 0
+    for bound, count in zip([*map(str, BATCH_SECONDS_BUCKETS), "+Inf"], list(counts)):
+        total += count
+        buckets.append((bound, total))
+    return buckets

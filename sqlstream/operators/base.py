@@ -17,6 +17,7 @@ of it spent on what it emitted.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from time import perf_counter
 from typing import Callable
 
@@ -27,6 +28,10 @@ from sqlstream.operators.snapshot import OperatorSnapshot
 from sqlstream.operators.state_size import NO_STATE, StateSize
 
 __all__ = ["Operator", "StateSize", "IntervalTimer"]
+
+#: upper bounds (s) of the per-batch time buckets (``Operator.batch_seconds``; the metrics
+#: endpoint's ``sqlstream_operator_batch_seconds`` histogram)
+BATCH_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class IntervalTimer:
@@ -71,6 +76,8 @@ class Operator:
         self.batches_in = 0
         self.busy_s = 0.0  # own time (s) in on_batch/on_watermark/on_end, downstream excluded
         self._timing = 0  # > 0 while one of those runs: emitting then subtracts downstream time
+        #: micro-batches by their own time in ``on_batch``: counts per bucket of BATCH_SECONDS_BUCKETS
+        self.batch_seconds = [0] * (len(BATCH_SECONDS_BUCKETS) + 1)
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -98,12 +105,14 @@ class Operator:
             self.rows_in += n
             self.batches_in += 1
             self._timing += 1
+            before = self.busy_s
             start = perf_counter()
             try:
                 self.on_batch(batch, port)
             finally:
                 self.busy_s += perf_counter() - start
                 self._timing -= 1
+                self.batch_seconds[bisect_left(BATCH_SECONDS_BUCKETS, self.busy_s - before)] += 1
 
     def _timed(self, call: Callable, *args) -> None:
         """Run one of the ``on_*`` hooks, counting its time in ``busy_s``."""

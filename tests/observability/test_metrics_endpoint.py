@@ -64,6 +64,11 @@ def test_metrics_count_exactly_what_the_run_did(known_run):
     assert m[("sqlstream_operator_batches_total", window)] >= 1
     assert m[("sqlstream_operator_state_rows", window)] == 0
     assert m[("sqlstream_operator_busy_seconds_total", window)] > 0
+    # each micro-batch the window took is in its time histogram, in some bucket
+    batches = m[("sqlstream_operator_batches_total", window)]
+    assert m[("sqlstream_operator_batch_seconds_count", window)] == batches
+    assert m[("sqlstream_operator_batch_seconds_bucket", tuple(sorted((*window, ("le", "+Inf")))))] == batches
+    assert m[("sqlstream_operator_batch_seconds_sum", window)] == m[("sqlstream_operator_busy_seconds_total", window)]
     beats = m[("sqlstream_sink_rows_total", (("sink", "beats"),))]
     later = wait_for(lambda: (s := scrape(known_run.url))[("sqlstream_sink_rows_total", (("sink", "beats"),))] > beats
                      and s, "the generator's rows to grow")
