@@ -5,7 +5,7 @@ NATS message payload) together with what the decoders must make of it: a row
 (``outcome == "row"``, with the expected values), exactly one dead letter with
 reason ``decode`` / ``type`` / ``null``, or nothing at all (``"skip"``: a blank
 line is not a record). The cases follow the decoder semantics the project
-decided (README, "Dead letters"): one non-blank line is one record; keys match
+decided (docs/pipelines-and-connectors.md, "Bad input and dead letters"): one non-blank line is one record; keys match
 columns case-insensitively per record (the exact spelling wins); two other
 spellings of one column, a key twice, two JSON values on a line or invalid UTF-8
 are ``decode``; nesting of any depth is read, and ``NaN`` / ``Infinity`` as floats;

@@ -5,7 +5,7 @@ JetStream on a temporary store directory (``-js -sd DIR``), waits until it accep
 connections, and can be stopped, restarted on the same port and store (the
 reconnect tests), or killed. ``durable=True`` writes a config file with
 ``sync_interval: always`` so an acknowledged JetStream write is on disk (the
-setting our durability guarantees assume; see docs/readme/nats.md).
+setting our durability guarantees assume; see docs/nats.md).
 """
 
 from __future__ import annotations

@@ -84,9 +84,7 @@ def _problems(path: Path) -> list[str]:
         where = f"{path.relative_to(ROOT)}:{number}: {target}"
         if target.startswith("code:"):
             # a prose mention of a docs page: relative to the repository root
-            if not (ROOT / target[len("code:") :]).exists() and not (
-                path.parent / target[len("code:") :]
-            ).exists():
+            if not (ROOT / target[len("code:") :]).exists() and not (path.parent / target[len("code:") :]).exists():
                 problems.append(f"{where} (no such file)")
             continue
         if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE):  # http:, mailto:, ...
@@ -117,8 +115,6 @@ def test_the_documentation_is_found():
     assert {"README.md", "docs/nats.md", "examples/nats_sensors/README.md"} <= names
 
 
-@pytest.mark.parametrize(
-    "path", _markdown_files(), ids=lambda p: str(p.relative_to(ROOT))
-)
+@pytest.mark.parametrize("path", _markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(path):
     assert _problems(path) == []
