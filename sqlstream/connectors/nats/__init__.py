@@ -12,7 +12,7 @@ Sink::
     CREATE SINK alerts AS SELECT ... WITH (connector = 'nats', subject = 'alerts.{sensor_id}',
                                            stream = 'ALERTS');
 
-See docs/readme/nats.md for the delivery guarantees and the server settings they assume.
+See docs/nats.md for the delivery guarantees and the server settings they assume.
 """
 
 from __future__ import annotations
