@@ -29,7 +29,7 @@ from sqlstream.operators.keyed_rows import KeyedRows
 from sqlstream.operators.keys import encode_keys
 from sqlstream.operators.state_size import StateSize, table_bytes
 from sqlstream.operators.top_n import KEY, RANK, SEQ, rank_rows
-from sqlstream.operators.windows import late_rows_as_dead_letters
+from sqlstream.operators.windows import drop_late_rows
 
 __all__ = ["FirstRowOperator"]
 
@@ -60,17 +60,9 @@ class FirstRowOperator(Operator):
         self.seen = KeyedRows(KEY)  # KEY + TIME: keys already emitted
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
-        times = event_time_us(batch.column(self.time_column))
-        if WM_COLUMN in batch.schema.names:
-            late = times < batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
-            if late.any():
-                self.late_rows += int(late.sum())
-                if self.dead_letter is not None:
-                    self.dead_letter(late_rows_as_dead_letters(
-                        batch, late, times, self.source_label,
-                        "the first row of its key is decided once the watermark passes its event time",
-                    ))
-                batch, times = batch.filter(pa.array(~late)), times[~late]
+        batch, times = drop_late_rows(
+            self, batch, event_time_us(batch.column(self.time_column)), self.source_label,
+            "the first row of its key is decided once the watermark passes its event time")
         n = batch.num_rows
         if n == 0:
             return

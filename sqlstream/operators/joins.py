@@ -33,7 +33,7 @@ from sqlstream.operators.join_keys import KeyIndex, join_pairs
 from sqlstream.operators.join_state import RowChunks, constant_keys
 from sqlstream.operators.state_size import NO_STATE, StateSize, numpy_bytes, table_bytes
 from sqlstream.operators.state_tables import numbered
-from sqlstream.operators.windows import column_int64, late_rows_as_dead_letters
+from sqlstream.operators.windows import column_int64, drop_late_rows, late_rows_as_dead_letters
 
 __all__ = [
     "JoinSide",
@@ -403,17 +403,9 @@ class IntervalJoinOperator(Operator):
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         side = self.layout.sides[port]
-        times = column_int64(batch, side.time)
-        if WM_COLUMN in batch.schema.names:
-            late = times < batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
-            if late.any():
-                self.late_rows += int(late.sum())
-                if self.dead_letter is not None:
-                    self.dead_letter(late_rows_as_dead_letters(
-                        batch, late, times, side.label,
-                        "event time behind the watermark: its interval-join partners may already be gone"))
-                batch = batch.filter(pa.array(~late))
-                times = times[~late]
+        batch, times = drop_late_rows(
+            self, batch, column_int64(batch, side.time), side.label,
+            "event time behind the watermark: its interval-join partners may already be gone")
         if batch.num_rows == 0:
             return
         table = pa.Table.from_batches([batch]).select(side.stored()).combine_chunks()

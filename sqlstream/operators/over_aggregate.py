@@ -30,12 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.batches import event_time_us
-from sqlstream.hidden import MAX_WATERMARK, WM_COLUMN
+from sqlstream.hidden import MAX_WATERMARK
 from sqlstream.operators.base import Operator
 from sqlstream.operators.keyed_rows import KeyedRows
 from sqlstream.operators.keys import encode_keys, key_changes
 from sqlstream.operators.state_size import StateSize, table_bytes
-from sqlstream.operators.windows import late_rows_as_dead_letters
+from sqlstream.operators.windows import drop_late_rows
 
 __all__ = ["OverCall", "OverAggregateOperator"]
 
@@ -82,17 +82,9 @@ class OverAggregateOperator(Operator):
         self.history: pa.Table | None = None  # emitted rows some future row's frame may still hold
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
-        times = event_time_us(batch.column(self.time_column))
-        if WM_COLUMN in batch.schema.names:
-            late = times < batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
-            if late.any():
-                self.late_rows += int(late.sum())
-                if self.dead_letter is not None:
-                    self.dead_letter(late_rows_as_dead_letters(
-                        batch, late, times, self.source_label,
-                        "an OVER window's rows are emitted once the watermark passes their event time",
-                    ))
-                batch, times = batch.filter(pa.array(~late)), times[~late]
+        batch, times = drop_late_rows(
+            self, batch, event_time_us(batch.column(self.time_column)), self.source_label,
+            "an OVER window's rows are emitted once the watermark passes their event time")
         n = batch.num_rows
         if n == 0:
             return

@@ -108,6 +108,22 @@ def late_rows_as_dead_letters(batch: pa.RecordBatch, mask: np.ndarray, times: np
     return rows_as_dead_letters(batch, rows, source, "late", detail, times[rows].tolist())
 
 
+def drop_late_rows(op: Operator, batch: pa.RecordBatch, times: np.ndarray, source: str,
+                   detail: str) -> tuple[pa.RecordBatch, np.ndarray]:
+    """``batch`` (and its event ``times``) without the rows behind their own watermark
+    stamp (``__wm``): those are counted in ``op.late_rows`` and go to ``op``'s dead
+    letters (reason ``late``, with ``detail``), whatever batch they came in."""
+    if WM_COLUMN not in batch.schema.names:
+        return batch, times
+    late = times < batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
+    if not late.any():
+        return batch, times
+    op.late_rows += int(late.sum())
+    if op.dead_letter is not None:
+        op.dead_letter(late_rows_as_dead_letters(batch, late, times, source, detail))
+    return batch.filter(pa.array(~late)), times[~late]
+
+
 class LateFilterOperator(Operator):
     """Rows whose every window was already emitted → dead letter ``late``."""
 
