@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.hidden import OP_COLUMN
 from sqlstream.operators.keys import encode_keys
 
-__all__ = ["ResultChanges", "diff_results", "op_column"]
+__all__ = ["ResultChanges", "diff_results", "op_column", "changelog_batch"]
 
 
 @dataclass
@@ -44,3 +45,25 @@ def diff_results(old: pa.Table, new: pa.Table, group: list[str], values: list[st
 def op_column(op: str, n: int) -> pa.Array:
     """The ``__op`` column of ``n`` rows of one change kind."""
     return pa.repeat(pa.scalar(op, pa.string()), n)
+
+
+def changelog_batch(schema: pa.Schema, parts: list[tuple[pa.Table, str]],
+                    sources: dict[str, str] | None = None) -> pa.RecordBatch | None:
+    """One batch of ``schema`` holding each ``(table, op)`` part's rows in order, with
+    ``__op`` set per part; ``sources`` names the part column an output column comes from
+    where the names differ. None when no part has rows."""
+    parts = [(table, op) for table, op in parts if table.num_rows]
+    if not parts:
+        return None
+    columns = []
+    for field in schema:
+        if field.name == OP_COLUMN:
+            pieces = [op_column(op, table.num_rows) for table, op in parts]
+        else:
+            name = (sources or {}).get(field.name, field.name)
+            pieces = []
+            for table, _ in parts:
+                column = table.column(name).combine_chunks()
+                pieces.append(column.cast(field.type) if column.type != field.type else column)
+        columns.append(pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0])
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

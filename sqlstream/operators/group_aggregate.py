@@ -11,10 +11,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sqlstream.hidden import MIN_WATERMARK, OP_COLUMN
+from sqlstream.hidden import MIN_WATERMARK
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
 from sqlstream.operators.base import IntervalTimer, Operator
-from sqlstream.operators.changes import diff_results, op_column
+from sqlstream.operators.changes import changelog_batch, diff_results
 from sqlstream.operators.keys import encode_keys
 from sqlstream.operators.state_size import NO_STATE, StateSize
 from sqlstream.operators.state_tables import partials_from_tables, partials_to_tables
@@ -95,20 +95,9 @@ class GroupAggregateOperator(Operator):
         self._emit([(changes.before, "-U"), (changes.after, "+U"), (changes.inserted, "+I")])
 
     def _emit(self, parts: list[tuple[pa.Table, str]]) -> None:
-        parts = [(table, op) for table, op in parts if table.num_rows]
-        if not parts:
-            return
-        columns = []
-        for field in self.schema:
-            if field.name == OP_COLUMN:
-                pieces = [op_column(op, table.num_rows) for table, op in parts]
-            else:
-                pieces = []
-                for table, _ in parts:
-                    column = table.column(field.name).combine_chunks()
-                    pieces.append(column.cast(field.type) if column.type != field.type else column)
-            columns.append(pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0])
-        self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        batch = changelog_batch(self.schema, parts)
+        if batch is not None:
+            self.emit(batch)
 
     def state_values(self) -> dict:
         """The arrival counter (first/last_value) and the EMIT EVERY timer."""

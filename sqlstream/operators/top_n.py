@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from sqlstream.hidden import OP_COLUMN
 from sqlstream.operators.base import Operator
-from sqlstream.operators.changes import op_column
+from sqlstream.operators.changes import changelog_batch
 from sqlstream.operators.keyed_rows import KeyedRows
 from sqlstream.operators.keys import encode_keys, key_changes
 from sqlstream.operators.state_size import StateSize
@@ -137,18 +137,9 @@ class TopNOperator(Operator):
         self._emit(parts + [(inserted, "+I")])
 
     def _emit(self, parts: list[tuple[pa.Table, str]]) -> None:
-        parts = [(table, op) for table, op in parts if table.num_rows]
-        if not parts:
-            return
-        columns = []
-        for field in self.schema:
-            if field.name == OP_COLUMN:
-                pieces = [op_column(op, table.num_rows) for table, op in parts]
-            else:
-                source = RANK if field.name == self.rank_column else field.name
-                pieces = [table.column(source).combine_chunks().cast(field.type) for table, _ in parts]
-            columns.append(pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0])
-        self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        batch = changelog_batch(self.schema, parts, {self.rank_column: RANK} if self.rank_column else None)
+        if batch is not None:
+            self.emit(batch)
 
     # -- checkpoints -------------------------------------------------------------------------
 
