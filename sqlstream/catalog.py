@@ -55,6 +55,11 @@ class SourceEntry:
     statement: CreateSource | None
     base_dir: str
 
+    @property
+    def location(self) -> Location | None:
+        """Where the source was created (errors while opening it point there)."""
+        return None if self.statement is None else self.statement.location
+
 
 @dataclass
 class ViewEntry:

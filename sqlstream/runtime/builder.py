@@ -20,7 +20,7 @@ import pyarrow as pa
 from sqlstream.connectors.base import RunContext, SinkWriter, SourceBatch, SourceConnector, SourceReader
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.durations import parse_duration_us
-from sqlstream.errors import ExecutionError
+from sqlstream.errors import ConnectorError, ExecutionError, Location
 from sqlstream.hidden import OP_COLUMN, SOURCE_ID_COLUMN, is_hidden
 from sqlstream.operators.base import Operator
 from sqlstream.operators.context import BuildContext
@@ -88,6 +88,9 @@ class SourceDefinition(Protocol):
 
     @property
     def base_dir(self) -> str: ...
+
+    @property
+    def location(self) -> Location | None: ...
 
 
 #: wraps a source's reader before its stage is built: (source name, reader) -> reader
@@ -259,7 +262,10 @@ class PipelineBuilder:
         if checkpointer is not None:
             run_ctx = replace(run_ctx, checkpointing=True, start_position=checkpointer.start_position(name),
                               checkpoint_interval_us=int(checkpointer.config.interval_s * 1e6))
-        return entry.connector.open(run_ctx)
+        try:
+            return entry.connector.open(run_ctx)
+        except ConnectorError as error:  # e.g. "cannot connect": point at the CREATE SOURCE
+            raise error.with_location(entry.location)
 
     def _spec(self, name: str) -> SourceSpec:
         entry = self.sources[name]

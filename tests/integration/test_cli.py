@@ -345,3 +345,17 @@ def test_sqlstream_test_command(tmp_path, cli):
     assert code == 1
     assert "cases/wrong FAILED" in out
     assert '-{"n":5}' in out.splitlines() and '+{"n":1}' in out.splitlines()
+
+
+def test_a_nats_source_that_never_connects_says_cannot_connect_at_its_create(tmp_path):
+    """Not "disconnected ... reconnecting" (it never was connected), and the error points at
+    the CREATE SOURCE that names the server."""
+    (tmp_path / "n.sql").write_text(
+        "CREATE SOURCE s (v BIGINT) WITH (connector = 'nats', url = 'nats://127.0.0.1:1', subject = 'x.>',\n"
+        "                                 connect_timeout = '1s');\n"
+        "SELECT v FROM s;\n")
+    done = subprocess.run([str(Path(sys.executable).with_name("sqlstream")), "run", "n.sql"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "n.sql:1:1: error: source 's': cannot connect to NATS at nats://127.0.0.1:1" in done.stderr
+    assert "disconnected" not in done.stderr and "Traceback" not in done.stderr

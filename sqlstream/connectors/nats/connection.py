@@ -186,8 +186,8 @@ class NatsConnection:
             LOG.warning("%s: NATS error: %s", self.owner, text)
 
     async def _on_disconnected(self) -> None:
-        if self.closed or self.events.disconnected_at is not None:
-            return
+        if self.closed or self._connecting or self.events.disconnected_at is not None:
+            return  # never connected yet: start() reports "cannot connect", not a disconnect
         self.events.disconnects += 1
         self.events.disconnected_at = time.monotonic()
         LOG.warning("%s: disconnected from NATS at %s; reconnecting", self.owner, self.url)
