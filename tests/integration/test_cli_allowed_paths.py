@@ -75,9 +75,11 @@ def test_run_refuses_a_glob_that_matches_a_link_out_before_reading(shared):
     assert sqlstream(["check", "p.sql", "--allow-paths", "data"], work).returncode == 0  # the folder is allowed
     result = sqlstream(["run", "p.sql", "--allow-paths", "data"], work)
     assert result.returncode == 2
-    assert result.stderr == (
-        f"error: source 's': path '{work / 'data' / 'zz.jsonl'}' is outside the allowed paths "
+    assert result.stderr == (  # found when the source opens: the error points at its CREATE SOURCE
+        f"p.sql:2:1: error: source 's': path '{work / 'data' / 'zz.jsonl'}' is outside the allowed paths "
         f"({os.path.realpath(work / 'data')})\n"
+        "  CREATE SOURCE s (x VARCHAR) WITH (connector = 'file', path = 'data/*.jsonl', format = 'json');\n"
+        "  ^\n"
         f"  hint: it resolves to {os.path.realpath(shared / 'passwd')}; "
         "allowed_paths (--allow-paths) confines every file a pipeline reads or writes\n"
     )
