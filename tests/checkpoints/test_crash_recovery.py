@@ -254,7 +254,7 @@ def test_random_kills_many(tmp_path, long_reference):
     _write_inputs(tmp_path, LONG_ROWS)
     _pipeline(tmp_path, interval="500ms")
     total = 0
-    for round_ in range(12):  # a round ends early when a run finishes before its next kill
+    for round_ in range(16):  # a round ends early when a run finishes before its next kill
         shutil.rmtree(tmp_path / "out", ignore_errors=True)
         shutil.rmtree(tmp_path / "ck", ignore_errors=True)
         total += _random_kills(tmp_path, kills=4, seed=100 + round_)
