@@ -163,7 +163,9 @@ def long_reference(tmp_path_factory) -> dict[str, tuple[int, str]]:
     return _reference_run(tmp_path_factory.mktemp("long_reference"), LONG_ROWS)
 
 
-def _fresh(tmp_path: Path, rows: int = 6000, interval: str = "100ms") -> Path:
+def _fresh(tmp_path: Path, rows: int = 6000, interval: str = "10ms") -> Path:
+    """Inputs and the pipeline; checkpoints every 10 ms, so that a run of a fraction of a
+    second on a fast machine still takes the several epochs the fault points name."""
     _write_inputs(tmp_path, rows)
     _pipeline(tmp_path, interval=interval)
     return tmp_path
