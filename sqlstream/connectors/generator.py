@@ -8,8 +8,9 @@ event time of row 0. A resumed run produces rows N, N+1, ... exactly as the firs
 would have (event time ``T + row * step`` included, so it continues where it stopped
 rather than jumping to the resumed run's wall clock); with a rate limit it goes on at
 that rate from the moment it resumes. The one exception: ``clock = 'wall'`` with
-``rows_per_second = 0`` stamps each chunk of rows with the wall time it is made, so
-the rows after N carry the resumed run's time.
+``rows_per_second = 0`` and no ``step`` has no rate to step by, so each batch's rows are
+spread evenly over the wall time since the previous batch (the last row carries the
+time the batch is made); the rows after N carry the resumed run's time.
 """
 
 from __future__ import annotations
@@ -192,8 +193,9 @@ class _GeneratorReader(SourceReader):
         self.time_base_us = int(resumed["time_base_us"]) if "time_base_us" in resumed else (
             _parse_iso_us(start) if (simulated and start) else (1_704_067_200_000_000 if simulated else self.clock.now_us())
         )
-        self.simulated = simulated
         step = connector.time_step_us
+        self.wall_stamped = not simulated and self.rate <= 0 and step is None  # see the module docstring
+        self.last_stamp_us = self.clock.now_us()
         self.step_us = step if step is not None else (1_000_000 / self.rate if self.rate > 0 else 1_000)
         self._cache: dict[tuple[int, int], pa.Array] = {}
         self.batch_size = ctx.batch_size
@@ -251,22 +253,40 @@ class _GeneratorReader(SourceReader):
         return self._cache[key]
 
     def _event_chunk(self, gen: _ColumnGen, chunk: int) -> pa.Array:
-        if not self.simulated and self.rate <= 0:
-            times = np.full(_CHUNK, self.clock.now_us(), dtype=np.int64)
-        else:
-            rows = np.arange(chunk * _CHUNK, (chunk + 1) * _CHUNK, dtype=np.float64)
-            times = (self.time_base_us + rows * self.step_us).astype(np.int64)
-        jitter = gen._rng(chunk).integers(0, gen.max_delay_us + 1, _CHUNK) if gen.max_delay_us else 0
-        return pa.array(times - jitter, pa.timestamp("us")).cast(gen.field.type, safe=False)
+        rows = np.arange(chunk * _CHUNK, (chunk + 1) * _CHUNK, dtype=np.float64)
+        times = (self.time_base_us + rows * self.step_us).astype(np.int64)
+        return _event_times(gen, chunk * _CHUNK, times)
+
+    def _wall_times(self, n: int) -> np.ndarray:
+        """``n`` times spread evenly from the previous batch's stamp to now."""
+        now = max(self.clock.now_us(), self.last_stamp_us)
+        times = self.last_stamp_us + (now - self.last_stamp_us) * np.arange(1, n + 1, dtype=np.int64) // n
+        self.last_stamp_us = now
+        return times
 
     def _rows(self, start: int, n: int) -> pa.RecordBatch:
         first, last = start // _CHUNK, (start + n - 1) // _CHUNK
+        times = self._wall_times(n) if self.wall_stamped else None
         columns = []
         for gen in self.c.generators:
+            if times is not None and gen.kind == "event_time":
+                columns.append(_event_times(gen, start, times))
+                continue
             pieces = [self._column_chunk(gen, chunk) for chunk in range(first, last + 1)]
             whole = pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
             columns.append(whole.slice(start - first * _CHUNK, n))
         return pa.RecordBatch.from_arrays(columns, schema=self.c.schema)
+
+
+def _event_times(gen: _ColumnGen, start: int, times: np.ndarray) -> pa.Array:
+    """``times`` (µs) of rows ``start, start + 1, ...`` as the column's type, each moved
+    back by up to ``max_delay``, drawn from its chunk's seed."""
+    if gen.max_delay_us:
+        first, last = start // _CHUNK, (start + len(times) - 1) // _CHUNK
+        draws = [gen._rng(chunk).integers(0, gen.max_delay_us + 1, _CHUNK) for chunk in range(first, last + 1)]
+        offset = start - first * _CHUNK
+        times = times - np.concatenate(draws)[offset: offset + len(times)]
+    return pa.array(times, pa.timestamp("us")).cast(gen.field.type, safe=False)
 
 
 @register_source

@@ -197,6 +197,38 @@ def test_event_time_on_the_wall_clock_starts_at_the_clock():
     assert table.column("ts").to_pylist() == [base + datetime.timedelta(milliseconds=100 * i) for i in range(3)]
 
 
+def test_wall_clock_at_max_speed_spreads_each_batch_over_the_time_since_the_last():
+    clock = ManualClock(start_us=1_800_000_000_000_000)
+    reader = generator("ts TIMESTAMP, n BIGINT", rows_per_second=0, max_rows=8).open(RunContext(clock=clock, batch_size=4))
+    clock.advance(0.004)
+    first = reader.poll().batch.column("ts").cast(pa.int64()).to_pylist()
+    clock.advance(0.002)
+    second = reader.poll().batch.column("ts").cast(pa.int64()).to_pylist()
+    start = 1_800_000_000_000_000
+    assert first == [start + 1000, start + 2000, start + 3000, start + 4000]  # the last row: when its batch was made
+    assert second == [start + 4500, start + 5000, start + 5500, start + 6000]
+
+
+def test_wall_clock_at_max_speed_with_a_step_steps_from_the_start():
+    clock = ManualClock(start_us=1_800_000_000_000_000)
+    table = read_all(generator("ts TIMESTAMP", rows_per_second=0, max_rows=3, fields__ts__step="1s"), clock=clock)
+    base = datetime.datetime(2027, 1, 15, 8, 0)
+    assert table.column("ts").to_pylist() == [base + datetime.timedelta(seconds=i) for i in range(3)]
+
+
+def test_wall_clock_at_max_speed_keeps_the_seeded_jitter_whatever_the_batch_size():
+    start = 1_800_000_000_000_000  # the manual clock stands still: every batch is stamped at the start
+
+    def delays(batch_size):
+        table = read_all(generator("ts TIMESTAMP", rows_per_second=0, max_rows=5000, fields__ts__max_delay="1s", seed=3),
+                         batch_size=batch_size, clock=ManualClock(start_us=start))
+        return start - table.column("ts").cast(pa.int64()).to_numpy()
+
+    delay = delays(700)
+    assert delay.min() >= 0 and 900_000 < delay.max() <= 1_000_000
+    assert (delays(300) == delay).all()
+
+
 def test_max_delay_jitters_event_time_out_of_order():
     table = read_all(generator("ts TIMESTAMP", rows_per_second=0, max_rows=4000, clock="simulated",
                                clock_start="2024-01-01T00:00:00", fields__ts__step="10ms", fields__ts__max_delay="2s"))
