@@ -320,7 +320,7 @@ class Session:
             plan, query_text = self._plan(query, st.source), f"SELECT * FROM {st.from_name}"
         entry = SinkEntry(st.name, connector, st, self._base_dir(st), st.columns, plan, query_text=query_text)
         if plan is not None:
-            sink_schema(entry)
+            connector.check_schema(sink_schema(entry), st.location)
             connector.check_inputs(acknowledging_sources(plan, self.sources, self._checkpointing), st.location)
         self.sinks[st.name] = entry
         return StatementResult("create sink", st.name, statement=st)
@@ -342,7 +342,7 @@ class Session:
         plan = self._plan(st.query, st.source)
         entry.connector.check_inputs(acknowledging_sources(plan, self.sources, self._checkpointing), st.location)
         entry = replace(entry, plan=plan, query_text=st.query.sql(dialect=SqlStream))
-        sink_schema(entry)
+        entry.connector.check_schema(sink_schema(entry), st.location)
         self.sinks[st.sink] = entry
         return StatementResult("insert", st.sink, statement=st)
 

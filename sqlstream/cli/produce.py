@@ -11,6 +11,8 @@ written from the command line::
 creates the stream, capturing the subject, if it does not exist. ``--count N``
 stops after N rows; otherwise it runs until Ctrl-C. On a terminal a status line on
 stderr counts what was published and the rate (``published 1,200 / 5,000 rows · 200/s``).
+A mistake in a flag is reported at that flag (``sqlstream produce --columns: error:
+...``), never at the generated SQL, which the user did not write.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ import re
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from typing import TextIO
 
 import nats
 from nats.js.errors import NotFoundError
 
 from sqlstream.cli.session_setup import make_session
-from sqlstream.errors import ConnectorError, SqlStreamError
+from sqlstream.errors import ConnectorError, Location, SqlStreamError
 
-__all__ = ["cmd_produce", "produce_sql", "PublishProgress"]
+__all__ = ["cmd_produce", "produce_pipeline", "FlagLocation", "ProducePipeline", "PublishProgress"]
 
 
 class PublishProgress:
@@ -61,25 +64,91 @@ def _quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def produce_sql(args) -> str:
+@dataclass(frozen=True)
+class _Flag:
+    """A command-line flag as typed, and the span of the pipeline text it wrote."""
+
+    start: int
+    end: int
+    flag: str  # '--columns', '-o', ...
+    text: str  # its value as typed
+    verbatim: bool  # written into the pipeline as typed (else as an option: key = 'value')
+
+
+class ProducePipeline:
+    """The pipeline ``produce`` runs, written from its flags, remembering which flag
+    wrote which part so that an error in the text points at the flag instead."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.flags: list[_Flag] = []
+
+    def write(self, text: str, flag: str | None = None, typed: str | None = None) -> None:
+        if flag is not None:
+            verbatim = typed is None
+            self.flags.append(_Flag(len(self.text), len(self.text) + len(text), flag, text if verbatim else typed, verbatim))
+        self.text += text
+
+    def options(self, items: list[tuple[str, str, str | None, str | None]]) -> None:
+        """``key = 'value', ...``: (key, value, flag, typed) each."""
+        for i, (key, value, flag, typed) in enumerate(items):
+            self.write(", " if i else "")
+            self.write(f"{key} = {_quote(value)}", flag, typed)
+
+    def blame(self, error: SqlStreamError) -> SqlStreamError:
+        """``error`` located at the flag whose text it points into (it is returned
+        unchanged when it points at nothing a flag wrote)."""
+        where = error.location
+        if where is None or where.path != PIPELINE_PATH:
+            return error
+        lines = self.text.split("\n")
+        offset = sum(len(line) + 1 for line in lines[: where.line - 1]) + where.col - 1
+        for flag in self.flags:
+            if flag.start <= offset < flag.end:
+                inside = offset - flag.start if flag.verbatim else 0
+                length = min(where.length, len(flag.text) - inside) if flag.verbatim else len(flag.text)
+                error.location = FlagLocation(flag.flag, 1, inside + 1, flag.text, max(1, length))
+                error.message = error.message.removeprefix(f"sink '{SINK_NAME}': ")
+                return error
+        return error
+
+
+@dataclass(frozen=True)
+class FlagLocation(Location):
+    """A place in a command-line flag's value: shown as ``sqlstream produce FLAG``."""
+
+    def __str__(self) -> str:
+        return f"sqlstream produce {self.path}"
+
+
+PIPELINE_PATH = "<produce>"
+SINK_NAME = "published"
+
+
+def produce_pipeline(args) -> ProducePipeline:
     """The pipeline ``produce`` runs."""
-    options = {"connector": "generator", "rows_per_second": str(args.rate)}
+    source: list[tuple[str, str, str | None, str | None]] = [
+        ("connector", "generator", None, None), ("rows_per_second", str(args.rate), "--rate", str(args.rate))]
     if args.count is not None:
-        options["max_rows"] = str(args.count)
+        source.append(("max_rows", str(args.count), "--count", str(args.count)))
     for item in args.option:
         if "=" not in item:
             raise SqlStreamError(f"-o expects key=value, got '{item}'", hint="e.g. -o fields.temp.min=15")
         key, value = item.split("=", 1)
-        options[key.strip()] = value.strip()
-    source = ", ".join(f"{key} = {_quote(value)}" for key, value in options.items())
-    sink = {"connector": "nats", "url": args.url, "subject": args.subject, "format": args.format}
+        source.append((key.strip(), value.strip(), "-o", item))
+    sink = [("connector", "nats", None, None), ("url", args.url, "--url", args.url),
+            ("subject", args.subject, "SUBJECT", args.subject), ("format", args.format, "--format", args.format)]
     if args.stream:
-        sink["stream"] = args.stream
-    sink_options = ", ".join(f"{key} = {_quote(value)}" for key, value in sink.items())
-    return (
-        f"CREATE SOURCE generated ({args.columns}) WITH ({source});\n"
-        f"CREATE SINK published AS SELECT * FROM generated WITH ({sink_options});\n"
-    )
+        sink.append(("stream", args.stream, "--stream", args.stream))
+    pipeline = ProducePipeline()
+    pipeline.write("CREATE SOURCE generated (")
+    pipeline.write(args.columns, "--columns")
+    pipeline.write(") WITH (")
+    pipeline.options(source)
+    pipeline.write(f");\nCREATE SINK {SINK_NAME} AS SELECT * FROM generated WITH (")
+    pipeline.options(sink)
+    pipeline.write(");\n")
+    return pipeline
 
 
 def stream_subject(subject: str) -> str:
@@ -102,9 +171,13 @@ async def _ensure_stream(url: str, stream: str, subject: str) -> bool:
 
 
 def cmd_produce(args) -> int:
-    session = make_session(None, [], [])
+    session = make_session(None, [], [], discover_udfs=False)
     session.settings["dead_letter_path"] = "off"
-    session.execute(produce_sql(args), path="<produce>")
+    pipeline = produce_pipeline(args)
+    try:
+        session.execute(pipeline.text, path=PIPELINE_PATH)
+    except SqlStreamError as error:
+        raise pipeline.blame(error) from error.__cause__
     if args.stream:
         try:
             created = asyncio.run(_ensure_stream(args.url, args.stream, args.subject))

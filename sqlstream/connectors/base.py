@@ -377,6 +377,7 @@ class SinkConnector(ABC):
     def __init__(self, sink_name: str, options: dict[str, Any]):
         self.sink_name = sink_name
         self.config = options
+        self.option_locations: dict[str, Location] = {}
 
     @classmethod
     def all_options(cls) -> tuple[OptionSpec, ...]:
@@ -386,8 +387,13 @@ class SinkConnector(ABC):
     def create(cls, sink_name: str, raw: dict[str, RawOption], where: Location | None) -> "SinkConnector":
         options = validate_options(cls.name, cls.all_options(), raw, where=where)
         connector = cls(sink_name, options)
+        connector.option_locations = {key: option.location for key, option in raw.items() if option.location}
         connector.validate(where)
         return connector
+
+    def located(self, option: str, where: Location | None) -> Location | None:
+        """Where ``option`` was written, else ``where`` (the statement)."""
+        return self.option_locations.get(option, where)
 
     def validate(self, where: Location | None) -> None:  # noqa: B027 (optional hook)
         """Cross-option checks at CREATE time; raise ConnectorError."""
@@ -396,6 +402,11 @@ class SinkConnector(ABC):
         """Checks once the sink's query is known (CREATE SINK ... AS, INSERT INTO) and again
         at ``open``: ``acknowledging`` names the sources it reads that acknowledge their
         input. Raise ConnectorError for a combination that cannot work."""
+
+    def check_schema(self, schema: pa.Schema, where: Location | None) -> None:  # noqa: B027 (optional hook)
+        """Checks once the rows the sink receives are known (column names in a subject
+        template, ...), so that ``sqlstream check`` finds what ``open`` would refuse.
+        Raise ConnectorError."""
 
     @abstractmethod
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:

@@ -83,6 +83,19 @@ class OptionSpec:
         raise AssertionError(f"unknown option kind {kind}")
 
 
+def _filled_wildcards(key: str, names: list[str]) -> list[str]:
+    """The wildcard options with ``key``'s own part in the ``*`` (``fields.a.mn`` →
+    ``fields.a.min``, ...), so that a misspelt one gets a suggestion."""
+    parts = key.split(".")
+    filled = []
+    for name in names:
+        pattern = name.split(".")
+        if "*" in pattern and len(pattern) == len(parts):
+            star = pattern.index("*")
+            filled.append(".".join(pattern[:star] + [parts[star]] + pattern[star + 1:]))
+    return filled
+
+
 NULL_VALUES_OPTION = OptionSpec(
     "null_values", "str", default="",
     doc="csv: more spellings of NULL, comma-separated ('NA,null'); an empty unquoted field is always NULL",
@@ -136,7 +149,7 @@ def validate_options(
     for key, option in raw.items():
         spec = next((s for s in specs if s.matches(key)), None)
         if spec is None:
-            hint = did_you_mean(key, [n for n in names if "*" not in n])
+            hint = did_you_mean(key, [n for n in names if "*" not in n] + _filled_wildcards(key, names))
             valid = ", ".join(names)
             raise ConnectorError(
                 f"unknown option '{key}' for connector '{connector}'",

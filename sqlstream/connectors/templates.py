@@ -58,13 +58,14 @@ class DestinationTemplate:
     def constant(self) -> bool:
         return not self.columns
 
-    def bind(self, schema: pa.Schema, owner: str) -> None:
+    def bind(self, schema: pa.Schema, owner: str, where: Location | None = None) -> None:
         by_lower = {n.lower(): n for n in schema.names}
         resolved = []
         for column in self.columns:
             if column not in by_lower:
                 raise ConnectorError(
                     f"{owner}: {self.kind} '{self.text}' names column '{column}', which the query does not produce",
+                    location=where,
                     hint=did_you_mean(column, [n for n in schema.names if not is_hidden(n)])
                     or f"columns: {', '.join(schema.names)}",
                 )

@@ -138,14 +138,14 @@ def test_missing_streams_and_unknown_template_columns(tmp_path, nats_server, nat
     assert "create it first" in caught.value.hint
 
     session = Session(base_dir=str(tmp_path), dead_letter_path="off")
-    session.execute(f"""
-        CREATE SOURCE s (id BIGINT) WITH (connector = 'nats', url = '{nats_server.url}', subject = 'opt.in');
-        CREATE SINK o AS SELECT id FROM s WITH (connector = 'nats', url = '{nats_server.url}', subject = 'o.{{ID_X}}');
-    """)
-    with pytest.raises(ConnectorError) as caught:
-        session.run()
+    session.execute(f"CREATE SOURCE s (id BIGINT) WITH (connector = 'nats', url = '{nats_server.url}', subject = 'opt.in')")
+    with pytest.raises(ConnectorError) as caught:  # found at CREATE (sqlstream check), not when the run starts
+        session.execute(f"CREATE SINK o AS SELECT id FROM s WITH (connector = 'nats', url = '{nats_server.url}', "
+                        "subject = 'o.{ID_X}')")
     assert caught.value.message == "sink 'o': subject 'o.{ID_X}' names column 'id_x', which the query does not produce"
     assert caught.value.hint == "did you mean 'id'?"
+    where = caught.value.location
+    assert where.text[where.col - 1:].startswith("subject = ")  # at the subject option
 
 
 def test_publishing_to_a_subject_no_stream_stores_fails_loudly(tmp_path, nats_server, nats_client):

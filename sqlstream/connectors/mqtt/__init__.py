@@ -153,14 +153,18 @@ class MqttSink(SinkConnector):
 
     def validate(self, where: Location | None) -> None:
         _check_session(self.config, where)
-        template = TopicTemplate.from_option("topic", self.config["topic"], where, "factory/{line}/alerts")
+        at = self.located("topic", where)
+        template = TopicTemplate.from_option("topic", self.config["topic"], at, "factory/{line}/alerts")
         literal = "".join(text for text, _ in template.parts)
         if not self.config["topic"] or "+" in literal or "#" in literal:
             raise ConnectorError(
                 f"option 'topic' = {self.config['topic']!r} is invalid for connector 'mqtt': "
                 "a published topic cannot be empty or contain wildcards",
-                location=where,
+                location=at,
             )
+
+    def check_schema(self, schema: pa.Schema, where: Location | None) -> None:
+        TopicTemplate(self.config["topic"]).bind(schema, f"sink '{self.sink_name}'", self.located("topic", where))
 
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
         return MqttWriter(self, schema, ctx)

@@ -196,15 +196,19 @@ class NatsSink(SinkConnector):
     )
 
     def validate(self, where: Location | None) -> None:
-        template = SubjectTemplate.from_option("subject", self.config["subject"], where, "alerts.{sensor_id}")
+        at = self.located("subject", where)
+        template = SubjectTemplate.from_option("subject", self.config["subject"], at, "alerts.{sensor_id}")
         rendered = "".join(literal + ("x" if name else "") for literal, name in template.parts)
         problem = _subject(rendered)
         if problem or "*" in rendered or ">" in rendered:
             raise ConnectorError(
                 f"option 'subject' = {self.config['subject']!r} is invalid for connector 'nats': "
                 f"{problem or 'a published subject cannot contain wildcards'}",
-                location=where,
+                location=at,
             )
+
+    def check_schema(self, schema: pa.Schema, where: Location | None) -> None:
+        SubjectTemplate(self.config["subject"]).bind(schema, f"sink '{self.sink_name}'", self.located("subject", where))
 
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
         return NatsWriter(self, schema, ctx)
