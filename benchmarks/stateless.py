@@ -14,6 +14,11 @@ uniform in [0, 100), ``c`` VARCHAR), then times the same query both ways::
     python benchmarks/stateless.py               # 10M rows
     python benchmarks/stateless.py --quick       # 1M rows
     python benchmarks/stateless.py --rows 3000000 --repeat 3 --set file_batch_size=65536
+    python benchmarks/stateless.py --whole-process --repeat 3
+
+``--whole-process`` measures as a user runs it (see ``whole_process.py``): ``sqlstream
+run`` into a Parquet file sink against a DuckDB process ``COPY``-ing the same result to
+Parquet, start-up (the same commands on a 10-row file) subtracted from both.
 
 Prints rows/s for both, the ratio sqlstream / DuckDB (best of ``--repeat`` runs
 each, alternating), and checks that both produced the same number of rows.
@@ -25,6 +30,7 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -33,6 +39,11 @@ import pyarrow.parquet as pq
 
 from sqlstream.connectors import SinkConnector, SinkWriter, register_sink
 from sqlstream.session import Session
+
+try:
+    from benchmarks.whole_process import compare, report, write_tiny
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from whole_process import compare, report, write_tiny
 
 THRESHOLD = 50
 QUERY = f"SELECT a, b * 2 AS b2, c FROM src WHERE b > {THRESHOLD}"
@@ -105,6 +116,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs of each, alternating; the best counts")
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="sqlstream setting")
     parser.add_argument("--keep", metavar="PATH", help="write (or reuse) the Parquet input here")
+    parser.add_argument("--whole-process", action="store_true",
+                        help="time whole processes, Parquet in and out, start-up subtracted")
     args = parser.parse_args()
     rows = 1_000_000 if args.quick else args.rows
     settings = dict(item.split("=", 1) for item in args.set)
@@ -116,6 +129,13 @@ def main() -> None:
             write_input(path, rows)
             print(f"wrote {rows:,} rows to {path} in {time.perf_counter() - t:.1f}s")
         print(f"query: {QUERY}")
+        if args.whole_process:
+            tiny = Path(tmp) / "tiny.parquet"
+            write_tiny(Path(path), tiny)
+            source_sql = "CREATE SOURCE src (a BIGINT, b DOUBLE, c VARCHAR) WITH (connector = 'file', path = '{path}', format = 'parquet')"
+            measured = compare(Path(tmp), source_sql, QUERY, QUERY.replace("FROM src", "FROM data"), Path(path), tiny, args.repeat)
+            print(report("stateless", rows, *measured))
+            return
         threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchone()[0]
         print(f"sqlstream settings: {settings or 'defaults'}; DuckDB threads: {threads}")
         runs = {"duckdb": lambda: run_duckdb(path), "sqlstream": lambda: run_sqlstream(path, settings)}
