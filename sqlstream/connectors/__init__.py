@@ -46,7 +46,8 @@ What this package exports (``__all__``) is the versioned plugin API: it changes 
 with a new major version of sqlstream.
 """
 
-from sqlstream.connectors.asyncio_bridge import AsyncioBridge, Handoff
+from typing import TYPE_CHECKING
+
 from sqlstream.connectors.base import (
     RunContext,
     SinkConnector,
@@ -69,6 +70,20 @@ from sqlstream.connectors.registry import (
 
 SOURCE_CONNECTORS.use_plugins(CONNECTOR_PLUGINS.load)
 SINK_CONNECTORS.use_plugins(CONNECTOR_PLUGINS.load)
+
+if TYPE_CHECKING:
+    from sqlstream.connectors.asyncio_bridge import AsyncioBridge, Handoff
+
+
+def __getattr__(name: str):
+    """``AsyncioBridge`` and ``Handoff`` load asyncio (and ssl) when first asked for:
+    a pipeline without a network connector never needs them (start-up, see
+    ``benchmarks/startup.py``)."""
+    if name in ("AsyncioBridge", "Handoff"):
+        from sqlstream.connectors import asyncio_bridge
+
+        return getattr(asyncio_bridge, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "SINK_CONNECTORS",

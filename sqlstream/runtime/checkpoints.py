@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from sqlstream.connectors.file.publish import fsync_directory, publish, remove_if_exists
+from sqlstream.connectors.durable_files import fsync_directory, publish, remove_if_exists
 from sqlstream.errors import CheckpointError
 from sqlstream.operators.snapshot import OperatorSnapshot
 

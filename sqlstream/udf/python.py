@@ -36,7 +36,6 @@ of time fails only its own row (dead letter ``udf`` or ``timeout``).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import decimal
 import inspect
@@ -123,6 +122,8 @@ class _AsyncRunner:
     _lock = threading.Lock()
 
     def __init__(self):
+        import asyncio  # here, not at the top: only async UDFs need it, and it costs start-up
+
         self.loop = asyncio.new_event_loop()
         thread = threading.Thread(target=self.loop.run_forever, name="sqlstream-async-udf", daemon=True)
         thread.start()
@@ -135,6 +136,8 @@ class _AsyncRunner:
             return cls._instance
 
     def run(self, coroutine):
+        import asyncio
+
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
 
@@ -306,6 +309,8 @@ class PythonUdf:
         return self.conform(values, args, length), failures
 
     async def _gather(self, rows):
+        import asyncio  # loaded by then (see _AsyncRunner)
+
         semaphore = asyncio.Semaphore(self.concurrency)
 
         async def one(row):

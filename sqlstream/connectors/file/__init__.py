@@ -19,7 +19,7 @@ once (:mod:`~sqlstream.connectors.file.epoch_writers`, with a hidden manifest,
 :mod:`~sqlstream.connectors.file.manifest`). See ``docs/checkpoints-file-connectors.md``.
 """
 
-from sqlstream.connectors.file.publish import remove_stale_temp_files
+from sqlstream.connectors.durable_files import remove_stale_temp_files
 from sqlstream.connectors.file.sink import FileSink
 from sqlstream.connectors.file.source import FileSource, resolve_files
 from sqlstream.connectors.file.text_reader import SETTLE_S

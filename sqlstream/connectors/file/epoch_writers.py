@@ -30,9 +30,9 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from sqlstream.connectors.base import RunContext, SinkWriter
+from sqlstream.connectors.durable_files import fsync_directory, remove_if_exists, remove_stale_temp_files
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.connectors.file.manifest import EpochManifest
-from sqlstream.connectors.file.publish import fsync_directory, remove_if_exists, remove_stale_temp_files
 from sqlstream.errors import ConnectorError
 
 __all__ = ["EpochPartsWriter", "DIRECTORY_MANIFEST", "EXTENSIONS", "part_name"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from sqlstream.connectors.file.publish import publish, temp_path
+from sqlstream.connectors.durable_files import publish, temp_path
 from sqlstream.errors import ConnectorError
 
 __all__ = ["EpochManifest", "KEEP"]

@@ -1,5 +1,5 @@
 """``connector = 'file'`` as a sink: JSON lines, CSV or Parquet, made visible only
-when complete (see :mod:`sqlstream.connectors.file.publish`); under checkpoints, one
+when complete (see :mod:`sqlstream.connectors.durable_files`); under checkpoints, one
 epoch at a time, exactly once (see :mod:`sqlstream.connectors.file.epoch_writers`)."""
 
 from __future__ import annotations

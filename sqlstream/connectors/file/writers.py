@@ -11,14 +11,14 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from sqlstream.connectors.base import RunContext, SinkWriter
-from sqlstream.connectors.encode import encode_json_lines
-from sqlstream.connectors.file.publish import (
+from sqlstream.connectors.durable_files import (
     fsync_directory,
     publish,
     remove_if_exists,
     remove_stale_temp_files,
     temp_path,
 )
+from sqlstream.connectors.encode import encode_json_lines
 
 __all__ = ["LinesWriter", "ParquetWriter"]
 

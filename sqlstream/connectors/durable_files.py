@@ -1,6 +1,8 @@
-"""How a file sink's output becomes visible: written under a hidden temporary name
-(``.<name>.<pid>.inprogress``), synced, and renamed into place in one step; temporary
-files of processes that died are removed when a sink opens."""
+"""Durable files: how a file sink's output (and a checkpoint's files) become visible:
+written under a hidden temporary name (``.<name>.<pid>.inprogress``), synced, and
+renamed into place in one step; temporary files of processes that died are removed
+when a sink opens. A module of its own, outside ``connectors/file/``, so that the
+checkpoint store uses it without loading the file connector."""
 
 from __future__ import annotations
 
