@@ -24,6 +24,7 @@ from sqlstream.settings import SETTING_DOCS
 from sqlstream.sizes import format_bytes
 from sqlstream.sql.statements import CreateSink, CreateView, ExplainStatement, InsertInto, QueryStatement, SourceText
 from sqlstream.sql.types import sql_type_name
+from sqlstream.udf.model_versions import VersionedModel, loaded_text
 
 __all__ = ["IntrospectedCatalog", "show_rows", "connector_rows", "checkpoint_rows", "describe_rows", "watermark_rows", "metric_rows", "explain_plan", "explain_target",
            "rows_table"]
@@ -60,8 +61,12 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
             {"name": s.name, "connector": s.connector.describe(), "query": s.query_text} for s in catalog.sinks.values()
         ],
         "FUNCTIONS": lambda: [
-            {"name": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin}
+            {"name": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin, **_version_columns(f)}
             for f in sorted(catalog.functions.values(), key=lambda f: f.name)
+        ],
+        "MODELS": lambda: [
+            f.impl.status() for f in sorted(catalog.functions.values(), key=lambda f: f.name)
+            if isinstance(f.impl, VersionedModel)
         ],
         "CONNECTORS": connector_rows,
         "CHECKPOINTS": lambda: checkpoint_rows(catalog.settings["checkpoint_dir"], location),
@@ -74,10 +79,17 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
         raise SqlAnalysisError(
             f"cannot SHOW {what}",
             location=location,
-            hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | CONNECTORS | CHECKPOINTS | WATERMARKS | METRICS "
+            hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | MODELS | CONNECTORS | CHECKPOINTS | WATERMARKS | METRICS "
                  "| SETTINGS",
         )
     return shows[what]()
+
+
+def _version_columns(entry: FunctionEntry) -> dict:
+    """SHOW FUNCTIONS' version columns: the model version serving and when it loaded."""
+    if isinstance(entry.impl, VersionedModel):
+        return {"version": entry.impl.current.label, "loaded": loaded_text(entry.impl.current)}
+    return {"version": "", "loaded": ""}
 
 
 def checkpoint_rows(directory: str | None, location=None) -> list[dict]:

@@ -11,6 +11,8 @@ What is added on top of RisingWave:
   normalized into :class:`WindowTVF`.
 * ``EMIT ON WINDOW CLOSE`` and ``EMIT EVERY INTERVAL ...`` after a query (:class:`Emit`).
 * ``SHOW ...``, ``EXPLAIN [ANALYZE] <query>``, ``STOP QUERY n`` as typed nodes.
+* ``model_version(f)``: the name ``f`` (a model function, not a column) becomes the
+  string ``'f'``, so name resolution leaves it alone.
 * Registered user function names parse as plain calls even when they collide with a
   dialect built-in (``predict``, ``explode``, ...): see :attr:`Parser.user_functions`.
 """
@@ -108,13 +110,28 @@ class StopQuery(exp.Expression):
     arg_types = {"this": True}
 
 
+def _model_version(args: list) -> exp.Expr:
+    """``model_version(f)`` → ``model_version('f')``: the argument names a function."""
+    named = []
+    for arg in args:
+        if isinstance(arg, exp.Column) and not arg.args.get("table"):
+            name = exp.Literal.string(arg.name)
+            name.meta.update(arg.this.meta)
+            arg = name
+        named.append(arg)
+    return exp.Anonymous(this="model_version", expressions=named)
+
+
 def _token_meta(node: exp.Expr, token: Token) -> exp.Expr:
     node.meta.update(line=token.line, col=token.col, start=token.start, end=token.end)
     return node
 
 
 class _Parser(RisingWaveParser):
-    FUNCTIONS = {k: v for k, v in RisingWaveParser.FUNCTIONS.items() if k not in _DROPPED_BUILTINS}
+    FUNCTIONS = {
+        **{k: v for k, v in RisingWaveParser.FUNCTIONS.items() if k not in _DROPPED_BUILTINS},
+        "MODEL_VERSION": _model_version,
+    }
     FUNCTION_PARSERS = {
         k: v for k, v in RisingWaveParser.FUNCTION_PARSERS.items() if k not in _DROPPED_BUILTINS
     }
