@@ -98,7 +98,7 @@ class UdfPlanner:
             for node in root.find_all(exp.Anonymous):
                 if str(node.this).lower() != MODEL_VERSION_FUNCTION or self.function(node) is not None:
                     continue
-                models = sorted(e.name for e in self.functions.values() if isinstance(e.impl, VersionedModel))
+                models = self.model_names()
                 args = node.expressions
                 given = args[0] if len(args) == 1 else node
                 what = f"{args[0].sql()}" if len(args) == 1 else f"{len(args)} arguments"
@@ -108,6 +108,14 @@ class UdfPlanner:
                     hint=(did_you_mean(args[0].name, models) if len(args) == 1 else None)
                     or ("model functions: " + ", ".join(models) if models else "CREATE FUNCTION f AS MODEL 'm.onnx' first"),
                 )
+
+    def model(self, name: str) -> VersionedModel | None:
+        """Model function ``name`` (for ML_PREDICT / ML.PREDICT), or None."""
+        entry = self.functions.get(name)
+        return entry.impl if entry is not None and isinstance(entry.impl, VersionedModel) else None
+
+    def model_names(self) -> list[str]:
+        return sorted(e.name for e in self.functions.values() if isinstance(e.impl, VersionedModel))
 
     def has_call(self, node: exp.Expr) -> bool:
         return any(self.function(n) is not None for n in node.walk())

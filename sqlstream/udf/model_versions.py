@@ -153,6 +153,16 @@ class VersionedModel:
     def return_type(self) -> pa.DataType:
         return self.current.model.return_type
 
+    @property
+    def input_names(self) -> list[str]:
+        """The model's input tensors' names (ML.PREDICT passes the columns so named)."""
+        return [i.name for i in self.current.model.inputs]
+
+    @property
+    def output_fields(self) -> list[str]:
+        """The model's outputs as SQL names (the fields of a STRUCT result)."""
+        return [o.field for o in self.current.model.outputs]
+
     def signature(self) -> str:
         return self.current.model.signature()
 
