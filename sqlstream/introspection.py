@@ -87,8 +87,9 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
 
 def _version_columns(entry: FunctionEntry) -> dict:
     """SHOW FUNCTIONS' version columns: the model version serving and when it loaded."""
-    if isinstance(entry.impl, VersionedModel):
-        return {"version": entry.impl.current.label, "loaded": loaded_text(entry.impl.current)}
+    if isinstance(entry.impl, VersionedModel):  # a reload may have changed an unused model's signature
+        return {"signature": entry.impl.signature(), "version": entry.impl.current.label,
+                "loaded": loaded_text(entry.impl.current)}
     return {"version": "", "loaded": ""}
 
 

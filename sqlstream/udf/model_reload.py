@@ -63,6 +63,7 @@ class ModelFileWatch:
         self._seen: tuple[int, int, int] | None = None  # a new state seen once, waiting to settle
         self._next_check = clock() + interval_s
         self._loading: threading.Thread | None = None
+        self._checking = threading.Lock()
         self.checks = 0
 
     @property
@@ -70,7 +71,16 @@ class ModelFileWatch:
         return self._loading is not None and self._loading.is_alive()
 
     def poll(self) -> None:
-        """At a batch boundary: check the file if it is time (see the module docstring)."""
+        """At a batch boundary: check the file if it is time (see the module docstring).
+        Queries running on several threads share the watch: one checks, the others go on."""
+        if self._clock() < self._next_check or not self._checking.acquire(blocking=False):
+            return
+        try:
+            self._check()
+        finally:
+            self._checking.release()
+
+    def _check(self) -> None:
         now = self._clock()
         if now < self._next_check or self.loading:
             return

@@ -341,7 +341,7 @@ class ModelVersionFunction:
 
     def __init__(self, model: VersionedModel):
         self.model = model
-        self.name = MODEL_VERSION_FUNCTION
+        self.name = f"{MODEL_VERSION_FUNCTION}({model.name})"  # its calls are counted apart from f's
 
     def check_args(self, types: list[pa.DataType]) -> pa.DataType:
         return self.return_type

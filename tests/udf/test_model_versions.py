@@ -120,7 +120,8 @@ def check_scores(session: TestSession, factors: dict[str, float], x: np.ndarray)
 
 
 def feed_until(session: TestSession, run, x: np.ndarray, start: int, condition, batch_rows: int = 1) -> int:
-    """Push rows (``batch_rows`` a batch) and pump until ``condition()``; the next row id."""
+    """Push rows (``batch_rows`` a batch) and pump until ``condition()``; the next row id.
+    After each batch, a reload the batch started is waited for (a thread join, no sleep)."""
     deadline = time.monotonic() + DEADLINE_S
     while not condition():
         assert time.monotonic() < deadline, "condition not reached before the deadline"
@@ -128,6 +129,9 @@ def feed_until(session: TestSession, run, x: np.ndarray, start: int, condition, 
         session.stream("s").push(rows_of(x[start:start + batch_rows], start))
         run.pump()
         start += batch_rows
+        watch = session.functions["f"].impl.watch
+        if watch is not None:
+            watch.wait(DEADLINE_S)
     return start
 
 
@@ -446,7 +450,7 @@ def test_explain_and_show_functions_name_the_version(tmp_path):
     session.execute("CREATE SOURCE s (id BIGINT, x FLOAT[2]) WITH (connector = 'memory')")
     session.execute("CREATE FUNCTION f AS MODEL 'v1.onnx'")
     text = session.execute("EXPLAIN SELECT f(x) AS y, model_version(f) AS v FROM s")[0].text
-    assert "vectorized model version call model_version('f')" in text
+    assert "vectorized model version call model_version('f') -> __udf1" in text
     row = session.execute("SHOW FUNCTIONS")[0].table.to_pylist()[0]
     assert row["version"] == model_status(session)["version"]
     assert datetime.strptime(row["loaded"], "%Y-%m-%d %H:%M:%S.%fZ").year >= 2024
