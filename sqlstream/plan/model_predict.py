@@ -17,7 +17,7 @@ from sqlglot import exp
 
 from sqlstream.errors import SqlAnalysisError, did_you_mean
 from sqlstream.plan.relation import PlannerContext, Relation
-from sqlstream.sql.dialect import ModelPredict
+from sqlstream.sql.model_predict import ModelPredict
 from sqlstream.sql.statements import normalize_name
 
 __all__ = ["plan_model_predict"]

@@ -30,7 +30,8 @@ from sqlstream.plan.ranking import materialize_rank, reject_pending_rank
 from sqlstream.plan.relation import Relation, SelectItem, StageColumns
 from sqlstream.plan.scope import Scope, column_ref
 from sqlstream.plan.windows import expand_window, over_whole_windows, plan_window_tvf, reject_window_functions
-from sqlstream.sql.dialect import ModelPredict, SqlStream, WindowTVF
+from sqlstream.sql.dialect import SqlStream, WindowTVF
+from sqlstream.sql.model_predict import ModelPredict
 from sqlstream.sql.statements import SourceText, normalize_name
 from sqlstream.sql.types import sql_type_name
 

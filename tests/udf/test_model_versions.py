@@ -454,3 +454,16 @@ def test_explain_and_show_functions_name_the_version(tmp_path):
     row = session.execute("SHOW FUNCTIONS")[0].table.to_pylist()[0]
     assert row["version"] == model_status(session)["version"]
     assert datetime.strptime(row["loaded"], "%Y-%m-%d %H:%M:%S.%fZ").year >= 2024
+
+
+def test_register_model_takes_the_version_options_with_paths_relative_to_the_session(tmp_path):
+    scale_model(tmp_path / "v1.onnx", 1.0)
+    scale_model(tmp_path / "v2.onnx", 2.0)
+    session = TestSession(base_dir=str(tmp_path))
+    session.register_model("f", "v1.onnx", shadow="v2.onnx", reload="on_change", reload_interval="250ms")
+    session.execute("CREATE SOURCE s (id BIGINT, x FLOAT[2]) WITH (connector = 'memory')")
+    session.stream("s").push(rows_of(features(10)), batch_size=3).finish()
+    assert [r["y"] for r in session.run_query("SELECT f(x) AS y FROM s")] == pytest.approx(
+        features(10).sum(axis=1).astype(np.float64).tolist(), rel=1e-6)
+    status = model_status(session)
+    assert (status["shadow"], status["reload"], status["shadow_rows"]) == (str(tmp_path / "v2.onnx"), "on_change every 0.25s", 10)
