@@ -447,7 +447,7 @@ class Session:
     # -- SHOW / DESCRIBE / EXPLAIN ------------------------------------------------------------
 
     def _show(self, st: ShowStatement) -> StatementResult:
-        rows = show_rows(st.what, self, st.location)
+        rows = show_rows(st.what, self, st.location, st.name)
         return StatementResult("show", st.what.lower(), table=rows_table(rows), statement=st)
 
     def watermark_rows(self, driver: Driver | None = None) -> list[dict]:

@@ -467,3 +467,16 @@ def test_register_model_takes_the_version_options_with_paths_relative_to_the_ses
         features(10).sum(axis=1).astype(np.float64).tolist(), rel=1e-6)
     status = model_status(session)
     assert (status["shadow"], status["reload"], status["shadow_rows"]) == (str(tmp_path / "v2.onnx"), "on_change every 0.25s", 10)
+
+
+def test_show_model_names_one_model(tmp_path):
+    scale_model(tmp_path / "v1.onnx", 1.0)
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute("CREATE FUNCTION fmodel AS MODEL 'v1.onnx'")
+    rows = session.execute("SHOW MODEL fmodel")[0].table.to_pylist()
+    assert [(r["name"], r["version"], r["swaps"], r["shadow"], r["shadow_rows"]) for r in rows] == [
+        ("fmodel", model_status(session, "fmodel")["version"], 0, "", 0)]
+    with pytest.raises(SqlAnalysisError) as refused:
+        session.execute("SHOW MODEL fmodle")
+    assert str(refused.value).startswith("<sql>:1:1: error: SHOW MODEL: 'fmodle' is not a model function")
+    assert "did you mean 'fmodel'" in str(refused.value)
