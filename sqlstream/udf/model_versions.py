@@ -265,8 +265,8 @@ class VersionedModel:
             raise UdfError(
                 f"model {self.name}: {os.path.basename(version.path)} {problem}; "
                 f"{self.current.label} keeps serving",
-                hint=f"a new version must take and return the same types while queries use {self.name} "
-                     "(stop or drop them first to change the signature)",
+                hint=f"a new version must take and return the same types while queries, views or sinks use "
+                     f"{self.name} (drop those first to change the signature)",
             )
         with self._lock:
             if version.number <= self.current.number:

@@ -179,7 +179,7 @@ def test_a_replacement_with_another_signature_is_refused_and_the_old_model_serve
     text = str(refused.value)
     assert "<sql>:1:1: error: model f: wide.onnx does not take the arguments a running query passes" in text
     assert "expects 3 features" in text and "keeps serving" in text
-    assert "hint: a new version must take and return the same types while queries use f" in text
+    assert "hint: a new version must take and return the same types while queries, views or sinks use f" in text
     session.stream("s").push(rows_of(x))
     run.pump()
     assert check_scores(session, {"v1": 1.0}, x) == [model_status(session)["version"]] * 4
@@ -480,3 +480,17 @@ def test_show_model_names_one_model(tmp_path):
         session.execute("SHOW MODEL fmodle")
     assert str(refused.value).startswith("<sql>:1:1: error: SHOW MODEL: 'fmodle' is not a model function")
     assert "did you mean 'fmodel'" in str(refused.value)
+
+
+def test_a_view_using_the_model_holds_its_signature_until_it_is_dropped(tmp_path):
+    scale_model(tmp_path / "v1.onnx", 1.0)
+    scale_model(tmp_path / "wide.onnx", 1.0, width=3)
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute("CREATE SOURCE s (id BIGINT, x FLOAT[2]) WITH (connector = 'memory')")
+    session.execute("CREATE FUNCTION f AS MODEL 'v1.onnx'")
+    session.execute("CREATE VIEW scored AS SELECT id, f(x) AS y FROM s")
+    with pytest.raises(UdfError, match="wide.onnx does not take the arguments a running query passes"):
+        session.execute("CREATE OR REPLACE FUNCTION f AS MODEL 'wide.onnx'")
+    session.execute("DROP VIEW scored")
+    session.execute("CREATE OR REPLACE FUNCTION f AS MODEL 'wide.onnx'")
+    assert model_status(session)["version"].startswith("v2 ")
