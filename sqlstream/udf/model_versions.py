@@ -22,6 +22,7 @@ batch with a second model as well (:mod:`sqlstream.udf.shadow`), output unchange
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -97,6 +98,7 @@ class ModelVersion:
     path: str
     shadow: ModelUdf | None = None
     shadow_path: str | None = None
+    file_key: tuple[int, int, int] | None = None  # the file's (mtime, size, inode) when it was read
 
     @property
     def label(self) -> str:
@@ -136,7 +138,7 @@ class VersionedModel:
         self.current = version
         self.options = options
         self.watch: ModelFileWatch | None = None
-        self._configure(version, versioning, None)
+        self._configure(version, versioning)
 
     @classmethod
     def load(cls, name: str, path: str, options: dict) -> "VersionedModel":
@@ -270,22 +272,18 @@ class VersionedModel:
             )
         with self._lock:
             if version.number <= self.current.number:
-                version = ModelVersion(self.current.number + 1, version.sha, version.loaded_at, version.model,
-                                       version.path, version.shadow, version.shadow_path)
+                version = dataclasses.replace(version, number=self.current.number + 1)
             if versioning is not None:
-                self._configure(version, versioning, self.watch)
+                self._configure(version, versioning)
             self.current = version  # the next pin() serves it: one assignment, never half a batch
             self.counters.swaps += 1
             self.shadow_stats = ShadowStats()  # comparisons describe the pair now serving
         LOG.info("model %s now serves %s from %s", self.name, version.label, version.path)
 
-    def _configure(self, version: ModelVersion, versioning: dict, old: ModelFileWatch | None) -> None:
+    def _configure(self, version: ModelVersion, versioning: dict) -> None:
+        """Watch ``version``'s file, from the state it was read in, if ``versioning`` says so."""
         interval = _reload_interval(versioning)
-        if interval is None:
-            self.watch = None
-            return
-        key = file_fingerprint(version.path)[0] if os.path.exists(version.path) else None
-        self.watch = ModelFileWatch(version.path, interval, key, self._reload)
+        self.watch = None if interval is None else ModelFileWatch(version.path, interval, version.file_key, self._reload)
 
     def _misfit(self, candidate: ModelUdf) -> str | None:
         with self._lock:
@@ -304,9 +302,14 @@ def _load_version(name: str, path: str, model_options: dict, versioning: dict, n
                   shadow: tuple[ModelUdf | None, str | None] | None = None) -> ModelVersion:
     """Load ``path`` (and its shadow) as version ``number`` of function ``name``."""
     _reload_interval(versioning)  # a bad option is refused before anything loads
-    model = ModelUdf.load(name, path, model_options)  # a missing file is its UdfError
+    if not os.path.isfile(path):  # a URL or a missing file: ModelUdf.load says which
+        ModelUdf.load(name, path, model_options)
+        raise UdfError(f"model file not found: {path}")
     try:
-        _, sha = file_fingerprint(path)
+        key, sha = file_fingerprint(path)
+        model = ModelUdf.load(name, path, model_options)
+        if stat_key(path) != key:
+            raise FileChanging(path)
     except (OSError, FileChanging) as error:
         raise UdfError(f"model file {path} changed while it was loaded", hint="load it again") from error
     if shadow is None:
@@ -318,7 +321,7 @@ def _load_version(name: str, path: str, model_options: dict, versioning: dict, n
         shadow = (candidate, None if shadow_path is None else str(shadow_path))
     elif shadow[0] is not None:
         _check_shadow(model, shadow[0], shadow[1] or "")
-    return ModelVersion(number, sha, datetime.now(timezone.utc), model, path, shadow[0], shadow[1])
+    return ModelVersion(number, sha, datetime.now(timezone.utc), model, path, shadow[0], shadow[1], key)
 
 
 def _check_shadow(model: ModelUdf, shadow: ModelUdf, path: str) -> None:
