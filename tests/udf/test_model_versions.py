@@ -494,3 +494,20 @@ def test_a_view_using_the_model_holds_its_signature_until_it_is_dropped(tmp_path
     session.execute("DROP VIEW scored")
     session.execute("CREATE OR REPLACE FUNCTION f AS MODEL 'wide.onnx'")
     assert model_status(session)["version"].startswith("v2 ")
+
+
+def test_the_documented_example_runs_and_prints_what_the_docs_say(tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "functions-and-models.md").read_text()
+    section = docs[docs.index("## Updating models: hot swap, versions, shadow"):docs.index("## Examples")]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "functions-and-models.md", "exec"), {})
+    def hashless(lines):  # the sha depends on the onnx package that wrote the files
+        return [re.sub(r"sha [0-9a-f]{6}", "sha ...", line) for line in lines]
+
+    printed = capsys.readouterr().out.splitlines()
+    documented = [line[2:] for line in code.splitlines() if line.startswith("# {")]
+    assert len(documented) == 2 and hashless(printed) == hashless(documented)
