@@ -123,8 +123,9 @@ def compare(served: pa.Array, shadow: pa.Array) -> Comparison:
     """Compare two results of the same type (see the module docstring)."""
     if served.type != shadow.type:
         raise TypeError(f"the shadow returns {shadow.type}, the model {served.type}")
-    both = pc.and_(pc.is_valid(served), pc.is_valid(shadow))
-    served, shadow = served.filter(both), shadow.filter(both)
+    if served.null_count or shadow.null_count:
+        both = pc.and_(pc.is_valid(served), pc.is_valid(shadow))
+        served, shadow = served.filter(both), shadow.filter(both)
     n = len(served)
     out = Comparison(rows=n)
     if n == 0:
