@@ -10,7 +10,7 @@ from typing import Callable, Mapping
 from sqlstream.catalog import FunctionEntry
 from sqlstream.errors import SqlStreamError, UdfError
 from sqlstream.udf.discovery import discover_files, origin_location
-from sqlstream.udf.model import ModelUdf
+from sqlstream.udf.model_versions import VersionedModel
 from sqlstream.udf.names import check_function_name
 from sqlstream.udf.plugins import FUNCTION_PACKS, FunctionPacks
 from sqlstream.udf.python import PythonUdf
@@ -33,10 +33,18 @@ def python_function(fn, origin: str, functions: Mapping[str, FunctionEntry]) -> 
     return FunctionEntry(udf.name, "python", udf, udf.signature(), origin or udf.origin)
 
 
-def model_function(name: str, path: str, options: dict, origin: str) -> FunctionEntry:
-    """The entry of the ONNX model at local ``path`` (a URL is refused) as function ``name``."""
+def model_function(name: str, path: str, options: dict, origin: str,
+                   replacing: FunctionEntry | None = None) -> FunctionEntry:
+    """The entry of the ONNX model at local ``path`` (a URL is refused) as function ``name``.
+    ``replacing`` a model function, its model is swapped in place (running queries score
+    the next batch with it) if it fits the queries that use it; see
+    :mod:`sqlstream.udf.model_versions`."""
     check_function_name(name)
-    model = ModelUdf.load(name, path, options)
+    if replacing is not None and isinstance(replacing.impl, VersionedModel):
+        model = replacing.impl
+        model.replace(path, options)
+    else:
+        model = VersionedModel.load(name, path, options)
     return FunctionEntry(model.name, "model", model, model.signature(), origin)
 
 

@@ -14,7 +14,7 @@ from sqlstream.catalog import FunctionEntry, SinkEntry, SourceEntry, ViewEntry
 from sqlstream.connectors import SINK_CONNECTORS, SOURCE_CONNECTORS
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.durations import format_duration_us
-from sqlstream.errors import SqlAnalysisError, UnsupportedSqlError
+from sqlstream.errors import SqlAnalysisError, UnsupportedSqlError, did_you_mean
 from sqlstream.hidden import is_real_watermark
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.runtime.checkpointing import utc_text
@@ -24,6 +24,7 @@ from sqlstream.settings import SETTING_DOCS
 from sqlstream.sizes import format_bytes
 from sqlstream.sql.statements import CreateSink, CreateView, ExplainStatement, InsertInto, QueryStatement, SourceText
 from sqlstream.sql.types import sql_type_name
+from sqlstream.udf.model_versions import VersionedModel, loaded_text
 
 __all__ = ["IntrospectedCatalog", "show_rows", "connector_rows", "checkpoint_rows", "describe_rows", "watermark_rows", "metric_rows", "explain_plan", "explain_target",
            "rows_table"]
@@ -43,8 +44,8 @@ class IntrospectedCatalog(Protocol):
     def metric_rows(self) -> list[dict]: ...
 
 
-def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[dict]:
-    """The rows of ``SHOW <what>``."""
+def show_rows(what: str, catalog: IntrospectedCatalog, location=None, name: str | None = None) -> list[dict]:
+    """The rows of ``SHOW <what> [name]`` (``SHOW MODEL f``: the row of model ``f``)."""
     shows: dict[str, Callable[[], list[dict]]] = {
         "SOURCES": lambda: [
             {"name": e.name, "connector": e.connector.describe(), "watermark": _watermark_text(e)}
@@ -60,9 +61,14 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
             {"name": s.name, "connector": s.connector.describe(), "query": s.query_text} for s in catalog.sinks.values()
         ],
         "FUNCTIONS": lambda: [
-            {"name": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin}
+            {"name": f.name, "kind": f.kind, "signature": f.signature, "origin": f.origin, **_version_columns(f)}
             for f in sorted(catalog.functions.values(), key=lambda f: f.name)
         ],
+        "MODELS": lambda: [
+            f.impl.status() for f in sorted(catalog.functions.values(), key=lambda f: f.name)
+            if isinstance(f.impl, VersionedModel)
+        ],
+        "MODEL": lambda: _model_row(catalog, name, location),
         "CONNECTORS": connector_rows,
         "CHECKPOINTS": lambda: checkpoint_rows(catalog.settings["checkpoint_dir"], location),
         "WATERMARKS": catalog.watermark_rows,
@@ -74,10 +80,29 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None) -> list[di
         raise SqlAnalysisError(
             f"cannot SHOW {what}",
             location=location,
-            hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | CONNECTORS | CHECKPOINTS | WATERMARKS | METRICS "
+            hint="SHOW SOURCES | SINKS | VIEWS | TABLES | FUNCTIONS | MODELS | MODEL f | CONNECTORS | CHECKPOINTS | WATERMARKS | METRICS "
                  "| SETTINGS",
         )
     return shows[what]()
+
+
+def _model_row(catalog: IntrospectedCatalog, name: str | None, location) -> list[dict]:
+    entry = catalog.functions.get(name) if name is not None else None
+    if entry is None or not isinstance(entry.impl, VersionedModel):
+        models = [f.name for f in catalog.functions.values() if isinstance(f.impl, VersionedModel)]
+        raise SqlAnalysisError(
+            f"SHOW MODEL: '{name}' is not a model function" if name else "SHOW MODEL needs a model function's name",
+            location=location, hint=did_you_mean(name or "", models) or "SHOW MODELS lists them",
+        )
+    return [entry.impl.status()]
+
+
+def _version_columns(entry: FunctionEntry) -> dict:
+    """SHOW FUNCTIONS' version columns: the model version serving and when it loaded."""
+    if isinstance(entry.impl, VersionedModel):  # a reload may have changed an unused model's signature
+        return {"signature": entry.impl.signature(), "version": entry.impl.current.label,
+                "loaded": loaded_text(entry.impl.current)}
+    return {"version": "", "loaded": ""}
 
 
 def checkpoint_rows(directory: str | None, location=None) -> list[dict]:

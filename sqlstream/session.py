@@ -218,6 +218,9 @@ class Session:
         if name in self.functions:
             raise UdfError(f"function '{name}' already exists", hint=f"DROP FUNCTION {name} first, or pick another name")
         local = path if remote_url(path) else self.resolve_path(path, self.base_dir, what=f"model '{name}': path")
+        options = {str(k).lower(): v for k, v in options.items()}
+        if options.get("shadow") is not None:
+            options["shadow"] = self.resolve_path(str(options["shadow"]), self.base_dir, what=f"model '{name}': shadow")
         entry = model_function(name, local, options, path)  # a URL is refused there
         self.functions[entry.name] = entry
 
@@ -408,8 +411,12 @@ class Session:
         if not remote_url(path):
             path = self.resolve_path(path, self._base_dir(st), what=f"model '{st.name}': path", location=st.location)
         options = {k: v.value for k, v in st.options.items()}
-        try:
-            self.functions[st.name] = model_function(st.name, path, options, st.model_path)
+        if options.get("shadow") is not None:
+            options["shadow"] = self.resolve_path(str(options["shadow"]), self._base_dir(st), what=f"model '{st.name}': shadow",
+                                                  location=st.options["shadow"].location or st.location)
+        try:  # replacing a model function swaps its model in the queries running it
+            replacing = self.functions.get(st.name) if st.replace else None
+            self.functions[st.name] = model_function(st.name, path, options, st.model_path, replacing)
         except SqlStreamError as error:
             option = st.options.get(error.option or "") if isinstance(error, UdfError) else None
             raise error.with_location(option.location if option is not None else st.location)
@@ -440,7 +447,7 @@ class Session:
     # -- SHOW / DESCRIBE / EXPLAIN ------------------------------------------------------------
 
     def _show(self, st: ShowStatement) -> StatementResult:
-        rows = show_rows(st.what, self, st.location)
+        rows = show_rows(st.what, self, st.location, st.name)
         return StatementResult("show", st.what.lower(), table=rows_table(rows), statement=st)
 
     def watermark_rows(self, driver: Driver | None = None) -> list[dict]:

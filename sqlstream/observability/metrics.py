@@ -32,8 +32,9 @@ from sqlstream.operators.base import BATCH_SECONDS_BUCKETS, Operator
 from sqlstream.operators.stateless import FunctionStats, StatelessOperator
 from sqlstream.runtime.driver import Driver
 from sqlstream.runtime.operator_ids import checkpoint_operators
+from sqlstream.udf.model_versions import VersionedModel
 
-__all__ = ["PipelineCollector", "operator_labels", "function_stats", "READER_COUNTERS"]
+__all__ = ["PipelineCollector", "operator_labels", "function_stats", "model_functions", "READER_COUNTERS"]
 
 #: reader ``status()`` keys exported under their own names: counters (``_total``) and gauges;
 #: other whole-number keys become ``sqlstream_source_<key>`` gauges
@@ -106,6 +107,7 @@ class PipelineCollector(Collector):
         operators = operator_labels(driver)
         yield from self._operators(driver, operators)
         yield from self._functions(operators)
+        yield from self._models(operators)
         yield from self._checkpoints(driver)
 
     def _family(self, kind, name: str, doc: str, labels: list[str], unit: str = ""):
@@ -229,6 +231,36 @@ class PipelineCollector(Collector):
             failed.add_metric([p, name], stats.failed_rows)
         yield from (calls, rows, seconds, failed)
 
+    def _models(self, operators: list[tuple[str, Operator]]) -> Iterator[Metric]:
+        """Model functions the run calls: version, swaps, refused reloads, shadow comparison."""
+        p = self.pipeline
+        counter, gauge = CounterMetricFamily, GaugeMetricFamily
+        families = {
+            "version": self._family(gauge, "sqlstream_model_version", "number of the model version serving", ["function"]),
+            "swaps": self._family(counter, "sqlstream_model_swaps", "model versions swapped in while queries ran",
+                                  ["function"]),
+            "reload_failures": self._family(counter, "sqlstream_model_reload_failures",
+                                            "changed model files refused (did not load, or another signature)",
+                                            ["function"]),
+            "shadow_rows": self._family(counter, "sqlstream_model_shadow_rows",
+                                        "rows scored by both the model and its shadow", ["function"]),
+            "shadow_failures": self._family(counter, "sqlstream_model_shadow_failures",
+                                            "batches the shadow model failed on (output unchanged)", ["function"]),
+            "shadow_agreement": self._family(gauge, "sqlstream_model_shadow_agreement",
+                                             "share of compared rows whose labels/argmax agree", ["function"]),
+            "shadow_mean_abs_diff": self._family(gauge, "sqlstream_model_shadow_mean_abs_diff",
+                                                 "mean absolute difference of the shadow's numbers", ["function"]),
+            "shadow_max_abs_diff": self._family(gauge, "sqlstream_model_shadow_max_abs_diff",
+                                                "largest absolute difference of the shadow's numbers", ["function"]),
+        }
+        for model in model_functions(operators):
+            status = model.status()
+            status["version"] = model.current.number
+            for key, family in families.items():
+                if status[key] is not None and (key == "version" or status["shadow"] or not key.startswith("shadow")):
+                    family.add_metric([p, model.name], status[key])
+        yield from families.values()
+
     def _checkpoints(self, driver: Driver) -> Iterator[Metric]:
         if driver.checkpointer is None:
             return
@@ -256,6 +288,17 @@ class PipelineCollector(Collector):
             family = self._family(GaugeMetricFamily, name, doc, [])
             family.add_metric([p], value)
             yield family
+
+
+def model_functions(operators: list[tuple[str, Operator]]) -> list[VersionedModel]:
+    """The model functions (versioned handles) that the run's operators call."""
+    found: dict[int, VersionedModel] = {}
+    for _, op in operators:
+        step = op.udf_step if isinstance(op, StatelessOperator) else None
+        for call in step.calls if step is not None else ():
+            if isinstance(call.impl, VersionedModel):
+                found.setdefault(id(call.impl), call.impl)
+    return sorted(found.values(), key=lambda m: m.name)
 
 
 def _cumulative(counts: list[int]) -> list[tuple[str, int]]:

@@ -23,6 +23,7 @@ from sqlstream.hidden import WM_COLUMN, is_hidden
 from sqlstream.plan.aggregation import find_aggregates, group_expressions, plan_aggregate
 from sqlstream.plan.joins import lookup_table_relation, plan_joins
 from sqlstream.plan.lowering import stateless_stage
+from sqlstream.plan.model_predict import plan_model_predict
 from sqlstream.plan.nodes import Limit, PlanNode, Scan, Stateless, Union
 from sqlstream.plan.over import plan_over
 from sqlstream.plan.ranking import materialize_rank, reject_pending_rank
@@ -30,6 +31,7 @@ from sqlstream.plan.relation import Relation, SelectItem, StageColumns
 from sqlstream.plan.scope import Scope, column_ref
 from sqlstream.plan.windows import expand_window, over_whole_windows, plan_window_tvf, reject_window_functions
 from sqlstream.sql.dialect import SqlStream, WindowTVF
+from sqlstream.sql.model_predict import ModelPredict
 from sqlstream.sql.statements import SourceText, normalize_name
 from sqlstream.sql.types import sql_type_name
 
@@ -139,6 +141,8 @@ class QueryPlanner:
                                    "sample with a filter, e.g. WHERE random() < 0.1")
         if isinstance(factor, WindowTVF):
             return plan_window_tvf(self, factor)
+        if isinstance(factor, ModelPredict):
+            return plan_model_predict(self, factor, self.catalog.udf_planner())
         if isinstance(factor, exp.Subquery):
             inner = self._plan_query(factor.this)
             alias = factor.alias_or_name

@@ -13,6 +13,9 @@ WHERE and SELECT), and DataFusion sees a plain column. The step runs in this ord
 2. the calls the WHERE clause needs, then the rest of the WHERE clause;
 3. the calls only the SELECT list needs, on the rows that passed.
 
+``model_version(f)`` names the version of model function ``f`` that scores the batch
+(see ``sqlstream/udf/model_versions.py``): a call without arguments to the step.
+
 ``immutable`` and ``stable`` functions with equal arguments are computed once per
 batch; each ``volatile`` call site runs on its own. ``f(x).field`` on a STRUCT result
 becomes ``"__udfN"['field']`` for DataFusion.
@@ -30,6 +33,7 @@ from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error
 from sqlstream.plan.join_conditions import and_all, conjuncts
 from sqlstream.plan.lowering import to_datafusion_sql
 from sqlstream.sql.types import sql_type_name
+from sqlstream.udf.model_versions import MODEL_VERSION_FUNCTION, ModelVersionFunction, VersionedModel
 from sqlstream.udf.step import CallArgument, CallStage, FunctionCall, ProgramStage, UdfStep
 
 __all__ = ["UdfPlanner"]
@@ -72,9 +76,46 @@ class UdfPlanner:
 
     def function(self, node: exp.Expr):
         if isinstance(node, exp.Anonymous):
-            entry = self.functions.get(str(node.this).lower())
-            return entry.impl if entry is not None else None
+            name = str(node.this).lower()
+            entry = self.functions.get(name)
+            if entry is not None:
+                return entry.impl
+            if name == MODEL_VERSION_FUNCTION:
+                model = self._versioned_model(node)
+                return ModelVersionFunction(model) if model is not None else None
         return None
+
+    def _versioned_model(self, node: exp.Anonymous) -> VersionedModel | None:
+        args = node.expressions  # the dialect turned a name into a string: model_version('f')
+        if len(args) != 1 or not isinstance(args[0], exp.Literal) or not args[0].is_string:
+            return None
+        entry = self.functions.get(args[0].name.lower())
+        return entry.impl if entry is not None and isinstance(entry.impl, VersionedModel) else None
+
+    def _check_model_versions(self, roots: list[exp.Expr], source) -> None:
+        """``model_version(x)`` where ``x`` is not a model function is a located error."""
+        for root in roots:
+            for node in root.find_all(exp.Anonymous):
+                if str(node.this).lower() != MODEL_VERSION_FUNCTION or self.function(node) is not None:
+                    continue
+                models = self.model_names()
+                args = node.expressions
+                given = args[0] if len(args) == 1 else node
+                what = f"{args[0].sql()}" if len(args) == 1 else f"{len(args)} arguments"
+                raise SqlAnalysisError(
+                    f"model_version() takes the name of one model function, not {what}",
+                    location=source.location(given) if source is not None else None,
+                    hint=(did_you_mean(args[0].name, models) if len(args) == 1 else None)
+                    or ("model functions: " + ", ".join(models) if models else "CREATE FUNCTION f AS MODEL 'm.onnx' first"),
+                )
+
+    def model(self, name: str) -> VersionedModel | None:
+        """Model function ``name`` (for ML_PREDICT / ML.PREDICT), or None."""
+        entry = self.functions.get(name)
+        return entry.impl if entry is not None and isinstance(entry.impl, VersionedModel) else None
+
+    def model_names(self) -> list[str]:
+        return sorted(e.name for e in self.functions.values() if isinstance(e.impl, VersionedModel))
 
     def has_call(self, node: exp.Expr) -> bool:
         return any(self.function(n) is not None for n in node.walk())
@@ -83,6 +124,7 @@ class UdfPlanner:
         """(expressions, condition, step, schema): the SELECT list and WHERE clause for
         DataFusion, with calls replaced by the columns ``step`` adds (``schema``)."""
         roots = list(expressions) + ([condition] if condition is not None else [])
+        self._check_model_versions(roots, source)
         if not any(self.has_call(root) for root in roots):
             return expressions, condition, None, schema
         return _StepBuilder(self, schema, source).build(expressions, condition)
@@ -125,7 +167,8 @@ class _StepBuilder:
             impl = self.planner.function(n)
             if impl is None:
                 return n
-            nodes = [a.copy().transform(visit) for a in n.expressions]
+            # model_version(f) names a function, it takes no column
+            nodes = [] if isinstance(impl, ModelVersionFunction) else [a.copy().transform(visit) for a in n.expressions]
             level = 0
             for a in nodes:
                 for column in a.find_all(exp.Column):
@@ -133,7 +176,8 @@ class _StepBuilder:
                     if seen is not None and seen[0] == phase:
                         level = max(level, seen[1] + 1)
             call_node = n.copy()
-            call_node.set("expressions", [a.copy() for a in nodes])
+            if not isinstance(impl, ModelVersionFunction):
+                call_node.set("expressions", [a.copy() for a in nodes])
             key = to_datafusion_sql(call_node)
             if impl.volatility != "volatile" and key in self.by_key:
                 return _column(self.by_key[key])
@@ -224,7 +268,7 @@ class _StepBuilder:
                 except UdfError as error:
                     raise error.with_location(call.location)
                 self.schema = self.schema.append(pa.field(call.output, result_type))
-                self.stages.append(CallStage(call))
+                self.stages.append(CallStage(call, types))
 
     def _add_program(self, sql: str, nodes: list[exp.Expr], what: str) -> None:
         try:

@@ -9,8 +9,14 @@ What is added on top of RisingWave:
 * Window table functions in ``FROM`` — ``TUMBLE/HOP/CUMULATE/SESSION`` in the short
   form and Flink's ``TABLE(TUMBLE(TABLE src, DESCRIPTOR(ts), size))`` long form — both
   normalized into :class:`WindowTVF`.
+* Model calls as table functions, :class:`ModelPredict`: Flink's
+  ``ML_PREDICT(TABLE t, MODEL m, DESCRIPTOR(a, b))`` and BigQuery's
+  ``ML.PREDICT(MODEL m, TABLE t | (SELECT ...))`` (the planner makes them
+  ``SELECT *, m(...) FROM t``).
 * ``EMIT ON WINDOW CLOSE`` and ``EMIT EVERY INTERVAL ...`` after a query (:class:`Emit`).
 * ``SHOW ...``, ``EXPLAIN [ANALYZE] <query>``, ``STOP QUERY n`` as typed nodes.
+* ``model_version(f)``: the name ``f`` (a model function, not a column) becomes the
+  string ``'f'``, so name resolution leaves it alone.
 * Registered user function names parse as plain calls even when they collide with a
   dialect built-in (``predict``, ``explode``, ...): see :attr:`Parser.user_functions`.
 """
@@ -22,11 +28,14 @@ from sqlglot.dialects.risingwave import RisingWave
 from sqlglot.parsers.risingwave import RisingWaveParser
 from sqlglot.tokens import Token, TokenType
 
+from sqlstream.sql.model_predict import ModelPredict, ModelPredictParsing, model_predict_sql
+
 __all__ = [
     "SqlStream",
     "CreateStream",
     "StreamOption",
     "WindowTVF",
+    "ModelPredict",
     "Emit",
     "ShowStmt",
     "ExplainStmt",
@@ -108,13 +117,28 @@ class StopQuery(exp.Expression):
     arg_types = {"this": True}
 
 
+def _model_version(args: list) -> exp.Expr:
+    """``model_version(f)`` → ``model_version('f')``: the argument names a function."""
+    named = []
+    for arg in args:
+        if isinstance(arg, exp.Column) and not arg.args.get("table"):
+            name = exp.Literal.string(arg.name)
+            name.meta.update(arg.this.meta)
+            arg = name
+        named.append(arg)
+    return exp.Anonymous(this="model_version", expressions=named)
+
+
 def _token_meta(node: exp.Expr, token: Token) -> exp.Expr:
     node.meta.update(line=token.line, col=token.col, start=token.start, end=token.end)
     return node
 
 
-class _Parser(RisingWaveParser):
-    FUNCTIONS = {k: v for k, v in RisingWaveParser.FUNCTIONS.items() if k not in _DROPPED_BUILTINS}
+class _Parser(ModelPredictParsing, RisingWaveParser):
+    FUNCTIONS = {
+        **{k: v for k, v in RisingWaveParser.FUNCTIONS.items() if k not in _DROPPED_BUILTINS},
+        "MODEL_VERSION": _model_version,
+    }
     FUNCTION_PARSERS = {
         k: v for k, v in RisingWaveParser.FUNCTION_PARSERS.items() if k not in _DROPPED_BUILTINS
     }
@@ -307,6 +331,9 @@ class _Parser(RisingWaveParser):
     # -- windows in FROM ----------------------------------------------------------------
 
     def _parse_table(self, *args, **kwargs):
+        spelling = self._at_model_predict() if self._curr else None
+        if spelling is not None:
+            return self._parse_model_predict(spelling, kwargs)
         if self._curr and self._next and self._next.token_type == TokenType.L_PAREN:
             upper = self._curr.text.upper()
             if upper == "TABLE":
@@ -440,7 +467,8 @@ def _emit_sql(self, node: Emit) -> str:
 class _Generator(RisingWave.Generator):
     """Turns parsed pipelines back into SQL (SHOW SINKS, messages), windows and EMIT included."""
 
-    TRANSFORMS = {**RisingWave.Generator.TRANSFORMS, WindowTVF: _window_tvf_sql, Emit: _emit_sql}
+    TRANSFORMS = {**RisingWave.Generator.TRANSFORMS, WindowTVF: _window_tvf_sql, Emit: _emit_sql,
+                  ModelPredict: model_predict_sql}
 
     def select_sql(self, expression: exp.Select) -> str:
         sql = super().select_sql(expression)

@@ -24,6 +24,7 @@ from sqlstream.errors import DataFusionError, ExecutionError, Location, UdfError
 from sqlstream.failure_isolation import isolate_failures
 from sqlstream.operators.datafusion_program import DataFusionProgram
 from sqlstream.operators.stateless import FunctionStats
+from sqlstream.udf.model_versions import ModelVersionFunction, VersionedModel
 
 __all__ = ["CallArgument", "FunctionCall", "ProgramStage", "CallStage", "UdfStep"]
 
@@ -85,18 +86,30 @@ class ProgramStage:
         return out
 
 
-class CallStage:
-    """One function call over the whole batch, appended as its output column."""
+def _versioned(impl) -> VersionedModel | None:
+    """The model function whose version ``impl`` depends on (pinned once per batch)."""
+    if isinstance(impl, VersionedModel):
+        return impl
+    return impl.model if isinstance(impl, ModelVersionFunction) else None
 
-    def __init__(self, call: FunctionCall):
+
+class CallStage:
+    """One function call over the whole batch, appended as its output column. A model
+    call is scored by the version the step pinned for the batch; ``arg_types`` and the
+    result type are recorded with the model, so a new version must fit them."""
+
+    def __init__(self, call: FunctionCall, arg_types: list[pa.DataType] | None = None):
         self.call = call
+        self.model = _versioned(call.impl)
+        if isinstance(call.impl, VersionedModel) and arg_types is not None:
+            call.impl.track(self, arg_types, call.impl.return_type)
 
     def explain(self) -> str:
         impl = self.call.impl
-        kind = "model" if impl.kind == "model" else ("async python" if impl.is_async else "python")
+        kind = impl.kind if impl.kind.startswith("model") else ("async python" if impl.is_async else "python")
         return f"vectorized {kind} call {self.call.sql} -> {self.call.output} (once per micro-batch)"
 
-    def _arrays(self, batch: pa.RecordBatch) -> list[pa.Array]:
+    def _arrays(self, batch: pa.RecordBatch, impl) -> list[pa.Array]:
         n = batch.num_rows
         arrays = []
         for arg in self.call.args:
@@ -106,20 +119,23 @@ class CallStage:
                 arrays.append(pa.nulls(n))
             else:
                 arrays.append(pa.repeat(pa.scalar(arg.literal, arg.literal_type), n))
-        return self.call.impl.prepare(arrays)
+        return impl.prepare(arrays)
 
-    def apply(self, batch: pa.RecordBatch, op) -> pa.RecordBatch:
+    def apply(self, batch: pa.RecordBatch, op, pinned: dict | None = None) -> pa.RecordBatch:
         call = self.call
         impl = call.impl
+        if self.model is not None:  # the version pinned for this batch (the current one when alone)
+            version = pinned[self.model] if pinned is not None and self.model in pinned else self.model.pin()
+            impl = impl.bind(version)
         n = batch.num_rows
-        args = self._arrays(batch)
+        args = self._arrays(batch, impl)
         failures: list[tuple[int, str, str]] = []
-        stats = op.function_stats.get(impl.name)
+        stats = op.function_stats.get(call.impl.name)
         if stats is None:
-            stats = op.function_stats[impl.name] = FunctionStats()
+            stats = op.function_stats[call.impl.name] = FunctionStats()
         start = perf_counter()
         try:
-            if impl.is_async:
+            if call.impl.is_async:
                 result, row_failures = impl.call_rows(args, n)
                 failures = [(f.row, f.reason, f.detail) for f in row_failures]
             else:
@@ -128,7 +144,7 @@ class CallStage:
                 except UdfError:
                     raise
                 except Exception:  # noqa: BLE001 - isolate the rows that fail
-                    result, failures = self._isolate(args, n)
+                    result, failures = self._isolate(impl, args, n)
         except UdfError as error:
             error.exit_code = 1  # a function misbehaving at run time (declared on SqlStreamError)
             raise error.with_location(call.location)
@@ -148,8 +164,7 @@ class CallStage:
         _dead_letter(op, batch, failures)
         return _without(out, [row for row, _, _ in failures])
 
-    def _isolate(self, args: list[pa.Array], n: int):
-        impl = self.call.impl
+    def _isolate(self, impl, args: list[pa.Array], n: int):
 
         def attempt(start: int, end: int) -> pa.Array:
             return impl.call([a.slice(start, end - start) for a in args], end - start)
@@ -158,10 +173,11 @@ class CallStage:
         for _, error in bad:
             if isinstance(error, UdfError):
                 raise error
-        failures = [(row, "udf", f"{impl.name}: {type(error).__name__}: {_message(error)}") for row, error in bad]
-        pieces = sorted([(s, v) for s, _, v in good] + [(row, pa.nulls(1, impl.return_type)) for row, _ in bad], key=lambda p: p[0])
+        name, result_type = self.call.impl.name, self.call.impl.return_type
+        failures = [(row, "udf", f"{name}: {type(error).__name__}: {_message(error)}") for row, error in bad]
+        pieces = sorted([(s, v) for s, _, v in good] + [(row, pa.nulls(1, result_type)) for row, _ in bad], key=lambda p: p[0])
         values = [v for _, v in pieces]
-        return (pa.concat_arrays(values) if values else pa.nulls(0, impl.return_type)), failures
+        return (pa.concat_arrays(values) if values else pa.nulls(0, result_type)), failures
 
 
 def _message(error: Exception) -> str:
@@ -171,10 +187,12 @@ def _message(error: Exception) -> str:
 
 class UdfStep:
     """The stages computing a query's function calls; one instance per query plan
-    (functions hold no per-run state)."""
+    (functions hold no per-run state). Each batch pins one version of every model
+    function it calls, so no batch is scored half by one version and half by another."""
 
     def __init__(self, stages: list):
         self.stages = stages
+        self.models = list({id(s.model): s.model for s in stages if isinstance(s, CallStage) and s.model}.values())
 
     @property
     def calls(self) -> list[FunctionCall]:
@@ -187,8 +205,9 @@ class UdfStep:
         return [stage.explain() for stage in self.stages]
 
     def apply(self, batch: pa.RecordBatch, op) -> pa.RecordBatch:
+        pinned = {model: model.pin() for model in self.models}
         for stage in self.stages:
-            batch = stage.apply(batch, op)
+            batch = stage.apply(batch, op, pinned) if isinstance(stage, CallStage) else stage.apply(batch, op)
             if batch.num_rows == 0:
                 break
         return batch
