@@ -9,6 +9,7 @@ from typing import Callable, Mapping
 
 from sqlstream.catalog import FunctionEntry
 from sqlstream.errors import SqlStreamError, UdfError
+from sqlstream.udf.aggregate import PythonAggregate, is_udaf
 from sqlstream.udf.discovery import discover_files, origin_location
 from sqlstream.udf.model import ModelUdf
 from sqlstream.udf.names import check_function_name
@@ -20,17 +21,19 @@ __all__ = ["FunctionCatalog", "python_function", "model_function", "load_udf_dir
 
 def python_function(fn, origin: str, functions: Mapping[str, FunctionEntry]) -> FunctionEntry:
     """The entry of a function decorated with :func:`sqlstream.udf` (or a plain function
-    with type hints); another function of the same name in ``functions`` is refused."""
-    udf = PythonUdf.from_function(fn)
+    with type hints), or of a :func:`sqlstream.udaf` aggregate; another function of the
+    same name in ``functions`` is refused."""
+    udf = PythonAggregate.from_object(fn) if is_udaf(fn) else PythonUdf.from_function(fn)
     check_function_name(udf.name)
     existing = functions.get(udf.name)
-    same_function = existing is not None and isinstance(existing.impl, PythonUdf) and existing.impl.fn is fn
+    same_function = existing is not None and getattr(existing.impl, "fn", getattr(existing.impl, "target", None)) is fn
     if existing is not None and existing.impl is not udf and not same_function:
         raise UdfError(
             f"function '{udf.name}' is defined twice: {existing.origin or 'earlier'} and {origin or 'here'}",
             hint="rename one of them (@udf(name='...'))",
         )
-    return FunctionEntry(udf.name, "python", udf, udf.signature(), origin or udf.origin)
+    kind = "aggregate" if isinstance(udf, PythonAggregate) else "python"
+    return FunctionEntry(udf.name, kind, udf, udf.signature(), origin or udf.origin)
 
 
 def model_function(name: str, path: str, options: dict, origin: str) -> FunctionEntry:

@@ -125,6 +125,9 @@ class _StepBuilder:
             impl = self.planner.function(n)
             if impl is None:
                 return n
+            if getattr(impl, "is_aggregate", False):  # an aggregate outside an aggregation's calls
+                raise SqlAnalysisError(f"aggregate function {impl.name}() is not allowed here", location=self._location(n),
+                                       hint="aggregates go in the SELECT list or HAVING of a GROUP BY (or window) query")
             nodes = [a.copy().transform(visit) for a in n.expressions]
             level = 0
             for a in nodes:
