@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.connectors.dead_letters import DeadLetter
+from sqlstream.connectors.encode import encode_json_lines
 
 __all__ = ["GroupFunction", "PythonAggregateCall", "PythonStates", "ERROR_COLUMN", "split_failed_groups"]
 
@@ -106,18 +106,14 @@ class PythonStates:
         """One state row per group of ``table`` (keys and the argument column)."""
         column = table.column(self.arg)
         column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        if self.function.kind == "collect":
-            if not self.keys:
-                states = pa.ListArray.from_arrays(pa.array([0, len(column)], pa.int32()), column)
-                return self._table([], states, pa.nulls(1, pa.string()))
-            grouped = pa.Table.from_arrays([table.column(k) for k in self.keys] + [column], names=self.keys + ["__v"])
-            grouped = grouped.group_by(self.keys, use_threads=False).aggregate([("__v", "list")])
-            keys = grouped.columns[: len(self.keys)]
-            return self._table(keys, grouped.column("__v_list"), pa.nulls(grouped.num_rows, pa.string()))
-        keys, rows = self._rows_per_group(table)
+        keys, offsets, rows = self._rows_per_group(table)
+        if self.function.kind == "collect":  # the group's values, in arrival order
+            states = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), column.take(rows))
+            return self._table(keys, states, pa.nulls(len(offsets) - 1, pa.string()))
         arguments = self.function.arguments(column)
         states, errors = [], []
-        for group_rows in rows:
+        for i in range(len(offsets) - 1):
+            group_rows = rows.slice(offsets[i], offsets[i + 1] - offsets[i])
             taken = [a.take(group_rows) for a in arguments]
             try:
                 states.append(pickle.dumps(self.function.accumulate(self.function.create(), taken)))
@@ -127,19 +123,18 @@ class PythonStates:
                 errors.append(_failure(self.function.name, error))
         return self._table(keys, pa.array(states, pa.binary()), pa.array(errors, pa.string()))
 
-    def _rows_per_group(self, table: pa.Table) -> tuple[list, list[pa.Array]]:
-        """The key columns of each group and its row numbers in ``table`` (in arrival order)."""
+    def _rows_per_group(self, table: pa.Table) -> tuple[list, np.ndarray, pa.Array]:
+        """The key columns of each group, and the row numbers of ``table`` by group (in
+        arrival order within one) with the offsets where each group's rows start."""
+        numbers = pa.array(np.arange(table.num_rows, dtype=np.int64))
         if not self.keys:
-            return [], [pa.array(np.arange(table.num_rows, dtype=np.int64))]
-        numbered = pa.Table.from_arrays(
-            [table.column(k) for k in self.keys] + [pa.array(np.arange(table.num_rows, dtype=np.int64))],
-            names=self.keys + ["__row"],
-        )
+            return [], np.array([0, table.num_rows]), numbers
+        numbered = pa.Table.from_arrays([table.column(k) for k in self.keys] + [numbers], names=self.keys + ["__row"])
         grouped = numbered.group_by(self.keys, use_threads=False).aggregate([("__row", "list")])
         lists = grouped.column("__row_list").combine_chunks()
         offsets = lists.offsets.to_numpy()
-        values = lists.values
-        return grouped.columns[: len(self.keys)], [values.slice(offsets[i], offsets[i + 1] - offsets[i]) for i in range(len(lists))]
+        rows = lists.values.slice(offsets[0], offsets[-1] - offsets[0])
+        return grouped.columns[: len(self.keys)], offsets - offsets[0], rows
 
     def _table(self, keys: list, states, errors) -> pa.Table:
         return pa.Table.from_arrays(list(keys) + [states, errors], names=self.keys + [STATE, ERROR_COLUMN])
@@ -261,8 +256,8 @@ def _scalar(value: Any) -> Any:
 def split_failed_groups(result: pa.Table, calls: Sequence, key_columns: Sequence[str],
                         window: tuple[str, str] | None = None) -> tuple[pa.Table, list[DeadLetter]]:
     """``result`` without the groups a Python aggregate failed on, and those groups as
-    dead letters: reason ``udf``, the failure as detail, the group key (and window
-    bounds, µs → ISO text) as the record, the window end as event time."""
+    dead letters: reason ``udf``, the failure as detail, the group key by its SQL text
+    (and the window bounds) as the JSON record, the window end as event time."""
     if ERROR_COLUMN not in result.column_names:
         return result, []
     errors = result.column(ERROR_COLUMN)
@@ -273,17 +268,17 @@ def split_failed_groups(result: pa.Table, calls: Sequence, key_columns: Sequence
     ok = result.filter(pc.invert(failed)).drop_columns([ERROR_COLUMN])
     python = next((c.function for c in calls if getattr(c, "function", None) is not None), None)
     names = list(python.key_names) if python is not None and len(python.key_names) == len(key_columns) else list(key_columns)
-    records = [{name: row[k] for name, k in zip(names, key_columns)} for row in bad.select(list(key_columns)).to_pylist()]
+    columns = [bad.column(k) for k in key_columns]
     ends: list[int | None] = [None] * bad.num_rows
     if window is not None:
-        starts = pc.cast(bad.column(window[0]), pa.int64()).to_pylist()
-        ends = pc.cast(bad.column(window[1]), pa.int64()).to_pylist()
-        for record, start, end in zip(records, starts, ends):
-            record["window_start"] = np.datetime64(start, "us").astype(str)
-            record["window_end"] = np.datetime64(end, "us").astype(str)
+        bounds = [pc.cast(bad.column(w), pa.int64()).combine_chunks() for w in window]
+        columns += [b.view(pa.timestamp("us")) for b in bounds]
+        names += ["window_start", "window_end"]
+        ends = bounds[1].to_pylist()
+    records = encode_json_lines(pa.Table.from_arrays(columns, names=names)).decode("utf-8").splitlines()
     source = python.where if python is not None else ""
     letters = [
-        DeadLetter(source, "udf", detail, orjson.dumps(record, default=str).decode(), None, end)
+        DeadLetter(source, "udf", detail, record, None, end)
         for record, detail, end in zip(records, bad.column(ERROR_COLUMN).to_pylist(), ends)
     ]
     return ok, letters

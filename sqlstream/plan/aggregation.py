@@ -26,7 +26,7 @@ from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS, AggCall
 from sqlstream.operators.changelog_aggregate import RETRACTABLE
 from sqlstream.operators.python_aggregates import PythonAggregateCall
 from sqlstream.plan.lowering import to_datafusion_sql
-from sqlstream.plan.python_aggregates import check_python_call, python_argument
+from sqlstream.plan.python_aggregates import check_python_call, key_text, python_argument
 from sqlstream.plan.nodes import (
     ChangelogAggregate,
     GroupAggregate,
@@ -114,7 +114,7 @@ class _Aggregation:
         resolved_having = scope.resolve(having.this, source) if having is not None else None
         calls = self._calls([i.expression for i in resolved_items] + ([resolved_having] if resolved_having is not None else []))
         key_items = [SelectItem(k, f"__k{i}") for i, k in enumerate(grouping.keys)]
-        self.key_names = tuple(to_datafusion_sql(k) for k in grouping.keys)
+        self.key_names = tuple(key_text(k) for k in grouping.keys)
         pre = self._pre_stage(grouping, key_items, calls)
         pre_types = {f.name: f.type for f in pre.schema}
         typed = [replace(c, arg_type=pre_types.get(c.arg) if c.arg else None) for c in calls.calls]

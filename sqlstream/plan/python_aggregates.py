@@ -14,9 +14,10 @@ from sqlglot import exp
 
 from sqlstream.errors import SqlAnalysisError, UdfError
 from sqlstream.operators.aggregates import AggCall
+from sqlstream.plan.lowering import to_datafusion_sql
 from sqlstream.plan.relation import PlannerContext
 
-__all__ = ["python_argument", "check_python_call"]
+__all__ = ["python_argument", "check_python_call", "key_text"]
 
 
 def python_argument(ctx: PlannerContext, agg: exp.Expr, function, condition: exp.Expr | None) -> exp.Expr:
@@ -44,3 +45,11 @@ def check_python_call(ctx: PlannerContext, call: AggCall, where: exp.Expr) -> No
         function.check_args(types)
     except UdfError as error:
         raise SqlAnalysisError(error.message, location=ctx.loc(where), hint=error.hint) from error
+
+
+def key_text(key: exp.Expr) -> str:
+    """A GROUP BY key as its dead letters name it: a column's name, else its SQL."""
+    if isinstance(key, exp.Column):
+        original = key.meta.get("scope_column")
+        return original.name if original is not None else key.name
+    return to_datafusion_sql(key)
