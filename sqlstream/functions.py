@@ -12,6 +12,7 @@ from sqlstream.errors import SqlStreamError, UdfError
 from sqlstream.udf.aggregate import PythonAggregate, is_udaf
 from sqlstream.udf.discovery import discover_files, origin_location
 from sqlstream.udf.model import ModelUdf
+from sqlstream.udf.model_aggregate import ModelAggregate, is_aggregate_model
 from sqlstream.udf.names import check_function_name
 from sqlstream.udf.plugins import FUNCTION_PACKS, FunctionPacks
 from sqlstream.udf.python import PythonUdf
@@ -37,8 +38,12 @@ def python_function(fn, origin: str, functions: Mapping[str, FunctionEntry]) -> 
 
 
 def model_function(name: str, path: str, options: dict, origin: str) -> FunctionEntry:
-    """The entry of the ONNX model at local ``path`` (a URL is refused) as function ``name``."""
+    """The entry of the ONNX model at local ``path`` (a URL is refused) as function ``name``
+    (an aggregate over a group's rows with ``aggregate = true``)."""
     check_function_name(name)
+    if is_aggregate_model(options):
+        aggregate = ModelAggregate.load(name, path, options)
+        return FunctionEntry(aggregate.name, "model aggregate", aggregate, aggregate.signature(), origin)
     model = ModelUdf.load(name, path, options)
     return FunctionEntry(model.name, "model", model, model.signature(), origin)
 

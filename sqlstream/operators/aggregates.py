@@ -229,6 +229,11 @@ class Aggregator:
         return table
 
     @property
+    def needs_time(self) -> bool:
+        """Python aggregates of a group's values order them by event time (``__t``)."""
+        return any(c.function.function.kind == "collect" for c in self.calls if c.function is not None)
+
+    @property
     def needs_sequence(self) -> bool:
         """first/last_value need the arrival number of each row in column ``__seq``."""
         return any(c.func in ("first_value", "last_value") for c in self._set_calls)

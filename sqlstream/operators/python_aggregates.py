@@ -35,9 +35,12 @@ import pyarrow.compute as pc
 from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.encode import encode_json_lines
 
-__all__ = ["GroupFunction", "PythonAggregateCall", "PythonStates", "ERROR_COLUMN", "split_failed_groups"]
+__all__ = ["GroupFunction", "PythonAggregateCall", "PythonStates", "ERROR_COLUMN", "TIME_COLUMN", "split_failed_groups"]
 
 STATE = "__udaf_state"
+TIMES = "__udaf_times"
+#: the event time of an input row (windowed aggregations): collected values are ordered by it
+TIME_COLUMN = "__t"
 #: the column of a finalized result that holds each group's failure (NULL: none)
 ERROR_COLUMN = "__udaf_error"
 
@@ -107,9 +110,13 @@ class PythonStates:
         column = table.column(self.arg)
         column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         keys, offsets, rows = self._rows_per_group(table)
-        if self.function.kind == "collect":  # the group's values, in arrival order
-            states = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), column.take(rows))
-            return self._table(keys, states, pa.nulls(len(offsets) - 1, pa.string()))
+        if self.function.kind == "collect":  # the group's values (and event times), in arrival order
+            list_offsets = pa.array(offsets, pa.int32())
+            states = pa.ListArray.from_arrays(list_offsets, column.take(rows))
+            times = None
+            if TIME_COLUMN in table.column_names:
+                times = pa.ListArray.from_arrays(list_offsets, pc.cast(table.column(TIME_COLUMN), pa.int64()).combine_chunks().take(rows))
+            return self._table(keys, states, pa.nulls(len(offsets) - 1, pa.string()), times)
         arguments = self.function.arguments(column)
         states, errors = [], []
         for i in range(len(offsets) - 1):
@@ -136,8 +143,10 @@ class PythonStates:
         rows = lists.values.slice(offsets[0], offsets[-1] - offsets[0])
         return grouped.columns[: len(self.keys)], offsets - offsets[0], rows
 
-    def _table(self, keys: list, states, errors) -> pa.Table:
-        return pa.Table.from_arrays(list(keys) + [states, errors], names=self.keys + [STATE, ERROR_COLUMN])
+    def _table(self, keys: list, states, errors, times=None) -> pa.Table:
+        if times is None:
+            return pa.Table.from_arrays(list(keys) + [states, errors], names=self.keys + [STATE, ERROR_COLUMN])
+        return pa.Table.from_arrays(list(keys) + [states, times, errors], names=self.keys + [STATE, TIMES, ERROR_COLUMN])
 
     # -- merge ---------------------------------------------------------------------------------
 
@@ -162,15 +171,11 @@ class PythonStates:
             groups = [(None, flat[offsets[i] : offsets[i + 1]]) for i in range(len(lists))]
         states = combined.column(STATE).combine_chunks()
         if self.function.kind == "collect":
-            order = np.concatenate([rows for _, rows in groups]) if groups else np.zeros(0, np.int64)
-            inner = states.take(pa.array(order, pa.int64()))  # each group's lists, one after another
-            inner_offsets = inner.offsets.to_numpy().astype(np.int64)
-            base = int(inner_offsets[0])
+            order = pa.array(np.concatenate([rows for _, rows in groups]) if groups else np.zeros(0, np.int64), pa.int64())
             counts = np.array([len(rows) for _, rows in groups], dtype=np.int64)
-            outer = inner_offsets[np.concatenate([[0], np.cumsum(counts)])] - base
-            values = inner.values.slice(base, int(inner_offsets[-1]) - base)
-            merged = pa.ListArray.from_arrays(pa.array(outer, pa.int32()), values)
-            return self._table(keys, merged, error_column)
+            merged = _concat_lists(states, order, counts)
+            times = _concat_lists(combined.column(TIMES).combine_chunks(), order, counts) if TIMES in combined.column_names else None
+            return self._table(keys, merged, error_column, times)
         merged_states, merged_errors = [], error_column.to_pylist()
         for i, (_, rows) in enumerate(groups):
             if len(rows) == 1:
@@ -198,22 +203,31 @@ class PythonStates:
         errors = table.column(ERROR_COLUMN).to_pylist()
         states = table.column(STATE).combine_chunks()
         offsets = states.offsets.to_numpy() if self.function.kind == "collect" else None
+        times = None
+        if TIMES in table.column_names:
+            time_lists = table.column(TIMES).combine_chunks()
+            times = (time_lists.values.to_numpy(), time_lists.offsets.to_numpy())
         results: list[Any] = []
         for i in range(table.num_rows):
             if errors[i] is not None:
                 results.append(None)
                 continue
             try:
-                results.append(self._finish(states, offsets, i))
+                results.append(self._finish(states, offsets, times, i))
             except Exception as error:  # noqa: BLE001 - fails this group only
                 results.append(None)
                 errors[i] = _failure(self.function.name, error)
         values = self._conform(results, errors)
         return values, pa.array(errors, pa.string())
 
-    def _finish(self, states: pa.Array, offsets: np.ndarray | None, i: int) -> Any:
+    def _finish(self, states: pa.Array, offsets: np.ndarray | None, times: tuple | None, i: int) -> Any:
         if offsets is not None:  # collect: the group's values, a slice of the list's values
-            values = states.values.slice(int(offsets[i]), int(offsets[i + 1] - offsets[i]))
+            start, end = int(offsets[i]), int(offsets[i + 1])
+            values = states.values.slice(start, end - start)
+            if times is not None:  # in event-time order (arrival order among equal times)
+                time_values, time_offsets = times
+                group_times = time_values[int(time_offsets[i]) : int(time_offsets[i + 1])]
+                values = values.take(pa.array(np.argsort(group_times, kind="stable")))
             arguments = self.function.arguments(values)
             valid = _valid(arguments)
             if valid is not None:
@@ -236,6 +250,15 @@ class PythonStates:
                 results[i] = None
                 errors[i] = f"{self.function.name} returned {type(value).__name__} {value!r:.60}, not {wanted}: {error}"
         return pa.array(results, type=wanted)
+
+
+def _concat_lists(lists: pa.Array, order: pa.Array, counts: np.ndarray) -> pa.Array:
+    """The lists at ``order``, concatenated per group of ``counts`` consecutive ones."""
+    inner = lists.take(order)  # each group's lists, one after another
+    inner_offsets = inner.offsets.to_numpy().astype(np.int64)
+    base = int(inner_offsets[0])
+    outer = inner_offsets[np.concatenate([[0], np.cumsum(counts)])] - base
+    return pa.ListArray.from_arrays(pa.array(outer, pa.int32()), inner.values.slice(base, int(inner_offsets[-1]) - base))
 
 
 def _scalar(value: Any) -> Any:

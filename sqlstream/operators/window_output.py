@@ -20,7 +20,7 @@ from sqlstream.hidden import MIN_WATERMARK, OP_COLUMN, WM_COLUMN
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
 from sqlstream.operators.base import IntervalTimer, Operator
 from sqlstream.operators.changes import diff_results, op_column
-from sqlstream.operators.python_aggregates import split_failed_groups
+from sqlstream.operators.python_aggregates import TIME_COLUMN, split_failed_groups
 from sqlstream.operators.state_size import NO_STATE, StateSize, table_bytes
 
 __all__ = ["WindowOutputOperator", "concat_partials", "int64_scalar", "int64_values", "MAX_FRAGMENTS", "WS", "WE"]
@@ -63,7 +63,8 @@ class WindowOutputOperator(Operator):
 
     def input_table(self, batch: pa.RecordBatch, columns: list[str]) -> pa.Table:
         args = [c.arg for c in self.calls if c.arg is not None]
-        names = list(dict.fromkeys(self.keys + args + columns))
+        times = [TIME_COLUMN] if self.window_agg.needs_time and TIME_COLUMN in batch.schema.names else []
+        names = list(dict.fromkeys(self.keys + args + columns + times))
         if names:
             table = pa.Table.from_batches([batch]).select(names)
         else:  # count(*) alone: a constant column keeps the row count through take/filter

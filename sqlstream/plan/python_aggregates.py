@@ -31,6 +31,9 @@ def python_argument(ctx: PlannerContext, agg: exp.Expr, function, condition: exp
     if any(isinstance(a, exp.Star) for a in args) or not args:
         raise SqlAnalysisError(f"aggregate {function.name}() needs {len(function.arg_types)} argument(s)",
                                location=ctx.loc(agg), hint=function.signature())
+    if len(args) != len(function.arg_types):
+        raise SqlAnalysisError(f"aggregate {function.name} takes {len(function.arg_types)} argument(s), got {len(args)}",
+                               location=ctx.loc(agg), hint=function.signature())
     if len(args) == 1:
         return args[0]
     return exp.Struct(expressions=args)

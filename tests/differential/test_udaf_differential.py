@@ -4,7 +4,8 @@ Both forms of ``@udaf`` — a function of the whole group's values (``median``, 
 two-argument weighted mean) and a class with ``create``/``accumulate``/``merge``/
 ``finish`` (a sum of squares) — in TUMBLE, HOP, CUMULATE and SESSION windows and in an
 unwindowed GROUP BY, fed in batches of 1, 7 and 64 rows: the same rows as DuckDB's
-``median``, ``sum(v * w) / sum(w)`` and ``sum(v * v)``. A function that raises for
+``median``, ``sum(v * w) / sum(w)`` and ``sum(v * v)``; in windows a group's values come
+in event-time order (``arg_min(v, ts)``). A function that raises for
 some groups fails exactly those groups (dead letters), whatever the batch size.
 """
 
@@ -49,6 +50,12 @@ class sum_sq:
 
 
 @udaf(args=[pa.float64()], returns=pa.float64())
+def earliest(values: pa.Array) -> float:
+    """The first value in event-time order: a window's values come sorted by it."""
+    return values[0]
+
+
+@udaf(args=[pa.float64()], returns=pa.float64())
 def picky_median(values: pa.Array) -> float:
     if len(values) == 3:
         raise ValueError("three values")
@@ -59,12 +66,16 @@ SELECT = "median(v) AS m, weighted_mean(v, x + 1) AS wm, sum_sq(v) AS q, count(*
 DUCK_SELECT = ("median(v) AS m, sum(v * (x + 1)) FILTER (WHERE x IS NOT NULL) / sum(x + 1) FILTER (WHERE v IS NOT NULL) AS wm, "
                "coalesce(sum(v * v), 0) AS q, count(*) AS n")
 KINDS = {"m": "float", "wm": "float", "q": "float", "n": "exact"}
+# windows order a group's values by event time (arrival order among equal times)
+WINDOW_SELECT = f"{SELECT}, earliest(v) AS e"
+WINDOW_DUCK_SELECT = f"{DUCK_SELECT}, arg_min(v, us::HUGEINT * 1000000 + idx) FILTER (WHERE v IS NOT NULL) AS e"
+WINDOW_KINDS = {**KINDS, "e": "exact"}
 SIZES = {1: 120, 7: 500, 64: 1_500}
 
 
 def session_with(events: pa.Table, cuts: list[int], **options) -> TestSession:
     session = TestSession(**options)
-    for fn in (median, weighted_mean, sum_sq, picky_median):
+    for fn in (median, weighted_mean, sum_sq, picky_median, earliest):
         session.register_udf(fn)
     session.execute(SOURCE_SQL)
     stream = session.stream("events")
@@ -92,19 +103,19 @@ def events():
 def test_python_aggregates_match_duckdb_in_windows(events, window, batch_size):
     data = events[SIZES[batch_size]]
     session = session_with(data, [batch_size])
-    ours = session.run_query(window_query(window, SELECT))
+    ours = session.run_query(window_query(window, WINDOW_SELECT))
     assert session.last_summary.dead_letters == {}
-    theirs = duckdb_rows(data, window, DUCK_SELECT)
+    theirs = duckdb_rows(data, window, WINDOW_DUCK_SELECT)
     assert len(theirs) > 10
-    assert_same(ours, theirs, KINDS)
+    assert_same(ours, theirs, WINDOW_KINDS)
 
 
 @pytest.mark.parametrize("window", ["tumble", "hop", "session"])
 def test_random_batch_sizes_match_duckdb(events, window):
     data = events[500]
     cuts = np.random.default_rng(len(window)).choice([1, 7, 64], 40).tolist()
-    ours = session_with(data, cuts).run_query(window_query(window, SELECT))
-    assert_same(ours, duckdb_rows(data, window, DUCK_SELECT), KINDS)
+    ours = session_with(data, cuts).run_query(window_query(window, WINDOW_SELECT))
+    assert_same(ours, duckdb_rows(data, window, WINDOW_DUCK_SELECT), WINDOW_KINDS)
 
 
 def _group_by_duckdb(events: pa.Table, select: str) -> list[dict]:
