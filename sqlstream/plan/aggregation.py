@@ -26,7 +26,6 @@ from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS, AggCall
 from sqlstream.operators.changelog_aggregate import RETRACTABLE
 from sqlstream.operators.python_aggregates import PythonAggregateCall
 from sqlstream.plan.lowering import to_datafusion_sql
-from sqlstream.plan.python_aggregates import check_python_call, key_text, python_argument
 from sqlstream.plan.nodes import (
     ChangelogAggregate,
     GroupAggregate,
@@ -36,6 +35,7 @@ from sqlstream.plan.nodes import (
     WindowAggregate,
     WindowSpec,
 )
+from sqlstream.plan.python_aggregates import check_python_call, key_text, python_argument
 from sqlstream.plan.relation import PlannerContext, Relation, SelectItem, StageColumns
 from sqlstream.plan.scope import Scope, column_ref
 from sqlstream.plan.windows import TIMESTAMP_US, WINDOW_COLUMNS, is_virtual, reject_virtual
