@@ -166,3 +166,24 @@ def test_dead_letter_names_function_group_and_window(events, tmp_path):
     records = [json.loads(d["raw"]) for d in letters]
     assert len(records) == len(expected) > 0
     assert sorted((str(r["k"]), r["window_start"].replace("T", " "), r["window_end"].replace("T", " ")) for r in records) == expected
+
+
+@pytest.mark.parametrize("window", ["tumble", "session"])
+def test_emit_every_changelog_folds_to_duckdb(events, window):
+    """Early results every second between batches (window rows updated in place; growing
+    sessions replaced): the changelog folds to DuckDB's final rows."""
+    data = events[500]
+    session = TestSession()
+    for fn in (median, weighted_mean, sum_sq):
+        session.register_udf(fn)
+    session.execute(SOURCE_SQL)
+    session.execute(f"CREATE SINK out AS {window_query(window, SELECT)} EMIT EVERY INTERVAL '1' SECOND "
+                    "WITH (connector = 'memory')")
+    run = session.start()
+    for start in range(0, data.num_rows, 50):
+        session.stream("events").push(data.slice(start, 50))
+        run.pump().advance(1.0)
+    run.finish()
+    ops = {r["__op"] for r in session.rows("out", fold=False)}
+    assert ({"-D", "+I"} if window == "session" else {"-U", "+U"}) <= ops
+    assert_same(session.rows("out"), duckdb_rows(data, window, DUCK_SELECT), KINDS)
