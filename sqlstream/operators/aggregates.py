@@ -70,6 +70,10 @@ class AggCall:
     arg_type: pa.DataType | None = None
     function: PythonAggregateCall | None = None  # func == "python": the function (sqlstream.operators.python_aggregates)
 
+    def describe(self) -> str:
+        """The call as EXPLAIN shows it: ``sum(__a0)``, ``median(__a1)`` for a Python aggregate."""
+        return f"{self.function.function.name if self.function is not None else self.func}({self.arg or '*'})"
+
     def result_type(self) -> pa.DataType:
         if self.function is not None:
             return self.function.function.return_type
