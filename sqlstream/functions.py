@@ -44,6 +44,7 @@ def model_function(name: str, path: str, options: dict, origin: str) -> Function
     if is_aggregate_model(options):
         aggregate = ModelAggregate.load(name, path, options)
         return FunctionEntry(aggregate.name, "model aggregate", aggregate, aggregate.signature(), origin)
+    options = {k: v for k, v in options.items() if str(k).lower() != "aggregate"}  # aggregate = false
     model = ModelUdf.load(name, path, options)
     return FunctionEntry(model.name, "model", model, model.signature(), origin)
 

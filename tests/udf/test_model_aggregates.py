@@ -192,3 +192,9 @@ def test_show_functions_lists_the_model_aggregate(model_dir):
     (row,) = session.execute("SHOW FUNCTIONS")[0].table.to_pylist()
     assert row["kind"] == "model aggregate"
     assert row["signature"] == "score(FLOAT[3]) -> DOUBLE  [aggregate model autoencoder.onnx: [n, k] rows, reduce mse]"
+
+
+def test_aggregate_false_is_the_scalar_model(model_dir):
+    session = TestSession(base_dir=model_dir)
+    session.execute("CREATE FUNCTION score AS MODEL 'per_row.onnx' WITH (aggregate = false)")
+    assert session.functions["score"].kind == "model"
