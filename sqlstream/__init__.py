@@ -32,6 +32,7 @@ __all__ = [
     "StatementResult",
     "QueryResult",
     "udf",
+    "udaf",
     "SqlStreamError",
     "SqlError",
     "SqlSyntaxError",
@@ -49,6 +50,7 @@ _LAZY = {
     "Session": "sqlstream.session",
     "StatementResult": "sqlstream.session",
     "QueryResult": "sqlstream.results",
+    "udaf": "sqlstream.udf.aggregate",  # imports pyarrow
 }
 
 

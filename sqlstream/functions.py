@@ -9,7 +9,9 @@ from typing import Callable, Mapping
 
 from sqlstream.catalog import FunctionEntry
 from sqlstream.errors import SqlStreamError, UdfError
+from sqlstream.udf.aggregate import PythonAggregate, is_udaf
 from sqlstream.udf.discovery import discover_files, origin_location
+from sqlstream.udf.model_aggregate import ModelAggregate, is_aggregate_model
 from sqlstream.udf.model_versions import VersionedModel
 from sqlstream.udf.names import check_function_name
 from sqlstream.udf.plugins import FUNCTION_PACKS, FunctionPacks
@@ -20,26 +22,32 @@ __all__ = ["FunctionCatalog", "python_function", "model_function", "load_udf_dir
 
 def python_function(fn, origin: str, functions: Mapping[str, FunctionEntry]) -> FunctionEntry:
     """The entry of a function decorated with :func:`sqlstream.udf` (or a plain function
-    with type hints); another function of the same name in ``functions`` is refused."""
-    udf = PythonUdf.from_function(fn)
+    with type hints), or of a :func:`sqlstream.udaf` aggregate; another function of the
+    same name in ``functions`` is refused."""
+    udf = PythonAggregate.from_object(fn) if is_udaf(fn) else PythonUdf.from_function(fn)
     check_function_name(udf.name)
     existing = functions.get(udf.name)
-    same_function = existing is not None and isinstance(existing.impl, PythonUdf) and existing.impl.fn is fn
+    same_function = existing is not None and getattr(existing.impl, "fn", getattr(existing.impl, "target", None)) is fn
     if existing is not None and existing.impl is not udf and not same_function:
         raise UdfError(
             f"function '{udf.name}' is defined twice: {existing.origin or 'earlier'} and {origin or 'here'}",
             hint="rename one of them (@udf(name='...'))",
         )
-    return FunctionEntry(udf.name, "python", udf, udf.signature(), origin or udf.origin)
+    kind = "aggregate" if isinstance(udf, PythonAggregate) else "python"
+    return FunctionEntry(udf.name, kind, udf, udf.signature(), origin or udf.origin)
 
 
 def model_function(name: str, path: str, options: dict, origin: str,
                    replacing: FunctionEntry | None = None) -> FunctionEntry:
-    """The entry of the ONNX model at local ``path`` (a URL is refused) as function ``name``.
-    ``replacing`` a model function, its model is swapped in place (running queries score
-    the next batch with it) if it fits the queries that use it; see
-    :mod:`sqlstream.udf.model_versions`."""
+    """The entry of the ONNX model at local ``path`` (a URL is refused) as function ``name``
+    (an aggregate over a group's rows with ``aggregate = true``). ``replacing`` a model
+    function, its model is swapped in place (running queries score the next batch with
+    it) if it fits the queries that use it; see :mod:`sqlstream.udf.model_versions`."""
     check_function_name(name)
+    if is_aggregate_model(options):
+        aggregate = ModelAggregate.load(name, path, options)
+        return FunctionEntry(aggregate.name, "model aggregate", aggregate, aggregate.signature(), origin)
+    options = {k: v for k, v in options.items() if str(k).lower() != "aggregate"}  # aggregate = false
     if replacing is not None and isinstance(replacing.impl, VersionedModel):
         model = replacing.impl
         model.replace(path, options)

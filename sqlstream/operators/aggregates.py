@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.operators.python_aggregates import ERROR_COLUMN, PythonAggregateCall, PythonStates
 from sqlstream.operators.state_size import StateSize, table_bytes
 
 __all__ = ["AggCall", "Aggregator", "ArrivalSequence", "Partial", "AGGREGATE_FUNCTIONS", "output_type", "sort_keys"]
@@ -63,10 +64,20 @@ _HLL_M = 1 << _HLL_BITS
 class AggCall:
     """One aggregate call: ``func`` (internal name), input column ``arg``, output column."""
 
-    func: str  # count_star | count | sum | avg | min | max | stddev_* | var_* | first_value | last_value | count_distinct | approx_distinct
+    func: str  # count_star | count | sum | avg | min | max | stddev_* | var_* | first_value | last_value | count_distinct | approx_distinct | python
     arg: str | None
     output: str
     arg_type: pa.DataType | None = None
+    function: PythonAggregateCall | None = None  # func == "python": the function (sqlstream.operators.python_aggregates)
+
+    def describe(self) -> str:
+        """The call as EXPLAIN shows it: ``sum(__a0)``, ``median(__a1)`` for a Python aggregate."""
+        return f"{self.function.function.name if self.function is not None else self.func}({self.arg or '*'})"
+
+    def result_type(self) -> pa.DataType:
+        if self.function is not None:
+            return self.function.function.return_type
+        return output_type(self.func, self.arg_type)
 
 
 def output_type(func: str, arg_type: pa.DataType | None) -> pa.DataType:
@@ -184,6 +195,7 @@ class Aggregator:
         self._set_calls: list[AggCall] = []
         self._partial_specs.append(("", "count_all", "__n", "sum"))
         self._moment_calls: list[str] = []  # column prefixes of var/stddev calls
+        self._python = {c.output: PythonStates(self.keys, c.function, c.arg) for c in self.calls if c.func == "python"}
         for i, call in enumerate(self.calls):
             p = f"__p{i}"
             f = call.func
@@ -205,7 +217,7 @@ class Aggregator:
                 self._partial_specs.append((f"{p}_f", "mean", f"{p}_m", "mean_merge"))
                 self._partial_specs.append((f"{p}_f", "m2", f"{p}_q", "m2_merge"))
                 self._moment_calls.append(p)
-            elif f in ("count_distinct", "approx_distinct", "first_value", "last_value"):
+            elif f in ("count_distinct", "approx_distinct", "first_value", "last_value", "python"):
                 self._set_calls.append(call)
             else:
                 raise AssertionError(f"unknown aggregate {f}")
@@ -219,6 +231,11 @@ class Aggregator:
             if call.func == "avg" or call.func.startswith(("stddev", "var")):
                 table = table.append_column(f"{p}_f", pc.cast(table.column(call.arg), pa.float64()))
         return table
+
+    @property
+    def needs_time(self) -> bool:
+        """Python aggregates of a group's values order them by event time (``__t``)."""
+        return any(c.function.function.kind == "collect" for c in self.calls if c.function is not None)
 
     @property
     def needs_sequence(self) -> bool:
@@ -259,6 +276,8 @@ class Aggregator:
     def _set_partial(self, table: pa.Table, call: AggCall) -> pa.Table:
         # NULL values stay as rows (NULL value / register -1) so that every group of
         # ``main`` has rows here too and finalized columns line up with it
+        if call.func == "python":
+            return self._python[call.output].partial(table)
         values = table.column(call.arg)
         keys = [table.column(k) for k in self.keys]
         if call.func in ("first_value", "last_value"):
@@ -317,6 +336,8 @@ class Aggregator:
                 sets.append(combined.group_by(self.keys + ["__v"], use_threads=False).aggregate([]))
             elif call.func in ("first_value", "last_value"):
                 sets.append(self._pick(combined, call.func == "first_value"))
+            elif call.func == "python":
+                sets.append(self._python[call.output].merge(combined))
             else:
                 sets.append(self._max_rank(combined))
         return Partial(merged, tuple(sets))
@@ -378,7 +399,14 @@ class Aggregator:
             main = main.sort_by(order) if self.keys else main
         out = [main.column(k) for k in self.keys]
         names = list(self.keys)
-        set_results = [self._finalize_set(part.sets[i], call) for i, call in enumerate(self._set_calls)]
+        set_results, errors = [], []
+        for i, call in enumerate(self._set_calls):
+            if call.func == "python":  # a failing group's result is NULL, its error in ERROR_COLUMN
+                values, error = self._python[call.output].finalize(part.sets[i])
+                set_results.append(values)
+                errors.append(error)
+            else:
+                set_results.append(self._finalize_set(part.sets[i], call))
         set_index = 0
         for i, call in enumerate(self.calls):
             p = f"__p{i}"
@@ -405,6 +433,9 @@ class Aggregator:
                 set_index += 1
             out.append(column)
             names.append(call.output)
+        if errors:
+            out.append(pc.coalesce(*errors) if len(errors) > 1 else errors[0])
+            names.append(ERROR_COLUMN)
         return pa.Table.from_arrays(out, names=names)
 
     def _moments(self, main: pa.Table, p: str, f: str) -> pa.Array:

@@ -16,6 +16,7 @@ from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence,
 from sqlstream.operators.base import IntervalTimer, Operator
 from sqlstream.operators.changes import changelog_batch, diff_results
 from sqlstream.operators.keys import encode_keys
+from sqlstream.operators.python_aggregates import split_failed_groups
 from sqlstream.operators.state_size import NO_STATE, StateSize
 from sqlstream.operators.state_tables import partials_from_tables, partials_to_tables
 
@@ -76,7 +77,7 @@ class GroupAggregateOperator(Operator):
             return
         if self.state is None or self.state.num_rows == 0:
             self.state = new
-            self._emit([(self.agg.finalize(new), "+I")])
+            self._emit([(self._final(new), "+I")])
             return
         touched = encode_keys(new.main, self.keys)
         old = self._select(self.state, touched, keep=True)
@@ -86,13 +87,23 @@ class GroupAggregateOperator(Operator):
             pa.concat_tables([untouched.main, merged.main]),
             tuple(pa.concat_tables([u, m]) for u, m in zip(untouched.sets, merged.sets)),
         )
-        new_final = self.agg.finalize(merged)
+        new_final = self._final(merged)
         if old.num_rows == 0:
             self._emit([(new_final, "+I")])
             return
-        changes = diff_results(self.agg.finalize(old), new_final, self.keys, [c.output for c in self.calls])
-        # one batch per change set: every -U precedes the +U of its group
-        self._emit([(changes.before, "-U"), (changes.after, "+U"), (changes.inserted, "+I")])
+        old_final = split_failed_groups(self.agg.finalize(old), self.calls, self.keys)[0]  # lettered before
+        changes = diff_results(old_final, new_final, self.keys, [c.output for c in self.calls])
+        # one batch per change set: every -U precedes the +U of its group; a group a Python
+        # aggregate now fails on is retracted (-D)
+        self._emit([(changes.gone, "-D"), (changes.before, "-U"), (changes.after, "+U"), (changes.inserted, "+I")])
+
+    def _final(self, part: Partial) -> pa.Table:
+        """Finalized rows of ``part``; the groups a Python aggregate failed on go to the
+        dead letters."""
+        result, letters = split_failed_groups(self.agg.finalize(part), self.calls, self.keys)
+        if letters and self.dead_letter is not None:
+            self.dead_letter(letters)
+        return result
 
     def _emit(self, parts: list[tuple[pa.Table, str]]) -> None:
         batch = changelog_batch(self.schema, parts)

@@ -20,6 +20,7 @@ from sqlstream.hidden import MIN_WATERMARK, OP_COLUMN, WM_COLUMN
 from sqlstream.operators.aggregates import AggCall, Aggregator, ArrivalSequence, Partial
 from sqlstream.operators.base import IntervalTimer, Operator
 from sqlstream.operators.changes import diff_results, op_column
+from sqlstream.operators.python_aggregates import TIME_COLUMN, split_failed_groups
 from sqlstream.operators.state_size import NO_STATE, StateSize, table_bytes
 
 __all__ = ["WindowOutputOperator", "concat_partials", "int64_scalar", "int64_values", "MAX_FRAGMENTS", "WS", "WE"]
@@ -62,7 +63,8 @@ class WindowOutputOperator(Operator):
 
     def input_table(self, batch: pa.RecordBatch, columns: list[str]) -> pa.Table:
         args = [c.arg for c in self.calls if c.arg is not None]
-        names = list(dict.fromkeys(self.keys + args + columns))
+        times = [TIME_COLUMN] if self.window_agg.needs_time and TIME_COLUMN in batch.schema.names else []
+        names = list(dict.fromkeys(self.keys + args + columns + times))
         if names:
             table = pa.Table.from_batches([batch]).select(names)
         else:  # count(*) alone: a constant column keeps the row count through take/filter
@@ -92,7 +94,10 @@ class WindowOutputOperator(Operator):
 
     def emit_final(self, result: pa.Table, watermark: int) -> None:
         """Emit the windows that ``watermark`` closed (as +I, or as changes to the early
-        results of EMIT EVERY)."""
+        results of EMIT EVERY). Groups a Python aggregate failed on become dead letters."""
+        result, letters = split_failed_groups(result, self.calls, self.keys, (WS, WE))
+        if letters and self.dead_letter is not None:
+            self.dead_letter(letters)
         if self.emit_every_us is None:
             if result.num_rows:
                 self.emit(self.output(result))
@@ -140,8 +145,8 @@ class WindowOutputOperator(Operator):
     def tick(self, now_us: int) -> None:
         if self.early.due(now_us):
             current = self.current_open()
-            if current is not None:
-                self._emit_changes(current, closed_by=None)
+            if current is not None:  # failing groups are left out (dead letters when they close)
+                self._emit_changes(split_failed_groups(current, self.calls, self.keys)[0], closed_by=None)
         super().tick(now_us)
 
     def _emit_changes(self, current: pa.Table, closed_by: int | None) -> None:

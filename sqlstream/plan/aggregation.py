@@ -15,15 +15,16 @@ An aggregation is planned in three stages:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 from sqlglot import exp
 
 from sqlstream.errors import SqlAnalysisError, UnsupportedSqlError
 from sqlstream.hidden import OP_COLUMN, WM_COLUMN
-from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS, AggCall, output_type
+from sqlstream.operators.aggregates import AGGREGATE_FUNCTIONS, AggCall
 from sqlstream.operators.changelog_aggregate import RETRACTABLE
+from sqlstream.operators.python_aggregates import PythonAggregateCall
 from sqlstream.plan.lowering import to_datafusion_sql
 from sqlstream.plan.nodes import (
     ChangelogAggregate,
@@ -34,6 +35,7 @@ from sqlstream.plan.nodes import (
     WindowAggregate,
     WindowSpec,
 )
+from sqlstream.plan.python_aggregates import check_python_call, key_text, python_argument
 from sqlstream.plan.relation import PlannerContext, Relation, SelectItem, StageColumns
 from sqlstream.plan.scope import Scope, column_ref
 from sqlstream.plan.windows import TIMESTAMP_US, WINDOW_COLUMNS, is_virtual, reject_virtual
@@ -100,6 +102,9 @@ class _Aggregation:
         self.items = items
         self.emit = emit
         self.from_distinct = from_distinct
+        self.udafs = ctx.aggregate_function  # name -> registered Python/model aggregate, or None
+        self.key_names: tuple[str, ...] = ()  # the GROUP BY keys as written (Python aggregates' dead letters)
+        self.call_nodes: dict[str, exp.Expr] = {}  # output column -> the call as written (errors)
 
     def plan(self, group_exprs: list[exp.Expr]) -> Relation:
         scope, source = self.rel.scope, self.source
@@ -109,9 +114,10 @@ class _Aggregation:
         resolved_having = scope.resolve(having.this, source) if having is not None else None
         calls = self._calls([i.expression for i in resolved_items] + ([resolved_having] if resolved_having is not None else []))
         key_items = [SelectItem(k, f"__k{i}") for i, k in enumerate(grouping.keys)]
+        self.key_names = tuple(key_text(k) for k in grouping.keys)
         pre = self._pre_stage(grouping, key_items, calls)
         pre_types = {f.name: f.type for f in pre.schema}
-        typed = [AggCall(c.func, c.arg, c.output, pre_types.get(c.arg) if c.arg else None) for c in calls.calls]
+        typed = [replace(c, arg_type=pre_types.get(c.arg) if c.arg else None) for c in calls.calls]
         self._check_arguments(key_items, typed, pre_types)
         emit_every = self._emit_every()
         self._check_over(grouping.spec, emit_every)
@@ -131,7 +137,7 @@ class _Aggregation:
             position = int(g.name)
             if not 1 <= position <= len(items):
                 raise SqlAnalysisError(f"GROUP BY position {position} is not in the select list", location=self._loc(g))
-            if find_aggregates(items[position - 1].expression, self.source):
+            if find_aggregates(items[position - 1].expression, self.source, self.udafs):
                 raise SqlAnalysisError(f"GROUP BY position {position} refers to an aggregate ({items[position - 1].name})",
                                        location=self._loc(g), hint="group by the columns the aggregate is computed per")
             return items[position - 1].expression
@@ -174,18 +180,22 @@ class _Aggregation:
         outputs: dict[str, str] = {}
         arguments: list[SelectItem] = []
         for node in nodes:
-            for agg in find_aggregates(node, self.source):
+            for agg in find_aggregates(node, self.source, self.udafs):
                 text = to_datafusion_sql(agg)
                 if text in outputs:
                     continue
                 output = f"__agg{len(calls)}"
                 outputs[text] = output
+                self.call_nodes[output] = agg
                 func, arg_expr = self._aggregate_call(agg)
                 arg_name = None
                 if arg_expr is not None:
                     arg_name = f"__a{len(calls)}"
                     arguments.append(SelectItem(arg_expr, arg_name))
-                calls.append(AggCall(func, arg_name, output))
+                function = None
+                if func == "python":
+                    function = PythonAggregateCall(self.udafs(_aggregate_name(agg, self.udafs)), (), self.rel.label)
+                calls.append(AggCall(func, arg_name, output, function=function))
         return _Calls(calls, outputs, arguments)
 
     def _aggregate_call(self, agg: exp.Expr) -> tuple[str, exp.Expr | None]:
@@ -194,7 +204,10 @@ class _Aggregation:
         if isinstance(agg, exp.Filter):
             condition = agg.expression.this if isinstance(agg.expression, exp.Where) else agg.expression
             agg = agg.this
-        name = _aggregate_name(agg)
+        name = _aggregate_name(agg, self.udafs)
+        udaf = self.udafs(name) if name not in AGGREGATE_FUNCTIONS else None
+        if udaf is not None:
+            return "python", python_argument(self.ctx, agg, udaf, condition)
         arg, distinct = _aggregate_argument(agg)
         if distinct and len(arg.expressions) != 1:
             raise self.ctx.unsupported("COUNT(DISTINCT ...) takes one expression", agg)
@@ -211,7 +224,7 @@ class _Aggregation:
                     raise self.ctx.unsupported(f"{name.upper()}(DISTINCT ...) is not supported", agg, "COUNT(DISTINCT x) is")
                 func = "count_distinct"
             arg_expr = arg
-        if arg_expr is not None and find_aggregates(arg_expr, self.source):
+        if arg_expr is not None and find_aggregates(arg_expr, self.source, self.udafs):
             raise SqlAnalysisError("aggregate functions cannot be nested", location=self._loc(agg))
         if condition is not None and arg_expr is not None:
             arg_expr = exp.Case(ifs=[exp.If(this=condition, true=arg_expr)])
@@ -255,8 +268,9 @@ class _Aggregation:
             raise self.ctx.unsupported("EMIT over an updating input is not supported", self.emit)
         for call in calls:
             if call.func not in RETRACTABLE:
+                name = call.function.function.name if call.function is not None else call.func
                 raise self.ctx.unsupported(
-                    f"{call.func}() over an updating input is not supported (rows can be retracted)", self.select,
+                    f"{name}() over an updating input is not supported (rows can be retracted)", self.select,
                     "supported over changelogs: count, sum, avg, min, max, count(DISTINCT), approx_distinct, stddev, variance",
                 )
 
@@ -264,6 +278,8 @@ class _Aggregation:
         """Numeric functions need numbers; arrays and structs can be counted, not
         compared, hashed or kept as group keys."""
         for c in calls:
+            if c.func == "python":
+                check_python_call(self.ctx, c, self.call_nodes.get(c.output, self.select))
             if c.func in ("sum", "avg") or c.func.startswith(("stddev", "var")):
                 t = c.arg_type
                 if t is not None and not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
@@ -279,7 +295,7 @@ class _Aggregation:
                     hint="group by a scalar: an element (v[1]) or a field (s.name)",
                 )
         for c in calls:
-            if c.arg_type is not None and pa.types.is_nested(c.arg_type) and c.func != "count":
+            if c.arg_type is not None and pa.types.is_nested(c.arg_type) and c.func not in ("count", "python"):
                 raise UnsupportedSqlError(
                     f"{'count(DISTINCT)' if c.func == 'count_distinct' else c.func + '()'} over a value of type {c.arg_type} is not supported",
                     location=self._loc(select),
@@ -314,7 +330,8 @@ class _Aggregation:
                         emit_every: int | None) -> PlanNode:
         pre_types = {f.name: f.type for f in pre.schema}
         key_fields = [pa.field(i.name, pre_types[i.name]) for i in key_items]
-        agg_fields = [pa.field(c.output, output_type(c.func, c.arg_type)) for c in calls]
+        calls = [replace(c, function=replace(c.function, key_names=self.key_names)) if c.function else c for c in calls]
+        agg_fields = [pa.field(c.output, c.result_type()) for c in calls]
         keys = [i.name for i in key_items]
         if grouping.spec is not None:
             fields = key_fields + [pa.field(name, TIMESTAMP_US) for name in WINDOW_COLUMNS] + agg_fields
@@ -407,38 +424,39 @@ def _aggregate_argument(agg: exp.Expr) -> tuple[exp.Expr | None, bool]:
     return arg, isinstance(arg, exp.Distinct)
 
 
-def _aggregate_name(node: exp.Expr) -> str | None:
+def _aggregate_name(node: exp.Expr, udafs=None) -> str | None:
     if isinstance(node, exp.Filter):
-        return _aggregate_name(node.this)
+        return _aggregate_name(node.this, udafs)
     if isinstance(node, exp.Count):
         return "count"
     if isinstance(node, exp.Anonymous):
         name = str(node.this).lower()
-        return name if name in AGGREGATE_FUNCTIONS else None
+        return name if name in AGGREGATE_FUNCTIONS or (udafs is not None and udafs(name) is not None) else None
     for cls, name in _AGGREGATE_CLASSES.items():
         if type(node) is cls:
             return name
     return None
 
 
-def find_aggregates(expression: exp.Expr, source: SourceText | None = None) -> list[exp.Expr]:
-    """Top-level aggregate calls in ``expression`` (not those inside OVER windows)."""
+def find_aggregates(expression: exp.Expr, source: SourceText | None = None, udafs=None) -> list[exp.Expr]:
+    """Top-level aggregate calls in ``expression`` (not those inside OVER windows);
+    ``udafs(name)`` finds registered Python/model aggregates."""
     found: list[exp.Expr] = []
-    _visit_aggregates(expression, source, found)
+    _visit_aggregates(expression, source, found, udafs)
     return found
 
 
-def _visit_aggregates(node: exp.Expr, source: SourceText | None, found: list[exp.Expr]) -> None:
+def _visit_aggregates(node: exp.Expr, source: SourceText | None, found: list[exp.Expr], udafs=None) -> None:
     if isinstance(node, exp.Window):  # OVER (...): not an aggregate itself, but it may use some
         for child in node.args.get("partition_by") or []:
-            _visit_aggregates(child, source, found)
+            _visit_aggregates(child, source, found, udafs)
         if node.args.get("order") is not None:
-            _visit_aggregates(node.args["order"], source, found)
+            _visit_aggregates(node.args["order"], source, found, udafs)
         if node.this is not None:
             for child in node.this.iter_expressions():
-                _visit_aggregates(child, source, found)
+                _visit_aggregates(child, source, found, udafs)
         return
-    if _aggregate_name(node) is not None:  # a call, or a call with FILTER (WHERE ...)
+    if _aggregate_name(node, udafs) is not None:  # a call, or a call with FILTER (WHERE ...)
         found.append(node)
         return
     if isinstance(node, exp.AggFunc):
@@ -448,4 +466,4 @@ def _visit_aggregates(node: exp.Expr, source: SourceText | None, found: list[exp
             hint=f"supported: {_SUPPORTED_AGGREGATES}",
         )
     for child in node.iter_expressions():
-        _visit_aggregates(child, source, found)
+        _visit_aggregates(child, source, found, udafs)

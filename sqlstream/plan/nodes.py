@@ -228,7 +228,7 @@ class WindowAggregate(_WindowedNode):
         return f"WindowAggregate {self.spec.describe()} {emit}"
 
     def details(self) -> list[str]:
-        calls = ", ".join(f"{c.func}({c.arg or '*'})" for c in self.calls)
+        calls = ", ".join(c.describe() for c in self.calls)
         keys = ", ".join(self.keys) or "-"
         return [f"keys: {keys}; aggregates: {calls}", "state: partial aggregates per open window × key (freed at close)"]
 
@@ -251,7 +251,7 @@ class GroupAggregate(PlanNode):
         return "GroupAggregate (updating)"
 
     def details(self) -> list[str]:
-        calls = ", ".join(f"{c.func}({c.arg or '*'})" for c in self.calls)
+        calls = ", ".join(c.describe() for c in self.calls)
         return [f"keys: {', '.join(self.keys) or '-'}; aggregates: {calls}", "state: one partial row per key (unbounded)"]
 
 
@@ -272,7 +272,7 @@ class ChangelogAggregate(PlanNode):
         return "ChangelogAggregate (updating input -> updating)"
 
     def details(self) -> list[str]:
-        calls = ", ".join(f"{c.func}({c.arg or '*'})" for c in self.calls)
+        calls = ", ".join(c.describe() for c in self.calls)
         return [
             f"keys: {', '.join(self.keys) or '-'}; aggregates: {calls}",
             "state: the current input rows (a multiset) and one result row per key; touched keys are recomputed",

@@ -134,6 +134,10 @@ def _call(ctx: PlannerContext, window: exp.Window, j: int) -> tuple[OverCall, ex
     func = _FUNCS.get(type(fn))
     if func is None or (isinstance(fn, exp.Count) and fn.args.get("distinct")) or isinstance(fn.this, exp.Distinct):
         name = fn.sql_name() if isinstance(fn, exp.Func) else type(fn).__name__
+        if isinstance(fn, exp.Anonymous) and ctx.aggregate_function(str(fn.this).lower()) is not None:
+            raise ctx.unsupported(f"aggregate {str(fn.this).lower()}() OVER (...) is not supported: Python and model "
+                                  "aggregates run in GROUP BY and window (TUMBLE, HOP, SESSION) aggregations", window,
+                                  "aggregate per window: GROUP BY window_start, window_end over TUMBLE/HOP/SESSION")
         raise ctx.unsupported(f"{name}() OVER (...) is not supported on a stream", window,
                               "supported: count, sum, avg, min, max over RANGE/ROWS ... PRECEDING AND CURRENT ROW; LAG, LEAD; "
                               "ROW_NUMBER for Top-N")

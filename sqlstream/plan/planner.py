@@ -83,6 +83,11 @@ class QueryPlanner:
     def unsupported(self, message: str, node, hint: str | None = None) -> UnsupportedSqlError:
         return UnsupportedSqlError(message, location=self.loc(node), hint=hint)
 
+    def aggregate_function(self, name: str):
+        planner = self.catalog.udf_planner()
+        impl = planner.function(exp.Anonymous(this=name)) if planner is not None else None
+        return impl if getattr(impl, "is_aggregate", False) else None
+
     def stateless(
         self, node: PlanNode, items: list[SelectItem], condition: exp.Expr | None, label: str = "",
         keep_hidden: bool = True, columns: StageColumns | None = None,
@@ -205,7 +210,7 @@ class QueryPlanner:
         if rel.rank is not None:  # Top-N / deduplication: bounded by this WHERE
             rel, select = materialize_rank(self, select, rel)
         items = self._select_items(select, rel.scope)
-        has_aggregate = any(find_aggregates(i.expression, self.source) for i in items) or (
+        has_aggregate = any(find_aggregates(i.expression, self.source, self.aggregate_function) for i in items) or (
             select.args.get("having") is not None
         )
         group = select.args.get("group")

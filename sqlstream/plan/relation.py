@@ -90,6 +90,10 @@ class PlannerContext(Protocol):
 
     def unsupported(self, message: str, node, hint: str | None = None) -> UnsupportedSqlError: ...
 
+    def aggregate_function(self, name: str):
+        """The registered Python/model aggregate called ``name`` (or None)."""
+        ...
+
     def plan_factor(self, factor: exp.Expr) -> Relation:
         """A FROM item (table, subquery, window TVF) as a relation."""
         ...

@@ -167,6 +167,9 @@ class _StepBuilder:
             impl = self.planner.function(n)
             if impl is None:
                 return n
+            if getattr(impl, "is_aggregate", False):  # an aggregate outside an aggregation's calls
+                raise SqlAnalysisError(f"aggregate function {impl.name}() is not allowed here", location=self._location(n),
+                                       hint="aggregates go in the SELECT list or HAVING of a GROUP BY (or window) query")
             # model_version(f) names a function, it takes no column
             nodes = [] if isinstance(impl, ModelVersionFunction) else [a.copy().transform(visit) for a in n.expressions]
             level = 0

@@ -19,6 +19,7 @@ PUBLIC_NAMES = [
     "StatementResult",
     "UdfError",
     "UnsupportedSqlError",
+    "udaf",
     "udf",
 ]
 

@@ -179,7 +179,9 @@ def test_the_repository_example_udfs(tmp_path):
     session = Session(base_dir=str(tmp_path), dead_letter_path="off", udf_dirs=[str(udfs)])
     assert {name: session.functions[name].signature for name in sorted(session.functions)} == {
         "count_char": "count_char(VARCHAR, VARCHAR) -> BIGINT",
+        "geomean": "geomean(DOUBLE) -> DOUBLE  [aggregate]",
         "haversine_km": "haversine_km(DOUBLE, DOUBLE, DOUBLE, DOUBLE) -> DOUBLE",
+        "median": "median(DOUBLE) -> DOUBLE  [aggregate]",
     }
     from sqlstream.testing import TestSession
 
@@ -199,3 +201,12 @@ def test_the_repository_example_udfs(tmp_path):
     assert [(r["n"], r["r"]) for r in rows] == [(3, 0), (2, 0), (None, None), (None, 2)]
     assert rows[0]["km"] == pytest.approx(343.6, abs=0.5)  # Paris - London
     assert rows[1]["km"] is None and rows[2]["km"] == pytest.approx(0.0)
+    test.execute("CREATE SOURCE t (ch VARCHAR, lat DOUBLE) WITH (connector = 'memory')")
+    test.stream("t").push([{"ch": "a", "lat": 48.8566}, {"ch": "p", "lat": None}, {"ch": "a", "lat": 51.5074},
+                           {"ch": None, "lat": 48.8566}]).finish()
+    grouped = test.run_query("SELECT ch, median(lat) AS m, geomean(lat) AS g, count(*) AS n FROM t GROUP BY ch")
+    assert sorted(grouped, key=lambda r: (r["ch"] is None, r["ch"] or "")) == [
+        {"ch": "a", "m": pytest.approx((48.8566 + 51.5074) / 2), "g": pytest.approx((48.8566 * 51.5074) ** 0.5), "n": 2},
+        {"ch": "p", "m": None, "g": None, "n": 1},
+        {"ch": None, "m": pytest.approx(48.8566), "g": pytest.approx(48.8566), "n": 1},
+    ]
