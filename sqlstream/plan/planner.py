@@ -21,6 +21,7 @@ from sqlstream.connectors.one_row import ONE_ROW_SOURCE
 from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnsupportedSqlError, did_you_mean
 from sqlstream.hidden import WM_COLUMN, is_hidden
 from sqlstream.plan.aggregation import find_aggregates, group_expressions, plan_aggregate
+from sqlstream.plan.grouping_sets import expand_grouping_sets, has_grouping_sets
 from sqlstream.plan.joins import lookup_table_relation, plan_joins
 from sqlstream.plan.lowering import stateless_stage
 from sqlstream.plan.nodes import Limit, PlanNode, Scan, Stateless
@@ -198,6 +199,8 @@ class QueryPlanner:
         rel = self._plan_from(select)
         if rel.rank is not None:  # Top-N / deduplication: bounded by this WHERE
             rel, select = materialize_rank(self, select, rel)
+        if has_grouping_sets(select.args.get("group")):
+            return self._plan_grouping_sets(select, rel)
         items = self._select_items(select, rel.scope)
         has_aggregate = any(find_aggregates(i.expression, self.source) for i in items) or (
             select.args.get("having") is not None
@@ -221,6 +224,12 @@ class QueryPlanner:
         if limit is not None:
             rel = self._plan_limit(limit, rel)
         return rel
+
+    def _plan_grouping_sets(self, select: exp.Select, rel: Relation) -> Relation:
+        """ROLLUP / CUBE / GROUPING SETS: a UNION ALL of one aggregation per grouping set."""
+        rel = self._plan_query(expand_grouping_sets(self, select, rel.scope))
+        limit = select.args.get("limit")
+        return self._plan_limit(limit, rel) if limit is not None else rel
 
     def _reject_select_clauses(self, select: exp.Select) -> None:
         """Clauses a stream cannot have: ORDER BY and its kin, locks, nested queries."""
