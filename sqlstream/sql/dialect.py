@@ -22,6 +22,8 @@ from sqlglot.dialects.risingwave import RisingWave
 from sqlglot.parsers.risingwave import RisingWaveParser
 from sqlglot.tokens import Token, TokenType
 
+from sqlstream.sql.flink_functions import FLINK_FUNCTIONS
+
 __all__ = [
     "SqlStream",
     "CreateStream",
@@ -114,7 +116,7 @@ def _token_meta(node: exp.Expr, token: Token) -> exp.Expr:
 
 
 class _Parser(RisingWaveParser):
-    FUNCTIONS = {k: v for k, v in RisingWaveParser.FUNCTIONS.items() if k not in _DROPPED_BUILTINS}
+    FUNCTIONS = {**{k: v for k, v in RisingWaveParser.FUNCTIONS.items() if k not in _DROPPED_BUILTINS}, **FLINK_FUNCTIONS}
     FUNCTION_PARSERS = {
         k: v for k, v in RisingWaveParser.FUNCTION_PARSERS.items() if k not in _DROPPED_BUILTINS
     }
@@ -451,6 +453,8 @@ class _Generator(RisingWave.Generator):
 class SqlStream(RisingWave):
     """sqlglot dialect for sqlstream pipelines."""
 
+    # Postgres' 12-hour HH and milliseconds MS, which sqlglot's mapping lacks (TO_CHAR would print them as text)
+    TIME_MAPPING = {**RisingWave.TIME_MAPPING, "HH": "%I", "hh": "%I", "MS": "%3f", "ms": "%3f"}
     Tokenizer = _Tokenizer
     Parser = _Parser
     Generator = _Generator
