@@ -16,7 +16,8 @@ that concatenation, grouped by all the columns:
   (``least(l, r)`` / ``l - r``) and a :class:`RepeatRows` step emits that many.
 
 Over unbounded inputs the result is updating (a changelog) and the state holds one
-entry per distinct row. When both inputs are final window results with the same
+entry per distinct row; a :class:`NetChanges` step nets each batch's changes per row,
+so a row's changes are ``+I`` when it enters the result and ``-D`` when it leaves. When both inputs are final window results with the same
 window columns (``window_start``/``window_end`` among the columns), the grouping
 includes them, so the aggregation is windowed: final per window, emitted when the
 watermark passes ``window_end``, state freed then.
@@ -36,7 +37,7 @@ from sqlstream.errors import SqlAnalysisError
 from sqlstream.hidden import OP_COLUMN, WM_COLUMN, is_hidden
 from sqlstream.operators.base import Operator
 from sqlstream.operators.context import BuildContext
-from sqlstream.operators.set_operation import RepeatRowsOperator
+from sqlstream.operators.set_operation import NetChangesOperator, RepeatRowsOperator
 from sqlstream.plan.aggregation import plan_aggregate
 from sqlstream.plan.nodes import PlanNode, Stateless, Union
 from sqlstream.plan.ranking import reject_pending_rank
@@ -44,7 +45,7 @@ from sqlstream.plan.relation import PlannerContext, Relation, SelectItem
 from sqlstream.plan.scope import Scope, column_ref
 from sqlstream.sql.types import sql_type_name
 
-__all__ = ["plan_set_operation", "RepeatRows", "copies_expression"]
+__all__ = ["plan_set_operation", "RepeatRows", "NetChanges", "copies_expression"]
 
 SetQuery = exp.Union | exp.Intersect | exp.Except
 
@@ -66,6 +67,22 @@ class RepeatRows(PlanNode):
 
     def describe(self) -> str:
         return f"RepeatRows (copies = {self.count_column})"
+
+
+class NetChanges(PlanNode):
+    """A changelog netted per batch and distinct row (``-D`` / ``+I`` copies)."""
+
+    def __init__(self, child: PlanNode):
+        self.children = (child,)
+        self.schema = child.schema
+        self.updating = True
+        self.rowtime = child.rowtime
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        return NetChangesOperator()
+
+    def describe(self) -> str:
+        return "NetChanges (per batch: -D / +I of each distinct row)"
 
 
 def plan_set_operation(ctx: PlannerContext, query: SetQuery, plan_query: Callable[[exp.Expr], Relation]) -> Relation:
@@ -120,9 +137,9 @@ def _aggregate(ctx: PlannerContext, query: SetQuery, union: Relation, columns: l
         select.set("having", exp.Having(this=having))
     select.meta.update(_position(query))
     rel = plan_aggregate(ctx, select, union, items, keys, None, from_distinct=not extra and having is None)
-    if copies is None:
-        return rel
-    node = RepeatRows(rel.node, copies)
+    node = RepeatRows(rel.node, copies) if copies is not None else rel.node
+    if node.updating:  # the counts change with every row; the rows of the result seldom do
+        node = NetChanges(node)
     return Relation(node, Scope.of_schema(node.schema, None), None, rel.label)
 
 

@@ -94,8 +94,8 @@ def test_unbounded_set_operation_folds_to_duckdb(data, operation, batch_size):
     changes = stream(data, sql, batch_size, fold=False)
     expected = batch(data, sql)
     assert expected and canonical(fold_changelog(changes)) == canonical(expected)
-    if operation != "UNION ALL":  # an aggregation over unbounded input: a changelog
-        assert all(OP_COLUMN in r for r in changes)
+    if operation != "UNION ALL":  # an aggregation over unbounded input: a changelog of net changes per row
+        assert {r[OP_COLUMN] for r in changes} <= {"+I", "-D"}
     if operation.startswith("EXCEPT"):  # rows of the left side retracted when the right side catches up
         assert any(r[OP_COLUMN] in ("-U", "-D") for r in changes)
 
