@@ -11,7 +11,8 @@ none), changed only where noted:
 * q15–q17 group by day: their data spans several days (one event a minute);
 * q21: some bids get a channel outside the four known ones and a ``channel_id``
   in the URL, so the REGEXP branch is exercised;
-* q13: the side input is a bounded TABLE read from a CSV file (a lookup join).
+* q13: the side input is a bounded TABLE read from a CSV file (a lookup join);
+* q21 and q22 also in their Flink form (``REGEXP_EXTRACT``, ``SPLIT_INDEX``).
 
 Unwindowed aggregations and Top-N are updating results: the folded changelog must be
 DuckDB's rows.
@@ -221,3 +222,31 @@ def test_q22_get_url_directories(minutes):
                split_part(url, '/', 4) AS dir1, split_part(url, '/', 5) AS dir2, split_part(url, '/', 6) AS dir3
              FROM bid"""
     check(run(minutes, sql, 500), oracle(minutes, sql))
+
+
+def test_q21_flink_form_with_regexp_extract(minutes):
+    sql = """SELECT auction, bidder, price, channel,
+               CASE WHEN lower(channel) = 'apple' THEN '0' WHEN lower(channel) = 'google' THEN '1'
+                    WHEN lower(channel) = 'facebook' THEN '2' WHEN lower(channel) = 'baidu' THEN '3'
+                    ELSE REGEXP_EXTRACT(url, '(&|^|\\?)channel_id=([^&]*)', 2) END AS channel_id
+             FROM bid
+             WHERE REGEXP_EXTRACT(url, '(&|^|\\?)channel_id=([^&]*)', 2) IS NOT NULL
+                OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu')"""
+    pattern = "'(&|^|\\?)channel_id=([^&]*)'"
+    extracted = f"CASE WHEN regexp_matches(url, {pattern}) THEN regexp_extract(url, {pattern}, 2) END"
+    duck = sql.replace(f"REGEXP_EXTRACT(url, {pattern}, 2)", extracted)
+    expected = oracle(minutes, duck)
+    assert any(r["channel"] == "Partner" and r["channel_id"] for r in expected)
+    check(run(minutes, sql, 97), expected)
+
+
+def test_q22_flink_form_with_split_index(minutes):
+    """SPLIT_INDEX is 0-based and NULL past the last piece (split_part gives '')."""
+    sql = """SELECT auction, bidder, price, channel,
+               SPLIT_INDEX(url, '/', 3) AS dir1, SPLIT_INDEX(url, '/', 4) AS dir2, SPLIT_INDEX(url, '/', 5) AS dir3
+             FROM bid"""
+    duck = sql.replace("SPLIT_INDEX(url, '/', 3)", "string_split(url, '/')[4]").replace(
+        "SPLIT_INDEX(url, '/', 4)", "string_split(url, '/')[5]").replace("SPLIT_INDEX(url, '/', 5)", "string_split(url, '/')[6]")
+    expected = oracle(minutes, duck)
+    assert any(r["dir3"] is None for r in expected)
+    check(run(minutes, sql, 500), expected)
