@@ -107,7 +107,7 @@ class QueryPlanner:
         if isinstance(query, exp.Subquery):
             return self._plan_query(query.this)
         if isinstance(query, (exp.Union, exp.Intersect, exp.Except)):
-            return plan_set_operation(self, query, self._plan_query)
+            return self._plan_set_operation(query)
         if isinstance(query, exp.Select):
             return self._plan_select(query)
         raise self.unsupported(f"cannot run {type(query).__name__} as a query", query)
@@ -224,6 +224,16 @@ class QueryPlanner:
         if limit is not None:
             rel = self._plan_limit(limit, rel)
         return rel
+
+    def _plan_set_operation(self, query: exp.Union | exp.Intersect | exp.Except) -> Relation:
+        """UNION / INTERSECT / EXCEPT (:mod:`~sqlstream.plan.set_operations`), then its LIMIT."""
+        for key in ("order", "offset"):
+            if query.args.get(key) is not None:
+                raise self.unsupported(f"{'ORDER BY' if key == 'order' else 'OFFSET'} is not supported on a stream",
+                                       query.args[key], "for 'top N' use ROW_NUMBER() OVER (...) <= N over the set operation")
+        rel = plan_set_operation(self, query, self._plan_query)
+        limit = query.args.get("limit")
+        return self._plan_limit(limit, rel) if limit is not None else rel
 
     def _plan_grouping_sets(self, select: exp.Select, rel: Relation) -> Relation:
         """ROLLUP / CUBE / GROUPING SETS: a UNION ALL of one aggregation per grouping set."""

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from sqlstream.changelog import fold_changelog
-from sqlstream.errors import SqlAnalysisError
+from sqlstream.errors import SqlAnalysisError, UnsupportedSqlError
 from sqlstream.hidden import OP_COLUMN
 from sqlstream.testing import TestSession
 
@@ -148,3 +148,12 @@ def test_set_operation_with_different_column_counts_is_located():
     with pytest.raises(SqlAnalysisError, match="INTERSECT inputs have 2 and 1 columns") as info:
         session.run_query("SELECT k, g FROM a\nINTERSECT SELECT k FROM b")
     assert "same number of columns" in str(info.value.hint)
+
+
+def test_limit_applies_to_the_whole_union_and_order_by_is_refused(data):
+    rows = stream(data, "SELECT k, g FROM a UNION ALL SELECT k, g FROM b LIMIT 5", 7)
+    assert len(rows) == 5
+    session = TestSession()
+    session.execute(SOURCES_SQL)
+    with pytest.raises(UnsupportedSqlError, match="ORDER BY is not supported on a stream"):
+        session.run_query("SELECT k FROM a UNION SELECT k FROM b ORDER BY k")
