@@ -98,7 +98,7 @@ def plan_set_operation(ctx: PlannerContext, query: SetQuery, plan_query: Callabl
     for side in sides[1:]:
         count = len(_visible(side.node.schema))
         if count != len(columns):
-            raise SqlAnalysisError(f"{name} inputs have {len(columns)} and {count} columns", location=ctx.loc(query),
+            raise SqlAnalysisError(f"{name} inputs have {len(columns)} and {count} columns", location=ctx.loc(query.expression),
                                    hint="both queries must select the same number of columns")
     if kind == "UNION" and not distinct:
         return _union_all(ctx, sides, columns, [])

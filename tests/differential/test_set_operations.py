@@ -145,8 +145,10 @@ def test_union_all_of_an_updating_and_an_append_only_input(data):
 def test_set_operation_with_different_column_counts_is_located():
     session = TestSession()
     session.execute(SOURCES_SQL)
-    with pytest.raises(SqlAnalysisError, match="INTERSECT inputs have 2 and 1 columns") as info:
-        session.run_query("SELECT k, g FROM a\nINTERSECT SELECT k FROM b")
+    with pytest.raises(SqlAnalysisError) as info:
+        session.execute("CREATE SINK out AS SELECT k, g FROM a\nINTERSECT SELECT k FROM b WITH (connector = 'memory')",
+                        path="pipe.sql")
+    assert str(info.value).startswith("pipe.sql:2:18: error: INTERSECT inputs have 2 and 1 columns")
     assert "same number of columns" in str(info.value.hint)
 
 
