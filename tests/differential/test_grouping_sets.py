@@ -1,8 +1,8 @@
 """ROLLUP, CUBE and GROUPING SETS (and GROUPING()) vs DuckDB (batch) over the same data.
 
 Unwindowed: each grouping set is a changelog; the folded union equals DuckDB's result.
-Windowed (TUMBLE, HOP; window columns in every set): final rows per window, each
-emitted once. Events out of order within the watermark delay, batches of 1, 7, 64.
+Windowed (TUMBLE, HOP, SESSION; window columns in every set): final rows per window,
+each emitted once. Events out of order within the watermark delay, batches of 1, 7, 64.
 """
 
 from __future__ import annotations
@@ -128,3 +128,30 @@ def test_refused_forms_are_located(sql, where, message):
     with pytest.raises(SqlStreamError) as caught:
         session.execute(statement, path="pipe.sql")
     assert str(caught.value).startswith(f"pipe.sql:1:{statement.index(where) + 1}: error: {message}")
+
+
+def _duck_sessions(keys: str) -> str:
+    """DuckDB: 2 s sessions of ``events`` partitioned by ``keys`` (a SQL list, may be empty)."""
+    by = f"PARTITION BY {keys}" if keys else ""
+    session = f"PARTITION BY {keys}, sid" if keys else "PARTITION BY sid"
+    return f"""(SELECT *, min(us) OVER s AS ws, max(us) OVER s + 2000000 AS we FROM (
+                 SELECT *, sum(brk) OVER ({by} ORDER BY us, idx ROWS UNBOUNDED PRECEDING) AS sid FROM (
+                   SELECT *, CASE WHEN us - lag(us) OVER ({by} ORDER BY us, idx) < 2000000 THEN 0 ELSE 1 END AS brk
+                   FROM (SELECT *, epoch_us(ts) AS us, row_number() OVER () AS idx FROM events)))
+               WINDOW s AS ({session}))"""
+
+
+def test_session_rollup_sessionizes_each_set_by_its_keys(events):
+    """SESSION windows are per GROUP BY key: the (k) set has sessions per k, the () set
+    sessions over all rows."""
+    sql = ("SELECT window_start, window_end, k, count(*) AS n, GROUPING(k) AS gk "
+           "FROM SESSION(events, ts, INTERVAL '2' SECOND) GROUP BY window_start, window_end, ROLLUP (k)")
+    duck = " UNION ALL ".join(
+        f"SELECT make_timestamp(ws) AS window_start, make_timestamp(we) AS window_end, {key} AS k, count(*) AS n, {gk} AS gk "
+        f"FROM {_duck_sessions(keys)} GROUP BY ws, we{', k' if keys else ''}"
+        for key, keys, gk in (("k", "k", 0), ("CAST(NULL AS BIGINT)", "", 1))
+    )
+    rows = stream(events, sql, 16)
+    expected = batch(events, duck)
+    assert any(r["gk"] == 1 for r in expected) and all(OP_COLUMN not in r for r in rows)
+    assert canonical(rows) == canonical(expected)
