@@ -67,8 +67,8 @@ def group_expressions(ctx: PlannerContext, group: exp.Group | None) -> list[exp.
     with_forms = [g for key in ("grouping_sets", "rollup", "cube") for g in group.args.get(key) or []]  # GROUP BY k WITH ROLLUP
     for g in group.expressions + with_forms:
         if type(g) in special:
-            raise ctx.unsupported(f"GROUP BY {special[type(g)]} is not supported", g if g.find(exp.Column) else group,
-                                  "write one query per grouping and combine them with UNION ALL")
+            raise ctx.unsupported(f"GROUP BY ... WITH {special[type(g)]} is not supported", group,
+                                  "write GROUP BY ROLLUP (a, b), CUBE (a, b) or GROUPING SETS ((a, b), (a), ())")
     return [g for g in group.expressions if not (isinstance(g, exp.Tuple) and not g.expressions)]
 
 

@@ -38,6 +38,8 @@ class DataFusionDialect(Postgres):
             **Postgres.Generator.TRANSFORMS,
             exp.TryCast: lambda self, e: f"TRY_CAST({self.sql(e, 'this')} AS {self.sql(e, 'to')})",
             exp.ToChar: lambda self, e: self.func("TO_CHAR", e.this, e.args.get("format")),
+            # the parser keeps TO_CHAR's pattern in strftime form, which is what DataFusion reads
+            exp.TimeToStr: lambda self, e: self.func("TO_CHAR", e.this, e.args.get("format")),
             # Postgres has no ROUND(double, int) and sqlglot casts to DECIMAL for it; DataFusion has
             exp.Round: lambda self, e: self.func("ROUND", e.this, e.args.get("decimals")),
         }

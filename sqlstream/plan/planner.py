@@ -21,19 +21,20 @@ from sqlstream.connectors.one_row import ONE_ROW_SOURCE
 from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnsupportedSqlError, did_you_mean
 from sqlstream.hidden import WM_COLUMN, is_hidden
 from sqlstream.plan.aggregation import find_aggregates, group_expressions, plan_aggregate
+from sqlstream.plan.grouping_sets import expand_grouping_sets, has_grouping_sets
 from sqlstream.plan.joins import lookup_table_relation, plan_joins
 from sqlstream.plan.lowering import stateless_stage
 from sqlstream.plan.model_predict import plan_model_predict
-from sqlstream.plan.nodes import Limit, PlanNode, Scan, Stateless, Union
+from sqlstream.plan.nodes import Limit, PlanNode, Scan, Stateless
 from sqlstream.plan.over import plan_over
 from sqlstream.plan.ranking import materialize_rank, reject_pending_rank
 from sqlstream.plan.relation import Relation, SelectItem, StageColumns
-from sqlstream.plan.scope import Scope, column_ref
+from sqlstream.plan.scope import Scope
+from sqlstream.plan.set_operations import plan_set_operation
 from sqlstream.plan.windows import expand_window, over_whole_windows, plan_window_tvf, reject_window_functions
 from sqlstream.sql.dialect import SqlStream, WindowTVF
 from sqlstream.sql.model_predict import ModelPredict
 from sqlstream.sql.statements import SourceText, normalize_name
-from sqlstream.sql.types import sql_type_name
 
 __all__ = ["QueryPlanner", "CatalogView", "RelationInfo"]
 
@@ -112,10 +113,8 @@ class QueryPlanner:
                 self._ctes[normalize_name(cte.alias)] = (cte.this, self.source)
         if isinstance(query, exp.Subquery):
             return self._plan_query(query.this)
-        if isinstance(query, exp.Union):
-            return self._plan_union(query)
-        if isinstance(query, (exp.Intersect, exp.Except)):
-            raise self.unsupported(f"{type(query).__name__.upper()} is not supported on streams", query, "use UNION ALL or a join")
+        if isinstance(query, (exp.Union, exp.Intersect, exp.Except)):
+            return self._plan_set_operation(query)
         if isinstance(query, exp.Select):
             return self._plan_select(query)
         raise self.unsupported(f"cannot run {type(query).__name__} as a query", query)
@@ -209,6 +208,8 @@ class QueryPlanner:
         rel = self._plan_from(select)
         if rel.rank is not None:  # Top-N / deduplication: bounded by this WHERE
             rel, select = materialize_rank(self, select, rel)
+        if has_grouping_sets(select.args.get("group")):
+            return self._plan_grouping_sets(select, rel)
         items = self._select_items(select, rel.scope)
         has_aggregate = any(find_aggregates(i.expression, self.source, self.aggregate_function) for i in items) or (
             select.args.get("having") is not None
@@ -232,6 +233,22 @@ class QueryPlanner:
         if limit is not None:
             rel = self._plan_limit(limit, rel)
         return rel
+
+    def _plan_set_operation(self, query: exp.Union | exp.Intersect | exp.Except) -> Relation:
+        """UNION / INTERSECT / EXCEPT (:mod:`~sqlstream.plan.set_operations`), then its LIMIT."""
+        for key in ("order", "offset"):
+            if query.args.get(key) is not None:
+                raise self.unsupported(f"{'ORDER BY' if key == 'order' else 'OFFSET'} is not supported on a stream",
+                                       query.args[key], "for 'top N' use ROW_NUMBER() OVER (...) <= N over the set operation")
+        rel = plan_set_operation(self, query, self._plan_query)
+        limit = query.args.get("limit")
+        return self._plan_limit(limit, rel) if limit is not None else rel
+
+    def _plan_grouping_sets(self, select: exp.Select, rel: Relation) -> Relation:
+        """ROLLUP / CUBE / GROUPING SETS: a UNION ALL of one aggregation per grouping set."""
+        rel = self._plan_query(expand_grouping_sets(self, select, rel.scope))
+        limit = select.args.get("limit")
+        return self._plan_limit(limit, rel) if limit is not None else rel
 
     def _reject_select_clauses(self, select: exp.Select) -> None:
         """Clauses a stream cannot have: ORDER BY and its kin, locks, nested queries."""
@@ -314,46 +331,6 @@ class QueryPlanner:
         condition = scope.resolve(where.this, self.source) if where is not None else None
         stage = self.stateless(node, resolved, condition, label=rel.label)
         return Relation(stage, Scope.of_schema(stage.schema, None), None, rel.label)
-
-    # -- UNION ALL -------------------------------------------------------------------------
-
-    def _plan_union(self, union: exp.Union) -> Relation:
-        if union.args.get("distinct"):
-            raise self.unsupported("UNION (distinct) is not supported on streams", union, "use UNION ALL")
-        sides = [self._plan_query(union.this), self._plan_query(union.expression)]
-        for side in sides:
-            reject_pending_rank(self, side)
-        left = [f for f in sides[0].node.schema if not is_hidden(f.name)]
-        for side in sides[1:]:
-            right = [f for f in side.node.schema if not is_hidden(f.name)]
-            if len(right) != len(left):
-                raise SqlAnalysisError(
-                    f"UNION ALL inputs have {len(left)} and {len(right)} columns", location=self.loc(union)
-                )
-        if any(s.node.updating for s in sides):
-            raise self.unsupported("UNION ALL of updating results is not supported", union)
-        watermarked = all(WM_COLUMN in s.node.schema.names for s in sides)
-        aligned = [self._union_input(side.node, left, watermarked) for side in sides]
-        schema = aligned[0].schema
-        rowtimes = {s.rowtime for s in aligned}
-        rowtime = aligned[0].rowtime if len(rowtimes) == 1 and watermarked else None
-        windows = {s.window for s in aligned}
-        window = aligned[0].window if len(windows) == 1 else None
-        node = Union(aligned, schema, rowtime, window)
-        return Relation(node, Scope.of_schema(schema, None), None, "union")
-
-    def _union_input(self, node: PlanNode, first: list[pa.Field], watermarked: bool) -> Stateless:
-        """One input of UNION ALL with the first input's column names and types."""
-        fields = [f for f in node.schema if not is_hidden(f.name)]
-        items = []
-        for target, f in zip(first, fields):
-            ref: exp.Expr = column_ref(f.name)
-            if f.type != target.type:
-                ref = exp.Cast(this=ref, to=exp.DataType.build(sql_type_name(target.type)))
-            items.append(SelectItem(ref, target.name))
-        if watermarked:
-            items.append(SelectItem(column_ref(WM_COLUMN), WM_COLUMN))
-        return self.stateless(node, items, None, keep_hidden=False)
 
 
 # -- small helpers --------------------------------------------------------------------------

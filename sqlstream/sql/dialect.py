@@ -28,6 +28,7 @@ from sqlglot.dialects.risingwave import RisingWave
 from sqlglot.parsers.risingwave import RisingWaveParser
 from sqlglot.tokens import Token, TokenType
 
+from sqlstream.sql.flink_functions import FLINK_FUNCTIONS
 from sqlstream.sql.model_predict import ModelPredict, ModelPredictParsing, model_predict_sql
 
 __all__ = [
@@ -137,6 +138,7 @@ def _token_meta(node: exp.Expr, token: Token) -> exp.Expr:
 class _Parser(ModelPredictParsing, RisingWaveParser):
     FUNCTIONS = {
         **{k: v for k, v in RisingWaveParser.FUNCTIONS.items() if k not in _DROPPED_BUILTINS},
+        **FLINK_FUNCTIONS,
         "MODEL_VERSION": _model_version,
     }
     FUNCTION_PARSERS = {
@@ -479,6 +481,8 @@ class _Generator(RisingWave.Generator):
 class SqlStream(RisingWave):
     """sqlglot dialect for sqlstream pipelines."""
 
+    # Postgres' 12-hour HH and milliseconds MS, which sqlglot's mapping lacks (TO_CHAR would print them as text)
+    TIME_MAPPING = {**RisingWave.TIME_MAPPING, "HH": "%I", "hh": "%I", "MS": "%3f", "ms": "%3f"}
     Tokenizer = _Tokenizer
     Parser = _Parser
     Generator = _Generator

@@ -137,6 +137,10 @@ CASES = {
         "(SELECT k, count(*) AS n, sum(x) AS sx FROM events GROUP BY k) GROUP BY n",
         "ChangelogAggregateOperator", {"events": EVENTS}),
     "union all of windows": Case(UNION, "UnionOperator", {"events": EVENTS}, _union_check),
+    "except all": duck_case("SELECT k, s FROM a EXCEPT ALL SELECT k, s FROM b", "GroupAggregateOperator",
+                            {"a": REGULAR_A, "b": REGULAR_B}),
+    "rollup": duck_case("SELECT k, g, count(*) AS n, sum(x) AS sx FROM events GROUP BY ROLLUP (k, g)",
+                        "GroupAggregateOperator", {"events": EVENTS}),
     "limit": Case("SELECT idx, k, v FROM events LIMIT 300", "LimitOperator", {"events": EVENTS}, _limit_check),
     "window join": duck_case(
         WINDOW_JOIN.format(l=joins.WINDOWED.format(n="na", src="a"), r=joins.WINDOWED.format(n="nb", src="b")),

@@ -15,6 +15,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from sqlstream.connectors.base import RunContext
@@ -215,7 +216,7 @@ def test_parquet_parts_roll_within_an_epoch_and_are_named_by_epoch(tmp_path):
 @pytest.mark.parametrize("mode, kept", [("overwrite", False), ("append", True)])
 def test_a_new_history_overwrites_or_appends_to_earlier_output(tmp_path, mode, kept):
     (tmp_path / "out").mkdir()
-    pa.parquet.write_table(pa.Table.from_batches([batch([1, 2])]), tmp_path / "out" / "part-00000003-0000.parquet")
+    pq.write_table(pa.Table.from_batches([batch([1, 2])]), tmp_path / "out" / "part-00000003-0000.parquet")
     (tmp_path / "out.jsonl").mkdir()
     (tmp_path / "out.jsonl" / "part-00000003-0000.jsonl").write_text('{"id": 1, "name": "n1"}\n{"id": 2, "name": "n2"}\n')
     rolled = {"rows_per_file": "100"}  # a Parquet sink appends parts (CREATE does not know of checkpoints)
