@@ -86,17 +86,18 @@ def _join_kind(planner: PlannerContext, join: exp.Join) -> str:
     method = (join.args.get("method") or "").upper()
     kind = (join.args.get("kind") or "").upper()
     side = (join.args.get("side") or "").upper()
-    if method:
+    if method and method != "NATURAL":
         raise planner.unsupported(f"{method} JOIN is not supported", join, "write the join condition: JOIN ... ON a.k = b.k")
     if kind in ("SEMI", "ANTI"):
-        raise planner.unsupported(f"{kind} JOIN is not supported", join, "use JOIN (or LEFT JOIN ... WHERE b.k IS NULL)")
+        raise planner.unsupported(f"{kind} JOIN is not supported", join,
+                                  "write WHERE [NOT] EXISTS (SELECT ... WHERE b.k = a.k) or WHERE a.k [NOT] IN (SELECT k FROM b)")
     if kind not in ("", "INNER", "OUTER", "CROSS"):
         raise planner.unsupported(f"{kind} JOIN is not supported", join, SUPPORTED_JOINS)
-    if join.args.get("using"):
-        names = ", ".join(u.name for u in join.args["using"])
-        raise planner.unsupported(f"JOIN ... USING ({names}) is not supported", join, "write ON a.k = b.k")
+    merging = bool(join.args.get("using")) or method == "NATURAL"
+    if merging and join.args.get("on") is not None:
+        raise planner.unsupported("a join has either ON or USING/NATURAL, not both", join.args["on"])
     if side in ("LEFT", "RIGHT", "FULL"):
-        if join.args.get("on") is None:
+        if join.args.get("on") is None and not merging:
             raise planner.unsupported(f"{side} JOIN needs an ON condition", join, "e.g. LEFT JOIN b ON a.k = b.k")
         return side.lower()
     return "inner"
