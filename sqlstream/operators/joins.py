@@ -64,12 +64,13 @@ class JoinSide:
 
 @dataclass(frozen=True)
 class JoinLayout:
-    kind: str  # inner | left | right | full
+    kind: str  # inner | left | right | full | semi | anti (left rows with / without a match, left columns)
     left: JoinSide
     right: JoinSide
     output: tuple[tuple[int, str], ...]  # visible output columns as (side, input column)
     schema: pa.Schema  # visible columns, then __wm / __op where the join emits them
     residual: DataFusionProgram | None = None  # non-equality condition over the visible columns
+    null_aware: bool = False  # anti join with NOT IN's NULL rules
 
     @property
     def sides(self) -> tuple[JoinSide, JoinSide]:
@@ -77,7 +78,16 @@ class JoinLayout:
 
     def outer(self, side: int) -> bool:
         """Whether unmatched rows of ``side`` appear (padded with NULLs)."""
-        return self.kind == "full" or (self.kind == "left" and side == 0) or (self.kind == "right" and side == 1)
+        return self.kind == "full" or (self.kind in ("left", "anti") and side == 0) or (self.kind == "right" and side == 1)
+
+    @property
+    def semi(self) -> bool:
+        """A semi or anti join: each left row at most once, right columns NULL."""
+        return self.kind in ("semi", "anti")
+
+    def counts_matches(self, side: int) -> bool:
+        """Whether stored rows of ``side`` keep a count of their partners."""
+        return self.outer(side) or (self.kind == "semi" and side == 0)
 
 
 def _indices(rows: np.ndarray | None) -> pa.Array | None:
@@ -188,6 +198,9 @@ class LookupJoinOperator(Operator):
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         stream = self.layout.sides[self.stream_side]
         keys = [batch.column(k) for k in stream.keys]
+        if self.layout.semi:
+            self._semi(batch, keys)
+            return
         if self.index.unique and self.layout.residual is None:
             found = self.index.probe_unique(keys)
             stream_rows, table_rows = None, found
@@ -210,6 +223,30 @@ class LookupJoinOperator(Operator):
         hidden = {n: (batch.column(n) if taken is None else batch.column(n).take(taken))
                   for n in self.out.hidden if n in batch.schema.names}
         self.emit(self.out.batch(columns, hidden.get(WM_COLUMN), hidden.get(OP_COLUMN)))
+
+    def _semi(self, batch: pa.RecordBatch, keys: list) -> None:
+        """Stream rows with (semi) or without (anti) a matching table row, each once."""
+        stream_rows, table_rows = self.index.probe(keys)
+        if self.layout.residual is not None and stream_rows.size:
+            keep = self.out.matches(self.out.columns(*self._both(batch, stream_rows, table_rows)))
+            stream_rows = stream_rows[keep]
+        found = np.bincount(stream_rows, minlength=batch.num_rows) > 0
+        wanted = found if self.layout.kind == "semi" else ~found
+        if self.layout.null_aware and self.table.num_rows:  # NOT IN: a NULL on either side is no answer
+            table_keys = [self.table.column(k) for k in self.layout.sides[1 - self.stream_side].keys]
+            if any(k.null_count for k in table_keys):
+                wanted[:] = False
+            for key in keys:
+                if key.null_count:
+                    wanted &= pc.is_valid(key).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(wanted)
+        if rows.size == 0:
+            return
+        tables, pair = self._both(batch, rows, np.full(rows.size, -1, dtype=np.int64))
+        tables[1 - self.stream_side] = _null_rows(self.layout.sides[1 - self.stream_side], self.layout, 1 - self.stream_side)
+        taken = pa.array(rows)
+        hidden = {n: batch.column(n).take(taken) for n in self.out.hidden if n in batch.schema.names}
+        self.emit(self.out.batch(self.out.columns(tables, pair), hidden.get(WM_COLUMN), hidden.get(OP_COLUMN)))
 
     def _both(self, batch, stream_rows, table_rows):
         tables, rows = [None, None], [None, None]
@@ -327,6 +364,14 @@ class WindowJoinOperator(Operator):
         if layout.residual is not None and left_rows.size:
             keep = self.out.matches(self.out.columns(tables, (left_rows, right_rows)))
             left_rows, right_rows = left_rows[keep], right_rows[keep]
+        if layout.semi:  # each left row once: with (semi) or without (anti) a partner
+            found = np.bincount(left_rows, minlength=n_left) > 0
+            rows = np.flatnonzero(found if layout.kind == "semi" else ~found)
+            if rows.size:
+                tables[1] = _null_rows(layout.sides[1], layout, 1)
+                columns = self.out.columns(tables, (rows, np.full(rows.size, -1, dtype=np.int64)))
+                self.emit(self.out.batch(columns, wm=self.emitted_wm))
+            return
         parts_left, parts_right = [left_rows], [right_rows]
         if layout.outer(0) and n_left:
             alone = np.flatnonzero(np.bincount(left_rows, minlength=n_left) == 0)
@@ -409,7 +454,7 @@ class IntervalJoinOperator(Operator):
         if batch.num_rows == 0:
             return
         table = pa.Table.from_batches([batch]).select(side.stored()).combine_chunks()
-        matched = np.zeros(table.num_rows, dtype=np.int64) if self.layout.outer(port) else None
+        matched = np.zeros(table.num_rows, dtype=np.int64) if self.layout.counts_matches(port) else None
         other = 1 - port
         for chunk, probe_rows, rows in self.state[other].probe(constant_keys(table, side.keys)):
             if port == 0:
@@ -428,10 +473,19 @@ class IntervalJoinOperator(Operator):
                 columns = _filter(columns, keep)
                 probe_rows, rows = probe_rows[keep], rows[keep]
             if chunk.matches is not None:
+                if self.layout.kind == "semi":  # stored left rows seeing their first partner
+                    first = np.unique(rows[chunk.matches[rows] == 0])
+                    if first.size:
+                        self._emit_padded(0, chunk.table, first)
                 np.add.at(chunk.matches, rows, 1)
             if matched is not None:
                 matched += np.bincount(probe_rows, minlength=table.num_rows)
-            self.emit(self.out.batch(columns, wm=self.output_wm))
+            if not self.layout.semi:
+                self.emit(self.out.batch(columns, wm=self.output_wm))
+        if self.layout.kind == "semi" and port == 0:
+            found = np.flatnonzero(matched > 0)
+            if found.size:
+                self._emit_padded(0, table, found)
         self.state[port].add(table, times, matched)
         self._expire()
 

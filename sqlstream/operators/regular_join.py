@@ -90,7 +90,8 @@ class RegularJoinOperator(Operator):
                     columns = [c.filter(pa.array(keep)) for c in columns]
             if probe_rows.size == 0:
                 continue
-            pieces.append((probe_rows, columns))
+            if not self.layout.semi:
+                pieces.append((probe_rows, columns))
             matched += np.bincount(probe_rows, minlength=n)
             if chunk.matches is not None:
                 touched, inverse = np.unique(rows, return_inverse=True)
@@ -98,6 +99,8 @@ class RegularJoinOperator(Operator):
                 before = chunk.matches[touched].copy()
                 chunk.matches[touched] = before + delta
                 transitions.append((chunk, touched, before, before + delta))
+        if self.layout.kind == "semi" and port == 0:
+            self._padded_piece(pieces, table, np.flatnonzero(matched > 0))
         if self.layout.outer(port):
             alone = np.flatnonzero(matched == 0)
             if alone.size:
@@ -131,7 +134,7 @@ class RegularJoinOperator(Operator):
             rows = np.flatnonzero(adds)
             stored = table if rows.size == n else table.take(pa.array(rows))
             times = column_int64(stored, side.time) if side.time else None
-            counts = matched[rows] if self.layout.outer(port) else None
+            counts = matched[rows] if self.layout.counts_matches(port) else None
             arrival = np.full(rows.size, now, dtype=np.int64) if self.ttl_us is not None else None
             self.state[port].add(stored, times, counts, arrival)
         if removes.any():
@@ -148,7 +151,15 @@ class RegularJoinOperator(Operator):
             tables[port], tables[1 - port] = chunk.table, _null_rows(self.layout.sides[1 - port], self.layout, 1 - port)
             pair = (picked, none) if port == 0 else (none, picked)
             op = _REMOVE if gained else _ADD
+            if self.layout.kind == "semi":  # a semi join's row comes with its first partner
+                op = _ADD if gained else _REMOVE
             self.emit(self.out.batch(self.out.columns(tables, pair), ops=op))
+
+    def _padded_piece(self, pieces: list, table: pa.Table, rows: np.ndarray) -> None:
+        """Left ``rows`` of ``table`` with NULL right columns (semi joins), as a piece."""
+        if rows.size:
+            tables = [table, _null_rows(self.layout.sides[1], self.layout, 1)]
+            pieces.append((rows, self.out.columns(tables, (rows, np.full(rows.size, -1, dtype=np.int64)))))
 
     def _remove(self, port: int, table: pa.Table, removals: np.ndarray) -> None:
         """Kill one stored row equal to each removal row (identical rows are

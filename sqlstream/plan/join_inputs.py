@@ -339,7 +339,7 @@ class JoinInputs:
         return self.planner.stateless(side.node, items, condition, label=label), key_names
 
     def _layout(self, kind: str, key_names, residual: list[Conjunct], hidden: list[pa.Field],
-                window_columns=(None, None), times=(None, None)) -> JoinLayout:
+                window_columns=(None, None), times=(None, None), null_aware: bool = False) -> JoinLayout:
         output = []
         fields = []
         for side in self.sides:
@@ -363,7 +363,7 @@ class JoinInputs:
         sides = []
         for side, keys, window, time in zip(self.sides, key_names, window_columns, times, strict=True):
             sides.append(JoinSide(tuple(side.names), tuple(keys), time, window, side.rel.label))
-        return JoinLayout(kind, sides[0], sides[1], tuple(output), pa.schema(fields + hidden), program)
+        return JoinLayout(kind, sides[0], sides[1], tuple(output), pa.schema(fields + hidden), program, null_aware)
 
     def _condition_text(self) -> str:
         on = self.join.args.get("on")
@@ -393,7 +393,11 @@ class JoinInputs:
                          for o, t in zip(u.outputs, u.types, strict=True)]
                 items.append(SelectItem(exp.Coalesce(this=parts[0], expressions=[parts[1]]), column.internal))
             node = self.planner.stateless(node, items, None, label=self._label())
-        return Relation(node, self.scope, window, self._label())
+        scope = self.scope
+        if self.kind in ("semi", "anti"):  # only the left side's rows (and columns) come out
+            scope = Scope([c for c in scope.columns if self.out_to_input.get(c.internal, (0,))[0] == 0])
+            return Relation(node, scope, window, self.sides[0].rel.label)
+        return Relation(node, scope, window, self._label())
 
 
 def shown(expression: exp.Expr) -> str:

@@ -21,13 +21,14 @@ from sqlstream.connectors.one_row import ONE_ROW_SOURCE
 from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnsupportedSqlError, did_you_mean
 from sqlstream.hidden import WM_COLUMN, is_hidden
 from sqlstream.plan.aggregation import find_aggregates, group_expressions, plan_aggregate
-from sqlstream.plan.joins import lookup_table_relation, plan_joins
+from sqlstream.plan.joins import lookup_table_relation, plan_joins, plan_subquery_filters
 from sqlstream.plan.lowering import stateless_stage
 from sqlstream.plan.nodes import Limit, PlanNode, Scan, Stateless, Union
 from sqlstream.plan.over import plan_over
 from sqlstream.plan.ranking import materialize_rank, reject_pending_rank
 from sqlstream.plan.relation import Relation, SelectItem, StageColumns
 from sqlstream.plan.scope import Scope, column_ref
+from sqlstream.plan.subqueries import split_subquery_filters
 from sqlstream.plan.windows import expand_window, over_whole_windows, plan_window_tvf, reject_window_functions
 from sqlstream.sql.dialect import SqlStream, WindowTVF
 from sqlstream.sql.statements import SourceText, normalize_name
@@ -196,8 +197,12 @@ class QueryPlanner:
     # -- SELECT -----------------------------------------------------------------------
 
     def _plan_select(self, select: exp.Select) -> Relation:
+        written = select
+        select, subqueries = split_subquery_filters(self, select)  # [NOT] IN / EXISTS: semi and anti joins
         self._reject_select_clauses(select)
         rel = self._plan_from(select)
+        if subqueries:
+            rel = plan_subquery_filters(self, rel, written, subqueries)
         if rel.rank is not None:  # Top-N / deduplication: bounded by this WHERE
             rel, select = materialize_rank(self, select, rel)
         items = self._select_items(select, rel.scope)
