@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 
 from sqlstream.hidden import OP_COLUMN
 from sqlstream.operators.base import Operator
+from sqlstream.operators.join_layout import JoinLayout, JoinOutput, null_rows
 from sqlstream.operators.join_state import RowChunks, constant_keys, rows_equal
-from sqlstream.operators.joins import JoinLayout, JoinOutput, _null_rows
 from sqlstream.operators.state_size import StateSize
 from sqlstream.operators.windows import column_int64
 
@@ -106,7 +106,7 @@ class RegularJoinOperator(Operator):
             if alone.size:
                 none = np.full(alone.size, -1, dtype=np.int64)
                 tables = [None, None]
-                tables[port], tables[other] = table, _null_rows(self.layout.sides[other], self.layout, other)
+                tables[port], tables[other] = table, null_rows(self.layout.sides[other], self.layout, other)
                 pair = (alone, none) if port == 0 else (none, alone)
                 pieces.append((alone, self.out.columns(tables, pair)))
 
@@ -148,7 +148,7 @@ class RegularJoinOperator(Operator):
                 continue
             none = np.full(picked.size, -1, dtype=np.int64)
             tables = [None, None]
-            tables[port], tables[1 - port] = chunk.table, _null_rows(self.layout.sides[1 - port], self.layout, 1 - port)
+            tables[port], tables[1 - port] = chunk.table, null_rows(self.layout.sides[1 - port], self.layout, 1 - port)
             pair = (picked, none) if port == 0 else (none, picked)
             op = _REMOVE if gained else _ADD
             if self.layout.kind == "semi":  # a semi join's row comes with its first partner
@@ -158,7 +158,7 @@ class RegularJoinOperator(Operator):
     def _padded_piece(self, pieces: list, table: pa.Table, rows: np.ndarray) -> None:
         """Left ``rows`` of ``table`` with NULL right columns (semi joins), as a piece."""
         if rows.size:
-            tables = [table, _null_rows(self.layout.sides[1], self.layout, 1)]
+            tables = [table, null_rows(self.layout.sides[1], self.layout, 1)]
             pieces.append((rows, self.out.columns(tables, (rows, np.full(rows.size, -1, dtype=np.int64)))))
 
     def _remove(self, port: int, table: pa.Table, removals: np.ndarray) -> None:

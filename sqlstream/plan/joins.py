@@ -130,6 +130,21 @@ class _JoinPlanner(JoinInputs):
         self.null_aware = null_aware  # NOT IN
         self.written = written  # the WHERE conjunct a semi/anti join was written as
         self.semi = kind in ("semi", "anti")
+        self.passed_window: PendingWindow | None = None  # the left side's window TVF, after a semi/anti join
+
+    def _carry(self, left: set = frozenset(), right: set = frozenset()) -> None:
+        tvf = self.passed_window
+        if tvf is not None:  # its time and SESSION partition columns
+            left = {*left, tvf.time_column, *(c.name for p in tvf.partition for c in p.find_all(exp.Column))}
+        super()._carry(left, right)
+
+    def _result(self, node, window: PendingWindow | None = None) -> Relation:
+        tvf = self.passed_window
+        if tvf is not None:
+            names = self.sides[0].names
+            window = PendingWindow(tvf.spec, names[tvf.time_column], tvf.label,
+                                   tuple(_over_output(p, names) for p in tvf.partition))
+        return super()._result(node, window)
 
     # -- the join ------------------------------------------------------------------------------
 
@@ -140,7 +155,11 @@ class _JoinPlanner(JoinInputs):
             raise self._unsupported("joining two TABLEs is not supported: a TABLE is lookup data for a stream",
                                     "join a stream with the table: FROM <stream> s JOIN <table> t ON ...")
         if not any(tables):
-            left, right = self._materialize(left), self._materialize(right)
+            if not self.semi or left.window is None:
+                left = self._materialize(left)
+            else:  # a semi/anti join's rows are the left side's: its window TVF applies after the join
+                self.passed_window = left.window
+            right = self._materialize(right)
         if self.semi and (left.node.updating or right.node.updating):
             raise self._unsupported("IN/EXISTS over an updating result (changelog) is not supported",
                                     "aggregate with a window, or join the changelog instead", node=self.written)
