@@ -151,7 +151,7 @@ class JoinInputs:
                 scoped = ScopeColumn(column.name, out, types.get(column.internal, column.type), set(column.qualifiers),
                                      qualified_only=qualified_only)
                 every.append(scoped)
-                side.columns.append((column.internal, scoped, self.references.wanted(column)))
+                side.columns.append((column.internal, scoped, self._wanted(index, column)))
             sides.append(side)
         clash = sides[0].qualifiers & sides[1].qualifiers
         if clash:
@@ -169,6 +169,10 @@ class JoinInputs:
             self.using.append(UsingColumn(node, name, column_outs, types))
         self.condition_scope = Scope(self._merged() + every)
         return sides[0], sides[1]
+
+    def _wanted(self, index: int, column: ScopeColumn) -> bool:
+        """Whether the query may name ``column`` of side ``index`` after the join."""
+        return self.references.wanted(column)
 
     def _merged(self, carried: set[str] | None = None) -> list[ScopeColumn]:
         """The columns ``USING``/``NATURAL`` merges, named without a qualifier: the left

@@ -40,6 +40,7 @@ from sqlstream.plan.ranking import reject_pending_rank
 from sqlstream.plan.relation import PendingWindow, PlannerContext, Relation
 from sqlstream.plan.scope import Scope, column_ref
 from sqlstream.plan.subqueries import SubqueryFilter, subquery_join
+from sqlstream.sql.statements import normalize_name
 
 __all__ = ["plan_joins", "plan_subquery_filters", "lookup_table_relation", "SUPPORTED_JOINS"]
 
@@ -131,6 +132,12 @@ class _JoinPlanner(JoinInputs):
         self.written = written  # the WHERE conjunct a semi/anti join was written as
         self.semi = kind in ("semi", "anti")
         self.passed_window: PendingWindow | None = None  # the left side's window TVF, after a semi/anti join
+
+    def _wanted(self, index: int, column) -> bool:
+        if self.semi and index == 1:  # the subquery's columns: only its condition reads them
+            on = self.join.args.get("on")
+            return on is not None and column.name in {normalize_name(c.this) for c in on.find_all(exp.Column)}
+        return super()._wanted(index, column)
 
     def _carry(self, left: set = frozenset(), right: set = frozenset()) -> None:
         tvf = self.passed_window
