@@ -27,6 +27,7 @@ from sqlstream.plan.nodes import Limit, PlanNode, Scan, Stateless, Union
 from sqlstream.plan.over import plan_over
 from sqlstream.plan.ranking import materialize_rank, reject_pending_rank
 from sqlstream.plan.relation import Relation, SelectItem, StageColumns
+from sqlstream.plan.scalar_subqueries import plan_scalar_subqueries, split_scalar_subqueries
 from sqlstream.plan.scope import Scope, column_ref
 from sqlstream.plan.subqueries import split_subquery_filters
 from sqlstream.plan.windows import expand_window, over_whole_windows, plan_window_tvf, reject_window_functions
@@ -199,10 +200,13 @@ class QueryPlanner:
     def _plan_select(self, select: exp.Select) -> Relation:
         written = select
         select, subqueries = split_subquery_filters(self, select)  # [NOT] IN / EXISTS: semi and anti joins
+        select, scalars = split_scalar_subqueries(self, select)  # (SELECT agg FROM table): lookup joins
         self._reject_select_clauses(select)
         rel = self._plan_from(select)
         if subqueries:
             rel = plan_subquery_filters(self, rel, written, subqueries)
+        if scalars:
+            rel = plan_scalar_subqueries(self, rel, scalars)
         if rel.rank is not None:  # Top-N / deduplication: bounded by this WHERE
             rel, select = materialize_rank(self, select, rel)
         items = self._select_items(select, rel.scope)

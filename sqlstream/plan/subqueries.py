@@ -84,15 +84,10 @@ def _parse(planner: PlannerContext, node: exp.Expr) -> SubqueryFilter | None:
             raise planner.unsupported("a row value IN (SELECT ...) is not supported", inner.this,
                                       "write EXISTS (SELECT 1 FROM r WHERE r.a = x.a AND r.b = x.b)")
         return SubqueryFilter(node, "anti" if negated else "semi", _checked(planner, query, inner), inner.this, negated)
-    found = node.find(exp.Subquery, exp.Exists)
+    found = next((n for n in node.find_all(exp.Exists, exp.In) if isinstance(n, exp.Exists)
+                  or isinstance(n.args.get("query"), exp.Subquery)), None)
     if found is None:
-        return None
-    if isinstance(found, exp.Subquery) and not isinstance(found.parent, exp.In):
-        raise planner.unsupported(
-            "a scalar subquery is not supported in a streaming query", found,
-            "join a TABLE or a windowed aggregate and compare with its column: "
-            "FROM s JOIN (SELECT ...) AS t ON ... WHERE s.x > t.y",
-        )
+        return None  # scalar subqueries: sqlstream.plan.scalar_subqueries
     raise planner.unsupported("IN/EXISTS subqueries are supported only as conjuncts of WHERE (not under OR or CASE)",
                               found, SUBQUERY_FORMS)
 
