@@ -40,6 +40,7 @@ from sqlstream.plan.ranking import reject_pending_rank
 from sqlstream.plan.relation import PendingWindow, PlannerContext, Relation
 from sqlstream.plan.scope import Scope, column_ref
 from sqlstream.plan.subqueries import SubqueryFilter, subquery_join
+from sqlstream.plan.unnest import plan_unnest
 from sqlstream.sql.statements import normalize_name
 
 __all__ = ["plan_joins", "plan_subquery_filters", "lookup_table_relation", "SUPPORTED_JOINS"]
@@ -66,6 +67,9 @@ def plan_joins(planner: PlannerContext, rel: Relation, joins: list[exp.Join], se
     where_conjuncts = conjuncts(where.this) if where is not None else []
     context = JoinContext(planner, select, where_conjuncts, all(k == "inner" for k in kinds))
     for join, kind in zip(joins, kinds, strict=True):
+        if isinstance(join.this, exp.Unnest):  # stateless: rows repeated per array element
+            rel = plan_unnest(planner, rel, join)
+            continue
         right = planner.plan_factor(join.this)
         reject_pending_rank(planner, right)
         rel = _JoinPlanner(context, join, kind, rel, right).plan()
