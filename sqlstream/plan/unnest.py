@@ -1,5 +1,6 @@
 """``FROM s CROSS JOIN UNNEST(s.arr) AS t(x)`` (also ``, UNNEST(...)`` and ``WITH
-ORDINALITY AS t(x, n)``): one row per array element, stateless.
+ORDINALITY AS t(x, n)``; ``LEFT JOIN UNNEST(...) ON TRUE`` keeps a row whose array is
+NULL or empty, once, with a NULL element): one row per array element, stateless.
 
 The array expression is computed per micro-batch on DataFusion when it is not a plain
 column; the rows are then repeated per element by
@@ -35,8 +36,10 @@ _FORMS = "write FROM s CROSS JOIN UNNEST(s.arr) AS t(x) (or FROM s, UNNEST(s.arr
 class Unnest(PlanNode):
     """Rows repeated per element of an array column."""
 
-    def __init__(self, child: PlanNode, array: str, schema: pa.Schema, ordinality: bool, shown: str):
+    def __init__(self, child: PlanNode, array: str, schema: pa.Schema, ordinality: bool, shown: str,
+                 keep_empty: bool = False):
         self.children = (child,)
+        self.keep_empty = keep_empty
         self.array = array
         self.schema = schema
         self.ordinality = ordinality
@@ -47,18 +50,21 @@ class Unnest(PlanNode):
         self.updating = child.updating
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        return UnnestOperator(self.array, self.schema, self.ordinality)
+        return UnnestOperator(self.array, self.schema, self.ordinality, self.keep_empty)
 
     def describe(self) -> str:
-        return f"Unnest {self.shown}" + (" WITH ORDINALITY" if self.ordinality else "")
+        return ("LEFT " if self.keep_empty else "") + f"Unnest {self.shown}" + (" WITH ORDINALITY" if self.ordinality else "")
 
 
 def plan_unnest(planner: PlannerContext, rel: Relation, join: exp.Join) -> Relation:
     """``rel`` with one row per element of the array that ``join`` unnests."""
     unnest = join.this
     side, kind = (join.args.get("side") or "").upper(), (join.args.get("kind") or "").upper()
-    if side or kind not in ("", "CROSS", "INNER") or join.args.get("on") is not None or join.args.get("using"):
-        raise planner.unsupported("UNNEST is supported as CROSS JOIN UNNEST(...) or , UNNEST(...)", join, _FORMS)
+    on = join.args.get("on")
+    keep_empty = side == "LEFT" and isinstance(on, exp.Boolean) and on.this is True
+    if not keep_empty and (side or kind not in ("", "CROSS", "INNER") or on is not None or join.args.get("using")):
+        raise planner.unsupported("UNNEST is supported as CROSS JOIN UNNEST(...), , UNNEST(...) or "
+                                  "LEFT JOIN UNNEST(...) ON TRUE", join, _FORMS)
     if len(unnest.expressions) != 1:
         raise planner.unsupported("UNNEST of several arrays is not supported", unnest, "UNNEST one array per join")
     element, position, qualifier = _names(unnest)
@@ -87,7 +93,7 @@ def plan_unnest(planner: PlannerContext, rel: Relation, join: exp.Join) -> Relat
         new.append(pa.field(position_internal, pa.int64()))
         scope.append(ScopeColumn(position, position_internal, pa.int64(), {qualifier}))
     shown = unnest.expressions[0].sql(dialect=SqlStream)
-    out = Unnest(node, array, pa.schema(visible + new + hidden), position is not None, shown)
+    out = Unnest(node, array, pa.schema(visible + new + hidden), position is not None, shown, keep_empty)
     return Relation(out, Scope(scope), rel.window, rel.label, rel.rank)
 
 

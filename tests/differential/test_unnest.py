@@ -60,6 +60,7 @@ QUERIES = {
     "filter on the element": ("SELECT id, u.x * 10 AS x10, ts FROM s CROSS JOIN UNNEST(tags) AS u(x) WHERE u.x > 1", None),
     "computed array": ("SELECT id, y FROM s CROSS JOIN UNNEST(make_array(id, id + 1)) AS u(y) WHERE id % 3 = 0",
                        "SELECT id, y FROM s CROSS JOIN UNNEST([id, id + 1]) AS u(y) WHERE id % 3 = 0"),
+    "left join on true": ("SELECT id, x, n FROM s LEFT JOIN UNNEST(tags) WITH ORDINALITY AS u(x, n) ON TRUE", None),
     "window after": (
         "SELECT window_start, x, count(*) AS n FROM TUMBLE(s, ts, INTERVAL '2' SECOND) CROSS JOIN UNNEST(tags) AS u(x) "
         "GROUP BY window_start, window_end, x",
@@ -92,7 +93,8 @@ def test_a_view_over_unnest_keeps_event_time():
 
 ERRORS = [
     ("SELECT * FROM s CROSS JOIN UNNEST(id) AS u(x)", "1:35: error: UNNEST needs an array; id is BIGINT"),
-    ("SELECT * FROM s LEFT JOIN UNNEST(tags) AS u(x) ON TRUE", "UNNEST is supported as CROSS JOIN UNNEST(...)"),
+    ("SELECT * FROM s LEFT JOIN UNNEST(tags) AS u(x) ON u.x > 1", "UNNEST is supported as CROSS JOIN UNNEST(...)"),
+    ("SELECT * FROM s FULL JOIN UNNEST(tags) AS u(x) ON TRUE", "UNNEST is supported as CROSS JOIN UNNEST(...)"),
     ("SELECT * FROM s CROSS JOIN UNNEST(tags, tags) AS u(x, y)", "UNNEST of several arrays is not supported"),
     ("SELECT * FROM s CROSS JOIN UNNEST(nope) AS u(x)", "unknown column 'nope'"),
 ]
