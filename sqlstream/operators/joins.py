@@ -118,11 +118,14 @@ class LookupJoinOperator(Operator):
 
     def _semi(self, batch: pa.RecordBatch, keys: list) -> None:
         """Stream rows with (semi) or without (anti) a matching table row, each once."""
-        stream_rows, table_rows = self.index.probe(keys)
-        if self.layout.residual is not None and stream_rows.size:
-            keep = self.out.matches(self.out.columns(*self._both(batch, stream_rows, table_rows)))
-            stream_rows = stream_rows[keep]
-        found = np.bincount(stream_rows, minlength=batch.num_rows) > 0
+        if self.index.unique and self.layout.residual is None:
+            found = self.index.probe_unique(keys) >= 0
+        else:
+            stream_rows, table_rows = self.index.probe(keys)
+            if self.layout.residual is not None and stream_rows.size:
+                keep = self.out.matches(self.out.columns(*self._both(batch, stream_rows, table_rows)))
+                stream_rows = stream_rows[keep]
+            found = np.bincount(stream_rows, minlength=batch.num_rows) > 0
         wanted = found if self.layout.kind == "semi" else ~found
         if self.layout.null_aware and self.table.num_rows:  # NOT IN: a NULL on either side is no answer
             table_keys = [self.table.column(k) for k in self.layout.sides[1 - self.stream_side].keys]
@@ -131,14 +134,14 @@ class LookupJoinOperator(Operator):
             for key in keys:
                 if key.null_count:
                     wanted &= pc.is_valid(key).to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(wanted)
-        if rows.size == 0:
+        if not wanted.any():
             return
-        tables, pair = self._both(batch, rows, np.full(rows.size, -1, dtype=np.int64))
-        tables[1 - self.stream_side] = null_rows(self.layout.sides[1 - self.stream_side], self.layout, 1 - self.stream_side)
-        taken = pa.array(rows)
-        hidden = {n: batch.column(n).take(taken) for n in self.out.hidden if n in batch.schema.names}
-        self.emit(self.out.batch(self.out.columns(tables, pair), hidden.get(WM_COLUMN), hidden.get(OP_COLUMN)))
+        rows = batch if wanted.all() else batch.filter(pa.array(wanted))
+        columns = [rows.column(name) if side == self.stream_side else pa.nulls(rows.num_rows, field.type)
+                   for (side, name), field in zip(self.layout.output, self.out.visible, strict=True)]
+        columns = [c if c.type == f.type else c.cast(f.type) for c, f in zip(columns, self.out.visible, strict=True)]
+        hidden = {n: rows.column(n) for n in self.out.hidden if n in rows.schema.names}
+        self.emit(self.out.batch(columns, hidden.get(WM_COLUMN), hidden.get(OP_COLUMN)))
 
     def _both(self, batch, stream_rows, table_rows):
         tables, rows = [None, None], [None, None]
