@@ -174,11 +174,6 @@ class _JoinPlanner(JoinInputs):
         if self.semi and (left.node.updating or right.node.updating):
             raise self._unsupported("IN/EXISTS over an updating result (changelog) is not supported",
                                     "aggregate with a window, or join the changelog instead", node=self.written)
-        if self.null_aware and not tables[1]:
-            raise self._unsupported(
-                "NOT IN (SELECT ...) over a stream is not supported: one NULL arriving in the subquery's column "
-                "would retract every row", "write NOT EXISTS (SELECT 1 FROM r WHERE r.k = x.k) (the same unless "
-                "NULLs are involved), or NOT IN over a TABLE", node=self.written)
         self.sides = self._combine(left, right)
         self.conjuncts = self._conditions()
         if any(tables):
@@ -197,9 +192,7 @@ class _JoinPlanner(JoinInputs):
                 f"keep the stream's rows instead: FROM {stream.rel.label} LEFT JOIN {table.rel.label} ON ...",
             )
         equalities, residual = self._split(preserved)
-        if self.null_aware and (len(equalities) != 1 or residual):
-            raise self._unsupported("NOT IN needs an uncorrelated subquery (its WHERE names only its own columns)",
-                                    "write NOT EXISTS (SELECT 1 FROM r WHERE r.k = x.k AND ...)", node=self.written)
+        self._uncorrelated_not_in(equalities, residual)
         if not equalities:
             raise self._unsupported(
                 f"a lookup join needs an equality between the stream and the table '{table.rel.label}'",
@@ -236,6 +229,12 @@ class _JoinPlanner(JoinInputs):
             tvf = PendingWindow(tvf.spec, names[tvf.time_column], tvf.label, partition)
         return self._result(result, tvf)
 
+    def _uncorrelated_not_in(self, equalities, residual) -> None:
+        """NOT IN's NULL rules are those of one subquery result for every row: no correlation."""
+        if self.null_aware and (len(equalities) != 1 or residual):
+            raise self._unsupported("NOT IN needs an uncorrelated subquery (its WHERE names only its own columns)",
+                                    "write NOT EXISTS (SELECT 1 FROM r WHERE r.k = x.k AND ...)", node=self.written)
+
     def _table_program(self, table: JoinInput):
         """Filters and computed keys of the table, run once on its rows at load time."""
         schema = table.node.schema
@@ -267,6 +266,9 @@ class _JoinPlanner(JoinInputs):
         left, right = self.sides
         preserved = _preserved(self.kind)
         equalities, residual = self._split(preserved)
+        self._uncorrelated_not_in(equalities, residual)
+        if self.null_aware:  # uncorrelated: no window or time bound relates the sides
+            return self._plan_regular(equalities, residual, preserved)
         updating = left.node.updating or right.node.updating
         window_pairs = self._window_equalities(equalities)
         if window_pairs is not None and not updating:
@@ -384,7 +386,7 @@ class _JoinPlanner(JoinInputs):
         hidden = [pa.field(OP_COLUMN, pa.string())] if updating else []
         outer_residual = residual if preserved or self.semi else []
         times = tuple(side.time if side.node.rowtime else None for side in self.sides)
-        layout = self._layout(self.kind, key_names, outer_residual, hidden, times=times)
+        layout = self._layout(self.kind, key_names, outer_residual, hidden, times=times, null_aware=self.null_aware)
         ttl = self.planner.settings.get("join_state_ttl")
         why = []
         if any(n.updating for n in nodes):
@@ -395,6 +397,9 @@ class _JoinPlanner(JoinInputs):
                 why.append("(the time condition bounds one direction only; bound both for an interval join)")
         if self.kind == "anti":
             why.append("a row without a match is emitted at once and retracted when its first match arrives (changelog output)")
+            if self.null_aware:
+                why.append("NOT IN: the first subquery row retracts rows with a NULL value, the first NULL in the "
+                           "subquery retracts every row (nothing comes after it)")
         elif self.kind == "semi":
             why.append("a row is emitted once, when its first match is seen (append-only output)")
         elif self.kind != "inner" and not any(n.updating for n in nodes):
