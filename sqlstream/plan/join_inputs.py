@@ -19,7 +19,7 @@ from sqlglot import exp
 from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnknownFunctionError, UnsupportedSqlError
 from sqlstream.hidden import OP_COLUMN, is_hidden
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error
-from sqlstream.operators.joins import JoinLayout, JoinSide
+from sqlstream.operators.join_layout import JoinLayout, JoinSide
 from sqlstream.plan.join_conditions import ColumnReferences, and_all, common_type, conjuncts
 from sqlstream.plan.join_using import UsingColumn, using_inputs, using_names
 from sqlstream.plan.lowering import to_datafusion_sql

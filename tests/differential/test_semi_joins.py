@@ -14,7 +14,19 @@ import pytest
 
 from sqlstream.changelog import fold_changelog
 from sqlstream.errors import SqlStreamError
-from tests.differential.test_joins import DUCK_WINDOWED, WINDOWED, A, B, assert_same, make_session, merchants
+from sqlstream.operators.joins import IntervalJoinOperator
+from sqlstream.operators.regular_join import RegularJoinOperator
+from tests.differential.test_joins import (
+    DUCK_WINDOWED,
+    WINDOWED,
+    A,
+    B,
+    assert_same,
+    events,
+    make_session,
+    merchants,
+    operators_of,
+)
 
 a, b = A.slice(0, 120), B.slice(0, 120)
 
@@ -202,3 +214,52 @@ def test_subquery_errors_point_at_the_query(tmp_path, sql, message, hint):
     assert text.startswith("q.sql:1:") and message in text
     if hint is not None:
         assert "hint:" in text and hint in text.split("hint:", 1)[1]
+
+
+def test_interval_anti_join_state_is_trimmed_by_the_watermarks(tmp_path):
+    """An interval anti join frees a row once its interval has passed (emitting it if
+    unmatched): state stays bounded however long the streams run."""
+    sql = ("SELECT k, v FROM a x WHERE NOT EXISTS (SELECT 1 FROM b WHERE b.k = x.k "
+           "AND b.ts BETWEEN x.ts - INTERVAL '1' SECOND AND x.ts + INTERVAL '1' SECOND)")
+    session = make_session(tmp_path, {}, 1)
+    session.execute(f"CREATE SINK out AS {sql} WITH (connector = 'memory')")
+    driver = session.build(session.pending_sinks())
+    (join,) = operators_of(driver, IntervalJoinOperator)
+    for sink in driver.sinks:
+        sink.open()
+    left, right = events(2000, 5, "v", step_us=50_000), events(2000, 6, "w", step_us=50_000)
+    peak = 0
+    for start in range(0, 2000, 40):
+        session.stream("a").push(left.slice(start, 40))
+        session.stream("b").push(right.slice(start, 40))
+        driver.step()
+        peak = max(peak, join.state_rows())
+    assert peak < 400  # ~2 x (interval + delay + batch) of 20 events/s, not the 4,000 rows seen
+    session.stream("a").finish()
+    session.stream("b").finish()
+    while driver.step():
+        pass
+    assert join.state_rows() == 0
+    con = duckdb.connect()
+    con.register("a", left)
+    con.register("b", right)
+    assert_same([r for batch in session.outputs["out"] for r in batch.to_pylist()], con.sql(sql).to_arrow_table().to_pylist())
+
+
+def test_regular_semi_join_keeps_only_unmatched_left_rows(tmp_path):
+    """A left row emitted by a semi join of append-only inputs is final: it leaves
+    no state; only rows still waiting for a partner are kept."""
+    session = make_session(tmp_path, {}, 1)
+    session.execute("CREATE SINK out AS SELECT k, v FROM a WHERE k IN (SELECT k FROM b WHERE w > 90) "
+                    "WITH (connector = 'memory')")
+    driver = session.build(session.pending_sinks())
+    (join,) = operators_of(driver, RegularJoinOperator)
+    for sink in driver.sinks:
+        sink.open()
+    session.stream("b").push(b.slice(0, 60))
+    driver.step()
+    session.stream("a").push(a.slice(0, 60))
+    driver.step()
+    keys = {r["k"] for r in b.slice(0, 60).to_pylist() if r["k"] is not None and r["w"] > 90}
+    waiting = [k for k in a.slice(0, 60).column("k").to_pylist() if k is not None and k not in keys]
+    assert waiting and join.state[0].rows() == len(waiting)
