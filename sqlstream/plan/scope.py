@@ -29,7 +29,8 @@ class ScopeColumn:
     type: pa.DataType
     qualifiers: set[str] = field(default_factory=set)
     virtual: bool = False  # window_start/window_end of a window TVF before aggregation
-    qualified_only: bool = False  # a side's column merged by JOIN ... USING / NATURAL JOIN: only ``t.k`` names it
+    qualified_only: bool = False  # named only as ``t.k`` (not ``k``, not in ``*``): a side's column merged by
+    # JOIN ... USING / NATURAL JOIN, or the value of a scalar subquery
 
 
 @dataclass

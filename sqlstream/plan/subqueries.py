@@ -13,7 +13,8 @@ join, a two-sided time bound an interval join, else a regular (changelog) join.
   emitted, then retracted when its first match arrives (changelog).
 * **NOT IN** is an anti join with SQL's NULL rules (a NULL in the subquery's column
   means no row qualifies; a NULL left value qualifies only against an empty subquery);
-  it needs an uncorrelated subquery over a TABLE, whose rows are all known at once.
+  it needs an uncorrelated subquery. Over a TABLE the answer is known at once; over a
+  stream the regular anti join's changelog follows the rules as rows arrive.
 
 Names inside the subquery resolve to its own FROM item first (shadowing the outer
 query), then to the outer query's columns (correlation).
