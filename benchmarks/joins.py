@@ -7,6 +7,10 @@
   1 s TUMBLE window and key (``ON l.window_start = r.window_start AND l.window_end =
   r.window_end AND l.k = r.k``); 1,000 keys, 1,000 events/s per stream, 5% of the
   events out of order by up to 2 s (the watermark delay: none is late).
+* **semi** (``--only semi``): ``IN``/``NOT IN`` over the lookup table (semi and anti
+  lookup joins), ``EXISTS`` with a ±1 s time bound between the two streams (an interval
+  semi join), ``IN (SELECT k FROM rhs WHERE ...)`` (a regular semi join), and
+  ``CROSS JOIN UNNEST`` of a 4-element array per event.
 
 sqlstream runs the real planner and operators on a ``connector = 'memory'`` source
 (manual clock) in micro-batches of ``--batch-size`` rows (default 100k) into a sink that
@@ -91,6 +95,17 @@ LOOKUP = {
         "SELECT t.merchant_id, t.amount, m.name, m.category FROM tx t JOIN merchants m ON t.merchant_code = m.code",
     ),
 }
+SEMI_LOOKUP = {
+    "IN (TABLE)": "SELECT t.merchant_id, t.amount FROM tx t WHERE t.merchant_id IN (SELECT id FROM merchants WHERE category < 25)",
+    "NOT IN (TABLE)": "SELECT t.merchant_id, t.amount FROM tx t WHERE t.merchant_id NOT IN (SELECT id FROM merchants WHERE category < 25)",
+}
+SEMI_STREAMS = {
+    "EXISTS (interval ±1s)": "SELECT l.k, l.v FROM lhs l WHERE EXISTS (SELECT 1 FROM rhs r WHERE r.k = l.k "
+                             "AND r.ts BETWEEN l.ts - INTERVAL '1' SECOND AND l.ts + INTERVAL '1' SECOND)",
+    "IN (regular)": "SELECT l.k, l.v FROM lhs l WHERE l.k IN (SELECT k FROM rhs WHERE v > 3.0)",
+}
+UNNEST = ("SELECT k, x FROM arrays CROSS JOIN UNNEST(xs) AS u(x)", "SELECT k, x FROM arrays CROSS JOIN UNNEST(xs) AS u(x)")
+
 WINDOW = (
     """SELECT l.k, l.window_start, l.v AS lv, r.v AS rv
        FROM TUMBLE(lhs, ts, INTERVAL '1' SECOND) l JOIN TUMBLE(rhs, ts, INTERVAL '1' SECOND) r
@@ -168,10 +183,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000, help="events in total per benchmark (default 10M)")
     parser.add_argument("--batch-size", type=int, default=100_000, help="micro-batch rows (default 100k)")
     parser.add_argument("--table-rows", type=int, default=TABLE_ROWS, help="rows of the lookup table (default 100k)")
-    parser.add_argument("--only", choices=["lookup", "window"], action="append", help="run only these")
+    parser.add_argument("--only", choices=["lookup", "window", "semi"], action="append", help="run only these")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, the fastest counts (default 3)")
     args = parser.parse_args()
-    only = args.only or ["lookup", "window"]
+    only = args.only or ["lookup", "window", "semi"]
     workdir = tempfile.mkdtemp(prefix="sqlstream-join-bench-")
     print(f"micro-batches of {args.batch_size:,} rows; DuckDB with 2 threads; best of {args.repeat} runs each")
     if "lookup" in only:
@@ -197,6 +212,40 @@ def main() -> None:
         duck = best_of(args.repeat, lambda: duckdb_run({"lhs": lhs, "rhs": rhs}, WINDOW[1]))
         mine = best_of(args.repeat, lambda: sqlstream_run(ddl, {"lhs": lhs, "rhs": rhs}, WINDOW[0], args.batch_size, workdir))
         report("window join (TUMBLE 1s)", args.events, mine, duck)
+    if "semi" in only:
+        semi_benchmarks(args, workdir)
+
+
+def semi_benchmarks(args, workdir: str) -> None:
+    """Semi/anti joins (IN, NOT IN, EXISTS) and UNNEST."""
+    merchants = make_merchants(args.table_rows)
+    pq.write_table(merchants, os.path.join(workdir, "merchants.parquet"))
+    tx = make_transactions(args.events, args.table_rows)
+    ddl = """CREATE SOURCE tx (merchant_id BIGINT, amount DOUBLE, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'memory');
+             CREATE TABLE merchants (id BIGINT, code VARCHAR, name VARCHAR, category BIGINT)
+               WITH (connector = 'file', path = 'merchants.parquet', format = 'parquet');"""
+    print(f"semi/anti joins: {args.events:,} events x {args.table_rows:,}-row table; streams 2 x {args.events // 2:,}")
+    for name, sql in SEMI_LOOKUP.items():
+        duck = best_of(args.repeat, lambda q=sql: duckdb_run({"tx": tx, "merchants": merchants}, q))
+        mine = best_of(args.repeat, lambda q=sql: sqlstream_run(ddl, {"tx": tx}, q, args.batch_size, workdir))
+        report(name, args.events, mine, duck)
+    half = args.events // 2
+    lhs, rhs = make_stream(half, 1), make_stream(half, 2)
+    ddl = "\n".join(
+        f"""CREATE SOURCE {name} (k BIGINT, v DOUBLE, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '{DELAY_S}' SECOND)
+            WITH (connector = 'memory');""" for name in ("lhs", "rhs"))
+    for name, sql in SEMI_STREAMS.items():
+        duck = best_of(args.repeat, lambda q=sql: duckdb_run({"lhs": lhs, "rhs": rhs}, q))
+        mine = best_of(args.repeat, lambda q=sql: sqlstream_run(ddl, {"lhs": lhs, "rhs": rhs}, q, args.batch_size, workdir))
+        report(name, args.events, mine, duck)
+    arrays = lhs.append_column("xs", pa.FixedSizeListArray.from_arrays(
+        pa.array(np.repeat(lhs.column("v").to_numpy(), 4)), 4)).drop_columns(["v"])
+    ddl = f"""CREATE SOURCE arrays (k BIGINT, ts TIMESTAMP, xs DOUBLE[4],
+                WATERMARK FOR ts AS ts - INTERVAL '{DELAY_S}' SECOND) WITH (connector = 'memory');"""
+    duck = best_of(args.repeat, lambda: duckdb_run({"arrays": arrays}, UNNEST[1]))
+    mine = best_of(args.repeat, lambda: sqlstream_run(ddl, {"arrays": arrays}, UNNEST[0], args.batch_size, workdir))
+    report("CROSS JOIN UNNEST (x4)", half, mine, duck)
 
 
 if __name__ == "__main__":

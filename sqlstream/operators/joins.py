@@ -13,9 +13,11 @@
   keeps results independent of batch boundaries. The output watermark is held back by
   the interval so joined rows are never late downstream.
 
-Every operator builds its output through :class:`JoinOutput` from a
-:class:`JoinLayout`: which input columns appear, in which order, and the residual
-(non-equality) condition evaluated on DataFusion over joined candidate rows.
+Every operator builds its output through :class:`~sqlstream.operators.join_layout.JoinOutput`
+from a :class:`~sqlstream.operators.join_layout.JoinLayout` (re-exported here): which
+input columns appear, in which order, and the residual (non-equality) condition
+evaluated on DataFusion over joined candidate rows. Semi and anti joins (``IN`` /
+``EXISTS``) are layouts of kind ``semi``/``anti``: each left row at most once.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import pyarrow.compute as pc
 
 from sqlstream.hidden import MAX_WATERMARK, MIN_WATERMARK, OP_COLUMN, WM_COLUMN
 from sqlstream.operators.base import Operator
-from sqlstream.operators.datafusion_program import DataFusionProgram
 from sqlstream.operators.join_keys import KeyIndex, join_pairs
+from sqlstream.operators.join_layout import JoinLayout, JoinOutput, JoinSide, null_rows, row_indices, with_unmatched
 from sqlstream.operators.join_state import RowChunks, constant_keys
 from sqlstream.operators.state_size import NO_STATE, StateSize, numpy_bytes, table_bytes
 from sqlstream.operators.state_tables import numbered
@@ -44,106 +46,6 @@ __all__ = [
     "IntervalJoinOperator",
     "with_unmatched",
 ]
-
-
-@dataclass(frozen=True)
-class JoinSide:
-    """One input of a join: the columns it contributes and its join attributes."""
-
-    columns: tuple[str, ...]  # input columns carried to the output
-    keys: tuple[str, ...] = ()  # equality keys, pairwise with the other side's
-    time: str | None = None  # event-time column (interval joins, retention)
-    window: tuple[str, str] | None = None  # (window_start, window_end) columns (window joins)
-    label: str = ""  # the input's name, for dead letters
-
-    def stored(self) -> list[str]:
-        """The columns a join keeps of this side's rows."""
-        names = list(self.columns) + list(self.keys) + ([self.time] if self.time else []) + list(self.window or ())
-        return list(dict.fromkeys(names))
-
-
-@dataclass(frozen=True)
-class JoinLayout:
-    kind: str  # inner | left | right | full
-    left: JoinSide
-    right: JoinSide
-    output: tuple[tuple[int, str], ...]  # visible output columns as (side, input column)
-    schema: pa.Schema  # visible columns, then __wm / __op where the join emits them
-    residual: DataFusionProgram | None = None  # non-equality condition over the visible columns
-
-    @property
-    def sides(self) -> tuple[JoinSide, JoinSide]:
-        return (self.left, self.right)
-
-    def outer(self, side: int) -> bool:
-        """Whether unmatched rows of ``side`` appear (padded with NULLs)."""
-        return self.kind == "full" or (self.kind == "left" and side == 0) or (self.kind == "right" and side == 1)
-
-
-def _indices(rows: np.ndarray | None) -> pa.Array | None:
-    if rows is None:
-        return None
-    if rows.size and rows.min() < 0:
-        return pa.array(rows, mask=rows < 0)
-    return pa.array(rows)
-
-
-def _array(column) -> pa.Array:
-    if isinstance(column, pa.ChunkedArray):
-        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    return column
-
-
-class JoinOutput:
-    """Output batches of a layout from rows of both sides (-1 = NULL padding)."""
-
-    def __init__(self, layout: JoinLayout):
-        self.layout = layout
-        n = len(layout.output)
-        self.visible = pa.schema([layout.schema.field(i) for i in range(n)])
-        self.hidden = [layout.schema.field(i).name for i in range(n, len(layout.schema))]
-
-    def columns(self, tables, rows) -> list[pa.Array]:
-        """Visible output columns for (left rows, right rows); rows None = all, in order."""
-        takes = [_indices(r) for r in rows]
-        out = []
-        for (side, name), field in zip(self.layout.output, self.visible, strict=True):
-            column = _array(tables[side].column(name))
-            if takes[side] is not None:
-                column = column.take(takes[side])
-            if column.type != field.type:
-                column = column.cast(field.type)
-            out.append(column)
-        return out
-
-    def matches(self, columns: list[pa.Array]) -> np.ndarray:
-        """The residual condition over joined candidate rows (NULL is no match)."""
-        batch = pa.RecordBatch.from_arrays(columns, schema=self.visible)
-        result = self.layout.residual.run(batch).column(0)
-        return pc.fill_null(result, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
-
-    def batch(self, columns: list[pa.Array], wm=None, ops=None) -> pa.RecordBatch:
-        n = len(columns[0]) if columns else 0
-        extra = []
-        for name in self.hidden:
-            if name == WM_COLUMN:
-                extra.append(pa.array(np.full(n, wm, dtype=np.int64)) if np.isscalar(wm) else _array(wm))
-            elif name == OP_COLUMN:
-                extra.append(pa.array([ops] * n, pa.string()) if isinstance(ops, str) else _array(ops))
-        return pa.RecordBatch.from_arrays(columns + extra, schema=self.layout.schema)
-
-
-def with_unmatched(n: int, probe_rows: np.ndarray, build_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs grouped by probe row, plus (row, -1) for each of the ``n`` probe rows
-    without a pair, keeping probe-row order."""
-    counts = np.bincount(probe_rows, minlength=n)
-    out_counts = np.maximum(counts, 1)
-    starts = np.cumsum(out_counts) - out_counts
-    rows = np.repeat(np.arange(n, dtype=np.int64), out_counts)
-    other = np.full(rows.size, -1, dtype=np.int64)
-    rank = np.arange(probe_rows.size, dtype=np.int64) - (np.cumsum(counts) - counts)[probe_rows]
-    other[starts[probe_rows] + rank] = build_rows
-    return rows, other
 
 
 def _filter(columns: list[pa.Array], mask: np.ndarray) -> list[pa.Array]:
@@ -188,6 +90,9 @@ class LookupJoinOperator(Operator):
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         stream = self.layout.sides[self.stream_side]
         keys = [batch.column(k) for k in stream.keys]
+        if self.layout.semi:
+            self._semi(batch, keys)
+            return
         if self.index.unique and self.layout.residual is None:
             found = self.index.probe_unique(keys)
             stream_rows, table_rows = None, found
@@ -206,9 +111,36 @@ class LookupJoinOperator(Operator):
                 stream_rows, table_rows = with_unmatched(batch.num_rows, stream_rows, table_rows)
         tables, rows = self._both(batch, stream_rows, table_rows)
         columns = self.out.columns(tables, rows)
-        taken = _indices(stream_rows)
+        taken = row_indices(stream_rows)
         hidden = {n: (batch.column(n) if taken is None else batch.column(n).take(taken))
                   for n in self.out.hidden if n in batch.schema.names}
+        self.emit(self.out.batch(columns, hidden.get(WM_COLUMN), hidden.get(OP_COLUMN)))
+
+    def _semi(self, batch: pa.RecordBatch, keys: list) -> None:
+        """Stream rows with (semi) or without (anti) a matching table row, each once."""
+        if self.index.unique and self.layout.residual is None:
+            found = self.index.probe_unique(keys) >= 0
+        else:
+            stream_rows, table_rows = self.index.probe(keys)
+            if self.layout.residual is not None and stream_rows.size:
+                keep = self.out.matches(self.out.columns(*self._both(batch, stream_rows, table_rows)))
+                stream_rows = stream_rows[keep]
+            found = np.bincount(stream_rows, minlength=batch.num_rows) > 0
+        wanted = found if self.layout.kind == "semi" else ~found
+        if self.layout.null_aware and self.table.num_rows:  # NOT IN: a NULL on either side is no answer
+            table_keys = [self.table.column(k) for k in self.layout.sides[1 - self.stream_side].keys]
+            if any(k.null_count for k in table_keys):
+                wanted[:] = False
+            for key in keys:
+                if key.null_count:
+                    wanted &= pc.is_valid(key).to_numpy(zero_copy_only=False)
+        if not wanted.any():
+            return
+        rows = batch if wanted.all() else batch.filter(pa.array(wanted))
+        columns = [rows.column(name) if side == self.stream_side else pa.nulls(rows.num_rows, field.type)
+                   for (side, name), field in zip(self.layout.output, self.out.visible, strict=True)]
+        columns = [c if c.type == f.type else c.cast(f.type) for c, f in zip(columns, self.out.visible, strict=True)]
+        hidden = {n: rows.column(n) for n in self.out.hidden if n in rows.schema.names}
         self.emit(self.out.batch(columns, hidden.get(WM_COLUMN), hidden.get(OP_COLUMN)))
 
     def _both(self, batch, stream_rows, table_rows):
@@ -308,7 +240,7 @@ class WindowJoinOperator(Operator):
 
     def _join(self, closed: list[_WindowRows | None]) -> None:
         layout = self.layout
-        tables = [rows.table if rows is not None else _null_rows(side, layout, port)
+        tables = [rows.table if rows is not None else null_rows(side, layout, port)
                   for port, (rows, side) in enumerate(zip(closed, layout.sides, strict=True))]
         n_left = closed[0].table.num_rows if closed[0] is not None else 0
         n_right = closed[1].table.num_rows if closed[1] is not None else 0
@@ -327,6 +259,14 @@ class WindowJoinOperator(Operator):
         if layout.residual is not None and left_rows.size:
             keep = self.out.matches(self.out.columns(tables, (left_rows, right_rows)))
             left_rows, right_rows = left_rows[keep], right_rows[keep]
+        if layout.semi:  # each left row once: with (semi) or without (anti) a partner
+            found = np.bincount(left_rows, minlength=n_left) > 0
+            rows = np.flatnonzero(found if layout.kind == "semi" else ~found)
+            if rows.size:
+                tables[1] = null_rows(layout.sides[1], layout, 1)
+                columns = self.out.columns(tables, (rows, np.full(rows.size, -1, dtype=np.int64)))
+                self.emit(self.out.batch(columns, wm=self.emitted_wm))
+            return
         parts_left, parts_right = [left_rows], [right_rows]
         if layout.outer(0) and n_left:
             alone = np.flatnonzero(np.bincount(left_rows, minlength=n_left) == 0)
@@ -372,13 +312,6 @@ class WindowJoinOperator(Operator):
         return min(starts, default=None)
 
 
-def _null_rows(side: JoinSide, layout: JoinLayout, port: int) -> pa.Table:
-    """A one-row table of NULLs for an empty side (taken only at index -1)."""
-    visible = [layout.schema.field(i) for i in range(len(layout.output))]
-    types = {name: field.type for (s, name), field in zip(layout.output, visible, strict=True) if s == port}
-    return pa.table({name: pa.nulls(1, types.get(name, pa.null())) for name in side.stored()})
-
-
 # -- interval join -------------------------------------------------------------------------------
 
 
@@ -409,7 +342,7 @@ class IntervalJoinOperator(Operator):
         if batch.num_rows == 0:
             return
         table = pa.Table.from_batches([batch]).select(side.stored()).combine_chunks()
-        matched = np.zeros(table.num_rows, dtype=np.int64) if self.layout.outer(port) else None
+        matched = np.zeros(table.num_rows, dtype=np.int64) if self.layout.counts_matches(port) else None
         other = 1 - port
         for chunk, probe_rows, rows in self.state[other].probe(constant_keys(table, side.keys)):
             if port == 0:
@@ -428,10 +361,19 @@ class IntervalJoinOperator(Operator):
                 columns = _filter(columns, keep)
                 probe_rows, rows = probe_rows[keep], rows[keep]
             if chunk.matches is not None:
+                if self.layout.kind == "semi":  # stored left rows seeing their first partner
+                    first = np.unique(rows[chunk.matches[rows] == 0])
+                    if first.size:
+                        self._emit_padded(0, chunk.table, first)
                 np.add.at(chunk.matches, rows, 1)
             if matched is not None:
                 matched += np.bincount(probe_rows, minlength=table.num_rows)
-            self.emit(self.out.batch(columns, wm=self.output_wm))
+            if not self.layout.semi:
+                self.emit(self.out.batch(columns, wm=self.output_wm))
+        if self.layout.kind == "semi" and port == 0:
+            found = np.flatnonzero(matched > 0)
+            if found.size:
+                self._emit_padded(0, table, found)
         self.state[port].add(table, times, matched)
         self._expire()
 
@@ -471,7 +413,7 @@ class IntervalJoinOperator(Operator):
         none = np.full(rows.size, -1, dtype=np.int64)
         tables = [None, None]
         tables[port] = table
-        tables[1 - port] = _null_rows(self.layout.sides[1 - port], self.layout, 1 - port)
+        tables[1 - port] = null_rows(self.layout.sides[1 - port], self.layout, 1 - port)
         pair = (rows, none) if port == 0 else (none, rows)
         self.emit(self.out.batch(self.out.columns(tables, pair), wm=self.output_wm))
 

@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 
 from sqlstream.hidden import OP_COLUMN
 from sqlstream.operators.base import Operator
+from sqlstream.operators.join_layout import JoinLayout, JoinOutput, null_rows
 from sqlstream.operators.join_state import RowChunks, constant_keys, rows_equal
-from sqlstream.operators.joins import JoinLayout, JoinOutput, _null_rows
 from sqlstream.operators.state_size import StateSize
 from sqlstream.operators.windows import column_int64
 
@@ -56,6 +56,8 @@ class RegularJoinOperator(Operator):
         self.state = (RowChunks(layout.left.keys), RowChunks(layout.right.keys))
         self.updating = OP_COLUMN in layout.schema.names
         self.expired_rows = 0
+        self.right_rows = 0  # NOT IN: right rows seen, and those with a NULL key
+        self.right_nulls = 0
 
     # -- rows -----------------------------------------------------------------------------------
 
@@ -74,6 +76,8 @@ class RegularJoinOperator(Operator):
         now = self.clock.now_us() if self.clock is not None else 0
         if self.ttl_us is not None:
             self._expire(now)
+        if self.layout.null_aware and port == 1:
+            self._not_in_flags(table)
 
         # 1. every input row against the other side's rows
         pieces: list[tuple[np.ndarray, list[pa.Array]]] = []
@@ -90,7 +94,8 @@ class RegularJoinOperator(Operator):
                     columns = [c.filter(pa.array(keep)) for c in columns]
             if probe_rows.size == 0:
                 continue
-            pieces.append((probe_rows, columns))
+            if not self.layout.semi:
+                pieces.append((probe_rows, columns))
             matched += np.bincount(probe_rows, minlength=n)
             if chunk.matches is not None:
                 touched, inverse = np.unique(rows, return_inverse=True)
@@ -98,12 +103,20 @@ class RegularJoinOperator(Operator):
                 before = chunk.matches[touched].copy()
                 chunk.matches[touched] = before + delta
                 transitions.append((chunk, touched, before, before + delta))
+        if self.layout.kind == "semi" and port == 0:
+            self._padded_piece(pieces, table, np.flatnonzero(matched > 0))
         if self.layout.outer(port):
-            alone = np.flatnonzero(matched == 0)
+            alone = matched == 0
+            if self.layout.null_aware:  # NOT IN: see _not_in_flags
+                if self.right_nulls:
+                    alone[:] = False
+                elif self.right_rows:
+                    alone &= ~_any_null(table, side.keys)
+            alone = np.flatnonzero(alone)
             if alone.size:
                 none = np.full(alone.size, -1, dtype=np.int64)
                 tables = [None, None]
-                tables[port], tables[other] = table, _null_rows(self.layout.sides[other], self.layout, other)
+                tables[port], tables[other] = table, null_rows(self.layout.sides[other], self.layout, other)
                 pair = (alone, none) if port == 0 else (none, alone)
                 pieces.append((alone, self.out.columns(tables, pair)))
 
@@ -127,28 +140,62 @@ class RegularJoinOperator(Operator):
                 column = table.column(name)
                 if column.null_count:
                     adds = adds & pc.is_valid(column).to_numpy(zero_copy_only=False)
+        if self.layout.kind == "semi" and port == 0:  # emitted for good: a later partner changes nothing
+            adds = adds & (matched == 0)
         if adds.any():
             rows = np.flatnonzero(adds)
             stored = table if rows.size == n else table.take(pa.array(rows))
             times = column_int64(stored, side.time) if side.time else None
-            counts = matched[rows] if self.layout.outer(port) else None
+            counts = matched[rows] if self.layout.counts_matches(port) else None
             arrival = np.full(rows.size, now, dtype=np.int64) if self.ttl_us is not None else None
             self.state[port].add(stored, times, counts, arrival)
         if removes.any():
             self._remove(port, table, np.flatnonzero(removes))
 
+    def _not_in_flags(self, table: pa.Table) -> None:
+        """NOT IN's NULL rules, before a right batch joins: a left row is in the result
+        while the right side is empty, or while it has a non-NULL key without partner
+        and no right key is NULL. The first right rows retract the NULL-key left rows;
+        the first NULL right key retracts every row left (and none comes again)."""
+        if self.right_nulls or table.num_rows == 0:
+            return
+        left = self.layout.sides[0]
+        nulls = int(_any_null(table, self.layout.sides[1].keys).sum())
+        for chunk in self.state[0].chunks:
+            shown = chunk.alive.copy()
+            if self.right_rows:  # only non-NULL keys without a partner are in the result
+                shown &= (chunk.matches == 0) & ~_any_null(chunk.table, left.keys)
+            gone = shown if nulls else shown & _any_null(chunk.table, left.keys)
+            rows = np.flatnonzero(gone)
+            if rows.size:
+                tables = [chunk.table, null_rows(self.layout.sides[1], self.layout, 1)]
+                pair = (rows, np.full(rows.size, -1, dtype=np.int64))
+                self.emit(self.out.batch(self.out.columns(tables, pair), ops=_REMOVE))
+        self.right_rows += table.num_rows
+        self.right_nulls += nulls
+
     def _emit_padded(self, port: int, transitions, gained: bool) -> None:
         """NULL-padded rows of ``port`` that stop (``gained``) or start being unmatched."""
+        if self.layout.null_aware and self.right_nulls:
+            return  # NOT IN after a NULL: nothing is in the result
         for chunk, rows, before, after in transitions:
             picked = rows[(before == 0) & (after > 0)] if gained else rows[(before > 0) & (after == 0)]
             if picked.size == 0:
                 continue
             none = np.full(picked.size, -1, dtype=np.int64)
             tables = [None, None]
-            tables[port], tables[1 - port] = chunk.table, _null_rows(self.layout.sides[1 - port], self.layout, 1 - port)
+            tables[port], tables[1 - port] = chunk.table, null_rows(self.layout.sides[1 - port], self.layout, 1 - port)
             pair = (picked, none) if port == 0 else (none, picked)
             op = _REMOVE if gained else _ADD
+            if self.layout.kind == "semi":  # a semi join's row comes with its first partner
+                op = _ADD if gained else _REMOVE
             self.emit(self.out.batch(self.out.columns(tables, pair), ops=op))
+
+    def _padded_piece(self, pieces: list, table: pa.Table, rows: np.ndarray) -> None:
+        """Left ``rows`` of ``table`` with NULL right columns (semi joins), as a piece."""
+        if rows.size:
+            tables = [table, null_rows(self.layout.sides[1], self.layout, 1)]
+            pieces.append((rows, self.out.columns(tables, (rows, np.full(rows.size, -1, dtype=np.int64)))))
 
     def _remove(self, port: int, table: pa.Table, removals: np.ndarray) -> None:
         """Kill one stored row equal to each removal row (identical rows are
@@ -215,8 +262,9 @@ class RegularJoinOperator(Operator):
     # -- checkpoints ---------------------------------------------------------------------------
 
     def state_values(self) -> dict:
-        """Rows dropped by the state TTL so far (a metric)."""
-        return {"expired_rows": self.expired_rows}
+        """Rows dropped by the state TTL so far (a metric); NOT IN's counts of right rows
+        and of right NULL keys."""
+        return {"expired_rows": self.expired_rows, "right_rows": self.right_rows, "right_nulls": self.right_nulls}
 
     def state_tables(self) -> dict[str, pa.Table]:
         """Each side's stored rows (:meth:`~sqlstream.operators.join_state.RowChunks.to_tables`;
@@ -225,6 +273,8 @@ class RegularJoinOperator(Operator):
 
     def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
         self.expired_rows = values["expired_rows"]
+        self.right_rows = values.get("right_rows", 0)
+        self.right_nulls = values.get("right_nulls", 0)
         self.state[0].load_tables("left", tables)
         self.state[1].load_tables("right", tables)
 

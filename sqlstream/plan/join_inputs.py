@@ -19,8 +19,9 @@ from sqlglot import exp
 from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnknownFunctionError, UnsupportedSqlError
 from sqlstream.hidden import OP_COLUMN, is_hidden
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error
-from sqlstream.operators.joins import JoinLayout, JoinSide
+from sqlstream.operators.join_layout import JoinLayout, JoinSide
 from sqlstream.plan.join_conditions import ColumnReferences, and_all, common_type, conjuncts
+from sqlstream.plan.join_using import UsingColumn, using_inputs, using_names
 from sqlstream.plan.lowering import to_datafusion_sql
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.relation import PendingWindow, PlannerContext, Relation, SelectItem
@@ -124,6 +125,9 @@ class JoinInputs:
         every: list[ScopeColumn] = []  # what the join's condition may name
         self.out_to_input = {}
         self.virtual = []
+        named = using_names(self.planner, self.join, left.scope, right.scope)
+        merged_inputs = [{c.internal for c in using_inputs(self.planner, rel.scope, named)} for rel in (left, right)]
+        outs: list[dict[str, str]] = [{}, {}]  # per side: input column -> output column
         for index, rel in enumerate((left, right)):
             side = JoinInput(rel, index, {}, set(), rel.node.window, rel.node.rowtime or rel.node.window_end)
             types = {f.name: f.type for f in rel.node.schema}
@@ -134,15 +138,20 @@ class JoinInputs:
                     self.virtual.append(virtual)
                     every.append(virtual)
                     continue
-                prefix = sorted(column.qualifiers)[0] if column.qualifiers else (rel.label or f"input{index}")
-                out = f"{prefix}.{column.name}"
-                while out in used:
-                    out += "_"
-                used.add(out)
-                self.out_to_input[out] = (index, column.internal)
-                scoped = ScopeColumn(column.name, out, types.get(column.internal, column.type), set(column.qualifiers))
+                out = outs[index].get(column.internal)
+                if out is None:  # (a column merged by an earlier USING shares its input column)
+                    prefix = sorted(column.qualifiers)[0] if column.qualifiers else (rel.label or f"input{index}")
+                    out = f"{prefix}.{column.name}"
+                    while out in used:
+                        out += "_"
+                    used.add(out)
+                    self.out_to_input[out] = (index, column.internal)
+                    outs[index][column.internal] = out
+                qualified_only = column.qualified_only or column.internal in merged_inputs[index]
+                scoped = ScopeColumn(column.name, out, types.get(column.internal, column.type), set(column.qualifiers),
+                                     qualified_only=qualified_only)
                 every.append(scoped)
-                side.columns.append((column.internal, scoped, self.references.wanted(column)))
+                side.columns.append((column.internal, scoped, self._wanted(index, column)))
             sides.append(side)
         clash = sides[0].qualifiers & sides[1].qualifiers
         if clash:
@@ -152,20 +161,49 @@ class JoinInputs:
                 location=self.planner.loc(self.join),
                 hint=f"give one side an alias: JOIN {name} AS {name}2 ON ...",
             )
-        self.condition_scope = Scope(every)
+        self.using = []
+        for node, name in named:
+            pair = [using_inputs(self.planner, rel.scope, [(node, name)])[0] for rel in (left, right)]
+            column_outs = tuple(outs[i][c.internal] for i, c in enumerate(pair))
+            types = tuple(sides[i].node.schema.field(c.internal).type for i, c in enumerate(pair))
+            self.using.append(UsingColumn(node, name, column_outs, types))
+        self.condition_scope = Scope(self._merged() + every)
         return sides[0], sides[1]
+
+    def _wanted(self, index: int, column: ScopeColumn) -> bool:
+        """Whether the query may name ``column`` of side ``index`` after the join."""
+        return self.references.wanted(column)
+
+    def _merged(self, carried: set[str] | None = None) -> list[ScopeColumn]:
+        """The columns ``USING``/``NATURAL`` merges, named without a qualifier: the left
+        side's (INNER, LEFT) or the right side's (RIGHT) column; for FULL, a column
+        ``COALESCE(l.k, r.k)`` that :meth:`_result` adds after the join. Only those
+        whose inputs are in ``carried`` (all when None)."""
+        out = []
+        for u in self.using:
+            if carried is not None and not set(u.outputs) <= carried:
+                continue
+            if self.kind == "full":
+                out.append(ScopeColumn(u.name, f"USING.{u.name}", common_type(*u.types) or u.types[0], set()))
+            else:
+                side = 1 if self.kind == "right" else 0
+                out.append(ScopeColumn(u.name, u.outputs[side], u.types[side], set()))
+        return out
 
     def _carry(self, left: set = frozenset(), right: set = frozenset()) -> None:
         """The columns the join's output carries: those the query names after it, plus
         ``left``/``right`` input columns its strategy needs (event time, windows)."""
         scope = list(self.virtual)
+        carried: set[str] = set()
         for side, required in zip(self.sides, (left, right), strict=True):
             side.names = {}
-            for internal, scoped, wanted in side.columns:
-                if wanted or internal in required:
+            wanted = {internal for internal, _, want in side.columns if want or internal in required}
+            for internal, scoped, _ in side.columns:
+                if internal in wanted:
                     side.names[internal] = scoped.internal
+                    carried.add(scoped.internal)
                     scope.append(scoped)
-        self.scope = Scope(scope)
+        self.scope = Scope(self._merged(carried) + scope)
 
     def _out(self, side: JoinInput, column: str) -> str:
         """The output name of an input column (carried or not)."""
@@ -178,7 +216,7 @@ class JoinInputs:
 
     def _conditions(self) -> list[Conjunct]:
         source = self.planner.source
-        out = []
+        out = [Conjunct(u.text(), u.equality(), frozenset((0, 1)), "on") for u in self.using]
         on = self.join.args.get("on")
         for node in conjuncts(on):
             resolved = self.condition_scope.resolve(node, source)
@@ -305,7 +343,7 @@ class JoinInputs:
         return self.planner.stateless(side.node, items, condition, label=label), key_names
 
     def _layout(self, kind: str, key_names, residual: list[Conjunct], hidden: list[pa.Field],
-                window_columns=(None, None), times=(None, None)) -> JoinLayout:
+                window_columns=(None, None), times=(None, None), null_aware: bool = False) -> JoinLayout:
         output = []
         fields = []
         for side in self.sides:
@@ -329,11 +367,13 @@ class JoinInputs:
         sides = []
         for side, keys, window, time in zip(self.sides, key_names, window_columns, times, strict=True):
             sides.append(JoinSide(tuple(side.names), tuple(keys), time, window, side.rel.label))
-        return JoinLayout(kind, sides[0], sides[1], tuple(output), pa.schema(fields + hidden), program)
+        return JoinLayout(kind, sides[0], sides[1], tuple(output), pa.schema(fields + hidden), program, null_aware)
 
     def _condition_text(self) -> str:
         on = self.join.args.get("on")
         parts = [sql_text(on)] if on is not None else []
+        if self.using:
+            parts.append(("NATURAL " if self.join.args.get("method") else "") + f"USING ({', '.join(u.name for u in self.using)})")
         parts += [f"{sql_text(c.text)} (from WHERE)" for c in self.conjuncts if c.origin == "where" and len(c.sides) == 2]
         return " AND ".join(parts)
 
@@ -348,7 +388,20 @@ class JoinInputs:
         return f"{self.sides[0].rel.label} JOIN {self.sides[1].rel.label}"
 
     def _result(self, node: PlanNode, window: PendingWindow | None = None) -> Relation:
-        return Relation(node, self.scope, window, self._label())
+        merged = [c for c in self.scope.columns if c.internal.startswith("USING.")]
+        if merged:  # FULL JOIN ... USING: the merged columns are computed after the join
+            items = [SelectItem(column_ref(f.name), f.name) for f in node.schema if not is_hidden(f.name) and f.name != OP_COLUMN]
+            for column in merged:
+                u = next(u for u in self.using if u.name == column.name)
+                parts = [column_ref(o) if t == column.type else exp.Cast(this=column_ref(o), to=exp.DataType.build(sql_type_name(column.type)))
+                         for o, t in zip(u.outputs, u.types, strict=True)]
+                items.append(SelectItem(exp.Coalesce(this=parts[0], expressions=[parts[1]]), column.internal))
+            node = self.planner.stateless(node, items, None, label=self._label())
+        scope = self.scope
+        if self.kind in ("semi", "anti"):  # only the left side's rows (and columns) come out
+            scope = Scope([c for c in scope.columns if self.out_to_input.get(c.internal, (0,))[0] == 0])
+            return Relation(node, scope, window, self.sides[0].rel.label)
+        return Relation(node, scope, window, self._label())
 
 
 def shown(expression: exp.Expr) -> str:

@@ -39,8 +39,11 @@ from sqlstream.plan.lowering import to_datafusion_sql
 from sqlstream.plan.ranking import reject_pending_rank
 from sqlstream.plan.relation import PendingWindow, PlannerContext, Relation
 from sqlstream.plan.scope import Scope, column_ref
+from sqlstream.plan.subqueries import SubqueryFilter, subquery_join
+from sqlstream.plan.unnest import plan_unnest
+from sqlstream.sql.statements import normalize_name
 
-__all__ = ["plan_joins", "lookup_table_relation", "SUPPORTED_JOINS"]
+__all__ = ["plan_joins", "plan_subquery_filters", "lookup_table_relation", "SUPPORTED_JOINS"]
 
 
 # -- entry points (called by the planner) ---------------------------------------------------------
@@ -64,9 +67,25 @@ def plan_joins(planner: PlannerContext, rel: Relation, joins: list[exp.Join], se
     where_conjuncts = conjuncts(where.this) if where is not None else []
     context = JoinContext(planner, select, where_conjuncts, all(k == "inner" for k in kinds))
     for join, kind in zip(joins, kinds, strict=True):
+        if isinstance(join.this, exp.Unnest):  # stateless: rows repeated per array element
+            rel = plan_unnest(planner, rel, join)
+            continue
         right = planner.plan_factor(join.this)
         reject_pending_rank(planner, right)
         rel = _JoinPlanner(context, join, kind, rel, right).plan()
+    return rel
+
+
+def plan_subquery_filters(planner: PlannerContext, rel: Relation, select: exp.Select, filters: list[SubqueryFilter]) -> Relation:
+    """``rel`` semi/anti joined with the subquery of each ``[NOT] IN``/``[NOT] EXISTS``
+    conjunct of WHERE (``select``: the query as written, for the columns it names)."""
+    reject_pending_rank(planner, rel)
+    context = JoinContext(planner, select, [], False)
+    taken = {q for c in rel.scope.columns for q in c.qualifiers}
+    for sub in filters:
+        join, right = subquery_join(planner, rel, sub, taken)
+        reject_pending_rank(planner, right)
+        rel = _JoinPlanner(context, join, sub.kind, rel, right, null_aware=sub.null_aware, written=sub.node).plan()
     return rel
 
 
@@ -86,24 +105,57 @@ def _join_kind(planner: PlannerContext, join: exp.Join) -> str:
     method = (join.args.get("method") or "").upper()
     kind = (join.args.get("kind") or "").upper()
     side = (join.args.get("side") or "").upper()
-    if method:
+    if method and method != "NATURAL":
         raise planner.unsupported(f"{method} JOIN is not supported", join, "write the join condition: JOIN ... ON a.k = b.k")
     if kind in ("SEMI", "ANTI"):
-        raise planner.unsupported(f"{kind} JOIN is not supported", join, "use JOIN (or LEFT JOIN ... WHERE b.k IS NULL)")
+        raise planner.unsupported(f"{kind} JOIN is not supported", join,
+                                  "write WHERE [NOT] EXISTS (SELECT ... WHERE b.k = a.k) or WHERE a.k [NOT] IN (SELECT k FROM b)")
     if kind not in ("", "INNER", "OUTER", "CROSS"):
         raise planner.unsupported(f"{kind} JOIN is not supported", join, SUPPORTED_JOINS)
-    if join.args.get("using"):
-        names = ", ".join(u.name for u in join.args["using"])
-        raise planner.unsupported(f"JOIN ... USING ({names}) is not supported", join, "write ON a.k = b.k")
+    merging = bool(join.args.get("using")) or method == "NATURAL"
+    if merging and join.args.get("on") is not None:
+        raise planner.unsupported("a join has either ON or USING/NATURAL, not both", join.args["on"])
     if side in ("LEFT", "RIGHT", "FULL"):
-        if join.args.get("on") is None:
+        if join.args.get("on") is None and not merging:
             raise planner.unsupported(f"{side} JOIN needs an ON condition", join, "e.g. LEFT JOIN b ON a.k = b.k")
         return side.lower()
     return "inner"
 
 
+def _preserved(kind: str) -> set[int]:
+    """The sides whose rows appear whether or not they match (anti: the left side)."""
+    return {"full": {0, 1}, "left": {0}, "right": {1}, "anti": {0}}.get(kind, set())
+
+
 class _JoinPlanner(JoinInputs):
     """Picks the strategy of one join and builds its node."""
+
+    def __init__(self, context, join, kind, left, right, null_aware: bool = False, written: exp.Expr | None = None):
+        super().__init__(context, join, kind, left, right)
+        self.null_aware = null_aware  # NOT IN
+        self.written = written  # the WHERE conjunct a semi/anti join was written as
+        self.semi = kind in ("semi", "anti")
+        self.passed_window: PendingWindow | None = None  # the left side's window TVF, after a semi/anti join
+
+    def _wanted(self, index: int, column) -> bool:
+        if self.semi and index == 1:  # the subquery's columns: only its condition reads them
+            on = self.join.args.get("on")
+            return on is not None and column.name in {normalize_name(c.this) for c in on.find_all(exp.Column)}
+        return super()._wanted(index, column)
+
+    def _carry(self, left: set = frozenset(), right: set = frozenset()) -> None:
+        tvf = self.passed_window
+        if tvf is not None:  # its time and SESSION partition columns
+            left = {*left, tvf.time_column, *(c.name for p in tvf.partition for c in p.find_all(exp.Column))}
+        super()._carry(left, right)
+
+    def _result(self, node, window: PendingWindow | None = None) -> Relation:
+        tvf = self.passed_window
+        if tvf is not None:
+            names = self.sides[0].names
+            window = PendingWindow(tvf.spec, names[tvf.time_column], tvf.label,
+                                   tuple(_over_output(p, names) for p in tvf.partition))
+        return super()._result(node, window)
 
     # -- the join ------------------------------------------------------------------------------
 
@@ -114,7 +166,14 @@ class _JoinPlanner(JoinInputs):
             raise self._unsupported("joining two TABLEs is not supported: a TABLE is lookup data for a stream",
                                     "join a stream with the table: FROM <stream> s JOIN <table> t ON ...")
         if not any(tables):
-            left, right = self._materialize(left), self._materialize(right)
+            if not self.semi or left.window is None:
+                left = self._materialize(left)
+            else:  # a semi/anti join's rows are the left side's: its window TVF applies after the join
+                self.passed_window = left.window
+            right = self._materialize(right)
+        if self.semi and (left.node.updating or right.node.updating):
+            raise self._unsupported("IN/EXISTS over an updating result (changelog) is not supported",
+                                    "aggregate with a window, or join the changelog instead", node=self.written)
         self.sides = self._combine(left, right)
         self.conjuncts = self._conditions()
         if any(tables):
@@ -125,7 +184,7 @@ class _JoinPlanner(JoinInputs):
 
     def _plan_lookup(self, stream_index: int):
         stream, table = self.sides[stream_index], self.sides[1 - stream_index]
-        preserved = {0, 1} if self.kind == "full" else ({0} if self.kind == "left" else {1} if self.kind == "right" else set())
+        preserved = _preserved(self.kind)
         if table.index in preserved:
             raise self._unsupported(
                 f"the TABLE '{table.rel.label}' cannot be the preserved side of a {self.kind.upper()} JOIN "
@@ -133,6 +192,7 @@ class _JoinPlanner(JoinInputs):
                 f"keep the stream's rows instead: FROM {stream.rel.label} LEFT JOIN {table.rel.label} ON ...",
             )
         equalities, residual = self._split(preserved)
+        self._uncorrelated_not_in(equalities, residual)
         if not equalities:
             raise self._unsupported(
                 f"a lookup join needs an equality between the stream and the table '{table.rel.label}'",
@@ -150,8 +210,8 @@ class _JoinPlanner(JoinInputs):
         key_names = [None, None]
         key_names[stream.index], key_names[table.index] = stream_keys, table_keys
         hidden = [f for f in node.schema if f.name in (WM_COLUMN, OP_COLUMN)]
-        outer_residual = residual if preserved else []
-        layout = self._layout(self.kind, key_names, outer_residual, hidden)
+        outer_residual = residual if preserved or self.semi else []
+        layout = self._layout(self.kind, key_names, outer_residual, hidden, null_aware=self.null_aware)
         names = stream.names
         rowtime = names.get(stream.node.rowtime) if stream.node.rowtime else None
         window = tuple(names[w] for w in stream.node.window) if stream.node.window and all(w in names for w in stream.node.window) else None
@@ -163,11 +223,17 @@ class _JoinPlanner(JoinInputs):
         window_end = names.get(stream.node.window_end) if stream.node.window_end else None
         join = LookupJoin(node, stream.index, table.node, table_program, layout, self._condition_text(), reason,
                           rowtime=rowtime, window=window, window_end=window_end)
-        result = self._post_filter(join, [] if preserved else residual)
+        result = self._post_filter(join, [] if preserved or self.semi else residual)
         if tvf is not None:  # a window TVF passes through: aggregate it after the join
             partition = tuple(_over_output(p, names) for p in tvf.partition)
             tvf = PendingWindow(tvf.spec, names[tvf.time_column], tvf.label, partition)
         return self._result(result, tvf)
+
+    def _uncorrelated_not_in(self, equalities, residual) -> None:
+        """NOT IN's NULL rules are those of one subquery result for every row: no correlation."""
+        if self.null_aware and (len(equalities) != 1 or residual):
+            raise self._unsupported("NOT IN needs an uncorrelated subquery (its WHERE names only its own columns)",
+                                    "write NOT EXISTS (SELECT 1 FROM r WHERE r.k = x.k AND ...)", node=self.written)
 
     def _table_program(self, table: JoinInput):
         """Filters and computed keys of the table, run once on its rows at load time."""
@@ -198,8 +264,11 @@ class _JoinPlanner(JoinInputs):
 
     def _plan_streams(self):
         left, right = self.sides
-        preserved = {0, 1} if self.kind == "full" else ({0} if self.kind == "left" else {1} if self.kind == "right" else set())
+        preserved = _preserved(self.kind)
         equalities, residual = self._split(preserved)
+        self._uncorrelated_not_in(equalities, residual)
+        if self.null_aware:  # uncorrelated: no window or time bound relates the sides
+            return self._plan_regular(equalities, residual, preserved)
         updating = left.node.updating or right.node.updating
         window_pairs = self._window_equalities(equalities)
         if window_pairs is not None and not updating:
@@ -266,7 +335,7 @@ class _JoinPlanner(JoinInputs):
         self._key_columns(equalities)
         self._carry(left=set(self.sides[0].window))
         nodes, key_names = zip(*(self._prepare(side, side.rel.label) for side in self.sides), strict=True)
-        outer_residual = residual if preserved else []
+        outer_residual = residual if preserved or self.semi else []
         layout = self._layout(self.kind, key_names, outer_residual, [pa.field(WM_COLUMN, pa.int64())],
                               window_columns=tuple(side.window for side in self.sides))
         left = self.sides[0]
@@ -277,23 +346,23 @@ class _JoinPlanner(JoinInputs):
         )
         node = WindowJoin(tuple(nodes), layout, self._condition_text(), reason, rowtime=None, window=window,
                           window_end=window[1])
-        return self._result(self._post_filter(node, [] if preserved else residual))
+        return self._result(self._post_filter(node, [] if preserved or self.semi else residual))
 
     def _plan_interval(self, equalities, residual, preserved, lower, upper, used):
         residual = [c for c in residual if all(c is not u for u in used)]
         self._key_columns(equalities)
         left, right = self.sides
-        if self.kind in ("inner", "left"):
+        if self.kind in ("inner", "left", "semi", "anti"):
             self._carry(left={left.time})
         elif self.kind == "right":
             self._carry(right={right.time})
         else:
             self._carry()
         nodes, key_names = zip(*(self._prepare(side, side.rel.label) for side in self.sides), strict=True)
-        outer_residual = residual if preserved else []
+        outer_residual = residual if preserved or self.semi else []
         times = tuple(side.time for side in self.sides)
         layout = self._layout(self.kind, key_names, outer_residual, [pa.field(WM_COLUMN, pa.int64())], times=times)
-        if self.kind in ("inner", "left"):
+        if self.kind in ("inner", "left", "semi", "anti"):
             rowtime, delay = left.names[left.time], max(upper, 0)
         elif self.kind == "right":
             rowtime, delay = right.names[right.time], max(-lower, 0)
@@ -307,17 +376,17 @@ class _JoinPlanner(JoinInputs):
             f"held back by {d(delay)} so joined rows are never late downstream"
         )
         node = IntervalJoin(tuple(nodes), layout, self._condition_text(), reason, lower, upper, delay, rowtime=rowtime)
-        return self._result(self._post_filter(node, [] if preserved else residual))
+        return self._result(self._post_filter(node, [] if preserved or self.semi else residual))
 
     def _plan_regular(self, equalities, residual, preserved):
         self._key_columns(equalities)
         self._carry()
         nodes, key_names = zip(*(self._prepare(side, side.rel.label) for side in self.sides), strict=True)
-        updating = any(n.updating for n in nodes) or self.kind != "inner"
+        updating = any(n.updating for n in nodes) or self.kind not in ("inner", "semi")
         hidden = [pa.field(OP_COLUMN, pa.string())] if updating else []
-        outer_residual = residual if preserved else []
+        outer_residual = residual if preserved or self.semi else []
         times = tuple(side.time if side.node.rowtime else None for side in self.sides)
-        layout = self._layout(self.kind, key_names, outer_residual, hidden, times=times)
+        layout = self._layout(self.kind, key_names, outer_residual, hidden, times=times, null_aware=self.null_aware)
         ttl = self.planner.settings.get("join_state_ttl")
         why = []
         if any(n.updating for n in nodes):
@@ -326,12 +395,19 @@ class _JoinPlanner(JoinInputs):
             why.append("no window or time bound relates the inputs")
             if self.one_sided_bound:
                 why.append("(the time condition bounds one direction only; bound both for an interval join)")
-        if self.kind != "inner" and not any(n.updating for n in nodes):
+        if self.kind == "anti":
+            why.append("a row without a match is emitted at once and retracted when its first match arrives (changelog output)")
+            if self.null_aware:
+                why.append("NOT IN: the first subquery row retracts rows with a NULL value, the first NULL in the "
+                           "subquery retracts every row (nothing comes after it)")
+        elif self.kind == "semi":
+            why.append("a row is emitted once, when its first match is seen (append-only output)")
+        elif self.kind != "inner" and not any(n.updating for n in nodes):
             why.append(f"a {self.kind.upper()} join's padded rows are retracted when a match arrives (changelog output)")
         why.append("keyed state of both inputs, " + (f"dropped {format_duration_us(ttl)} after storing (join_state_ttl)"
                                                      if ttl else "kept for ever (SET join_state_ttl = '1h' bounds it)"))
         node = RegularJoin(tuple(nodes), layout, self._condition_text(), "; ".join(why), ttl, updating=updating)
-        return self._result(self._post_filter(node, [] if preserved else residual))
+        return self._result(self._post_filter(node, [] if preserved or self.semi else residual))
 
 
 def _signed(us: int) -> str:

@@ -22,15 +22,17 @@ from sqlstream.errors import SqlAnalysisError, SqlStreamError, UnsupportedSqlErr
 from sqlstream.hidden import WM_COLUMN, is_hidden
 from sqlstream.plan.aggregation import find_aggregates, group_expressions, plan_aggregate
 from sqlstream.plan.grouping_sets import expand_grouping_sets, has_grouping_sets
-from sqlstream.plan.joins import lookup_table_relation, plan_joins
+from sqlstream.plan.joins import lookup_table_relation, plan_joins, plan_subquery_filters
 from sqlstream.plan.lowering import stateless_stage
 from sqlstream.plan.model_predict import plan_model_predict
 from sqlstream.plan.nodes import Limit, PlanNode, Scan, Stateless
 from sqlstream.plan.over import plan_over
 from sqlstream.plan.ranking import materialize_rank, reject_pending_rank
 from sqlstream.plan.relation import Relation, SelectItem, StageColumns
+from sqlstream.plan.scalar_subqueries import plan_scalar_subqueries, split_scalar_subqueries
 from sqlstream.plan.scope import Scope
 from sqlstream.plan.set_operations import plan_set_operation
+from sqlstream.plan.subqueries import split_subquery_filters
 from sqlstream.plan.windows import expand_window, over_whole_windows, plan_window_tvf, reject_window_functions
 from sqlstream.sql.dialect import SqlStream, WindowTVF
 from sqlstream.sql.model_predict import ModelPredict
@@ -204,8 +206,15 @@ class QueryPlanner:
     # -- SELECT -----------------------------------------------------------------------
 
     def _plan_select(self, select: exp.Select) -> Relation:
+        written = select
+        select, subqueries = split_subquery_filters(self, select)  # [NOT] IN / EXISTS: semi and anti joins
+        select, scalars = split_scalar_subqueries(self, select)  # (SELECT agg FROM table): lookup joins
         self._reject_select_clauses(select)
         rel = self._plan_from(select)
+        if subqueries:
+            rel = plan_subquery_filters(self, rel, written, subqueries)
+        if scalars:
+            rel = plan_scalar_subqueries(self, rel, scalars)
         if rel.rank is not None:  # Top-N / deduplication: bounded by this WHERE
             rel, select = materialize_rank(self, select, rel)
         if has_grouping_sets(select.args.get("group")):

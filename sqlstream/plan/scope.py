@@ -29,6 +29,8 @@ class ScopeColumn:
     type: pa.DataType
     qualifiers: set[str] = field(default_factory=set)
     virtual: bool = False  # window_start/window_end of a window TVF before aggregation
+    qualified_only: bool = False  # named only as ``t.k`` (not ``k``, not in ``*``): a side's column merged by
+    # JOIN ... USING / NATURAL JOIN, or the value of a scalar subquery
 
 
 @dataclass
@@ -41,12 +43,14 @@ class Scope:
         return cls([ScopeColumn(f.name, f.name, f.type, set(quals)) for f in schema if not is_hidden(f.name) and f.name != OP_COLUMN])
 
     def requalified(self, qualifier: str) -> "Scope":
-        return Scope([ScopeColumn(c.name, c.internal, c.type, {qualifier}, c.virtual) for c in self.columns])
+        return Scope([ScopeColumn(c.name, c.internal, c.type, {qualifier}, c.virtual)
+                      for c in self.columns if not c.qualified_only])
 
     def lookup(self, column: exp.Column, source: SourceText) -> ScopeColumn:
         name = normalize_name(column.this)
         qualifier = normalize_name(column.args["table"]) if column.args.get("table") is not None else None
-        matches = [c for c in self.columns if c.name == name and (qualifier is None or qualifier in c.qualifiers)]
+        matches = [c for c in self.columns if c.name == name and (
+            qualifier in c.qualifiers if qualifier is not None else not c.qualified_only)]
         if len(matches) == 1:
             return matches[0]
         location = source.location(column)
@@ -73,7 +77,7 @@ class Scope:
 
     def star(self, qualifier: str | None, node: exp.Expr, source: SourceText) -> list[ScopeColumn]:
         if qualifier is None:
-            return [c for c in self.columns if not c.virtual or True]
+            return [c for c in self.columns if not c.qualified_only]
         out = [c for c in self.columns if qualifier in c.qualifiers]
         if not out:
             raise SqlAnalysisError(f"unknown relation '{qualifier}'", location=source.location(node))
