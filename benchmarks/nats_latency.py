@@ -207,7 +207,8 @@ def main() -> None:
                         stop(relay)
                     report("bare nats-py relay (baseline)", latencies, messages - warm)
                     for timeout in (t.strip() for t in args.timeouts.split(",")):
-                        for tree_name, tree in trees:
+                        # (alternate the order by round: neither tree always runs first)
+                        for tree_name, tree in trees if round_ % 2 == 0 else trees[::-1]:
                             pipeline = start(["pipeline", server.url, model, timeout], tree)
                             try:
                                 latencies = asyncio.run(measure(server.url, messages, rate, passing))
