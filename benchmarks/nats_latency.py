@@ -9,13 +9,16 @@ wall-clock time it was published. The pipeline, in its own process, is
 source into a core NATS sink; this process subscribes to the output and records
 receive time - publish time per message. The first 10% of messages are warm-up.
 
-It runs once per ``--timeouts`` value of the ``batch_timeout`` setting (the
-latency/throughput trade-off: a batch closes at ``batch_size`` rows or when its
-oldest row has waited ``batch_timeout``), plus a baseline: a bare nats-py relay
-that republishes each message as it arrives (the transport's own latency).
+Each round runs, per ``--rates`` value (default 1k and 10k msgs/s), a baseline: a
+bare nats-py relay that republishes each message as it arrives (the transport's own
+latency); then the pipeline at the default settings (or once per ``--timeouts``
+value of ``batch_timeout``, the upper bound on how long a batch waits for more
+rows). ``--baseline-tree`` runs the same pipeline from another checkout too, in the
+same run, so a change is compared under the same load.
 
-    python benchmarks/nats_latency.py                       # 100k messages at 10k/s per setting
-    python benchmarks/nats_latency.py --messages 20000 --timeouts 10ms
+    python benchmarks/nats_latency.py                       # 10 s at 1k/s and at 10k/s
+    python benchmarks/nats_latency.py --seconds 5 --repeat 3 --baseline-tree ../main
+    python benchmarks/nats_latency.py --rates 10000 --timeouts 1ms,10ms,50ms
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def build_model(path: str) -> str:
 def run_pipeline(url: str, model: str, batch_timeout: str) -> None:
     from sqlstream.session import Session
 
-    session = Session(dead_letter_path="off", settings={"batch_timeout": batch_timeout})
+    session = Session(dead_letter_path="off", settings={} if batch_timeout == "default" else {"batch_timeout": batch_timeout})
     session.register_model("score", model)
     session.execute(
         f"""CREATE SOURCE lat_src (id BIGINT, sent_ns BIGINT, f1 DOUBLE, f2 DOUBLE, f3 DOUBLE, f4 DOUBLE)
@@ -150,9 +153,11 @@ async def measure(url: str, messages: int, rate: float, expected: int) -> np.nda
     return latencies[keep]
 
 
-def start(role: list[str]) -> subprocess.Popen:
+def start(role: list[str], tree: str = ROOT) -> subprocess.Popen:
+    """A role in its own process; ``tree`` is the checkout whose sqlstream it imports."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", *role], stdout=subprocess.PIPE,
-                               text=True)
+                               text=True, env=env)
     if process.stdout.readline().strip() != "ready":
         raise SystemExit(f"{role[0]} failed to start")
     return process
@@ -166,41 +171,51 @@ def stop(process: subprocess.Popen) -> None:
 def report(name: str, latencies: np.ndarray, expected: int) -> None:
     ms = latencies / 1e6
     p50, p99, p999 = np.percentile(ms, [50, 99, 99.9])
-    print(f"{name:>34}: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  p99.9 {p999:7.2f} ms  max {ms.max():7.2f} ms"
+    print(f"{name:>48}: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  p99.9 {p999:7.2f} ms  max {ms.max():7.2f} ms"
           f"  ({len(ms):,}/{expected:,} measured)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--rate", type=float, default=10_000, help="messages per second")
-    parser.add_argument("--timeouts", default="1ms,10ms,50ms", help="batch_timeout values to run, comma-separated")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long each measurement publishes")
+    parser.add_argument("--rates", default="1000,10000", help="messages per second to run, comma-separated")
+    parser.add_argument("--timeouts", default="default",
+                        help="batch_timeout values to run, comma-separated ('default': the setting left alone)")
+    parser.add_argument("--baseline-tree", metavar="PATH",
+                        help="also run the pipeline from this checkout (e.g. a worktree of the code before a change)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every measurement")
     args = parser.parse_args()
-    rng = np.random.default_rng(5)
-    # the rows the filter keeps: the publisher's features, as printed (4 decimals)
-    keeps = np.round(rng.uniform(0, 1, (args.messages, 4))[:, 0], 4) > 0.1
-    passing = int(keeps.sum())
-    warm = args.messages // 10
-    measured_relay, measured_pipeline = args.messages - warm, int(keeps[warm:].sum())
+    trees = [("this tree", ROOT)] + ([("baseline tree", os.path.abspath(args.baseline_tree))] if args.baseline_tree else [])
     server = NatsServerProcess(jetstream=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             model = build_model(os.path.join(tmp, "score.onnx"))
-            print(f"nats-server at {server.url}; {args.messages:,} messages at {args.rate:,.0f}/s; "
-                  f"first 10% are warm-up; latency = subscriber receive - publish (wall clock)")
-            relay = start(["relay", server.url])
-            try:
-                latencies = asyncio.run(measure(server.url, args.messages, args.rate, args.messages))
-            finally:
-                stop(relay)
-            report("bare nats-py relay (baseline)", latencies, measured_relay)
-            for timeout in args.timeouts.split(","):
-                pipeline = start(["pipeline", server.url, model, timeout.strip()])
-                try:
-                    latencies = asyncio.run(measure(server.url, args.messages, args.rate, passing))
-                finally:
-                    stop(pipeline)
-                report(f"sqlstream batch_timeout={timeout.strip()}", latencies, measured_pipeline)
+            print(f"nats-server at {server.url}; {args.seconds:g} s per measurement; first 10% are warm-up; "
+                  f"latency = subscriber receive - publish (wall clock)")
+            for round_ in range(args.repeat):
+                for rate in (float(r) for r in args.rates.split(",")):
+                    messages = int(rate * args.seconds)
+                    rng = np.random.default_rng(5)
+                    # the rows the filter keeps: the publisher's features, as printed (4 decimals)
+                    keeps = np.round(rng.uniform(0, 1, (messages, 4))[:, 0], 4) > 0.1
+                    passing, warm = int(keeps.sum()), messages // 10
+                    print(f"-- round {round_ + 1}: {messages:,} messages at {rate:,.0f}/s")
+                    relay = start(["relay", server.url])
+                    try:
+                        latencies = asyncio.run(measure(server.url, messages, rate, messages))
+                    finally:
+                        stop(relay)
+                    report("bare nats-py relay (baseline)", latencies, messages - warm)
+                    for timeout in (t.strip() for t in args.timeouts.split(",")):
+                        # (alternate the order by round: neither tree always runs first)
+                        for tree_name, tree in trees if round_ % 2 == 0 else trees[::-1]:
+                            pipeline = start(["pipeline", server.url, model, timeout], tree)
+                            try:
+                                latencies = asyncio.run(measure(server.url, messages, rate, passing))
+                            finally:
+                                stop(pipeline)
+                            setting = "default batch_timeout" if timeout == "default" else f"batch_timeout={timeout}"
+                            report(f"sqlstream ({tree_name}), {setting}", latencies, int(keeps[warm:].sum()))
     finally:
         server.stop()
 

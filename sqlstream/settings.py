@@ -32,7 +32,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 SETTING_DOCS = {
     "batch_size": "rows per micro-batch for live sources (default 8192)",
     "file_batch_size": "rows per micro-batch for bounded file sources (default 1000000)",
-    "batch_timeout": "a live micro-batch closes after this long (default 10ms)",
+    "batch_timeout": "the longest a live micro-batch waits for more rows (default 10ms)",
     "dead_letter_path": "JSON-lines file for rejected records",
     "join_state_ttl": "drop join state older than this (default: keep)",
     "dedup_state_ttl": "keep-first deduplication forgets a key this long (event time) after its row (default: keep)",

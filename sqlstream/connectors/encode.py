@@ -4,7 +4,8 @@ Small batches of flat rows (numbers, text, booleans, dates, times, timestamps) a
 written with Arrow string kernels, column by column — well under a millisecond, which
 matters for latency (stdout, NATS and file sinks). Large batches and rows with nested
 values (lists, structs, maps) are encoded by DuckDB in one call per batch (~2 ms fixed
-cost, then faster per row).
+cost, then faster per row). ``BYTEA`` values are written as base64 text (standard
+alphabet, padded), which the JSON decoder reads back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from sqlstream.connectors.base64_columns import to_base64
 
 __all__ = ["encode_json_lines", "encode_json_values", "is_nested", "text"]
 
@@ -151,10 +154,29 @@ def _duckdb_json(batch: pa.RecordBatch | pa.Table) -> pa.Array:
 _KERNEL_ROWS = 2048
 
 
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+
+
+def _binary_as_base64(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch | pa.Table:
+    """``batch`` with its binary columns as base64 text (JSON has no bytes)."""
+    if not any(_is_binary(f.type) for f in batch.schema):
+        return batch
+    columns = []
+    for i, field in enumerate(batch.schema):
+        column = batch.column(i)
+        if _is_binary(field.type):
+            column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+            column = to_base64(column).cast(pa.string())
+        columns.append(column)
+    return pa.table(columns, names=batch.schema.names)
+
+
 def encode_json_values(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     """One JSON object per row, as a string array (one element per row)."""
     if batch.num_rows == 0:
         return pa.array([], pa.string())
+    batch = _binary_as_base64(batch)
     fast = _flat_json(batch) if batch.num_rows <= _KERNEL_ROWS else None
     return fast if fast is not None else _duckdb_json(batch)
 

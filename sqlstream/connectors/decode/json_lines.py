@@ -1,4 +1,9 @@
-"""JSON lines: each line one object; keys matched to columns record by record."""
+"""JSON lines: each line one object; keys matched to columns record by record.
+
+A ``BYTEA`` column is read from base64 text (:mod:`~sqlstream.connectors.base64_columns`,
+the JSON sink writes it so): a value that is not base64 makes its record a ``type``
+dead letter.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pjson
 
+from sqlstream.connectors.base64_columns import base64_problem, from_base64
 from sqlstream.connectors.decode.block import (
     JSON_CHANGED,
     Decoded,
@@ -68,6 +74,9 @@ class JsonDecoder(Decoder):
 
     def __init__(self, schema: pa.Schema, source_name: str, timestamp_format: str = "iso"):
         super().__init__(schema, source_name, timestamp_format)
+        # BYTEA travels as base64 text: read as text, decoded after the read
+        self._base64 = [f.name for f in self.read_schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+        self.read_schema = pa.schema([f.with_type(pa.string()) if f.name in self._base64 else f for f in self.read_schema])
         self._lower = {f.name.lower(): f.name for f in self.schema}
         self._spelling: dict[str, str] = {}  # declared name → the block's other spelling
         self._exact_options = self._parse_options({})
@@ -152,6 +161,29 @@ class JsonDecoder(Decoder):
 
     def _empty_read(self) -> pa.Table:
         return self._options.explicit_schema.empty_table()  # the block's spellings as columns too
+
+    # -- base64 ------------------------------------------------------------------------
+
+    def _conform_records(self, table: pa.Table, records: np.ndarray, rejects: Rejects) -> tuple[pa.Table, np.ndarray]:
+        if self._base64:
+            table, records = self._from_base64(table, records, rejects)
+        return super()._conform_records(table, records, rejects)
+
+    def _from_base64(self, table: pa.Table, records: np.ndarray, rejects: Rejects) -> tuple[pa.Table, np.ndarray]:
+        """The base64 columns as bytes; a record whose text is not base64 is a dead letter."""
+        bad = np.zeros(table.num_rows, dtype=bool)
+        for name in self._base64:
+            text = table.column(name).combine_chunks()
+            values, rows = from_base64(text)
+            table = table.set_column(table.column_names.index(name), name, values)
+            for row in rows[~bad[rows]]:  # (the first column that fails names the record)
+                value = text[int(row)].as_py()
+                shown = value if len(value) <= 40 else value[:37] + "..."
+                rejects.add(records[row], "type", f"column '{name}': invalid base64 {shown!r}: {base64_problem(value)}")
+            bad[rows] = True
+        if not bad.any():
+            return table, records
+        return table.filter(pa.array(~bad)), records[~bad]
 
     # -- key spellings -----------------------------------------------------------------
 

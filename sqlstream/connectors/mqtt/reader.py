@@ -1,8 +1,8 @@
 """The MQTT source's reader: paho's thread buffers raw messages, ``poll`` decodes whole batches.
 
 The network thread only appends ``(topic, payload, mid, qos, retain[, arrival])`` to
-a deque. ``poll`` (driver thread) takes up to ``batch_size`` messages once that many
-are there or the oldest has waited ``batch_timeout`` and decodes their payloads in
+a deque. ``poll`` (driver thread) takes up to ``batch_size`` messages when the shared
+rule says a batch is due (:class:`~sqlstream.connectors.batching.BatchTimer`) and decodes their payloads in
 one go (:class:`~sqlstream.connectors.decode.payloads.PayloadDecoder`); metadata
 columns are filled by one ``take`` per column.
 
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
-from sqlstream.connectors.batching import batch_due, next_batch_at
+from sqlstream.connectors.batching import BatchTimer
 from sqlstream.connectors.decode.payloads import PayloadDecoder
 from sqlstream.connectors.mqtt.client import LOG, MqttClient
 from sqlstream.connectors.options import null_spellings
@@ -46,6 +46,7 @@ class MqttReader(SourceReader):
         self.clock = ctx.clock
         self.batch_size = ctx.batch_size
         self.timeout_s = ctx.batch_timeout_us / 1e6
+        self.timer = BatchTimer(self.batch_size, self.timeout_s)
         self.qos = config["qos"]
         self.buffer: collections.deque = collections.deque()
         self.pending_since: float | None = None
@@ -113,15 +114,17 @@ class MqttReader(SourceReader):
             )
 
     def poll(self) -> SourceBatch | None:
+        now = self.clock.monotonic()
+        self.timer.polled(now)
         pending = len(self.buffer)
         if not pending:
             return None
-        now = self.clock.monotonic()
         since = self.pending_since
         if since is None:
             since = self.pending_since = now
-        if not batch_due(pending, since, now, self.batch_size, self.timeout_s):
+        if not self.timer.due(pending, since, now):
             return None
+        self.timer.taken(now)
         popleft = self.buffer.popleft
         items = [popleft() for _ in range(min(pending, self.batch_size))]
         if not self.buffer:
@@ -130,7 +133,7 @@ class MqttReader(SourceReader):
         return self._batch(items)
 
     def next_wakeup(self) -> float | None:
-        return next_batch_at(len(self.buffer), self.pending_since, self.clock.monotonic(), self.batch_size, self.timeout_s)
+        return self.timer.next_at(len(self.buffer), self.pending_since, self.clock.monotonic())
 
     def _batch(self, items: list) -> SourceBatch:
         columns = list(zip(*items, strict=True))

@@ -2,8 +2,8 @@
 
 The connection's loop thread only appends received messages to a deque (and, for
 JetStream, keeps pull requests flowing); ``poll`` in the driver thread takes up to
-``batch_size`` of them once that many are there or the oldest has waited
-``batch_timeout``, and decodes them as one block (:class:`MessageDecoder`).
+``batch_size`` of them when :class:`~sqlstream.connectors.batching.BatchTimer` says
+a batch is due, and decodes them as one block (:class:`MessageDecoder`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from abc import abstractmethod
 from typing import Any
 
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceReader
-from sqlstream.connectors.batching import batch_due, next_batch_at
+from sqlstream.connectors.batching import BatchTimer
 from sqlstream.connectors.nats.connection import NatsConnection
 from sqlstream.connectors.nats.messages import MessageDecoder
 from sqlstream.connectors.options import null_spellings
@@ -30,6 +30,7 @@ class MessageReader(SourceReader):
         self.clock = ctx.clock
         self.batch_size = ctx.batch_size
         self.timeout_s = ctx.batch_timeout_us / 1e6
+        self.timer = BatchTimer(self.batch_size, self.timeout_s)
         self.buffer: collections.deque = collections.deque()
         self.received = 0  # written by the loop thread only
         self.received_bytes = 0
@@ -57,16 +58,18 @@ class MessageReader(SourceReader):
     def poll(self) -> SourceBatch | None:
         if self.failure is not None:
             raise self.failure
+        now = self.clock.monotonic()
+        self.timer.polled(now)
         self.housekeeping()
         pending = len(self.buffer)
         if not pending:
             return None
-        now = self.clock.monotonic()
         since = self.pending_since
         if since is None:  # (lost a race with the loop thread: time it from now)
             since = self.pending_since = now
-        if not batch_due(pending, since, now, self.batch_size, self.timeout_s):
+        if not self.timer.due(pending, since, now):
             return None
+        self.timer.taken(now)
         return self._take(min(pending, self.batch_size))
 
     def _take(self, count: int) -> SourceBatch:
@@ -78,11 +81,11 @@ class MessageReader(SourceReader):
         return self.make_batch(items)
 
     def next_wakeup(self) -> float | None:
-        return next_batch_at(len(self.buffer), self.pending_since, self.clock.monotonic(), self.batch_size, self.timeout_s)
+        return self.timer.next_at(len(self.buffer), self.pending_since, self.clock.monotonic())
 
     def arrived(self) -> None:
         """Loop thread, per message: the batch timer starts with the first message that
-        finds the buffer empty (a batch closes ``batch_timeout`` after it arrived)."""
+        finds the buffer empty (a batch closes ``batch_timeout`` after it arrived at the latest)."""
         if self.pending_since is None:
             self.pending_since = self.clock.monotonic()
 
