@@ -11,7 +11,11 @@ threads = 1, provider = 'cpu', quantize = 'int8')]`` loads the model once per pi
   several outputs are a STRUCT (``predict(x).label``), unless ``output`` picks one.
   Output names lose an ``output_`` prefix (skl2onnx's ``output_label`` → ``label``);
 * a scikit-learn ZipMap (probabilities as a list of maps) is removed from the graph at
-  load, so probabilities come out as ``FLOAT[classes]``.
+  load, so probabilities come out as ``FLOAT[classes]``;
+* ``[N, d1, d2, ...]`` inputs and outputs are tensors ``FLOAT[d1][d2]...``, ``labels``
+  makes an ``[N, k]`` output ``STRUCT<label, score>`` (:mod:`sqlstream.udf.tensors`), and
+  ``input = 'image'`` takes encoded images (:mod:`sqlstream.udf.images`; an image that
+  does not decode is a row failure with reason ``decode``, see :meth:`ModelUdf.call_rows`).
 
 Features reach onnxruntime as numpy views of the Arrow buffers (the list's values cut
 to the slice and reshaped to ``[n, k]``: no copy for ``FLOAT[k]`` without NULLs), cast to the model's element type

@@ -280,3 +280,27 @@ def test_run_over_a_folder_of_images_equals_onnxruntime(model_dir, tmp_path, mon
     letters = [json.loads(line) for line in (tmp_path / "qc.dead_letter.jsonl").read_text().splitlines()]
     assert [(d["reason"], os.path.basename(json.loads(d["raw"])["path"])) for d in letters] == [
         ("decode", "frame999.jpg")]
+
+
+def test_quality_control_example_finds_the_scratches(tmp_path, monkeypatch):
+    import runpy
+    import shutil
+    import sys
+
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples",
+                        "quality_control")
+    target = tmp_path / "quality_control"
+    shutil.copytree(here, target, ignore=shutil.ignore_patterns("out", "frames", "*.onnx", "*.csv", "*.jsonl",
+                                                                "__pycache__"))
+    monkeypatch.chdir(target)
+    monkeypatch.setattr(sys, "argv", ["make_data.py", "--count", "120", "--seed", "3"])
+    runpy.run_path(str(target / "make_data.py"), run_name="__main__")
+    runpy.run_path(str(target / "make_model.py"), run_name="__main__")
+    (target / "frames" / "part_bad.jpg").write_bytes(b"not a photo")
+    assert main(["run", str(target / "pipeline.sql")]) == 0
+    share, pairs = runpy.run_path(str(target / "check_accuracy.py"))["accuracy"]()
+    assert sum(pairs.values()) == 120
+    assert share >= 0.9
+    letters = [json.loads(line) for line in (target / "pipeline.dead_letter.jsonl").read_text().splitlines()]
+    assert [(d["reason"], os.path.basename(json.loads(d["raw"])["path"])) for d in letters] == [
+        ("decode", "part_bad.jpg")]
