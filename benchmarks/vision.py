@@ -6,7 +6,7 @@ global average pool → 3 scores) built with ``onnx.helper``. Two contenders, ea
 Python process, each writing ``path, label, score`` to Parquet:
 
 * **sqlstream**: ``sqlstream run qc.sql`` — a ``file`` source with ``format = 'binary'``
-  (``SET file_batch_size = --batch-size``), ``CREATE FUNCTION inspect AS MODEL ... WITH
+  (``SET batch_size = --batch-size``, and ``max_batch`` the same), ``CREATE FUNCTION inspect AS MODEL ... WITH
   (input = 'image', mean, std, labels)``, ``SELECT path, inspect(content).label,
   inspect(content).score`` into a ``file`` sink (Parquet);
 * **script**: reads the same files in the same batches, decodes them with Pillow on a
@@ -79,10 +79,10 @@ for start in range(0, len(paths), batch):
 writer.close()
 '''
 
-PIPELINE = """SET file_batch_size = {batch};
+PIPELINE = """SET batch_size = {batch};
 CREATE SOURCE camera (path VARCHAR, content BYTEA) WITH (connector = 'file', path = '{folder}', format = 'binary');
 CREATE FUNCTION inspect AS MODEL '{model}' WITH (input = 'image', size = '{size}x{size}',
-  mean = '{mean}', std = '{std}', labels = 'ok,scratch,dent', decode_threads = {threads});
+  mean = '{mean}', std = '{std}', labels = 'ok,scratch,dent', decode_threads = {threads}, max_batch = {batch});
 CREATE SINK verdicts AS SELECT path, inspect(content).label AS label, inspect(content).score AS score FROM camera
   WITH (connector = 'file', path = '{out}', format = 'parquet');
 """

@@ -4,13 +4,15 @@
 '224x224', channels = 'rgb', mean = '0.485,0.456,0.406', std = '0.229,0.224,0.225')``
 declares the preprocessing once; :func:`image_spec` checks it against the model's
 input at CREATE, and :func:`decode_images` turns a whole column of encoded images into
-one contiguous ``[n, C, H, W]`` (or ``[n, H, W, C]``) array per micro-batch:
+one contiguous ``[n, C, H, W]`` (or ``[n, H, W, C]``) array per slice of at most
+``max_batch`` images of a micro-batch (:func:`decoded_slices`: the next slice decodes
+while the model runs on this one):
 
 1. each image is decoded, converted to RGB or grayscale (``L``, ITU-R 601-2 luma) and
    resized to ``W x H`` (bilinear, antialiased when shrinking) by Pillow, on a thread
    pool (Pillow releases the GIL while it decodes, converts and resizes); the pixels
    land in one preallocated ``uint8`` array, the only per-row Python being that call;
-2. the whole batch is then laid out (BGR flip, NCHW transpose) and, for a float model,
+2. the whole slice is then laid out (BGR flip, NCHW transpose) and, for a float model,
    scaled and normalized in two vectorized passes: ``(x * scale - mean) / std``.
 
 An image that does not decode is reported with its row and the decoder's message; the
@@ -31,7 +33,7 @@ import pyarrow as pa
 
 from sqlstream.errors import UdfError
 
-__all__ = ["IMAGE_OPTIONS", "ImageSpec", "image_spec", "decode_images", "wants_image_input"]
+__all__ = ["IMAGE_OPTIONS", "ImageSpec", "image_spec", "decode_images", "decoded_slices", "wants_image_input"]
 
 #: option → what it does (docs / error hints), next to the model options
 IMAGE_OPTIONS = {
@@ -43,6 +45,8 @@ IMAGE_OPTIONS = {
     "mean": "subtracted per channel after scaling: one number or one per channel ('0.485,0.456,0.406')",
     "std": "divides per channel after the mean: one number or one per channel ('0.229,0.224,0.225')",
     "decode_threads": "threads decoding images (default: the CPU count, at most 8)",
+    "max_batch": "images per onnxruntime run (default 64): bounds the tensor's memory whatever the source's batch "
+    "size; the next slice decodes while the model runs",
 }
 _CHANNELS = {"rgb": "rgb", "bgr": "bgr", "gray": "gray", "grey": "gray", "l": "gray"}
 _DEPTH = {"rgb": 3, "bgr": 3, "gray": 1}
@@ -62,6 +66,7 @@ class ImageSpec:
     mean: tuple[float, ...]  # one per channel
     std: tuple[float, ...]
     threads: int
+    max_batch: int = 64
 
     @property
     def depth(self) -> int:
@@ -186,14 +191,18 @@ def image_spec(model: str, inputs: list, dtype: np.dtype, options: dict) -> Imag
         raise _option_error(given, f"model {model}: input '{node.name}' takes uint8 pixels; {given} does not apply",
                             "drop mean/std/scale for a uint8 model")
     scale = 1.0 if raw else _scale(options)
-    threads = options.get("decode_threads")
-    count = min(8, os.cpu_count() or 1)
-    if threads is not None:
-        count = int(str(threads)) if str(threads).isdigit() else 0
-        if count < 1:
-            raise _option_error("decode_threads", f"decode_threads = {threads!r} is not a positive integer")
     return ImageSpec(node.name, size[0], size[1], channels, layout, np.dtype(dtype), scale,
-                     _numbers(options, "mean", depth, 0.0), _numbers(options, "std", depth, 1.0), count)
+                     _numbers(options, "mean", depth, 0.0), _numbers(options, "std", depth, 1.0),
+                     _count(options, "decode_threads", min(8, os.cpu_count() or 1)), _count(options, "max_batch", 64))
+
+
+def _count(options: dict, name: str, default: int) -> int:
+    text = options.get(name)
+    if text is None:
+        return default
+    if not str(text).isdigit() or int(str(text)) < 1:
+        raise _option_error(name, f"{name} = {text!r} is not a positive integer")
+    return int(str(text))
 
 
 def _scale(options: dict) -> float:
@@ -220,7 +229,7 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     with _pools_lock:
         pool = _pools.get(threads)
         if pool is None:
-            pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="sqlstream-image")
+            pool = _pools[threads] = ThreadPoolExecutor(max(1, threads), thread_name_prefix="sqlstream-image")
         return pool
 
 
@@ -278,6 +287,26 @@ def decode_images(column: pa.Array, spec: ImageSpec) -> tuple[np.ndarray, np.nda
         pixels = pixels[~bad]
         present = present[~bad]
     return _tensor(pixels, spec), present, failures
+
+
+def decoded_slices(column: pa.Array, spec: ImageSpec):
+    """:func:`decode_images` over slices of at most ``spec.max_batch`` rows: yields
+    ``(start, length, tensor, rows, failures)`` per slice (``rows`` and failures' rows
+    within the slice). The next slice decodes on a helper thread while the caller runs
+    the model on this one (onnxruntime releases the GIL too)."""
+    starts = list(range(0, len(column), spec.max_batch))
+    if not starts:
+        return
+    pending = _ahead().submit(decode_images, column.slice(0, spec.max_batch), spec)
+    for i, start in enumerate(starts):
+        tensor, rows, failures = pending.result()
+        if i + 1 < len(starts):
+            pending = _ahead().submit(decode_images, column.slice(starts[i + 1], spec.max_batch), spec)
+        yield start, min(spec.max_batch, len(column) - start), tensor, rows, failures
+
+
+def _ahead() -> ThreadPoolExecutor:
+    return _pool(-1)  # the one thread that decodes the next slice (it hands the images to the decode pool)
 
 
 def _tensor(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from sqlstream.errors import UdfError
 from sqlstream.sql.types import sql_type_name
-from sqlstream.udf.images import IMAGE_OPTIONS, decode_images, image_spec, wants_image_input
+from sqlstream.udf.images import IMAGE_OPTIONS, decoded_slices, image_spec, wants_image_input
 from sqlstream.udf.model_file import first_error_line, read_model
 from sqlstream.udf.python import RowFailure
 from sqlstream.udf.tensors import (
@@ -407,17 +407,14 @@ class ModelUdf:
         return _scatter(result, rows, length)
 
     def call_rows(self, args: list[pa.Array], length: int) -> tuple[pa.Array, list[RowFailure]]:
-        """An image model over a batch: the images that decode go through one
-        onnxruntime run; each one that does not is a ``decode`` failure of its row.
-        NULL images give NULL."""
-        tensor, rows, problems = decode_images(args[0], self.image)
-        failures = [RowFailure(row, "decode", f"{self.name}: {message}") for row, message in problems]
-        if len(rows) == 0:
-            return pa.nulls(length, self.return_type), failures
-        result = self._outputs({self.image.input: tensor}, len(rows))
-        if len(rows) == length:
-            return result, failures
-        return _scatter(result, pa.array(rows), length), failures
+        """An image model over a batch, one onnxruntime run per slice of ``max_batch`` images
+        that decode; each one that does not is a ``decode`` failure. NULL images give NULL."""
+        pieces, failures = [], []
+        for start, count, tensor, rows, problems in decoded_slices(args[0], self.image):
+            failures += [RowFailure(start + row, "decode", f"{self.name}: {message}") for row, message in problems]
+            result = self._outputs({self.image.input: tensor}, len(rows)) if len(rows) else None
+            pieces.append(result if len(rows) == count else _scatter(result, pa.array(rows), count, self.return_type))
+        return (pa.concat_arrays(pieces) if pieces else pa.nulls(0, self.return_type)), failures
 
     def _features(self, args: list[pa.Array], spec: _Input, length: int) -> np.ndarray:
         if spec.dims:
@@ -502,8 +499,11 @@ def _valid_rows(args: list[pa.Array]) -> np.ndarray | None:
     return valid
 
 
-def _scatter(values: pa.Array, rows: pa.Array, length: int) -> pa.Array:
-    """Put ``values`` (for ``rows``) into an array of ``length`` with NULL elsewhere."""
+def _scatter(values: pa.Array | None, rows: pa.Array, length: int, type: pa.DataType | None = None) -> pa.Array:
+    """Put ``values`` (for ``rows``; None: no rows, of ``type``) into an array of ``length``
+    with NULL elsewhere."""
+    if values is None:
+        return pa.nulls(length, type)
     positions = np.full(length, -1, dtype=np.int64)
     positions[rows.to_numpy()] = np.arange(len(rows))
     index = pa.array(positions, mask=positions < 0)

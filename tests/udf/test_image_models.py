@@ -100,12 +100,12 @@ def camera(model_dir, tmp_path, data: list[bytes | None], batch_size=None) -> Te
     return session
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 64])
-def test_labels_and_scores_equal_onnxruntime_on_the_pillow_tensors(model_dir, tmp_path, batch_size):
+@pytest.mark.parametrize("batch_size, max_batch", [(1, 64), (7, 64), (64, 64), (64, 5)])
+def test_labels_and_scores_equal_onnxruntime_on_the_pillow_tensors(model_dir, tmp_path, batch_size, max_batch):
     data = images(4, 40, "JPEG")
     session = camera(model_dir, tmp_path, data, batch_size)
     session.execute("CREATE FUNCTION inspect AS MODEL 'rgb_classifier.onnx' WITH (input = 'image', size = '32x32', "
-                    "mean = '0.5,0.5,0.5', std = '0.25', labels = 'red,green,blue')")
+                    f"mean = '0.5,0.5,0.5', std = '0.25', labels = 'red,green,blue', max_batch = {max_batch})")
     rows = session.run_query("SELECT id, inspect(image).label AS label, inspect(image).score AS score FROM camera")
     x = np.stack([pillow_tensor(d, (32, 32), mean=0.5, std=0.25) for d in data])
     scores = direct(model_dir / "rgb_classifier.onnx", x)
@@ -136,16 +136,20 @@ def test_any_size_model_takes_the_declared_size(model_dir, tmp_path):
     np.testing.assert_allclose([r["m"] for r in rows], expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 64])
-def test_undecodable_images_are_decode_dead_letters_with_their_row(model_dir, tmp_path, batch_size):
+@pytest.mark.parametrize("batch_size, max_batch", [(1, 64), (3, 64), (64, 64), (64, 2), (5, 3)])
+def test_undecodable_images_are_decode_dead_letters_with_their_row(model_dir, tmp_path, batch_size, max_batch):
     good = images(7, 6, "PNG")
     truncated = good[1][: len(good[1]) // 2]
     data = [good[0], b"not an image", good[2], truncated, None, good[3], b"", good[4]]
     session = camera(model_dir, tmp_path, data, batch_size)
-    session.execute("CREATE FUNCTION inspect AS MODEL 'rgb_classifier.onnx' WITH (input = 'image', labels = 'r,g,b')")
+    session.execute("CREATE FUNCTION inspect AS MODEL 'rgb_classifier.onnx' WITH (input = 'image', labels = 'r,g,b', "
+                    f"max_batch = {max_batch})")
     rows = session.run_query("SELECT id, inspect(image).label AS label FROM camera")
+    expected = direct(model_dir / "rgb_classifier.onnx", np.stack([pillow_tensor(d, (32, 32)) for d in good[:5]]))
+    assert [r["label"] for r in rows] == [["r", "g", "b"][i] for i in expected.argmax(axis=1)[[0, 2]]] + [None] + [
+        ["r", "g", "b"][i] for i in expected.argmax(axis=1)[[3, 4]]]
     assert [r["id"] for r in rows] == [0, 2, 4, 5, 7]
-    assert rows[2]["label"] is None  # a NULL image gives NULL
+    assert rows[2]["label"] is None  # a NULL image gives NULL, the others their own labels
     letters = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert [(json.loads(d["raw"])["id"], d["reason"], d["source"]) for d in letters] == [
         (1, "decode", "camera"), (3, "decode", "camera"), (6, "decode", "camera")]
@@ -210,6 +214,8 @@ def check(tmp_path, capsys, sql: str) -> tuple[int, str]:
          "pipeline.sql:2:73: error: mean = '0.5,0.5' is not one number or 3 comma-separated numbers"),
         ("CREATE FUNCTION f AS MODEL 'rgb_classifier.onnx' WITH (input = 'image', std = '0');",
          "pipeline.sql:2:73: error: std = '0' has a zero"),
+        ("CREATE FUNCTION f AS MODEL 'rgb_classifier.onnx' WITH (input = 'image', max_batch = 0);",
+         "pipeline.sql:2:73: error: max_batch = 0 is not a positive integer"),
         ("CREATE FUNCTION f AS MODEL 'rgb_classifier.onnx' WITH (input = 'pixels');",
          "pipeline.sql:2:56: error: input = 'pixels' is not supported"),
         ("CREATE FUNCTION f AS MODEL 'nhwc_uint8.onnx' WITH (input = 'image', std = '0.2');",
@@ -261,7 +267,7 @@ def test_run_over_a_folder_of_images_equals_onnxruntime(model_dir, tmp_path, mon
     (folder / "frame999.jpg").write_bytes(b"\xff\xd8 broken")
     os.symlink(model_dir / "rgb_classifier.onnx", tmp_path / "defects.onnx")
     (tmp_path / "qc.sql").write_text(
-        "SET file_batch_size = 7;\n"
+        "SET batch_size = 7;\n"
         "CREATE SOURCE camera (path VARCHAR, content BYTEA) WITH (connector = 'file', path = 'frames', "
         "format = 'binary');\n"
         "CREATE FUNCTION inspect AS MODEL 'defects.onnx' WITH (input = 'image', size = '32x32', "
