@@ -11,7 +11,9 @@ Python process, each writing ``path, label, score`` to Parquet:
   inspect(content).score`` into a ``file`` sink (Parquet);
 * **script**: reads the same files in the same batches, decodes them with Pillow on a
   thread pool of the same size (convert RGB, resize if needed, into one uint8 array),
-  normalizes with numpy, runs onnxruntime, takes the argmax, writes Parquet with pyarrow.
+  normalizes with numpy into a contiguous NCHW float32 array in two passes (what
+  sqlstream does; the naive ``(x.astype(float32) / 255 - mean) / std`` on the transposed
+  view is ~1.5x slower end to end), runs onnxruntime, takes the argmax, writes Parquet.
 
 Start-up (imports, model load) is subtracted: each contender also runs on a 10-image
 folder, and images/s = (images - 10) / (time - time on 10), by wall time and by CPU time
@@ -69,7 +71,9 @@ for start in range(0, len(paths), batch):
             blobs.append(f.read())
     pixels = np.empty((len(chunk), %(size)d, %(size)d, 3), np.uint8)
     list(pool.map(decode, [(i, b, pixels) for i, b in enumerate(blobs)]))
-    x = (pixels.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
+    x = np.empty((len(chunk), 3, %(size)d, %(size)d), np.float32)  # NCHW, contiguous, two passes
+    np.multiply(pixels.transpose(0, 3, 1, 2), 1 / (255 * std), out=x, casting="unsafe")
+    x -= mean / std
     scores = session.run(None, {"x": x})[0]
     best = scores.argmax(axis=1)
     table = pa.table({"path": chunk, "label": labels[best], "score": scores.max(axis=1)})
