@@ -26,7 +26,11 @@ LABEL_TYPE = pa.struct([pa.field("label", pa.string()), pa.field("score", pa.flo
 
 
 def parse_labels(text: object) -> list[str]:
-    """The class names of ``labels = 'a,b,c'`` (stripped; empty or repeated names refused)."""
+    """The class names of ``labels = 'a,b,c'`` (stripped; empty or repeated names refused).
+
+    >>> parse_labels("ok, scratch,dent")
+    ['ok', 'scratch', 'dent']
+    """
     names = [part.strip() for part in str(text).split(",")]
     if len(names) < 2 or any(not n for n in names):
         raise UdfError(f"labels = '{text}' is not a list of class names", hint="e.g. labels = 'ok,scratch,dent'",
@@ -72,7 +76,13 @@ def tensor_dims(shape: list) -> tuple[int, ...] | None:
 
 
 def tensor_type(element: pa.DataType, dims: tuple[int, ...]) -> pa.DataType:
-    """``element[d1][d2]...`` as nested fixed-size lists, outermost ``d1``."""
+    """``element[d1][d2]...`` as nested fixed-size lists, outermost ``d1``.
+
+    >>> from sqlstream.sql.types import sql_type_name
+    >>> t = tensor_type(pa.float32(), (3, 64, 64))
+    >>> t.list_size, t.value_type.list_size, sql_type_name(t)
+    (3, 64, 'REAL[3][64][64]')
+    """
     t = element
     for d in reversed(dims):
         t = pa.list_(t, d)
