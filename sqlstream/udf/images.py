@@ -295,7 +295,9 @@ def decoded_slices(column: pa.Array, spec: ImageSpec):
     within the slice). The next slice decodes on a helper thread while the caller runs
     the model on this one (onnxruntime releases the GIL too)."""
     starts = list(range(0, len(column), spec.max_batch))
-    if not starts:
+    if len(starts) <= 1:  # one slice: nothing to overlap with, no hand-off to the helper thread
+        if starts:
+            yield 0, len(column), *decode_images(column, spec)
         return
     pending = _ahead().submit(decode_images, column.slice(0, spec.max_batch), spec)
     for i, start in enumerate(starts):
