@@ -310,3 +310,24 @@ def test_quality_control_example_finds_the_scratches(tmp_path, monkeypatch):
     letters = [json.loads(line) for line in (target / "pipeline.dead_letter.jsonl").read_text().splitlines()]
     assert [(d["reason"], os.path.basename(json.loads(d["raw"])["path"])) for d in letters] == [
         ("decode", "part_bad.jpg")]
+
+
+def test_a_json_tensor_of_the_wrong_shape_is_a_type_dead_letter(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.symlink(model_dir / "tensor_sum.onnx", tmp_path / "tensor_sum.onnx")
+    x = np.arange(72, dtype=np.float32).reshape(3, 2, 3, 4)
+    rows = [{"id": i, "x": x[i].tolist()} for i in range(3)]
+    rows[1]["x"][1] = rows[1]["x"][1][:2]  # 2 x [3 | 2] x 4
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "t.sql").write_text(
+        "CREATE SOURCE t (id BIGINT, x FLOAT[2][3][4]) WITH (connector = 'file', path = 't.jsonl', format = 'json');\n"
+        "CREATE FUNCTION total AS MODEL 'tensor_sum.onnx';\n"
+        "CREATE SINK out AS SELECT id, total(x) AS s FROM t WITH (connector = 'file', path = 'out.jsonl', format = 'json');\n"
+    )
+    assert main(["run", str(tmp_path / "t.sql")]) == 0
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in out] == [0, 2]
+    np.testing.assert_allclose([r["s"] for r in out], x[[0, 2]].sum(axis=(2, 3)))
+    letters = [json.loads(line) for line in (tmp_path / "t.dead_letter.jsonl").read_text().splitlines()]
+    assert [(d["reason"], json.loads(d["raw"])["id"]) for d in letters] == [("type", 1)]
+    assert letters[0]["detail"].startswith("column 'x': expected 3 elements")
