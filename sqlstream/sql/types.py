@@ -2,7 +2,8 @@
 
 Flink semantics for floating point: ``FLOAT``/``REAL``/``FLOAT4`` are 32-bit,
 ``DOUBLE``/``FLOAT8`` 64-bit. ``FLOAT[n]`` is ``fixed_size_list<float32, n>``,
-``T[]`` a variable ``list<T>``. ``TIMESTAMP`` is microseconds, ``TIMESTAMP(3)``
+``T[]`` a variable ``list<T>``; ``FLOAT[3][64][64]`` (a tensor, shape as written: 3 lists
+of 64 lists of 64) nested fixed-size lists, outermost 3. ``TIMESTAMP`` is microseconds, ``TIMESTAMP(3)``
 milliseconds; ``TIMESTAMPTZ`` is microseconds in UTC.
 """
 
@@ -58,6 +59,25 @@ def _int_params(node: exp.DataType) -> list[int]:
     return out
 
 
+def _fixed_dims(node: exp.DataType) -> list[int]:
+    """The sizes of ``T[a][b][c]`` as written (sqlglot nests them the other way round:
+    ``ARRAY(ARRAY(ARRAY(T, a), b), c)``), while every level has a size."""
+    dims = []
+    while node.this == DType.ARRAY and node.args.get("values"):
+        size = int(node.args["values"][0].name)
+        if size <= 0:
+            raise SqlAnalysisError(f"array size must be positive, got {size}")
+        dims.append(size)
+        node = node.expressions[0]
+    return dims[::-1]
+
+
+def _innermost(node: exp.DataType) -> exp.DataType:
+    while node.this == DType.ARRAY and node.args.get("values"):
+        node = node.expressions[0]
+    return node
+
+
 def arrow_type(node: exp.DataType) -> pa.DataType:
     """The Arrow type of a parsed SQL type; raises UnsupportedSqlError for the rest."""
     kind = node.this
@@ -65,6 +85,12 @@ def arrow_type(node: exp.DataType) -> pa.DataType:
         element = arrow_type(node.expressions[0])
         sizes = node.args.get("values") or []
         if sizes:
+            dims = _fixed_dims(node)
+            if len(dims) > 1:  # FLOAT[3][64][64]: 3 lists of 64 lists of 64, as in C and Postgres
+                element = arrow_type(_innermost(node))
+                for size in reversed(dims):
+                    element = pa.list_(element, size)
+                return element
             size = int(sizes[0].name)
             if size <= 0:
                 raise SqlAnalysisError(f"array size must be positive, got {size}")
@@ -132,7 +158,11 @@ def sql_type_name(t: pa.DataType) -> str:
     if pa.types.is_decimal(t):
         return f"DECIMAL({t.precision},{t.scale})"
     if pa.types.is_fixed_size_list(t):
-        return f"{sql_type_name(t.value_type)}[{t.list_size}]"
+        dims = []
+        while pa.types.is_fixed_size_list(t):
+            dims.append(t.list_size)
+            t = t.value_type
+        return sql_type_name(t) + "".join(f"[{d}]" for d in dims)
     if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t):
         return f"{sql_type_name(t.value_type)}[]"
     if pa.types.is_struct(t):

@@ -11,7 +11,11 @@ threads = 1, provider = 'cpu', quantize = 'int8')]`` loads the model once per pi
   several outputs are a STRUCT (``predict(x).label``), unless ``output`` picks one.
   Output names lose an ``output_`` prefix (skl2onnx's ``output_label`` → ``label``);
 * a scikit-learn ZipMap (probabilities as a list of maps) is removed from the graph at
-  load, so probabilities come out as ``FLOAT[classes]``.
+  load, so probabilities come out as ``FLOAT[classes]``;
+* ``[N, d1, d2, ...]`` inputs and outputs are tensors ``FLOAT[d1][d2]...``, ``labels``
+  makes an ``[N, k]`` output ``STRUCT<label, score>`` (:mod:`sqlstream.udf.tensors`), and
+  ``input = 'image'`` takes encoded images (:mod:`sqlstream.udf.images`; an image that
+  does not decode is a row failure with reason ``decode``, see :meth:`ModelUdf.call_rows`).
 
 Features reach onnxruntime as numpy views of the Arrow buffers (the list's values cut
 to the slice and reshaped to ``[n, k]``: no copy for ``FLOAT[k]`` without NULLs), cast to the model's element type
@@ -32,7 +36,19 @@ import pyarrow.compute as pc
 
 from sqlstream.errors import UdfError
 from sqlstream.sql.types import sql_type_name
+from sqlstream.udf.images import IMAGE_OPTIONS, decoded_slices, image_spec, wants_image_input
 from sqlstream.udf.model_file import first_error_line, read_model
+from sqlstream.udf.python import RowFailure
+from sqlstream.udf.tensors import (
+    LABEL_OPTIONS,
+    Labels,
+    list_dims,
+    parse_labels,
+    tensor_array,
+    tensor_dims,
+    tensor_type,
+    tensor_values,
+)
 
 __all__ = ["ModelUdf", "MODEL_OPTIONS", "remote_url"]
 
@@ -60,6 +76,8 @@ MODEL_OPTIONS = {
     "threads": "onnxruntime intra-op threads (default: onnxruntime's choice)",
     "provider": "'cpu' (default) or 'cuda'",
     "quantize": "'int8': dynamic int8 quantization at load, cached next to the model",
+    **IMAGE_OPTIONS,  # input = 'image': images.py
+    **LABEL_OPTIONS,  # labels = 'a,b,c': tensors.py
 }
 _OPTIONS = set(MODEL_OPTIONS)
 _PICKLE_EXTENSIONS = {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".sav"}
@@ -70,10 +88,18 @@ class _Input:
     name: str
     dtype: np.dtype
     width: int | None  # k of [N, k]; None for [N]
+    dims: tuple[int, ...] = ()  # d1, d2, ... of [N, d1, d2, ...] (rank >= 3)
 
     @property
     def shape(self) -> str:
+        if self.dims:
+            return "[N, " + ", ".join(map(str, self.dims)) + "]"
         return f"[N, {self.width}]" if self.width else "[N]"
+
+    @property
+    def tensor(self) -> str:
+        """The SQL type of a tensor argument, ``REAL[3][64][64]``."""
+        return self.element + "".join(f"[{d}]" for d in self.dims)
 
     @property
     def element(self) -> str:
@@ -87,6 +113,8 @@ class _Output:
     type: pa.DataType | None  # None: not expressible in SQL (``problem`` says why)
     squeeze: bool
     problem: str = ""
+    dims: tuple[int, ...] = ()  # d1, d2, ... of [N, d1, d2, ...] (rank >= 3)
+    shape: str = ""
 
 
 def _dim(value) -> int | None:
@@ -109,13 +137,23 @@ class ModelUdf:
     kind = "model"
     volatility = "immutable"
     is_async = False
+    reports_row_failures = False  # True for image models: see call_rows
 
     def __init__(self, name: str, path: str, session, options: dict):
         self.name = name
         self.path = path
         self.session = session
         self.options = options
-        self.inputs = [self._input(i) for i in session.get_inputs()]
+        self.image = None  # ImageSpec: the argument is encoded image bytes
+        if wants_image_input(options):
+            node = session.get_inputs()[0]
+            dtype = _ONNX_TO_NUMPY.get(node.type, np.object_) if node.type != "tensor(uint8)" else np.uint8
+            self.image = image_spec(os.path.basename(path), session.get_inputs(), np.dtype(dtype), options)
+            self.inputs = [_Input(node.name, np.dtype(dtype), None, self.image.shape)]
+        else:
+            self.inputs = [self._input(i) for i in session.get_inputs()]
+        #: decode failures are rows of their own (reason ``decode``), see :meth:`call_rows`
+        self.reports_row_failures = self.image is not None
         outputs = [self._output(o) for o in session.get_outputs()]
         wanted = options.get("output")
         if wanted is not None:
@@ -138,12 +176,36 @@ class ModelUdf:
                     f"model {os.path.basename(path)}: output '{o.name}' {o.problem}",
                     hint="pick another output with WITH (output = '...')",
                 )
+        self.labels = None
+        if options.get("labels") is not None:
+            self.labels = Labels(parse_labels(options["labels"]))
+            outputs = self._scored(outputs)
         self.outputs = outputs
         self.output_names = [o.name for o in outputs]
-        if len(outputs) == 1:
+        if self.labels is not None:
+            self.return_type = self.labels.type
+        elif len(outputs) == 1:
             self.return_type = outputs[0].type
         else:
             self.return_type = pa.struct([pa.field(o.field, o.type) for o in outputs])
+
+    def _scored(self, outputs: list[_Output]) -> list[_Output]:
+        """The one ``[N, k]`` score output that ``labels`` names the classes of."""
+        scores = [o for o in outputs if o.type is not None and _is_list(o.type) and not o.dims]
+        if len(scores) > 1:  # the one whose width is the number of labels, if only one is
+            fitting = [o for o in scores if not pa.types.is_fixed_size_list(o.type)
+                       or o.type.list_size == len(self.labels.names)]
+            scores = fitting if len(fitting) == 1 else scores
+        if len(scores) != 1:
+            raise _option_error(
+                "labels", f"model {os.path.basename(self.path)}: labels needs one [N, k] score output",
+                hint="outputs: " + ", ".join(f"{o.field} {o.shape}" for o in outputs)
+                + ("; pick one with WITH (output = '...')" if len(scores) > 1 else ""),
+            )
+        out = scores[0]
+        self.labels.check(os.path.basename(self.path), out.name,
+                          out.type.list_size if pa.types.is_fixed_size_list(out.type) else None)
+        return [out]
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -199,9 +261,13 @@ class ModelUdf:
         shape = list(info.shape)
         if len(shape) == 1:
             return _Input(info.name, np.dtype(dtype), None)
+        if len(shape) >= 3 and tensor_dims(shape) is not None:
+            return _Input(info.name, np.dtype(dtype), None, tensor_dims(shape))
         if len(shape) != 2 or _dim(shape[1]) is None:
             raise UdfError(
-                f"model {os.path.basename(self.path)}: input '{info.name}' has shape {shape}; expected [N] or [N, k]"
+                f"model {os.path.basename(self.path)}: input '{info.name}' has shape {shape}; expected [N], [N, k] "
+                "or [N, d1, d2, ...] with fixed sizes",
+                hint="an image model takes WITH (input = 'image', ...)" if len(shape) == 4 else None,
             )
         return _Input(info.name, np.dtype(dtype), shape[1])
 
@@ -211,16 +277,26 @@ class ModelUdf:
         if t is None:
             return _Output(info.name, field, None, False, f"has type {info.type}, which has no SQL type")
         shape = list(info.shape)
+        text = "[" + ", ".join("N" if i == 0 else str(d) for i, d in enumerate(shape)) + "]"
         if len(shape) <= 1 or (len(shape) == 2 and shape[1] == 1):
-            return _Output(info.name, field, t, True)
+            return _Output(info.name, field, t, True, shape=text)
+        if len(shape) >= 3 and tensor_dims(shape) is not None:
+            dims = tensor_dims(shape)
+            return _Output(info.name, field, tensor_type(t, dims), False, dims=dims, shape=text)
         if len(shape) != 2:
-            return _Output(info.name, field, None, False, f"has shape {shape}; expected [N], [N, 1] or [N, m]")
+            return _Output(info.name, field, None, False, f"has shape {shape}; expected [N], [N, 1], [N, m] "
+                           "or [N, d1, d2, ...] with fixed sizes", shape=text)
         width = _dim(shape[1])
-        return _Output(info.name, field, pa.list_(t, width) if width else pa.list_(t), False)
+        return _Output(info.name, field, pa.list_(t, width) if width else pa.list_(t), False, shape=text)
 
     # -- SQL side ------------------------------------------------------------------------------
 
     def _expected(self) -> str:
+        if self.image is not None:
+            return f"BYTEA (an encoded image, decoded to {self.image.describe()})"
+        if len(self.inputs) == 1 and self.inputs[0].dims:
+            i = self.inputs[0]
+            return f"{i.tensor} or {i.element}[{int(np.prod(i.dims))}]"
         if len(self.inputs) == 1 and self.inputs[0].width:
             i = self.inputs[0]
             return f"{i.element}[{i.width}] or {i.width} numeric arguments"
@@ -231,6 +307,9 @@ class ModelUdf:
 
     def check_args(self, types: list[pa.DataType]) -> pa.DataType:
         """The result type for argument ``types``; a UdfError says expected vs actual."""
+        if self.image is not None or (len(self.inputs) == 1 and self.inputs[0].dims):
+            self._check_tensor_arg(types)
+            return self.return_type
         if len(self.inputs) == 1 and self.inputs[0].width:
             spec = self.inputs[0]
             k = spec.width
@@ -274,6 +353,23 @@ class ModelUdf:
                 self._check_element(t, spec)
         return self.return_type
 
+    def _check_tensor_arg(self, types: list[pa.DataType]) -> None:
+        spec = self.inputs[0]
+        if self.image is not None:
+            ok = len(types) == 1 and (pa.types.is_binary(types[0]) or pa.types.is_large_binary(types[0])
+                                      or pa.types.is_binary_view(types[0]) or pa.types.is_null(types[0]))
+        else:
+            dims, element = list_dims(types[0]) if len(types) == 1 else ((), None)
+            ok = int(np.prod(dims or (0,))) == int(np.prod(spec.dims)) and (len(dims) == 1 or dims == spec.dims)
+            if ok:
+                self._check_element(element, spec)
+        if not ok:
+            given = ", ".join(sql_type_name(t) for t in types)
+            raise UdfError(
+                f"model {self.name} takes {self._expected()} (input '{spec.name}' is {spec.shape}), got ({given})",
+                hint=f"pass {self._expected()}",
+            )
+
     def _check_element(self, t: pa.DataType, spec: _Input) -> None:
         if spec.dtype == np.object_:
             ok = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
@@ -296,6 +392,11 @@ class ModelUdf:
 
     def call(self, args: list[pa.Array], length: int) -> pa.Array:
         """One onnxruntime run over the whole batch; NULL features give NULL."""
+        if self.image is not None:
+            result, failures = self.call_rows(args, length)
+            if failures:
+                raise ValueError(failures[0].detail)
+            return result
         valid = _valid_rows(args)
         if valid is None:
             return self._run(args, length)
@@ -305,7 +406,20 @@ class ModelUdf:
         result = self._run([a.take(rows) for a in args], len(rows))
         return _scatter(result, rows, length)
 
+    def call_rows(self, args: list[pa.Array], length: int) -> tuple[pa.Array, list[RowFailure]]:
+        """An image model over a batch, one onnxruntime run per slice of ``max_batch`` images
+        that decode; each one that does not is a ``decode`` failure. NULL images give NULL."""
+        pieces, failures = [], []
+        for start, count, tensor, rows, problems in decoded_slices(args[0], self.image):
+            failures += [RowFailure(start + row, "decode", f"{self.name}: {message}") for row, message in problems]
+            result = self._outputs({self.image.input: tensor}, len(rows)) if len(rows) else None
+            pieces.append(result if len(rows) == count else _scatter(result, pa.array(rows), count, self.return_type))
+        return (pa.concat_arrays(pieces) if pieces else pa.nulls(0, self.return_type)), failures
+
     def _features(self, args: list[pa.Array], spec: _Input, length: int) -> np.ndarray:
+        if spec.dims:
+            column = args[0]
+            return tensor_values(column, spec.dims).astype(spec.dtype, copy=False)
         if len(args) == 1 and _is_list(args[0].type):
             column = args[0]
             if not pa.types.is_fixed_size_list(column.type):
@@ -325,7 +439,12 @@ class ModelUdf:
             feed = {self.inputs[0].name: self._features(args, self.inputs[0], length)}
         else:
             feed = {spec.name: self._features([a], spec, length) for a, spec in zip(args, self.inputs)}
+        return self._outputs(feed, length)
+
+    def _outputs(self, feed: dict, length: int) -> pa.Array:
         outputs = self.session.run(self.output_names, feed)
+        if self.labels is not None:
+            return self.labels.to_arrow(np.asarray(outputs[0]), self.name)
         arrays = [self._to_arrow(value, out, length) for value, out in zip(outputs, self.outputs)]
         if len(arrays) == 1:
             return arrays[0]
@@ -339,6 +458,10 @@ class ModelUdf:
             if value.size != length:
                 raise UdfError(f"model {self.name}: output '{out.name}' has shape {value.shape}, expected [{length}]")
             return pa.array(value.reshape(-1), type=out.type)
+        if out.dims:
+            if value.shape != (length, *out.dims):
+                raise UdfError(f"model {self.name}: output '{out.name}' has shape {value.shape}, expected {out.shape}")
+            return tensor_array(value, list_dims(out.type)[1])
         if value.ndim != 2 or value.shape[0] != length:
             raise UdfError(f"model {self.name}: output '{out.name}' has shape {value.shape}, expected [{length}, m]")
         flat = pa.array(value.reshape(-1), type=out.type.value_type)
@@ -376,8 +499,11 @@ def _valid_rows(args: list[pa.Array]) -> np.ndarray | None:
     return valid
 
 
-def _scatter(values: pa.Array, rows: pa.Array, length: int) -> pa.Array:
-    """Put ``values`` (for ``rows``) into an array of ``length`` with NULL elsewhere."""
+def _scatter(values: pa.Array | None, rows: pa.Array, length: int, type: pa.DataType | None = None) -> pa.Array:
+    """Put ``values`` (for ``rows``; None: no rows, of ``type``) into an array of ``length``
+    with NULL elsewhere."""
+    if values is None:
+        return pa.nulls(length, type)
     positions = np.full(length, -1, dtype=np.int64)
     positions[rows.to_numpy()] = np.arange(len(rows))
     index = pa.array(positions, mask=positions < 0)

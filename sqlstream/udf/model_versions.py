@@ -360,6 +360,8 @@ class ModelVersionFunction:
 
 
 class _VersionLabel:
+    reports_row_failures = False
+
     def __init__(self, label: str):
         self.label = label
 

@@ -154,6 +154,7 @@ class PythonUdf:
         self.return_type = returns
         self.volatility = spec.volatility
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.reports_row_failures = self.is_async  # call_rows: per row, with a reason (udf | timeout)
         self.concurrency = spec.concurrency or 32
         self.timeout_s = None
         if spec.timeout is not None:

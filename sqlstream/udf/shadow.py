@@ -107,16 +107,28 @@ class ShadowedModel:
     def prepare(self, args: list[pa.Array]) -> list[pa.Array]:
         return self.model.prepare(args)
 
+    @property
+    def reports_row_failures(self) -> bool:  # an image model: see ModelUdf.call_rows
+        return self.model.reports_row_failures
+
     def call(self, args: list[pa.Array], length: int) -> pa.Array:
         result = self.model.call(args, length)  # a failure here is the query's, as without a shadow
+        self._compare(result, lambda: self.shadow.call(args, length))
+        return result
+
+    def call_rows(self, args: list[pa.Array], length: int):
+        result, failures = self.model.call_rows(args, length)
+        self._compare(result, lambda: self.shadow.call_rows(args, length)[0])
+        return result, failures
+
+    def _compare(self, result: pa.Array, shadow_result) -> None:
         try:
-            self.stats.add(compare(result, self.shadow.call(args, length)))
+            self.stats.add(compare(result, shadow_result()))
         except Exception as error:  # noqa: BLE001 - a shadow never changes the output
             message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
             if self.stats.failed(message):
                 LOG.warning("shadow model %s of %s failed (the output is unchanged): %s",
                             self.shadow_path, self.name, message)
-        return result
 
 
 def compare(served: pa.Array, shadow: pa.Array) -> Comparison:

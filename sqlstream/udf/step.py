@@ -135,7 +135,7 @@ class CallStage:
             stats = op.function_stats[call.impl.name] = FunctionStats()
         start = perf_counter()
         try:
-            if call.impl.is_async:
+            if impl.reports_row_failures:  # async Python, image models: failures per row, with a reason
                 result, row_failures = impl.call_rows(args, n)
                 failures = [(f.row, f.reason, f.detail) for f in row_failures]
             else:

@@ -41,6 +41,10 @@ TYPES = [
     ("FLOAT[4]", pa.list_(pa.float32(), 4), "REAL[4]"),
     ("DOUBLE[3]", pa.list_(pa.float64(), 3), "DOUBLE[3]"),
     ("BIGINT[]", pa.list_(pa.int64()), "BIGINT[]"),
+    # tensors: the shape as written, outermost first (3 lists of 64 lists of 64)
+    ("FLOAT[3][64][64]", pa.list_(pa.list_(pa.list_(pa.float32(), 64), 64), 3), "REAL[3][64][64]"),
+    ("INT[2][5]", pa.list_(pa.list_(pa.int32(), 5), 2), "INT[2][5]"),
+    ("FLOAT[3][]", pa.list_(pa.list_(pa.float32(), 3)), "REAL[3][]"),
     ("VARCHAR[]", pa.list_(pa.string()), "VARCHAR[]"),
     ("STRUCT<x INT, name VARCHAR>", pa.struct([("x", pa.int32()), ("name", pa.string())]), "STRUCT<x INT, name VARCHAR>"),
     (
