@@ -2,14 +2,14 @@
 
 ``agg(x) OVER (PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '1' HOUR PRECEDING AND
 CURRENT ROW)``, ``ROWS BETWEEN n PRECEDING AND CURRENT ROW``, ``UNBOUNDED PRECEDING``,
-``LAG``/``LEAD(x, n)``:
-every input row comes out once, with its window values, when the watermark passes its
+``LAG``/``LEAD(x, n)``, and Python or model aggregates over the bounded frames
+(:mod:`sqlstream.operators.over_python`): every input row comes out once, with its window values, when the watermark passes its
 event time (watermark > ts: no row that is not late can still come before it or tie
 with it); ``LEAD(x, n)`` also waits until its n-th following row has passed. Rows of a
 key are ordered by event time, then arrival; in RANGE frames rows with the same event
 time (peers) see each other, in ROWS frames and for LAG/LEAD the earlier arrival comes
 first. Late rows (event time below their ``__wm`` stamp) go to the dead-letter output,
-reason ``late``.
+reason ``late``; a row whose Python aggregate fails goes there too, reason ``udf``.
 
 Per watermark step, vectorized: the held rows (already emitted ones still inside some
 frame, and pending ones) are sorted by (key, time, arrival); frame bounds come from
@@ -24,16 +24,19 @@ count, sum or min/max of every emitted row), to which the emitted rows are folde
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.batches import event_time_us
+from sqlstream.connectors.dead_letters import rows_as_dead_letters
 from sqlstream.hidden import MAX_WATERMARK
 from sqlstream.operators.base import Operator
 from sqlstream.operators.keyed_rows import KeyedRows
 from sqlstream.operators.keys import encode_keys, key_changes
+from sqlstream.operators.over_python import frame_results
 from sqlstream.operators.state_size import StateSize, table_bytes
 from sqlstream.operators.windows import drop_late_rows
 
@@ -44,10 +47,10 @@ KEY, SEQ, TIME = "__over_key", "__seq", "__time"
 
 @dataclass(frozen=True)
 class OverCall:
-    """One window function: ``func`` (count, sum, avg, min, max, lag, lead) of column
-    ``arg`` (None: count(*)) into ``output`` of type ``type``; ``frame`` "rows" with
-    ``preceding`` rows or "range" with ``preceding`` µs (aggregates), or ``offset``
-    (lag/lead)."""
+    """One window function: ``func`` (count, sum, avg, min, max, lag, lead, or udaf:
+    the Python or model aggregate ``function``) of column ``arg`` (None: count(*)) into
+    ``output`` of type ``type``; ``frame`` "rows" with ``preceding`` rows or "range" with
+    ``preceding`` µs (aggregates), or ``offset`` (lag/lead)."""
 
     func: str
     arg: str | None
@@ -56,6 +59,7 @@ class OverCall:
     frame: str | None = None
     preceding: int | None = 0  # None: UNBOUNDED PRECEDING
     offset: int = 1
+    function: Any = None  # udaf: a GroupFunction (sqlstream.operators.python_aggregates)
 
 
 class OverAggregateOperator(Operator):
@@ -130,7 +134,8 @@ class OverAggregateOperator(Operator):
                 totals = _accumulated(c, j, old, index) if c.preceding is None and c.func not in ("lag", "lead") else None
                 if totals is not None:
                     acc[j] = {name: values[row_group] for name, values in totals.items()}
-        values = {c.output: self._compute(c, held, times, group, first, last, ready, fresh, acc.get(j))
+        failed: dict[int, str] = {}  # ready row (its index among them) -> why its Python aggregate failed
+        values = {c.output: self._compute(c, held, times, group, first, last, ready, fresh, acc.get(j), failed)
                   for j, c in enumerate(self.calls)}
         if self.unbounded:
             self._fold(held, group, fresh, ready, old, groups, index)
@@ -143,7 +148,10 @@ class OverAggregateOperator(Operator):
                 columns.append(values[field.name].take(pa.array(np.searchsorted(np.flatnonzero(ready), out_rows))))
             else:
                 columns.append(out.column(field.name).combine_chunks())
-        self.emit(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        if failed:
+            batch = self._drop_failed(batch, np.searchsorted(np.flatnonzero(ready), out_rows), failed)
+        self.emit(batch)
         emitted = done | ready
         self.pending = held.filter(pa.array(~emitted))
         self.history = self._trim(held, emitted, times, group, watermark)
@@ -165,10 +173,25 @@ class OverAggregateOperator(Operator):
         keep &= emitted
         return held.filter(pa.array(keep)) if keep.any() else None
 
-    def _compute(self, call: OverCall, held: pa.Table, times, group, first, last, ready, fresh, acc) -> pa.Array:
+    def _drop_failed(self, batch: pa.RecordBatch, ready_index: np.ndarray, failed: dict[int, str]) -> pa.RecordBatch:
+        """``batch`` without the rows a Python aggregate failed on: those go to the dead
+        letters (reason ``udf``; the row with its partition key, the failure)."""
+        bad = np.flatnonzero(np.isin(ready_index, np.fromiter(failed, np.int64)))
+        if self.dead_letter is not None:
+            times = event_time_us(batch.column(self.time_column))[bad].tolist()
+            details = [failed[int(ready_index[i])] for i in bad]
+            self.dead_letter(rows_as_dead_letters(batch.drop_columns([c.output for c in self.calls]), bad,
+                                                  self.source_label, "udf", details, times))
+        keep = np.ones(batch.num_rows, dtype=bool)
+        keep[bad] = False
+        return batch.filter(pa.array(keep))
+
+    def _compute(self, call: OverCall, held: pa.Table, times, group, first, last, ready, fresh, acc,
+                 failed: dict[int, str]) -> pa.Array:
         """``call``'s value for each ready row (in held order). ``fresh``: per row, the
         first row of its key not folded into the key's totals yet; ``acc``: per ready
-        row, the key's totals (unbounded frames)."""
+        row, the key's totals (unbounded frames); ``failed`` collects the ready rows a
+        Python aggregate failed on."""
         rows = np.flatnonzero(ready)
         if call.func in ("lag", "lead"):
             source = rows - call.offset if call.func == "lag" else rows + call.offset
@@ -182,6 +205,10 @@ class OverAggregateOperator(Operator):
             start, end = np.maximum(first[rows], rows - call.preceding), rows
         else:
             start, end = _range_bounds(times, group, call.preceding, rows)
+        if call.func == "udaf":
+            result, errors = frame_results(call.function, held.column(call.arg).combine_chunks(), start, end)
+            failed.update((i, e) for i, e in enumerate(errors) if e is not None and i not in failed)
+            return result
         part = _segment(call, held, start, end)
         if call.preceding is None:
             part = _combine(call.func, acc, part)

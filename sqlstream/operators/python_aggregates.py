@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.encode import encode_json_lines
 
-__all__ = ["GroupFunction", "PythonAggregateCall", "PythonStates", "ERROR_COLUMN", "TIME_COLUMN", "split_failed_groups"]
+__all__ = ["GroupFunction", "PythonAggregateCall", "PythonStates", "ERROR_COLUMN", "TIME_COLUMN", "split_failed_groups",
+           "conform_results", "failure", "scalar", "valid_rows"]
 
 STATE = "__udaf_state"
 TIMES = "__udaf_times"
@@ -68,6 +69,10 @@ class GroupFunction(Protocol):
 
     def finish(self, state: Any) -> Any: ...
 
+    # optional (``frames`` true): many frames in one call, e.g. of OVER windows
+    # frames: bool
+    # def call_frames(self, frames: list[pa.Array]) -> Sequence: one result per list of ``frames``
+
 
 @dataclass(frozen=True, eq=False)
 class PythonAggregateCall:
@@ -79,12 +84,12 @@ class PythonAggregateCall:
     where: str = ""  # the query's label (dead letters' ``source``)
 
 
-def _failure(name: str, error: Exception) -> str:
+def failure(name: str, error: Exception) -> str:
     text = str(error).strip().splitlines()
     return f"{name}: {type(error).__name__}" + (f": {text[0]}" if text else "")
 
 
-def _valid(arguments: list[pa.Array]) -> pa.Array | None:
+def valid_rows(arguments: list[pa.Array]) -> pa.Array | None:
     """True where no argument is NULL (None: all rows are)."""
     mask = None
     for a in arguments:
@@ -127,7 +132,7 @@ class PythonStates:
                 errors.append(None)
             except Exception as error:  # noqa: BLE001 - fails this group only
                 states.append(None)
-                errors.append(_failure(self.function.name, error))
+                errors.append(failure(self.function.name, error))
         return self._table(keys, pa.array(states, pa.binary()), pa.array(errors, pa.string()))
 
     def _rows_per_group(self, table: pa.Table) -> tuple[list, np.ndarray, pa.Array]:
@@ -191,7 +196,7 @@ class PythonStates:
                 merged_states.append(pickle.dumps(state))
             except Exception as error:  # noqa: BLE001 - fails this group only
                 merged_states.append(None)
-                merged_errors[i] = _failure(self.function.name, error)
+                merged_errors[i] = failure(self.function.name, error)
         return self._table(keys, pa.array(merged_states, pa.binary()), pa.array(merged_errors, pa.string()))
 
     # -- results ---------------------------------------------------------------------------------
@@ -208,7 +213,7 @@ class PythonStates:
             try:
                 collected = self._collected(states, times)
             except Exception as error:  # noqa: BLE001 - e.g. arguments that do not cast: every group fails
-                errors = [_failure(self.function.name, error)] * table.num_rows
+                errors = [failure(self.function.name, error)] * table.num_rows
         results: list[Any] = []
         for i in range(table.num_rows):
             if errors[i] is not None:
@@ -219,14 +224,14 @@ class PythonStates:
                     arguments, bounds = collected
                     start, length = int(bounds[i]), int(bounds[i + 1] - bounds[i])
                     # only NULLs: NULL without a call, like the built-in aggregates
-                    results.append(_scalar(self.function.call_collected([a.slice(start, length) for a in arguments]))
+                    results.append(scalar(self.function.call_collected([a.slice(start, length) for a in arguments]))
                                    if length else None)
                 else:
-                    results.append(_scalar(self.function.finish(pickle.loads(states[i].as_py()))))
+                    results.append(scalar(self.function.finish(pickle.loads(states[i].as_py()))))
             except Exception as error:  # noqa: BLE001 - fails this group only
                 results.append(None)
-                errors[i] = _failure(self.function.name, error)
-        values = self._conform(results, errors)
+                errors[i] = failure(self.function.name, error)
+        values = conform_results(self.function, results, errors)
         return values, pa.array(errors, pa.string())
 
     def _collected(self, states: pa.Array, times: pa.Array | None) -> tuple[list[pa.Array], np.ndarray]:
@@ -243,25 +248,27 @@ class PythonStates:
             event_times = times.values.to_numpy()[time_offsets[0] : time_offsets[-1]]
             values = values.take(pa.array(np.lexsort((event_times, group_of))))  # a stable sort
         arguments = self.function.arguments(values)
-        valid = _valid(arguments)
+        valid = valid_rows(arguments)
         if valid is not None:
             arguments = [a.filter(valid) for a in arguments]
             lengths = np.bincount(group_of[valid.to_numpy(zero_copy_only=False)], minlength=len(lengths))
         return arguments, np.concatenate([[0], np.cumsum(lengths)])
 
-    def _conform(self, results: list[Any], errors: list[str | None]) -> pa.Array:
-        wanted = self.function.return_type
-        try:
-            return pa.array(results, type=wanted)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-            pass
-        for i, value in enumerate(results):  # find the groups whose result does not fit
-            try:
-                pa.array([value], type=wanted)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as error:
-                results[i] = None
-                errors[i] = f"{self.function.name} returned {type(value).__name__} {value!r:.60}, not {wanted}: {error}"
+def conform_results(function: GroupFunction, results: list[Any], errors: list[str | None]) -> pa.Array:
+    """``results`` as an array of the function's return type; a result that does not fit
+    becomes NULL with its error in ``errors``."""
+    wanted = function.return_type
+    try:
         return pa.array(results, type=wanted)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        pass
+    for i, value in enumerate(results):  # find the groups whose result does not fit
+        try:
+            pa.array([value], type=wanted)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as error:
+            results[i] = None
+            errors[i] = f"{function.name} returned {type(value).__name__} {value!r:.60}, not {wanted}: {error}"
+    return pa.array(results, type=wanted)
 
 
 def _concat_lists(lists: pa.Array, order: pa.Array, counts: np.ndarray) -> pa.Array:
@@ -273,7 +280,7 @@ def _concat_lists(lists: pa.Array, order: pa.Array, counts: np.ndarray) -> pa.Ar
     return pa.ListArray.from_arrays(pa.array(outer, pa.int32()), inner.values.slice(base, int(inner_offsets[-1]) - base))
 
 
-def _scalar(value: Any) -> Any:
+def scalar(value: Any) -> Any:
     """A function's result as a Python value (Arrow scalars and numpy values unwrapped)."""
     if isinstance(value, pa.Scalar):
         return value.as_py()

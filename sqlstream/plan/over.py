@@ -3,7 +3,8 @@
 ``ROW_NUMBER()`` goes to :mod:`sqlstream.plan.ranking` (Top-N, deduplication). The
 others are OVER aggregations by event time (Flink's Over Aggregation): count, sum,
 avg, min, max over ``RANGE BETWEEN INTERVAL ... PRECEDING AND CURRENT ROW``, ``ROWS
-BETWEEN n PRECEDING AND CURRENT ROW`` or ``UNBOUNDED PRECEDING`` (the default frame), and ``LAG``/``LEAD(x[, n])``, all with the same
+BETWEEN n PRECEDING AND CURRENT ROW`` or ``UNBOUNDED PRECEDING`` (the default frame), and ``LAG``/``LEAD(x[, n])``, and Python and model aggregates (``@udaf``, ``AS MODEL ... WITH
+(aggregate = true)``) over the bounded frames, all with the same
 ``PARTITION BY`` and ``ORDER BY <event-time column>``. Planned as a *pre-stage*
 (DataFusion: WHERE, the partition values and the arguments as hidden columns) →
 ``OverAggregate`` (each row once, when the watermark passes it) → a *post-stage* (the
@@ -16,10 +17,12 @@ import pyarrow as pa
 from sqlglot import exp
 
 from sqlstream.durations import format_duration_us
+from sqlstream.errors import SqlAnalysisError, UdfError
 from sqlstream.operators.base import Operator
 from sqlstream.operators.context import BuildContext
 from sqlstream.operators.over_aggregate import OverAggregateOperator, OverCall
 from sqlstream.plan.nodes import PlanNode
+from sqlstream.plan.python_aggregates import python_argument
 from sqlstream.plan.ranking import is_row_number, plan_ranking
 from sqlstream.plan.relation import PlannerContext, Relation, SelectItem
 from sqlstream.plan.scope import Scope, column_ref
@@ -57,7 +60,8 @@ class OverAggregate(PlanNode):
                 return f"{c.func}({c.arg}, {c.offset})"
             size = ("UNBOUNDED" if c.preceding is None else format_duration_us(c.preceding) if c.frame == "range"
                     else str(c.preceding))
-            return f"{c.func}({c.arg or '*'}) {c.frame.upper()} {size} PRECEDING"
+            name = c.function.name if c.func == "udaf" else c.func
+            return f"{name}({c.arg or '*'}) {c.frame.upper()} {size} PRECEDING"
 
         totals = " + one totals row per key (UNBOUNDED PRECEDING)" if any(c.preceding is None for c in self.calls
                                                                            if c.func not in ("lag", "lead")) else ""
@@ -101,8 +105,8 @@ def plan_over(ctx: PlannerContext, select: exp.Select, node: PlanNode, scope: Sc
     condition = scope.resolve(where.this, ctx.source) if where is not None else None
     pre = ctx.stateless(node, passthrough + hidden, condition, label=label)
     types = {f.name: f.type for f in pre.schema}
-    typed = [OverCall(c.func, c.arg, c.output, _output_type(ctx, c, types, found[i]), c.frame, c.preceding, c.offset)
-             for i, c in enumerate(calls)]
+    typed = [OverCall(c.func, c.arg, c.output, _output_type(ctx, c, types, found[i]), c.frame, c.preceding, c.offset,
+                      c.function) for i, c in enumerate(calls)]
     schema = pre.schema
     for c in typed:
         schema = schema.append(pa.field(c.output, c.type))
@@ -132,12 +136,11 @@ def _call(ctx: PlannerContext, window: exp.Window, j: int) -> tuple[OverCall, ex
     """The call of ``window`` (types filled in later) and its argument expression."""
     fn = window.this
     func = _FUNCS.get(type(fn))
+    function = ctx.aggregate_function(str(fn.this).lower()) if isinstance(fn, exp.Anonymous) else None
+    if function is not None:
+        return _python_call(ctx, window, function, j)
     if func is None or (isinstance(fn, exp.Count) and fn.args.get("distinct")) or isinstance(fn.this, exp.Distinct):
         name = fn.sql_name() if isinstance(fn, exp.Func) else type(fn).__name__
-        if isinstance(fn, exp.Anonymous) and ctx.aggregate_function(str(fn.this).lower()) is not None:
-            raise ctx.unsupported(f"aggregate {str(fn.this).lower()}() OVER (...) is not supported: Python and model "
-                                  "aggregates run in GROUP BY and window (TUMBLE, HOP, SESSION) aggregations", window,
-                                  "aggregate per window: GROUP BY window_start, window_end over TUMBLE/HOP/SESSION")
         raise ctx.unsupported(f"{name}() OVER (...) is not supported on a stream", window,
                               "supported: count, sum, avg, min, max over RANGE/ROWS ... PRECEDING AND CURRENT ROW; LAG, LEAD; "
                               "ROW_NUMBER for Top-N")
@@ -154,8 +157,32 @@ def _call(ctx: PlannerContext, window: exp.Window, j: int) -> tuple[OverCall, ex
         offset = fn.args.get("offset")
         n = 1 if offset is None else _whole(ctx, offset, f"{func.upper()}() offset")
         return OverCall(func, arg_name, output, pa.null(), offset=n), arg
+    return _frame(ctx, window, OverCall(func, arg_name, output, pa.null())), arg
+
+
+def _python_call(ctx: PlannerContext, window: exp.Window, function, j: int) -> tuple[OverCall, exp.Expr]:
+    """A Python or model aggregate over a bounded frame: its values are recomputed per
+    row from the held rows, so an UNBOUNDED frame would hold every row of a key."""
+    arg = python_argument(ctx, window.this, function, None)
+    call = _frame(ctx, window, OverCall("udaf", f"__over_a{j}", f"__over_r{j}", pa.null(), function=function))
+    if call.preceding is None:
+        raise ctx.unsupported(f"aggregate {function.name}() OVER (...) is not supported with an UNBOUNDED frame (the "
+                              "default with ORDER BY): a Python or model aggregate needs a bounded frame", window,
+                              f"{function.name}(x) OVER (PARTITION BY k ORDER BY ts ROWS BETWEEN 9 PRECEDING AND CURRENT ROW) "
+                              "or RANGE BETWEEN INTERVAL '1' HOUR PRECEDING AND CURRENT ROW")
+    return call, arg
+
+
+def _frame(ctx: PlannerContext, window: exp.Window, call: OverCall) -> OverCall:
+    """``call`` with the frame of ``window``."""
+    func, arg_name, output = call.func, call.arg, call.output
+
+    def framed(frame: str, preceding: int | None) -> OverCall:
+        return OverCall(func, arg_name, output, pa.null(), frame, preceding, function=call.function)
+
+    spec = window.args.get("spec")
     if spec is None:  # the SQL default with ORDER BY: RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-        return OverCall(func, arg_name, output, pa.null(), "range", None), arg
+        return framed("range", None)
     end = spec.args.get("end")
     if (str(spec.args.get("start_side") or "").upper() != "PRECEDING" or (end is not None and str(end).upper() != "CURRENT ROW")
             or spec.args.get("end_side")):  # `ROWS n PRECEDING` alone ends at the current row
@@ -163,12 +190,12 @@ def _call(ctx: PlannerContext, window: exp.Window, j: int) -> tuple[OverCall, ex
     start = spec.args.get("start")
     kind = str(spec.args.get("kind")).upper()
     if isinstance(start, str) or (isinstance(start, exp.Var) and start.name.upper() == "UNBOUNDED"):
-        return OverCall(func, arg_name, output, pa.null(), "rows" if kind == "ROWS" else "range", None), arg
+        return framed("rows" if kind == "ROWS" else "range", None)
     if kind == "ROWS":
-        return OverCall(func, arg_name, output, pa.null(), "rows", _whole(ctx, start, "ROWS ... PRECEDING")), arg
+        return framed("rows", _whole(ctx, start, "ROWS ... PRECEDING"))
     if not isinstance(start, exp.Interval):
         raise ctx.unsupported("a RANGE frame over event time needs an INTERVAL", window, "RANGE BETWEEN INTERVAL '1' HOUR PRECEDING AND CURRENT ROW")
-    return OverCall(func, arg_name, output, pa.null(), "range", interval_us(start, ctx.source)), arg
+    return framed("range", interval_us(start, ctx.source))
 
 
 def _whole(ctx: PlannerContext, node: exp.Expr, what: str) -> int:
@@ -181,6 +208,13 @@ def _output_type(ctx: PlannerContext, call: OverCall, types: dict[str, pa.DataTy
     if call.func == "count":
         return pa.int64()
     arg_type = types[call.arg]
+    if call.func == "udaf":
+        wanted = call.function.arg_types
+        given = [arg_type] if len(wanted) == 1 or not pa.types.is_struct(arg_type) else [f.type for f in arg_type]
+        try:
+            return call.function.check_args(given)
+        except UdfError as error:
+            raise SqlAnalysisError(error.message, location=ctx.loc(window), hint=error.hint) from error
     if call.func in ("lag", "lead"):
         return arg_type
     numeric = pa.types.is_integer(arg_type) or pa.types.is_floating(arg_type)

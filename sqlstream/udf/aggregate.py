@@ -33,6 +33,20 @@ checkpoint and restore (checkpoints are trusted files, like the ``udfs/`` code).
 whose arguments are NULL reach ``accumulate`` as they are (``values.drop_null()``
 skips them); the simple form never sees them, and a group of NULLs only gives NULL.
 
+A function of the values may instead take many groups at once, ``@udaf(...,
+frames=True)``: one Arrow ``list`` array per argument (a list per group) → one result
+per list. OVER windows then call it once per watermark step with all the frames of the
+rows emitted (instead of once per row); windows and GROUP BY call it with one list:
+
+>>> import pyarrow.compute as pc
+>>> @udaf(args=[pa.float64()], returns=pa.float64(), frames=True)
+... def frame_mean(frames: pa.ListArray) -> np.ndarray:
+...     values = pc.list_flatten(frames).to_numpy(zero_copy_only=False)
+...     sums = np.bincount(pc.list_parent_indices(frames), weights=values, minlength=len(frames))
+...     return sums / pc.list_value_length(frames).to_numpy(zero_copy_only=False)
+>>> frame_mean.__sqlstream_udf__.frames
+True
+
 A function's result is one value (Python, numpy or Arrow scalar) of ``returns``. An
 exception in any method fails that group only: its result row becomes a dead letter
 (reason ``udf``: the function, the exception, the group key and window).
@@ -62,15 +76,17 @@ class UdafSpec(UdfSpec):
     """``@udaf`` metadata: a UdfSpec (so ``udfs/`` discovery finds it) that aggregates."""
 
     aggregate: bool = True
+    frames: bool = False  # the function takes many groups as list arrays (see udaf)
 
 
 def udaf(fn: Any = None, *, args: list[pa.DataType] | None = None, returns: pa.DataType | None = None,
-         name: str | None = None) -> Any:
+         name: str | None = None, frames: bool = False) -> Any:
     """Mark a function of a group's values, or a class with ``create``/``accumulate``/
     ``merge``/``finish``, as a SQL aggregate function (see the module docstring).
     ``args``/``returns`` are pyarrow types (default: the type hints of the function,
     or of ``accumulate`` and ``finish``); ``name`` is the SQL name (default: the
-    Python name, lower-cased)."""
+    Python name, lower-cased); ``frames=True``: the function takes a list array per
+    argument (many groups) and returns one result per list."""
     spec_name = (name or "").lower() or None
     if spec_name is not None and not _NAME.fullmatch(spec_name):
         raise UdfError(f"@udaf(name='{name}'): not a SQL function name",
@@ -81,7 +97,11 @@ def udaf(fn: Any = None, *, args: list[pa.DataType] | None = None, returns: pa.D
         raise UdfError(f"@udaf(returns=...): {returns!r} is not a pyarrow type", hint="e.g. returns=pa.float64()")
 
     def mark(f: Any) -> Any:
-        f.__sqlstream_udf__ = UdafSpec(spec_name or f.__name__.lower(), list(args) if args is not None else None, returns)
+        if frames and inspect.isclass(f):
+            raise UdfError(f"@udaf(frames=True) on class {f.__name__}: only a function of the values takes many frames",
+                           hint="drop frames=True: a class aggregate is called per frame")
+        f.__sqlstream_udf__ = UdafSpec(spec_name or f.__name__.lower(), list(args) if args is not None else None, returns,
+                                       frames=bool(frames))
         return f
 
     if fn is not None and callable(fn):
@@ -116,6 +136,7 @@ class PythonAggregate:
         self.kind = "state" if inspect.isclass(target) else "collect"
         self.instance = target() if self.kind == "state" else None
         self.origin = _origin(target if self.kind == "collect" else target.accumulate)
+        self.frames = bool(getattr(spec, "frames", False))
 
     @classmethod
     def from_object(cls, target: Any) -> "PythonAggregate":
@@ -179,7 +200,16 @@ class PythonAggregate:
         return arguments_of(column, self.arg_types)
 
     def call_collected(self, arguments: list[pa.Array]) -> Any:
+        if self.frames:  # one group as one list
+            results = self.call_frames([pa.ListArray.from_arrays(pa.array([0, len(a)], pa.int32()), a) for a in arguments])
+            if len(results) != 1:
+                raise ValueError(f"returned {len(results)} results for 1 frame")
+            return results[0]
         return self.target(*arguments)
+
+    def call_frames(self, frames: list[pa.Array]) -> Any:
+        """``frames=True``: the results of many groups, one list array per argument."""
+        return self.target(*frames)
 
     def create(self) -> Any:
         return self.instance.create()

@@ -168,21 +168,11 @@ class ModelAggregate:
         return [column]
 
     def call_collected(self, arguments: list[pa.Array]) -> Any:
-        rows = arguments[0]
-        if pa.types.is_fixed_size_list(rows.type):
-            values = rows.flatten()
-        else:
-            lengths = rows.value_lengths().to_numpy(zero_copy_only=False)
-            if (lengths != self.width).any():
-                raise ValueError(f"a row has {int(lengths[lengths != self.width][0])} features, expected {self.width}")
-            values = rows.flatten()
-        if values.null_count:
-            raise ValueError("a row's features hold a NULL")
-        matrix = values.to_numpy(zero_copy_only=False).astype(self.dtype, copy=False).reshape(len(rows), self.width)
+        matrix = self._matrix(arguments[0])
         if self.sequence:
-            if self.steps is not None and len(rows) != self.steps:
-                raise ValueError(f"the model takes sequences of {self.steps} rows, the window has {len(rows)}")
-            matrix = matrix[np.newaxis, :, :]
+            if self.steps is not None and len(matrix) != self.steps:
+                raise ValueError(f"the model takes sequences of {self.steps} rows, the window has {len(matrix)}")
+            return float(self._per_sequence(matrix[np.newaxis, :, :])[0])
         (out,) = self.session.run([self.output_name], {self.input_name: matrix})
         out = np.asarray(out, dtype=np.float64)
         if self.reduce == "mse":
@@ -194,3 +184,56 @@ class ModelAggregate:
         if out.size != 1:
             raise ValueError(f"output '{self.output_name}' has shape {out.shape}, expected one value")
         return float(out.reshape(-1)[0])
+
+    #: many groups at once (OVER frames): sequence models stack them
+    frames = True
+
+    def call_frames(self, frames: list[pa.Array]) -> list[float | None]:
+        """One value per frame (a list of rows). A sequence model ``[N, T, k]`` scores all
+        frames of one length in one run, as ``[frames, length, k]``; with a fixed ``T``,
+        a frame of another length (a key's first rows, before its ROWS frame is full)
+        is NULL. A model of rows ``[N, k]`` runs once per frame."""
+        lists = frames[0]
+        offsets = lists.offsets.to_numpy().astype(np.int64)
+        lengths = np.diff(offsets)
+        if not self.sequence:
+            return [self.call_collected([lists.values.slice(int(offsets[i]), int(lengths[i]))]) for i in range(len(lengths))]
+        matrix = self._matrix(lists.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])))
+        starts = offsets[:-1] - offsets[0]
+        results: list[float | None] = [None] * len(lengths)
+        for length in np.unique(lengths):
+            if self.steps is not None and length != self.steps:
+                continue
+            mine = np.flatnonzero(lengths == length)
+            stacked = matrix[starts[mine][:, np.newaxis] + np.arange(int(length))]  # [frames, length, k]
+            for i, value in zip(mine, self._per_sequence(stacked)):
+                results[int(i)] = float(value)
+        return results
+
+    def _matrix(self, rows: pa.Array) -> np.ndarray:
+        """Rows of ``FLOAT[k]`` as a ``[n, k]`` matrix of the model's float type."""
+        if not pa.types.is_fixed_size_list(rows.type):
+            lengths = rows.value_lengths().to_numpy(zero_copy_only=False)
+            if (lengths != self.width).any():
+                raise ValueError(f"a row has {int(lengths[lengths != self.width][0])} features, expected {self.width}")
+        values = rows.flatten()
+        if values.null_count:
+            raise ValueError("a row's features hold a NULL")
+        return values.to_numpy(zero_copy_only=False).astype(self.dtype, copy=False).reshape(len(rows), self.width)
+
+    def _per_sequence(self, batch: np.ndarray) -> np.ndarray:
+        """One value per sequence of ``batch`` ``[n, T, k]``: one model run."""
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        out = np.asarray(out, dtype=np.float64)
+        if self.reduce == "mse":
+            if out.shape != batch.shape:
+                raise ValueError(f"output shape {out.shape} is not the input's {batch.shape}")
+            return np.mean((out - batch) ** 2, axis=(1, 2))
+        if out.ndim == 0 or out.shape[0] != len(batch):
+            raise ValueError(f"output '{self.output_name}' has shape {out.shape}, expected one value per sequence")
+        per = out.reshape(len(batch), -1)
+        if self.reduce is not None:
+            return _REDUCE[self.reduce](per, axis=1)
+        if per.shape[1] != 1:
+            raise ValueError(f"output '{self.output_name}' has shape {out.shape}, expected one value per sequence")
+        return per[:, 0]
