@@ -86,6 +86,7 @@ class ModelAggregate:
         self.width = shape[-1]
         self.sequence = len(shape) == 3
         self.steps = shape[1] if self.sequence else None
+        self.one_sequence = self.sequence and shape[0] == 1  # [1, T, k]: one sequence per run
         outputs = session.get_outputs()
         if output is not None:
             outputs = [o for o in outputs if o.name.lower() in (str(output).lower(), f"output_{output}".lower())]
@@ -190,7 +191,8 @@ class ModelAggregate:
 
     def call_frames(self, frames: list[pa.Array]) -> list[float | None]:
         """One value per frame (a list of rows). A sequence model ``[N, T, k]`` scores all
-        frames of one length in one run, as ``[frames, length, k]``; with a fixed ``T``,
+        frames of one length in one run, as ``[frames, length, k]`` (one run per frame for
+        a model of ``[1, T, k]``); with a fixed ``T``,
         a frame of another length (a key's first rows, before its ROWS frame is full)
         is NULL. A model of rows ``[N, k]`` runs once per frame."""
         lists = frames[0]
@@ -206,7 +208,9 @@ class ModelAggregate:
                 continue
             mine = np.flatnonzero(lengths == length)
             stacked = matrix[starts[mine][:, np.newaxis] + np.arange(int(length))]  # [frames, length, k]
-            for i, value in zip(mine, self._per_sequence(stacked)):
+            scores = (np.concatenate([self._per_sequence(stacked[i : i + 1]) for i in range(len(stacked))])
+                      if self.one_sequence else self._per_sequence(stacked))
+            for i, value in zip(mine, scores):
                 results[int(i)] = float(value)
         return results
 

@@ -179,3 +179,27 @@ def test_misuse_is_a_located_error(sql, message):
     with pytest.raises(SqlStreamError) as info:
         session.execute(f"CREATE SINK out AS {sql} WITH (connector = 'memory')", path="q.sql")
     assert message in info.value.render()
+
+
+def test_a_restored_pipeline_continues_exactly(events):
+    """OVER state holds rows, not function state: a udaf's frames after a restart (from
+    the snapshot stored as a checkpoint stores it) are the uninterrupted run's."""
+    data = events[600]
+    sql = OURS.format(w=RANGE)
+
+    def run(restarts: set[int]) -> list[dict]:
+        session = session_with()
+        session.execute(f"CREATE SINK out AS {sql} WITH (connector = 'memory')")
+        pipeline = session.start()
+        for step, start in enumerate(range(0, data.num_rows, 37)):
+            if step in restarts:
+                assert pipeline.state_rows() > 0
+                pipeline = pipeline.restart()
+            session.stream("events").push(data.slice(start, 37))
+            pipeline.pump()
+        pipeline.finish()
+        return session.rows("out", fold=False)
+
+    expected = run(set())
+    assert_rows(expected, duck(data, THEIRS.format(w=RANGE)))
+    assert run({3, 7, 11}) == expected
