@@ -1,7 +1,7 @@
 """Python aggregates (``@udaf``) in OVER windows vs DuckDB (batch).
 
-``median`` (a function of a frame's values), ``frame_quantile`` (the vectorized form,
-``frames=True``: all frames of a step in one call) and a class-form sum of squares over
+``median`` (a function of a frame's values), ``upper_quartile`` and the docs'
+``frame_median`` (the vectorized form, ``frames=True``: all frames of a step in one call) and a class-form sum of squares over
 ``ROWS BETWEEN 3 PRECEDING`` and ``RANGE BETWEEN INTERVAL '3' SECOND PRECEDING`` frames,
 over the out-of-order events of the window tests (never late), in batches of 1, 7 and
 64 rows and with many equal times: every row once, with DuckDB's ``median``,
@@ -39,6 +39,16 @@ def upper_quartile(frames: pa.ListArray) -> list[float]:
     return [float(np.quantile(values[a:b], 0.75)) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
+@udaf(args=[pa.float64()], returns=pa.float64(), frames=True)
+def frame_median(frames: pa.ListArray) -> np.ndarray:
+    """docs/functions-and-models.md's example: the median of every frame at once."""
+    values = pc.list_flatten(frames).to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(frames).to_numpy(zero_copy_only=False)
+    ordered = values[np.lexsort((values, np.repeat(np.arange(len(lengths)), lengths)))]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return (ordered[starts + (lengths - 1) // 2] + ordered[starts + lengths // 2]) / 2
+
+
 @udaf(args=[pa.float64()], returns=pa.float64())
 class sum_sq:
     def create(self):
@@ -71,17 +81,17 @@ def picky_quartile(frames: pa.ListArray) -> pa.Array:
 ROWS = "PARTITION BY k ORDER BY ts ROWS BETWEEN 3 PRECEDING AND CURRENT ROW"
 RANGE = "PARTITION BY k ORDER BY ts RANGE BETWEEN INTERVAL '3' SECOND PRECEDING AND CURRENT ROW"
 OURS = ("SELECT idx, k, median(v) OVER ({w}) AS m, upper_quartile(v) OVER ({w}) AS q, sum_sq(v) OVER ({w}) AS s2, "
-        "sum(v) OVER ({w}) AS s FROM events")
+        "sum(v) OVER ({w}) AS s, frame_median(v) OVER ({w}) AS fm FROM events")
 # DuckDB: rows of equal times in arrival order (ROWS frames); sum_sq of only NULLs is 0
 THEIRS = ("SELECT idx, k, median(v) OVER ({w}) AS m, quantile_cont(v, 0.75) OVER ({w}) AS q, "
-          "coalesce(sum(v * v) OVER ({w}), 0) AS s2, sum(v) OVER ({w}) AS s FROM events")
+          "coalesce(sum(v * v) OVER ({w}), 0) AS s2, sum(v) OVER ({w}) AS s, median(v) OVER ({w}) AS fm FROM events")
 FRAMES = {"rows": (ROWS, ROWS.replace("ORDER BY ts", "ORDER BY ts, idx")), "range": (RANGE, RANGE)}
 SIZES = {1: 150, 7: 600, 64: 1_500}
 
 
 def session_with(**options) -> TestSession:
     session = TestSession(**options)
-    for fn in (median, upper_quartile, sum_sq, picky_median, picky_quartile):
+    for fn in (median, upper_quartile, frame_median, sum_sq, picky_median, picky_quartile):
         session.register_udf(fn)
     session.execute(SOURCE_SQL)
     return session
