@@ -23,7 +23,7 @@ from sqlstream.errors import SqlStreamError
 from sqlstream.testing import TestSession
 from tests.differential.test_over import assert_rows, whole_seconds
 from tests.differential.test_ranking import duck
-from tests.differential.test_windows_differential import SOURCE_SQL, make_events
+from tests.differential.test_windows_differential import SOURCE_SQL, WINDOWS, assert_same, duckdb_rows, make_events
 
 
 @udaf(args=[pa.float64()], returns=pa.float64())
@@ -47,6 +47,12 @@ def frame_median(frames: pa.ListArray) -> np.ndarray:
     ordered = values[np.lexsort((values, np.repeat(np.arange(len(lengths)), lengths)))]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     return (ordered[starts + (lengths - 1) // 2] + ordered[starts + lengths // 2]) / 2
+
+
+@udaf(args=[pa.float64(), pa.float64()], returns=pa.float64())
+def weighted_mean(values: pa.Array, weights: pa.Array) -> float:
+    v, w = values.to_numpy(), weights.to_numpy()
+    return float((v * w).sum() / w.sum())
 
 
 @udaf(args=[pa.float64()], returns=pa.float64())
@@ -91,7 +97,7 @@ SIZES = {1: 150, 7: 600, 64: 1_500}
 
 def session_with(**options) -> TestSession:
     session = TestSession(**options)
-    for fn in (median, upper_quartile, frame_median, sum_sq, picky_median, picky_quartile):
+    for fn in (median, upper_quartile, frame_median, weighted_mean, sum_sq, picky_median, picky_quartile):
         session.register_udf(fn)
     session.execute(SOURCE_SQL)
     return session
@@ -131,6 +137,24 @@ def test_equal_times_and_random_batch_sizes_match_duckdb(events, frame):
     ours, theirs = FRAMES[frame]
     got, _ = stream(data, OURS.format(w=ours), cuts)
     assert_rows(got, duck(data, THEIRS.format(w=theirs)))
+
+
+@pytest.mark.parametrize("frame", list(FRAMES))
+def test_two_arguments_skip_rows_where_either_is_null(events, frame):
+    data = events[600]
+    ours, theirs = FRAMES[frame]
+    got, _ = stream(data, f"SELECT idx, weighted_mean(v, x + 1) OVER ({ours}) AS wm FROM events", [7])
+    both = "FILTER (WHERE v IS NOT NULL AND x IS NOT NULL)"
+    assert_rows(got, duck(data, f"SELECT idx, sum(v * (x + 1)) {both} OVER ({theirs}) / sum(x + 1) {both} OVER ({theirs}) AS wm "
+                                "FROM events"))
+
+
+def test_the_vectorized_form_works_in_windows_too(events):
+    """In a window TVF a ``frames=True`` function gets one list: the group."""
+    data = events[600]
+    got, _ = stream(data, f"SELECT window_start, window_end, k, frame_median(v) AS m FROM {WINDOWS['tumble'][0]} "
+                          "GROUP BY window_start, window_end, k", [7])
+    assert_same(got, duckdb_rows(data, "tumble", "median(v) AS m"), {"m": "float"})
 
 
 @pytest.mark.parametrize("function", ["picky_median", "picky_quartile"])
