@@ -55,27 +55,42 @@ def frame_results(function: GroupFunction, column: pa.Array, start: np.ndarray, 
         start, end = kept[start], kept[end + 1] - 1
     lengths = np.maximum(end - start + 1, 0)
     todo = np.flatnonzero(lengths > 0)  # a frame of only NULLs is NULL, without a call
-    if getattr(function, "frames", False) and todo.size:
+    many = bool(getattr(function, "frames", False))
+    if many and todo.size:
         try:
-            found = function.call_frames([_lists(a, start[todo], lengths[todo]) for a in arguments])
-            if len(found) != todo.size:
-                raise ValueError(f"returned {len(found)} results for {todo.size} frames")
-            values = found.to_pylist() if isinstance(found, (pa.Array, pa.ChunkedArray)) else list(found)
-            for i, value in zip(todo, values):
-                results[i] = scalar(value)
+            _call_frames(function, arguments, start, lengths, todo, results)
             todo = todo[:0]
         except Exception:  # noqa: BLE001 - retried frame by frame: only the failing frames fail
             pass
     for i in todo:
         try:
-            results[i] = scalar(function.call_collected([a.slice(int(start[i]), int(lengths[i])) for a in arguments]))
+            if many:  # one list: the same call, so a frame means the same (a model's short frame: NULL)
+                _call_frames(function, arguments, start, lengths, todo[todo == i], results)
+            else:
+                results[i] = scalar(function.call_collected([a.slice(int(start[i]), int(lengths[i])) for a in arguments]))
         except Exception as error:  # noqa: BLE001 - fails this row only
             errors[i] = failure(function.name, error)
     return conform_results(function, results, errors), errors
 
 
+def _call_frames(function: GroupFunction, arguments: list[pa.Array], start: np.ndarray, lengths: np.ndarray,
+                 todo: np.ndarray, results: list) -> None:
+    """The results of frames ``todo`` from one vectorized call, into ``results``."""
+    found = function.call_frames([_lists(a, start[todo], lengths[todo]) for a in arguments])
+    if len(found) != todo.size:
+        raise ValueError(f"returned {len(found)} results for {todo.size} frames")
+    values = found.to_pylist() if isinstance(found, (pa.Array, pa.ChunkedArray)) else list(found)
+    for i, value in zip(todo, values):
+        results[i] = scalar(value)
+
+
 def _lists(values: pa.Array, start: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """The frames as one list array: the values of frame i at [start_i, start_i + length_i)."""
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    """The frames as one list array: the values of frame i at [start_i, start_i + length_i).
+    Frames overlap, so the values are taken (copied) once per frame: a plain list array,
+    which every Arrow and numpy idiom reads (``.offsets``, ``list_flatten``)."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     index = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1] - start, lengths)
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values.take(pa.array(index)))
+    taken = values.take(pa.array(index))
+    if offsets[-1] < 2**31:
+        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), taken)
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), taken)

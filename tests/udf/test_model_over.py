@@ -6,11 +6,13 @@ with onnxruntime run directly here: the full frames of the whole input stacked a
 ``[rows, 4, 3]`` tensor (the stream stacks the frames of each step the same way). A
 model with a fixed ``T`` gives NULL until a sensor's frame is full; one with a free
 ``T`` scores a shorter frame as it is; a model of ``[1, T, k]`` runs once per frame;
-an autoencoder of rows (``reduce = 'mse'``) runs once per frame.
+an autoencoder of rows (``reduce = 'mse'``) runs once per frame. A row whose features
+hold a NULL fails exactly the rows whose frames hold it (dead letters, reason ``udf``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -118,3 +120,31 @@ def test_an_autoencoder_of_rows_scores_each_frame(model_dir):
     expected = {int(i): float(np.mean((session.run(None, {"x": f})[0].astype(np.float64) - f) ** 2))
                 for i, f in zip(idx, windows)}
     assert_scores(stream_scores(model_dir, "autoencoder", ", reduce = 'mse'", events, 64), expected)
+
+
+def test_a_frame_that_cannot_be_scored_fails_its_rows_only(model_dir, tmp_path):
+    """A NULL inside one row's features: the rows whose frames hold it are dead letters,
+    the rest of the step is scored as before (short frames stay NULL)."""
+    events = sensor_events(120, seed=8)
+    features = events.column("features").combine_chunks().flatten().to_pylist()
+    features[40 * 3 + 1] = None
+    events = events.set_column(3, "features", pa.FixedSizeListArray.from_arrays(pa.array(features, pa.float32()), 3))
+    clean = sensor_events(120, seed=8)
+    idx, windows = frames(clean)
+    session = ort.InferenceSession(f"{model_dir}/window4.onnx", providers=["CPUExecutionProvider"])
+    ids = clean.column("id").to_pylist()
+    order = [int(i) for i in idx if ids[int(i)] == ids[40]]
+    at = order.index(40)
+    failing = set(order[at : at + 4])
+    expected = {int(i): (float(session.run(None, {"x": f[np.newaxis]})[0].reshape(-1)[0]) if len(f) == 4 else None)
+                for i, f in zip(idx, windows) if int(i) not in failing}
+    sql_session = TestSession(base_dir=model_dir, dead_letter_path=str(tmp_path / "dead.jsonl"))
+    sql_session.execute(SOURCE)
+    sql_session.execute("CREATE FUNCTION score AS MODEL 'window4.onnx' WITH (aggregate = true)")
+    sql_session.stream("sensors").push(events, batch_size=64).finish()
+    rows = sql_session.run_query(f"SELECT idx, score(features) OVER ({FRAME}) AS s FROM sensors")
+    assert_scores({r["idx"]: r["s"] for r in rows}, expected)
+    assert sql_session.last_summary.dead_letters == {"udf": 4}
+    letters = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert {json.loads(d["raw"])["idx"] for d in letters} == failing
+    assert {d["detail"] for d in letters} == {"score: ValueError: a row's features hold a NULL"}
