@@ -23,12 +23,8 @@ from sqlstream.errors import SqlStreamError
 from sqlstream.testing import TestSession
 from tests.differential.test_over import assert_rows, whole_seconds
 from tests.differential.test_ranking import duck
+from tests.differential.test_udaf_differential import median, picky_median, sum_sq, weighted_mean
 from tests.differential.test_windows_differential import SOURCE_SQL, WINDOWS, assert_same, duckdb_rows, make_events
-
-
-@udaf(args=[pa.float64()], returns=pa.float64())
-def median(values: pa.Array) -> float:
-    return float(np.median(values.to_numpy()))
 
 
 @udaf(args=[pa.float64()], returns=pa.float64(), frames=True)
@@ -47,34 +43,6 @@ def frame_median(frames: pa.ListArray) -> np.ndarray:
     ordered = values[np.lexsort((values, np.repeat(np.arange(len(lengths)), lengths)))]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     return (ordered[starts + (lengths - 1) // 2] + ordered[starts + lengths // 2]) / 2
-
-
-@udaf(args=[pa.float64(), pa.float64()], returns=pa.float64())
-def weighted_mean(values: pa.Array, weights: pa.Array) -> float:
-    v, w = values.to_numpy(), weights.to_numpy()
-    return float((v * w).sum() / w.sum())
-
-
-@udaf(args=[pa.float64()], returns=pa.float64())
-class sum_sq:
-    def create(self):
-        return 0.0
-
-    def accumulate(self, state, values: pa.Array):
-        return state + float(np.square(values.drop_null().to_numpy()).sum())
-
-    def merge(self, state, other):
-        return state + other
-
-    def finish(self, state):
-        return state
-
-
-@udaf(args=[pa.float64()], returns=pa.float64())
-def picky_median(values: pa.Array) -> float:
-    if len(values) == 3:
-        raise ValueError("three values")
-    return float(np.median(values.to_numpy()))
 
 
 @udaf(args=[pa.float64()], returns=pa.float64(), frames=True)
