@@ -164,6 +164,11 @@ CASES = {
     "regular join of changelogs": duck_case(UPDATING_JOIN, "RegularJoinOperator", {"a": A, "b": B}),
     "aggregate over a changelog join": duck_case(CHANGELOG_JOIN_AGGREGATE, "ChangelogAggregateOperator",
                                                  {"a": REGULAR_A.slice(0, 100), "b": REGULAR_B.slice(0, 100)}),
+    "window over a changelog": Case(
+        """SELECT window_start, window_end, k, count(*) AS n, sum(x) AS sx, max(v) AS mv FROM HOP(
+             (SELECT k, ts, v, x FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY g ORDER BY ts DESC) AS rn FROM events)
+              WHERE rn = 1), ts, INTERVAL '2' SECOND, INTERVAL '6' SECOND) GROUP BY window_start, window_end, k""",
+        "WindowChangelogAggregateOperator", {"events": EVENTS}),
     "regular join with state ttl": Case("SELECT x.v, y.w FROM a x LEFT JOIN b y ON x.k = y.k", "RegularJoinOperator",
                                         {"a": REGULAR_A, "b": REGULAR_B}, emit_every=True,
                                         setup="SET join_state_ttl = '2s';"),
