@@ -177,6 +177,8 @@ CASES = {
                        ranking.QUERIES["top3 with rank"][1]),
     "keep last": duck_case(ranking.QUERIES["keep last (event time DESC)"][0], "TopNOperator", {"events": EVENTS},
                            ranking.QUERIES["keep last (event time DESC)"][1]),
+    "top n with state ttl": Case(ranking.QUERIES["top3 with rank"][0], "TopNOperator", {"events": EVENTS},
+                                 setup="SET top_n_state_ttl = '3s';"),
     "keep first": duck_case(ranking.QUERIES["keep first (event time)"][0], "FirstRowOperator", {"events": EVENTS},
                             ranking.QUERIES["keep first (event time)"][1]),
     "keep first with late rows and ttl": Case(
@@ -254,7 +256,7 @@ def assert_same_snapshot(old: OperatorSnapshot, new: OperatorSnapshot) -> None:
 
 def _counters(operators) -> list[tuple[str, int]]:
     return [(name, getattr(op, attr)) for name, op in operators
-            for attr in ("late_rows", "expired_rows") if hasattr(op, attr)]
+            for attr in ("late_rows", "expired_rows", "expired_keys") if hasattr(op, attr)]
 
 
 @pytest.mark.parametrize("name", list(CASES))
