@@ -85,3 +85,11 @@ def test_a_ttl_needs_an_event_time_column():
     with pytest.raises(SqlStreamError, match="top_n_state_ttl needs an input with an event-time column") as info:
         session.execute(TOP2.replace("FROM s", "FROM p"))
     assert info.value.location is not None and "WATERMARK FOR" in info.value.hint
+
+
+def test_explain_says_how_keys_are_bounded():
+    session = TestSession()
+    session.execute(SOURCE)
+    assert "(unbounded keys (SET top_n_state_ttl = '1h' bounds them))" in session.explain(f"EXPLAIN {TOP2}")
+    session.execute("SET top_n_state_ttl = '90s'")
+    assert "keys forgotten 90s after their last row (top_n_state_ttl)" in session.explain(f"EXPLAIN {TOP2}")

@@ -188,3 +188,14 @@ def test_refused_forms_say_why(query, message):
     with pytest.raises(SqlStreamError, match=re.escape(message)) as info:
         session.execute(query)
     assert info.value.location is not None
+
+
+def test_explain_names_the_form_and_its_state():
+    session = TestSession()
+    session.execute(SOURCES)
+    session.execute(f"CREATE VIEW changes AS {INPUTS['left join'][0]}")
+    plan = session.explain("EXPLAIN SELECT window_start, k, sum(v) AS s FROM HOP(changes, ts, INTERVAL '2' SECOND, "
+                           "INTERVAL '4' SECOND) GROUP BY window_start, window_end, k")
+    assert "WindowChangelogAggregate HOP(slide 2s, size 4s) (updating input -> updating, per micro-batch) [updating]" in plan
+    assert "freed when the watermark passes window_end (later changes: dead letters 'late')" in plan
+    assert "LateFilter" not in plan  # the aggregate decides lateness by the windows it closed
