@@ -90,7 +90,8 @@ class TopNOperator(Operator):
     """``ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) <= N`` over an append-only input."""
 
     name = "top_n"
-    state_hint = "lower N, or rank within windows (PARTITION BY window_start, window_end over a window aggregation)"
+    state_hint = ("set top_n_state_ttl to forget keys not seen for a while, lower N, or rank within windows "
+                  "(PARTITION BY window_start, window_end over a window aggregation)")
 
     def __init__(self, partition: list[str], order: list[tuple[str, bool, bool]], limit: int, schema: pa.Schema,
                  rank_column: str | None, later_wins: bool = False, ttl_us: int | None = None,
