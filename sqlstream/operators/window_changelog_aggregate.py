@@ -62,6 +62,7 @@ class WindowChangelogAggregateOperator(ChangelogAggregateOperator):
         self.source_label = source_label
         self.closed_wm = MIN_WATERMARK  # windows ending at or below it are closed (state freed)
         self.late_rows = 0
+        self._touched_ends = pa.array([], pa.int64())  # window ends of the batch being applied
 
     def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
         times = column_int64(batch, TIME_COLUMN)
@@ -82,7 +83,21 @@ class WindowChangelogAggregateOperator(ChangelogAggregateOperator):
         expanded = batch if rows.size == batch.num_rows and self.spec.kind == "tumble" else batch.take(pa.array(rows))
         columns = [expanded.column(i) for i in range(expanded.num_columns)] + [pa.array(start), pa.array(end)]
         names = expanded.schema.names + [_START, _END]
+        self._touched_ends = pa.array(np.unique(end), pa.int64())
         super().on_batch(pa.RecordBatch.from_arrays(columns, names=names), port)
+
+    def _split(self, table: pa.Table | None, touched: pa.Array):
+        """(rows of touched groups, the others) of ``table``: only rows of the batch's
+        windows (an int64 probe) have their group keys encoded and probed."""
+        if table is None or table.num_rows == 0:
+            return None, None
+        near = pc.is_in(table.column(_END), value_set=self._touched_ends)
+        if not pc.any(near).as_py():
+            return None, table
+        candidates = table.filter(near)
+        inside = pc.is_in(self._group_key(candidates), value_set=touched, skip_nulls=False)
+        others = [table.filter(pc.invert(near)), candidates.filter(pc.invert(inside))]
+        return candidates.filter(inside), pa.concat_tables(others)
 
     def on_watermark(self, watermark: int) -> None:
         """Close the windows the watermark passed: free their rows and results."""
