@@ -19,6 +19,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "dead_letter_path": None,
     "join_state_ttl": None,  # µs, None = unbounded
     "dedup_state_ttl": None,  # µs of event time, None = unbounded
+    "top_n_state_ttl": None,  # µs of event time, None = unbounded
     "on_error": "dead_letter",
     "max_state_rows": None,  # rows of state of the whole pipeline, None = no limit
     "max_state_bytes": None,  # estimated bytes of state, None = no limit
@@ -36,6 +37,8 @@ SETTING_DOCS = {
     "dead_letter_path": "JSON-lines file for rejected records",
     "join_state_ttl": "drop join state older than this (default: keep)",
     "dedup_state_ttl": "keep-first deduplication forgets a key this long (event time) after its row (default: keep)",
+    "top_n_state_ttl": "Top-N and keep-last deduplication forget a key this long (event time) after its last row "
+                       "(default: keep)",
     "on_error": "dead_letter | fail | skip, for errors inside queries",
     "max_state_rows": "stop the run when the pipeline's state passes this many rows, e.g. '10M' "
                       "(default off; a warning at 80%, or at 10M rows without a limit)",
@@ -71,7 +74,8 @@ def parse_setting(key: str, value: Any, location: Location | None = None, *, bas
             if number <= 0:
                 raise ValueError(f"must be a positive number of {what}")
             return number
-        if key in ("batch_timeout", "join_state_ttl", "dedup_state_ttl", "checkpoint_interval"):
+        if key in ("batch_timeout", "join_state_ttl", "dedup_state_ttl", "top_n_state_ttl",
+                   "checkpoint_interval"):
             us = parse_duration_us(value, default_unit="ms" if key == "batch_timeout" else "s")
             if us < 0 or (us == 0 and key == "checkpoint_interval"):
                 raise ValueError("must be positive" if key == "checkpoint_interval" else "must not be negative")

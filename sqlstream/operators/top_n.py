@@ -15,6 +15,12 @@ upsert by (key, rank) see the right table.
 Ties on the order columns: the row that arrived first ranks first, or, for
 ``later_wins`` (ORDER BY the event time DESC: keep-last), the row that arrived last.
 
+With a TTL (``top_n_state_ttl``, ``ttl_us``) the operator also keeps each key's latest
+event time (``time_column``) and, once the watermark passes it + ``ttl_us``, forgets
+the key: its top rows leave the state without any change being emitted (the rows
+already emitted stand), and a later row of that key starts a fresh ranking (``+I`` at
+rank 1). Forgotten keys are counted in ``expired_keys``.
+
 >>> import pyarrow as pa
 >>> schema = pa.schema([("__op", pa.string()), ("k", pa.int64()), ("v", pa.int64()), ("rn", pa.int64())])
 >>> op = TopNOperator(["k"], [("v", True, False)], 2, schema, "rn")
@@ -32,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.batches import event_time_us
 from sqlstream.hidden import OP_COLUMN
 from sqlstream.operators.base import Operator
 from sqlstream.operators.changes import changelog_batch
@@ -42,6 +49,7 @@ from sqlstream.operators.state_size import StateSize
 __all__ = ["TopNOperator", "rank_rows", "KEY", "SEQ", "RANK"]
 
 KEY, SEQ, RANK = "__topn_key", "__seq", "__rank"
+_LAST = "__last_time"  # a key's latest event time (µs), with a TTL
 
 
 def rank_rows(table: pa.Table, order: list[tuple[str, bool, bool]], limit: int | None, later_wins: bool) -> pa.Table:
@@ -82,11 +90,18 @@ class TopNOperator(Operator):
     """``ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) <= N`` over an append-only input."""
 
     name = "top_n"
-    state_hint = "lower N, or rank within windows (PARTITION BY window_start, window_end over a window aggregation)"
+    state_hint = ("set top_n_state_ttl to forget keys not seen for a while, lower N, or rank within windows "
+                  "(PARTITION BY window_start, window_end over a window aggregation)")
 
     def __init__(self, partition: list[str], order: list[tuple[str, bool, bool]], limit: int, schema: pa.Schema,
-                 rank_column: str | None, later_wins: bool = False):
+                 rank_column: str | None, later_wins: bool = False, ttl_us: int | None = None,
+                 time_column: str | None = None):
         super().__init__()
+        assert (ttl_us is None) == (time_column is None), "a TTL needs the event-time column"
+        self.ttl_us = ttl_us
+        self.time_column = time_column
+        self.last_seen = KeyedRows(KEY)  # KEY + _LAST: each key's latest event time (with a TTL)
+        self.expired_keys = 0
         self.partition = list(partition)
         self.order = list(order)
         self.limit = limit
@@ -109,10 +124,34 @@ class TopNOperator(Operator):
         indices, ranks = rank_indices(candidates, self.order, self.limit, self.later_wins)
         new = candidates.take(indices).append_column(RANK, pa.array(ranks, pa.int64()))
         self.top.add(new)
+        if self.ttl_us is not None:
+            self._touch(table.column(KEY), event_time_us(batch.column(self.time_column)))
         if old is None:
             self._emit([(new, "+I")])
             return
         self._emit_changes(old, new, indices)
+
+    def _touch(self, keys: pa.ChunkedArray, times) -> None:
+        """Record the latest event time of every key in the batch."""
+        latest = pa.table({KEY: keys, _LAST: pa.array(times, pa.int64())}).group_by(KEY, use_threads=False).aggregate(
+            [(_LAST, "max")]).rename_columns([KEY, _LAST])
+        before = self.last_seen.take(latest.column(KEY))
+        if before is not None:
+            latest = pa.concat_tables([before.select([KEY, _LAST]), latest]).group_by(KEY, use_threads=False).aggregate(
+                [(_LAST, "max")]).rename_columns([KEY, _LAST])
+        self.last_seen.add(latest)
+
+    def on_watermark(self, watermark: int) -> None:
+        """With a TTL: forget the keys whose latest row is more than ``ttl_us`` behind."""
+        if self.ttl_us is not None and self.last_seen.rows:
+            table = self.last_seen.table()
+            old = pc.less(table.column(_LAST), pa.scalar(watermark - self.ttl_us, pa.int64()))
+            expired = table.filter(old).column(KEY)
+            if len(expired):
+                self.last_seen.take(expired)
+                self.top.take(expired)
+                self.expired_keys += len(expired)
+        self.emit_watermark(watermark)
 
     def _emit_changes(self, old: pa.Table, new: pa.Table, indices: np.ndarray) -> None:
         """``indices``: the candidate row of each new row (old rows first, then the batch's)."""
@@ -143,20 +182,26 @@ class TopNOperator(Operator):
 
     # -- checkpoints -------------------------------------------------------------------------
 
+    state_version = 2  # 2: expired_keys, last_seen
+
     def state_values(self) -> dict:
-        """The next arrival number (row identity, and ties)."""
-        return {"next_seq": self.next_seq}
+        """The next arrival number (row identity, and ties) and the count of keys the TTL
+        forgot."""
+        return {"next_seq": self.next_seq, "expired_keys": self.expired_keys}
 
     def state_tables(self) -> dict[str, pa.Table]:
         """``top``: the current top N rows of every key (stored columns, ``__topn_key``,
-        ``__seq``, ``__rank``)."""
-        top = self.top.table()
-        return {"top": top} if top is not None else {}
+        ``__seq``, ``__rank``); with a TTL, ``last_seen``: each key's latest event time
+        (``__topn_key``, ``__last_time``)."""
+        tables = {"top": self.top.table(), "last_seen": self.last_seen.table()}
+        return {name: table for name, table in tables.items() if table is not None}
 
     def load_state(self, values: dict, tables: dict[str, pa.Table]) -> None:
         self.next_seq = values["next_seq"]
+        self.expired_keys = values["expired_keys"]
         self.top.load(tables.get("top"))
+        self.last_seen.load(tables.get("last_seen"))
 
     def state_size(self) -> StateSize:
-        """At most N rows per key."""
-        return self.top.state_size()
+        """At most N rows per key (plus each key's latest time, with a TTL)."""
+        return self.top.state_size() + self.last_seen.state_size()

@@ -33,6 +33,7 @@ from sqlstream.plan.nodes import (
     PlanNode,
     Stateless,
     WindowAggregate,
+    WindowChangelogAggregate,
     WindowSpec,
 )
 from sqlstream.plan.python_aggregates import check_python_call, key_text, python_argument
@@ -239,7 +240,8 @@ class _Aggregation:
         base = rel.node
         if spec is not None and spec.kind != "final":
             window = rel.window
-            base = LateFilter(base, spec, window.time_column, window.label)
+            if not rel.node.updating:  # over a changelog the aggregate decides lateness (closed windows)
+                base = LateFilter(base, spec, window.time_column, window.label)
             pre_items.append(SelectItem(column_ref(window.time_column), "__t"))
         elif spec is not None:
             pre_items.append(SelectItem(column_ref(propagated[0]), "__ws"))
@@ -258,11 +260,18 @@ class _Aggregation:
         return self.ctx.stateless(base, pre_items, condition, label=rel.label)
 
     def _check_changelog_aggregate(self, spec: WindowSpec | None, calls: list[AggCall]) -> None:
-        """An aggregation over an updating input: unwindowed, retractable functions only."""
-        if spec is not None:
+        """An aggregation over an updating input: unwindowed or TUMBLE/HOP/CUMULATE,
+        retractable functions only."""
+        if spec is not None and spec.kind == "session":
             raise self.ctx.unsupported(
-                "a window aggregation over an updating result is not supported", self.select,
-                "aggregate a windowed result instead (its rows are final), or drop the window",
+                "a SESSION window aggregation over an updating result is not supported "
+                "(a retraction could split a session)", self.select,
+                "use TUMBLE or HOP over the updating result, or SESSION over an append-only stream",
+            )
+        if spec is not None and spec.kind == "final":
+            raise self.ctx.unsupported(
+                "grouping by the window columns of an updating window result is not supported", self.select,
+                "drop EMIT EVERY upstream (its windows are then final), or aggregate over TUMBLE(...) of the input",
             )
         if self.emit is not None:
             raise self.ctx.unsupported("EMIT over an updating input is not supported", self.emit)
@@ -336,6 +345,9 @@ class _Aggregation:
         if grouping.spec is not None:
             fields = key_fields + [pa.field(name, TIMESTAMP_US) for name in WINDOW_COLUMNS] + agg_fields
             fields.append(pa.field(WM_COLUMN, pa.int64()))
+            if self.rel.node.updating:  # a changelog in: a changelog out, per micro-batch
+                fields = [pa.field(OP_COLUMN, pa.string())] + fields[:-1]
+                return WindowChangelogAggregate(pre, grouping.spec, keys, calls, pa.schema(fields), self.rel.label)
             if emit_every is not None:
                 fields.insert(0, pa.field(OP_COLUMN, pa.string()))
             return WindowAggregate(pre, grouping.spec, keys, calls, pa.schema(fields), emit_every)
@@ -352,7 +364,11 @@ class _Aggregation:
         replacements = self._post_replacements(grouping, key_items, calls)
         post_items = [SelectItem(self._rewrite_post(i.expression, replacements), i.name) for i in resolved_items]
         post_having = self._rewrite_post(resolved_having, replacements) if resolved_having is not None else None
-        if grouping.spec is not None:
+        if grouping.spec is not None and node.updating and emit_every is None:  # over a changelog: not final
+            shown = _window_result_columns(post_items, key_items, emit_every)
+            keys = shown.window + shown.key_columns if shown.window and shown.key_columns is not None else None
+            columns = StageColumns(key_columns=keys)
+        elif grouping.spec is not None:
             columns = _window_result_columns(post_items, key_items, emit_every)
         else:  # an updating result: its group key identifies a row (sinks upsert by it)
             keys = _window_result_columns(post_items, key_items, None).key_columns if key_items else None

@@ -22,6 +22,7 @@ from sqlstream.operators.group_aggregate import GroupAggregateOperator
 from sqlstream.operators.stateless import StatelessOperator
 from sqlstream.operators.union import LimitOperator, UnionOperator
 from sqlstream.operators.window_aggregate import make_window_operator
+from sqlstream.operators.window_changelog_aggregate import WindowChangelogAggregateOperator
 from sqlstream.operators.windows import LateFilterOperator, WindowExpandOperator
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "WindowAggregate",
     "GroupAggregate",
     "ChangelogAggregate",
+    "WindowChangelogAggregate",
     "WindowExpand",
     "Union",
     "Limit",
@@ -276,6 +278,35 @@ class ChangelogAggregate(PlanNode):
         return [
             f"keys: {', '.join(self.keys) or '-'}; aggregates: {calls}",
             "state: the current input rows (a multiset) and one result row per key; touched keys are recomputed",
+        ]
+
+
+class WindowChangelogAggregate(_WindowedNode):
+    """TUMBLE/HOP/CUMULATE aggregation over an updating input: an updating result keyed by
+    (window, group key), changed per micro-batch while the window is open."""
+
+    def __init__(self, child: PlanNode, spec: WindowSpec, keys: list[str], calls: list, schema: pa.Schema,
+                 source_label: str):
+        self.children = (child,)
+        self.spec = spec
+        self.keys = keys
+        self.calls = calls
+        self.schema = schema
+        self.source_label = source_label
+        self.updating = True
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        return WindowChangelogAggregateOperator(self.spec, self.keys, self.calls, self.schema, self.source_label)
+
+    def describe(self) -> str:
+        return f"WindowChangelogAggregate {self.spec.describe()} (updating input -> updating, per micro-batch)"
+
+    def details(self) -> list[str]:
+        calls = ", ".join(c.describe() for c in self.calls)
+        return [
+            f"keys: {', '.join(self.keys) or '-'}; aggregates: {calls}",
+            "state: the open windows' input rows (a multiset) and one result row per window × key; "
+            "freed when the watermark passes window_end (later changes: dead letters 'late')",
         ]
 
 

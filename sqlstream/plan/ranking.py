@@ -22,11 +22,12 @@ from sqlstream.hidden import OP_COLUMN, WM_COLUMN, is_hidden
 from sqlstream.plan.nodes import PlanNode
 from sqlstream.plan.ranking_nodes import Deduplicate, TopN
 from sqlstream.plan.relation import PendingRank, PlannerContext, Relation, SelectItem
-from sqlstream.plan.scope import Scope
+from sqlstream.plan.scope import Scope, column_ref
 from sqlstream.sql.statements import normalize_name
 
 __all__ = ["plan_ranking", "materialize_rank", "is_row_number", "reject_pending_rank"]
 
+TTL_TIME = "__rank_t"  # the event time a Top-N with top_n_state_ttl keeps per key
 _EXAMPLE = "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC) AS rn FROM s) WHERE rn <= 3"
 
 
@@ -57,6 +58,8 @@ def plan_ranking(ctx: PlannerContext, select: exp.Select, node: PlanNode, scope:
     ordered = [(scope.resolve(o.this, ctx.source), bool(o.args.get("desc")), bool(o.args.get("nulls_first"))) for o in order.expressions]
     hidden = [SelectItem(p, f"__rank_p{i}") for i, p in enumerate(partition)]
     hidden += [SelectItem(e, f"__rank_o{i}") for i, (e, _, _) in enumerate(ordered)]
+    if ctx.settings.get("top_n_state_ttl") is not None and node.rowtime is not None:
+        hidden.append(SelectItem(column_ref(node.rowtime), TTL_TIME))  # each key's latest event time
     where = select.args.get("where")
     condition = scope.resolve(where.this, ctx.source) if where is not None else None
     stage = ctx.stateless(node, others + hidden, condition, label=label)
@@ -116,8 +119,14 @@ def materialize_rank(ctx: PlannerContext, select: exp.Select, rel: Relation) -> 
         keys = None
         if rank.key_columns is not None and (limit == 1 or needed):
             keys = rank.key_columns + ((rank.column,) if needed and limit > 1 else ())
+        ttl = settings.get("top_n_state_ttl")
+        if ttl is not None and TTL_TIME not in node.schema.names:
+            raise ctx.unsupported(
+                "top_n_state_ttl needs an input with an event-time column (a watermark): keys expire in event time",
+                rank.window, "declare one on the source: WATERMARK FOR ts AS ts - INTERVAL '5' SECOND, "
+                "or SET top_n_state_ttl = 'off' before this query")
         ranked = TopN(node, list(rank.partition), list(rank.order), limit, schema, rank.column if needed else None,
-                      rank.time_order == "desc", keys, rank.shown)
+                      rank.time_order == "desc", keys, rank.shown, ttl, TTL_TIME if ttl is not None else None)
     scope = Scope.of_schema(schema, None)
     if rel.scope.columns and rel.scope.columns[0].qualifiers:
         scope = scope.requalified(sorted(rel.scope.columns[0].qualifiers)[0])

@@ -22,8 +22,10 @@ class TopN(PlanNode):
 
     def __init__(self, child: PlanNode, partition: list[str], order: list[tuple[str, bool, bool]], limit: int,
                  schema: pa.Schema, rank_column: str | None, later_wins: bool, key_columns: tuple[str, ...] | None,
-                 shown: tuple[str, str]):
+                 shown: tuple[str, str], ttl_us: int | None = None, time_column: str | None = None):
         self.children = (child,)
+        self.ttl_us = ttl_us
+        self.time_column = time_column
         self.partition = partition
         self.order = order
         self.limit = limit
@@ -35,7 +37,8 @@ class TopN(PlanNode):
         self.updating = True
 
     def make_operator(self, ctx: BuildContext) -> Operator:
-        return TopNOperator(self.partition, self.order, self.limit, self.schema, self.rank_column, self.later_wins)
+        return TopNOperator(self.partition, self.order, self.limit, self.schema, self.rank_column, self.later_wins,
+                            self.ttl_us, self.time_column)
 
     def describe(self) -> str:
         what = "keep last row" if self.limit == 1 and self.later_wins else f"Top-{self.limit}"
@@ -44,8 +47,13 @@ class TopN(PlanNode):
     def details(self) -> list[str]:
         ties = "the last arrived first" if self.later_wins else "the first arrived first"
         rank = f"rank in '{self.rank_column}' (moves are -U/+U)" if self.rank_column else "rank not selected"
+        keys = (f"keys forgotten {format_duration_us(self.ttl_us)} after their last row (top_n_state_ttl)" if self.ttl_us
+                is not None else "unbounded keys (SET top_n_state_ttl = '1h' bounds them)")
         return [f"keys: {self.shown[0]}; ties: {ties}; {rank}",
-                f"state: at most {self.limit} rows per key (unbounded keys)"]
+                f"state: at most {self.limit} rows per key ({keys})"]
+
+    def state_horizon_us(self) -> int:
+        return max(self.ttl_us or 0, super().state_horizon_us())
 
 
 class Deduplicate(PlanNode):

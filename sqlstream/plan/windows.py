@@ -61,7 +61,10 @@ def plan_window_tvf(ctx: PlannerContext, tvf: WindowTVF) -> Relation:
 
 
 def _time_column(ctx: PlannerContext, tvf: WindowTVF, inner: Relation) -> str:
-    """The internal name of the TVF's time column: it must be its input's event time."""
+    """The internal name of the TVF's time column: it must be its input's event time (any
+    TIMESTAMP column of an updating input, which carries no event-time column: the
+    watermark is its input's, and the window aggregate over it dead-letters changes
+    for windows it closed)."""
     kind = tvf.args["kind"]
     time_name = normalize_name(tvf.args["time_column"])
     time_col = next((c for c in inner.scope.columns if c.name == time_name), None)
@@ -71,6 +74,8 @@ def _time_column(ctx: PlannerContext, tvf: WindowTVF, inner: Relation) -> str:
             location=ctx.loc(tvf.args["time_column"]),
             hint=did_you_mean(time_name, [c.name for c in inner.scope.columns]),
         )
+    if inner.node.updating and inner.node.rowtime is None and pa.types.is_timestamp(time_col.type):
+        return time_col.internal  # a changelog's time: its aggregate dead-letters changes for closed windows
     if inner.node.rowtime != time_col.internal:
         hint = (
             f"the event-time column of this input is '{inner.node.rowtime}'"

@@ -164,6 +164,11 @@ CASES = {
     "regular join of changelogs": duck_case(UPDATING_JOIN, "RegularJoinOperator", {"a": A, "b": B}),
     "aggregate over a changelog join": duck_case(CHANGELOG_JOIN_AGGREGATE, "ChangelogAggregateOperator",
                                                  {"a": REGULAR_A.slice(0, 100), "b": REGULAR_B.slice(0, 100)}),
+    "window over a changelog": Case(
+        """SELECT window_start, window_end, k, count(*) AS n, sum(x) AS sx, max(v) AS mv FROM HOP(
+             (SELECT k, ts, v, x FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY g ORDER BY ts DESC) AS rn FROM events)
+              WHERE rn = 1), ts, INTERVAL '2' SECOND, INTERVAL '6' SECOND) GROUP BY window_start, window_end, k""",
+        "WindowChangelogAggregateOperator", {"events": EVENTS}),
     "regular join with state ttl": Case("SELECT x.v, y.w FROM a x LEFT JOIN b y ON x.k = y.k", "RegularJoinOperator",
                                         {"a": REGULAR_A, "b": REGULAR_B}, emit_every=True,
                                         setup="SET join_state_ttl = '2s';"),
@@ -172,6 +177,8 @@ CASES = {
                        ranking.QUERIES["top3 with rank"][1]),
     "keep last": duck_case(ranking.QUERIES["keep last (event time DESC)"][0], "TopNOperator", {"events": EVENTS},
                            ranking.QUERIES["keep last (event time DESC)"][1]),
+    "top n with state ttl": Case(ranking.QUERIES["top3 with rank"][0], "TopNOperator", {"events": EVENTS},
+                                 setup="SET top_n_state_ttl = '3s';"),
     "keep first": duck_case(ranking.QUERIES["keep first (event time)"][0], "FirstRowOperator", {"events": EVENTS},
                             ranking.QUERIES["keep first (event time)"][1]),
     "keep first with late rows and ttl": Case(
@@ -249,7 +256,7 @@ def assert_same_snapshot(old: OperatorSnapshot, new: OperatorSnapshot) -> None:
 
 def _counters(operators) -> list[tuple[str, int]]:
     return [(name, getattr(op, attr)) for name, op in operators
-            for attr in ("late_rows", "expired_rows") if hasattr(op, attr)]
+            for attr in ("late_rows", "expired_rows", "expired_keys") if hasattr(op, attr)]
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -110,6 +110,7 @@ def test_common_source_options_through_sql(session):
         ("batch_timeout", 20, 20_000),  # a bare number is milliseconds
         ("join_state_ttl", "1h", 3_600_000_000),
         ("dedup_state_ttl", "30m", 1_800_000_000),
+        ("top_n_state_ttl", "2h", 7_200_000_000),
         ("on_error", "FAIL", "fail"),
         ("dead_letter_path", "x/dl.jsonl", "x/dl.jsonl"),
         ("BATCH_SIZE", "7", 7),
