@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from sqlstream.errors import UdfError
 
-__all__ = ["LABEL_OPTIONS", "Labels", "parse_labels", "tensor_dims", "tensor_type", "tensor_values", "tensor_array"]
+__all__ = ["LABEL_OPTIONS", "Labels", "parse_labels", "tensor_dims", "tensor_type", "tensor_values", "tensor_array",
+           "list_matrix"]
 
 #: option → what it does (docs / error hints), next to the model options
 LABEL_OPTIONS = {
@@ -120,3 +121,14 @@ def tensor_array(value: np.ndarray, element: pa.DataType) -> pa.Array:
     for d in reversed(value.shape[1:]):
         array = pa.FixedSizeListArray.from_arrays(array, d)
     return array
+
+
+def list_matrix(column: pa.Array, width: int, length: int) -> np.ndarray:
+    """The ``[length, width]`` numpy view of a list column's values (no copy when they
+    have no NULLs and the right type)."""
+    if pa.types.is_fixed_size_list(column.type) and column.values.null_count == 0:
+        # a view of the whole child, cut to this slice: ``.values`` ignores the slice's
+        # offset, so apply it (cheaper than ``flatten()``, which builds a new array)
+        start = column.offset * width
+        return column.values.to_numpy(zero_copy_only=False)[start : start + length * width].reshape(length, width)
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(length, width)
