@@ -130,7 +130,7 @@ def test_unnest_gives_one_row_per_box(model_dir, tmp_path):
     session = camera(model_dir, tmp_path, data, 4)
     session.execute("CREATE FUNCTION inspect AS MODEL 'detector.onnx' WITH (input = 'image', "
                     "detections = 'boxes,scores,classes,num_detections', labels = 'scratch,dent,stain')")
-    rows = session.run_query("SELECT id, (d).label AS label, (d).score AS score, (d).x2 AS x2 "
+    rows = session.run_query("SELECT id, d.label, d.score, (d).x2 AS x2 "
                              "FROM camera CROSS JOIN UNNEST(inspect(image)) AS t(d)")
     expected = expected_lists(outputs, 0.0, LABELS, use_count=True)
     flat = [(i, e["label"], e["score"], e["x2"]) for i, row in enumerate(expected) for e in row]
