@@ -21,7 +21,8 @@ __all__ = ["LABEL_OPTIONS", "Labels", "parse_labels", "tensor_dims", "tensor_typ
 #: option → what it does (docs / error hints), next to the model options
 LABEL_OPTIONS = {
     "labels": "class names of an [N, k] score output, 'ok,scratch,dent': the function returns "
-    "STRUCT<label VARCHAR, score REAL> (the highest score and its label)",
+    "STRUCT<label VARCHAR, score REAL> (the highest score and its label); with detections, the names of "
+    "the class indexes",
 }
 LABEL_TYPE = pa.struct([pa.field("label", pa.string()), pa.field("score", pa.float32())])
 
