@@ -88,6 +88,9 @@ class Scope:
 
         def rewrite(node: exp.Expr) -> exp.Expr:
             if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+                field_access = self._struct_field(node, source)
+                if field_access is not None:
+                    return field_access
                 target = self.lookup(node, source)
                 ref = column_ref(target.internal)
                 ref.meta.update(node.this.meta)
@@ -96,3 +99,26 @@ class Scope:
             return node
 
         return expression.copy().transform(rewrite, copy=False)
+
+    def _struct_field(self, column: exp.Column, source: SourceText) -> exp.Expr | None:
+        """``d.label`` where ``d`` names no relation but a STRUCT column with a field
+        ``label`` (an ``UNNEST`` alias, say): that field, as ``(d).label`` (PostgreSQL's
+        rule: a relation of that name wins). None when ``column`` is not such a field."""
+        table = column.args.get("table")
+        if table is None or column.args.get("db") is not None:
+            return None
+        qualifier = normalize_name(table)
+        if any(qualifier in c.qualifiers for c in self.columns):
+            return None
+        structs = [c for c in self.columns if c.name == qualifier and not c.qualified_only
+                   and pa.types.is_struct(c.type)]
+        name = normalize_name(column.this)
+        if len(structs) != 1:
+            return None
+        fields = [f.name for f in structs[0].type]
+        if name not in fields:
+            raise SqlAnalysisError(f"column '{qualifier}' has no field '{name}'", location=source.location(column),
+                                   hint=did_you_mean(name, fields) or f"fields: {', '.join(fields)}")
+        inner = column_ref(structs[0].internal)
+        inner.meta["scope_column"] = structs[0]
+        return exp.Dot(this=exp.Paren(this=inner), expression=exp.Identifier(this=name, quoted=True))

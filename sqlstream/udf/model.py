@@ -13,9 +13,10 @@ threads = 1, provider = 'cpu', quantize = 'int8')]`` loads the model once per pi
 * a scikit-learn ZipMap (probabilities as a list of maps) is removed from the graph at
   load, so probabilities come out as ``FLOAT[classes]``;
 * ``[N, d1, d2, ...]`` inputs and outputs are tensors ``FLOAT[d1][d2]...``, ``labels``
-  makes an ``[N, k]`` output ``STRUCT<label, score>`` (:mod:`sqlstream.udf.tensors`), and
-  ``input = 'image'`` takes encoded images (:mod:`sqlstream.udf.images`; an image that
-  does not decode is a row failure with reason ``decode``, see :meth:`ModelUdf.call_rows`).
+  makes an ``[N, k]`` output ``STRUCT<label, score>`` (:mod:`sqlstream.udf.tensors`),
+  ``detections`` makes a detector's boxes a list of structs (:mod:`sqlstream.udf.detections`),
+  ``input = 'image'`` takes encoded images (:mod:`sqlstream.udf.images`; an undecodable one
+  is a row failure with reason ``decode``, see :meth:`ModelUdf.call_rows`).
 
 Features reach onnxruntime as numpy views of the Arrow buffers (the list's values cut
 to the slice and reshaped to ``[n, k]``: no copy for ``FLOAT[k]`` without NULLs), cast to the model's element type
@@ -36,6 +37,7 @@ import pyarrow.compute as pc
 
 from sqlstream.errors import UdfError
 from sqlstream.sql.types import sql_type_name
+from sqlstream.udf.detections import DETECTION_OPTIONS, detector_for
 from sqlstream.udf.images import IMAGE_OPTIONS, decoded_slices, image_spec, wants_image_input
 from sqlstream.udf.model_file import first_error_line, read_model
 from sqlstream.udf.python import RowFailure
@@ -43,6 +45,7 @@ from sqlstream.udf.tensors import (
     LABEL_OPTIONS,
     Labels,
     list_dims,
+    list_matrix,
     parse_labels,
     tensor_array,
     tensor_dims,
@@ -78,6 +81,7 @@ MODEL_OPTIONS = {
     "quantize": "'int8': dynamic int8 quantization at load, cached next to the model",
     **IMAGE_OPTIONS,  # input = 'image': images.py
     **LABEL_OPTIONS,  # labels = 'a,b,c': tensors.py
+    **DETECTION_OPTIONS,  # detections = 'boxes,scores,classes': detections.py
 }
 _OPTIONS = set(MODEL_OPTIONS)
 _PICKLE_EXTENSIONS = {".pkl", ".pickle", ".joblib", ".pt", ".pth", ".sav"}
@@ -154,7 +158,9 @@ class ModelUdf:
             self.inputs = [self._input(i) for i in session.get_inputs()]
         #: decode failures are rows of their own (reason ``decode``), see :meth:`call_rows`
         self.reports_row_failures = self.image is not None
-        outputs = [self._output(o) for o in session.get_outputs()]
+        labels = parse_labels(options["labels"]) if options.get("labels") is not None else None
+        self.detector = detector_for(os.path.basename(path), session.get_outputs(), options, labels)
+        outputs = [] if self.detector else [self._output(o) for o in session.get_outputs()]
         wanted = options.get("output")
         if wanted is not None:
             chosen = [o for o in outputs if str(wanted).lower() in (o.field.lower(), o.name.lower())]
@@ -176,13 +182,14 @@ class ModelUdf:
                     f"model {os.path.basename(path)}: output '{o.name}' {o.problem}",
                     hint="pick another output with WITH (output = '...')",
                 )
-        self.labels = None
-        if options.get("labels") is not None:
-            self.labels = Labels(parse_labels(options["labels"]))
+        self.labels = Labels(labels) if labels is not None and not self.detector else None
+        if self.labels is not None:
             outputs = self._scored(outputs)
         self.outputs = outputs
-        self.output_names = [o.name for o in outputs]
-        if self.labels is not None:
+        self.output_names = self.detector.output_names if self.detector else [o.name for o in outputs]
+        if self.detector:  # detections = 'boxes,scores,classes': detections.py
+            self.return_type = self.detector.type
+        elif self.labels is not None:
             self.return_type = self.labels.type
         elif len(outputs) == 1:
             self.return_type = outputs[0].type
@@ -427,7 +434,7 @@ class ModelUdf:
                 wrong = np.flatnonzero(lengths != spec.width)
                 if len(wrong):
                     raise ValueError(f"input '{spec.name}' needs {spec.width} features, got {lengths[wrong[0]]}")
-            matrix = _list_matrix(column, spec.width, length)
+            matrix = list_matrix(column, spec.width, length)
         elif spec.width:
             matrix = np.column_stack([a.to_numpy(zero_copy_only=False) for a in args])
         else:
@@ -443,6 +450,8 @@ class ModelUdf:
 
     def _outputs(self, feed: dict, length: int) -> pa.Array:
         outputs = self.session.run(self.output_names, feed)
+        if self.detector:
+            return self.detector.to_arrow(outputs, length, self.name)
         if self.labels is not None:
             return self.labels.to_arrow(np.asarray(outputs[0]), self.name)
         arrays = [self._to_arrow(value, out, length) for value, out in zip(outputs, self.outputs)]
@@ -467,17 +476,6 @@ class ModelUdf:
         flat = pa.array(value.reshape(-1), type=out.type.value_type)
         array = pa.FixedSizeListArray.from_arrays(flat, value.shape[1])
         return array if pa.types.is_fixed_size_list(out.type) else array.cast(out.type)
-
-
-def _list_matrix(column: pa.Array, width: int, length: int) -> np.ndarray:
-    """The ``[length, width]`` numpy view of a list column's values (no copy when they
-    have no NULLs and the right type)."""
-    if pa.types.is_fixed_size_list(column.type) and column.values.null_count == 0:
-        # a view of the whole child, cut to this slice: ``.values`` ignores the slice's
-        # offset, so apply it (cheaper than ``flatten()``, which builds a new array)
-        start = column.offset * width
-        return column.values.to_numpy(zero_copy_only=False)[start : start + length * width].reshape(length, width)
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(length, width)
 
 
 def _valid_rows(args: list[pa.Array]) -> np.ndarray | None:

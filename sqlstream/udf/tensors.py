@@ -15,12 +15,14 @@ import pyarrow as pa
 
 from sqlstream.errors import UdfError
 
-__all__ = ["LABEL_OPTIONS", "Labels", "parse_labels", "tensor_dims", "tensor_type", "tensor_values", "tensor_array"]
+__all__ = ["LABEL_OPTIONS", "Labels", "parse_labels", "tensor_dims", "tensor_type", "tensor_values", "tensor_array",
+           "list_matrix"]
 
 #: option → what it does (docs / error hints), next to the model options
 LABEL_OPTIONS = {
     "labels": "class names of an [N, k] score output, 'ok,scratch,dent': the function returns "
-    "STRUCT<label VARCHAR, score REAL> (the highest score and its label)",
+    "STRUCT<label VARCHAR, score REAL> (the highest score and its label); with detections, the names of "
+    "the class indexes",
 }
 LABEL_TYPE = pa.struct([pa.field("label", pa.string()), pa.field("score", pa.float32())])
 
@@ -120,3 +122,14 @@ def tensor_array(value: np.ndarray, element: pa.DataType) -> pa.Array:
     for d in reversed(value.shape[1:]):
         array = pa.FixedSizeListArray.from_arrays(array, d)
     return array
+
+
+def list_matrix(column: pa.Array, width: int, length: int) -> np.ndarray:
+    """The ``[length, width]`` numpy view of a list column's values (no copy when they
+    have no NULLs and the right type)."""
+    if pa.types.is_fixed_size_list(column.type) and column.values.null_count == 0:
+        # a view of the whole child, cut to this slice: ``.values`` ignores the slice's
+        # offset, so apply it (cheaper than ``flatten()``, which builds a new array)
+        start = column.offset * width
+        return column.values.to_numpy(zero_copy_only=False)[start : start + length * width].reshape(length, width)
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(length, width)

@@ -108,3 +108,45 @@ def test_unnest_errors(sql, message):
         session.execute(sql, path="q.sql")
     text = caught.value.render()
     assert text.startswith("q.sql:1:") and message in text
+
+
+BOXES = pa.table({
+    "id": pa.array(range(6), pa.int64()),
+    "boxes": pa.array([[{"label": "scratch", "score": 0.9}, {"label": "dent", "score": 0.4}], [], None,
+                       [{"label": "dent", "score": 0.7}], [{"label": None, "score": 0.2}],
+                       [{"label": "scratch", "score": 0.5}, {"label": "scratch", "score": 0.6}]],
+                      pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))),
+})
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("sql", [
+    "SELECT id, d.label, d.score FROM b CROSS JOIN UNNEST(boxes) AS t(d)",
+    "SELECT id, d.label AS what FROM b CROSS JOIN UNNEST(boxes) AS t(d) WHERE d.score > 0.45",
+    "SELECT d.label, count(*) AS n FROM b CROSS JOIN UNNEST(boxes) AS t(d) GROUP BY d.label",
+])
+def test_a_struct_element_field_is_alias_dot_field_as_in_duckdb(sql, batch):
+    """``d.label`` where ``d`` is a STRUCT column (not a relation) is its field, as in
+    PostgreSQL and DuckDB: how a detector's boxes are read after UNNEST."""
+    session = TestSession()
+    session.execute("CREATE SOURCE b (id BIGINT, boxes ARRAY<STRUCT<label VARCHAR, score REAL>>) "
+                    "WITH (connector = 'memory')")
+    session.stream("b").push(BOXES, batch_size=batch).finish()
+    rows = session.run_query(sql)
+    con = duckdb.connect()
+    con.register("b", BOXES)
+    assert rows
+    assert_same(rows, con.sql(sql).to_arrow_table().to_pylist())
+
+
+def test_a_missing_struct_field_and_a_relation_of_the_same_name():
+    session = TestSession()
+    session.execute("CREATE SOURCE b (id BIGINT, boxes ARRAY<STRUCT<label VARCHAR, score REAL>>) "
+                    "WITH (connector = 'memory')")
+    with pytest.raises(SqlStreamError) as caught:
+        session.execute("SELECT d.labl FROM b CROSS JOIN UNNEST(boxes) AS t(d)", path="q.sql")
+    assert caught.value.render().splitlines()[0] == "q.sql:1:8: error: column 'd' has no field 'labl'"
+    assert "hint: did you mean 'label'?" in caught.value.render()
+    with pytest.raises(SqlStreamError) as caught:  # a relation named like the column wins (t.label: no such column)
+        session.execute("SELECT t.label FROM b CROSS JOIN UNNEST(boxes) AS t(t)", path="q.sql")
+    assert "unknown column 'label'" in caught.value.render()

@@ -7,7 +7,10 @@ the image-model tests. Each model's output is computable by hand:
 * ``nhwc_uint8``: ``[N, 24, 32, 3]`` uint8 → the mean of each channel, ``[N, 3]``;
 * ``any_size``: ``[N, 3, H, W]`` float (H, W not fixed) → the mean of each channel;
 * ``tensor_sum``: ``[N, 2, 3, 4]`` float → sums over the last two axes ``[N, 2]``;
-* ``tensor_double``: ``[N, 2, 3, 4]`` float → ``2 x``, ``[N, 2, 3, 4]``.
+* ``tensor_double``: ``[N, 2, 3, 4]`` float → ``2 x``, ``[N, 2, 3, 4]``;
+* ``detector``: ``[N, 3, 16, 16]`` float → three boxes per image from the channel means
+  ``m`` (:func:`detector_by_hand`): boxes ``[N, B, 4]``, scores ``[N, B]``, classes
+  ``[N, B]`` (-1 is padding) and ``num_detections`` ``[N]``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,28 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-__all__ = ["MIX", "build_image_models", "encode", "random_image", "pillow_tensor"]
+__all__ = ["MIX", "BOX_MIX", "BOX_BIAS", "build_image_models", "detector_by_hand", "encode", "random_image", "pillow_tensor"]
 
 #: the 1x1 convolution of ``rgb_classifier``: score[k] = sum_c MIX[k, c] * mean(channel c)
 MIX = np.array([[1.0, -0.5, -0.5], [-0.5, 1.0, -0.5], [-0.5, -0.5, 1.0]], dtype=np.float32)
+
+
+#: the detector's boxes: ``(m @ BOX_MIX + BOX_BIAS).reshape(N, 3, 4)``
+BOX_MIX = np.array([[10, 0, 20, 0, 0, 5, 0, 0, 0, 0, 0, 0],
+                    [0, 10, 0, 20, 0, 0, 5, 0, 0, 0, 0, 0],
+                    [0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 16, 16]], dtype=np.float32)
+BOX_BIAS = np.array([0, 0, 1, 1, 2, 3, 4, 5, 0, 0, 2, 2], dtype=np.float32)
+
+
+def detector_by_hand(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """What ``detector`` computes for an ``[N, 3, H, W]`` input: box b scores the mean of
+    channel b, its class is ``floor(min(4 m_b, 3.99)) - 1`` (so -1, padding, when
+    ``m_b < 1/4``), and ``num_detections`` is ``floor(3.99 * mean of all pixels)``."""
+    m = x.mean(axis=(2, 3))
+    boxes = (m @ BOX_MIX + BOX_BIAS).reshape(len(x), 3, 4)
+    classes = np.floor(np.minimum(m * 4, 3.99)).astype(np.int64) - 1
+    count = np.floor(x.mean(axis=(1, 2, 3)) * 3.99).astype(np.int64)
+    return boxes, m, classes, count
 
 
 def _save(directory: str, name: str, nodes, inputs, outputs, initializers=()) -> str:
@@ -83,6 +104,33 @@ def build_image_models(directory: str) -> dict[str, str]:
         [helper.make_node("Add", ["x", "x"], ["y"])],
         [helper.make_tensor_value_info("x", f, [None, 2, 3, 4])],
         [helper.make_tensor_value_info("y", f, [None, 2, 3, 4])],
+    )
+    i64 = TensorProto.INT64
+    paths["detector"] = _save(
+        directory, "detector",
+        [helper.make_node("ReduceMean", ["x", "axes"], ["scores"], keepdims=0),
+         helper.make_node("MatMul", ["scores", "box_mix"], ["bm"]),
+         helper.make_node("Add", ["bm", "box_bias"], ["bb"]),
+         helper.make_node("Reshape", ["bb", "box_shape"], ["boxes"]),
+         helper.make_node("Mul", ["scores", "four"], ["m4"]),
+         helper.make_node("Min", ["m4", "top"], ["m4c"]),
+         helper.make_node("Floor", ["m4c"], ["fl"]),
+         helper.make_node("Cast", ["fl"], ["ci"], to=i64),
+         helper.make_node("Sub", ["ci", "one"], ["classes"]),
+         helper.make_node("ReduceMean", ["x", "all"], ["mean"], keepdims=0),
+         helper.make_node("Mul", ["mean", "top"], ["mc"]),
+         helper.make_node("Floor", ["mc"], ["mf"]),
+         helper.make_node("Cast", ["mf"], ["num_detections"], to=i64)],
+        [helper.make_tensor_value_info("x", f, [None, 3, 16, 16])],
+        [helper.make_tensor_value_info("boxes", f, [None, "B", 4]),
+         helper.make_tensor_value_info("scores", f, [None, "B"]),
+         helper.make_tensor_value_info("classes", i64, [None, "B"]),
+         helper.make_tensor_value_info("num_detections", i64, [None])],
+        [axes, helper.make_tensor("box_mix", f, [3, 12], BOX_MIX.reshape(-1).tolist()),
+         helper.make_tensor("box_bias", f, [12], BOX_BIAS.tolist()),
+         helper.make_tensor("box_shape", i64, [3], [-1, 3, 4]),
+         helper.make_tensor("four", f, [], [4.0]), helper.make_tensor("top", f, [], [3.99]),
+         helper.make_tensor("one", i64, [], [1]), helper.make_tensor("all", i64, [3], [1, 2, 3])],
     )
     return paths
 
