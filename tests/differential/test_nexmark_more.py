@@ -112,7 +112,7 @@ FROM (
 ) WHERE rownum <= 1"""
 
 
-@pytest.mark.parametrize("batch_size", [7, 1_000])
+@pytest.mark.parametrize("batch_size", [37, 1_000])
 def test_q9_winning_bids(minutes, batch_size):
     """A regular join (bids within the auction's lifetime), then the top bid per auction."""
     check(run(minutes, Q9, batch_size), oracle(minutes, Q9))
@@ -185,7 +185,7 @@ def _duckdb_days(sql: str) -> str:
         "to_char(date_time, 'HH24:MI')", "strftime(date_time, '%H:%M')")
 
 
-@pytest.mark.parametrize(("query", "batch_size"), [("q15", 7), ("q15", 1_000), ("q16", 64), ("q17", 64)])
+@pytest.mark.parametrize(("query", "batch_size"), [("q15", 37), ("q15", 1_000), ("q16", 64), ("q17", 64)])
 def test_daily_statistics(days, query, batch_size):
     """q15 (bidding statistics per day), q16 (per channel and day), q17 (per auction and
     day): COUNT(DISTINCT ...) and FILTER in an unwindowed aggregation (a changelog)."""
