@@ -50,7 +50,7 @@ INPUTS = {
     ),
 }
 SELECT = "count(*) AS c, count(x) AS cx, sum(x) AS sx, min(v) AS lo, max(v) AS hi"
-SIZES = {1: 80, 7: 300, 64: 800}
+SIZES = {1: 80, 64: 800}
 
 
 def make_marks(rows: int) -> pa.Table:

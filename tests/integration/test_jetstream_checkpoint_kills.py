@@ -67,7 +67,7 @@ def _committed_sequence(folder: Path) -> int:
     return store.load(committed[-1]).sources["events"]["position"]["sequence"]
 
 
-@pytest.mark.parametrize("count, chunk", [(12_000, 600), pytest.param(200_000, 4000, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("count, chunk", [(12_000, 600), pytest.param(100_000, 4000, marks=pytest.mark.slow)])
 def test_kills_while_publishing(tmp_path, durable_nats_server, count, chunk):
     client = NatsClient(durable_nats_server.url)
     try:
