@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["to_batch", "event_time_us"]
+__all__ = ["to_batch", "event_time_us", "null_rows"]
 
 
 def to_batch(table: pa.Table | pa.RecordBatch) -> pa.RecordBatch:
@@ -26,3 +26,13 @@ def event_time_us(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if column.type.unit != "us" or column.type.tz is not None:
         column = pc.cast(column, pa.timestamp("us"))
     return column.view(pa.int64()).to_numpy(zero_copy_only=False)
+
+
+def null_rows(arrays: list[pa.Array]) -> pa.BooleanArray | None:
+    """True where any of ``arrays`` is NULL; None when none of them has a NULL."""
+    mask = None
+    for a in arrays:
+        if a.null_count:
+            rows = pc.is_null(a)
+            mask = rows if mask is None else pc.or_(mask, rows)
+    return mask

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.batches import null_rows
 from sqlstream.connectors.dead_letters import DeadLetter
 from sqlstream.connectors.encode import encode_json_lines
 
@@ -91,12 +92,8 @@ def failure(name: str, error: Exception) -> str:
 
 def valid_rows(arguments: list[pa.Array]) -> pa.Array | None:
     """True where no argument is NULL (None: all rows are)."""
-    mask = None
-    for a in arguments:
-        if a.null_count:
-            valid = pc.is_valid(a)
-            mask = valid if mask is None else pc.and_(mask, valid)
-    return mask
+    nulls = null_rows(arguments)
+    return None if nulls is None else pc.invert(nulls)
 
 
 class PythonStates:

@@ -49,6 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.batches import null_rows
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import UdfError
 from sqlstream.sql.types import sql_type_name
@@ -289,7 +290,7 @@ class PythonUdf:
                 f"function {self.name} returned a numpy array of {result.dtype} (shape {result.shape}) that is not "
                 f"{sql_type_name(wanted)}: {_first_line(error)}"
             ) from error
-        nulls = _null_rows(args)
+        nulls = null_rows(args)
         if nulls is not None:
             array = pc.if_else(nulls, pa.scalar(None, type=wanted), array)
         return array
@@ -326,16 +327,6 @@ class PythonUdf:
                     return False, ("udf", f"{self.name}: {type(error).__name__}: {error}")
 
         return await asyncio.gather(*(one(r) for r in rows))
-
-
-def _null_rows(args: list[pa.Array]) -> pa.Array | None:
-    """True where any argument is NULL, or None when no argument has NULLs."""
-    mask = None
-    for a in args:
-        if a.null_count:
-            rows = pc.is_null(a)
-            mask = rows if mask is None else pc.or_(mask, rows)
-    return mask
 
 
 def _castable(given: pa.DataType, wanted: pa.DataType) -> bool:
