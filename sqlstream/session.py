@@ -69,6 +69,7 @@ from sqlstream.introspection import (
 from sqlstream.observability.analyze import DiscardWriter, analyze_text
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import PlanNode
+from sqlstream.plan.partitioning import partition_aligned
 from sqlstream.plan.planner import QueryPlanner
 from sqlstream.python_data import create_source_sql, memory_stream_of, quoted
 from sqlstream.results import QueryResult
@@ -303,6 +304,17 @@ class Session:
     def _plan(self, query: exp.Expr, source: SourceText) -> PlanNode:
         return QueryPlanner(PlannerCatalog(self.sources, self.views, self.functions), source, self.settings).plan(query)
 
+    def _plan_sink(self, query: exp.Expr, source: SourceText, st: Statement) -> PlanNode:
+        """A sink's plan; over a partitioned source, one that runs partition by partition."""
+        plan = self._plan(query, source)
+        partition_aligned(plan, self.partition_keys(), st.location)
+        return plan
+
+    def partition_keys(self) -> dict[str, str]:
+        """Partitioned sources (``partitions = P``) and their key columns."""
+        return {name: entry.connector.partition_key for name, entry in self.sources.items()
+                if entry.connector.partition_key is not None}
+
     def _create_sink(self, st: CreateSink) -> StatementResult:
         if not self._check_new_name(st.name, st, st.replace, st.if_not_exists, "SINK"):
             return StatementResult("noop", st.name, statement=st)
@@ -312,7 +324,7 @@ class Session:
         self._check_paths(connector, raw, st, f"sink '{st.name}'")
         plan, query_text = None, ""
         if st.query is not None:
-            plan, query_text = self._plan(st.query, st.source), st.query.sql(dialect=SqlStream)
+            plan, query_text = self._plan_sink(st.query, st.source, st), st.query.sql(dialect=SqlStream)
         elif st.from_name is not None:
             query = exp.select("*").from_(exp.Table(this=exp.Identifier(this=st.from_name, quoted=True)))
             if st.from_name not in self.sources and st.from_name not in self.views:
@@ -320,7 +332,7 @@ class Session:
                 raise SqlAnalysisError(
                     f"unknown source or view '{st.from_name}'", location=st.location, hint=did_you_mean(st.from_name, names)
                 )
-            plan, query_text = self._plan(query, st.source), f"SELECT * FROM {st.from_name}"
+            plan, query_text = self._plan_sink(query, st.source, st), f"SELECT * FROM {st.from_name}"
         entry = SinkEntry(st.name, connector, st, self._base_dir(st), st.columns, plan, query_text=query_text)
         if plan is not None:
             connector.check_schema(sink_schema(entry), st.location)
@@ -342,7 +354,7 @@ class Session:
             raise SqlAnalysisError(
                 f"sink '{st.sink}' already has a query (one running query per sink)", location=st.location
             )
-        plan = self._plan(st.query, st.source)
+        plan = self._plan_sink(st.query, st.source, st)
         entry.connector.check_inputs(acknowledging_sources(plan, self.sources, self._checkpointing), st.location)
         entry = replace(entry, plan=plan, query_text=st.query.sql(dialect=SqlStream))
         entry.connector.check_schema(sink_schema(entry), st.location)
@@ -350,7 +362,7 @@ class Session:
         return StatementResult("insert", st.sink, statement=st)
 
     def _bare_query(self, st: QueryStatement) -> StatementResult:
-        plan = self._plan(st.query, st.source)
+        plan = self._plan_sink(st.query, st.source, st)
         self._query_counter += 1
         name = f"query_{self._query_counter}"
         connector = sink_connector("stdout").create(name, {"connector": RawOption("stdout")}, st.location)
