@@ -44,7 +44,7 @@ from sqlstream.catalog import (
     sink_schema,
     with_one_row,
 )
-from sqlstream.connectors.base import RunContext, sink_connector, source_connector
+from sqlstream.connectors.base import Partition, RunContext, sink_connector, source_connector
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.connectors.memory import BatchCallback, MemoryStream
 from sqlstream.connectors.options import RawOption
@@ -127,8 +127,10 @@ class Session:
     """A catalog plus the means to run it. No global state: make as many as you like."""
 
     def __init__(self, *, clock=None, base_dir: str | None = None, dead_letter_path: str | None = None,
-                 udf_dirs: list[str] | tuple[str, ...] = (), settings: dict[str, Any] | None = None):
+                 udf_dirs: list[str] | tuple[str, ...] = (), settings: dict[str, Any] | None = None,
+                 partition: Partition | None = None):
         self.clock = clock or WallClock()
+        self.partition = partition  # a worker's session for one partition (docs/scale-out.md)
         self.base_dir = os.path.abspath(base_dir or os.getcwd())
         self.sources: dict[str, SourceEntry] = {}
         self.views: dict[str, ViewEntry] = {}
@@ -533,6 +535,7 @@ class Session:
             stdout_renderer=self.stdout_renderer,
             memory_streams=self.streams,
             memory_outputs=self.outputs,
+            partition=self.partition,
         )
 
     def _dead_letter_path(self) -> str | None:
