@@ -27,6 +27,8 @@ from sqlstream.errors import SqlStreamError
 __all__ = ["cmd_worker", "run_group", "PartitionedPipeline", "partitioned_pipeline"]
 
 _LAYOUT_FILE = "partitioning.json"
+#: sinks whose output stays right with one writer per partition (see docs/scale-out.md)
+_GROUP_SINKS = ("file", "nats", "stdout")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ def partitioned_pipeline(session, path: str) -> PartitionedPipeline:
                 f"sink '{sink.name}' does not read partitioned source '{name}': every partition would run it again",
                 location=sink.statement.location if sink.statement is not None else None,
                 hint="run queries over other sources in a separate pipeline")
+        if sink.connector.name not in _GROUP_SINKS:
+            raise SqlStreamError(
+                f"sink '{sink.name}': connector '{sink.connector.name}' is not supported by workers yet",
+                location=sink.statement.location if sink.statement is not None else None,
+                hint=f"workers write to {', '.join(_GROUP_SINKS)} sinks (each partition commits its own epochs)")
     if session.settings["http"] is not None:
         raise SqlStreamError("--http / SET http is not supported by workers yet (each partition is its own run)")
     checkpoint_dir = session.settings["checkpoint_dir"]
