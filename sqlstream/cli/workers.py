@@ -42,6 +42,7 @@ class PartitionedPipeline:
     partition_by: str
     subject: str
     checkpoint_dir: str
+    layout: object  # the source's PartitionLayout
 
 
 def partitioned_pipeline(session, path: str) -> PartitionedPipeline:
@@ -74,9 +75,30 @@ def partitioned_pipeline(session, path: str) -> PartitionedPipeline:
         raise SqlStreamError(
             "a group of workers needs checkpoints: a partition handed over resumes from its last checkpoint",
             hint="add --checkpoint DIR, a directory every worker of the group can read and write")
-    config = session.sources[name].connector.config
+    connector = session.sources[name].connector
+    config = connector.config
     return PartitionedPipeline(name, config["url"], config["stream"], config["partitions"],
-                               config["partition_by"], config["subject"], checkpoint_dir)
+                               config["partition_by"], config["subject"], checkpoint_dir, connector.layout)
+
+
+async def _ensure_stream(pipeline: PartitionedPipeline, connect_timeout_s: float) -> None:
+    """Create the partitioned stream (or check it) before any partition is claimed, so
+    publishers can start as soon as a worker has joined."""
+    import nats
+
+    from sqlstream.connectors.nats.partitions import ensure_partitioned_stream
+
+    try:
+        nc = await nats.connect(pipeline.url.split(","), connect_timeout=connect_timeout_s, max_reconnect_attempts=0)
+    except Exception as error:
+        raise SqlStreamError(f"source '{pipeline.source}': cannot connect to NATS at {pipeline.url}: {error}",
+                             hint="start nats-server, or fix the source's url", exit_code=1) from None
+    try:
+        if await ensure_partitioned_stream(nc.jetstream(), pipeline.stream, pipeline.layout, f"source '{pipeline.source}'"):
+            print(f"sqlstream: created stream {pipeline.stream} ({pipeline.layout.stream_subject}, "
+                  f"{pipeline.partitions} partitions)", file=sys.stderr)
+    finally:
+        await nc.close()
 
 
 def _check_layout(pipeline: PartitionedPipeline) -> None:
@@ -135,6 +157,7 @@ def cmd_worker(args) -> int:
         raise SqlStreamError("--from-scratch is not supported by workers",
                              hint="remove the checkpoint directory while no worker of the group runs")
     _check_layout(pipeline)
+    asyncio.run(_ensure_stream(pipeline, 5.0))
     name = os.path.splitext(os.path.basename(args.file))[0]
 
     def note(text: str) -> None:

@@ -100,7 +100,7 @@ class Worker:
     async def serve(self) -> WorkerReport:
         import nats
 
-        nc = await nats.connect(self.url, connect_timeout=self.connect_timeout_s, max_reconnect_attempts=-1,
+        nc = await nats.connect(self.url.split(","), connect_timeout=self.connect_timeout_s, max_reconnect_attempts=-1,
                                 reconnect_time_wait=0.25, allow_reconnect=True)
         try:
             self.leases = PartitionLeases(nc.jetstream(), self.group, self.id, self.partitions, self.ttl_s)

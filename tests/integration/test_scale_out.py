@@ -3,7 +3,8 @@ partitioned stream created by the workers and filled by ``sqlstream produce``; t
 workers (``run --workers 2``) whose union of outputs equals DuckDB over the published
 data, for a stateless and a keyed TUMBLE query; a worker killed with SIGKILL mid-run,
 whose partitions the other takes over from their checkpoints with no row lost or
-written twice (docs/scale-out.md)."""
+written twice, after a hand-over of open windows to a worker that joined mid-stream
+(docs/scale-out.md)."""
 
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def _owners(url: str, group: str) -> dict[int, str]:
     return asyncio.run(go())
 
 
-def test_a_killed_workers_partitions_resume_from_their_checkpoints_exactly_once(tmp_path, nats_server, nats_client,
+def test_partitions_move_with_their_state_when_a_worker_joins_and_when_one_is_killed(tmp_path, nats_server, nats_client,
                                                                                   processes):
     tag = uuid.uuid4().hex[:8]
     stream, prefix, group = f"ORD{tag}", f"orders{tag}", f"g{tag}"
@@ -193,21 +194,23 @@ def test_a_killed_workers_partitions_resume_from_their_checkpoints_exactly_once(
     doomed = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
     processes.append(doomed)
     wait_until(lambda: len(_owners(nats_server.url, group)) == 4, 60, "the first worker to claim all partitions")
+    first = _orders(0, 200)
+    _publish(nats_client, prefix, first)  # open windows in every partition, some committed output
+    wait_until(lambda: len(_committed(tmp_path, "all_rows")) >= 50, 60, "the first worker's output")
     survivor = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    processes.append(survivor)
+    processes.append(survivor)  # joins mid-stream: two partitions are handed over with their state
     wait_until(lambda: len(set(_owners(nats_server.url, group).values())) == 2, 60, "a hand-over to the second worker")
-    first = _orders(0, 300)
-    _publish(nats_client, prefix, first)
-    wait_until(lambda: len(_committed(tmp_path, "all_rows")) >= 100, 60, "output committed by both workers")
-
+    second = _orders(200, 200)
+    _publish(nats_client, prefix, second)
+    wait_until(lambda: len(_committed(tmp_path, "all_rows")) >= 300, 60, "output committed by both workers")
     doomed.send_signal(signal.SIGKILL)  # mid-run: windows are open, nothing is handed over
     doomed.wait(10)
-    rest = _orders(300, 300) + _flush()
+    rest = _orders(400, 200) + _flush()
     _publish(nats_client, prefix, rest)
     mine = f"-{survivor.pid}-"  # worker ids are host-pid-random
     wait_until(lambda: [mine in owner for owner in _owners(nats_server.url, group).values()] == [True] * 4, 30,
                "the survivor to take every partition")
-    expected = _expected_windows(first + rest)
+    expected = _expected_windows(first + second + rest)
     wait_until(lambda: len(_committed(tmp_path, "all_rows")) >= 620 and _windows(tmp_path) == expected, 60,
                "the output after the take-over")
     code, err = _stop(survivor)
