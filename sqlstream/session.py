@@ -580,12 +580,13 @@ class Session:
 
     def run(self, *, progress: Callable[[Driver], None] | None = None,
             warn: Callable[[str], None] | None = None, from_scratch: bool = False,
-            pipeline: str = "sqlstream") -> RunSummary:
+            pipeline: str = "sqlstream", checkpoint_fence: Callable[[], str | None] | None = None) -> RunSummary:
         """Run every sink's query together until the sources end or :meth:`stop`;
         ``SET http`` serves its metrics and console meanwhile, labelled ``pipeline``;
         ``warn`` takes warnings (large state) instead of stderr. With ``SET checkpoint_dir``
         the run resumes from the last checkpoint there (``from_scratch``: removes it first)
-        and takes checkpoints every ``checkpoint_interval``."""
+        and takes checkpoints every ``checkpoint_interval``; ``checkpoint_fence`` (a worker's
+        lease check) may refuse one, which ends the run."""
         built: list[Driver] = []  # ``SET http``: the endpoint serves before the run is built (/ready 503)
         endpoint = contextlib.nullcontext()
         if self.settings["http"] is not None:  # (imported here: a run without it does not load prometheus_client)
@@ -594,8 +595,10 @@ class Session:
             endpoint = serving(self.settings["http"], lambda: built[0] if built else None, pipeline,
                                warn or print_warning)
         with endpoint:
-            driver = self.build(self.pending_sinks(), progress=progress, warn=warn,
-                                checkpoint=CheckpointConfig.of(self.settings, from_scratch))
+            checkpoint = CheckpointConfig.of(self.settings, from_scratch)
+            if checkpoint is not None and checkpoint_fence is not None:
+                checkpoint = replace(checkpoint, fence=checkpoint_fence)
+            driver = self.build(self.pending_sinks(), progress=progress, warn=warn, checkpoint=checkpoint)
             built.append(driver)
             self.report_on(driver)
             summary = driver.run()

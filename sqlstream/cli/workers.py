@@ -166,9 +166,9 @@ def cmd_worker(args) -> int:
     def open_session(partition: Partition):
         return _load(args, partition, partition_checkpoint_dir(pipeline.checkpoint_dir, partition))
 
-    def start(index: int) -> PartitionRun:
+    def start(index: int, fence) -> PartitionRun:
         partition = Partition(index, pipeline.partitions)
-        return PartitionRun(partition, open_session, name, lambda text: note(f"partition {index}: {text}"))
+        return PartitionRun(partition, open_session, name, lambda text: note(f"partition {index}: {text}"), fence)
 
     worker = Worker(url=pipeline.url, group=args.group, partitions=pipeline.partitions, ttl_s=ttl_s,
                     start=start, note=note)

@@ -48,11 +48,13 @@ class PartitionOutcome:
 class PartitionRun:
     """``open_session(partition)`` and its ``run()`` on a thread; ``stop`` asks it to
     drain, take a last checkpoint and close its sinks (repeat it until ``done``: a run
-    still starting up takes the request once it loops)."""
+    still starting up takes the request once it loops). ``fence`` says when the worker
+    can no longer vouch for the partition's lease: no checkpoint is written then."""
 
     def __init__(self, partition: Partition, open_session: Callable[[Partition], "Session"], pipeline: str,
-                 warn: Callable[[str], None]):
+                 warn: Callable[[str], None], fence: Callable[[], str | None]):
         self.partition = partition
+        self._fence = fence
         self._open_session = open_session
         self._pipeline = pipeline
         self._warn = warn
@@ -67,7 +69,8 @@ class PartitionRun:
         try:
             self.session = self._open_session(self.partition)
             if self.stop_reason is None:
-                self.summary = self.session.run(pipeline=self._pipeline, warn=self._warn)
+                self.summary = self.session.run(pipeline=self._pipeline, warn=self._warn,
+                                                checkpoint_fence=self._fence)
         except BaseException as error:  # reported by the worker, which stops the group's work here
             self.error = error
 

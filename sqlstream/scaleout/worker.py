@@ -24,14 +24,19 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from sqlstream.connectors.nats.leases import Lease, PartitionLeases, fair_share
+from sqlstream.errors import FencedCheckpointError
 from sqlstream.scaleout.partition_run import PartitionOutcome
 
-__all__ = ["Worker", "WorkerReport", "PartitionRunner", "new_worker_id"]
+__all__ = ["Worker", "WorkerReport", "PartitionRunner", "new_worker_id", "FENCE_AFTER"]
+
+#: a lease renewed longer ago than this fraction of the TTL no longer covers a checkpoint
+FENCE_AFTER = 0.75
 
 
 class PartitionRunner(Protocol):
@@ -45,6 +50,16 @@ class PartitionRunner(Protocol):
     def done(self) -> bool: ...
 
     def outcome(self, ended: str) -> PartitionOutcome: ...
+
+
+def _fenced(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it: a final checkpoint's failure is wrapped) is
+    a checkpoint refused by the run's fence."""
+    while error is not None:
+        if isinstance(error, FencedCheckpointError):
+            return True
+        error = error.__cause__
+    return False
 
 
 def new_worker_id() -> str:
@@ -69,11 +84,16 @@ class WorkerReport:
 
 
 class Worker:
-    """``start(partition)`` returns a started :class:`PartitionRunner`; ``note`` takes
-    what the worker says on stderr (claims, hand-overs, lost leases)."""
+    """``start(partition, fence)`` returns a started :class:`PartitionRunner`; ``note``
+    takes what the worker says on stderr (claims, hand-overs, lost leases).
+
+    ``fence()`` (called from the partition's thread) is a reason not to write a
+    checkpoint once the worker can no longer be sure it holds the partition's lease:
+    lost, or last renewed more than :data:`FENCE_AFTER` of the TTL ago (a worker
+    paused longer than that, e.g. by SIGSTOP, learns it only when it renews)."""
 
     def __init__(self, *, url: str, group: str, partitions: int, ttl_s: float,
-                 start: Callable[[int], PartitionRunner], note: Callable[[str], None],
+                 start: Callable[[int, Callable[[], str | None]], PartitionRunner], note: Callable[[str], None],
                  worker_id: str | None = None, connect_timeout_s: float = 5.0):
         self.url = url
         self.group = group
@@ -85,6 +105,10 @@ class Worker:
         self.connect_timeout_s = connect_timeout_s
         self.leases: PartitionLeases | None = None
         self.owned: dict[int, Lease] = {}
+        self.renewed_at: dict[int, float] = {}  # monotonic time each lease's last renewal was sent
+        self.claims: dict[int, int] = {}  # partition → which claim of it the lease is (fences older runs)
+        self._claims_made = 0
+        self.abandoned: dict[int, PartitionRunner] = {}  # runs of lost leases, until they end
         self.running: dict[int, PartitionRunner] = {}
         self.releasing: set[int] = set()
         self.report = WorkerReport(self.id, group)
@@ -123,6 +147,7 @@ class Worker:
         leases = self.leases
         await leases.heartbeat()
         for partition, lease in list(self.owned.items()):
+            sent = time.monotonic()
             renewed = await leases.renew(lease)
             if renewed is None:
                 self.note(f"worker {self.id}: lost the lease of partition {partition} (paused past the TTL?): "
@@ -132,8 +157,15 @@ class Worker:
                 self._finish(partition, "lost")
             else:
                 self.owned[partition] = renewed
+                self.renewed_at[partition] = sent
         for partition, run in list(self.running.items()):
             if not run.done or partition not in self.owned:
+                continue
+            if _fenced(run.error):
+                self.note(f"worker {self.id}: partition {partition} stopped writing checkpoints: {run.error}")
+                self.releasing.discard(partition)
+                await leases.release(self.owned.pop(partition))
+                self._finish(partition, "lost")
                 continue
             if run.error is not None and self._stop_reason is None:
                 self.report.error = f"partition {partition} failed"
@@ -164,26 +196,50 @@ class Worker:
 
     async def _claim(self, wanted: int, members: list[str]) -> None:
         taken = await self.leases.taken()
-        free = [p for p in range(self.partitions) if p not in taken and p not in self.running]
+        self.abandoned = {p: run for p, run in self.abandoned.items() if not run.done}
+        free = [p for p in range(self.partitions) if p not in taken and p not in self.running and p not in self.abandoned]
         offset = members.index(self.id) * (self.partitions // max(len(members), 1)) if self.id in members else 0
         free.sort(key=lambda p: (p - offset) % self.partitions)  # workers start their search at different places
         for partition in free:
             if wanted == 0:
                 break
+            sent = time.monotonic()
             lease = await self.leases.claim(partition)
             if lease is None:
                 continue
             self.owned[partition] = lease
+            self.renewed_at[partition] = sent
+            self._claims_made += 1
+            self.claims[partition] = self._claims_made
             self.note(f"worker {self.id}: running partition {partition}")
-            self.running[partition] = self.start(partition)
+            self.running[partition] = self.start(partition, self.fence(partition, self._claims_made))
             wanted -= 1
+
+    def fence(self, partition: int, claim: int) -> Callable[[], str | None]:
+        """The fence of one claim of ``partition``: a later claim of it does not revive it."""
+
+        def check() -> str | None:
+            current = partition in self.owned and self.claims.get(partition) == claim
+            sent = self.renewed_at.get(partition) if current else None
+            if sent is None:
+                return f"worker {self.id} lost the lease of partition {partition}"
+            age = time.monotonic() - sent
+            if age > FENCE_AFTER * self.ttl_s:
+                return (f"worker {self.id} last renewed the lease of partition {partition} {age:.1f}s ago "
+                        f"(lease TTL {self.ttl_s:g}s)")
+            return None
+
+        return check
 
     def _finish(self, partition: int, ended: str) -> None:
         run = self.running.pop(partition, None)
+        self.claims.pop(partition, None)
         if run is None:
             return
         if ended == "lost":
             run.stop("lease lost")
+            if not run.done:
+                self.abandoned[partition] = run
         outcome = run.outcome(ended)
         self.report.runs.append(outcome)
         if outcome.error:

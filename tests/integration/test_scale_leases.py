@@ -133,8 +133,9 @@ def test_the_lease_of_a_killed_worker_expires_after_the_ttl(nats_server):
 class _Run:
     """A partition run that only records that it ran (the lease logic is what is tested)."""
 
-    def __init__(self, partition: int):
+    def __init__(self, partition: int, fence):
         self.partition = partition
+        self.fence = fence
         self.error = None
         self.stopped_by: str | None = None
 

@@ -221,3 +221,41 @@ def test_partitions_move_with_their_state_when_a_worker_joins_and_when_one_is_ki
     assert _windows(tmp_path) == expected
     assert "resumed from epoch" in err  # the killed worker's partitions restored its checkpoints
 
+
+
+def test_a_worker_paused_past_its_lease_writes_nothing_for_the_partitions_it_lost(tmp_path, nats_server, nats_client,
+                                                                                  processes):
+    tag = uuid.uuid4().hex[:8]
+    stream, prefix, group = f"ORD{tag}", f"orders{tag}", f"g{tag}"
+    name = _pipeline(tmp_path, nats_server.url, stream, prefix)
+    command = CLI + ["worker", name, "--group", group, "--checkpoint", "ck", "--checkpoint-interval", "200ms",
+                     "--lease-ttl", "2s"]
+    paused = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    processes.append(paused)
+    wait_until(lambda: len(_owners(nats_server.url, group)) == 4, 60, "the first worker to claim all partitions")
+    other = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    processes.append(other)
+    wait_until(lambda: len(set(_owners(nats_server.url, group).values())) == 2, 60, "a hand-over to the second worker")
+    first = _orders(0, 200)
+    _publish(nats_client, prefix, first)
+    wait_until(lambda: len(_committed(tmp_path, "all_rows")) >= 150, 60, "output of both workers")
+
+    paused.send_signal(signal.SIGSTOP)  # past the TTL: its leases expire and the other worker takes them
+    mine = f"-{other.pid}-"
+    wait_until(lambda: [mine in owner for owner in _owners(nats_server.url, group).values()] == [True] * 4, 30,
+               "the other worker to take every partition")
+    second = _orders(200, 200)
+    _publish(nats_client, prefix, second)  # also delivered to the paused worker's old consumers
+    paused.send_signal(signal.SIGCONT)  # it must not commit what it reads for partitions it lost
+    rest = _orders(400, 100) + _flush()
+    _publish(nats_client, prefix, rest)
+    expected = _expected_windows(first + second + rest)
+    wait_until(lambda: len(_committed(tmp_path, "all_rows")) >= 520 and _windows(tmp_path) == expected, 60,
+               "the output after the pause")
+    code_paused, err_paused = _stop(paused)
+    code_other, err_other = _stop(other)
+    assert (code_paused, code_other) == (143, 143), err_paused + err_other
+    seqs = Counter(r["seq"] for r in _committed(tmp_path, "all_rows"))
+    assert sorted(seqs) == list(range(1, 521)) and set(seqs.values()) == {1}
+    assert _windows(tmp_path) == expected
+    assert "lost the lease of partition" in err_paused or "not written" in err_paused

@@ -11,7 +11,7 @@ import pytest
 
 from sqlstream import Session
 from sqlstream.connectors.nats.partitions import PartitionLayout
-from sqlstream.errors import ConnectorError, UnsupportedSqlError
+from sqlstream.errors import ConnectorError, ExecutionError, FencedCheckpointError, UnsupportedSqlError
 
 SOURCE = """CREATE SOURCE o (customer_id BIGINT, region VARCHAR, amount DOUBLE, ts TIMESTAMP,
   WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
@@ -138,3 +138,30 @@ def test_run_without_workers_says_how_to_run_a_partitioned_pipeline(tmp_path):
                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert workers.returncode == 2
     assert "error: a group of workers needs checkpoints" in workers.stderr
+
+
+def test_a_fenced_run_writes_no_checkpoint_and_commits_no_output(tmp_path):
+    """A worker that can no longer vouch for its partition's lease refuses the checkpoint
+    before anything of the epoch counts: no offsets, no committed part file."""
+    session = Session(base_dir=str(tmp_path), dead_letter_path="off")
+    session.execute("""
+        SET checkpoint_dir = 'ck';
+        CREATE SOURCE nums (n BIGINT) WITH (connector = 'generator', rows_per_second = 0, max_rows = 1000,
+                                            fields.n.kind = 'sequence');
+        CREATE SINK out AS SELECT n FROM nums WITH (connector = 'file', path = 'out', format = 'json');
+    """)
+    asked = []
+
+    def fence():
+        asked.append(1)
+        return "worker w1 lost the lease of partition 3"
+
+    with pytest.raises(ExecutionError) as caught:  # the last checkpoint, when the input ended
+        session.run(checkpoint_fence=fence)
+    fenced = caught.value.__cause__
+    assert isinstance(fenced, FencedCheckpointError)
+    assert fenced.message == "checkpoint of epoch 1 not written: worker w1 lost the lease of partition 3"
+    assert fenced.exit_code == 1
+    assert asked
+    assert not list((tmp_path / "ck" / "offsets").glob("*.json"))
+    assert not list((tmp_path / "out").glob("part-*"))
