@@ -36,7 +36,13 @@ CUSTOMERS = 20
 START = datetime(2024, 1, 1)
 
 
-def _pipeline(folder, url: str, stream: str, prefix: str) -> str:
+def _pipeline(folder, url: str, stream: str, prefix: str, sink_stream: str | None = None) -> str:
+    jetstream_sink = "" if sink_stream is None else f"""
+        CREATE SINK windows_out AS
+          SELECT window_start, window_end, customer_id, count(*) AS n
+          FROM TUMBLE(orders, ts, INTERVAL '5' SECOND) GROUP BY window_start, window_end, customer_id
+          WITH (connector = 'nats', url = '{url}', stream = '{sink_stream}', subject = '{sink_stream}.{{customer_id}}');
+    """
     (folder / "pipeline.sql").write_text(textwrap.dedent(f"""
         CREATE SOURCE orders (customer_id BIGINT, amount BIGINT, ts TIMESTAMP, _stream_seq BIGINT,
                               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
@@ -48,7 +54,7 @@ def _pipeline(folder, url: str, stream: str, prefix: str) -> str:
           SELECT window_start, window_end, customer_id, count(*) AS n, sum(amount) AS total
           FROM TUMBLE(orders, ts, INTERVAL '5' SECOND) GROUP BY window_start, window_end, customer_id
           WITH (connector = 'file', path = 'out/per_customer', format = 'json');
-    """))
+    """) + textwrap.dedent(jetstream_sink))
     return "pipeline.sql"
 
 
@@ -187,8 +193,9 @@ def _owners(url: str, group: str) -> dict[int, str]:
 def test_partitions_move_with_their_state_when_a_worker_joins_and_when_one_is_killed(tmp_path, nats_server, nats_client,
                                                                                   processes):
     tag = uuid.uuid4().hex[:8]
-    stream, prefix, group = f"ORD{tag}", f"orders{tag}", f"g{tag}"
-    name = _pipeline(tmp_path, nats_server.url, stream, prefix)
+    stream, prefix, group, sink_stream = f"ORD{tag}", f"orders{tag}", f"g{tag}", f"OUT{tag}"
+    nats_client.add_stream(sink_stream, [f"{sink_stream}.>"])
+    name = _pipeline(tmp_path, nats_server.url, stream, prefix, sink_stream)
     command = CLI + ["worker", name, "--group", group, "--checkpoint", "ck", "--checkpoint-interval", "200ms",
                      "--lease-ttl", "2s"]
     doomed = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
@@ -220,6 +227,13 @@ def test_partitions_move_with_their_state_when_a_worker_joins_and_when_one_is_ki
     assert set(seqs.values()) == {1}  # nothing twice
     assert _windows(tmp_path) == expected
     assert "resumed from epoch" in err  # the killed worker's partitions restored its checkpoints
+    # the JetStream sink: ids do not depend on the worker, so each window result is stored once
+    stored = nats_client.stream_messages(sink_stream)
+    ids = Counter(m.headers["Nats-Msg-Id"] for m in stored)
+    assert set(ids.values()) == {1}
+    assert sorted((datetime.fromisoformat(orjson.loads(m.data)["window_start"]).isoformat(),
+                   orjson.loads(m.data)["customer_id"], orjson.loads(m.data)["n"]) for m in stored) == \
+        [(ws, c, n) for ws, c, n, _ in expected]
 
 
 

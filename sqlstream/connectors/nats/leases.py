@@ -29,9 +29,9 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import (
     BadRequestError,
     BucketNotFoundError,
+    KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
 )
 
 from sqlstream.errors import ConnectorError
@@ -178,7 +178,17 @@ class PartitionLeases:
             self._heartbeat_revision = None
 
     async def _keys(self) -> list[str]:
-        try:
-            return await self.kv.keys()
-        except NoKeysError:
-            return []
+        """The live keys: the bucket stream's subjects (cheap, no consumer; nats-py's
+        ``kv.keys()`` leaves a watcher consumer behind on the server for minutes), less
+        those whose last entry is a delete (a released lease or a worker that left)."""
+        prefix = f"$KV.{self.bucket}."
+        info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=f"{prefix}>")
+        live = []
+        for subject in sorted(info.state.subjects or {}):
+            key = subject[len(prefix):]
+            try:
+                await self.kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError):  # released, left, or expired meanwhile
+                continue
+            live.append(key)
+        return live
