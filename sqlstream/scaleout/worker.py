@@ -131,7 +131,7 @@ class Worker:
             await self.leases.open()
             self.note(f"worker {self.id} joined group '{self.group}' ({self.partitions} partitions, "
                       f"lease TTL {self.ttl_s:g}s)")
-            while await self._round():
+            while await self._round_or_retry(nats.errors.Error):
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.ttl_s / 4)
                 except asyncio.TimeoutError:
@@ -141,6 +141,16 @@ class Worker:
             await nc.close()
         self.report.stopped_by = self._stop_reason
         return self.report
+
+    async def _round_or_retry(self, nats_error: type) -> bool:
+        """A round; one that NATS fails (a timeout, an outage) is said and tried again at
+        the next: meanwhile the leases are not renewed, and the fence stops checkpoints
+        once they are too old to vouch for."""
+        try:
+            return await self._round()
+        except (asyncio.TimeoutError, nats_error) as error:
+            self.note(f"worker {self.id}: lease round failed ({type(error).__name__}: {error}); retrying")
+            return True
 
     async def _round(self) -> bool:
         """One round; False once the worker has stopped everything and may leave."""
