@@ -277,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE", help=argparse.SUPPRESS)  # JSON for run --workers' summary
     _group_options(p, required=True)
     p.set_defaults(handler=_later("sqlstream.cli.workers", "cmd_worker"))
+    p = sub.add_parser("group", help="a worker group: workers, partition owners, last checkpoints, lag")
+    common(p)
+    p.add_argument("--group", metavar="NAME", required=True, help="the worker group")
+    p.add_argument("--checkpoint", metavar="DIR", required=True, help="the group's checkpoint directory")
+    p.set_defaults(handler=_later("sqlstream.cli.group_status", "cmd_group"))
     p = sub.add_parser("checkpoints", help="list the checkpoints in a checkpoint directory")
     p.add_argument("dir", help="checkpoint directory (--checkpoint of sqlstream run)")
     p.set_defaults(handler=cmd_checkpoints)

@@ -194,6 +194,17 @@ def cmd_worker(args) -> int:
     return 128 + signal.Signals[report.stopped_by].value if report.stopped_by in ("SIGINT", "SIGTERM") else 0
 
 
+def _stop_with_parent() -> None:
+    """In a worker process before it starts (Linux): SIGTERM when the supervisor dies, so
+    a killed ``run --workers`` leaves no workers behind (they stop gracefully)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: workers outlive a killed supervisor
+
+
 def run_group(args) -> int:
     """``run --workers N``: N ``sqlstream worker`` processes and one summary."""
     if args.from_scratch:
@@ -212,7 +223,7 @@ def run_group(args) -> int:
             command += [f"--allow-paths={p}" for p in args.allow_paths] + (["--no-udfs"] if args.no_udfs else [])
             command += ["--checkpoint", args.checkpoint] if args.checkpoint else []
             command += ["--checkpoint-interval", args.checkpoint_interval] if args.checkpoint_interval else []
-            children.append(subprocess.Popen(command))
+            children.append(subprocess.Popen(command, preexec_fn=_stop_with_parent))
         signalled: list[int] = []
 
         def forward(signum, frame):

@@ -9,6 +9,7 @@ written twice, after a hand-over of open windows to a worker that joined mid-str
 from __future__ import annotations
 
 import asyncio
+import csv
 import glob
 import json
 import os
@@ -167,6 +168,16 @@ def test_two_workers_over_a_partitioned_stream_match_duckdb(tmp_path, nats_serve
 
     wait_until(lambda: len(_committed(tmp_path, "all_rows")) >= len(messages) and _windows(tmp_path) == expected,
                60, "the group's output")
+    status = subprocess.run(CLI + ["group", name, "--group", f"g{tag}", "--checkpoint", "ck"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    header, *rows = status.stdout.splitlines()
+    assert header.startswith(f"group 'g{tag}': 2 worker(s): ")
+    table = list(csv.reader(rows))
+    assert table[0] == ["partition", "owner", "checkpoint", "taken", "stream_seq", "lag"]
+    assert [r[0] for r in table[1:]] == ["0", "1", "2", "3"]
+    assert len({r[1] for r in table[1:]}) == 2  # two owners, from the lease bucket
+    assert [r[5] for r in table[1:]] == ["0"] * 4  # everything read is in a committed checkpoint
     code, err = _stop(group)
     assert code == 143, err
     assert "group 'g" in err and "stopped by SIGTERM: 2 workers" in err

@@ -85,7 +85,7 @@ class Lease:
 class PartitionLeases:
     """One worker's view of its group's bucket (coroutines on a nats-py JetStream context)."""
 
-    def __init__(self, js, group: str, worker: str, partitions: int, ttl_s: float):
+    def __init__(self, js, group: str, worker: str, partitions: int, ttl_s: float | None):
         self.js = js
         self.bucket = bucket_name(group)
         self.group = group
@@ -97,11 +97,17 @@ class PartitionLeases:
 
     async def open(self) -> None:
         """Open the group's bucket, creating it with ``ttl_s`` if missing; a bucket with
-        another TTL belongs to a group run with another --lease-ttl: refused."""
+        another TTL belongs to a group run with another --lease-ttl: refused. With
+        ``ttl_s`` None (a reader such as ``sqlstream group``) the bucket must exist."""
         try:
             self.kv = await self.js.key_value(self.bucket)
         except BucketNotFoundError:
+            if self.ttl_s is None:
+                raise ConnectorError(f"no worker group '{self.group}' (no bucket {self.bucket})",
+                                     hint="start workers with sqlstream worker FILE --group NAME", exit_code=1) from None
             self.kv = await self.js.create_key_value(KeyValueConfig(bucket=self.bucket, ttl=self.ttl_s, history=1))
+        if self.ttl_s is None:
+            return
         status = await self.kv.status()
         ttl = status.ttl or 0
         if abs(ttl - self.ttl_s) > 1e-3:
