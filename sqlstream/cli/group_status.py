@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from sqlstream.cli.workers import PartitionedPipeline, _load, partitioned_pipeline
+from sqlstream.cli.workers import PartitionedPipeline, load_pipeline, partitioned_pipeline
 from sqlstream.connectors.base import Partition
 from sqlstream.runtime.checkpointing import utc_text
 from sqlstream.runtime.checkpoints import CheckpointStore, DamagedCheckpoint
@@ -68,7 +68,7 @@ def cmd_group(args) -> int:
     from sqlstream.introspection import rows_table
 
     args.checkpoint_interval = None
-    pipeline = partitioned_pipeline(_load(args, None), args.file)
+    pipeline = partitioned_pipeline(load_pipeline(args, None), args.file)
     workers, rows = asyncio.run(group_rows(pipeline, args.group))
     print(f"group '{args.group}': {len(workers)} worker(s){': ' if workers else ''}{', '.join(workers)}")
     console = Console() if sys.stdout.isatty() else None

@@ -19,12 +19,16 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlstream.connectors.base import Partition
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import SqlStreamError
 
-__all__ = ["cmd_worker", "run_group", "PartitionedPipeline", "partitioned_pipeline"]
+if TYPE_CHECKING:
+    from sqlstream.connectors.nats.partitions import PartitionLayout
+
+__all__ = ["cmd_worker", "run_group", "PartitionedPipeline", "partitioned_pipeline", "load_pipeline"]
 
 _LAYOUT_FILE = "partitioning.json"
 #: sinks whose output stays right with one writer per partition (see docs/scale-out.md)
@@ -42,7 +46,7 @@ class PartitionedPipeline:
     partition_by: str
     subject: str
     checkpoint_dir: str
-    layout: object  # the source's PartitionLayout
+    layout: "PartitionLayout"
 
 
 def partitioned_pipeline(session, path: str) -> PartitionedPipeline:
@@ -122,7 +126,7 @@ def _check_layout(pipeline: PartitionedPipeline) -> None:
     os.replace(temporary, path)
 
 
-def _load(args, partition: Partition | None, checkpoint_dir: str | None = None):
+def load_pipeline(args, partition: Partition | None, checkpoint_dir: str | None = None):
     from sqlstream.cli.session_setup import make_session, read_sql_file
 
     session = make_session(args.file, args.udfs, args.set, discover_udfs=not args.no_udfs,
@@ -152,7 +156,7 @@ def cmd_worker(args) -> int:
 
     check_group_name(args.group)
     ttl_s = _ttl_s(args.lease_ttl)
-    pipeline = partitioned_pipeline(_load(args, None), args.file)
+    pipeline = partitioned_pipeline(load_pipeline(args, None), args.file)
     if args.from_scratch:
         raise SqlStreamError("--from-scratch is not supported by workers",
                              hint="remove the checkpoint directory while no worker of the group runs")
@@ -164,7 +168,7 @@ def cmd_worker(args) -> int:
         print(f"sqlstream: {text}", file=sys.stderr, flush=True)
 
     def open_session(partition: Partition):
-        return _load(args, partition, partition_checkpoint_dir(pipeline.checkpoint_dir, partition))
+        return load_pipeline(args, partition, partition_checkpoint_dir(pipeline.checkpoint_dir, partition))
 
     def start(index: int, fence) -> PartitionRun:
         partition = Partition(index, pipeline.partitions)
@@ -210,7 +214,7 @@ def run_group(args) -> int:
     if args.from_scratch:
         raise SqlStreamError("--from-scratch is not supported with --workers",
                              hint="remove the checkpoint directory while no worker of the group runs")
-    session = _load(args, None)
+    session = load_pipeline(args, None)
     partitioned_pipeline(session, args.file)  # bad input is reported once, here (exit 2)
     _ttl_s(args.lease_ttl)
     group = args.group or re.sub(r"[^A-Za-z0-9_-]", "_", os.path.splitext(os.path.basename(args.file))[0])

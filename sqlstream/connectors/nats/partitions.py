@@ -59,7 +59,7 @@ class PartitionLayout:
             if match:
                 tokens.append("*")
                 columns.append(match.group(1).lower())
-            elif token == ">" or any(ch in token for ch in "{}>* \t") and token != "*":
+            elif token != "*" and any(ch in token for ch in "{}>* \t"):
                 raise ConnectorError(
                     f"option 'subject' = {template!r}: token {token!r} is not a literal, '*' or '{{column}}'",
                     location=where,
