@@ -132,6 +132,9 @@ class Worker:
             self.note(f"worker {self.id} joined group '{self.group}' ({self.partitions} partitions, "
                       f"lease TTL {self.ttl_s:g}s)")
             while await self._round_or_retry(nats.errors.Error):
+                if self._stop.is_set():  # stopping: look at the runs more often, keep renewing
+                    await asyncio.sleep(min(0.1, self.ttl_s / 4))
+                    continue
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.ttl_s / 4)
                 except asyncio.TimeoutError:
