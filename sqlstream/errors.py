@@ -16,7 +16,9 @@
     │   ├── DataFusionError        DataFusion failed on a batch
     │   └── StateLimitError        its state passed max_state_rows / max_state_bytes
     └── CheckpointError            a checkpoint cannot be resumed: damaged (exit 1) or
-                                   written by another pipeline (exit 2)
+        │                          written by another pipeline (exit 2)
+        └── FencedCheckpointError  a worker may no longer write a partition's checkpoints
+                                   (its lease may have passed to another worker; exit 1)
 
 ``exit_code`` is the class's default; an error raised while running rather than at
 CREATE (a connector losing its server, a function failing on data) passes
@@ -45,6 +47,7 @@ __all__ = [
     "UdfError",
     "TestSpecError",
     "ExecutionError",
+    "FencedCheckpointError",
     "DataFusionError",
     "StateLimitError",
     "CheckpointError",
@@ -192,6 +195,11 @@ class CheckpointError(SqlStreamError):
     2: the SQL changed; the message says what)."""
 
     exit_code = 1
+
+
+class FencedCheckpointError(CheckpointError):
+    """A checkpoint was not written because the run's fence refused it: a worker that can
+    no longer be sure it holds the partition's lease (docs/scale-out.md)."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:

@@ -44,7 +44,7 @@ from sqlstream.catalog import (
     sink_schema,
     with_one_row,
 )
-from sqlstream.connectors.base import RunContext, sink_connector, source_connector
+from sqlstream.connectors.base import Partition, RunContext, sink_connector, source_connector
 from sqlstream.connectors.dead_letters import DEAD_LETTER_STREAM, DeadLetterOutput
 from sqlstream.connectors.memory import BatchCallback, MemoryStream
 from sqlstream.connectors.options import RawOption
@@ -69,6 +69,7 @@ from sqlstream.introspection import (
 from sqlstream.observability.analyze import DiscardWriter, analyze_text
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import PlanNode
+from sqlstream.plan.partitioning import partition_aligned
 from sqlstream.plan.planner import QueryPlanner
 from sqlstream.python_data import create_source_sql, memory_stream_of, quoted
 from sqlstream.results import QueryResult
@@ -126,8 +127,10 @@ class Session:
     """A catalog plus the means to run it. No global state: make as many as you like."""
 
     def __init__(self, *, clock=None, base_dir: str | None = None, dead_letter_path: str | None = None,
-                 udf_dirs: list[str] | tuple[str, ...] = (), settings: dict[str, Any] | None = None):
+                 udf_dirs: list[str] | tuple[str, ...] = (), settings: dict[str, Any] | None = None,
+                 partition: Partition | None = None):
         self.clock = clock or WallClock()
+        self.partition = partition  # a worker's session for one partition (docs/scale-out.md)
         self.base_dir = os.path.abspath(base_dir or os.getcwd())
         self.sources: dict[str, SourceEntry] = {}
         self.views: dict[str, ViewEntry] = {}
@@ -303,6 +306,17 @@ class Session:
     def _plan(self, query: exp.Expr, source: SourceText) -> PlanNode:
         return QueryPlanner(PlannerCatalog(self.sources, self.views, self.functions), source, self.settings).plan(query)
 
+    def _plan_sink(self, query: exp.Expr, source: SourceText, st: Statement) -> PlanNode:
+        """A sink's plan; over a partitioned source, one that runs partition by partition."""
+        plan = self._plan(query, source)
+        partition_aligned(plan, self.partition_keys(), st.location)
+        return plan
+
+    def partition_keys(self) -> dict[str, str]:
+        """Partitioned sources (``partitions = P``) and their key columns."""
+        return {name: entry.connector.partition_key for name, entry in self.sources.items()
+                if entry.connector.partition_key is not None}
+
     def _create_sink(self, st: CreateSink) -> StatementResult:
         if not self._check_new_name(st.name, st, st.replace, st.if_not_exists, "SINK"):
             return StatementResult("noop", st.name, statement=st)
@@ -312,7 +326,7 @@ class Session:
         self._check_paths(connector, raw, st, f"sink '{st.name}'")
         plan, query_text = None, ""
         if st.query is not None:
-            plan, query_text = self._plan(st.query, st.source), st.query.sql(dialect=SqlStream)
+            plan, query_text = self._plan_sink(st.query, st.source, st), st.query.sql(dialect=SqlStream)
         elif st.from_name is not None:
             query = exp.select("*").from_(exp.Table(this=exp.Identifier(this=st.from_name, quoted=True)))
             if st.from_name not in self.sources and st.from_name not in self.views:
@@ -320,7 +334,7 @@ class Session:
                 raise SqlAnalysisError(
                     f"unknown source or view '{st.from_name}'", location=st.location, hint=did_you_mean(st.from_name, names)
                 )
-            plan, query_text = self._plan(query, st.source), f"SELECT * FROM {st.from_name}"
+            plan, query_text = self._plan_sink(query, st.source, st), f"SELECT * FROM {st.from_name}"
         entry = SinkEntry(st.name, connector, st, self._base_dir(st), st.columns, plan, query_text=query_text)
         if plan is not None:
             connector.check_schema(sink_schema(entry), st.location)
@@ -342,7 +356,7 @@ class Session:
             raise SqlAnalysisError(
                 f"sink '{st.sink}' already has a query (one running query per sink)", location=st.location
             )
-        plan = self._plan(st.query, st.source)
+        plan = self._plan_sink(st.query, st.source, st)
         entry.connector.check_inputs(acknowledging_sources(plan, self.sources, self._checkpointing), st.location)
         entry = replace(entry, plan=plan, query_text=st.query.sql(dialect=SqlStream))
         entry.connector.check_schema(sink_schema(entry), st.location)
@@ -350,7 +364,7 @@ class Session:
         return StatementResult("insert", st.sink, statement=st)
 
     def _bare_query(self, st: QueryStatement) -> StatementResult:
-        plan = self._plan(st.query, st.source)
+        plan = self._plan_sink(st.query, st.source, st)
         self._query_counter += 1
         name = f"query_{self._query_counter}"
         connector = sink_connector("stdout").create(name, {"connector": RawOption("stdout")}, st.location)
@@ -521,6 +535,7 @@ class Session:
             stdout_renderer=self.stdout_renderer,
             memory_streams=self.streams,
             memory_outputs=self.outputs,
+            partition=self.partition,
         )
 
     def _dead_letter_path(self) -> str | None:
@@ -565,12 +580,13 @@ class Session:
 
     def run(self, *, progress: Callable[[Driver], None] | None = None,
             warn: Callable[[str], None] | None = None, from_scratch: bool = False,
-            pipeline: str = "sqlstream") -> RunSummary:
+            pipeline: str = "sqlstream", checkpoint_fence: Callable[[], str | None] | None = None) -> RunSummary:
         """Run every sink's query together until the sources end or :meth:`stop`;
         ``SET http`` serves its metrics and console meanwhile, labelled ``pipeline``;
         ``warn`` takes warnings (large state) instead of stderr. With ``SET checkpoint_dir``
         the run resumes from the last checkpoint there (``from_scratch``: removes it first)
-        and takes checkpoints every ``checkpoint_interval``."""
+        and takes checkpoints every ``checkpoint_interval``; ``checkpoint_fence`` (a worker's
+        lease check) may refuse one, which ends the run."""
         built: list[Driver] = []  # ``SET http``: the endpoint serves before the run is built (/ready 503)
         endpoint = contextlib.nullcontext()
         if self.settings["http"] is not None:  # (imported here: a run without it does not load prometheus_client)
@@ -579,8 +595,10 @@ class Session:
             endpoint = serving(self.settings["http"], lambda: built[0] if built else None, pipeline,
                                warn or print_warning)
         with endpoint:
-            driver = self.build(self.pending_sinks(), progress=progress, warn=warn,
-                                checkpoint=CheckpointConfig.of(self.settings, from_scratch))
+            checkpoint = CheckpointConfig.of(self.settings, from_scratch)
+            if checkpoint is not None and checkpoint_fence is not None:
+                checkpoint = replace(checkpoint, fence=checkpoint_fence)
+            driver = self.build(self.pending_sinks(), progress=progress, warn=warn, checkpoint=checkpoint)
             built.append(driver)
             self.report_on(driver)
             summary = driver.run()

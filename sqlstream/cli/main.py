@@ -69,6 +69,12 @@ def cmd_run(args) -> int:
         else:
             raise Interrupted(signum, "while starting (before the pipeline ran)")
 
+    if args.workers is not None:  # a partitioned pipeline's group on this machine (sqlstream.cli.workers)
+        from sqlstream.cli.workers import run_group
+
+        if args.workers < 1:
+            raise SqlStreamError(f"--workers {args.workers}: must be at least 1")
+        return run_group(args)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = None
     try:
@@ -80,6 +86,10 @@ def cmd_run(args) -> int:
         for key, value in (flag.split("=", 1) for flag in flags):  # ... and after: the flags win over SET
             session.apply_setting(key, value)
         loaded.append(session)
+        if session.partition_keys():
+            raise SqlStreamError(
+                f"{args.file}: a partitioned source (partitions = P) runs as a group of workers",
+                hint="sqlstream run FILE --workers N --checkpoint DIR (N = 1 is fine), or sqlstream worker FILE --group NAME")
         sinks = session.pending_sinks()
         if not sinks:  # invalid input (exit 2), not a failure while running
             raise SqlStreamError(
@@ -215,6 +225,13 @@ def _add_produce(sub) -> None:
     p.set_defaults(handler=_later("sqlstream.cli.produce", "cmd_produce"))
 
 
+def _group_options(p, required: bool = False) -> None:
+    p.add_argument("--group", metavar="NAME", required=required,
+                   help="worker group (default for run --workers: the pipeline file's name)")
+    p.add_argument("--lease-ttl", metavar="DURATION", default="10s",
+                   help="a worker that stops renewing loses its partitions after this long (default 10s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqlstream", description="SQL-first stream processing over Arrow micro-batches",
                                      epilog="With no command (or only REPL options), sqlstream opens the REPL.")
@@ -247,7 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", metavar="HOST:PORT",
                    help="serve /metrics, /live, /ready and a web console while the pipeline runs "
                         "(e.g. 127.0.0.1:9464; a port alone binds 127.0.0.1; read-only, no authentication)")
+    _group_options(p)
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="partitioned source: run N worker processes on this machine (see docs/scale-out.md)")
     p.set_defaults(handler=cmd_run)
+    p = sub.add_parser("worker", help="join a group of workers running a pipeline over a partitioned source")
+    common(p)
+    p.add_argument("--checkpoint", metavar="DIR", required=True,
+                   help="checkpoint directory every worker of the group can read (relative to the pipeline file)")
+    p.add_argument("--checkpoint-interval", metavar="DURATION", help="how often, e.g. 10s (default 5s)")
+    p.add_argument("--from-scratch", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--report", metavar="FILE", help=argparse.SUPPRESS)  # JSON for run --workers' summary
+    _group_options(p, required=True)
+    p.set_defaults(handler=_later("sqlstream.cli.workers", "cmd_worker"))
+    p = sub.add_parser("group", help="a worker group: workers, partition owners, last checkpoints, lag")
+    common(p)
+    p.add_argument("--group", metavar="NAME", required=True, help="the worker group")
+    p.add_argument("--checkpoint", metavar="DIR", required=True, help="the group's checkpoint directory")
+    p.set_defaults(handler=_later("sqlstream.cli.group_status", "cmd_group"))
     p = sub.add_parser("checkpoints", help="list the checkpoints in a checkpoint directory")
     p.add_argument("dir", help="checkpoint directory (--checkpoint of sqlstream run)")
     p.set_defaults(handler=cmd_checkpoints)

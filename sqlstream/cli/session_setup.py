@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
+from sqlstream.connectors.base import Partition
 from sqlstream.errors import SqlStreamError
 from sqlstream.paths import AllowedPaths
 from sqlstream.session import Session
@@ -33,6 +34,7 @@ def make_session(
     clock=None,
     discover_udfs: bool = True,
     allow_paths: list[str] | None = None,
+    partition: Partition | None = None,
 ) -> Session:
     """A Session configured as the CLI does for ``path`` (None: working directory).
 
@@ -45,7 +47,7 @@ def make_session(
         dead_letter = os.path.join(base_dir, f"{stem}.dead_letter.jsonl")
     else:
         dead_letter = os.path.join(os.getcwd(), "sqlstream.dead_letter.jsonl")
-    session = Session(clock=clock, base_dir=base_dir, dead_letter_path=dead_letter)
+    session = Session(clock=clock, base_dir=base_dir, dead_letter_path=dead_letter, partition=partition)
     if allow_paths:
         _allow_paths(session, allow_paths)
     for key, value in _parse_sets(sets).items():
@@ -61,7 +63,8 @@ def make_session(
         if os.path.abspath(directory) not in directories:
             directories.append(os.path.abspath(directory))
     for directory in directories:
-        session.load_udfs(directory, on_file=lambda file, names: print(loaded_text(file, names), file=sys.stderr))
+        session.load_udfs(directory, on_file=None if partition else
+                          lambda file, names: print(loaded_text(file, names), file=sys.stderr))
     return session
 
 

@@ -57,6 +57,7 @@ from sqlstream.paths import AllowedPaths
 __all__ = [
     "Clock",
     "RunContext",
+    "Partition",
     "SourceBatch",
     "SourceReader",
     "SourceConnector",
@@ -83,6 +84,20 @@ class SourceBatch:
     raw_count: int = 0  # records received (good + bad)
     raw_bytes: int | None = None  # bytes those records took (file bytes, payloads); None: the reader cannot say
     event_time_hint: int | None = None  # µs: the source has seen event time up to here (moves the watermark)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition of a pipeline whose source is partitioned (``partitions = count``)."""
+
+    index: int
+    count: int
+
+    @property
+    def label(self) -> str:
+        """How files and folders of this partition are named: ``partition=3`` (Hive style,
+        so ``pyarrow.dataset`` and DuckDB's ``hive_partitioning`` read it as a column)."""
+        return f"partition={self.index}"
 
 
 @dataclass
@@ -129,6 +144,9 @@ class RunContext:
     #: ``connector = 'memory'`` (``sqlstream.testing``): streams by name, collected outputs by sink
     memory_streams: dict[str, Any] = field(default_factory=dict)
     memory_outputs: dict[str, list[pa.RecordBatch]] = field(default_factory=dict)
+    #: a worker's run of one partition of a partitioned source (docs/scale-out.md): that
+    #: source reads only this partition, file sinks write its own part-file series
+    partition: "Partition | None" = None
 
 
 class SourceReader(ABC):
@@ -289,6 +307,13 @@ class SourceConnector(ABC):
 
     def validate(self, where: Location | None) -> None:  # noqa: B027 (optional hook)
         """Cross-option checks at CREATE time; raise ConnectorError."""
+
+    @property
+    def partition_key(self) -> str | None:
+        """The column whose value chooses a row's partition, for a partitioned source
+        (``partitions = P``): a worker runs each partition alone, so state keyed by it
+        stays in one partition. None: not partitioned."""
+        return None
 
     def hidden_fields(self) -> tuple[pa.Field, ...]:
         """Hidden columns (e.g. SOURCE_ID_COLUMN) appended to every batch after the declared ones."""

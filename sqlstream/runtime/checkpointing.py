@@ -30,11 +30,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-from sqlstream.errors import CheckpointError
+from sqlstream.errors import CheckpointError, FencedCheckpointError
 from sqlstream.runtime.checkpoints import Checkpoint, CheckpointStore, DamagedCheckpoint
 from sqlstream.runtime.operator_ids import checkpoint_operators
 from sqlstream.runtime.sink import SinkOperator
@@ -63,6 +63,10 @@ class CheckpointConfig:
     interval_s: float = 5.0
     keep: int = 3  # committed epochs kept on disk
     from_scratch: bool = False
+    #: asked before a checkpoint is taken and again before its offsets are written: a
+    #: reason (text) when this run may no longer write checkpoints — a worker whose
+    #: partition lease may have passed to another worker (docs/scale-out.md)
+    fence: Callable[[], str | None] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, settings: Mapping[str, Any], from_scratch: bool = False) -> "CheckpointConfig | None":
@@ -225,6 +229,7 @@ class Checkpointer:
             return
         started = time.perf_counter()
         epoch = self.epoch + 1
+        self._check_fence(epoch)
         prepared = {}
         for sink in driver.sinks:
             prepared[sink.sink_name] = sink.writer.prepare_commit(epoch)
@@ -238,6 +243,7 @@ class Checkpointer:
             epoch=epoch, pipeline=self.pipeline, sources={s.name: s.checkpoint() for s in driver.sources},
             sinks=prepared, operators=state, created_at=time.time(), stats=stats,
         )
+        self._check_fence(epoch)  # from here on the epoch counts: only while this run may still write
         self.store.write_offsets(checkpoint)
         self._crash_if("after_offsets", epoch)
         for sink in driver.sinks:
@@ -260,6 +266,13 @@ class Checkpointer:
         self.stats.total_duration_ms += elapsed_ms
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _check_fence(self, epoch: int) -> None:
+        reason = self.config.fence() if self.config.fence is not None else None
+        if reason:
+            raise FencedCheckpointError(f"checkpoint of epoch {epoch} not written: {reason}",
+                                  hint="another worker may own this partition now; it resumes from the last "
+                                       "checkpoint", exit_code=1)
 
     def _newest_intact(self) -> Checkpoint | None:
         epochs = self.store.epochs()

@@ -1,10 +1,13 @@
 """``connector = 'file'`` as a sink: JSON lines, CSV or Parquet, made visible only
 when complete (see :mod:`sqlstream.connectors.durable_files`); under checkpoints, one
-epoch at a time, exactly once (see :mod:`sqlstream.connectors.file.epoch_writers`)."""
+epoch at a time, exactly once (see :mod:`sqlstream.connectors.file.epoch_writers`).
+A worker's run of one partition (``RunContext.partition``) writes ``path/partition=N/``,
+each partition its own part files and manifest (docs/scale-out.md)."""
 
 from __future__ import annotations
 
 import logging
+import os
 
 import pyarrow as pa
 
@@ -78,6 +81,11 @@ class FileSink(SinkConnector):
 
     def open(self, schema: pa.Schema, ctx: RunContext) -> SinkWriter:
         path = resolve_path(self.config["path"], ctx.base_dir, ctx.allowed_paths, what=f"sink '{self.sink_name}': path")
+        if ctx.partition is not None:  # a worker's partition: its own part-file series and manifest
+            if not ctx.checkpointing:
+                raise ConnectorError(f"sink '{self.sink_name}': a partition's file output needs checkpoints",
+                                     hint="run workers with --checkpoint DIR")
+            path = os.path.join(path, ctx.partition.label)
         fmt = self.config["format"]
         self.check_inputs(ctx.acknowledging_sources, None)
         append = self.config["mode"] == "append"

@@ -29,6 +29,7 @@ from sqlstream.connectors.base import (
 from sqlstream.connectors.nats.core import CoreReader
 from sqlstream.connectors.nats.jetstream import JetStreamReader, ack_defaults
 from sqlstream.connectors.nats.messages import METADATA_COLUMNS
+from sqlstream.connectors.nats.partitions import PartitionLayout
 from sqlstream.connectors.nats.sink import NatsWriter, SubjectTemplate
 from sqlstream.connectors.options import NULL_VALUES_OPTION, OptionSpec
 from sqlstream.connectors.registry import register_sink, register_source
@@ -38,7 +39,7 @@ from sqlstream.hidden import SOURCE_ID_COLUMN
 __all__ = ["NatsSource", "NatsSink", "ack_defaults"]
 
 _DEFAULT_URL = "nats://127.0.0.1:4222"
-_JETSTREAM_ONLY = ("durable", "deliver", "ack_wait", "max_ack_pending", "fetch_batch")
+_JETSTREAM_ONLY = ("durable", "deliver", "ack_wait", "max_ack_pending", "fetch_batch", "partitions")
 
 
 def _positive(value) -> str | None:
@@ -68,6 +69,7 @@ _COMMON = (
 class NatsSource(SourceConnector):
     name = "nats"
     metadata_columns = METADATA_COLUMNS
+    layout: PartitionLayout | None = None  # set by validate for a partitioned source
     options = _COMMON + (
         OptionSpec("subject", doc="subject to read; wildcards allowed ('sensors.>'); JetStream: filter within the stream",
                    check=_subject),
@@ -89,10 +91,14 @@ class NatsSource(SourceConnector):
         OptionSpec("max_ack_pending", "int", doc="JetStream: unacked messages allowed (default: derived; -1 = no limit)",
                    check=lambda v: None if v == -1 or v > 0 else "must be > 0, or -1 for no limit"),
         OptionSpec("fetch_batch", "int", check=_positive, doc="JetStream: messages per pull request (default batch_size)"),
+        OptionSpec("partitions", "int", check=_positive,
+                   doc="JetStream: the stream is split into this many partitions, run by a group of workers"),
+        OptionSpec("partition_by", doc="with partitions: the subject's column token that chooses the partition"),
     )
 
     def validate(self, where: Location | None) -> None:
         config = self.config
+        self.layout = self._partition_layout(where)
         jetstream = bool(config["stream"])
         if not jetstream:
             if not config["subject"]:
@@ -126,6 +132,38 @@ class NatsSource(SourceConnector):
                 )
         if not data:
             raise ConnectorError("a nats source needs at least one column besides metadata columns", location=where)
+
+    def _partition_layout(self, where: Location | None) -> PartitionLayout | None:
+        """``partitions`` / ``partition_by``: the stream's layout (docs/scale-out.md)."""
+        config = self.config
+        subject = config["subject"] or ""
+        if config["partitions"] is None:
+            if config["partition_by"] is not None:
+                raise ConnectorError("option 'partition_by' needs 'partitions'", location=where,
+                                     hint="partitions = 8, partition_by = 'customer_id'")
+            if "{" in subject:
+                raise ConnectorError(
+                    f"option 'subject' = {subject!r}: column tokens ('{{column}}') are for partitioned sources",
+                    location=where, hint="use '*' to match any token, or add partitions = P, partition_by = '...'")
+            return None
+        if config["partition_by"] is None or not subject:
+            raise ConnectorError(
+                "a partitioned source needs 'subject' with the partition key as a column token, and 'partition_by'",
+                location=where, hint="subject = 'orders.{customer_id}', partition_by = 'customer_id'")
+        layout = PartitionLayout.parse(subject, config["partitions"], config["partition_by"], where)
+        declared = {f.name.lower(): f.name for f in self.schema}
+        if layout.column not in declared:
+            raise ConnectorError(
+                f"option 'partition_by' = {layout.column!r} is not a declared column of source '{self.source_name}'",
+                location=where, hint="the partition key must be a column the rows carry (and publishers put into the subject)")
+        return layout
+
+    @property
+    def partition_key(self) -> str | None:
+        """The declared column that chooses the partition (``partition_by``)."""
+        if self.layout is None:
+            return None
+        return {f.name.lower(): f.name for f in self.schema}[self.layout.column]
 
     def _check_metadata(self, field: pa.Field, jetstream: bool, where: Location | None) -> None:
         name, t = field.name, field.type
@@ -179,7 +217,8 @@ class NatsSource(SourceConnector):
         if c["stream"]:
             consumer = f", durable {c['durable']}" if c["durable"] else ""
             subject = f", subject {c['subject']}" if c["subject"] else ""
-            return f"nats(jetstream {c['stream']}{subject}{consumer}, {c['format']})"
+            parts = f", {c['partitions']} partitions by {c['partition_by']}" if c["partitions"] else ""
+            return f"nats(jetstream {c['stream']}{subject}{parts}{consumer}, {c['format']})"
         queue = f", queue {c['queue']}" if c["queue"] else ""
         return f"nats({c['subject']}{queue}, {c['format']})"
 

@@ -36,6 +36,7 @@ from nats.js.errors import NotFoundError
 from sqlstream.connectors.base import RunContext, SourceBatch
 from sqlstream.connectors.nats.connection import LOG, require_stream, runtime_error
 from sqlstream.connectors.nats.messages import Received, js_pending, js_reply_fields
+from sqlstream.connectors.nats.partitions import ensure_partitioned_stream
 from sqlstream.connectors.nats.protocol import prepare, send
 from sqlstream.connectors.nats.reader import MessageReader
 from sqlstream.connectors.nats.redelivery import TakenSequences
@@ -106,6 +107,13 @@ class JetStreamReader(MessageReader):
         configured_pending = self.config["max_ack_pending"]
         self.max_ack_pending = configured_pending if configured_pending is not None else default_pending
         self.stream = self.config["stream"]
+        self.layout = connector.layout
+        self.subject, self.durable = self.config["subject"], self.config["durable"]
+        if self.layout is not None:  # a partitioned stream: one partition, or (no worker) all of them
+            part = ctx.partition
+            self.subject = self.layout.subject_of(part.index) if part is not None else self.layout.all_partitions
+            if self.durable and part is not None:
+                self.durable = f"{self.durable}-p{part.index}"
         self.fetch_size = self.config["fetch_batch"] or self.batch_size
         # messages the reader lets pile up before it stops asking the server for more
         self.max_buffered = 4 * max(self.fetch_size, self.batch_size)
@@ -152,15 +160,18 @@ class JetStreamReader(MessageReader):
     async def _setup(self) -> None:
         nc = self.conn.nc
         js = nc.jetstream()
-        await require_stream(nc, self.stream, self.owner, self.config["url"])
-        durable = self.config["durable"]
+        if self.layout is not None:
+            await ensure_partitioned_stream(js, self.stream, self.layout, self.owner)
+        else:
+            await require_stream(nc, self.stream, self.owner, self.config["url"])
+        durable = self.durable
         info = None
         if durable:
             try:
                 info = await js.consumer_info(self.stream, durable)
             except NotFoundError:
                 info = None
-        subject = self.config["subject"]
+        subject = self.subject
         if self.resumed_from is not None:
             info = await self._resume_consumer(js, durable, subject)
         elif info is None:

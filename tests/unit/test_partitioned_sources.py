@@ -1,0 +1,167 @@
+"""Partitioned JetStream sources without a server: the options, the subject layout,
+and the check that refuses queries needing a shuffle, located and with a hint
+(docs/scale-out.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sqlstream import Session
+from sqlstream.connectors.nats.partitions import PartitionLayout
+from sqlstream.errors import ConnectorError, ExecutionError, FencedCheckpointError, UnsupportedSqlError
+
+SOURCE = """CREATE SOURCE o (customer_id BIGINT, region VARCHAR, amount DOUBLE, ts TIMESTAMP,
+  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+  WITH (connector = 'nats', stream = 'O', subject = 'shop.{region}.{customer_id}', partitions = 8,
+        partition_by = 'customer_id');
+CREATE TABLE regions (region VARCHAR, name VARCHAR) WITH (connector = 'file', path = 'regions.csv', format = 'csv');
+"""
+
+
+def _session(tmp_path) -> Session:
+    (tmp_path / "regions.csv").write_text("region,name\neu,Europe\n")
+    session = Session(base_dir=str(tmp_path), dead_letter_path="off")
+    session.execute(SOURCE)
+    return session
+
+
+def test_the_layout_puts_the_partition_before_the_first_wildcard():
+    layout = PartitionLayout.parse("shop.{region}.{customer_id}", 8, "customer_id")
+    assert layout.stream_subject == "shop.*.*"
+    assert layout.transform_dest == "shop.{{partition(8,2)}}.{{wildcard(1)}}.{{wildcard(2)}}"
+    assert layout.subject_of(5) == "shop.5.*.*"
+    assert layout.all_partitions == "shop.*.*.*"
+
+
+@pytest.mark.parametrize("options, message", [
+    ("subject = 'o.{customer_id}', partitions = 4", "a partitioned source needs 'subject' with the partition key "
+     "as a column token, and 'partition_by'"),
+    ("subject = 'o.*', partition_by = 'customer_id'", "option 'partition_by' needs 'partitions'"),
+    ("subject = 'o.{customer_id}'", "option 'subject' = 'o.{customer_id}': column tokens ('{column}') are for "
+     "partitioned sources"),
+    ("subject = 'o.*', partitions = 4, partition_by = 'customer_id'",
+     "option 'partition_by' = 'customer_id' is not a column token of subject 'o.*'"),
+    ("subject = 'o.{region}', partitions = 4, partition_by = 'region'",
+     "option 'partition_by' = 'region' is not a declared column of source 's'"),
+    ("subject = 'o.{customer_id}.>', partitions = 4, partition_by = 'customer_id'",
+     "option 'subject' = 'o.{customer_id}.>': token '>' is not a literal, '*' or '{column}'"),
+    ("subject = 'o.{customer_id}', partitions = 5000, partition_by = 'customer_id'",
+     "option 'partitions' must be between 1 and 1024"),
+])
+def test_bad_partition_options_are_located_errors(tmp_path, options, message):
+    session = Session(base_dir=str(tmp_path), dead_letter_path="off")
+    with pytest.raises(ConnectorError) as caught:
+        session.execute(f"CREATE SOURCE s (customer_id BIGINT)\n  WITH (connector = 'nats', stream = 'S', {options});")
+    assert caught.value.message == message
+    assert caught.value.location is not None
+
+
+def test_partitions_need_jetstream(tmp_path):
+    session = Session(base_dir=str(tmp_path), dead_letter_path="off")
+    with pytest.raises(ConnectorError) as caught:
+        session.execute("CREATE SOURCE s (k BIGINT) WITH (connector = 'nats', subject = 'o.{k}', partitions = 2, "
+                        "partition_by = 'k');")
+    assert caught.value.message == "option 'partitions' applies to JetStream only"
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT customer_id, amount * 2 AS doubled FROM o WHERE amount > 1",
+    "SELECT window_start, window_end, customer_id, count(*) AS n FROM TUMBLE(o, ts, INTERVAL '10' SECOND) "
+    "GROUP BY window_start, window_end, customer_id",
+    "SELECT region, customer_id, sum(amount) AS total FROM o GROUP BY region, customer_id",
+    "SELECT c, count(*) AS n FROM (SELECT customer_id % 10 AS c FROM o) t GROUP BY c",
+    "SELECT DISTINCT customer_id, region FROM o",
+    "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY ts) AS rn FROM o) WHERE rn = 1",
+    "SELECT o.customer_id, r.name, count(*) AS n FROM o JOIN regions r ON o.region = r.region "
+    "GROUP BY o.customer_id, r.name",
+])
+def test_queries_keyed_by_the_partition_key_run_partition_by_partition(tmp_path, query):
+    _session(tmp_path).execute(f"CREATE SINK out AS {query} WITH (connector = 'stdout');")
+
+
+SHUFFLE = ("shuffles (state keyed by anything but the partition key) are not supported yet: key the state by the "
+           "partition key, or read an unpartitioned stream")
+
+
+@pytest.mark.parametrize("query, what, hint", [
+    ("SELECT region, count(*) AS n FROM o GROUP BY region",
+     "the GROUP BY key does not include the partition key 'customer_id'", SHUFFLE),
+    ("SELECT window_start, window_end, region, count(*) AS n FROM TUMBLE(o, ts, INTERVAL '10' SECOND) "
+     "GROUP BY window_start, window_end, region", "the GROUP BY key does not include the partition key 'customer_id'",
+     SHUFFLE),
+    ("SELECT customer_id, count(*) AS n FROM (SELECT region AS customer_id FROM o) t GROUP BY customer_id",
+     "the GROUP BY key does not include the partition key 'customer_id'", SHUFFLE),
+    ("SELECT count(*) AS n FROM o", "a global aggregate merges all partitions",
+     "merging partial aggregates across partitions needs a shuffle, which is not supported yet: add the partition "
+     "key to GROUP BY"),
+    ("SELECT * FROM o LIMIT 5", "LIMIT counts rows across all partitions", "apply the LIMIT to the partitions' output"),
+    ("SELECT a.customer_id FROM o a JOIN o b ON a.customer_id = b.customer_id",
+     "RegularJoin INNER (append-only) holds rows of several keys together",
+     "joins of streams and set operations over a partitioned source need a shuffle, which is not supported yet "
+     "(lookup joins with a TABLE are)"),
+])
+def test_queries_needing_a_shuffle_are_refused(tmp_path, query, what, hint):
+    with pytest.raises(UnsupportedSqlError) as caught:
+        _session(tmp_path).execute(f"\nCREATE SINK out AS {query} WITH (connector = 'stdout');")
+    assert caught.value.message == f"cannot run partition by partition over partitioned source 'o': {what}"
+    assert caught.value.hint == hint
+    assert (caught.value.location.line, caught.value.location.col) == (2, 1)
+
+
+def test_check_reports_a_shuffle_at_file_line_col_and_exits_2(tmp_path):
+    (tmp_path / "regions.csv").write_text("region,name\n")
+    path = tmp_path / "pipeline.sql"
+    path.write_text(SOURCE + "\nCREATE SINK by_region AS SELECT region, count(*) AS n FROM o GROUP BY region\n"
+                    "  WITH (connector = 'stdout');\n")
+    result = subprocess.run([sys.executable, "-m", "sqlstream.cli.main", "check", str(path)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{path}:7:1: error: cannot run partition by partition over partitioned "
+                                    "source 'o': the GROUP BY key does not include the partition key 'customer_id'")
+    assert f"hint: {SHUFFLE}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_without_workers_says_how_to_run_a_partitioned_pipeline(tmp_path):
+    (tmp_path / "regions.csv").write_text("region,name\n")
+    path = tmp_path / "pipeline.sql"
+    path.write_text(SOURCE + "SELECT * FROM o;\n")
+    result = subprocess.run([sys.executable, "-m", "sqlstream.cli.main", "run", str(path)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"error: {path}: a partitioned source (partitions = P) runs as a group of workers" in result.stderr
+    assert "hint: sqlstream run FILE --workers N --checkpoint DIR" in result.stderr
+    workers = subprocess.run([sys.executable, "-m", "sqlstream.cli.main", "run", str(path), "--workers", "2"],
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert workers.returncode == 2
+    assert "error: a group of workers needs checkpoints" in workers.stderr
+
+
+def test_a_fenced_run_writes_no_checkpoint_and_commits_no_output(tmp_path):
+    """A worker that can no longer vouch for its partition's lease refuses the checkpoint
+    before anything of the epoch counts: no offsets, no committed part file."""
+    session = Session(base_dir=str(tmp_path), dead_letter_path="off")
+    session.execute("""
+        SET checkpoint_dir = 'ck';
+        CREATE SOURCE nums (n BIGINT) WITH (connector = 'generator', rows_per_second = 0, max_rows = 1000,
+                                            fields.n.kind = 'sequence');
+        CREATE SINK out AS SELECT n FROM nums WITH (connector = 'file', path = 'out', format = 'json');
+    """)
+    asked = []
+
+    def fence():
+        asked.append(1)
+        return "worker w1 lost the lease of partition 3"
+
+    with pytest.raises(ExecutionError) as caught:  # the last checkpoint, when the input ended
+        session.run(checkpoint_fence=fence)
+    fenced = caught.value.__cause__
+    assert isinstance(fenced, FencedCheckpointError)
+    assert fenced.message == "checkpoint of epoch 1 not written: worker w1 lost the lease of partition 3"
+    assert fenced.exit_code == 1
+    assert asked
+    assert not list((tmp_path / "ck" / "offsets").glob("*.json"))
+    assert not list((tmp_path / "out").glob("part-*"))
