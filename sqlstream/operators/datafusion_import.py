@@ -25,12 +25,13 @@ __all__ = ["SessionConfig", "SessionContext"]
 class _DeferredModule(types.ModuleType):
     """A module whose code runs when a name not yet set on it is first looked up."""
 
-    _lock = threading.RLock()
+    _lock = threading.RLock()  # a second thread waits for the first to finish running the code
+    _running: set[str] = set()  # modules whose code runs now: their own lookups fail, as in any import
 
     def __getattr__(self, name: str):
-        with self._lock:  # a second thread waits for the first to finish running the code
-            if type(self) is _DeferredModule and "_running" not in self.__dict__:
-                self._running = True  # lookups by the module's own code while it runs fail, as in any import
+        with _DeferredModule._lock:  # (the class: it changes once the code has run)
+            if type(self) is _DeferredModule and self.__name__ not in _DeferredModule._running:
+                _DeferredModule._running.add(self.__name__)
                 try:
                     self.__spec__.loader.exec_module(self)
                     self.__class__ = types.ModuleType
@@ -38,7 +39,7 @@ class _DeferredModule(types.ModuleType):
                     sys.modules.pop(self.__name__, None)
                     raise
                 finally:
-                    del self._running
+                    _DeferredModule._running.discard(self.__name__)
         try:
             return self.__dict__[name]
         except KeyError:
