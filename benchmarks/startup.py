@@ -3,8 +3,9 @@ the first output row of ``run queries/hello.sql`` (best of N wall times, in seco
 
     python benchmarks/startup.py [--runs 5] [--no-pandas]
 
-``--no-pandas`` runs each command as if pandas were not installed (pyarrow and DataFusion
-import pandas on their first conversion of a Python value when it is: ~0.2-0.4 s).
+``--no-pandas`` runs each command as if pandas were not installed: pyarrow imports pandas,
+when it is, on its first conversion of a Python value (~0.3 s). ``check`` makes none
+(tests/integration/test_startup.py checks it); ``run`` does with its first batch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Small conversions between Arrow tables and record batches used across layers."""
+"""Small conversions between Arrow tables and record batches used across layers.
+
+``empty_batch`` and ``string_array`` make arrays without pyarrow's conversion of Python
+values: its first such conversion (``pa.array``, ``pa.scalar``, even of an empty list)
+imports pandas when it is installed, ~0.3 s, and ``sqlstream check`` needs no other
+(tests/integration/test_startup.py checks that it does not import pandas).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["to_batch", "event_time_us", "null_rows"]
+__all__ = ["to_batch", "empty_batch", "string_array", "event_time_us", "null_rows"]
+
+
+def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    """A RecordBatch of no rows with ``schema``."""
+    return pa.RecordBatch.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+
+
+def string_array(texts: list[str]) -> pa.StringArray:
+    """``pa.array(texts)`` for a list of str, built from its buffers."""
+    data = [text.encode() for text in texts]
+    offsets = np.cumsum([0, *map(len, data)], dtype=np.int32)
+    return pa.StringArray.from_buffers(len(data), pa.py_buffer(offsets), pa.py_buffer(b"".join(data)))
 
 
 def to_batch(table: pa.Table | pa.RecordBatch) -> pa.RecordBatch:
@@ -14,7 +32,7 @@ def to_batch(table: pa.Table | pa.RecordBatch) -> pa.RecordBatch:
     if isinstance(table, pa.RecordBatch):
         return table
     if table.num_rows == 0:
-        return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in table.schema], schema=table.schema)
+        return empty_batch(table.schema)
     batches = table.combine_chunks().to_batches()
     return batches[0]
 

@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from datafusion import SessionConfig, SessionContext
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from sqlglot.errors import TokenError
@@ -21,6 +20,7 @@ from sqlglot.tokens import Token, TokenType
 
 from sqlstream.connectors import SINK_CONNECTORS, SOURCE_CONNECTORS
 from sqlstream.errors import SqlStreamError
+from sqlstream.operators.datafusion_import import SessionConfig, SessionContext
 from sqlstream.sql.dialect import SqlStream
 from sqlstream.sql.types import sql_type_name
 

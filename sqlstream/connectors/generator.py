@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sqlstream.batches import string_array
 from sqlstream.connectors.base import RunContext, SourceBatch, SourceConnector, SourceReader
 from sqlstream.connectors.options import OptionSpec
 from sqlstream.connectors.registry import register_source
@@ -101,7 +102,7 @@ class _ColumnGen:
                 raise ConnectorError(f"fields.{field.name}.kind = 'values' needs fields.{field.name}.values = 'a,b,c'", location=where)
             texts = [v.strip() for v in str(spec["values"]).split(",")]
             try:
-                self.values = pa.array(texts).cast(t)
+                self.values = string_array(texts).cast(t)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
                 raise ConnectorError(f"fields.{field.name}.values do not fit {t}: {error}", location=where) from error
         if self.kind == "event_time" and not pa.types.is_timestamp(t):

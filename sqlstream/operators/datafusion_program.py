@@ -16,11 +16,11 @@ import re
 import threading
 
 import pyarrow as pa
-from datafusion import SessionConfig, SessionContext
 
-from sqlstream.batches import to_batch
+from sqlstream.batches import empty_batch, to_batch
 from sqlstream.errors import DataFusionError, SqlAnalysisError, UnknownFunctionError
 from sqlstream.failure_isolation import isolate_failures
+from sqlstream.operators.datafusion_import import SessionConfig, SessionContext
 
 __all__ = ["DataFusionProgram", "normalize_type", "plan_error", "INPUT_TABLE"]
 
@@ -77,7 +77,7 @@ class DataFusionProgram:
         self.sql = sql
         self.input_schema = input_schema
         self._local = threading.local()
-        empty = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in input_schema], schema=input_schema)
+        empty = empty_batch(input_schema)
         ctx = self._ctx()
         ctx.register_record_batches(INPUT_TABLE, [[empty]])
         try:
@@ -105,7 +105,7 @@ class DataFusionProgram:
         finally:
             ctx.deregister_table(INPUT_TABLE)
         if not result:
-            out = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in self.raw_schema], schema=self.raw_schema)
+            out = empty_batch(self.raw_schema)
         elif len(result) == 1:
             out = result[0]
         else:
@@ -120,7 +120,7 @@ class DataFusionProgram:
         good, bad = isolate_failures(batch.num_rows, lambda s, e: self.run(batch.slice(s, e - s)))
         parts = [b for _, _, b in good if b.num_rows]
         if not parts:
-            return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in self.schema], schema=self.schema), bad
+            return empty_batch(self.schema), bad
         return to_batch(pa.Table.from_batches(parts, schema=self.schema)), bad
 
 

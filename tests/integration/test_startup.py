@@ -1,14 +1,18 @@
 """``sqlstream --help`` (and ``--version``, and ``import sqlstream``) start fast: they do not
-import pyarrow, DataFusion, NATS, sqlglot, rich or pandas. An import check in a fresh
-interpreter, not a timing (``benchmarks/startup.py`` times it)."""
+import pyarrow, DataFusion, NATS, sqlglot, rich or pandas; ``sqlstream check`` imports what
+planning needs (pyarrow, DataFusion, sqlglot) and not pandas, NATS, ONNX Runtime or the
+terminal libraries. Import checks in a fresh interpreter, not timings
+(``benchmarks/startup.py`` times them)."""
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
+HELLO = pathlib.Path(__file__).resolve().parents[2] / "queries" / "hello.sql"
 HEAVY = ("pyarrow", "datafusion", "nats", "sqlglot", "rich", "pandas", "numpy", "duckdb", "prompt_toolkit")
 
 
@@ -22,6 +26,7 @@ except SystemExit:
 print(" ".join(sorted({{m.split(".")[0] for m in sys.modules}})), file=sys.stderr)
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
     return set(done.stderr.split())
 
 
@@ -37,3 +42,22 @@ def test_import_sqlstream_is_light_until_a_session_is_made():
     assert sorted(loaded & set(HEAVY)) == []
     loaded = _modules_after("    import sqlstream\n    sqlstream.Session")
     assert {"pyarrow", "sqlglot"} <= loaded
+
+
+def test_check_imports_what_planning_needs_and_not_pandas():
+    # pyarrow imports pandas on its first conversion of a Python value (datafusion.functions
+    # makes one at import): sqlstream.operators.datafusion_import and sqlstream.batches avoid them
+    loaded = _modules_after(f"    from sqlstream.cli.main import main\n    main(['check', {str(HELLO)!r}])")
+    assert {"sqlstream", "pyarrow", "datafusion", "sqlglot"} <= loaded
+    assert sorted(loaded & {"pandas", "nats", "onnxruntime", "rich", "prompt_toolkit", "duckdb", "polars"}) == []
+
+
+def test_datafusion_functions_still_load_on_first_use():
+    # sqlstream defers running datafusion.functions; whoever uses it gets the whole module
+    loaded = _modules_after(
+        "    import sqlstream.operators.datafusion_program\n"
+        "    from datafusion import col, functions as F\n"
+        "    assert 'pandas' not in sys.modules\n"
+        "    assert str(F.abs(col('a'))) == str(col('a').abs()) == 'Expr(abs(a))'"
+    )
+    assert "datafusion" in loaded
