@@ -57,7 +57,7 @@ class PaneWindowOperator(WindowOutputOperator):
             times = times[~partial_late]
         if table.num_rows:
             table = table.append_column(WS, pa.array(tumble_start(times, self.pane)))
-            self.panes.append(self.pane_agg.partial(table))
+            self.panes.extend(self.pane_agg.partials(table))
         if len(self.panes) > MAX_FRAGMENTS:
             self.panes = [self.pane_agg.merge(self.panes)]
         if len(self.direct) > MAX_FRAGMENTS:
