@@ -255,9 +255,15 @@ class Aggregator:
         all cores for a large batch (:mod:`sqlstream.operators.row_pieces`); a group may
         have a row in several of them, as in the partials of consecutive batches. Python
         aggregates run their functions on the calling thread (one partial)."""
-        if self._python:
+        if not self.thread_safe:
             return [self.partial(table)]
         return map_row_pieces(self.partial, table)
+
+    @property
+    def thread_safe(self) -> bool:
+        """True when partials and merges may run on several threads at once (no Python
+        aggregate: those run user functions, on the driver thread)."""
+        return not self._python
 
     def _group(self, table: pa.Table, specs: list[tuple[str, str, str]]) -> pa.Table:
         aggs = []

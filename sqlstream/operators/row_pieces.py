@@ -15,12 +15,13 @@ from typing import Callable, TypeVar
 
 import pyarrow as pa
 
-__all__ = ["PIECE_ROWS", "map_row_pieces", "pieces_of"]
+__all__ = ["PIECE_ROWS", "map_in_order", "map_row_pieces", "pieces_of"]
 
 #: a table is split once it has twice this many rows (a 1M-row file batch: 2 pieces)
 PIECE_ROWS = 400_000
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -63,8 +64,13 @@ def map_row_pieces(function: Callable[[pa.Table], T], table: pa.Table, piece_row
     """``function`` of each piece of ``table`` (see :func:`pieces_of`), in row order;
     on the pool when there are several pieces and cores. ``function`` must be safe to
     run on several threads at once (pyarrow compute on its arguments only)."""
-    pieces = [table.slice(offset, length) for offset, length in pieces_of(table.num_rows, piece_rows)]
-    pool = _thread_pool() if len(pieces) > 1 else None
+    return map_in_order(function, [table.slice(offset, length) for offset, length in pieces_of(table.num_rows, piece_rows)])
+
+
+def map_in_order(function: Callable[[A], T], items: list[A]) -> list[T]:
+    """``[function(item) for item in items]``, on the pool when there are several items
+    and cores (the same thread-safety rule as :func:`map_row_pieces`)."""
+    pool = _thread_pool() if len(items) > 1 else None
     if pool is None:
-        return [function(piece) for piece in pieces]
-    return list(pool.map(function, pieces))
+        return [function(item) for item in items]
+    return list(pool.map(function, items))

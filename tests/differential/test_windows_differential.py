@@ -221,8 +221,9 @@ def test_emit_every_changelog_folds_to_duckdb(events, window):
 def test_batches_split_into_row_pieces_match_duckdb(events, window, monkeypatch):
     """Large batches are aggregated in pieces of consecutive rows on several threads
     (sqlstream.operators.row_pieces): with 300-row pieces every batch of 1,000 rows is
-    split, windows cut by a piece boundary are merged, and every aggregate still
-    matches (first/last_value: the pieces stay in arrival order)."""
+    split, windows cut by a piece boundary are merged, HOP/CUMULATE windows are
+    combined per range of window starts, and every aggregate still matches
+    (first/last_value: the pieces stay in arrival order)."""
     monkeypatch.setattr("sqlstream.operators.row_pieces.PIECE_ROWS", 300)
     data = events[4_000]
     ours = stream_rows(data, window, SELECT, [1_000])
