@@ -7,8 +7,10 @@ the difference is the work, the 10-row time is start-up (imports, planning, open
 files), which this subtracts. Both sides get the best of ``repeat`` runs, alternated so
 that a burst of background load hits both.
 
-Every process's peak resident memory (``ru_maxrss`` from ``os.wait4``) is recorded too;
-the report gives the largest over the runs on the real input.
+Every process's peak resident memory (``ru_maxrss`` from ``os.wait4``) and CPU time
+(user + system, all threads) are recorded too: the report gives the largest peak RSS
+over the runs on the real input, and the net CPU seconds (best full run minus best
+10-row run), which a busy machine distorts much less than wall time.
 
 ``--base-tree PATH`` (a checkout of another commit, e.g. ``git archive HEAD | tar -x -C
 /tmp/base``) adds a third side: the same ``sqlstream run`` with ``PYTHONPATH`` at that
@@ -51,6 +53,8 @@ class Measured:
     startup_s: float
     rows_out: int
     peak_rss: int
+    cpu_s: float  # CPU seconds of the work: best full run minus best 10-row run
+
 
     @property
     def net_s(self) -> float:
@@ -63,8 +67,8 @@ def write_tiny(source: Path, tiny: Path) -> None:
     pq.write_table(table, tiny)
 
 
-def _wall(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall time (s) and peak RSS (bytes) of one process."""
+def _wall(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """Wall time (s), peak RSS (bytes) and CPU time (s) of one process."""
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
@@ -74,7 +78,7 @@ def _wall(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> t
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command[:4])} ... failed ({process.returncode}):\n{stderr[-2000:]}")
-    return elapsed, usage.ru_maxrss * 1024  # Linux: kilobytes
+    return elapsed, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime  # ru_maxrss: kilobytes on Linux
 
 
 def _rows(path: Path) -> int:
@@ -114,30 +118,34 @@ def compare(work: Path, source_sql: str, ours: str, theirs: str, source: Path, t
     if base_tree is not None:
         sides["base"] = (sides["sqlstream"][0], _tree_env(base_tree))
     best: dict[tuple[str, str], float] = {}
+    cpu: dict[tuple[str, str], float] = {}
     peak: dict[str, int] = {}
     rows: dict[str, int] = {}
     for _ in range(repeat):
         for side, (command, env) in sides.items():
             for size, path in (("full", source), ("tiny", tiny)):
                 out = work / f"{side}-{size}.parquet"
-                wall, rss = _wall(command(path, out), work, env)
+                wall, rss, seconds = _wall(command(path, out), work, env)
                 best[side, size] = min(best.get((side, size), wall), wall)
+                cpu[side, size] = min(cpu.get((side, size), seconds), seconds)
                 if size == "full":
                     rows[side] = _rows(out)
                     peak[side] = max(peak.get(side, 0), rss)
-    return {s: Measured(best[s, "full"], best[s, "tiny"], rows[s], peak[s]) for s in sides}
+    return {s: Measured(best[s, "full"], best[s, "tiny"], rows[s], peak[s], cpu[s, "full"] - cpu[s, "tiny"])
+            for s in sides}
 
 
 def report(name: str, events: int, measured: dict[str, Measured]) -> str:
     """A line per side: net time, events/s, start-up, peak RSS, and the time ratio to
-    DuckDB; then whether the outputs agree in size."""
+    DuckDB (of wall and of CPU time); then whether the outputs agree in size."""
     duckdb = measured["duckdb"]
     lines = [f"{name} (load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})"]
     for side, m in measured.items():
-        ratio = "" if side == "duckdb" else f"   time ratio {m.net_s / duckdb.net_s:5.2f}x"
+        ratio = "" if side == "duckdb" else (f"   time ratio {m.net_s / duckdb.net_s:5.2f}x"
+                                             f"   CPU ratio {m.cpu_s / max(duckdb.cpu_s, 1e-9):5.2f}x")
         lines.append(
             f"  {side:9s} {m.net_s:6.2f}s net ({events / m.net_s / 1e6:5.2f} M events/s, start-up "
-            f"{m.startup_s:.2f}s, peak RSS {m.peak_rss / 2**30:.2f} GB){ratio}"
+            f"{m.startup_s:.2f}s, CPU {m.cpu_s:5.2f}s net, peak RSS {m.peak_rss / 2**30:.2f} GB){ratio}"
         )
     counts = {side: m.rows_out for side, m in measured.items()}
     same = len(set(counts.values())) == 1
