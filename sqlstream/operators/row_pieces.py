@@ -17,8 +17,8 @@ import pyarrow as pa
 
 __all__ = ["PIECE_ROWS", "map_in_order", "map_row_pieces", "pieces_of"]
 
-#: a table is split once it has twice this many rows (a 1M-row file batch: 2 pieces)
-PIECE_ROWS = 400_000
+#: a table is split once it has twice this many rows (a file batch of 262,144 rows: 2 pieces)
+PIECE_ROWS = 131_072
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -50,8 +50,10 @@ def pieces_of(rows: int, piece_rows: int | None = None) -> list[tuple[int, int]]
     """``(offset, length)`` of ``rows // piece_rows`` (at least 1) pieces of equal size
     (``piece_rows``: :data:`PIECE_ROWS` unless given).
 
-    >>> pieces_of(1_000_000)
-    [(0, 500000), (500000, 500000)]
+    >>> pieces_of(262_144)
+    [(0, 131072), (131072, 131072)]
+    >>> pieces_of(400_000)
+    [(0, 133333), (133333, 133333), (266666, 133334)]
     >>> pieces_of(10)
     [(0, 10)]
     """
