@@ -98,7 +98,7 @@ class PaneWindowOperator(WindowOutputOperator):
             ranges = [(None, None)]
 
         def windows(bounds: tuple[int | None, int | None]) -> pa.Table | None:
-            pieces = [p if bounds[0] is None else p.filter_by(WS, lambda c: _within(c, bounds)) for p in direct]
+            pieces = []  # the panes' partials first, then the direct ones (arrival order)
             if assigned is not None:
                 starts, r, ws, we = assigned
                 if bounds[0] is not None:
@@ -106,6 +106,7 @@ class PaneWindowOperator(WindowOutputOperator):
                     r, ws, we = r[inside], ws[inside], we[inside]
                 if r.size:
                     pieces.append(self._replicate(merged, starts, r, ws, we))
+            pieces += [p if bounds[0] is None else p.filter_by(WS, lambda c: _within(c, bounds)) for p in direct]
             pieces = [p for p in pieces if p.num_rows]
             return self.window_agg.finalize(self.window_agg.merge(pieces, regroup=True)) if pieces else None
 
