@@ -15,6 +15,7 @@ uniform in [0, 100), ``c`` VARCHAR), then times the same query both ways::
     python benchmarks/stateless.py --quick       # 1M rows
     python benchmarks/stateless.py --rows 3000000 --repeat 3 --set file_batch_size=65536
     python benchmarks/stateless.py --whole-process --repeat 3
+    python benchmarks/stateless.py --whole-process --rows 5000000 --base-tree /tmp/perf-base
 
 ``--whole-process`` measures as a user runs it (see ``whole_process.py``): ``sqlstream
 run`` into a Parquet file sink against a DuckDB process ``COPY``-ing the same result to
@@ -118,6 +119,8 @@ def main() -> None:
     parser.add_argument("--keep", metavar="PATH", help="write (or reuse) the Parquet input here")
     parser.add_argument("--whole-process", action="store_true",
                         help="time whole processes, Parquet in and out, start-up subtracted")
+    parser.add_argument("--base-tree", metavar="DIR",
+                        help="--whole-process: also time sqlstream from this checkout (e.g. main), same run")
     args = parser.parse_args()
     rows = 1_000_000 if args.quick else args.rows
     settings = dict(item.split("=", 1) for item in args.set)
@@ -133,8 +136,9 @@ def main() -> None:
             tiny = Path(tmp) / "tiny.parquet"
             write_tiny(Path(path), tiny)
             source_sql = "CREATE SOURCE src (a BIGINT, b DOUBLE, c VARCHAR) WITH (connector = 'file', path = '{path}', format = 'parquet')"
-            measured = compare(Path(tmp), source_sql, QUERY, QUERY.replace("FROM src", "FROM data"), Path(path), tiny, args.repeat)
-            print(report("stateless", rows, *measured))
+            measured = compare(Path(tmp), source_sql, QUERY, QUERY.replace("FROM src", "FROM data"), Path(path), tiny,
+                               args.repeat, args.base_tree)
+            print(report("stateless", rows, measured))
             return
         threads = duckdb.connect().execute("SELECT current_setting('threads')").fetchone()[0]
         print(f"sqlstream settings: {settings or 'defaults'}; DuckDB threads: {threads}")

@@ -7,6 +7,15 @@ the difference is the work, the 10-row time is start-up (imports, planning, open
 files), which this subtracts. Both sides get the best of ``repeat`` runs, alternated so
 that a burst of background load hits both.
 
+Every process's peak resident memory (``ru_maxrss`` from ``os.wait4``) and CPU time
+(user + system, all threads) are recorded too: the report gives the largest peak RSS
+over the runs on the real input, and the net CPU seconds (best full run minus best
+10-row run), which a busy machine distorts much less than wall time.
+
+``--base-tree PATH`` (a checkout of another commit, e.g. ``git archive HEAD | tar -x -C
+/tmp/base``) adds a third side: the same ``sqlstream run`` with ``PYTHONPATH`` at that
+tree, so a change is measured against the code before it in the same run.
+
 Used by ``stateless.py --whole-process`` and ``windowed_agg.py --whole-process``.
 """
 
@@ -37,11 +46,15 @@ con.execute(f"COPY ({query}) TO '{out}' (FORMAT parquet)")
 
 @dataclass(frozen=True)
 class Measured:
-    """One side's best wall times (seconds) on the real and the 10-row input."""
+    """One side's best wall times (seconds) on the real and the 10-row input, and the
+    largest peak RSS (bytes) of its runs on the real input."""
 
     full_s: float
     startup_s: float
     rows_out: int
+    peak_rss: int
+    cpu_s: float  # CPU seconds of the work: best full run minus best 10-row run
+
 
     @property
     def net_s(self) -> float:
@@ -54,13 +67,18 @@ def write_tiny(source: Path, tiny: Path) -> None:
     pq.write_table(table, tiny)
 
 
-def _wall(command: list[str], cwd: Path) -> float:
+def _wall(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """Wall time (s), peak RSS (bytes) and CPU time (s) of one process."""
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:4])} ... failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return elapsed
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command[:4])} ... failed ({process.returncode}):\n{stderr[-2000:]}")
+    return elapsed, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime  # ru_maxrss: kilobytes on Linux
 
 
 def _rows(path: Path) -> int:
@@ -82,36 +100,54 @@ def _duckdb_command(query: str, source: Path, out: Path) -> list[str]:
     return [sys.executable, "-c", DUCKDB_SCRIPT, str(DUCKDB_THREADS), str(source), query, str(out)]
 
 
+def _tree_env(tree: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": tree}
+
+
 def compare(work: Path, source_sql: str, ours: str, theirs: str, source: Path, tiny: Path,
-            repeat: int) -> tuple[Measured, Measured]:
-    """sqlstream and DuckDB, each on ``source`` and on ``tiny``, best of ``repeat``.
+            repeat: int, base_tree: str | None = None) -> dict[str, Measured]:
+    """sqlstream and DuckDB (and sqlstream of ``base_tree``), each on ``source`` and on
+    ``tiny``, best of ``repeat``, by side name (``sqlstream``, ``duckdb``, ``base``).
 
     ``source_sql`` is the CREATE SOURCE statement with ``{path}`` for the Parquet file;
     ``theirs`` reads the view ``data``."""
     sides = {
-        "sqlstream": lambda path, out: _sqlstream_command(work, source_sql, ours, path, out),
-        "duckdb": lambda path, out: _duckdb_command(theirs, path, out),
+        "sqlstream": (lambda path, out: _sqlstream_command(work, source_sql, ours, path, out), None),
+        "duckdb": (lambda path, out: _duckdb_command(theirs, path, out), None),
     }
+    if base_tree is not None:
+        sides["base"] = (sides["sqlstream"][0], _tree_env(base_tree))
     best: dict[tuple[str, str], float] = {}
+    cpu: dict[tuple[str, str], float] = {}
+    peak: dict[str, int] = {}
     rows: dict[str, int] = {}
     for _ in range(repeat):
-        for side, command in sides.items():
+        for side, (command, env) in sides.items():
             for size, path in (("full", source), ("tiny", tiny)):
                 out = work / f"{side}-{size}.parquet"
-                wall = _wall(command(path, out), work)
+                wall, rss, seconds = _wall(command(path, out), work, env)
                 best[side, size] = min(best.get((side, size), wall), wall)
+                cpu[side, size] = min(cpu.get((side, size), seconds), seconds)
                 if size == "full":
                     rows[side] = _rows(out)
-    ours_m, theirs_m = (Measured(best[s, "full"], best[s, "tiny"], rows[s]) for s in sides)
-    return ours_m, theirs_m
+                    peak[side] = max(peak.get(side, 0), rss)
+    return {s: Measured(best[s, "full"], best[s, "tiny"], rows[s], peak[s], cpu[s, "full"] - cpu[s, "tiny"])
+            for s in sides}
 
 
-def report(name: str, events: int, ours: Measured, theirs: Measured) -> str:
-    """One line: net times, events/s, the time ratio, and whether the outputs agree in size."""
-    status = "ok" if ours.rows_out == theirs.rows_out else f"MISMATCH (duckdb {theirs.rows_out:,} rows)"
-    return (
-        f"{name:9s} sqlstream {ours.net_s:6.2f}s net ({events / ours.net_s / 1e6:5.2f} M events/s, "
-        f"start-up {ours.startup_s:.2f}s)   duckdb {theirs.net_s:6.2f}s net "
-        f"({events / theirs.net_s / 1e6:5.2f} M events/s, start-up {theirs.startup_s:.2f}s)   "
-        f"time ratio {ours.net_s / theirs.net_s:5.2f}x   {ours.rows_out:,} rows {status}"
-    )
+def report(name: str, events: int, measured: dict[str, Measured]) -> str:
+    """A line per side: net time, events/s, start-up, peak RSS, and the time ratio to
+    DuckDB (of wall and of CPU time); then whether the outputs agree in size."""
+    duckdb = measured["duckdb"]
+    lines = [f"{name} (load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})"]
+    for side, m in measured.items():
+        ratio = "" if side == "duckdb" else (f"   time ratio {m.net_s / duckdb.net_s:5.2f}x"
+                                             f"   CPU ratio {m.cpu_s / max(duckdb.cpu_s, 1e-9):5.2f}x")
+        lines.append(
+            f"  {side:9s} {m.net_s:6.2f}s net ({events / m.net_s / 1e6:5.2f} M events/s, start-up "
+            f"{m.startup_s:.2f}s, CPU {m.cpu_s:5.2f}s net, peak RSS {m.peak_rss / 2**30:.2f} GB){ratio}"
+        )
+    counts = {side: m.rows_out for side, m in measured.items()}
+    same = len(set(counts.values())) == 1
+    lines.append(f"  {duckdb.rows_out:,} rows out: " + ("ok" if same else f"MISMATCH {counts}"))
+    return "\n".join(lines)

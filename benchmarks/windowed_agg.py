@@ -10,6 +10,7 @@ manual clock); DuckDB computes the same query over the same Arrow table in one g
     python benchmarks/windowed_agg.py            # 10M events
     python benchmarks/windowed_agg.py --quick    # 1M events
     python benchmarks/windowed_agg.py --whole-process --rows 5000000
+    python benchmarks/windowed_agg.py --whole-process --rows 5000000 --repeat 3 --base-tree /tmp/perf-base
 
 ``--whole-process`` measures as a user runs it instead (see ``whole_process.py``): the
 events in a Parquet file, ``sqlstream run`` of a file source into a Parquet file sink
@@ -121,7 +122,7 @@ def run_duckdb(events: pa.Table, query: str) -> tuple[float, int]:
 FILE_SOURCE_SQL = SOURCE_SQL.replace("connector = 'memory'", "connector = 'file', path = '{path}', format = 'parquet'")
 
 
-def whole_process(events: pa.Table, kinds: list[str], repeat: int) -> None:
+def whole_process(events: pa.Table, kinds: list[str], repeat: int, base_tree: str | None) -> None:
     with tempfile.TemporaryDirectory(prefix="sqlstream-windows-") as folder:
         work = Path(folder)
         source, tiny = work / "events.parquet", work / "tiny.parquet"
@@ -129,8 +130,8 @@ def whole_process(events: pa.Table, kinds: list[str], repeat: int) -> None:
         write_tiny(source, tiny)
         for kind in kinds:
             ours, theirs = QUERIES[kind]
-            measured = compare(work, FILE_SOURCE_SQL, ours, theirs, source, tiny, repeat)
-            print(report(kind, events.num_rows, *measured), flush=True)
+            measured = compare(work, FILE_SOURCE_SQL, ours, theirs, source, tiny, repeat, base_tree)
+            print(report(kind, events.num_rows, measured), flush=True)
 
 
 def main() -> None:
@@ -142,6 +143,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the best time is reported")
     parser.add_argument("--whole-process", action="store_true",
                         help="time whole processes, Parquet in and out, start-up subtracted")
+    parser.add_argument("--base-tree", metavar="DIR",
+                        help="--whole-process: also time sqlstream from this checkout (e.g. main), same run")
     args = parser.parse_args()
     rows = 1_000_000 if args.quick else args.rows
     started = time.perf_counter()
@@ -150,7 +153,7 @@ def main() -> None:
           f"(built in {time.perf_counter() - started:.1f}s); micro-batches of {args.batch_size:,} rows; "
           f"DuckDB with {DUCKDB_THREADS} threads; best of {args.repeat}")
     if args.whole_process:
-        whole_process(events, args.only or list(QUERIES), args.repeat)
+        whole_process(events, args.only or list(QUERIES), args.repeat, args.base_tree)
         return
     for kind in args.only or list(QUERIES):
         ours, theirs = QUERIES[kind]

@@ -14,7 +14,7 @@ __all__ = ["DEFAULT_SETTINGS", "parse_setting", "SETTING_DOCS", "parse_http_addr
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "batch_size": 8192,
-    "file_batch_size": 1_000_000,
+    "file_batch_size": 262_144,
     "batch_timeout": 10_000,  # µs
     "dead_letter_path": None,
     "join_state_ttl": None,  # µs, None = unbounded
@@ -32,7 +32,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 
 SETTING_DOCS = {
     "batch_size": "rows per micro-batch for live sources (default 8192)",
-    "file_batch_size": "rows per micro-batch for bounded file sources (default 1000000)",
+    "file_batch_size": "rows per micro-batch for bounded file sources (default 262144)",
     "batch_timeout": "the longest a live micro-batch waits for more rows (default 10ms)",
     "dead_letter_path": "JSON-lines file for rejected records",
     "join_state_ttl": "drop join state older than this (default: keep)",

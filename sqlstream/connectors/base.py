@@ -108,7 +108,7 @@ class RunContext:
     clock: Clock
     batch_size: int = 8192
     batch_timeout_us: int = 10_000
-    file_batch_size: int = 1_000_000
+    file_batch_size: int = 262_144
     base_dir: str = "."
     on_error: str = "dead_letter"
     allowed_paths: AllowedPaths | None = None  # every file path goes through sqlstream.paths.resolve_path

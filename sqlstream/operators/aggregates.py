@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.operators.python_aggregates import ERROR_COLUMN, PythonAggregateCall, PythonStates
+from sqlstream.operators.row_pieces import map_row_pieces
 from sqlstream.operators.state_size import StateSize, table_bytes
 
 __all__ = ["AggCall", "Aggregator", "ArrivalSequence", "Partial", "AGGREGATE_FUNCTIONS", "output_type", "sort_keys"]
@@ -248,6 +249,21 @@ class Aggregator:
         main = self._group(source, [(inp, fn, out) for inp, fn, out, _ in self._partial_specs])
         sets = tuple(self._set_partial(source, call) for call in self._set_calls)
         return Partial(main, sets)
+
+    def partials(self, table: pa.Table) -> list[Partial]:
+        """Partials of ``table`` in pieces of consecutive rows, in row order, computed on
+        all cores for a large batch (:mod:`sqlstream.operators.row_pieces`); a group may
+        have a row in several of them, as in the partials of consecutive batches. Python
+        aggregates run their functions on the calling thread (one partial)."""
+        if not self.thread_safe:
+            return [self.partial(table)]
+        return map_row_pieces(self.partial, table)
+
+    @property
+    def thread_safe(self) -> bool:
+        """True when partials and merges may run on several threads at once (no Python
+        aggregate: those run user functions, on the driver thread)."""
+        return not self._python
 
     def _group(self, table: pa.Table, specs: list[tuple[str, str, str]]) -> pa.Table:
         aggs = []

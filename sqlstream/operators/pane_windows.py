@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from sqlstream.hidden import WM_COLUMN
 from sqlstream.operators.aggregates import Aggregator, Partial
+from sqlstream.operators.row_pieces import map_in_order, pieces_of
 from sqlstream.operators.state_tables import partials_from_tables, partials_to_tables
 from sqlstream.operators.window_output import (
     MAX_FRAGMENTS,
@@ -57,7 +58,7 @@ class PaneWindowOperator(WindowOutputOperator):
             times = times[~partial_late]
         if table.num_rows:
             table = table.append_column(WS, pa.array(tumble_start(times, self.pane)))
-            self.panes.append(self.pane_agg.partial(table))
+            self.panes.extend(self.pane_agg.partials(table))
         if len(self.panes) > MAX_FRAGMENTS:
             self.panes = [self.pane_agg.merge(self.panes)]
         if len(self.direct) > MAX_FRAGMENTS:
@@ -70,8 +71,12 @@ class PaneWindowOperator(WindowOutputOperator):
         return pa.array(tumble_start(starts, unit) + self.spec.size_us > watermark)
 
     def _windows_between(self, low: int, high: int | None) -> pa.Table | None:
-        """Partials per (window, key) for windows with end in (low, high] (high None: all)."""
-        pieces: list[Partial] = []
+        """Final rows per (window, key) for windows with end in (low, high] (high None: all).
+
+        Panes are replicated into each of their windows and merged per window; with many
+        rows that is done per range of window starts, on all cores (a window's rows are
+        all in one range; the ranges depend on the data only, not on the machine)."""
+        merged, assigned = None, None
         if self.panes:
             merged = self.pane_agg.merge(self.panes)
             self.panes = [merged] if merged.num_rows else []
@@ -79,16 +84,34 @@ class PaneWindowOperator(WindowOutputOperator):
                 starts = column_int64(merged.main, WS)
                 r, ws, we = window_assignments(self.spec, starts)  # a pane lies in the windows of its start
                 keep = (we > low) & (we <= high) if high is not None else (we > low)
-                r, ws, we = r[keep], ws[keep], we[keep]
-                if r.size:
-                    pieces.append(self._replicate(merged, starts, r, ws, we))
+                assigned = (starts, r[keep], ws[keep], we[keep])
+        direct = []
         for part in self.direct:
             ends = lambda c: pc.and_(pc.greater(c, int64_scalar(low)), pc.less_equal(c, int64_scalar(high))) if high is not None else pc.greater(c, int64_scalar(low))  # noqa: E731
-            pieces.append(part.filter_by(WE, ends))
-        pieces = [p for p in pieces if p.num_rows]
-        if not pieces:
+            direct.append(part.filter_by(WE, ends))
+        direct = [p for p in direct if p.num_rows]
+        rows = (assigned[1].size if assigned else 0) + sum(p.num_rows for p in direct)
+        if rows == 0:
             return None
-        return self.window_agg.finalize(self.window_agg.merge(pieces, regroup=True))
+        ranges = _start_ranges(assigned[2] if assigned else None, direct, len(pieces_of(rows)))
+        if not self.window_agg.thread_safe:
+            ranges = [(None, None)]
+
+        def windows(bounds: tuple[int | None, int | None]) -> pa.Table | None:
+            pieces = []  # the panes' partials first, then the direct ones (arrival order)
+            if assigned is not None:
+                starts, r, ws, we = assigned
+                if bounds[0] is not None:
+                    inside = (ws >= bounds[0]) & (ws < bounds[1])
+                    r, ws, we = r[inside], ws[inside], we[inside]
+                if r.size:
+                    pieces.append(self._replicate(merged, starts, r, ws, we))
+            pieces += [p if bounds[0] is None else p.filter_by(WS, lambda c: _within(c, bounds)) for p in direct]
+            pieces = [p for p in pieces if p.num_rows]
+            return self.window_agg.finalize(self.window_agg.merge(pieces, regroup=True)) if pieces else None
+
+        results = [t for t in map_in_order(windows, ranges) if t is not None]
+        return pa.concat_tables(results) if len(results) > 1 else results[0] if results else None
 
     def _replicate(self, merged: Partial, starts: np.ndarray, rows: np.ndarray, ws: np.ndarray, we: np.ndarray) -> Partial:
         main = merged.main.take(pa.array(rows)).set_column(0, WS, pa.array(ws)).append_column(WE, pa.array(we))
@@ -149,6 +172,28 @@ class PaneWindowOperator(WindowOutputOperator):
         starts = [pc.min(p.main.column(WS)).as_py() for p in self.panes + self.direct if p.num_rows]
         return min(starts, default=None)
 
+
+
+def _start_ranges(assigned_starts: np.ndarray | None, direct: list[Partial], count: int) -> list[tuple]:
+    """``count`` ranges ``[lo, hi)`` of window starts, of equal width, covering every
+    window to emit; ``[(None, None)]`` (everything) for one range."""
+    if count < 2:
+        return [(None, None)]
+    lows, highs = [], []
+    if assigned_starts is not None and assigned_starts.size:
+        lows.append(int(assigned_starts.min()))
+        highs.append(int(assigned_starts.max()))
+    for part in direct:
+        bounds = pc.min_max(part.main.column(WS))
+        lows.append(bounds["min"].as_py())
+        highs.append(bounds["max"].as_py())
+    low, high = min(lows), max(highs) + 1
+    edges = [low + (high - low) * i // count for i in range(count + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def _within(column, bounds: tuple[int, int]):
+    return pc.and_(pc.greater_equal(column, int64_scalar(bounds[0])), pc.less(column, int64_scalar(bounds[1])))
 
 
 def _ranges(counts: np.ndarray) -> np.ndarray:

@@ -127,7 +127,7 @@ class WindowAggregateOperator(WindowOutputOperator):
             table = table.append_column(WS, pa.array(column_int64(batch, WS))).append_column(
                 WE, pa.array(column_int64(batch, WE))
             )
-        self.fragments.append(_Fragment.of(self.window_agg.partial(table)))
+        self.fragments.extend(_Fragment.of(part) for part in self.window_agg.partials(table))
         if len(self.fragments) > MAX_FRAGMENTS:
             self.fragments = [_Fragment.of(self.window_agg.merge([f.part for f in self.fragments]))]
 

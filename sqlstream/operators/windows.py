@@ -83,23 +83,20 @@ def window_assignments(spec, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     if spec.kind == "tumble":
         start = tumble_start(ts, spec.size_us)
         return rows, start, start + spec.size_us
+    # HOP and CUMULATE: a (row, window) grid, row-major, then the cells that hold the row
     if spec.kind == "hop":
         copies = -(-spec.size_us // spec.slide_us)  # ceil(size / slide)
-        last = tumble_start(ts, spec.slide_us)
-        r = np.repeat(rows, copies)
-        j = np.tile(np.arange(copies, dtype=np.int64), n)
-        start = np.repeat(last, copies) - j * spec.slide_us
-        keep = start + spec.size_us > np.repeat(ts, copies)
-        return r[keep], start[keep], start[keep] + spec.size_us
+        starts = tumble_start(ts, spec.slide_us)[:, None] - np.arange(copies, dtype=np.int64) * spec.slide_us
+        keep = starts > (ts - spec.size_us)[:, None]  # start + size > ts
+        start = starts[keep]
+        return np.nonzero(keep)[0].astype(np.int64, copy=False), start, start + spec.size_us
     if spec.kind == "cumulate":
         steps = spec.size_us // spec.step_us
         base = tumble_start(ts, spec.size_us)
-        r = np.repeat(rows, steps)
-        k = np.tile(np.arange(1, steps + 1, dtype=np.int64), n)
-        start = np.repeat(base, steps)
-        end = start + k * spec.step_us
-        keep = end > np.repeat(ts, steps)
-        return r[keep], start[keep], end[keep]
+        ends = base[:, None] + np.arange(1, steps + 1, dtype=np.int64) * spec.step_us
+        keep = ends > ts[:, None]
+        rows_kept = np.nonzero(keep)[0].astype(np.int64, copy=False)
+        return rows_kept, base[rows_kept], ends[keep]
     raise AssertionError(spec.kind)
 
 

@@ -21,13 +21,14 @@ def row_watermarks(times: np.ndarray, previous_max: int, delay_us: int) -> tuple
     """(watermark before each row, new running maximum) for rows in arrival order."""
     if times.size == 0:
         return np.empty(0, dtype=np.int64), previous_max
-    running = np.maximum.accumulate(times)
-    running = np.maximum(running, previous_max)
-    before = np.empty_like(running)
-    before[0] = previous_max
-    before[1:] = running[:-1]
-    wm = np.where(before == MIN_WATERMARK, MIN_WATERMARK, before - delay_us)
-    return wm.astype(np.int64), int(running[-1])
+    running = np.maximum.accumulate(times.astype(np.int64, copy=False))
+    np.maximum(running, previous_max, out=running)
+    wm = np.empty_like(running)  # the running maximum before each row, then minus the delay
+    wm[0] = previous_max
+    wm[1:] = running[:-1]
+    unset = int(np.searchsorted(wm, MIN_WATERMARK, side="right"))  # non-decreasing: a prefix
+    wm[unset:] -= delay_us
+    return wm, int(running[-1])
 
 
 @dataclass

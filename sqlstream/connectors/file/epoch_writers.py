@@ -18,6 +18,11 @@ Modes: with checkpoints a resumed run always continues what the checkpoint commi
 ``overwrite`` (the default) applies when the sink's checkpointed history starts
 (``recover(0)``: a first run, ``--from-scratch``): earlier parts are removed then.
 ``append`` keeps them and numbers new parts after them.
+
+Parts are encoded and written on a :class:`~sqlstream.connectors.file.write_thread.WriteThread`;
+closing a part (a roll, ``prepare_commit``, a clean close) waits for its writes, so a
+checkpoint never stores an epoch whose rows are not all on disk, and a write that
+failed fails the checkpoint.
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ import re
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
 from sqlstream.connectors.base import RunContext, SinkWriter
 from sqlstream.connectors.durable_files import fsync_directory, remove_if_exists, remove_stale_temp_files
 from sqlstream.connectors.encode import encode_json_lines
 from sqlstream.connectors.file.manifest import EpochManifest
+from sqlstream.connectors.file.write_thread import WriteThread
+from sqlstream.connectors.file.writers import open_parquet
 from sqlstream.errors import ConnectorError
 
 __all__ = ["EpochPartsWriter", "DIRECTORY_MANIFEST", "EXTENSIONS", "part_name"]
@@ -56,7 +62,7 @@ class _PartFile:
     def __init__(self, path: str, fmt: str, schema: pa.Schema, delimiter: str):
         self.fmt = fmt
         if fmt == "parquet":
-            self._writer = pq.ParquetWriter(path, schema)
+            self._writer = open_parquet(path, schema)
         elif fmt == "csv":
             self._writer = pcsv.CSVWriter(path, schema, write_options=pcsv.WriteOptions(delimiter=delimiter))
         else:
@@ -160,10 +166,12 @@ class _EpochWriter(SinkWriter):
     def close(self) -> None:
         """A clean end: rows written after the last checkpoint are committed as one more
         epoch (a run resumed from an earlier checkpoint rolls it back like any other)."""
-        if self._manifest is not None and self._epoch_rows:
-            epoch = self._epoch
-            self.commit(epoch, self.prepare_commit(epoch))
-        self._release()
+        try:
+            if self._manifest is not None and self._epoch_rows:
+                epoch = self._epoch
+                self.commit(epoch, self.prepare_commit(epoch))
+        finally:
+            self._release()
 
     def abort(self) -> None:
         """A failed run: drop the epoch being written; recover removes anything else."""
@@ -218,6 +226,7 @@ class EpochPartsWriter(_EpochWriter):
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._part_started_us: int | None = None
+        self._writes = WriteThread(f"writing {path}")
 
     def _pending_path(self, name: str) -> str:
         return os.path.join(self.path, f".{name}.pending")
@@ -263,13 +272,15 @@ class EpochPartsWriter(_EpochWriter):
             self._writer = _PartFile(self._pending_path(name), self.fmt, self.schema, self.delimiter)
             self._file_rows = 0
         table = pa.Table.from_batches(self._pending, schema=self.schema)
-        self._writer.write(table)
+        writer = self._writer
+        self._writes.submit(lambda: writer.write(table))
         self._file_rows += table.num_rows
         self._pending, self._pending_rows = [], 0
 
     def _close_part(self) -> None:
         self._flush_pending()
         if self._writer is not None:
+            self._writes.wait()
             self._writer.close()
             _fsync_file(self._pending_path(self._parts[-1]))
             self._writer = None
@@ -319,10 +330,13 @@ class EpochPartsWriter(_EpochWriter):
         fsync_directory(self.path)
 
     def _release(self) -> None:
+        self._writes.stop()
         self._pending, self._pending_rows = [], 0
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        for name in self._parts:
-            remove_if_exists(self._pending_path(name))
-        self._parts = []
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            for name in self._parts:
+                remove_if_exists(self._pending_path(name))
+            self._parts = []
