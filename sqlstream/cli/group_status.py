@@ -1,4 +1,4 @@
-"""``sqlstream group FILE --group NAME --checkpoint DIR``: a worker group at a glance.
+"""``sqlstream group FILE --group NAME --checkpoint DIR|nats://…/BUCKET``: a worker group at a glance.
 
 One row per partition: the worker holding its lease, its last committed checkpoint
 (epoch, when, the stream sequence it resumes after) and its lag — the messages of the
@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from sqlstream.cli.workers import PartitionedPipeline, load_pipeline, partitioned_pipeline
+from sqlstream.cli.workers import PartitionedPipeline, load_pipeline, mirror_of, partitioned_pipeline
 from sqlstream.connectors.base import Partition
+from sqlstream.connectors.nats.objects import ObjectBucket, is_bucket_url, split_bucket_url
 from sqlstream.runtime.checkpointing import utc_text
 from sqlstream.runtime.checkpoints import CheckpointStore, DamagedCheckpoint
 from sqlstream.scaleout.partition_run import partition_checkpoint_dir
@@ -20,8 +21,15 @@ from sqlstream.scaleout.partition_run import partition_checkpoint_dir
 __all__ = ["cmd_group", "group_rows"]
 
 
-def _last_checkpoint(pipeline: PartitionedPipeline, index: int) -> tuple[int | None, str, int]:
+def _last_checkpoint(pipeline: PartitionedPipeline, index: int, bucket: ObjectBucket | None,
+                     group: str) -> tuple[int | None, str, int]:
     """(epoch, taken, stream sequence) of a partition's last committed checkpoint."""
+    if bucket is not None:
+        pointer = mirror_of(bucket, pipeline, group, Partition(index, pipeline.partitions)).latest()
+        if pointer is None:
+            return None, "-", 0
+        position = (pointer["sources"].get(pipeline.source) or {}).get("position") or {}
+        return pointer["epoch"], utc_text(pointer["created_at"]), int(position.get("sequence", 0))
     store = CheckpointStore(partition_checkpoint_dir(pipeline.checkpoint_dir, Partition(index, pipeline.partitions)))
     for epoch in reversed(store.committed_epochs() if store.exists() else []):
         try:
@@ -47,8 +55,15 @@ async def group_rows(pipeline: PartitionedPipeline, group: str) -> tuple[list[st
         await leases.open()
         workers, owners = await leases.members(), await leases.owners()
         rows = []
+        remote = is_bucket_url(pipeline.checkpoint_dir)
+        bucket = ObjectBucket(*split_bucket_url(pipeline.checkpoint_dir)) if remote else None
+        try:
+            checkpoints = [_last_checkpoint(pipeline, i, bucket, group) for i in range(pipeline.partitions)]
+        finally:
+            if bucket is not None:
+                bucket.close()
         for index in range(pipeline.partitions):
-            epoch, taken, sequence = _last_checkpoint(pipeline, index)
+            epoch, taken, sequence = checkpoints[index]
             config = ConsumerConfig(filter_subject=pipeline.layout.subject_of(index), ack_policy=AckPolicy.NONE,
                                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=sequence + 1,
                                     inactive_threshold=10.0, mem_storage=True)
@@ -68,7 +83,7 @@ def cmd_group(args) -> int:
     from sqlstream.introspection import rows_table
 
     args.checkpoint_interval = None
-    pipeline = partitioned_pipeline(load_pipeline(args, None), args.file)
+    pipeline = partitioned_pipeline(load_pipeline(args, None), args.file, args.checkpoint)
     workers, rows = asyncio.run(group_rows(pipeline, args.group))
     print(f"group '{args.group}': {len(workers)} worker(s){': ' if workers else ''}{', '.join(workers)}")
     console = Console() if sys.stdout.isatty() else None

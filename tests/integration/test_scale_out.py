@@ -123,17 +123,6 @@ def _stop(process: subprocess.Popen) -> tuple[int, str]:
     return process.returncode, err
 
 
-@pytest.fixture
-def processes():
-    """Processes a test starts; killed at the end if still running."""
-    started: list[subprocess.Popen] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=10)
-
-
 def test_two_workers_over_a_partitioned_stream_match_duckdb(tmp_path, nats_server, nats_client, processes):
     tag = uuid.uuid4().hex[:8]
     stream, prefix = f"ORD{tag}", f"orders{tag}"
