@@ -10,12 +10,14 @@ protocol (:mod:`sqlstream.runtime.checkpointing`). With a mirror, the checkpoint
   uploads the epoch's state files, then its offsets file, and only then the
   **pointer** ``<key>/latest.json`` naming ``N`` — the pointer is the remote commit
   point: objects of an epoch no pointer names (an upload cut short by a crash) are
-  never read, and are replaced when that epoch number is written again;
-* once the pointer is written, deletes the objects of the epochs it no longer keeps
-  (``checkpoint_keep``, the newest first).
+  never read.
 
-Objects are named ``<key>/<epoch>/<file>`` where ``<file>`` is the file's path in the
-checkpoint directory (``offsets/…json``, ``state/…/….arrow``); ``<key>`` is the
+The pointer names the last ``checkpoint_keep`` epochs and, for each, its **slot**: epoch
+``N`` is uploaded to slot ``N % (keep + 1)``, ``<key>/slot-<s>/state-<i>.arrow`` and
+``<key>/slot-<s>/offsets.json``, so the slot being written is never one the current
+pointer names, and the bucket holds a bounded set of names (a JetStream object store
+keeps a small marker for every name ever deleted: reusing names deletes nothing). The
+pointer maps each object back to its path in the checkpoint directory. ``<key>`` is the
 pipeline and partition (``orders/partition=3``). Commit markers are not uploaded: a
 downloaded epoch is rolled forward by the ordinary recovery (the sinks' commit is
 idempotent).
@@ -43,8 +45,6 @@ class BlobStore(Protocol):
 
     def get(self, name: str) -> bytes | None: ...
 
-    def delete(self, name: str) -> None: ...
-
 
 class CheckpointMirror:
     """One checkpoint directory's copy under ``key`` in ``blobs``."""
@@ -55,8 +55,8 @@ class CheckpointMirror:
         self.where = where  # for messages: nats://host:port/BUCKET/key
 
     def latest(self) -> dict[str, Any] | None:
-        """The pointer: ``{"epoch", "created_at", "sources", "epochs": {epoch: [files]}}``;
-        None before the first upload."""
+        """The pointer: ``{"epoch", "created_at", "sources", "epochs": {epoch: {"slot",
+        "files"}}}``; None before the first upload."""
         data = self.blobs.get(f"{self.key}/{POINTER}")
         return None if data is None else json.loads(data)
 
@@ -69,10 +69,11 @@ class CheckpointMirror:
         if pointer is None:
             return None
         epoch = pointer["epoch"]
+        entry = pointer["epochs"][str(epoch)]
         started = time.perf_counter()
         size = 0
-        for file in pointer["epochs"][str(epoch)]:
-            data = self.blobs.get(self._name(epoch, file))
+        for index, file in enumerate(entry["files"]):
+            data = self.blobs.get(self._name(entry["slot"], index, file))
             if data is None:
                 continue  # reported as a damaged checkpoint when it is loaded
             path = os.path.join(store.directory, file)
@@ -86,25 +87,32 @@ class CheckpointMirror:
 
     def upload(self, store: CheckpointStore, checkpoint: Checkpoint, keep: int,
                before_pointer: Callable[[], None]) -> None:
-        """Upload epoch ``checkpoint.epoch`` (its offsets file is written), then — if
-        ``before_pointer`` (the run's fence) does not raise — the pointer naming it, then
-        remove the epochs the pointer no longer keeps."""
+        """Upload epoch ``checkpoint.epoch`` (its offsets file is written) to its slot,
+        then — if ``before_pointer`` (the run's fence) does not raise — the pointer naming
+        it and the ``keep - 1`` epochs before it."""
         epoch = checkpoint.epoch
+        slot = epoch % (keep + 1)
+        previous = self.latest() or {}
+        kept = {int(e): entry for e, entry in previous.get("epochs", {}).items() if int(e) < epoch}
+        if any(entry["slot"] == slot for entry in kept.values()):  # keep changed since: free the slot first
+            kept = {e: entry for e, entry in kept.items() if entry["slot"] != slot}
+            before_pointer()
+            self.blobs.put(f"{self.key}/{POINTER}", json.dumps(dict(previous, epochs=_keys(kept))).encode())
         files = store.files_of(epoch)  # state files first, the offsets file last
-        for file in files:
+        for index, file in enumerate(files):
             with open(os.path.join(store.directory, file), "rb") as handle:
-                self.blobs.put(self._name(epoch, file), handle.read())
-        previous = self.latest()
-        kept = {int(e): names for e, names in (previous or {}).get("epochs", {}).items() if int(e) < epoch}
-        kept[epoch] = files
-        dropped = sorted(kept)[:-keep]
+                self.blobs.put(self._name(slot, index, file), handle.read())
+        kept[epoch] = {"slot": slot, "files": files}
+        newest = sorted(kept)[-keep:]
         pointer = {"epoch": epoch, "created_at": checkpoint.created_at, "sources": checkpoint.sources,
-                   "epochs": {str(e): kept[e] for e in sorted(kept) if e not in dropped}}
+                   "epochs": _keys({e: kept[e] for e in newest})}
         before_pointer()
         self.blobs.put(f"{self.key}/{POINTER}", json.dumps(pointer).encode())
-        for old in dropped:
-            for file in kept[old]:
-                self.blobs.delete(self._name(old, file))
 
-    def _name(self, epoch: int, file: str) -> str:
-        return f"{self.key}/{epoch:010d}/{file}"
+    def _name(self, slot: int, index: int, file: str) -> str:
+        kind = "offsets.json" if file.startswith("offsets/") else f"state-{index}.arrow"
+        return f"{self.key}/slot-{slot}/{kind}"
+
+
+def _keys(epochs: dict[int, Any]) -> dict[str, Any]:
+    return {str(e): epochs[e] for e in sorted(epochs)}

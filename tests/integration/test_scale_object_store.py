@@ -1,6 +1,6 @@
 """Checkpoints that travel through a NATS object store (docs/scale-out.md): the mirror's
 commit order against a real nats-server (an upload without its pointer is never
-restored, old epochs are deleted), and two ``sqlstream worker`` processes in separate
+restored, only the last few epochs are kept, under names that are reused), and two ``sqlstream worker`` processes in separate
 directories — nothing shared but NATS — where one is killed with SIGKILL mid-run and the
 other restores its partitions from the bucket: the JetStream sinks hold every row and
 every window once, as DuckDB computes them."""
@@ -38,7 +38,7 @@ def _write_epoch(store: CheckpointStore, epoch: int) -> Checkpoint:
     return checkpoint
 
 
-def test_an_epoch_counts_once_its_pointer_is_written_and_old_epochs_are_deleted(tmp_path, nats_server):
+def test_an_epoch_counts_once_its_pointer_is_written_and_only_the_last_few_are_kept(tmp_path, nats_server):
     tag = uuid.uuid4().hex[:8]
     bucket = ObjectBucket(nats_server.url, f"CK{tag}")
     try:
@@ -55,8 +55,10 @@ def test_an_epoch_counts_once_its_pointer_is_written_and_old_epochs_are_deleted(
             mirror.upload(store, _write_epoch(store, 6), 3, fenced)
         pointer = mirror.latest()
         assert pointer["epoch"] == 5 and sorted(int(e) for e in pointer["epochs"]) == [3, 4, 5]
-        names = bucket.names("orders/partition=1/")
-        assert {n.split("/")[2] for n in names if n.count("/") > 2} == {f"{e:010d}" for e in (3, 4, 5, 6)}
+        assert {e: entry["slot"] for e, entry in pointer["epochs"].items()} == {"3": 3, "4": 0, "5": 1}
+        names = bucket.names("orders/partition=1/")  # epoch N in slot N % (keep + 1): names are reused
+        assert names == ["orders/partition=1/latest.json"] + [f"orders/partition=1/slot-{s}/{kind}" for s in range(4)
+                                                              for kind in ("offsets.json", "state-0.arrow")]
 
         fresh = CheckpointStore(str(tmp_path / "b"))
         fresh.create()
@@ -66,7 +68,16 @@ def test_an_epoch_counts_once_its_pointer_is_written_and_old_epochs_are_deleted(
         restored = fresh.load(5)  # checksums checked, as for a local directory
         assert restored.sources["orders"]["position"]["sequence"] == 5
         assert fresh.snapshots(restored)["op1"].tables["windows"].to_pylist() == [{"key": 5, "count": 50}]
-        assert CheckpointMirror(bucket, "orders/partition=2", "test").download(fresh, notes.append) is None
+        other = CheckpointMirror(bucket, "orders/partition=2", "test")  # checkpoint_keep lowered from 5 to 3
+        for epoch in range(11, 16):
+            other.upload(store, _write_epoch(store, epoch), 5, lambda: None)
+        seen: list[list[str]] = []  # the epochs the pointer names each time the fence is asked
+        other.upload(store, _write_epoch(store, 16), 3, lambda: seen.append(sorted(other.latest()["epochs"])))
+        # slot 0 (16 % 4) held epoch 12 (12 % 6): the pointer stopped naming it before the slot was overwritten
+        assert seen == [["11", "12", "13", "14", "15"], ["11", "13", "14", "15"]]
+        assert {e: entry["slot"] for e, entry in other.latest()["epochs"].items()} == {"14": 2, "15": 3, "16": 0}
+        assert other.download(fresh, notes.append) == 16 and fresh.load(16).epoch == 16
+        assert CheckpointMirror(bucket, "orders/partition=3", "test").download(fresh, notes.append) is None
         assert fresh.epochs() == []  # nothing to resume: the working directory is emptied
     finally:
         bucket.close()
@@ -150,10 +161,9 @@ def test_workers_sharing_only_nats_hand_a_killed_workers_partitions_over(tmp_pat
         assert windows() == expected
         assert err.count("downloaded checkpoint epoch") >= 2  # at least the killed worker's two partitions
         assert "resumed from epoch" in err
-        for p in range(4):  # the last few epochs only
-            names = bucket.names(f"{group}/partition={p}/")
-            epochs = {n.split("/")[2] for n in names if n.count("/") > 2}
-            assert 1 <= len(epochs) <= 4, names  # checkpoint_keep = 3, and one cut short by the kill at most
+        for p in range(4):  # the last few epochs only: checkpoint_keep = 3, so 4 slots at most
+            slots = {n.split("/")[2] for n in bucket.names(f"{group}/partition={p}/") if n.count("/") > 2}
+            assert slots <= {f"slot-{s}" for s in range(4)} and slots
     finally:
         bucket.close()
 

@@ -1,7 +1,7 @@
 """A JetStream object store bucket as a small, synchronous blob store.
 
 ``nats://host:port/BUCKET`` names a bucket on a NATS server; :class:`ObjectBucket`
-puts, gets, lists and deletes whole objects (bytes) by name, from any thread, through
+puts, gets and lists whole objects (bytes) by name, from any thread, through
 an :class:`~sqlstream.connectors.asyncio_bridge.AsyncioBridge` of its own. It knows
 nothing of what the bytes are: the checkpoint mirror
 (:mod:`sqlstream.runtime.checkpoint_mirror`) keeps a partition's checkpoints in one.
@@ -95,18 +95,6 @@ class ObjectBucket:
                 return []
 
         return sorted(n for n in self._call(listing(), "list") if n.startswith(prefix))
-
-    def delete(self, name: str) -> None:
-        """Remove the object; one that is already gone is fine."""
-        from nats.js.errors import NotFoundError
-
-        async def remove():
-            try:
-                await self._store.delete(name)
-            except NotFoundError:
-                pass
-
-        self._call(remove(), f"delete {name}")
 
     def close(self) -> None:
         nc = self._nc
