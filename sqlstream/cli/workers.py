@@ -30,7 +30,8 @@ from sqlstream.errors import SqlStreamError
 if TYPE_CHECKING:
     from sqlstream.connectors.nats.partitions import PartitionLayout
 
-__all__ = ["cmd_worker", "run_group", "PartitionedPipeline", "partitioned_pipeline", "load_pipeline"]
+__all__ = ["cmd_worker", "run_group", "PartitionedPipeline", "partitioned_pipeline", "source_pipeline", "load_pipeline",
+           "mirror_of"]
 
 _LAYOUT_FILE = "partitioning.json"
 #: sinks whose output stays right with one writer per partition (see docs/scale-out.md)
@@ -47,7 +48,7 @@ class PartitionedPipeline:
     partitions: int
     partition_by: str
     subject: str
-    checkpoint_dir: str
+    checkpoint_dir: str | None  # a directory or nats://host:port/BUCKET; None: not known (SHOW WORKERS)
     layout: "PartitionLayout"
 
 
@@ -84,6 +85,11 @@ def partitioned_pipeline(session, path: str, checkpoint: str | None = None) -> P
             "a group of workers needs checkpoints: a partition handed over resumes from its last checkpoint",
             hint="add --checkpoint DIR, a directory every worker of the group can read and write, "
                  "or --checkpoint nats://host:port/BUCKET, an object store bucket on the NATS server")
+    return source_pipeline(session, name, checkpoint_dir)
+
+
+def source_pipeline(session, name: str, checkpoint_dir: str | None) -> PartitionedPipeline:
+    """What a group needs to know of partitioned source ``name`` (no checks)."""
     connector = session.sources[name].connector
     config = connector.config
     return PartitionedPipeline(name, config["url"], config["stream"], config["partitions"],
