@@ -20,6 +20,7 @@ from test_scale_out import CLI, _orders, _owners, _stop
 
 from sqlstream.cli.repl import Repl
 from sqlstream.connectors.base import Partition
+from sqlstream.errors import SqlAnalysisError
 from sqlstream.runtime.checkpoints import CheckpointStore
 from sqlstream.scaleout.partition_run import partition_checkpoint_dir
 from sqlstream.session import Session
@@ -107,3 +108,9 @@ def test_show_workers_needs_a_partitioned_source(tmp_path):
     out, err = _repl(tmp_path, ["SHOW WORKERS;"])
     assert "SHOW WORKERS: no partitioned source in this session" in err
     assert "partitions = 4, partition_by = 'customer_id'" in err
+
+
+def test_show_workers_outside_the_repl_says_where_it_is_answered():
+    with pytest.raises(SqlAnalysisError, match="SHOW WORKERS is answered by the REPL") as raised:
+        Session(dead_letter_path="off").execute("SHOW WORKERS")
+    assert raised.value.hint == "sqlstream repl (or sqlstream group FILE --group NAME --checkpoint ...)"
