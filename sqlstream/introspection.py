@@ -76,6 +76,10 @@ def show_rows(what: str, catalog: IntrospectedCatalog, location=None, name: str 
         "SETTINGS": lambda: [{"key": k, "value": str(v), "about": SETTING_DOCS[k]} for k, v in catalog.settings.items()],
     }
     shows["ALL"] = shows["SETTINGS"]
+    if what in ("QUERIES", "WORKERS"):
+        raise SqlAnalysisError(f"SHOW {what} is answered by the REPL", location=location,
+                               hint="sqlstream repl" + (" (or sqlstream group FILE --group NAME --checkpoint ...)"
+                                                        if what == "WORKERS" else ""))
     if what not in shows:
         raise SqlAnalysisError(
             f"cannot SHOW {what}",

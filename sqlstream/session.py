@@ -81,6 +81,7 @@ from sqlstream.runtime.builder import (
     query_result_schema,
     sink_input_names,
 )
+from sqlstream.runtime.checkpoint_mirror import CheckpointMirror
 from sqlstream.runtime.checkpointing import CheckpointConfig
 from sqlstream.runtime.clock import WallClock
 from sqlstream.runtime.driver import Driver, RunSummary, print_warning
@@ -580,13 +581,15 @@ class Session:
 
     def run(self, *, progress: Callable[[Driver], None] | None = None,
             warn: Callable[[str], None] | None = None, from_scratch: bool = False,
-            pipeline: str = "sqlstream", checkpoint_fence: Callable[[], str | None] | None = None) -> RunSummary:
+            pipeline: str = "sqlstream", checkpoint_fence: Callable[[], str | None] | None = None,
+            checkpoint_mirror: CheckpointMirror | None = None) -> RunSummary:
         """Run every sink's query together until the sources end or :meth:`stop`;
         ``SET http`` serves its metrics and console meanwhile, labelled ``pipeline``;
         ``warn`` takes warnings (large state) instead of stderr. With ``SET checkpoint_dir``
         the run resumes from the last checkpoint there (``from_scratch``: removes it first)
         and takes checkpoints every ``checkpoint_interval``; ``checkpoint_fence`` (a worker's
-        lease check) may refuse one, which ends the run."""
+        lease check) may refuse one, which ends the run; ``checkpoint_mirror`` keeps a copy
+        of the checkpoints elsewhere (a worker's NATS object store) and resumes from it."""
         built: list[Driver] = []  # ``SET http``: the endpoint serves before the run is built (/ready 503)
         endpoint = contextlib.nullcontext()
         if self.settings["http"] is not None:  # (imported here: a run without it does not load prometheus_client)
@@ -596,8 +599,8 @@ class Session:
                                warn or print_warning)
         with endpoint:
             checkpoint = CheckpointConfig.of(self.settings, from_scratch)
-            if checkpoint is not None and checkpoint_fence is not None:
-                checkpoint = replace(checkpoint, fence=checkpoint_fence)
+            if checkpoint is not None and (checkpoint_fence is not None or checkpoint_mirror is not None):
+                checkpoint = replace(checkpoint, fence=checkpoint_fence, mirror=checkpoint_mirror)
             driver = self.build(self.pending_sinks(), progress=progress, warn=warn, checkpoint=checkpoint)
             built.append(driver)
             self.report_on(driver)

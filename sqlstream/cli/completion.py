@@ -36,7 +36,7 @@ KEYWORDS = (
     "CREATE SOURCE", "CREATE SINK", "CREATE VIEW", "CREATE TABLE", "CREATE FUNCTION", "CREATE OR REPLACE",
     "IF NOT EXISTS", "IF EXISTS", "WATERMARK FOR", "WITH", "AS MODEL", "INSERT INTO", "DROP SOURCE",
     "DROP SINK", "DROP VIEW", "DROP TABLE", "DROP FUNCTION", "SHOW SOURCES", "SHOW SINKS", "SHOW VIEWS",
-    "SHOW TABLES", "SHOW FUNCTIONS", "SHOW MODELS", "SHOW CONNECTORS", "SHOW QUERIES", "SHOW METRICS", "SHOW WATERMARKS", "SHOW SETTINGS",
+    "SHOW TABLES", "SHOW FUNCTIONS", "SHOW MODELS", "SHOW CONNECTORS", "SHOW QUERIES", "SHOW WORKERS", "SHOW METRICS", "SHOW WATERMARKS", "SHOW SETTINGS",
     "DESCRIBE", "EXPLAIN", "SET", "STOP QUERY",
 )
 
@@ -57,6 +57,7 @@ META_COMMANDS = {
     "\\format": "output format: table | json | csv | expanded",
     "\\mode": "result mode: table | changelog | tableau",
     "\\save_test": "write the session's DDL, the last query and its result as a pipeline test",
+    "\\workers": "the worker group of the partitioned source: workers, partition owners (SHOW WORKERS)",
     "\\q": "quit (also exit, quit, .exit, .quit)",
     "\\?": "this help (also help, .help)",
 }

@@ -75,6 +75,11 @@ def cmd_run(args) -> int:
         if args.workers < 1:
             raise SqlStreamError(f"--workers {args.workers}: must be at least 1")
         return run_group(args)
+    from sqlstream.connectors.nats.objects import is_bucket_url
+
+    if is_bucket_url(args.checkpoint):
+        raise SqlStreamError(f"--checkpoint {args.checkpoint}: checkpoints in a NATS object store are for "
+                             "groups of workers", hint="use a checkpoint directory, or --workers N")
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     progress = None
     try:
@@ -270,8 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("worker", help="join a group of workers running a pipeline over a partitioned source")
     common(p)
-    p.add_argument("--checkpoint", metavar="DIR", required=True,
-                   help="checkpoint directory every worker of the group can read (relative to the pipeline file)")
+    p.add_argument("--checkpoint", metavar="DIR|URL", required=True,
+                   help="checkpoint directory every worker of the group can read (relative to the pipeline file), "
+                        "or nats://host:port/BUCKET: an object store bucket (nothing shared but NATS)")
     p.add_argument("--checkpoint-interval", metavar="DURATION", help="how often, e.g. 10s (default 5s)")
     p.add_argument("--from-scratch", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--report", metavar="FILE", help=argparse.SUPPRESS)  # JSON for run --workers' summary
@@ -280,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("group", help="a worker group: workers, partition owners, last checkpoints, lag")
     common(p)
     p.add_argument("--group", metavar="NAME", required=True, help="the worker group")
-    p.add_argument("--checkpoint", metavar="DIR", required=True, help="the group's checkpoint directory")
+    p.add_argument("--checkpoint", metavar="DIR|URL", required=True,
+                   help="the group's checkpoint directory or nats://host:port/BUCKET")
     p.set_defaults(handler=_later("sqlstream.cli.group_status", "cmd_group"))
     p = sub.add_parser("checkpoints", help="list the checkpoints in a checkpoint directory")
     p.add_argument("dir", help="checkpoint directory (--checkpoint of sqlstream run)")

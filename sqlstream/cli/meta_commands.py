@@ -1,5 +1,5 @@
 """The REPL's backslash commands: ``\\d``, ``\\dt``, ``\\df``, ``\\x``, ``\\i``, ``\\e``,
-``\\timing``, ``\\o``, ``\\format``, ``\\mode``, ``\\save_test``, ``\\?`` and ``\\q`` (the words
+``\\timing``, ``\\o``, ``\\format``, ``\\mode``, ``\\save_test``, ``\\workers``, ``\\?`` and ``\\q`` (the words
 ``exit``, ``quit``, ``help`` and sqlite's ``.tables``, ``.read`` ... stand for some of them:
 see :func:`sqlstream.cli.completion.as_meta_command`)."""
 
@@ -78,6 +78,7 @@ class MetaCommands:
                 "\\format": self._format,
                 "\\mode": self._mode,
                 "\\save_test": self._save_test,
+                "\\workers": self._workers,
                 "\\?": self._help,
                 "\\help": self._help,
             }.get(command)
@@ -96,6 +97,17 @@ class MetaCommands:
 
     def _quit(self, argument: str) -> None:
         raise QuitRepl()
+
+    def _workers(self, argument: str) -> None:
+        self.show_workers(argument or None)
+
+    def show_workers(self, group: str | None, location: Location | None = None) -> None:
+        """``SHOW WORKERS [group]`` / ``\\workers [group]``: what ``sqlstream group`` shows."""
+        from sqlstream.cli.group_status import show_workers
+
+        header, rows = show_workers(self.session, group, location)
+        print(header, file=self.out, flush=True)
+        self.show_rows(rows)
 
     def _relations(self, argument: str) -> None:
         s = self.session

@@ -165,6 +165,9 @@ class Repl(MetaCommands):
             self.background.unreported()
             print(query.describe_end(), file=self.out if self.interactive else self.err, flush=True)
             return
+        if isinstance(statement, ShowStatement) and statement.what == "WORKERS":
+            self.show_workers(statement.name, statement.location)
+            return
         if isinstance(statement, ShowStatement) and statement.what == "QUERIES":
             self.show_rows([q.row() for q in self.background.queries])
             return

@@ -2,7 +2,8 @@
 
 A pipeline whose source is partitioned (``partitions = P``) runs as a group of
 workers (docs/scale-out.md). ``worker`` joins a group from any machine that reaches
-the NATS server and the checkpoint directory; ``run --workers N`` starts N
+the NATS server and the checkpoint directory (only the NATS server with
+``--checkpoint nats://host:port/BUCKET``: checkpoints in an object store); ``run --workers N`` starts N
 ``sqlstream worker`` processes on this machine, passes Ctrl-C / SIGTERM on to them and
 prints one summary for the group. Every worker checks the pipeline first, so a
 mistake is reported once, before anything runs (exit 2).
@@ -22,13 +23,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlstream.connectors.base import Partition
+from sqlstream.connectors.nats.objects import ObjectBucket, is_bucket_url, split_bucket_url
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import SqlStreamError
 
 if TYPE_CHECKING:
     from sqlstream.connectors.nats.partitions import PartitionLayout
 
-__all__ = ["cmd_worker", "run_group", "PartitionedPipeline", "partitioned_pipeline", "load_pipeline"]
+__all__ = ["cmd_worker", "run_group", "PartitionedPipeline", "partitioned_pipeline", "source_pipeline", "load_pipeline",
+           "mirror_of"]
 
 _LAYOUT_FILE = "partitioning.json"
 #: sinks whose output stays right with one writer per partition (see docs/scale-out.md)
@@ -45,12 +48,14 @@ class PartitionedPipeline:
     partitions: int
     partition_by: str
     subject: str
-    checkpoint_dir: str
+    checkpoint_dir: str | None  # a directory or nats://host:port/BUCKET; None: not known (SHOW WORKERS)
     layout: "PartitionLayout"
 
 
-def partitioned_pipeline(session, path: str) -> PartitionedPipeline:
-    """The pipeline's partitioned source, checked for running as a group (exit 2 if not)."""
+def partitioned_pipeline(session, path: str, checkpoint: str | None = None) -> PartitionedPipeline:
+    """The pipeline's partitioned source, checked for running as a group (exit 2 if not);
+    ``checkpoint``: the --checkpoint flag, a directory (in the session's settings by
+    then) or an object store bucket (``nats://host:port/BUCKET``)."""
     keys = session.partition_keys()
     if len(keys) != 1:
         raise SqlStreamError(
@@ -74,11 +79,17 @@ def partitioned_pipeline(session, path: str) -> PartitionedPipeline:
                 hint=f"workers write to {', '.join(_GROUP_SINKS)} sinks (each partition commits its own epochs)")
     if session.settings["http"] is not None:
         raise SqlStreamError("--http / SET http is not supported by workers yet (each partition is its own run)")
-    checkpoint_dir = session.settings["checkpoint_dir"]
+    checkpoint_dir = checkpoint if is_bucket_url(checkpoint) else session.settings["checkpoint_dir"]
     if checkpoint_dir is None:
         raise SqlStreamError(
             "a group of workers needs checkpoints: a partition handed over resumes from its last checkpoint",
-            hint="add --checkpoint DIR, a directory every worker of the group can read and write")
+            hint="add --checkpoint DIR, a directory every worker of the group can read and write, "
+                 "or --checkpoint nats://host:port/BUCKET, an object store bucket on the NATS server")
+    return source_pipeline(session, name, checkpoint_dir)
+
+
+def source_pipeline(session, name: str, checkpoint_dir: str | None) -> PartitionedPipeline:
+    """What a group needs to know of partitioned source ``name`` (no checks)."""
     connector = session.sources[name].connector
     config = connector.config
     return PartitionedPipeline(name, config["url"], config["stream"], config["partitions"],
@@ -105,13 +116,23 @@ async def _ensure_stream(pipeline: PartitionedPipeline, connect_timeout_s: float
         await nc.close()
 
 
-def _check_layout(pipeline: PartitionedPipeline) -> None:
-    """The checkpoint directory remembers the layout its partitions were written with:
-    checkpoints of 4 partitions do not fit a run over 8."""
-    os.makedirs(pipeline.checkpoint_dir, exist_ok=True)
-    path = os.path.join(pipeline.checkpoint_dir, _LAYOUT_FILE)
+def _check_layout(pipeline: PartitionedPipeline, bucket: ObjectBucket | None, group: str) -> None:
+    """The checkpoint directory (or the group's key in the bucket) remembers the layout
+    its partitions were written with: checkpoints of 4 partitions do not fit a run over 8."""
     layout = {"stream": pipeline.stream, "subject": pipeline.subject, "partitions": pipeline.partitions,
               "partition_by": pipeline.partition_by.lower()}
+    if bucket is not None:
+        name = f"{group}/{_LAYOUT_FILE}"
+        saved = bucket.get(name)
+        if saved is None:
+            bucket.put(name, json.dumps(layout).encode())
+        elif json.loads(saved) != layout:
+            raise SqlStreamError(
+                f"checkpoints of group '{group}' in {pipeline.checkpoint_dir} belong to a pipeline partitioned as "
+                f"{json.loads(saved)}, not {layout}", hint="use another --group or bucket")
+        return
+    os.makedirs(pipeline.checkpoint_dir, exist_ok=True)
+    path = os.path.join(pipeline.checkpoint_dir, _LAYOUT_FILE)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as handle:
             saved = json.load(handle)
@@ -132,11 +153,20 @@ def load_pipeline(args, partition: Partition | None, checkpoint_dir: str | None 
     session = make_session(args.file, args.udfs, args.set, discover_udfs=not args.no_udfs,
                            allow_paths=args.allow_paths, partition=partition)
     session.execute(read_sql_file(args.file), path=args.file, base_dir=os.path.dirname(os.path.abspath(args.file)))
-    flags = {"checkpoint_dir": checkpoint_dir or args.checkpoint, "checkpoint_interval": args.checkpoint_interval}
+    local = None if is_bucket_url(args.checkpoint) else args.checkpoint  # a bucket: each run's working directory
+    flags = {"checkpoint_dir": checkpoint_dir or local, "checkpoint_interval": args.checkpoint_interval}
     for key, value in flags.items():  # the flags win over SET in the file
         if value:
             session.apply_setting(key, value)
     return session
+
+
+def mirror_of(bucket: ObjectBucket, pipeline: PartitionedPipeline, group: str, partition: Partition):
+    """Where one partition's checkpoints travel: ``<group>/partition=<n>`` in the bucket."""
+    from sqlstream.runtime.checkpoint_mirror import CheckpointMirror
+
+    key = f"{group}/{partition.label}"
+    return CheckpointMirror(bucket, key, f"{pipeline.checkpoint_dir}/{key}")
 
 
 def _ttl_s(text: str) -> float:
@@ -151,16 +181,37 @@ def _ttl_s(text: str) -> float:
 
 def cmd_worker(args) -> int:
     from sqlstream.connectors.nats.leases import check_group_name
-    from sqlstream.scaleout.partition_run import PartitionRun, partition_checkpoint_dir
-    from sqlstream.scaleout.worker import Worker
 
     check_group_name(args.group)
     ttl_s = _ttl_s(args.lease_ttl)
-    pipeline = partitioned_pipeline(load_pipeline(args, None), args.file)
+    session = load_pipeline(args, None)
+    pipeline = partitioned_pipeline(session, args.file, args.checkpoint)
     if args.from_scratch:
         raise SqlStreamError("--from-scratch is not supported by workers",
                              hint="remove the checkpoint directory while no worker of the group runs")
-    _check_layout(pipeline)
+    if not is_bucket_url(pipeline.checkpoint_dir):
+        _check_layout(pipeline, None, args.group)
+        return _serve(args, pipeline, ttl_s, None, pipeline.checkpoint_dir)
+    for sink in session.pending_sinks():
+        if sink.connector.name == "file":
+            print(f"sqlstream: sink '{sink.name}' writes files: with checkpoints in an object store its path must "
+                  "still be a directory every worker of the group shares (a partition's next owner finishes or "
+                  "rolls back the epochs its last owner wrote there)", file=sys.stderr)
+    bucket = ObjectBucket(*split_bucket_url(pipeline.checkpoint_dir))
+    try:
+        _check_layout(pipeline, bucket, args.group)
+        with tempfile.TemporaryDirectory(prefix="sqlstream-worker-") as work:  # the runs' working directories
+            return _serve(args, pipeline, ttl_s, bucket, work)
+    finally:
+        bucket.close()
+
+
+def _serve(args, pipeline: PartitionedPipeline, ttl_s: float, bucket: ObjectBucket | None, checkpoint_dir: str) -> int:
+    """Join the group and run partitions until stopped; with ``bucket``, each partition's
+    checkpoints travel through it (``checkpoint_dir`` holds the working copies)."""
+    from sqlstream.scaleout.partition_run import PartitionRun, partition_checkpoint_dir
+    from sqlstream.scaleout.worker import Worker
+
     asyncio.run(_ensure_stream(pipeline, 5.0))
     name = os.path.splitext(os.path.basename(args.file))[0]
 
@@ -168,11 +219,13 @@ def cmd_worker(args) -> int:
         print(f"sqlstream: {text}", file=sys.stderr, flush=True)
 
     def open_session(partition: Partition):
-        return load_pipeline(args, partition, partition_checkpoint_dir(pipeline.checkpoint_dir, partition))
+        return load_pipeline(args, partition, partition_checkpoint_dir(checkpoint_dir, partition))
 
     def start(index: int, fence) -> PartitionRun:
         partition = Partition(index, pipeline.partitions)
-        return PartitionRun(partition, open_session, name, lambda text: note(f"partition {index}: {text}"), fence)
+        mirror = None if bucket is None else mirror_of(bucket, pipeline, args.group, partition)
+        return PartitionRun(partition, open_session, name, lambda text: note(f"partition {index}: {text}"), fence,
+                            mirror)
 
     worker = Worker(url=pipeline.url, group=args.group, partitions=pipeline.partitions, ttl_s=ttl_s,
                     start=start, note=note)
@@ -215,7 +268,7 @@ def run_group(args) -> int:
         raise SqlStreamError("--from-scratch is not supported with --workers",
                              hint="remove the checkpoint directory while no worker of the group runs")
     session = load_pipeline(args, None)
-    partitioned_pipeline(session, args.file)  # bad input is reported once, here (exit 2)
+    partitioned_pipeline(session, args.file, args.checkpoint)  # bad input is reported once, here (exit 2)
     _ttl_s(args.lease_ttl)
     group = args.group or re.sub(r"[^A-Za-z0-9_-]", "_", os.path.splitext(os.path.basename(args.file))[0])
     with tempfile.TemporaryDirectory(prefix="sqlstream-group-") as reports:

@@ -13,6 +13,10 @@ each step durable before the next:
 5. ``commits/N``;
 6. the input of epochs up to N is acknowledged (JetStream).
 
+With a mirror (a worker's checkpoints in a NATS object store), step 3 ends with the
+epoch's upload, and the epoch counts once the mirror's pointer names it
+(:mod:`sqlstream.runtime.checkpoint_mirror`).
+
 Recovery takes the newest epoch whose offsets and state files are intact. If its commit
 marker is missing (a crash between 3 and 5), the sinks finish committing it from what
 they prepared (roll forward); epochs after it (unfinished, or damaged and skipped with a
@@ -43,6 +47,7 @@ from sqlstream.sizes import format_bytes
 
 if TYPE_CHECKING:
     from sqlstream.operators.base import Operator
+    from sqlstream.runtime.checkpoint_mirror import CheckpointMirror
 
 __all__ = ["CheckpointConfig", "Checkpointer", "CheckpointStats", "FAULT_ENV", "describe_change", "utc_text"]
 
@@ -67,6 +72,9 @@ class CheckpointConfig:
     #: reason (text) when this run may no longer write checkpoints — a worker whose
     #: partition lease may have passed to another worker (docs/scale-out.md)
     fence: Callable[[], str | None] | None = field(default=None, compare=False)
+    #: a copy of the checkpoints elsewhere (a NATS object store): ``directory`` is then a
+    #: local working directory, refilled from the mirror on open (checkpoint_mirror.py)
+    mirror: "CheckpointMirror | None" = field(default=None, compare=False)
 
     @classmethod
     def of(cls, settings: Mapping[str, Any], from_scratch: bool = False) -> "CheckpointConfig | None":
@@ -138,6 +146,8 @@ class Checkpointer:
         if self.config.from_scratch:
             self.store.remove_all()
         self.store.create()
+        if self.config.mirror is not None:
+            self.config.mirror.download(self.store, self.warn)
         self.pipeline = {"sinks": plans}
         self.resume = self._newest_intact()
         if self.resume is not None:
@@ -151,7 +161,8 @@ class Checkpointer:
                 )
             self.epoch = self.resume.epoch
             self.stats.resumed_from = self.epoch
-            self.warn(f"resuming from checkpoint epoch {self.epoch} in {self.config.directory} "
+            where = self.config.mirror.where if self.config.mirror is not None else self.config.directory
+            self.warn(f"resuming from checkpoint epoch {self.epoch} in {where} "
                       f"(taken {utc_text(self.resume.created_at)} UTC)")
         return self.resume
 
@@ -245,6 +256,8 @@ class Checkpointer:
         )
         self._check_fence(epoch)  # from here on the epoch counts: only while this run may still write
         self.store.write_offsets(checkpoint)
+        if self.config.mirror is not None:  # the epoch counts once the mirror's pointer names it
+            self.config.mirror.upload(self.store, checkpoint, self.config.keep, lambda: self._check_fence(epoch))
         self._crash_if("after_offsets", epoch)
         for sink in driver.sinks:
             sink.writer.commit(epoch, prepared[sink.sink_name])

@@ -209,6 +209,14 @@ class CheckpointStore:
     def committed_epochs(self) -> list[int]:
         return _listed(self.commits_dir)
 
+    def files_of(self, epoch: int) -> list[str]:
+        """Epoch ``epoch``'s files relative to the directory: its state files, then its
+        offsets file (the order a copy must be written in: offsets last)."""
+        folder = os.path.join(self.state_dir, _name(epoch))
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        state = [f"state/{_name(epoch)}/{n}" for n in names if not n.endswith(".tmp")]
+        return state + [f"offsets/{_name(epoch)}.json"]
+
     def load(self, epoch: int) -> Checkpoint:
         """Epoch ``epoch``'s offsets file, with every state file it lists checked against
         its checksum. Raises ``DamagedCheckpoint`` for a torn or altered file."""

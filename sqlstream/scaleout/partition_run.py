@@ -3,7 +3,7 @@
 Each partition is a whole pipeline of its own: a :class:`~sqlstream.session.Session`
 made for it (``Session.partition``), so its source reads only that partition, its
 operators hold only that partition's state, its checkpoints go to the partition's own
-folder and its file sinks write the partition's own part-file series. A run that
+folder (or its own key of the group's object store bucket) and its file sinks write the partition's own part-file series. A run that
 starts where an earlier owner stopped resumes from that folder's last committed
 checkpoint (the ordinary checkpoint recovery): same state, same stream sequence.
 """
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 from sqlstream.connectors.base import Partition
 
 if TYPE_CHECKING:
+    from sqlstream.runtime.checkpoint_mirror import CheckpointMirror
     from sqlstream.runtime.driver import RunSummary
     from sqlstream.session import Session
 
@@ -49,11 +50,15 @@ class PartitionRun:
     """``open_session(partition)`` and its ``run()`` on a thread; ``stop`` asks it to
     drain, take a last checkpoint and close its sinks (repeat it until ``done``: a run
     still starting up takes the request once it loops). ``fence`` says when the worker
-    can no longer vouch for the partition's lease: no checkpoint is written then."""
+    can no longer vouch for the partition's lease: no checkpoint is written then.
+    ``mirror``: the partition's checkpoints in a NATS object store (the session's
+    checkpoint directory is then a local working copy)."""
 
     def __init__(self, partition: Partition, open_session: Callable[[Partition], "Session"], pipeline: str,
-                 warn: Callable[[str], None], fence: Callable[[], str | None]):
+                 warn: Callable[[str], None], fence: Callable[[], str | None],
+                 mirror: "CheckpointMirror | None" = None):
         self.partition = partition
+        self._mirror = mirror
         self._fence = fence
         self._open_session = open_session
         self._pipeline = pipeline
@@ -70,7 +75,7 @@ class PartitionRun:
             self.session = self._open_session(self.partition)
             if self.stop_reason is None:
                 self.summary = self.session.run(pipeline=self._pipeline, warn=self._warn,
-                                                checkpoint_fence=self._fence)
+                                                checkpoint_fence=self._fence, checkpoint_mirror=self._mirror)
         except BaseException as error:  # reported by the worker, which stops the group's work here
             self.error = error
 

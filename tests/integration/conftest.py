@@ -295,3 +295,14 @@ def message_path(request, monkeypatch):
         monkeypatch.setattr("sqlstream.connectors.nats.core.can_route", lambda: False)
         monkeypatch.setattr("sqlstream.connectors.nats.jetstream.can_route", lambda: False)
     return request.param
+
+
+@pytest.fixture
+def processes():
+    """Processes a test starts (``subprocess.Popen``); killed at the end if still running."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)

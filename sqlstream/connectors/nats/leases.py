@@ -59,6 +59,12 @@ def bucket_name(group: str) -> str:
     return f"sqlstream_{group}"
 
 
+async def group_names(js) -> list[str]:
+    """The groups with a lease bucket on the server ``js`` talks to, sorted."""
+    names = [info.config.name for info in await js.streams_info()]
+    return sorted(n[len("KV_sqlstream_"):] for n in names if n.startswith("KV_sqlstream_"))
+
+
 def fair_share(workers: list[str], me: str, partitions: int) -> int:
     """How many partitions worker ``me`` should own among ``workers`` (ids).
 
