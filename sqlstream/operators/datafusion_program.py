@@ -21,6 +21,7 @@ from datafusion import SessionConfig, SessionContext
 from sqlstream.batches import to_batch
 from sqlstream.errors import DataFusionError, SqlAnalysisError, UnknownFunctionError
 from sqlstream.failure_isolation import isolate_failures
+from sqlstream.operators.arrow_program import ARROW_MAX_ROWS, ArrowProgram, NeedsDataFusion
 
 __all__ = ["DataFusionProgram", "normalize_type", "plan_error", "INPUT_TABLE"]
 
@@ -71,9 +72,13 @@ _INVALID_FUNCTION = re.compile(r"Invalid function '([^']+)'")
 
 
 class DataFusionProgram:
-    """``sql`` over the table ``__input`` with ``input_schema``; reused for every batch."""
+    """``sql`` over the table ``__input`` with ``input_schema``; reused for every batch.
 
-    def __init__(self, sql: str, input_schema: pa.Schema):
+    ``arrow``: the same program as Arrow kernels (:mod:`sqlstream.operators.arrow_program`),
+    which the planner gives where it computes exactly what DataFusion does; it runs the
+    batches of up to ``ARROW_MAX_ROWS`` rows when its output types are the planned ones."""
+
+    def __init__(self, sql: str, input_schema: pa.Schema, arrow: ArrowProgram | None = None):
         self.sql = sql
         self.input_schema = input_schema
         self._local = threading.local()
@@ -87,6 +92,15 @@ class DataFusionProgram:
         self.raw_schema = raw_schema
         self.schema = _normalize_schema(raw_schema)
         self._needs_cast = self.schema != raw_schema
+        fits = arrow is not None and arrow.output_types(input_schema) == self.schema.types
+        self.arrow = arrow if fits else None
+        self._arrow_schemas: tuple[pa.Schema, pa.Schema] | None = None  # (input, output) DataFusion gave
+        if self.arrow is not None and all(f.nullable for f in input_schema):
+            # learn DataFusion's output schema from one row of NULLs (else from the first batch)
+            try:
+                self.run(pa.RecordBatch.from_arrays([pa.nulls(1, f.type) for f in input_schema], schema=input_schema))
+            except DataFusionError:
+                self.arrow = None
 
     def _ctx(self) -> SessionContext:
         ctx = getattr(self._local, "ctx", None)
@@ -96,6 +110,30 @@ class DataFusionProgram:
         return ctx
 
     def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if self.arrow is not None and batch.num_rows <= ARROW_MAX_ROWS:
+            out = self.run_arrow(batch)
+            if out is not None:
+                return out
+        out = self._run_datafusion(batch)
+        if self.arrow is not None and self._arrow_schemas is None and out.num_rows:
+            self._arrow_schemas = (batch.schema, out.schema)
+        return out
+
+    def run_arrow(self, batch: pa.RecordBatch) -> pa.RecordBatch | None:
+        """The Arrow path's output for ``batch``, or None where DataFusion computes it:
+        no Arrow program, values it would compute differently (NaN in a comparison),
+        or an input schema DataFusion has not yet run on. (DataFusion's batches can
+        be stricter about NULLs than its plan: the Arrow path gives the schema
+        DataFusion gave for the same input schema.)"""
+        schemas = self._arrow_schemas
+        if schemas is None or not batch.schema.equals(schemas[0]):
+            return None
+        try:
+            return self.arrow.run(batch, schemas[1])
+        except (NeedsDataFusion, pa.ArrowException):
+            return None  # DataFusion computes it (or raises what it raises)
+
+    def _run_datafusion(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         ctx = self._ctx()
         ctx.register_record_batches(INPUT_TABLE, [[batch]])
         try:
