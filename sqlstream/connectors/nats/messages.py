@@ -161,7 +161,7 @@ def encode_json_payloads(batch: pa.RecordBatch) -> pa.Array:
     """One JSON object per row, as binary message payloads."""
     if batch.num_rows == 0:
         return pa.array([], pa.binary())
-    return pc.cast(encode_json_values(batch), pa.binary())
+    return encode_json_values(batch).view(pa.binary())
 
 
 def encode_arrow_payload(batch: pa.RecordBatch) -> bytes:
