@@ -26,15 +26,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = ["ARROW_MAX_ROWS", "ArrowProgram", "Call", "Column", "Compare", "Literal", "NeedsDataFusion", "ToDouble"]
 
-#: batches up to this many rows take the Arrow path (measured: it is the faster one
-#: at every size up to 1M rows for the expressions it covers; the bound keeps large
-#: bounded inputs on DataFusion, whose kernels fuse and use more threads)
+#: batches up to this many rows take the Arrow path (measured, a filter and a projection
+#: of 7 columns, wall time: 0.08-0.14 ms against DataFusion's 0.9-2.6 ms from 1 to 10k
+#: rows, 0.65 against 2.3 ms at 64k; at 1M rows DataFusion is as fast or faster)
 ARROW_MAX_ROWS = 65_536
+
+
+_NUMPY_FLOATS = {pa.float32(): np.dtype(np.float32), pa.float64(): np.dtype(np.float64)}
 
 
 class NeedsDataFusion(Exception):
@@ -100,7 +104,13 @@ class Compare(Call):
 def _has_nan(value) -> bool:
     if isinstance(value, pa.Scalar):
         return value.is_valid and value.as_py() != value.as_py()
-    return len(value) > 0 and pc.any(pc.is_nan(value)).as_py() is True
+    dtype = _NUMPY_FLOATS.get(value.type)
+    if isinstance(value, pa.ChunkedArray) or dtype is None or not len(value):
+        return pc.any(pc.is_nan(value)).as_py() is True
+    # the values buffer through numpy (a slot under a NULL may hold anything: at worst
+    # a needless trip to DataFusion)
+    numbers = np.frombuffer(value.buffers()[1], dtype=dtype, count=len(value), offset=value.offset * dtype.itemsize)
+    return bool(np.isnan(numbers).any())
 
 
 class ArrowProgram:
