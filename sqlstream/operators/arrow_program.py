@@ -7,8 +7,9 @@ of Arrow kernels that :mod:`sqlstream.plan.arrow_lowering` compiles from the
 planner's expressions when every one of them is known to compute exactly what
 DataFusion computes (see that module for which ones); the
 :class:`~sqlstream.operators.datafusion_program.DataFusionProgram` it belongs to
-runs it instead of DataFusion for batches up to :data:`ARROW_MAX_ROWS` rows, and
-only if its output schema is the one DataFusion plans.
+runs it instead of DataFusion for batches up to :data:`ARROW_MAX_ROWS` rows, if its
+output types are the ones DataFusion plans, with the schema DataFusion's own output
+had for the same input schema (its batches can be stricter about NULLs than its plan).
 
 Where the two differ on some values (DataFusion orders NaN above every number and
 equal to itself, IEEE comparisons do not), the program says so for the batch at
@@ -122,13 +123,13 @@ class ArrowProgram:
         self.condition = condition
 
     def run(self, batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-        """The result with ``schema`` (the program's planned output schema); raises
-        :class:`NeedsDataFusion` for a batch it cannot compute exactly."""
+        """The result, with ``schema``; raises :class:`NeedsDataFusion` for a batch it
+        cannot compute exactly as DataFusion does."""
         if self.condition is not None:
             keep = self.condition.evaluate(batch)
             if isinstance(keep, pa.Scalar):
                 batch = batch if keep.as_py() is True else batch.slice(0, 0)
-            elif keep.null_count or not keep.true_count == len(keep):
+            elif keep.null_count or keep.true_count != len(keep):
                 batch = batch.filter(keep)
         n = batch.num_rows
         columns = []
@@ -139,9 +140,5 @@ class ArrowProgram:
 
     def output_types(self, input_schema: pa.Schema) -> list[pa.DataType]:
         """The types of the outputs over ``input_schema`` (computed on no rows)."""
-        empty = input_schema.empty_table().to_batches()
-        batch = empty[0] if empty else pa.RecordBatch.from_arrays([pa.array([], f.type) for f in input_schema], schema=input_schema)
-        out = []
-        for output in self.outputs:
-            out.append(output.evaluate(batch).type)
-        return out
+        batch = pa.RecordBatch.from_arrays([pa.array([], f.type) for f in input_schema], schema=input_schema)
+        return [output.evaluate(batch).type for output in self.outputs]

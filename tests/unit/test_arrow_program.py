@@ -105,7 +105,7 @@ def _check(outputs: list[str], condition: str | None, batch: pa.RecordBatch) -> 
     return True
 
 
-FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
 @FAST

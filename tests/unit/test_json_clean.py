@@ -90,7 +90,7 @@ def _both(schema: pa.Schema, data: bytes) -> bool:
     return clean._decode_clean(data) is not None
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(records(), min_size=1, max_size=6))
 def test_random_blocks_decode_as_the_full_decoder_does(lines):
     taken = _both(SCHEMA, b"\n".join(lines))

@@ -130,12 +130,15 @@ class MessageDecoder:
 
     def _assemble(self, table: pa.Table, rows: np.ndarray, received: Received) -> pa.RecordBatch:
         """Data columns plus metadata columns, in declared order (plus the hidden id)."""
+        if not self.metadata and self.stream is None:  # (the common case: the data columns as they are)
+            columns = [_one_array(table.column(name)) for name in self.output_schema.names]
+            return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
         take = pa.array(rows, pa.int64())
         columns = []
         for field in self.schema:
             name = field.name
             if name not in METADATA_COLUMNS:
-                columns.append(table.column(name).combine_chunks())
+                columns.append(_one_array(table.column(name)))
                 continue
             if name == "_subject":
                 values = pa.array(received.subjects, pa.binary()).cast(pa.string())
@@ -152,6 +155,10 @@ class MessageDecoder:
             sequences = pa.array(received.sequences, pa.int64()).take(take)
             columns.append(pc.binary_join_element_wise(text(self.stream), pc.cast(sequences, pa.string()), text(":")))
         return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
+
+
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 # -- encoding (sink) --------------------------------------------------------------------------
