@@ -57,12 +57,15 @@ def _json_text(values: pa.Array) -> pa.Array | None:
     if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_decimal(t):
         return pc.cast(values, pa.string())
     if pa.types.is_floating(t):
-        wide = pc.cast(values, pa.float64())  # same digits as the DuckDB path for REAL
-        finite = pc.is_finite(wide)  # NaN and infinities are not JSON: null
+        wide = values if t == pa.float64() else pc.cast(values, pa.float64())  # same digits as DuckDB for REAL
         out = pc.cast(wide, pa.string())
-        # keep numbers recognizably floating point: 1 -> 1.0 (as DuckDB writes them)
-        out = pc.replace_substring_regex(out, pattern="^(-?[0-9]+)$", replacement="\\1.0")
-        return pc.if_else(finite, out, pa.scalar(None, pa.string()))
+        numbers = wide.to_numpy(zero_copy_only=False)  # (NULL as NaN: only decides which kernels run)
+        if np.any(np.trunc(numbers) == numbers):
+            # keep numbers recognizably floating point: 1 -> 1.0 (as DuckDB writes them)
+            out = pc.replace_substring_regex(out, pattern="^(-?[0-9]+)$", replacement="\\1.0")
+        if not np.isfinite(numbers).all():  # NaN and infinities are not JSON: null
+            out = pc.if_else(pc.is_finite(wide), out, pa.scalar(None, pa.string()))
+        return out
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
         out = pc.cast(values, pa.string())
         data = np.frombuffer(out.buffers()[2], dtype=np.uint8) if out.buffers()[2] is not None else np.zeros(0, np.uint8)
@@ -83,6 +86,12 @@ def _json_text(values: pa.Array) -> pa.Array | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _key_piece(name: str, first: bool) -> pa.Scalar:
+    """``{"name":`` (first column) or ``,"name":``."""
+    return text(("{" if first else ",") + orjson.dumps(name).decode() + ":")
+
+
 def _flat_json(batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
     pieces: list = []
     for i, field in enumerate(batch.schema):
@@ -92,9 +101,8 @@ def _flat_json(batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
         value = _json_text(column)
         if value is None:
             return None
-        key = orjson.dumps(field.name).decode()
-        pieces.append(text(("{" if i == 0 else ",") + key + ":"))
-        pieces.append(pc.fill_null(value, text("null")))
+        pieces.append(_key_piece(field.name, i == 0))
+        pieces.append(pc.fill_null(value, text("null")) if value.null_count else value)
     if not pieces:
         return None
     pieces.append(text("}"))

@@ -14,12 +14,14 @@ from __future__ import annotations
 import difflib
 import re
 import threading
+from collections.abc import Callable
 
 import pyarrow as pa
 
 from sqlstream.batches import empty_batch, to_batch
 from sqlstream.errors import DataFusionError, SqlAnalysisError, UnknownFunctionError
 from sqlstream.failure_isolation import isolate_failures
+from sqlstream.operators.arrow_program import ARROW_MAX_ROWS, ArrowProgram, NeedsDataFusion
 from sqlstream.operators.datafusion_import import SessionConfig, SessionContext
 
 __all__ = ["DataFusionProgram", "normalize_type", "plan_error", "INPUT_TABLE"]
@@ -71,9 +73,14 @@ _INVALID_FUNCTION = re.compile(r"Invalid function '([^']+)'")
 
 
 class DataFusionProgram:
-    """``sql`` over the table ``__input`` with ``input_schema``; reused for every batch."""
+    """``sql`` over the table ``__input`` with ``input_schema``; reused for every batch.
 
-    def __init__(self, sql: str, input_schema: pa.Schema):
+    ``arrow``: compiles the same program as Arrow kernels
+    (:mod:`sqlstream.operators.arrow_program`), which the planner gives where they compute
+    exactly what DataFusion does; they run the batches of up to ``ARROW_MAX_ROWS`` rows
+    when their output types are the planned ones."""
+
+    def __init__(self, sql: str, input_schema: pa.Schema, arrow: Callable[[], ArrowProgram | None] | None = None):
         self.sql = sql
         self.input_schema = input_schema
         self._local = threading.local()
@@ -87,6 +94,29 @@ class DataFusionProgram:
         self.raw_schema = raw_schema
         self.schema = _normalize_schema(raw_schema)
         self._needs_cast = self.schema != raw_schema
+        self.arrow: ArrowProgram | None = None
+        self._compile_arrow = arrow
+        self._arrow_schemas: tuple[pa.Schema, pa.Schema] | None = None  # (input, output) DataFusion gave
+
+    def prepare_arrow(self) -> ArrowProgram | None:
+        """The Arrow path, compiled once (by the first batch, not at plan time: its literals
+        would be the process's first conversion of Python values to Arrow, which makes
+        pyarrow import pandas, 0.3 s that ``sqlstream check`` need not pay)."""
+        compile_arrow, self._compile_arrow = self._compile_arrow, None
+        if compile_arrow is None:
+            return self.arrow
+        arrow = compile_arrow()
+        if arrow is None or arrow.output_types(self.input_schema) != self.schema.types:
+            return None
+        self.arrow = arrow
+        if all(f.nullable for f in self.input_schema):
+            # learn DataFusion's output schema from one row of NULLs (else from the first batch)
+            try:
+                self.run(pa.RecordBatch.from_arrays([pa.nulls(1, f.type) for f in self.input_schema],
+                                                    schema=self.input_schema))
+            except DataFusionError:
+                self.arrow = None
+        return self.arrow
 
     def _ctx(self) -> SessionContext:
         ctx = getattr(self._local, "ctx", None)
@@ -96,6 +126,32 @@ class DataFusionProgram:
         return ctx
 
     def run(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        if self._compile_arrow is not None:
+            self.prepare_arrow()
+        if self.arrow is not None and batch.num_rows <= ARROW_MAX_ROWS:
+            out = self.run_arrow(batch)
+            if out is not None:
+                return out
+        out = self._run_datafusion(batch)
+        if self.arrow is not None and self._arrow_schemas is None and out.num_rows:
+            self._arrow_schemas = (batch.schema, out.schema)
+        return out
+
+    def run_arrow(self, batch: pa.RecordBatch) -> pa.RecordBatch | None:
+        """The Arrow path's output for ``batch``, or None where DataFusion computes it:
+        no Arrow program, values it would compute differently (NaN in a comparison),
+        or an input schema DataFusion has not yet run on. (DataFusion's batches can
+        be stricter about NULLs than its plan: the Arrow path gives the schema
+        DataFusion gave for the same input schema.)"""
+        schemas = self._arrow_schemas
+        if schemas is None or not batch.schema.equals(schemas[0]):
+            return None
+        try:
+            return self.arrow.run(batch, schemas[1])
+        except (NeedsDataFusion, pa.ArrowException):
+            return None  # DataFusion computes it (or raises what it raises)
+
+    def _run_datafusion(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         ctx = self._ctx()
         ctx.register_record_batches(INPUT_TABLE, [[batch]])
         try:

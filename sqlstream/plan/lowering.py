@@ -6,12 +6,15 @@ by :class:`~sqlstream.operators.datafusion_program.DataFusionProgram`; calls of 
 and model functions are taken out first by the catalog's UDF planner (they run in a
 vectorized step before the program). Two stages without such calls in a row fuse into
 one program. When a program only picks and renames columns, the stage also records
-which input column each output column is, so the operator skips DataFusion.
+which input column each output column is, so the operator skips DataFusion; when its
+expressions are ones Arrow kernels compute exactly as DataFusion does, small batches
+run on those (:mod:`sqlstream.plan.arrow_lowering`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import pyarrow as pa
 from sqlglot import exp
@@ -20,6 +23,7 @@ from sqlglot.dialects.postgres import Postgres
 from sqlstream.errors import PlanError, UnknownFunctionError
 from sqlstream.hidden import OP_COLUMN, SOURCE_ID_COLUMN, WM_COLUMN
 from sqlstream.operators.datafusion_program import INPUT_TABLE, DataFusionProgram, plan_error
+from sqlstream.plan.arrow_lowering import arrow_program
 from sqlstream.plan.nodes import PlanNode, Stateless
 from sqlstream.plan.relation import SelectItem, StageColumns
 from sqlstream.plan.scope import column_ref
@@ -107,7 +111,9 @@ def stateless_stage(
     sql = f"SELECT {', '.join(parts)} FROM {relation}"
     if condition is not None:
         sql += f" WHERE {to_datafusion_sql(condition)}"
-    program = _program(sql, input_schema, items, condition, source)
+    # small batches skip DataFusion where Arrow kernels compute the same (not across a fusion)
+    arrow = None if fused else partial(arrow_program, expressions + hidden, condition, input_schema)
+    program = _program(sql, input_schema, items, condition, source, arrow)
     projection = None
     if not fused and condition is None:
         projection = column_projection(expressions + hidden, program.input_schema, program.schema)
@@ -117,9 +123,10 @@ def stateless_stage(
     )
 
 
-def _program(sql: str, schema: pa.Schema, items: list[SelectItem], condition, source: SourceText) -> DataFusionProgram:
+def _program(sql: str, schema: pa.Schema, items: list[SelectItem], condition, source: SourceText,
+             arrow=None) -> DataFusionProgram:
     try:
-        return DataFusionProgram(sql, schema)
+        return DataFusionProgram(sql, schema, arrow)
     except Exception as error:  # DataFusion planning errors are plain exceptions
         err = plan_error(error)
         name = err.function_name if isinstance(err, UnknownFunctionError) else None

@@ -25,11 +25,14 @@ How a step runs per batch (and isolates failing rows) is ``sqlstream/udf/step.py
 
 from __future__ import annotations
 
+from functools import partial
+
 import pyarrow as pa
 from sqlglot import exp
 
 from sqlstream.errors import Location, SqlAnalysisError, UdfError, did_you_mean
 from sqlstream.operators.datafusion_program import DataFusionProgram, plan_error
+from sqlstream.plan.arrow_lowering import arrow_program
 from sqlstream.plan.join_conditions import and_all, conjuncts
 from sqlstream.plan.lowering import to_datafusion_sql
 from sqlstream.sql.types import sql_type_name
@@ -233,7 +236,9 @@ class _StepBuilder:
             return select, and_all(remaining), UdfStep(self.stages), self.schema
         if where:  # (without calls in WHERE, its plain part joins the first program below)
             self.pending_filter = None
-            self._add_program(f"SELECT * FROM __input WHERE {to_datafusion_sql(and_all(remaining))}", remaining, "filter")
+            condition = and_all(remaining)
+            self._add_program(f"SELECT * FROM __input WHERE {to_datafusion_sql(condition)}", remaining, "filter",
+                              [_column(n) for n in self.schema.names], condition)
         self._phase(select_calls)
         return select, None, UdfStep(self.stages), self.schema
 
@@ -259,11 +264,13 @@ class _StepBuilder:
                 sql = "SELECT *" + "".join(f", {text} AS {_quote(name)}" for text, (name, _) in items.items())
                 sql += " FROM __input"
                 nodes = [node for _, node in items.values()]
-                if self.pending_filter is not None:
-                    sql += f" WHERE {to_datafusion_sql(self.pending_filter)}"
-                    nodes.append(self.pending_filter)
+                outputs = [_column(n) for n in self.schema.names] + nodes
+                condition = self.pending_filter
+                if condition is not None:
+                    sql += f" WHERE {to_datafusion_sql(condition)}"
+                    nodes.append(condition)
                     self.pending_filter = None
-                self._add_program(sql, nodes, "arguments" if items else "filter")
+                self._add_program(sql, nodes, "arguments" if items else "filter", outputs, condition)
             for call in group:
                 types = [self.schema.field(a.column).type if a.column is not None else a.literal_type for a in call.args]
                 try:
@@ -273,9 +280,12 @@ class _StepBuilder:
                 self.schema = self.schema.append(pa.field(call.output, result_type))
                 self.stages.append(CallStage(call, types))
 
-    def _add_program(self, sql: str, nodes: list[exp.Expr], what: str) -> None:
+    def _add_program(self, sql: str, nodes: list[exp.Expr], what: str, outputs: list[exp.Expr],
+                     condition: exp.Expr | None) -> None:
+        """``sql`` as a program stage; ``outputs`` and ``condition`` are its SELECT list and
+        WHERE clause, for the Arrow path of small batches."""
         try:
-            program = DataFusionProgram(sql, self.schema)
+            program = DataFusionProgram(sql, self.schema, partial(arrow_program, outputs, condition, self.schema))
         except Exception as error:  # DataFusion planning errors are plain exceptions
             err = plan_error(error)
             err.location = self._location(nodes[0]) if nodes else None

@@ -208,6 +208,8 @@ class Decoder:
     def _account(self, parts: list[Decoded], records: Sequence[bytes], position: Position) -> Decoded:
         """Join the parts; a record that gave neither a row nor a dead letter held no
         record at all (an empty message): that is a dead letter too."""
+        if len(parts) == 1 and not parts[0].dead and len(parts[0].records) == len(records):
+            return parts[0]  # every record one row (the common case): nothing to join or account
         tables = [p.table for p in parts if p.table.num_rows]
         table = pa.concat_tables(tables) if tables else parts[0].table
         rows = np.concatenate([p.records for p in parts])

@@ -29,7 +29,8 @@ from sqlstream.connectors.decode.block import (
     arrow_message,
     join_ranges,
 )
-from sqlstream.connectors.decode.conform import READ_ERRORS
+from sqlstream.connectors.decode.conform import CONVERT_ERRORS, READ_ERRORS
+from sqlstream.connectors.decode.json_clean import CleanJsonReader
 from sqlstream.failure_isolation import isolate_failures
 
 __all__ = ["JsonDecoder"]
@@ -81,6 +82,11 @@ class JsonDecoder(Decoder):
         self._spelling: dict[str, str] = {}  # declared name → the block's other spelling
         self._exact_options = self._parse_options({})
         self._options = self._exact_options
+        # small clean blocks (a micro-batch of a few messages) skip pyarrow.json
+        self._clean = CleanJsonReader(self.read_schema) if CleanJsonReader.applies(self.read_schema) else None
+        # what conform_table gives when the read types are the declared ones (no conversion)
+        self._conformed = pa.schema([f.with_nullable(True) for f in self.schema])
+        self._read_as_declared = self.read_schema.types == self.schema.types and not self._base64
 
     def _parse_options(self, spelling: dict[str, str]) -> pjson.ParseOptions:
         fields = list(self.read_schema)
@@ -118,11 +124,37 @@ class JsonDecoder(Decoder):
         return self._drop(lines, rejects, bad) if bad else lines
 
     def decode_block(self, data: bytes, position: Position) -> Decoded:
+        decoded = self._decode_clean(data) if self._clean is not None else None
+        if decoded is not None:
+            return decoded
         spelling = self._first_spelling(data)
         if spelling != self._spelling:
             self._spelling = spelling
             self._options = self._parse_options(spelling) if spelling else self._exact_options
         return super().decode_block(data, position)
+
+    def _decode_clean(self, data: bytes) -> Decoded | None:
+        """A small block that every record of makes a row (see ``json_clean.py``), or None."""
+        columns = self._clean.read(data)
+        if columns is None:
+            return None
+        if self._read_as_declared:
+            return self._clean_rows(pa.Table.from_arrays(columns, schema=self._conformed))
+        table = pa.Table.from_arrays(columns, schema=self.read_schema)
+        for name in self._base64:
+            values, bad_rows = from_base64(table.column(name).combine_chunks())
+            if len(bad_rows):
+                return None
+            table = table.set_column(table.column_names.index(name), name, values)
+        try:
+            return self._clean_rows(self._conform(table))
+        except CONVERT_ERRORS:
+            return None
+
+    def _clean_rows(self, table: pa.Table) -> Decoded | None:
+        if any(table.column(name).null_count for name in self.not_null):
+            return None
+        return Decoded(table, np.arange(table.num_rows), [], np.zeros(0, dtype=np.int64))
 
     def _read(self, data: bytes, options: pjson.ParseOptions | None = None) -> pa.Table:
         options = options or self._options

@@ -130,12 +130,15 @@ class MessageDecoder:
 
     def _assemble(self, table: pa.Table, rows: np.ndarray, received: Received) -> pa.RecordBatch:
         """Data columns plus metadata columns, in declared order (plus the hidden id)."""
+        if not self.metadata and self.stream is None:  # (the common case: the data columns as they are)
+            columns = [_one_array(table.column(name)) for name in self.output_schema.names]
+            return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
         take = pa.array(rows, pa.int64())
         columns = []
         for field in self.schema:
             name = field.name
             if name not in METADATA_COLUMNS:
-                columns.append(table.column(name).combine_chunks())
+                columns.append(_one_array(table.column(name)))
                 continue
             if name == "_subject":
                 values = pa.array(received.subjects, pa.binary()).cast(pa.string())
@@ -154,6 +157,10 @@ class MessageDecoder:
         return pa.RecordBatch.from_arrays(columns, schema=self.output_schema)
 
 
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 # -- encoding (sink) --------------------------------------------------------------------------
 
 
@@ -161,7 +168,7 @@ def encode_json_payloads(batch: pa.RecordBatch) -> pa.Array:
     """One JSON object per row, as binary message payloads."""
     if batch.num_rows == 0:
         return pa.array([], pa.binary())
-    return pc.cast(encode_json_values(batch), pa.binary())
+    return encode_json_values(batch).view(pa.binary())
 
 
 def encode_arrow_payload(batch: pa.RecordBatch) -> bytes:
