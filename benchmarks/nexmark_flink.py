@@ -19,7 +19,7 @@ with a peak RSS ≤ ¼ of Flink's. This script measures both sides as a user run
   process tree (``/proc`` polled every 0.1 s: Flink's JVM is a child of its Python), or
   its own ``ru_maxrss`` from ``os.wait4`` where that is larger; start-up is subtracted by
   running the same job on a 10-row input (best of ``--repeat`` for each, alternated);
-* the two outputs are compared as multisets of rows (numbers rounded to 6 places,
+* the two outputs are compared as multisets of rows (numbers rounded to millionths,
   timestamps spelled one way, empty and NULL alike) before a ratio is printed; a
   mismatch is printed as such.
 
@@ -333,7 +333,8 @@ def read_output(path: Path, names: list[str] | None) -> pa.Table:
     for name in table.column_names:
         column = table.column(name)
         try:
-            normalized[name] = pc.round(pc.cast(column, pa.float64()), 6)
+            # millionths, rounded to whole numbers: exact where rounding to 6 places in binary is not
+            normalized[name] = pc.round(pc.multiply(pc.cast(column, pa.float64()), 1e6))
         except pa.ArrowInvalid:
             normalized[name] = pc.replace_substring_regex(column, _TIMESTAMP, r"\1 \2")
     return pa.table(normalized)
@@ -413,14 +414,22 @@ def _rate(events: int, side: Side) -> str:
     return f"{events / side.net_s / 1e3:8.0f}k ev/s"
 
 
+def _ratio(ours: Side, theirs: Side) -> str:
+    """sqlstream's events/s ÷ Flink's, where both are above their start-up."""
+    if ours.full.wall_s <= ours.tiny.wall_s or theirs.full.wall_s <= theirs.tiny.wall_s:
+        return "  n/a"
+    return f"{theirs.net_s / ours.net_s:5.2f}x"
+
+
 def report(name: str, events: int, ours: Side, theirs: Side | None, status: str) -> str:
     line = (f"{name:4s} {events:>11,} | sqlstream {_rate(events, ours)} "
-            f"(net {ours.net_s:6.2f}s, start-up {ours.tiny.wall_s:4.2f}s) {_gb(ours.full.peak_rss)}")
+            f"(net {ours.net_s:6.2f}s, start-up {ours.tiny.wall_s:4.2f}s) {_gb(ours.full.peak_rss)} "
+            f"(start-up {_gb(ours.tiny.peak_rss).strip()})")
     if theirs is None:
         return f"{line} | {status}"
     return (f"{line} | flink {_rate(events, theirs)} (net {theirs.net_s:6.2f}s, "
-            f"start-up {theirs.tiny.wall_s:4.2f}s) {_gb(theirs.full.peak_rss)} | "
-            f"throughput {theirs.net_s / ours.net_s:5.2f}x  RSS {ours.full.peak_rss / theirs.full.peak_rss:4.2f}x | "
+            f"start-up {theirs.tiny.wall_s:4.2f}s) {_gb(theirs.full.peak_rss)} (start-up {_gb(theirs.tiny.peak_rss).strip()}) | "
+            f"throughput {_ratio(ours, theirs)}  RSS {ours.full.peak_rss / theirs.full.peak_rss:4.2f}x | "
             f"{ours.rows:,} rows {status}")
 
 

@@ -39,10 +39,12 @@ def test_every_flink_job_reads_the_three_files_and_writes_one_result(name, data,
 def test_the_two_spellings_of_a_row_compare_equal(tmp_path):
     ours = tmp_path / "ours.csv"
     ours.write_text('"auction","price","date_time","extra"\n'
-                    "1000,790.868,2023-11-14 22:13:19.946000,\n1002,908,2023-11-14 22:13:20.000000,\"\"\n")
+                    "1000,790.868,2023-11-14 22:13:19.946000,\n1002,908,2023-11-14 22:13:20.000000,\"\"\n"
+                    "1003,3852.6440000000002,2023-11-14 22:13:21.100000,x\n")
     (tmp_path / "flink").mkdir()
-    (tmp_path / "flink" / "part-0-0").write_text('1002,908.000,"2023-11-14 22:13:20",\n'
-                                                "1000,790.8680,2023-11-14T22:13:19.946,\n")
+    (tmp_path / "flink" / "part-0-0").write_text('1002,9.08E+2,"2023-11-14 22:13:20",\n'
+                                                "1000,790.8680,2023-11-14T22:13:19.946,\n"
+                                                "1003,3852.644,2023-11-14 22:13:21.1,x\n")
     mine = read_output(ours, None)
     assert same_rows(mine, read_output(tmp_path / "flink", mine.column_names)) == "ok"
 
