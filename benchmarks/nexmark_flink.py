@@ -15,9 +15,10 @@ with a peak RSS ≤ ¼ of Flink's. This script measures both sides as a user run
   ``filesystem`` CSV sink; streaming mode, parallelism 1, the local mini-cluster) run
   with the Python of a separate venv holding ``apache-flink==2.3.0``, made on first use
   (``--flink-venv``);
-* every process is timed whole and its peak RSS is the largest sum of the RSS of its
-  process tree (``/proc`` polled every 0.1 s: Flink's JVM is a child of its Python), or
-  its own ``ru_maxrss`` from ``os.wait4`` where that is larger; start-up is subtracted by
+* every process is timed whole and its peak memory is the largest sum of the RSS of its
+  process tree (``/proc`` polled every 0.1 s: Flink's JVM is a child of the PyFlink
+  Python process), or one process's ``VmHWM`` where larger (see ``TreePeak``: not
+  ``ru_maxrss``, which counts the harness's own memory); start-up is subtracted by
   running the same job on a 10-row input (best of ``--repeat`` for each, alternated);
 * the two outputs are compared as multisets of rows (numbers rounded to millionths,
   timestamps spelled one way, empty and NULL alike) before a ratio is printed; a
@@ -274,19 +275,43 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes resident in ``pid`` and all its descendants now."""
-    tree, total, todo = _children(), 0, [pid]
-    page = os.sysconf("SC_PAGE_SIZE")
-    while todo:
-        p = todo.pop()
-        todo.extend(tree.get(p, ()))
-        try:
-            with open(f"/proc/{p}/statm", "rb") as f:
-                total += int(f.read().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+def _memory(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of ``pid`` in bytes; zeros once it is gone."""
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith(b"VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return rss, hwm
+
+
+class TreePeak:
+    """The peak memory of a process tree, polled: the largest sum of its processes' RSS
+    at one moment, or one process's own high-water mark where that is larger (it catches
+    a peak between two polls).
+
+    Not ``ru_maxrss`` from ``wait4``: Linux carries the high-water mark of the memory a
+    child had before ``exec`` (the parent's, with ``vfork``) into it, so a harness holding
+    the generated tables would be counted in every run."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.peak = 0
+
+    def poll(self) -> None:
+        tree, todo, total = _children(), [self.root], 0
+        while todo:
+            pid = todo.pop()
+            todo.extend(tree.get(pid, ()))
+            rss, hwm = _memory(pid)
+            total += rss
+            self.peak = max(self.peak, hwm)
+        self.peak = max(self.peak, total)
 
 
 @dataclass(frozen=True)
@@ -302,18 +327,18 @@ def run_process(command: list[str], cwd: Path, log: Path, stdin: str = "") -> Ru
         proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT)
         proc.stdin.write(stdin.encode())
         proc.stdin.close()
-        peak = 0
+        peak = TreePeak(proc.pid)
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
             if pid:
                 break
-            peak = max(peak, tree_rss(proc.pid))
+            peak.poll()
             time.sleep(POLL_S)
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} ... failed ({proc.returncode}):\n{log.read_text()[-3000:]}")
-    return Run(wall, max(peak, usage.ru_maxrss * 1024))
+    return Run(wall, peak.peak)
 
 
 # ---------------------------------------------------------------- outputs compared
