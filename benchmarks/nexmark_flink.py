@@ -48,12 +48,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-try:
-    from benchmarks.whole_process import SQLSTREAM
-except ImportError:  # run as a script from benchmarks/
-    from whole_process import SQLSTREAM
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the generator is in tests/
+from benchmarks.whole_process import SQLSTREAM  # noqa: E402
 from tests.generators.nexmark import generate  # noqa: E402
 
 FLINK_VERSION = "2.3.0"
@@ -320,11 +317,11 @@ class Run:
     peak_rss: int
 
 
-def run_process(command: list[str], cwd: Path, log: Path, stdin: str = "") -> Run:
+def run_process(command: list[str], cwd: Path, log: Path, stdin: str = "", env: dict | None = None) -> Run:
     """Run ``command`` whole; its wall time and the peak RSS of its process tree."""
     with open(log, "w") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=cwd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env)
         proc.stdin.write(stdin.encode())
         proc.stdin.close()
         peak = TreePeak(proc.pid)
@@ -409,6 +406,7 @@ def measure(name: str, query: Query, full: Path, tiny: Path, work: Path, flink: 
     """Both engines on ``full`` and ``tiny``, best of ``repeat`` each, alternated."""
     best: dict[tuple[str, str], Run] = {}
     engines = ["sqlstream"] + (["flink"] if flink else [])
+    ours_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     for _ in range(repeat):
         for engine in engines:
             for size, data in (("full", full), ("tiny", tiny)):
@@ -419,7 +417,8 @@ def measure(name: str, query: Query, full: Path, tiny: Path, work: Path, flink: 
                 if engine == "sqlstream":
                     pipeline = work / f"{name}-{size}.sql"
                     pipeline.write_text(sqlstream_pipeline(query, data, out.with_suffix(".csv")))
-                    run = run_process([*SQLSTREAM, "run", "--quiet", "--no-udfs", str(pipeline)], work, log)
+                    run = run_process([*SQLSTREAM, "run", "--quiet", "--no-udfs", str(pipeline)], work, log,
+                                      env=ours_env)
                 else:
                     statements = flink_statements(query, data, out)
                     (work / f"{name}-{size}.flink.sql").write_text(statements)
