@@ -50,7 +50,8 @@ import pyarrow.csv as pcsv
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the generator is in tests/
-from benchmarks.whole_process import SQLSTREAM  # noqa: E402
+from benchmarks import whole_process  # noqa: E402
+from benchmarks.whole_process import SQLSTREAM, TreePeak  # noqa: E402
 from tests.generators.nexmark import generate  # noqa: E402
 
 FLINK_VERSION = "2.3.0"
@@ -62,7 +63,6 @@ INTERVAL_US = 10_000  # event time between two events: 10M events span ~28 hours
 MAX_JITTER_US = (DELAY_MS - 1) * 1000
 TABLES = ("person", "auction", "bid")
 TINY_ROWS = 10
-POLL_S = 0.1
 
 # (name, sqlstream type, Flink type) per column, in file order
 COLUMNS = {
@@ -258,59 +258,6 @@ def flink_python(venv: Path) -> Path:
 # ---------------------------------------------------------------- whole processes, time and peak RSS
 
 
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def _memory(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of ``pid`` in bytes; zeros once it is gone."""
-    rss = hwm = 0
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    rss = int(line.split()[1]) * 1024
-                elif line.startswith(b"VmHWM:"):
-                    hwm = int(line.split()[1]) * 1024
-    except (OSError, IndexError, ValueError):
-        pass
-    return rss, hwm
-
-
-class TreePeak:
-    """The peak memory of a process tree, polled: the largest sum of its processes' RSS
-    at one moment, or one process's own high-water mark where that is larger (it catches
-    a peak between two polls).
-
-    Not ``ru_maxrss`` from ``wait4``: Linux carries the high-water mark of the memory a
-    child had before ``exec`` (the parent's, with ``vfork``) into it, so a harness holding
-    the generated tables would be counted in every run."""
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.peak = 0
-
-    def poll(self) -> None:
-        tree, todo, total = _children(), [self.root], 0
-        while todo:
-            pid = todo.pop()
-            todo.extend(tree.get(pid, ()))
-            rss, hwm = _memory(pid)
-            total += rss
-            self.peak = max(self.peak, hwm)
-        self.peak = max(self.peak, total)
-
-
 @dataclass(frozen=True)
 class Run:
     wall_s: float
@@ -330,7 +277,7 @@ def run_process(command: list[str], cwd: Path, log: Path, stdin: str = "", env: 
             if pid:
                 break
             peak.poll()
-            time.sleep(POLL_S)
+            time.sleep(whole_process.POLL_S)
         wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
