@@ -171,6 +171,8 @@ class Worker:
             else:
                 self.owned[partition] = renewed
                 self.renewed_at[partition] = sent
+        for partition in self.releasing:  # asked again each round: a run still starting up
+            self.running[partition].stop("handover")  # takes the request only once it loops
         for partition, run in list(self.running.items()):
             if not run.done or partition not in self.owned:
                 continue
