@@ -11,8 +11,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sqlstream.connectors.decode import CsvDecoder, JsonDecoder
+from sqlstream.connectors.decode.csv_lines import _has_open_quote
 from sqlstream.errors import ExecutionError
 from sqlstream.testing import TestSession
 
@@ -334,3 +337,10 @@ def test_csv_empty_last_field_after_a_quoted_one_at_the_end_of_a_block_is_null()
     table, dead = CsvDecoder(schema, "src").decode(b'1,"a",2.0\n0,"x",', lambda i: str(i + 1))
     assert dead == []
     assert table.to_pylist() == [{"id": 1, "name": "a", "v": 2.0}, {"id": 0, "name": "x", "v": None}]
+
+
+@given(st.binary(max_size=60).map(lambda b: bytes(b'"\n,a'[x % 4] for x in b)))
+@settings(max_examples=300, deadline=None)
+def test_a_line_with_an_odd_number_of_quotes_is_found(data):
+    expected = any(line.count(b'"') % 2 for line in data.split(b"\n"))
+    assert _has_open_quote(data) == expected
