@@ -138,22 +138,16 @@ class PartitionLeases:
 
     async def members(self) -> list[str]:
         """The ids of the workers alive now (this one included once it beat)."""
-        return sorted(k[len(_WORKERS):] for k in await self._keys() if k.startswith(_WORKERS))
+        return sorted(k[len(_WORKERS):] for k in await self._live() if k.startswith(_WORKERS))
 
     async def taken(self) -> set[int]:
         """Partitions some worker holds a lease on."""
-        return {int(k[len(_PARTITIONS):]) for k in await self._keys() if k.startswith(_PARTITIONS)}
+        return set(await self.owners())
 
     async def owners(self) -> dict[int, str]:
-        """Partition → the worker holding its lease (for status and tests)."""
-        out = {}
-        for partition in sorted(await self.taken()):
-            try:
-                entry = await self.kv.get(_PARTITIONS + str(partition))
-            except KeyNotFoundError:
-                continue
-            out[partition] = entry.value.decode()
-        return out
+        """Partition → the worker holding its lease."""
+        return {int(k[len(_PARTITIONS):]): v.decode() for k, v in sorted((await self._live()).items())
+                if k.startswith(_PARTITIONS)}
 
     async def claim(self, partition: int) -> Lease | None:
         """The lease of a free partition, or None when another worker holds it."""
@@ -189,18 +183,19 @@ class PartitionLeases:
                     raise
             self._heartbeat_revision = None
 
-    async def _keys(self) -> list[str]:
-        """The live keys: the bucket stream's subjects (cheap, no consumer; nats-py's
-        ``kv.keys()`` leaves a watcher consumer behind on the server for minutes), less
-        those whose last entry is a delete (a released lease or a worker that left)."""
+    async def _live(self) -> dict[str, bytes]:
+        """The live keys and their values: the bucket stream's subjects (cheap, no
+        consumer; nats-py's ``kv.keys()`` leaves a watcher consumer behind on the server
+        for minutes), less those whose last entry is a delete (a released lease or a
+        worker that left)."""
         prefix = f"$KV.{self.bucket}."
         info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=f"{prefix}>")
-        live = []
+        live = {}
         for subject in sorted(info.state.subjects or {}):
             key = subject[len(prefix):]
             try:
-                await self.kv.get(key)
+                entry = await self.kv.get(key)
             except (KeyNotFoundError, KeyDeletedError):  # released, left, or expired meanwhile
                 continue
-            live.append(key)
+            live[key] = entry.value
         return live
