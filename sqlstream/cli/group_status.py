@@ -13,6 +13,7 @@ import asyncio
 import sys
 
 from sqlstream.cli.workers import (
+    PARTITIONED_SOURCE_HINT,
     PartitionedPipeline,
     load_pipeline,
     mirror_of,
@@ -92,6 +93,10 @@ async def group_rows(pipeline: PartitionedPipeline, group: str | None) -> tuple[
         await nc.close()
 
 
+def _header(group: str, workers: list[str]) -> str:
+    return f"group '{group}': {len(workers)} worker(s){': ' if workers else ''}{', '.join(workers)}"
+
+
 def _only_group(groups: list[str], url: str) -> str:
     if len(groups) == 1:
         return groups[0]
@@ -111,8 +116,7 @@ def show_workers(session, group: str | None, location=None) -> tuple[str, list[d
             "SHOW WORKERS: no partitioned source in this session" if not keys else
             f"SHOW WORKERS: {len(keys)} partitioned sources in this session ({', '.join(sorted(keys))}); "
             "a group of workers runs a pipeline with one", location=location,
-            hint="CREATE SOURCE ... WITH (connector = 'nats', stream = '...', subject = 'orders.{customer_id}', "
-                 "partitions = 4, partition_by = 'customer_id'), as in the pipeline the workers run")
+            hint=f"{PARTITIONED_SOURCE_HINT}, as in the pipeline the workers run")
     (name,) = keys
     pipeline = source_pipeline(session, name, session.settings["checkpoint_dir"])
     try:
@@ -123,7 +127,7 @@ def show_workers(session, group: str | None, location=None) -> tuple[str, list[d
     except Exception as error:  # NATS unreachable, a timeout
         raise SqlStreamError(f"SHOW WORKERS: cannot read the groups on {pipeline.url}: {error}",
                              location=location, exit_code=1) from None
-    return f"group '{group}': {len(workers)} worker(s){': ' if workers else ''}{', '.join(workers)}", rows
+    return _header(group, workers), rows
 
 
 def cmd_group(args) -> int:
@@ -135,7 +139,7 @@ def cmd_group(args) -> int:
     args.checkpoint_interval = None
     pipeline = partitioned_pipeline(load_pipeline(args, None), args.file, args.checkpoint)
     _, workers, rows = asyncio.run(group_rows(pipeline, args.group))
-    print(f"group '{args.group}': {len(workers)} worker(s){': ' if workers else ''}{', '.join(workers)}")
+    print(_header(args.group, workers))
     console = Console() if sys.stdout.isatty() else None
     render_table(rows_table(rows), "table" if console else "csv", sys.stdout, console)
     return 0

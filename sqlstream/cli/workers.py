@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlstream.connectors.base import Partition
+from sqlstream.connectors.durable_files import publish, temp_path
 from sqlstream.connectors.nats.objects import ObjectBucket, is_bucket_url, split_bucket_url
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import SqlStreamError
@@ -30,10 +31,12 @@ from sqlstream.errors import SqlStreamError
 if TYPE_CHECKING:
     from sqlstream.connectors.nats.partitions import PartitionLayout
 
-__all__ = ["cmd_worker", "run_group", "PartitionedPipeline", "partitioned_pipeline", "source_pipeline", "load_pipeline",
-           "mirror_of"]
+__all__ = ["PARTITIONED_SOURCE_HINT", "cmd_worker", "run_group", "PartitionedPipeline", "partitioned_pipeline",
+           "source_pipeline", "load_pipeline", "mirror_of"]
 
 _LAYOUT_FILE = "partitioning.json"
+PARTITIONED_SOURCE_HINT = ("CREATE SOURCE ... WITH (connector = 'nats', stream = '...', "
+                           "subject = 'orders.{customer_id}', partitions = 4, partition_by = 'customer_id')")
 #: sinks whose output stays right with one writer per partition (see docs/scale-out.md)
 _GROUP_SINKS = ("file", "nats", "stdout")
 
@@ -60,8 +63,7 @@ def partitioned_pipeline(session, path: str, checkpoint: str | None = None) -> P
     if len(keys) != 1:
         raise SqlStreamError(
             f"{path}: a group of workers runs a pipeline with one partitioned source; this one has {len(keys) or 'none'}",
-            hint="CREATE SOURCE ... WITH (connector = 'nats', stream = '...', subject = 'orders.{customer_id}', "
-                 "partitions = 4, partition_by = 'customer_id')")
+            hint=PARTITIONED_SOURCE_HINT)
     (name,) = keys
     sinks = session.pending_sinks()
     if not sinks:
@@ -141,10 +143,10 @@ def _check_layout(pipeline: PartitionedPipeline, bucket: ObjectBucket | None, gr
                 f"checkpoint {pipeline.checkpoint_dir} belongs to a pipeline partitioned as {saved}, not {layout}",
                 hint="use another --checkpoint directory, or --from-scratch to start over")
         return
-    temporary = f"{path}.{os.getpid()}.tmp"
+    temporary = temp_path(path)
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(layout, handle)
-    os.replace(temporary, path)
+    publish(temporary, path)
 
 
 def load_pipeline(args, partition: Partition | None, checkpoint_dir: str | None = None):
