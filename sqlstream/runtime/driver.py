@@ -8,6 +8,7 @@ clock instead, so tests run at full speed and never ``sleep``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import threading
@@ -93,6 +94,30 @@ class RunSummary:
         return lines
 
 
+_frozen_loops = 0  # run loops running now (a worker runs one per partition, on threads)
+_frozen_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _gc_frozen():
+    """While a run loop runs, what exists when it starts (the libraries, the plans, the
+    operators, all living as long as the run) is left out of the collector's full passes:
+    one pass over it took 65-400 ms mid-stream at 10k msgs/s, a latency spike every time.
+    ``gc.freeze`` is process-wide, so it is undone when the last loop of the process ends
+    (then garbage among those objects is collected again)."""
+    global _frozen_loops
+    with _frozen_lock:
+        _frozen_loops += 1
+        gc.freeze()
+    try:
+        yield
+    finally:
+        with _frozen_lock:
+            _frozen_loops -= 1
+            if not _frozen_loops:
+                gc.unfreeze()
+
+
 class Driver:
     def __init__(
         self,
@@ -159,16 +184,10 @@ class Driver:
             if self.checkpointer is not None:
                 self.checkpointer.restore(self)
             self.ready = True
-            # What exists now (the libraries, the plans, the operators) lives as long as the
-            # run: the collector's full passes leave it alone while the loop runs (one pass
-            # over it took 65-400 ms mid-stream at 10k msgs/s, a latency spike every time)
-            gc.freeze()
-            try:
+            with _gc_frozen():
                 while not self._stop.is_set() and self.step():
                     if self.checkpointer is not None:
                         self.checkpointer.maybe_take(self)
-            finally:
-                gc.unfreeze()  # (garbage among those objects is collected again afterwards)
             if self._stop.is_set():
                 self._drain_sources()
         except StateLimitError:
