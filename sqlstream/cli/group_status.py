@@ -21,8 +21,9 @@ from sqlstream.cli.workers import (
     source_pipeline,
 )
 from sqlstream.connectors.base import Partition
-from sqlstream.connectors.nats.objects import ObjectBucket, is_bucket_url, split_bucket_url
+from sqlstream.connectors.nats.objects import ObjectBucket
 from sqlstream.errors import SqlAnalysisError, SqlStreamError
+from sqlstream.runtime.checkpoint_mirror import is_bucket_url, split_bucket_url
 from sqlstream.runtime.checkpointing import utc_text
 from sqlstream.runtime.checkpoints import CheckpointStore, DamagedCheckpoint
 from sqlstream.scaleout.partition_run import partition_checkpoint_dir

@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
         if args.workers < 1:
             raise SqlStreamError(f"--workers {args.workers}: must be at least 1")
         return run_group(args)
-    from sqlstream.connectors.nats.objects import is_bucket_url
+    from sqlstream.runtime.checkpoint_mirror import is_bucket_url
 
     if is_bucket_url(args.checkpoint):
         raise SqlStreamError(f"--checkpoint {args.checkpoint}: checkpoints in a NATS object store are for "

@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 
 from sqlstream.connectors.base import Partition
 from sqlstream.connectors.durable_files import publish, temp_path
-from sqlstream.connectors.nats.objects import ObjectBucket, is_bucket_url, split_bucket_url
+from sqlstream.connectors.nats.objects import ObjectBucket
 from sqlstream.durations import parse_duration_us
 from sqlstream.errors import SqlStreamError
+from sqlstream.runtime.checkpoint_mirror import is_bucket_url, split_bucket_url
 
 if TYPE_CHECKING:
     from sqlstream.connectors.nats.partitions import PartitionLayout

@@ -27,15 +27,43 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any, Callable, Protocol
+from urllib.parse import urlsplit
 
+from sqlstream.errors import ConnectorError
 from sqlstream.runtime.checkpoints import Checkpoint, CheckpointStore
 
-__all__ = ["CheckpointMirror", "BlobStore", "POINTER"]
+__all__ = ["CheckpointMirror", "BlobStore", "POINTER", "is_bucket_url", "split_bucket_url"]
 
 #: the object, under a mirror's key, that names its committed epochs
 POINTER = "latest.json"
+
+
+_SCHEMES = ("nats", "tls")
+_BUCKET = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def is_bucket_url(text: str | None) -> bool:
+    """Whether a checkpoint location names an object store bucket rather than a
+    directory (here, not beside the bucket client: ``sqlstream run`` asks it of every
+    ``--checkpoint`` without loading the NATS connector)."""
+    return bool(text) and text.split("://", 1)[0].lower() in _SCHEMES and "://" in text
+
+
+def split_bucket_url(text: str) -> tuple[str, str]:
+    """``nats://host:port/BUCKET`` as (server url, bucket name).
+
+    >>> split_bucket_url("nats://127.0.0.1:4222/CK")
+    ('nats://127.0.0.1:4222', 'CK')
+    """
+    parts = urlsplit(text)
+    bucket = parts.path.strip("/")
+    if not parts.netloc or not _BUCKET.match(bucket):
+        raise ConnectorError(f"{text}: expected nats://host:port/BUCKET (bucket: letters, digits, - and _)",
+                             hint="e.g. --checkpoint nats://127.0.0.1:4222/sqlstream_checkpoints", exit_code=2)
+    return f"{parts.scheme}://{parts.netloc}", bucket
 
 
 class BlobStore(Protocol):

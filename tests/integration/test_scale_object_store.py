@@ -178,8 +178,8 @@ def test_a_bucket_url_is_for_groups_of_workers(tmp_path):
 
 
 def test_a_bucket_url_names_a_bucket():
-    from sqlstream.connectors.nats.objects import split_bucket_url
     from sqlstream.errors import ConnectorError
+    from sqlstream.runtime.checkpoint_mirror import split_bucket_url
 
     with pytest.raises(ConnectorError, match=r"nats://h:4222/a\.b: expected nats://host:port/BUCKET"):
         split_bucket_url("nats://h:4222/a.b")

@@ -52,6 +52,13 @@ def test_check_imports_what_planning_needs_and_not_pandas():
     assert sorted(loaded & {"pandas", "nats", "onnxruntime", "rich", "prompt_toolkit", "duckdb", "polars"}) == []
 
 
+def test_run_of_a_pipeline_without_nats_does_not_load_the_nats_connector():
+    # run looks at --checkpoint for an object store URL (sqlstream.runtime.checkpoint_mirror)
+    loaded = _modules_after(f"    from sqlstream.cli.main import main\n    main(['run', {str(HELLO)!r}, '--quiet'])")
+    assert "pyarrow" in loaded
+    assert sorted(loaded & {"nats", "asyncio"}) == []
+
+
 def test_datafusion_functions_still_load_on_first_use():
     # sqlstream defers running datafusion.functions; whoever uses it gets the whole module
     loaded = _modules_after(

@@ -1,6 +1,7 @@
 """A JetStream object store bucket as a small, synchronous blob store.
 
-``nats://host:port/BUCKET`` names a bucket on a NATS server; :class:`ObjectBucket`
+``nats://host:port/BUCKET`` names a bucket on a NATS server
+(:func:`sqlstream.runtime.checkpoint_mirror.split_bucket_url`); :class:`ObjectBucket`
 puts, gets and lists whole objects (bytes) by name, from any thread, through
 an :class:`~sqlstream.connectors.asyncio_bridge.AsyncioBridge` of its own. It knows
 nothing of what the bytes are: the checkpoint mirror
@@ -9,36 +10,12 @@ nothing of what the bytes are: the checkpoint mirror
 
 from __future__ import annotations
 
-import re
-from urllib.parse import urlsplit
-
 from sqlstream.connectors.asyncio_bridge import AsyncioBridge
 from sqlstream.errors import ConnectorError
 
-__all__ = ["ObjectBucket", "is_bucket_url", "split_bucket_url"]
+__all__ = ["ObjectBucket"]
 
-_SCHEMES = ("nats", "tls")
-_BUCKET = re.compile(r"^[A-Za-z0-9_-]+$")
 _TIMEOUT_S = 30.0
-
-
-def is_bucket_url(text: str | None) -> bool:
-    """Whether ``text`` names an object store bucket rather than a directory."""
-    return bool(text) and text.split("://", 1)[0].lower() in _SCHEMES and "://" in text
-
-
-def split_bucket_url(text: str) -> tuple[str, str]:
-    """``nats://host:port/BUCKET`` as (server url, bucket name).
-
-    >>> split_bucket_url("nats://127.0.0.1:4222/CK")
-    ('nats://127.0.0.1:4222', 'CK')
-    """
-    parts = urlsplit(text)
-    bucket = parts.path.strip("/")
-    if not parts.netloc or not _BUCKET.match(bucket):
-        raise ConnectorError(f"{text}: expected nats://host:port/BUCKET (bucket: letters, digits, - and _)",
-                             hint="e.g. --checkpoint nats://127.0.0.1:4222/sqlstream_checkpoints", exit_code=2)
-    return f"{parts.scheme}://{parts.netloc}", bucket
 
 
 class ObjectBucket:
