@@ -69,7 +69,7 @@ from sqlstream.introspection import (
 from sqlstream.observability.analyze import DiscardWriter, analyze_text
 from sqlstream.paths import resolve_path
 from sqlstream.plan.nodes import PlanNode
-from sqlstream.plan.partitioning import partition_aligned
+from sqlstream.plan.partitioning import partition_plan
 from sqlstream.plan.planner import QueryPlanner
 from sqlstream.python_data import create_source_sql, memory_stream_of, quoted
 from sqlstream.results import QueryResult
@@ -308,10 +308,9 @@ class Session:
         return QueryPlanner(PlannerCatalog(self.sources, self.views, self.functions), source, self.settings).plan(query)
 
     def _plan_sink(self, query: exp.Expr, source: SourceText, st: Statement) -> PlanNode:
-        """A sink's plan; over a partitioned source, one that runs partition by partition."""
-        plan = self._plan(query, source)
-        partition_aligned(plan, self.partition_keys(), st.location)
-        return plan
+        """A sink's plan; over a partitioned source, one that runs partition by partition
+        (with an exchange where its state needs one)."""
+        return partition_plan(self._plan(query, source), self.partition_keys(), st.location)
 
     def partition_keys(self) -> dict[str, str]:
         """Partitioned sources (``partitions = P``) and their key columns."""
@@ -490,6 +489,8 @@ class Session:
     def _explain(self, st: ExplainStatement) -> StatementResult:
         title, query, source = explain_target(st)
         plan = self._plan(query, source)
+        if title.startswith("sink "):  # (what workers run: with the exchange, if the sink needs one)
+            plan = partition_plan(plan, self.partition_keys(), st.location)
         if st.analyze:
             if not isinstance(st.statement, QueryStatement):
                 raise UnsupportedSqlError("EXPLAIN ANALYZE takes a query (SELECT ...); for a file's sinks use "
@@ -557,8 +558,7 @@ class Session:
         each source's reader; ``progress`` and ``warn`` go to the driver."""
         if not sinks and not extra_sinks:
             raise ExecutionError("nothing to run", hint="add CREATE SINK ... AS SELECT, INSERT INTO, or a SELECT")
-        builder = PipelineBuilder(with_one_row(self.sources, self.base_dir), self.settings, self.clock, self._run_context, self._dead_letter_path(),
-                                  wrap_reader)
+        sources = self.sources
         plans = []
         for entry in sinks:
             if entry.plan is None:
@@ -567,6 +567,12 @@ class Session:
         for name, plan, open_writer in extra_sinks:
             plans.append(SinkPlan(name, plan, query_result_schema(plan),
                                   lambda schema, ctx, open_writer=open_writer: open_writer(schema), self.base_dir))
+        if self.partition is not None:  # a worker's partition: queries with an exchange split in two
+            from sqlstream.scaleout.exchange import split_exchanges
+
+            plans, sources = split_exchanges(plans, sources, self.partition)
+        builder = PipelineBuilder(with_one_row(sources, self.base_dir), self.settings, self.clock, self._run_context,
+                                  self._dead_letter_path(), wrap_reader)
         driver = builder.build(plans, progress=progress, warn=warn, checkpoint=checkpoint)
         self.dead_letters = driver.dead_letters
         return driver

@@ -225,7 +225,7 @@ def _serve(args, pipeline: PartitionedPipeline, ttl_s: float, bucket: ObjectBuck
         return load_pipeline(args, partition, partition_checkpoint_dir(checkpoint_dir, partition))
 
     def start(index: int, fence) -> PartitionRun:
-        partition = Partition(index, pipeline.partitions)
+        partition = Partition(index, pipeline.partitions, args.group)
         mirror = None if bucket is None else mirror_of(bucket, pipeline, args.group, partition)
         return PartitionRun(partition, open_session, name, lambda text: note(f"partition {index}: {text}"), fence,
                             mirror)

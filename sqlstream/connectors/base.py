@@ -84,6 +84,10 @@ class SourceBatch:
     raw_count: int = 0  # records received (good + bad)
     raw_bytes: int | None = None  # bytes those records took (file bytes, payloads); None: the reader cannot say
     event_time_hint: int | None = None  # µs: the source has seen event time up to here (moves the watermark)
+    #: a source whose watermarks come from elsewhere (an exchange between workers): each
+    #: row's ``__wm`` and the source's watermark after the batch (SourceSpec.external_watermark)
+    row_watermarks: Any = None
+    watermark: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class Partition:
 
     index: int
     count: int
+    group: str = ""  # the worker group running the pipeline (names its exchanges' streams)
 
     @property
     def label(self) -> str:
@@ -241,6 +246,10 @@ class SourceConnector(ABC):
     #: (JetStream): a later run does not read again what an earlier run's output holds.
     #: A connector whose answer depends on its options overrides this with a property.
     acknowledges: bool = False
+    #: True when the reader gives each row's watermark and the source's (SourceBatch
+    #: ``row_watermarks``, ``watermark``) instead of the runtime deriving them from event
+    #: times: an exchange between workers, whose watermark is its upstreams' least
+    external_watermark: bool = False
     #: True when the connector can back a TABLE (bounded reference data read whole)
     can_back_table: ClassVar[bool] = False
     #: True when a reader can start at a ``position`` an earlier reader reported (files,

@@ -1,16 +1,26 @@
-"""Which queries a partitioned source can run partition by partition, without a shuffle.
+"""Which queries a partitioned source runs partition by partition, and where a shuffle goes.
 
 A source with ``partitions = P`` is run by workers, each partition by itself: its own
 operators, state and checkpoint (docs/scale-out.md). That is right exactly when every
 piece of state is keyed by something that decides the partition: a window, GROUP BY,
-DISTINCT, deduplication or OVER whose key includes the ``partition_by`` column (or a
-deterministic expression of it alone), or any stateless query. State keyed otherwise
-(another GROUP BY key, a global aggregate, LIMIT, a join of two streams) needs rows of
-several partitions together: a shuffle, which this stage refuses instead of running wrong.
+DISTINCT, deduplication or OVER whose key includes the ``partition_by`` column itself
+(passed through renames), or any stateless query.
 
-:func:`partition_aligned` follows, node by node from the scans up, the set of columns
-that are functions of the partition key alone: through projections (the DataFusion
-program's SQL, read with sqlglot), aggregates (their group keys) and row-preserving
+State keyed otherwise needs rows of several partitions together: :func:`partition_plan`
+puts an :class:`Exchange` below the first operator whose key does not decide the
+partition (as Flink puts a hash exchange before a keyed operator, and Kafka Streams a
+repartition topic). A worker publishes the rows arriving there to an internal
+partitioned JetStream stream, hashed by that operator's key (a global aggregate or a
+LIMIT: all to partition 0), and the owner of each of its partitions runs the operator
+and what follows it (sqlstream/scaleout/exchange.py). One process reading every
+partition (the REPL, ``Session.query``) passes the rows straight through. A query that
+would need a second exchange, or a join of streams, is refused instead of run wrong.
+
+:class:`_Walk` follows, node by node from the scans up, the output columns that are
+copies of each routing column (the partition key, or an exchange's key): through
+projections (the DataFusion program's SQL, read with sqlglot: only plain column
+references and renames keep a column, ``customer_id % 10`` does not: customers 3 and
+13 share it but not a partition), aggregates (their group keys) and row-preserving
 operators.
 """
 
@@ -22,6 +32,9 @@ import sqlglot
 from sqlglot import exp
 
 from sqlstream.errors import Location, UnsupportedSqlError
+from sqlstream.hidden import SOURCE_ID_COLUMN
+from sqlstream.operators.base import Operator
+from sqlstream.operators.context import BuildContext
 from sqlstream.plan.join_nodes import LookupJoin, TableRef
 from sqlstream.plan.lowering import DataFusionDialect
 from sqlstream.plan.nodes import (
@@ -41,25 +54,108 @@ from sqlstream.plan.over import OverAggregate
 from sqlstream.plan.ranking_nodes import Deduplicate, TopN
 from sqlstream.plan.unnest import Unnest
 
-__all__ = ["partition_aligned", "SHUFFLE_HINT"]
+__all__ = ["partition_plan", "Exchange", "exchanges_of", "replace_node", "SHUFFLE_HINT"]
 
-SHUFFLE_HINT = ("shuffles (state keyed by anything but the partition key) are not supported yet: key the state by "
-                "the partition key, or read an unpartitioned stream")
+SHUFFLE_HINT = ("a query over a partitioned source gets one shuffle (an exchange) at most: key the later state by "
+                "the same columns, or split the query into two pipelines")
 _ROWS_KEPT = (LateFilter, WindowExpand, Unnest)  # rows pass through with their columns
+_AGGREGATES = (WindowAggregate, GroupAggregate, ChangelogAggregate, WindowChangelogAggregate)
+_KEYED = {TopN: "Top-N", Deduplicate: "deduplication", OverAggregate: "OVER aggregate"}
 
 
-def partition_aligned(plan: PlanNode, partition_keys: Mapping[str, str], where: Location | None) -> None:
-    """Raise UnsupportedSqlError (at ``where``) unless ``plan`` can run partition by
-    partition; ``partition_keys`` maps each partitioned source to its key column.
-    A plan reading no partitioned source is not checked."""
+class Exchange(PlanNode):
+    """Rows hashed by ``keys`` (no keys: all to one partition) to the partitions of an
+    internal stream, where the operator above this node runs. In one process reading
+    every partition the rows stay where they are."""
+
+    def __init__(self, child: PlanNode, keys: tuple[str, ...], source: str):
+        self.children = (child,)
+        self.keys = keys
+        self.source = source
+        self.schema = child.schema
+        self.updating = child.updating
+        self.rowtime = child.rowtime
+
+    def build(self, ctx: BuildContext) -> Operator:
+        return self.children[0].build(ctx)
+
+    def describe(self) -> str:
+        if not self.keys:
+            return f"Exchange to partition 0 of '{self.source}' (all rows: one partition merges them)"
+        return f"Exchange hash({', '.join(self.keys)}) across the partitions of '{self.source}'"
+
+
+def exchanges_of(plan: PlanNode) -> list[Exchange]:
+    """The exchanges in ``plan`` (one at most: :func:`partition_plan` refuses more)."""
+    found = [plan] if isinstance(plan, Exchange) else []
+    for child in plan.children:
+        found += exchanges_of(child)
+    return found
+
+
+class _Misaligned(Exception):
+    """``node`` keeps state of rows of several partitions together; an exchange below it
+    (``exchangeable``) would fix that."""
+
+    def __init__(self, error: UnsupportedSqlError, node: PlanNode | None = None, keys: tuple[str, ...] = ()):
+        self.error, self.node, self.keys = error, node, keys
+
+
+def partition_plan(plan: PlanNode, partition_keys: Mapping[str, str], where: Location | None) -> PlanNode:
+    """``plan``, with an :class:`Exchange` where its state is keyed by something other
+    than the partition key of the partitioned source it reads (``partition_keys``: each
+    partitioned source and its key column); raises UnsupportedSqlError at ``where`` for a
+    query no single exchange makes right. A plan reading no partitioned source is
+    returned as it is."""
     partitioned = plan.sources() & set(partition_keys)
     if not partitioned:
-        return
+        return plan
     if len(partitioned) > 1:
         raise UnsupportedSqlError(f"a query reads several partitioned sources ({', '.join(sorted(partitioned))})",
-                                  location=where, hint="joining partitioned streams needs a shuffle, which is not "
-                                  "supported yet")
-    _Walk(partition_keys, where).aligned(plan)
+                                  location=where, hint="joining partitioned streams needs a shuffle of both, which "
+                                  "is not supported yet")
+    source = next(iter(partitioned))
+    try:
+        _Walk(partition_keys, where).aligned(plan)
+        return plan
+    except _Misaligned as first:
+        if first.node is None:
+            raise first.error from None
+        missing = [k for k in (*first.keys, SOURCE_ID_COLUMN) if k not in first.node.children[0].schema.names]
+        if missing:
+            raise UnsupportedSqlError(first.error.message, location=where, hint=(
+                "a shuffle needs each row's source message id (to drop what a replay publishes again), and rows of "
+                "a join or an aggregate have none: key this state by the partition key")) from None
+        below = first.node.children[0]
+        exchanged = replace_node(plan, below, Exchange(below, first.keys, source))
+    try:
+        _Walk(partition_keys, where).aligned(exchanged)
+    except _Misaligned as second:
+        what = second.node.describe() if second.node is not None else "the query"
+        raise UnsupportedSqlError(f"cannot run partition by partition over partitioned source '{source}': it needs a "
+                                  f"second shuffle ({what} is keyed by other columns than the exchange below it)",
+                                  location=where, hint=SHUFFLE_HINT) from None
+    return exchanged
+
+
+def replace_node(node: PlanNode, target: PlanNode, replacement: PlanNode) -> PlanNode:
+    """``node`` with ``target`` replaced: a copy of the path down to it (the nodes off
+    the path are shared)."""
+    if node is target:
+        return replacement
+    copy = object.__new__(type(node))
+    children = tuple(replace_node(c, target, replacement) if _contains(c, target) else c for c in node.children)
+    copy.__dict__.update(node.__dict__, children=children)
+    return copy
+
+
+def _contains(node: PlanNode, target: PlanNode) -> bool:
+    return node is target or any(_contains(c, target) for c in node.children)
+
+
+#: per routing column, the output columns that are copies of it; None: every row is in
+#: one partition (below an exchange without keys), so any state is aligned
+_Aligned = dict[str, set[str]] | None
 
 
 class _Walk:
@@ -67,73 +163,94 @@ class _Walk:
         self.keys = partition_keys
         self.where = where
 
-    def refuse(self, what: str, hint: str = SHUFFLE_HINT) -> UnsupportedSqlError:
+    def refuse(self, what: str, hint: str, node: PlanNode | None = None, keys: tuple[str, ...] = ()) -> _Misaligned:
         source = next(iter(self.keys)) if len(self.keys) == 1 else "partitioned source"
-        return UnsupportedSqlError(f"cannot run partition by partition over partitioned source '{source}': {what}",
-                                   location=self.where, hint=hint)
+        error = UnsupportedSqlError(f"cannot run partition by partition over partitioned source '{source}': {what}",
+                                    location=self.where, hint=hint)
+        return _Misaligned(error, node, keys)
 
-    def aligned(self, node: PlanNode) -> set[str]:
-        """The output columns of ``node`` that depend on the partition key alone."""
+    def aligned(self, node: PlanNode) -> _Aligned:
+        """Per routing column, the output columns of ``node`` that are copies of it."""
+        if isinstance(node, Exchange):
+            self.aligned(node.children[0])
+            return {k: {k} for k in node.keys} if node.keys else None
         if isinstance(node, Scan):
             if node.source in self.keys:
-                return {self.keys[node.source]}
+                key = self.keys[node.source]
+                return {key: {key}}
             raise self.refuse(f"the query also reads stream '{node.source}'",
                               "a partitioned pipeline reads one partitioned source (and TABLEs); read the other "
                               "stream in a separate pipeline")
         if isinstance(node, TableRef):
-            return set()
+            return {}
         if isinstance(node, Stateless):
             return self._projected(node, self.aligned(node.children[0]))
         if isinstance(node, _ROWS_KEPT):
-            return self.aligned(node.children[0]) & set(node.schema.names)
+            return _keep(self.aligned(node.children[0]), set(node.schema.names))
         if isinstance(node, Union):
             sets = [self.aligned(child) for child in node.children]
-            return set.intersection(*sets) & set(node.schema.names)
-        if isinstance(node, (WindowAggregate, GroupAggregate, ChangelogAggregate, WindowChangelogAggregate)):
+            if any(s is None for s in sets):
+                return None
+            return {k: set.intersection(*(s[k] for s in sets)) & set(node.schema.names) for k in sets[0]}
+        if isinstance(node, _AGGREGATES):
             return self._keyed("GROUP BY", node.keys, self.aligned(node.children[0]), node)
-        if isinstance(node, (TopN, Deduplicate, OverAggregate)):
-            kind = {TopN: "Top-N", Deduplicate: "deduplication", OverAggregate: "OVER aggregate"}[type(node)]
+        if isinstance(node, tuple(_KEYED)):
             inner = self.aligned(node.children[0])
-            self._keyed(f"{kind} PARTITION BY", node.partition, inner, node)
-            return inner & set(node.schema.names)
+            self._keyed(f"{_KEYED[type(node)]} PARTITION BY", node.partition, inner, node)
+            return _keep(inner, set(node.schema.names))
         if isinstance(node, LookupJoin):
             stream = self.aligned(node.children[0])
-            return {node.schema.names[i] for i, (side, column) in enumerate(node.layout.output)
-                    if side == node.stream_side and column in stream}
+            if stream is None:
+                return None
+            return {k: {node.schema.names[i] for i, (side, column) in enumerate(node.layout.output)
+                        if side == node.stream_side and column in copies} for k, copies in stream.items()}
         if isinstance(node, Limit):
-            raise self.refuse("LIMIT counts rows across all partitions", "apply the LIMIT to the partitions' output")
+            inner = self.aligned(node.children[0])
+            if inner is None:
+                return None
+            raise self.refuse("LIMIT counts rows across all partitions", "apply the LIMIT to the partitions' output",
+                              node)
         raise self.refuse(f"{node.describe()} holds rows of several keys together",
-                          "joins of streams and set operations over a partitioned source need a shuffle, which is "
-                          "not supported yet (lookup joins with a TABLE are)")
+                          "joins of streams and set operations over a partitioned source need a shuffle of both "
+                          "inputs, which is not supported yet (lookup joins with a TABLE are)")
 
-    def _keyed(self, what: str, keys: list[str], inner: set[str], node: PlanNode) -> set[str]:
+    def _keyed(self, what: str, keys: list[str], inner: _Aligned, node: PlanNode) -> _Aligned:
+        if inner is None:
+            return None
         if not keys:
-            raise self.refuse("a global aggregate merges all partitions",
-                              "merging partial aggregates across partitions needs a shuffle, which is not supported "
-                              "yet: add the partition key to GROUP BY")
-        if not inner & set(keys):
-            key = next(iter(self.keys.values())) if len(self.keys) == 1 else "the partition key"
-            raise self.refuse(f"the {what} key does not include the partition key '{key}'")
-        return inner & set(keys)
+            raise self.refuse("a global aggregate merges all partitions", SHUFFLE_HINT, node)
+        if not all(copies & set(keys) for copies in inner.values()):
+            key = ", ".join(f"'{k}'" for k in inner)
+            raise self.refuse(f"the {what} key does not include the partition key {key}", SHUFFLE_HINT, node,
+                              tuple(keys))
+        return {k: copies & set(keys) for k, copies in inner.items()}
 
-    def _projected(self, node: Stateless, inner: set[str]) -> set[str]:
+    def _projected(self, node: Stateless, inner: _Aligned) -> _Aligned:
+        if inner is None:
+            return None
         names = node.schema.names
         child = node.children[0].schema.names
         if node.projection is not None:
-            return {names[i] for i, j in enumerate(node.projection) if child[j] in inner}
-        return _select_aligned(sqlglot.parse_one(node.program.sql, read=DataFusionDialect), inner) & set(names)
+            return {k: {names[i] for i, j in enumerate(node.projection) if child[j] in copies}
+                    for k, copies in inner.items()}
+        select = sqlglot.parse_one(node.program.sql, read=DataFusionDialect)
+        return {k: _select_aligned(select, copies) & set(names) for k, copies in inner.items()}
+
+
+def _keep(aligned: _Aligned, names: set[str]) -> _Aligned:
+    return None if aligned is None else {k: copies & names for k, copies in aligned.items()}
 
 
 def _select_aligned(select: exp.Expr, inner: set[str]) -> set[str]:
-    """Output names of ``select`` (a program over ``__input`` or a subquery of one) whose
-    expressions read only columns in ``inner``."""
+    """Output names of ``select`` (a program over ``__input`` or a subquery of one) that
+    are plain copies of a column in ``inner`` (the column itself, or renamed)."""
     source = select.args.get("from_") or select.args.get("from")
     table = source.this if source is not None else None
     if isinstance(table, exp.Subquery):
         inner = _select_aligned(table.this, inner)
     out = set()
     for projection in getattr(select, "expressions", []):
-        columns = list(projection.find_all(exp.Column))
-        if columns and all(c.name in inner for c in columns) and not projection.find(exp.Rand, exp.AggFunc, exp.Window):
+        value = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(value, exp.Column) and value.name in inner:
             out.add(projection.alias_or_name)
     return out

@@ -27,7 +27,7 @@ from sqlstream.operators.context import BuildContext
 from sqlstream.runtime.checkpointing import CheckpointConfig, Checkpointer
 from sqlstream.runtime.dead_letter_source import DeadLetterReader
 from sqlstream.runtime.driver import Driver, print_warning
-from sqlstream.runtime.sink import SinkOperator
+from sqlstream.runtime.sink import PassThroughSinkOperator, SinkOperator
 from sqlstream.runtime.source_stage import SourceSpec, SourceStage
 from sqlstream.runtime.state_tracker import StateLimits
 from sqlstream.runtime.table_refresh import TableRefresher, TableSwap
@@ -106,6 +106,9 @@ class SinkPlan:
     schema: pa.Schema  # the rows the sink receives (``sink_input_names`` of the plan, renamed/cast)
     open_writer: Callable[[pa.Schema, RunContext], SinkWriter]  # e.g. a sink connector's ``open``
     base_dir: str  # relative paths of the sink resolve against it
+    #: the writer takes every column, hidden ones included, and hears the watermark
+    #: (:class:`PassThroughSinkOperator`: an exchange between workers)
+    passthrough: bool = False
 
 
 def sink_input_names(plan: RunnablePlan) -> list[str]:
@@ -246,7 +249,8 @@ class PipelineBuilder:
             checkpointing=checkpointing,
         )
         open_writer = sink.open_writer
-        op = SinkOperator(sink.name, sink.schema, lambda schema: open_writer(schema, run_ctx), sink_input_names(sink.plan))
+        kind, names = (PassThroughSinkOperator, sink.schema.names) if sink.passthrough else (SinkOperator, sink_input_names(sink.plan))
+        op = kind(sink.name, sink.schema, lambda schema: open_writer(schema, run_ctx), names)
         op.checkpointed = checkpointing
         return op
 
@@ -282,6 +286,7 @@ class PipelineBuilder:
             on_error=options.get("on_error") or self.settings["on_error"],
             max_future_us=max_future_us,
             idle_timeout_us=options.get("idle_timeout"),
+            external_watermark=entry.connector.external_watermark,
             # the run's own dead letters come again when their input is replayed
             replay_gap=None if name == DEAD_LETTER_STREAM else entry.connector.replay_gap(),
         )

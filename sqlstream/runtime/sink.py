@@ -12,7 +12,7 @@ from sqlstream.errors import ExecutionError
 from sqlstream.hidden import SOURCE_ID_COLUMN
 from sqlstream.operators.base import Operator
 
-__all__ = ["SinkOperator", "QueueWriter", "END_OF_STREAM"]
+__all__ = ["SinkOperator", "PassThroughSinkOperator", "QueueWriter", "END_OF_STREAM"]
 
 END_OF_STREAM = object()
 
@@ -100,6 +100,27 @@ class SinkOperator(Operator):
             return
         self.closed = True
         self.writer.abort()
+
+
+class PassThroughSinkOperator(SinkOperator):
+    """A sink whose writer takes the rows as they come, hidden columns included, and
+    hears the watermark (``writer.watermark``) and idleness (``writer.set_idle``): an
+    exchange between the workers of a group."""
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        self.open()
+        self.writer.write(batch)
+        self.rows_out += batch.num_rows
+
+    def on_watermark(self, watermark: int) -> None:
+        self.open()
+        self.writer.watermark(watermark)
+        super().on_watermark(watermark)
+
+    def set_idle(self, idle: bool, port: int = 0) -> None:
+        super().set_idle(idle, port)
+        self.open()
+        self.writer.set_idle(all(self.port_idle))
 
 
 class QueueWriter(SinkWriter):

@@ -41,6 +41,8 @@ class SourceSpec:
     #: what a checkpointed run of this source loses across a restart, in words (see
     #: SourceConnector.replay_gap); None: the reader resumes at a saved position
     replay_gap: str | None = None
+    #: the reader gives each row's ``__wm`` and the watermark (an exchange between workers)
+    external_watermark: bool = False
 
 
 @dataclass
@@ -72,7 +74,9 @@ class SourceStage:
         self.clock = clock
         self.consumers: list[tuple[Operator, int]] = []
         self.metrics = SourceMetrics(last_data_us=clock.now_us())
-        self.tracker = WatermarkTracker(spec.watermark_delay_us) if spec.watermark_column else None
+        self.tracker = None
+        if spec.watermark_column or spec.external_watermark:
+            self.tracker = WatermarkTracker(spec.watermark_delay_us)
         self.ended = False
         self.pending_acks: list[PendingAck] = []
         self.acks_moved_at = clock.monotonic()  # when the oldest pending ack was last released
@@ -123,10 +127,14 @@ class SourceStage:
         batch = item.batch
         if batch is not None and batch.num_rows:
             self.metrics.last_data_us = self.clock.now_us()
-            if self.tracker is not None:
+            if self.spec.external_watermark and item.row_watermarks is not None:
+                batch = batch.set_column(batch.schema.get_field_index(WM_COLUMN), WM_COLUMN,
+                                         pa.array(item.row_watermarks, pa.int64()))
+            elif self.tracker is not None and not self.spec.external_watermark:
                 batch = self._stamp(batch)
                 if batch.num_rows:
                     max_event = int(event_time_us(batch.column(self.spec.watermark_column)).max())
+            if self.tracker is not None:
                 if self.tracker.idle:
                     self.tracker.idle = False
                     for op, port in self.consumers:
@@ -143,6 +151,10 @@ class SourceStage:
             if self.tracker.watermark > before:
                 for op, port in self.consumers:
                     op.advance(self.tracker.watermark, port)
+        if item.watermark is not None and self.tracker is not None and item.watermark > self.tracker.watermark:
+            self.tracker.external_us = item.watermark  # (never backwards: an upstream that wakes up comes later)
+            for op, port in self.consumers:
+                op.advance(item.watermark, port)
         if item.ack is not None:
             written = {id(s): s.rows_out for s in self.sinks()}
             self.pending_acks.append(PendingAck(max_event, item.ack, written, self.clock.monotonic()))
@@ -197,7 +209,7 @@ class SourceStage:
         if self.tracker is not None:
             t = self.tracker
             saved["watermark"] = {"max_event_us": t.max_event_us, "late_rows": t.late_rows,
-                                  "future_rows": t.future_rows, "idle": t.idle}
+                                  "future_rows": t.future_rows, "idle": t.idle, "external_us": t.external_us}
         return saved
 
     def restore(self, saved: dict) -> None:
@@ -210,6 +222,7 @@ class SourceStage:
             self.tracker.late_rows = watermark["late_rows"]
             self.tracker.future_rows = watermark["future_rows"]
             self.tracker.idle = watermark["idle"]
+            self.tracker.external_us = watermark.get("external_us")
 
     @staticmethod
     def _released(entry: PendingAck, holding: int | None) -> bool:

@@ -40,9 +40,13 @@ class WatermarkTracker:
     late_rows: int = 0
     future_rows: int = 0
     idle: bool = False
+    #: set for a source whose watermark comes from elsewhere (an exchange): it is that
+    external_us: int | None = None
 
     @property
     def watermark(self) -> int:
+        if self.external_us is not None:
+            return self.external_us
         if self.max_event_us == MIN_WATERMARK:
             return MIN_WATERMARK
         return self.max_event_us - self.delay_us

@@ -96,7 +96,7 @@ class PartitionRun:
         out = PartitionOutcome(self.partition.index, "failed" if self.error is not None else ended)
         if self.error is not None:
             render = getattr(self.error, "render", None)
-            out.error = render() if callable(render) else f"{type(self.error).__name__}: {self.error}"
+            out.error = (render() if callable(render) else "") or f"{type(self.error).__name__}: {self.error}"
         summary = self.summary
         if summary is not None:
             out.rows_in = sum(m["rows_in"] for m in summary.sources.values())

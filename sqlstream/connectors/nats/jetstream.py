@@ -97,6 +97,9 @@ class _Held:
 class JetStreamReader(MessageReader):
     """A pull consumer on ``stream`` (durable if ``durable`` is set), acked explicitly."""
 
+    #: the stream removes what is acked (work-queue retention): resume by delivering all
+    work_queue = False
+
     def __init__(self, connector, ctx: RunContext):
         super().__init__(connector, ctx)
         interval = ctx.checkpoint_interval_us if ctx.checkpointing else None
@@ -224,10 +227,14 @@ class JetStreamReader(MessageReader):
         order: the consumer is created to deliver by start sequence from there. The
         deliver policy of a durable cannot change, so a durable of that name is deleted
         and created again under the same name (what it had delivered, acked or not, is
-        superseded by the checkpoint; other processes must not share it)."""
+        superseded by the checkpoint; other processes must not share it).
+
+        A work-queue stream (``work_queue``: an exchange between workers) takes only
+        consumers that deliver all it holds: every message not acked yet, and those at or
+        below the checkpoint's sequence are dropped (and acked) as copies."""
         start = self.resumed_from + 1
         state = (await js.stream_info(self.stream)).state
-        if state.first_seq > start:
+        if state.first_seq > start and not self.work_queue:
             self.lost_before_resume = state.first_seq - start
             LOG.warning(
                 "%s: stream '%s' no longer holds sequences %d..%d, which follow the checkpoint (removed by its "
@@ -242,8 +249,8 @@ class JetStreamReader(MessageReader):
         config = ConsumerConfig(
             durable_name=durable or None,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
+            deliver_policy=DeliverPolicy.ALL if self.work_queue else DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=None if self.work_queue else start,
             filter_subject=subject or None,
             ack_wait=self.ack_wait_s,
             max_ack_pending=self.max_ack_pending,

@@ -45,7 +45,7 @@ from sqlstream.connectors.nats.protocol import Outgoing, msg_id_headers, prepare
 from sqlstream.connectors.templates import DestinationTemplate
 from sqlstream.hidden import SOURCE_ID_COLUMN
 
-__all__ = ["SubjectTemplate", "NatsWriter", "message_ids"]
+__all__ = ["SubjectTemplate", "NatsWriter", "JetStreamPublisher", "message_ids"]
 
 #: publishes awaiting their JetStream ack before ``write`` waits for some
 _MAX_OUTSTANDING = 65_536
@@ -121,7 +121,7 @@ class _Unacked:
         return prepare(subjects, payloads, replies, headers)
 
 
-class _JetStreamPublisher:
+class JetStreamPublisher:
     """Publishes with a reply subject per message and collects the stream's acks."""
 
     def __init__(self, conn: NatsConnection, owner: str, stream: str):
@@ -270,9 +270,9 @@ class NatsWriter(SinkWriter):
         self._flushed_token = 0
         self.conn = NatsConnection(self.config["url"], self.owner, connect_timeout_s=self.config["connect_timeout"] / 1e6)
         self.conn.start()
-        self.publisher: _JetStreamPublisher | None = None
+        self.publisher: JetStreamPublisher | None = None
         if self.stream:
-            self.publisher = _JetStreamPublisher(self.conn, self.owner, self.stream)
+            self.publisher = JetStreamPublisher(self.conn, self.owner, self.stream)
             try:
                 check = require_stream(self.conn.nc, self.stream, self.owner, self.config["url"])
                 self.conn.call(check, timeout=self.conn.connect_timeout_s + 10)
