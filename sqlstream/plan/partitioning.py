@@ -121,12 +121,13 @@ def partition_plan(plan: PlanNode, partition_keys: Mapping[str, str], where: Loc
     except _Misaligned as first:
         if first.node is None:
             raise first.error from None
-        missing = [k for k in (*first.keys, SOURCE_ID_COLUMN) if k not in first.node.children[0].schema.names]
-        if missing:
-            raise UnsupportedSqlError(first.error.message, location=where, hint=(
-                "a shuffle needs each row's source message id (to drop what a replay publishes again), and rows of "
-                "a join or an aggregate have none: key this state by the partition key")) from None
         below = first.node.children[0]
+        missing = [k for k in (*first.keys, SOURCE_ID_COLUMN) if k not in below.schema.names]
+        if missing or not _stateless(below):
+            raise UnsupportedSqlError(first.error.message, location=where, hint=(
+                "a shuffle takes rows as they are read (it drops what a replay publishes again by their source "
+                "message ids), not results of an aggregate, a join or a ranking: key this state by the partition "
+                "key")) from None
         exchanged = replace_node(plan, below, Exchange(below, first.keys, source))
     try:
         _Walk(partition_keys, where).aligned(exchanged)
@@ -147,6 +148,12 @@ def replace_node(node: PlanNode, target: PlanNode, replacement: PlanNode) -> Pla
     children = tuple(replace_node(c, target, replacement) if _contains(c, target) else c for c in node.children)
     copy.__dict__.update(node.__dict__, children=children)
     return copy
+
+
+def _stateless(node: PlanNode) -> bool:
+    """True when ``node`` passes rows on as they come, in the order they were read."""
+    return isinstance(node, (Scan, TableRef, Stateless, LookupJoin, *_ROWS_KEPT)) and all(
+        _stateless(c) for c in node.children)
 
 
 def _contains(node: PlanNode, target: PlanNode) -> bool:

@@ -13,7 +13,6 @@ import uuid
 from datetime import datetime, timedelta
 
 import duckdb
-import orjson
 import pyarrow as pa
 import pytest
 from conftest import wait_until

@@ -117,12 +117,13 @@ ONE_SHUFFLE = ("a query over a partitioned source gets one shuffle (an exchange)
 
 @pytest.mark.parametrize("query, what, hint", [
     ("SELECT n, count(*) AS c FROM (SELECT region, count(*) AS n FROM o GROUP BY region) t GROUP BY n",
-     "it needs a second shuffle (GroupAggregate (updating) is keyed by other columns than the exchange below it)",
+     "it needs a second shuffle (ChangelogAggregate (updating input -> updating) is keyed by other columns than the "
+     "exchange below it)",
      ONE_SHUFFLE),
     ("SELECT n, count(*) AS c FROM (SELECT customer_id, count(*) AS n FROM o GROUP BY customer_id) t GROUP BY n",
      "the GROUP BY key does not include the partition key 'customer_id'",
-     "a shuffle needs each row's source message id (to drop what a replay publishes again), and rows of a join or "
-     "an aggregate have none: key this state by the partition key"),
+     "a shuffle takes rows as they are read (it drops what a replay publishes again by their source message ids), "
+     "not results of an aggregate, a join or a ranking: key this state by the partition key"),
     ("SELECT a.customer_id FROM o a JOIN o b ON a.customer_id = b.customer_id",
      "RegularJoin INNER (append-only) holds rows of several keys together",
      "joins of streams and set operations over a partitioned source need a shuffle of both inputs, which is not "

@@ -9,8 +9,10 @@ a message stays until the partition that reads it commits the checkpoint that re
 **Writing** (:class:`ExchangeWriter`, in the run of source partition ``u``): the rows
 reaching the exchange are hashed by its key columns (:mod:`sqlstream.connectors.key_hash`;
 no keys: all to partition 0) and sent as one Arrow IPC message per partition, with the
-hidden columns (``__wm``, ``__src_id``) and two headers: ``Sqlstream-Upstream: u`` and
-``Sqlstream-Watermark``, the writer's watermark when it sent it. A partition that
+hidden columns (``__wm``, ``__src_id``) and headers: ``Sqlstream-Upstream: u``,
+``Sqlstream-Run`` (an id of this run of ``u``: a new owner's is another),
+``Sqlstream-Watermark`` (the writer's watermark when it sent it) and a ``Nats-Msg-Id``
+(run and message number: the stream drops a republished copy). A partition that
 gets no rows for a while still hears the watermark: an empty message, at most every
 ``WATERMARK_EVERY_S``, and at every checkpoint. An idle source partition
 (``idle_timeout``) says so with ``Sqlstream-Idle: 1``. Before it sends anything, the
@@ -20,11 +22,12 @@ reach a partition in order, republished ones included.
 **Reading** (:class:`ExchangeReader`, in the run of exchange partition ``d``): a
 JetStream pull consumer on the partition's subject, and per upstream ``u``:
 
-* *replays are dropped*: a new owner of ``u`` replays from its last checkpoint and
+* *replays are dropped*: a new run of ``u`` replays from its last checkpoint and
   sends again rows the reader already took. Each row carries its source message id
-  (``STREAM:seq``) and the rows of one upstream arrive in sequence order, so the
-  reader keeps the highest sequence taken from ``u`` and how many rows of that
-  sequence it took, and drops what is not beyond;
+  (``STREAM:seq``), and the rows of one run arrive in sequence order (the part below
+  an exchange is stateless), so the reader keeps how far it took ``u``'s rows (a
+  sequence, and how many rows of it) and drops a new run's rows until they go beyond
+  (:class:`_Upstreams`);
 * *watermarks are the minimum*: the exchange's watermark is the least of the
   upstreams' watermarks (idle ones left out, as at any operator with several inputs),
   and a row's ``__wm`` the least of its own upstream watermark and the others'. So
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +68,7 @@ __all__ = ["ExchangeChannel", "ExchangeWriter", "ExchangeSource", "ExchangeReade
 UPSTREAM_HEADER = "Sqlstream-Upstream"
 WATERMARK_HEADER = "Sqlstream-Watermark"
 IDLE_HEADER = "Sqlstream-Idle"
+RUN_HEADER = "Sqlstream-Run"
 #: how often, at most, a writer tells partitions it sends no rows to that its watermark moved
 WATERMARK_EVERY_S = 0.1
 _ACK_TIMEOUT_S = 5.0
@@ -103,9 +108,12 @@ class ExchangeChannel:
                                              retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE))
 
 
-def _headers(upstream: int, watermark: int, idle: bool) -> bytes:
+def _headers(upstream: int, run: str, number: int, watermark: int, idle: bool) -> bytes:
+    """The headers of message ``number`` of an upstream run (its Nats-Msg-Id lets the
+    stream drop a republished copy)."""
     idle_line = f"{IDLE_HEADER}: 1\r\n" if idle else ""
-    return f"NATS/1.0\r\n{UPSTREAM_HEADER}: {upstream}\r\n{WATERMARK_HEADER}: {watermark}\r\n{idle_line}\r\n".encode()
+    return (f"NATS/1.0\r\nNats-Msg-Id: {run}:{number}\r\n{UPSTREAM_HEADER}: {upstream}\r\n{RUN_HEADER}: {run}\r\n"
+            f"{WATERMARK_HEADER}: {watermark}\r\n{idle_line}\r\n").encode()
 
 
 class ExchangeWriter(SinkWriter):
@@ -123,6 +131,7 @@ class ExchangeWriter(SinkWriter):
         self.idle = False
         self.sent_watermarks = np.full(channel.partitions, MIN_WATERMARK, dtype=np.int64)
         self.last_round = 0.0
+        self.run = uuid.uuid4().hex[:16]  # this run of the upstream partition (a replay is another)
         self.rows = 0
         self.messages = 0
         self.conn = NatsConnection(channel.url, self.owner).start()
@@ -160,8 +169,9 @@ class ExchangeWriter(SinkWriter):
         upstream's messages in order)."""
         self._wait()
         subjects = pa.array([self.channel.subject_of(int(d)) for d in partitions], pa.string())
-        header = _headers(self.upstream, self.watermark_us, self.idle)
-        headers = pa.array([header] * len(payloads), pa.binary())
+        first = self.messages
+        headers = pa.array([_headers(self.upstream, self.run, first + i, self.watermark_us, self.idle)
+                            for i in range(len(payloads))], pa.binary())
         unacked, out = self.publisher.prepare(subjects, pa.array(payloads, pa.binary()), headers)
         self.conn.submit(self.publisher.publish(unacked, out))
         self.sent_watermarks[partitions] = self.watermark_us
@@ -208,22 +218,34 @@ class ExchangeWriter(SinkWriter):
 
 
 class _Upstreams:
-    """What the reader knows of each upstream partition (see the module docstring)."""
+    """What the reader knows of each upstream partition (see the module docstring).
+
+    A row's *position* in what an upstream run sends to this partition is its source
+    sequence and its rank among the rows of that sequence (a message may carry some of
+    a sequence's rows, the next message the rest). A run's rows come in increasing
+    position, and a later run of the same upstream (a new owner, after a restart)
+    sends the same rows at the same positions from its checkpoint on: a row is new
+    when its position is beyond the ``taken`` frontier."""
 
     def __init__(self, partitions: int, saved: dict | None = None):
-        self.last_seq = np.zeros(partitions, dtype=np.int64)  # highest source sequence taken
-        self.at_last = np.zeros(partitions, dtype=np.int64)  # rows of that sequence taken
+        self.taken_seq = np.zeros(partitions, dtype=np.int64)  # the frontier: rows up to this sequence
+        self.taken_rank = np.zeros(partitions, dtype=np.int64)  # and this many of its rows were taken
+        self.runs = [""] * partitions  # the upstream run whose messages came last
+        self.run_seq = np.zeros(partitions, dtype=np.int64)  # that run's last sequence
+        self.run_rank = np.zeros(partitions, dtype=np.int64)  # and how many of its rows it sent
         self.watermarks = np.full(partitions, MIN_WATERMARK, dtype=np.int64)
         self.idle = np.zeros(partitions, dtype=bool)
         self.replayed = 0  # rows dropped: sent again by a replay
         if saved:
-            for name in ("last_seq", "at_last", "watermarks", "idle"):
+            for name in ("taken_seq", "taken_rank", "run_seq", "run_rank", "watermarks", "idle"):
                 setattr(self, name, np.array(saved[name], dtype=getattr(self, name).dtype))
-            self.replayed = saved.get("replayed", 0)
+            self.runs = list(saved["runs"])
+            self.replayed = saved["replayed"]
 
     def state(self) -> dict:
-        return {"last_seq": self.last_seq.tolist(), "at_last": self.at_last.tolist(),
-                "watermarks": self.watermarks.tolist(), "idle": self.idle.tolist(), "replayed": self.replayed}
+        out = {name: getattr(self, name).tolist()
+               for name in ("taken_seq", "taken_rank", "run_seq", "run_rank", "watermarks", "idle")}
+        return {**out, "runs": list(self.runs), "replayed": self.replayed}
 
     def watermark(self, leave_out: int | None = None) -> int:
         """The least watermark of the live upstreams (all idle: the greatest)."""
@@ -236,19 +258,21 @@ class _Upstreams:
             return int(np.iinfo(np.int64).max)
         return int(self.watermarks.max())
 
-    def new_rows(self, upstream: int, sequences: np.ndarray) -> np.ndarray:
-        """Which rows (of ``upstream``, in order) were not taken before; advances."""
-        last, taken = self.last_seq[upstream], self.at_last[upstream]
-        keep = sequences > last
-        same = np.flatnonzero(sequences == last)
-        keep[same[taken:]] = True
+    def new_rows(self, upstream: int, run: str, sequences: np.ndarray) -> np.ndarray:
+        """Which rows (of ``upstream``'s ``run``, in the order sent) were not taken before; advances."""
+        if run != self.runs[upstream]:  # a new run: its positions count from its first row
+            self.runs[upstream] = run
+            self.run_seq[upstream], self.run_rank[upstream] = -1, 0
+        starts = np.flatnonzero(np.r_[True, sequences[1:] != sequences[:-1]])
+        ranks = np.arange(sequences.size) - np.repeat(starts, np.diff(np.r_[starts, sequences.size]))
+        if sequences[0] == self.run_seq[upstream]:  # the rest of the sequence the last message ended with
+            ranks[:starts[1] if starts.size > 1 else sequences.size] += self.run_rank[upstream]
+        seq, rank = self.taken_seq[upstream], self.taken_rank[upstream]
+        keep = (sequences > seq) | ((sequences == seq) & (ranks >= rank))
+        self.run_seq[upstream], self.run_rank[upstream] = sequences[-1], ranks[-1] + 1
+        if keep[-1]:
+            self.taken_seq[upstream], self.taken_rank[upstream] = sequences[-1], ranks[-1] + 1
         self.replayed += int(sequences.size - keep.sum())
-        kept = sequences[keep]
-        if kept.size:
-            top = int(kept.max())
-            taken_top = int((kept == top).sum())
-            self.at_last[upstream] = taken_top + (taken if top == last else 0)
-            self.last_seq[upstream] = top
         return keep
 
 
@@ -275,7 +299,7 @@ class _ExchangeDecoder:
                 rows = pa.ipc.open_stream(payload).read_all().combine_chunks()
                 batch = rows.to_batches()[0] if rows.num_rows else None
                 if batch is not None:
-                    keep = ups.new_rows(upstream, _sequences(batch.column(SOURCE_ID_COLUMN)))
+                    keep = ups.new_rows(upstream, headers[RUN_HEADER], _sequences(batch.column(SOURCE_ID_COLUMN)))
                     if not keep.all():
                         batch = batch.filter(pa.array(keep))
                     if batch.num_rows:
