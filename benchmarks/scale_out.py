@@ -11,7 +11,10 @@ expected row:
 
 * ``stateless``: ``SELECT id, sensor, temp FROM readings WHERE temp >= 34`` (1 row in 20);
 * ``tumble``: per sensor and 10-second window, ``count(*)`` and ``avg(temp)``
-  (``--messages`` / 10 rows).
+  (``--messages`` / 10 rows);
+* ``shuffle``: the same per site (8 sites), a key that is not the partition key: every
+  row goes through an exchange (docs/scale-out.md#shuffles). Against ``tumble`` it
+  prices the exchange.
 
 Start-up is subtracted as in :mod:`whole_process`: the same command on a 20-message
 stream of the same layout (process start, imports, joining the group, claiming
@@ -51,6 +54,10 @@ QUERIES = {
     "tumble": ("SELECT window_start, window_end, sensor, count(*) AS n, avg(temp) AS mean_temp "
                "FROM TUMBLE(readings, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, sensor",
                lambda n: len({(i // 10_000, i % SENSORS) for i in range(n)})),
+    # keyed by site, not by the partition key: through an exchange (docs/scale-out.md#shuffles)
+    "shuffle": ("SELECT window_start, window_end, site, count(*) AS n, avg(temp) AS mean_temp "
+                "FROM TUMBLE(readings, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, site",
+                lambda n: len({(i // 10_000, i % 8) for i in range(n)})),
 }
 
 
@@ -87,7 +94,7 @@ def _pipeline(folder: Path, url: str, stream: str, query: str, out: str) -> Path
         WITH (connector = 'nats', url = '{url}', stream = '{stream}', subject = '{stream.lower()}.{{sensor}}',
               partitions = 4, partition_by = 'sensor');
         CREATE SINK out AS {query}
-        WITH (connector = 'nats', url = '{url}', stream = '{out}', subject = '{out.lower()}.{{sensor}}');
+        WITH (connector = 'nats', url = '{url}', stream = '{out}', subject = '{out.lower()}.rows');
     """)
     return path
 

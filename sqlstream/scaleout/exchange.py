@@ -27,7 +27,14 @@ from sqlstream.plan.nodes import Scan
 from sqlstream.plan.partitioning import exchanges_of, replace_node
 from sqlstream.runtime.builder import SinkPlan
 
-__all__ = ["split_exchanges"]
+__all__ = ["split_exchanges", "is_exchange_source"]
+
+_SOURCE_MARK = "@exchange:"
+
+
+def is_exchange_source(name: str) -> bool:
+    """True for the source a split query reads an exchange's partition through."""
+    return _SOURCE_MARK in name
 
 
 def split_exchanges(sinks: list[SinkPlan], sources: Mapping[str, SourceEntry],
@@ -44,7 +51,7 @@ def split_exchanges(sinks: list[SinkPlan], sources: Mapping[str, SourceEntry],
         entry = sources[exchange.source]
         channel = ExchangeChannel(entry.connector.config["url"], partition.group, sink.name, partition.count,
                                   exchange.keys)
-        name = f"{exchange.source}@exchange:{sink.name}"
+        name = f"{exchange.source}{_SOURCE_MARK}{sink.name}"
         connector = ExchangeSource.of(channel, partition.index, name, exchange.schema,
                                       entry.connector.config.get("idle_timeout"))
         all_sources[name] = SourceEntry(name, "SOURCE", connector, exchange.schema, None, 0, None, entry.base_dir)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from sqlstream.connectors.base import Partition
+from sqlstream.scaleout.exchange import is_exchange_source
 
 if TYPE_CHECKING:
     from sqlstream.runtime.checkpoint_mirror import CheckpointMirror
@@ -99,7 +100,7 @@ class PartitionRun:
             out.error = (render() if callable(render) else "") or f"{type(self.error).__name__}: {self.error}"
         summary = self.summary
         if summary is not None:
-            out.rows_in = sum(m["rows_in"] for m in summary.sources.values())
+            out.rows_in = sum(m["rows_in"] for name, m in summary.sources.items() if not is_exchange_source(name))
             out.rows_out = dict(summary.sinks)
             out.dead_letters = sum(summary.dead_letters.values())
             if summary.checkpoints is not None:

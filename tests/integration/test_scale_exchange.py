@@ -24,12 +24,12 @@ CUSTOMERS, REGIONS = 20, 3
 START = datetime(2024, 1, 1)
 
 
-def _pipeline(folder, url: str, stream: str, prefix: str) -> str:
+def _pipeline(folder, url: str, stream: str, prefix: str, more: str = "") -> str:
     (folder / "pipeline.sql").write_text(textwrap.dedent(f"""
         CREATE SOURCE orders (customer_id BIGINT, region VARCHAR, amount BIGINT, ts TIMESTAMP,
                               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
         WITH (connector = 'nats', url = '{url}', stream = '{stream}', subject = '{prefix}.{{customer_id}}',
-              partitions = 4, partition_by = 'customer_id');
+              partitions = 4, partition_by = 'customer_id'{more});
         CREATE SINK per_region AS
           SELECT window_start, window_end, region, count(*) AS n, sum(amount) AS total
           FROM TUMBLE(orders, ts, INTERVAL '5' SECOND) GROUP BY window_start, window_end, region
@@ -134,3 +134,21 @@ def test_the_exchanges_lose_and_repeat_nothing_when_a_worker_joins_and_one_is_ki
     assert code == 143, err
     assert _results(tmp_path) == expected  # nothing lost, nothing counted twice
     assert "resumed from epoch" in err
+
+
+def test_partitions_without_data_do_not_hold_the_exchange_back_with_idle_timeout(tmp_path, nats_server, nats_client,
+                                                                               processes):
+    tag = uuid.uuid4().hex[:8]
+    stream, prefix, group = f"ORD{tag}", f"orders{tag}", f"g{tag}"
+    name = _pipeline(tmp_path, nats_server.url, stream, prefix, ", idle_timeout = '1s'")
+    workers = subprocess.Popen(CLI + ["run", name, "--workers", "1", "--group", group, "--checkpoint", "ck",
+                                      "--checkpoint-interval", "200ms", "--lease-ttl", "2s"],
+                               cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    processes.append(workers)
+    wait_until(lambda: _stream_exists(nats_client, stream), 60, "the workers to create the partitioned stream")
+    rows = [{**row, "customer_id": 7} for row in _orders(0, 300)]  # one customer: three partitions get nothing
+    _publish(nats_client, prefix, rows + [{**_flush()[0], "customer_id": 7}])
+    expected = _expected(rows)
+    wait_until(lambda: _results(tmp_path) == expected, 90, "windows closed by the one partition with data")
+    code, err = _stop(workers)
+    assert code == 143, err
