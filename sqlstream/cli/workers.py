@@ -245,8 +245,8 @@ def _serve(args, pipeline: PartitionedPipeline, ttl_s: float, bucket: ObjectBuck
     report = asyncio.run(serve())
     for run in report.runs:
         resumed = f", resumed from epoch {run.resumed_from}" if run.resumed_from is not None else ""
-        out = ", ".join(f"{sink} {rows:,} rows" for sink, rows in run.rows_out.items())
-        note(f"worker {report.worker}: partition {run.partition} {run.ended}: {run.rows_in:,} rows in, {out}{resumed}")
+        out = "".join(f", {sink} {rows:,} rows" for sink, rows in run.rows_out.items())
+        note(f"worker {report.worker}: partition {run.partition} {run.ended}: {run.rows_in:,} rows in{out}{resumed}")
     if args.report:
         with open(args.report, "w", encoding="utf-8") as handle:
             json.dump(report.as_dict(), handle)

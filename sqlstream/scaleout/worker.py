@@ -15,6 +15,10 @@ Every round (a quarter of the lease TTL) the worker, on one asyncio loop:
 
 A stop (SIGINT/SIGTERM, or a partition run that failed) stops every run the same
 graceful way, deletes the leases and the heartbeat, and ends :meth:`Worker.serve`.
+A run that ended because its fence refused a checkpoint, or because NATS did not
+answer (an outage; a JetStream leader election on a cluster, whose requests time out
+or find the system "temporarily unavailable" for a few seconds), is not a failure:
+its lease is released and the partition claimed again, from its last checkpoint.
 A killed worker deletes nothing: its leases expire after the TTL and the others claim
 its partitions then.
 """
@@ -29,6 +33,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from sqlstream.connectors.nats.connection import nats_outage
 from sqlstream.connectors.nats.leases import Lease, PartitionLeases, fair_share
 from sqlstream.errors import FencedCheckpointError
 from sqlstream.scaleout.partition_run import PartitionOutcome
@@ -183,7 +188,8 @@ class Worker:
             sent = time.monotonic()
             renewed = await leases.renew(lease)
             if renewed is None:
-                self.note(f"worker {self.id}: lost the lease of partition {partition} (paused past the TTL?): "
+                self.note(f"worker {self.id}: lost the lease of partition {partition} (paused, or "
+                          "without answers from NATS, past the TTL?): "
                           "stopping its run")
                 self.owned.pop(partition)
                 self.releasing.discard(partition)
@@ -196,8 +202,11 @@ class Worker:
         for partition, run in list(self.running.items()):
             if not run.done or partition not in self.owned:
                 continue
-            if _fenced(run.error):
-                self.note(f"worker {self.id}: partition {partition} stopped writing checkpoints: {run.error}")
+            if _fenced(run.error) or nats_outage(run.error):  # not a failure of the pipeline: tried again
+                why = ("stopped writing checkpoints" if _fenced(run.error) else
+                       "stopped: NATS did not answer (an outage, a leader election); it resumes from its last "
+                       "checkpoint when claimed again")
+                self.note(f"worker {self.id}: partition {partition} {why}: {run.error}")
                 self.releasing.discard(partition)
                 await leases.release(self.owned.pop(partition))
                 self._finish(partition, "lost")

@@ -1,9 +1,12 @@
 """Scale-out on a 3-node NATS cluster: two workers (``run --workers 2``) over a 4-partition
-stream with 3 replicas, whose lease bucket and consumers are replicated too; the
-stream's leader is killed with SIGKILL mid-run, the publisher goes on through the
-other servers, and the union of the committed outputs still equals DuckDB over the
-published data, with no row lost or written twice and no worker failed
-(docs/scale-out.md, *Running on a NATS cluster*)."""
+stream with 3 replicas, whose lease bucket and consumers are replicated too; a server
+is killed with SIGKILL mid-run, the publisher goes on through the other servers, and
+the union of the committed outputs still equals DuckDB over the published data, with
+no row lost or written twice and no worker failed (docs/scale-out.md, *Running on a
+NATS cluster*). The server killed leads the stream (TTL 10 s: the election fits in a
+lease), or leads the lease bucket with a 3 s TTL: renewals fail through the election,
+fences refuse checkpoints and runs stop, and the partitions resume from their
+checkpoints."""
 
 from __future__ import annotations
 
@@ -56,50 +59,55 @@ def _publish_through_elections(client: NatsClient, prefix: str, rows: list[dict]
     client.run(go(), timeout=timeout + 10)
 
 
+def _answered(read):
+    """``read()``, or None when JetStream did not answer: right after the cluster starts or
+    loses a server, a request may time out or find the system "temporarily unavailable"
+    until the elections end."""
+    try:
+        return read()
+    except (nats.errors.Error, asyncio.TimeoutError, TimeoutError):
+        return None
+
+
 def _once_available(read, what: str):
-    """``read()``'s result once JetStream answers it: right after a server's loss a request
-    may time out or find the system "temporarily unavailable" until the elections end."""
-
-    def attempt():
-        try:
-            return read()
-        except (nats.errors.Error, asyncio.TimeoutError, TimeoutError):
-            return None
-
-    return wait_until(attempt, 60, what)
+    return wait_until(lambda: _answered(read), 60, what)
 
 
-def _stream_leader(client: NatsClient, stream: str) -> str | None:
+def _leader(client: NatsClient, stream: str) -> str | None:
     return client.run(client.js.stream_info(stream)).cluster.leader
 
 
-def test_a_group_survives_the_loss_of_a_cluster_node(tmp_path, nats_cluster, processes):
+@pytest.mark.parametrize("killed, lease_ttl", [("stream", "10s"), ("leases", "3s")])
+def test_a_group_survives_the_loss_of_a_cluster_node(tmp_path, nats_cluster, processes, killed, lease_ttl):
     tag = uuid.uuid4().hex[:8]
     stream, prefix, group = f"ORD{tag}", f"orders{tag}", f"g{tag}"
+    leader_of = {"stream": stream, "leases": f"KV_sqlstream_{group}"}[killed]
     name = _pipeline(tmp_path, nats_cluster.url, stream, prefix, replicas=3)
     client = NatsClient(nats_cluster.url)
     try:
         runner = subprocess.Popen(CLI + ["run", name, "--workers", "2", "--group", group, "--checkpoint", "ck",
-                                         "--checkpoint-interval", "200ms", "--lease-ttl", "10s"],
+                                         "--checkpoint-interval", "200ms", "--lease-ttl", lease_ttl],
                                   cwd=tmp_path, stderr=subprocess.PIPE, text=True)
         processes.append(runner)
-        wait_until(lambda: _stream_exists(client, stream), 60, "the workers to create the partitioned stream")
-        info = client.run(client.js.stream_info(stream))
+        wait_until(lambda: _answered(lambda: _stream_exists(client, stream)), 60,
+                   "the workers to create the partitioned stream")
+        info = _once_available(lambda: client.run(client.js.stream_info(stream)), "the stream's info")
         assert info.config.num_replicas == 3
-        wait_until(lambda: len(set(_owners(nats_cluster.url, group).values())) == 2, 60, "two owners")
-        bucket = client.run(client.js.stream_info(f"KV_sqlstream_{group}"))
+        wait_until(lambda: len(set((_answered(lambda: _owners(nats_cluster.url, group)) or {}).values())) == 2, 60,
+                   "two owners")
+        bucket = _once_available(lambda: client.run(client.js.stream_info(f"KV_sqlstream_{group}")), "the bucket")
         assert bucket.config.num_replicas == 3  # the leases survive a node too
 
         rows = _orders(0, 300)
         _publish_through_elections(client, prefix, rows, 0)
         wait_until(lambda: len(_committed(tmp_path, "all_rows")) >= 200, 60, "output before the kill")
-        leader = _stream_leader(client, stream)
+        leader = _once_available(lambda: _leader(client, leader_of), f"the leader of {leader_of}")
         doomed = next(s for s in nats_cluster.servers if f"n{s.port}" == leader)
-        doomed.kill()  # SIGKILL, mid-run: the stream, its consumers and maybe the leases elect new leaders
+        doomed.kill()  # SIGKILL, mid-run: what it led (the stream, consumers, the leases) elects new leaders
 
         more = _orders(300, 300)
         _publish_through_elections(client, prefix, more, 300)  # through the two servers left
-        assert _once_available(lambda: _stream_leader(client, stream), "a new stream leader") != leader
+        assert _once_available(lambda: _leader(client, leader_of), "a new leader") != leader
         _publish_through_elections(client, prefix, _flush(), 600)
         rows += more + _flush()
         messages = _once_available(lambda: client.stream_messages(stream), "the stored messages")
