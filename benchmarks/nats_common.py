@@ -100,22 +100,25 @@ class CountingSink(SinkConnector):
 
 async def publish(url: str, subject: str, messages: int, rate: float, stream: str | None) -> dict:
     """Publish ``messages`` payloads (``rate`` msgs/s, 0 = as fast as possible; with
-    ``stream``, through JetStream with async publish acks)."""
+    ``stream``, through JetStream with async publish acks). A ``{sensor}`` token in
+    ``subject`` is the payload's sensor (``s-0042``): for streams partitioned by it."""
     import nats
 
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     js = nc.jetstream(publish_async_max_pending=20_000) if stream else None
+    per_sensor = "{sensor}" in subject
     started = time.perf_counter()
     for i in range(messages):
+        to = subject.replace("{sensor}", f"s-{i % 1000:04d}") if per_sensor else subject
         if rate > 0:
             due = started + i / rate
             delay = due - time.perf_counter()
             if delay > 0.0005:
                 await asyncio.sleep(delay)
         if js is not None:
-            await js.publish_async(subject, payload(i))
+            await js.publish_async(to, payload(i))
         else:
-            await nc.publish(subject, payload(i))
+            await nc.publish(to, payload(i))
         if i % 10_000 == 9_999:
             await nc.flush()
     if js is not None:

@@ -54,6 +54,7 @@ class PartitionedPipeline:
     subject: str
     checkpoint_dir: str | None  # a directory or nats://host:port/BUCKET; None: not known (SHOW WORKERS)
     layout: "PartitionLayout"
+    replicas: int = 1  # JetStream replicas of the stream, consumers and buckets sqlstream creates
 
 
 def partitioned_pipeline(session, path: str, checkpoint: str | None = None) -> PartitionedPipeline:
@@ -96,7 +97,8 @@ def source_pipeline(session, name: str, checkpoint_dir: str | None) -> Partition
     connector = session.sources[name].connector
     config = connector.config
     return PartitionedPipeline(name, config["url"], config["stream"], config["partitions"],
-                               config["partition_by"], config["subject"], checkpoint_dir, connector.layout)
+                               config["partition_by"], config["subject"], checkpoint_dir, connector.layout,
+                               config["replicas"])
 
 
 async def _ensure_stream(pipeline: PartitionedPipeline, connect_timeout_s: float) -> None:
@@ -111,8 +113,9 @@ async def _ensure_stream(pipeline: PartitionedPipeline, connect_timeout_s: float
     except Exception as error:
         raise SqlStreamError(f"source '{pipeline.source}': cannot connect to NATS at {pipeline.url}: {error}",
                              hint="start nats-server, or fix the source's url", exit_code=1) from None
+    owner = f"source '{pipeline.source}'"
     try:
-        if await ensure_partitioned_stream(nc.jetstream(), pipeline.stream, pipeline.layout, f"source '{pipeline.source}'"):
+        if await ensure_partitioned_stream(nc.jetstream(), pipeline.stream, pipeline.layout, owner, pipeline.replicas):
             print(f"sqlstream: created stream {pipeline.stream} ({pipeline.layout.stream_subject}, "
                   f"{pipeline.partitions} partitions)", file=sys.stderr)
     finally:
@@ -200,7 +203,7 @@ def cmd_worker(args) -> int:
             print(f"sqlstream: sink '{sink.name}' writes files: with checkpoints in an object store its path must "
                   "still be a directory every worker of the group shares (a partition's next owner finishes or "
                   "rolls back the epochs its last owner wrote there)", file=sys.stderr)
-    bucket = ObjectBucket(*split_bucket_url(pipeline.checkpoint_dir))
+    bucket = ObjectBucket(*split_bucket_url(pipeline.checkpoint_dir), replicas=pipeline.replicas)
     try:
         _check_layout(pipeline, bucket, args.group)
         with tempfile.TemporaryDirectory(prefix="sqlstream-worker-") as work:  # the runs' working directories
@@ -231,7 +234,7 @@ def _serve(args, pipeline: PartitionedPipeline, ttl_s: float, bucket: ObjectBuck
                             mirror)
 
     worker = Worker(url=pipeline.url, group=args.group, partitions=pipeline.partitions, ttl_s=ttl_s,
-                    start=start, note=note)
+                    start=start, note=note, replicas=pipeline.replicas)
 
     async def serve():
         loop = asyncio.get_running_loop()
@@ -242,8 +245,8 @@ def _serve(args, pipeline: PartitionedPipeline, ttl_s: float, bucket: ObjectBuck
     report = asyncio.run(serve())
     for run in report.runs:
         resumed = f", resumed from epoch {run.resumed_from}" if run.resumed_from is not None else ""
-        out = ", ".join(f"{sink} {rows:,} rows" for sink, rows in run.rows_out.items())
-        note(f"worker {report.worker}: partition {run.partition} {run.ended}: {run.rows_in:,} rows in, {out}{resumed}")
+        out = "".join(f", {sink} {rows:,} rows" for sink, rows in run.rows_out.items())
+        note(f"worker {report.worker}: partition {run.partition} {run.ended}: {run.rows_in:,} rows in{out}{resumed}")
     if args.report:
         with open(args.report, "w", encoding="utf-8") as handle:
             json.dump(report.as_dict(), handle)

@@ -53,17 +53,21 @@ def is_bucket_url(text: str | None) -> bool:
 
 
 def split_bucket_url(text: str) -> tuple[str, str]:
-    """``nats://host:port/BUCKET`` as (server url, bucket name).
+    """``nats://host:port/BUCKET`` as (server url, bucket name); the servers of a NATS
+    cluster are comma-separated before the bucket, so a worker can start while one is down.
 
     >>> split_bucket_url("nats://127.0.0.1:4222/CK")
     ('nats://127.0.0.1:4222', 'CK')
+    >>> split_bucket_url("nats://n1:4222,nats://n2:4222/CK")
+    ('nats://n1:4222,nats://n2:4222', 'CK')
     """
-    parts = urlsplit(text)
-    bucket = parts.path.strip("/")
-    if not parts.netloc or not _BUCKET.match(bucket):
+    servers, _, bucket = text.rstrip("/").rpartition("/")
+    parts = [urlsplit(server.strip()) for server in servers.split(",")]
+    if not _BUCKET.match(bucket) or any(not p.netloc or p.path or p.scheme.lower() not in _SCHEMES for p in parts):
         raise ConnectorError(f"{text}: expected nats://host:port/BUCKET (bucket: letters, digits, - and _)",
-                             hint="e.g. --checkpoint nats://127.0.0.1:4222/sqlstream_checkpoints", exit_code=2)
-    return f"{parts.scheme}://{parts.netloc}", bucket
+                             hint="e.g. --checkpoint nats://127.0.0.1:4222/sqlstream_checkpoints (a cluster: "
+                                  "nats://n1:4222,nats://n2:4222/sqlstream_checkpoints)", exit_code=2)
+    return ",".join(f"{p.scheme}://{p.netloc}" for p in parts), bucket
 
 
 class BlobStore(Protocol):

@@ -15,6 +15,10 @@ Every round (a quarter of the lease TTL) the worker, on one asyncio loop:
 
 A stop (SIGINT/SIGTERM, or a partition run that failed) stops every run the same
 graceful way, deletes the leases and the heartbeat, and ends :meth:`Worker.serve`.
+A run that ended because its fence refused a checkpoint, or because NATS did not
+answer (an outage; a JetStream leader election on a cluster, whose requests time out
+or find the system "temporarily unavailable" for a few seconds), is not a failure:
+its lease is released and the partition claimed again, from its last checkpoint.
 A killed worker deletes nothing: its leases expire after the TTL and the others claim
 its partitions then.
 """
@@ -29,6 +33,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from sqlstream.connectors.nats.connection import nats_outage
 from sqlstream.connectors.nats.leases import Lease, PartitionLeases, fair_share
 from sqlstream.errors import FencedCheckpointError
 from sqlstream.scaleout.partition_run import PartitionOutcome
@@ -94,7 +99,7 @@ class Worker:
 
     def __init__(self, *, url: str, group: str, partitions: int, ttl_s: float,
                  start: Callable[[int, Callable[[], str | None]], PartitionRunner], note: Callable[[str], None],
-                 worker_id: str | None = None, connect_timeout_s: float = 5.0):
+                 worker_id: str | None = None, connect_timeout_s: float = 5.0, replicas: int = 1):
         self.url = url
         self.group = group
         self.partitions = partitions
@@ -103,6 +108,7 @@ class Worker:
         self.note = note
         self.id = worker_id or new_worker_id()
         self.connect_timeout_s = connect_timeout_s
+        self.replicas = replicas  # of the lease bucket: those of the source's stream
         self.leases: PartitionLeases | None = None
         self.owned: dict[int, Lease] = {}
         self.renewed_at: dict[int, float] = {}  # monotonic time each lease's last renewal was sent
@@ -114,6 +120,7 @@ class Worker:
         self.report = WorkerReport(self.id, group)
         self._stop = asyncio.Event()
         self._stop_reason: str | None = None
+        self._outage = False  # disconnected from NATS, reconnecting
 
     def stop(self, reason: str) -> None:
         """Stop the worker (from the worker's loop: a signal handler added there)."""
@@ -125,9 +132,11 @@ class Worker:
         import nats
 
         nc = await nats.connect(self.url.split(","), connect_timeout=self.connect_timeout_s, max_reconnect_attempts=-1,
-                                reconnect_time_wait=0.25, allow_reconnect=True)
+                                reconnect_time_wait=0.25, allow_reconnect=True, error_cb=self._nats_error,
+                                disconnected_cb=self._disconnected, reconnected_cb=self._reconnected)
         try:
-            self.leases = PartitionLeases(nc.jetstream(), self.group, self.id, self.partitions, self.ttl_s)
+            self.leases = PartitionLeases(nc.jetstream(), self.group, self.id, self.partitions, self.ttl_s,
+                                          self.replicas)
             await self.leases.open()
             self.note(f"worker {self.id} joined group '{self.group}' ({self.partitions} partitions, "
                       f"lease TTL {self.ttl_s:g}s)")
@@ -141,9 +150,25 @@ class Worker:
                     pass
             await self.leases.leave()
         finally:
+            self._outage = True  # closing: nats-py calls the disconnect callback, nothing to say
             await nc.close()
         self.report.stopped_by = self._stop_reason
         return self.report
+
+    async def _nats_error(self, error: Exception) -> None:
+        """Said once per outage (nats-py's default prints a traceback for each, and a
+        server that died fails every reconnect attempt to it)."""
+        if not self._outage:
+            self.note(f"worker {self.id}: NATS error: {error or type(error).__name__}")
+
+    async def _disconnected(self) -> None:
+        if not self._outage:
+            self._outage = True
+            self.note(f"worker {self.id}: disconnected from NATS; reconnecting (to another server of a cluster)")
+
+    async def _reconnected(self) -> None:
+        self._outage = False
+        self.note(f"worker {self.id}: reconnected to NATS")
 
     async def _round_or_retry(self, nats_error: type) -> bool:
         """A round; one that NATS fails (a timeout, an outage) is said and tried again at
@@ -163,7 +188,8 @@ class Worker:
             sent = time.monotonic()
             renewed = await leases.renew(lease)
             if renewed is None:
-                self.note(f"worker {self.id}: lost the lease of partition {partition} (paused past the TTL?): "
+                self.note(f"worker {self.id}: lost the lease of partition {partition} (paused, or "
+                          "without answers from NATS, past the TTL?): "
                           "stopping its run")
                 self.owned.pop(partition)
                 self.releasing.discard(partition)
@@ -176,8 +202,11 @@ class Worker:
         for partition, run in list(self.running.items()):
             if not run.done or partition not in self.owned:
                 continue
-            if _fenced(run.error):
-                self.note(f"worker {self.id}: partition {partition} stopped writing checkpoints: {run.error}")
+            if _fenced(run.error) or nats_outage(run.error):  # not a failure of the pipeline: tried again
+                why = ("stopped writing checkpoints" if _fenced(run.error) else
+                       "stopped: NATS did not answer (an outage, a leader election); it resumes from its last "
+                       "checkpoint when claimed again")
+                self.note(f"worker {self.id}: partition {partition} {why}: {run.error}")
                 self.releasing.discard(partition)
                 await leases.release(self.owned.pop(partition))
                 self._finish(partition, "lost")

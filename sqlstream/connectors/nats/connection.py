@@ -28,7 +28,7 @@ from nats.errors import SlowConsumerError
 from sqlstream.connectors.asyncio_bridge import AsyncioBridge
 from sqlstream.errors import ConnectorError
 
-__all__ = ["NatsConnection", "ConnectionEvents", "LOG", "runtime_error"]
+__all__ = ["NatsConnection", "ConnectionEvents", "LOG", "runtime_error", "nats_outage"]
 
 LOG = logging.getLogger("sqlstream.nats")
 
@@ -47,6 +47,30 @@ async def require_stream(nc: Client, stream: str, owner: str, url: str) -> None:
             f"{owner}: JetStream stream '{stream}' does not exist on {url}",
             hint="create it first (e.g. nats stream add, or sqlstream produce --stream NAME)",
         ) from None
+
+
+def nats_outage(error: BaseException | None) -> bool:
+    """Whether ``error``, or an error that caused it, says NATS did not answer for a while
+    (a timeout, no responders, a closed or stale connection, JetStream "temporarily
+    unavailable" or no stream response during a leader election) rather than that
+    something is wrong: the same request may succeed a little later.
+
+    >>> import nats.errors
+    >>> nats_outage(ConnectorError("x")), nats_outage(nats.errors.TimeoutError())
+    (False, True)
+    """
+    from nats.errors import ConnectionClosedError, NoRespondersError, StaleConnectionError
+    from nats.errors import TimeoutError as NatsTimeoutError
+    from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
+    transient = (NatsTimeoutError, NoRespondersError, ConnectionClosedError, StaleConnectionError,
+                 NoStreamResponseError, ServiceUnavailableError, asyncio.TimeoutError, TimeoutError)
+    seen = 0
+    while error is not None and seen < 16:
+        if isinstance(error, transient):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def runtime_error(message: str, *, hint: str | None = None) -> ConnectorError:

@@ -112,6 +112,7 @@ class JetStreamReader(MessageReader):
         self.stream = self.config["stream"]
         self.layout = connector.layout
         self.subject, self.durable = self.config["subject"], self.config["durable"]
+        self.consumer_replicas: int | None = None  # the stream's, when it is replicated (see _setup)
         if self.layout is not None:  # a partitioned stream: one partition, or (no worker) all of them
             part = ctx.partition
             self.subject = self.layout.subject_of(part.index) if part is not None else self.layout.all_partitions
@@ -164,9 +165,14 @@ class JetStreamReader(MessageReader):
         nc = self.conn.nc
         js = nc.jetstream()
         if self.layout is not None:
-            await ensure_partitioned_stream(js, self.stream, self.layout, self.owner)
+            await ensure_partitioned_stream(js, self.stream, self.layout, self.owner, self.config["replicas"])
         else:
             await require_stream(nc, self.stream, self.owner, self.config["url"])
+        # a consumer without a durable name is R1 even on a replicated stream: it lives on one server of a
+        # cluster, and when that server dies the consumer is gone and the reader waits forever: give it the
+        # stream's replicas, so it survives what the stream survives
+        replicas = (await js.stream_info(self.stream)).config.num_replicas or 1
+        self.consumer_replicas = replicas if replicas > 1 else None
         durable = self.durable
         info = None
         if durable:
@@ -186,6 +192,7 @@ class JetStreamReader(MessageReader):
                 ack_wait=self.ack_wait_s,
                 max_ack_pending=self.max_ack_pending,
                 inactive_threshold=None if durable else 60.0,
+                num_replicas=self.consumer_replicas,
             )
             info = await js.add_consumer(self.stream, config)
         else:
@@ -255,6 +262,7 @@ class JetStreamReader(MessageReader):
             ack_wait=self.ack_wait_s,
             max_ack_pending=self.max_ack_pending,
             inactive_threshold=None if durable else 60.0,
+            num_replicas=self.consumer_replicas,
         )
         return await js.add_consumer(self.stream, config)
 

@@ -1,7 +1,9 @@
 """Partition leases of a worker group, in a NATS key-value bucket.
 
 A group ``NAME`` keeps its leases in the bucket ``sqlstream_NAME`` (on the server of the
-partitioned source), whose ``ttl`` is the lease time-to-live:
+partitioned source), whose ``ttl`` is the lease time-to-live; on a NATS cluster it has
+as many replicas as the source's stream (a bucket on one server would take every
+lease of the group down with that server):
 
 ``workers.<id>``
     each live worker's heartbeat, rewritten every round: the group's members.
@@ -91,13 +93,14 @@ class Lease:
 class PartitionLeases:
     """One worker's view of its group's bucket (coroutines on a nats-py JetStream context)."""
 
-    def __init__(self, js, group: str, worker: str, partitions: int, ttl_s: float | None):
+    def __init__(self, js, group: str, worker: str, partitions: int, ttl_s: float | None, replicas: int = 1):
         self.js = js
         self.bucket = bucket_name(group)
         self.group = group
         self.worker = worker
         self.partitions = partitions
         self.ttl_s = ttl_s
+        self.replicas = replicas  # of the bucket, when this worker creates it
         self.kv = None
         self._heartbeat_revision: int | None = None
 
@@ -111,7 +114,8 @@ class PartitionLeases:
             if self.ttl_s is None:
                 raise ConnectorError(f"no worker group '{self.group}' (no bucket {self.bucket})",
                                      hint="start workers with sqlstream worker FILE --group NAME", exit_code=1) from None
-            self.kv = await self.js.create_key_value(KeyValueConfig(bucket=self.bucket, ttl=self.ttl_s, history=1))
+            self.kv = await self.js.create_key_value(KeyValueConfig(bucket=self.bucket, ttl=self.ttl_s, history=1,
+                                                                    replicas=self.replicas))
         if self.ttl_s is None:
             return
         status = await self.kv.status()

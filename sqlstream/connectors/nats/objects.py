@@ -21,8 +21,9 @@ _TIMEOUT_S = 30.0
 class ObjectBucket:
     """One object store bucket (created when missing), open until :meth:`close`."""
 
-    def __init__(self, url: str, bucket: str, *, connect_timeout_s: float = 5.0):
+    def __init__(self, url: str, bucket: str, *, connect_timeout_s: float = 5.0, replicas: int = 1):
         import nats
+        from nats.js.api import ObjectStoreConfig
         from nats.js.errors import BucketNotFoundError
 
         self.url = url
@@ -37,7 +38,7 @@ class ObjectBucket:
             try:
                 return await js.object_store(bucket)
             except BucketNotFoundError:
-                return await js.create_object_store(bucket)
+                return await js.create_object_store(bucket, ObjectStoreConfig(bucket=bucket, replicas=replicas))
 
         try:
             self._store = self._bridge.call(open_bucket(), _TIMEOUT_S)

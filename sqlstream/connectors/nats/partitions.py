@@ -114,10 +114,11 @@ class PartitionLayout:
         return ".".join(out)
 
 
-async def ensure_partitioned_stream(js, stream: str, layout: PartitionLayout, owner: str) -> bool:
-    """Create ``stream`` with ``layout``'s subject transform if it does not exist (True), or
-    check that the existing one is partitioned the same way (False); a ConnectorError
-    (exit 1) says how it differs."""
+async def ensure_partitioned_stream(js, stream: str, layout: PartitionLayout, owner: str, replicas: int = 1) -> bool:
+    """Create ``stream`` with ``layout``'s subject transform and ``replicas`` copies (on a
+    NATS cluster; 1 on a single server) if it does not exist (True), or check that the
+    existing one is partitioned the same way (False; its replicas are the stream's own
+    business); a ConnectorError (exit 1) says how it differs."""
     from nats.js.api import StreamConfig, SubjectTransform
     from nats.js.errors import NotFoundError
 
@@ -126,7 +127,7 @@ async def ensure_partitioned_stream(js, stream: str, layout: PartitionLayout, ow
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
-        config = StreamConfig(name=stream, subjects=[layout.stream_subject],
+        config = StreamConfig(name=stream, subjects=[layout.stream_subject], num_replicas=replicas,
                               subject_transform=SubjectTransform(src=layout.stream_subject, dest=layout.transform_dest))
         await js.add_stream(config)  # the same config twice (two workers at once) is no error
         return True
