@@ -97,8 +97,7 @@ class _Held:
 class JetStreamReader(MessageReader):
     """A pull consumer on ``stream`` (durable if ``durable`` is set), acked explicitly."""
 
-    #: the stream removes what is acked (work-queue retention): resume by delivering all
-    work_queue = False
+    work_queue = False  # the stream removes what is acked: resume by delivering all
 
     def __init__(self, connector, ctx: RunContext):
         super().__init__(connector, ctx)
@@ -234,11 +233,9 @@ class JetStreamReader(MessageReader):
         order: the consumer is created to deliver by start sequence from there. The
         deliver policy of a durable cannot change, so a durable of that name is deleted
         and created again under the same name (what it had delivered, acked or not, is
-        superseded by the checkpoint; other processes must not share it).
-
-        A work-queue stream (``work_queue``: an exchange between workers) takes only
-        consumers that deliver all it holds: every message not acked yet, and those at or
-        below the checkpoint's sequence are dropped (and acked) as copies."""
+        superseded by the checkpoint; other processes must not share it). A work-queue
+        stream (an exchange) delivers all it holds instead: what is at or below the
+        checkpoint's sequence is dropped (and acked) as copies."""
         start = self.resumed_from + 1
         state = (await js.stream_info(self.stream)).state
         if state.first_seq > start and not self.work_queue:
