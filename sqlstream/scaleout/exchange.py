@@ -49,8 +49,9 @@ def split_exchanges(sinks: list[SinkPlan], sources: Mapping[str, SourceEntry],
             continue
         exchange = found[0]
         entry = sources[exchange.source]
-        channel = ExchangeChannel(entry.connector.config["url"], partition.group, sink.name, partition.count,
-                                  exchange.keys)
+        config = entry.connector.config
+        channel = ExchangeChannel(config["url"], partition.group, sink.name, partition.count, exchange.keys,
+                                  config["replicas"])
         name = f"{exchange.source}{_SOURCE_MARK}{sink.name}"
         connector = ExchangeSource.of(channel, partition.index, name, exchange.schema,
                                       entry.connector.config.get("idle_timeout"))

@@ -87,6 +87,7 @@ class ExchangeChannel:
     sink: str
     partitions: int
     keys: tuple[str, ...]
+    replicas: int = 1  # the partitioned source's: an exchange survives what its source survives
 
     @property
     def stream(self) -> str:
@@ -105,7 +106,8 @@ class ExchangeChannel:
             await js.stream_info(self.stream)
         except NotFoundError:
             await js.add_stream(StreamConfig(name=self.stream, subjects=[f"{self.subject}.*"],
-                                             retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE))
+                                             retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
+                                             num_replicas=self.replicas))
 
 
 def _headers(upstream: int, run: str, number: int, watermark: int, idle: bool) -> bytes:
