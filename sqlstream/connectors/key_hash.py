@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["partitions_of", "key_hashes"]
+__all__ = ["partitions_of", "key_hashes", "hash_alike"]
 
 _NULL = np.uint64(0x9E3779B97F4A7C15)
 _BASE = np.uint64(0x100000001B3)  # the FNV prime, as the polynomial's base
@@ -33,6 +33,21 @@ def partitions_of(batch: pa.RecordBatch, keys: Sequence[str], partitions: int) -
     if not keys:
         return np.zeros(batch.num_rows, dtype=np.int64)
     return (key_hashes([batch.column(k) for k in keys]) % np.uint64(partitions)).astype(np.int64)
+
+
+def hash_alike(a: pa.DataType, b: pa.DataType) -> bool:
+    """True when equal values of types ``a`` and ``b`` hash alike (the two sides of a
+    join's equality, shuffled apart)."""
+    def kind(t: pa.DataType) -> str:
+        if pa.types.is_dictionary(t):
+            return kind(t.value_type)
+        if pa.types.is_integer(t):
+            return "integer"
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return "bytes"
+        return str(t)
+
+    return kind(a) == kind(b)
 
 
 def key_hashes(columns: Sequence[pa.Array]) -> np.ndarray:

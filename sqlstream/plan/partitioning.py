@@ -31,11 +31,12 @@ from typing import Mapping
 import sqlglot
 from sqlglot import exp
 
+from sqlstream.connectors.key_hash import hash_alike
 from sqlstream.errors import Location, UnsupportedSqlError
 from sqlstream.hidden import SOURCE_ID_COLUMN
 from sqlstream.operators.base import Operator
 from sqlstream.operators.context import BuildContext
-from sqlstream.plan.join_nodes import LookupJoin, TableRef
+from sqlstream.plan.join_nodes import IntervalJoin, LookupJoin, RegularJoin, TableRef, WindowJoin
 from sqlstream.plan.lowering import DataFusionDialect
 from sqlstream.plan.nodes import (
     ChangelogAggregate,
@@ -61,6 +62,7 @@ SHUFFLE_HINT = ("a query over a partitioned source gets one shuffle (an exchange
 _ROWS_KEPT = (LateFilter, WindowExpand, Unnest)  # rows pass through with their columns
 _AGGREGATES = (WindowAggregate, GroupAggregate, ChangelogAggregate, WindowChangelogAggregate)
 _KEYED = {TopN: "Top-N", Deduplicate: "deduplication", OverAggregate: "OVER aggregate"}
+_STREAM_JOINS = (WindowJoin, IntervalJoin, RegularJoin)
 
 
 class Exchange(PlanNode):
@@ -94,10 +96,12 @@ def exchanges_of(plan: PlanNode) -> list[Exchange]:
 
 
 class _Misaligned(Exception):
-    """``node`` keeps state of rows of several partitions together; an exchange below it
-    (``exchangeable``) would fix that."""
+    """``node`` keeps state of rows of several partitions together; an exchange below
+    each of its inputs, hashed by that input's ``keys`` (one tuple per input), would fix
+    that (no ``node``: nothing would)."""
 
-    def __init__(self, error: UnsupportedSqlError, node: PlanNode | None = None, keys: tuple[str, ...] = ()):
+    def __init__(self, error: UnsupportedSqlError, node: PlanNode | None = None,
+                 keys: tuple[tuple[str, ...], ...] = ()):
         self.error, self.node, self.keys = error, node, keys
 
 
@@ -121,14 +125,16 @@ def partition_plan(plan: PlanNode, partition_keys: Mapping[str, str], where: Loc
     except _Misaligned as first:
         if first.node is None:
             raise first.error from None
-        below = first.node.children[0]
-        missing = [k for k in (*first.keys, SOURCE_ID_COLUMN) if k not in below.schema.names]
-        if missing or not _stateless(below):
-            raise UnsupportedSqlError(first.error.message, location=where, hint=(
-                "a shuffle takes rows as they are read (it drops what a replay publishes again by their source "
-                "message ids), not results of an aggregate, a join or a ranking: key this state by the partition "
-                "key")) from None
-        exchanged = replace_node(plan, below, Exchange(below, first.keys, source))
+        node, inputs = first.node, []
+        for below, keys in zip(node.children, first.keys):
+            missing = [k for k in (*keys, SOURCE_ID_COLUMN) if k not in below.schema.names]
+            if missing or not _stateless(below):
+                raise UnsupportedSqlError(first.error.message, location=where, hint=(
+                    "a shuffle takes rows as they are read (it drops what a replay publishes again by their source "
+                    "message ids), not results of an aggregate, a join or a ranking: key this state by the "
+                    "partition key")) from None
+            inputs.append(Exchange(below, keys, source))
+        exchanged = replace_node(plan, node, _with_children(node, tuple(inputs)))
     try:
         _Walk(partition_keys, where).aligned(exchanged)
     except _Misaligned as second:
@@ -144,8 +150,12 @@ def replace_node(node: PlanNode, target: PlanNode, replacement: PlanNode) -> Pla
     the path are shared)."""
     if node is target:
         return replacement
+    return _with_children(node, tuple(replace_node(c, target, replacement) if _contains(c, target) else c
+                                      for c in node.children))
+
+
+def _with_children(node: PlanNode, children: tuple[PlanNode, ...]) -> PlanNode:
     copy = object.__new__(type(node))
-    children = tuple(replace_node(c, target, replacement) if _contains(c, target) else c for c in node.children)
     copy.__dict__.update(node.__dict__, children=children)
     return copy
 
@@ -178,9 +188,9 @@ class _Walk:
 
     def aligned(self, node: PlanNode) -> _Aligned:
         """Per routing column, the output columns of ``node`` that are copies of it."""
-        if isinstance(node, Exchange):
+        if isinstance(node, Exchange):  # (routing columns by position: both inputs of a join hash alike)
             self.aligned(node.children[0])
-            return {k: {k} for k in node.keys} if node.keys else None
+            return {f"#{i}": {k} for i, k in enumerate(node.keys)} if node.keys else None
         if isinstance(node, Scan):
             if node.source in self.keys:
                 key = self.keys[node.source]
@@ -216,20 +226,46 @@ class _Walk:
             if inner is None:
                 return None
             raise self.refuse("LIMIT counts rows across all partitions", "apply the LIMIT to the partitions' output",
-                              node)
+                              node, ((),))
+        if isinstance(node, _STREAM_JOINS):
+            return self._joined(node, [self.aligned(child) for child in node.children])
         raise self.refuse(f"{node.describe()} holds rows of several keys together",
-                          "joins of streams and set operations over a partitioned source need a shuffle of both "
-                          "inputs, which is not supported yet (lookup joins with a TABLE are)")
+                          "set operations over a partitioned source need a shuffle of both inputs, which is not "
+                          "supported yet")
+
+    def _joined(self, node: PlanNode, sides: list[_Aligned]) -> _Aligned:
+        """A join of two streams (both read from the partitioned source): partition by
+        partition when each routing column is the same equality key on both sides, else
+        through an exchange below each side, hashed by its equality keys."""
+        left, right = node.layout.left, node.layout.right
+        pairs = list(zip(left.keys, right.keys))
+        if sides[0] is None and sides[1] is None:
+            return None
+        if sides[0] is not None and sides[1] is not None and sides[0].keys() == sides[1].keys() and all(
+                any(a in sides[0][r] and b in sides[1][r] for a, b in pairs) for r in sides[0]):
+            names = node.schema.names
+            kept = [not node.layout.outer(1 - s) for s in (0, 1)]  # (a padded side's keys may be NULL)
+            return {r: {names[i] for i, (s, column) in enumerate(node.layout.output)
+                        if kept[s] and column in sides[s][r]} for r in sides[0]}
+        if not pairs:
+            raise self.refuse(f"{node.describe()} has no equality condition to shuffle both inputs by",
+                              "join the streams on an equality of columns (a = b), or on the partition key")
+        if not all(hash_alike(node.children[0].schema.field(a).type, node.children[1].schema.field(b).type)
+                   for a, b in pairs):
+            raise self.refuse(f"{node.describe()} compares keys of different types",
+                              "cast both sides of each equality to one type")
+        raise self.refuse(f"{node.describe()} is not keyed by the partition key", SHUFFLE_HINT, node,
+                          (tuple(left.keys), tuple(right.keys)))
 
     def _keyed(self, what: str, keys: list[str], inner: _Aligned, node: PlanNode) -> _Aligned:
         if inner is None:
             return None
         if not keys:
-            raise self.refuse("a global aggregate merges all partitions", SHUFFLE_HINT, node)
+            raise self.refuse("a global aggregate merges all partitions", SHUFFLE_HINT, node, ((),))
         if not all(copies & set(keys) for copies in inner.values()):
             key = ", ".join(f"'{k}'" for k in inner)
             raise self.refuse(f"the {what} key does not include the partition key {key}", SHUFFLE_HINT, node,
-                              tuple(keys))
+                              (tuple(keys),))
         return {k: copies & set(keys) for k, copies in inner.items()}
 
     def _projected(self, node: Stateless, inner: _Aligned) -> _Aligned:

@@ -43,22 +43,19 @@ def split_exchanges(sinks: list[SinkPlan], sources: Mapping[str, SourceEntry],
     and the sources they read (``sources`` plus the exchanges' partitions)."""
     plans, all_sources = [], dict(sources)
     for sink in sinks:
-        found = exchanges_of(sink.plan)
-        if not found:
-            plans.append(sink)
-            continue
-        exchange = found[0]
-        entry = sources[exchange.source]
-        config = entry.connector.config
-        channel = ExchangeChannel(config["url"], partition.group, sink.name, partition.count, exchange.keys,
-                                  config["replicas"])
-        name = f"{exchange.source}{_SOURCE_MARK}{sink.name}"
-        connector = ExchangeSource.of(channel, partition.index, name, exchange.schema,
-                                      entry.connector.config.get("idle_timeout"))
-        all_sources[name] = SourceEntry(name, "SOURCE", connector, exchange.schema, None, 0, None, entry.base_dir)
-        plans.append(SinkPlan(f"{sink.name}@exchange", exchange.children[0], exchange.schema,
-                              lambda schema, ctx, channel=channel: ExchangeWriter(channel, partition.index, ctx),
-                              sink.base_dir, passthrough=True))
-        scan = Scan(name, exchange.schema, exchange.rowtime, "exchange")
-        plans.append(replace(sink, plan=replace_node(sink.plan, exchange, scan)))
+        plan = sink.plan
+        for i, exchange in enumerate(exchanges_of(sink.plan)):  # (a join of the stream with itself: one per side)
+            label = sink.name if i == 0 else f"{sink.name}-{i}"
+            entry = sources[exchange.source]
+            config = entry.connector.config
+            channel = ExchangeChannel(config["url"], partition.group, label, partition.count, exchange.keys,
+                                      config["replicas"])
+            name = f"{exchange.source}{_SOURCE_MARK}{label}"
+            connector = ExchangeSource.of(channel, partition.index, name, exchange.schema, config.get("idle_timeout"))
+            all_sources[name] = SourceEntry(name, "SOURCE", connector, exchange.schema, None, 0, None, entry.base_dir)
+            plans.append(SinkPlan(f"{label}@exchange", exchange.children[0], exchange.schema,
+                                  lambda schema, ctx, channel=channel: ExchangeWriter(channel, partition.index, ctx),
+                                  sink.base_dir, passthrough=True))
+            plan = replace_node(plan, exchange, Scan(name, exchange.schema, exchange.rowtime, "exchange"))
+        plans.append(replace(sink, plan=plan) if plan is not sink.plan else sink)
     return plans, all_sources

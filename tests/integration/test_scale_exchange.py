@@ -1,6 +1,7 @@
 """Shuffles end to end, with real ``sqlstream`` processes and a real nats-server: a
-query grouping by a column that is not the partition key, and a global windowed
-aggregate, run by a group of workers through exchanges (internal partitioned JetStream
+query grouping by a column that is not the partition key, a global windowed
+aggregate and an interval join of the stream with itself on another column, run by
+a group of workers through exchanges (internal partitioned JetStream
 streams); the union of their outputs equals DuckDB over the published data, with no
 row lost or counted twice when a worker is killed mid-stream (docs/scale-out.md#shuffles)."""
 
@@ -38,6 +39,10 @@ def _pipeline(folder, url: str, stream: str, prefix: str, more: str = "") -> str
           SELECT window_start, window_end, count(*) AS n, max(amount) AS top
           FROM TUMBLE(orders, ts, INTERVAL '5' SECOND) GROUP BY window_start, window_end
           WITH (connector = 'file', path = 'out/overall', format = 'json');
+        CREATE SINK pairs AS
+          SELECT a.amount AS x, b.amount AS y
+          FROM orders a JOIN orders b ON a.region = b.region AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' SECOND
+          WITH (connector = 'file', path = 'out/pairs', format = 'json');
     """))
     return "pipeline.sql"
 
@@ -53,7 +58,7 @@ def _flush() -> list[dict]:
     return [{"customer_id": c, "region": "late", "amount": 0, "ts": late} for c in range(CUSTOMERS)]
 
 
-def _expected(rows: list[dict]) -> tuple[list[tuple], list[tuple]]:
+def _expected(rows: list[dict]) -> tuple[list[tuple], list[tuple], list[tuple]]:
     table = pa.Table.from_pylist([{**r, "ts": datetime.fromisoformat(r["ts"])} for r in rows])
     con = duckdb.connect()
     con.register("orders", table)
@@ -65,16 +70,21 @@ def _expected(rows: list[dict]) -> tuple[list[tuple], list[tuple]]:
         SELECT time_bucket(INTERVAL 5 SECOND, ts) AS ws, count(*), max(amount)
         FROM orders WHERE ts < TIMESTAMP '2024-01-01 00:30:00' GROUP BY ALL ORDER BY ALL
     """).fetchall()
+    pairs = con.execute("""
+        SELECT a.amount, b.amount FROM orders a JOIN orders b
+        ON a.region = b.region AND b.ts BETWEEN a.ts AND a.ts + INTERVAL 1 SECOND ORDER BY ALL
+    """).fetchall()
     return ([(ws.isoformat(), r, n, int(t)) for ws, r, n, t in per_region],
-            [(ws.isoformat(), n, top) for ws, n, top in overall])
+            [(ws.isoformat(), n, top) for ws, n, top in overall], pairs)
 
 
-def _results(folder) -> tuple[list[tuple], list[tuple]]:
+def _results(folder) -> tuple[list[tuple], list[tuple], list[tuple]]:
     def start(row):
         return datetime.fromisoformat(row["window_start"]).isoformat()
 
     return (sorted((start(r), r["region"], r["n"], r["total"]) for r in _committed(folder, "per_region")),
-            sorted((start(r), r["n"], r["top"]) for r in _committed(folder, "overall")))
+            sorted((start(r), r["n"], r["top"]) for r in _committed(folder, "overall")),
+            sorted((r["x"], r["y"]) for r in _committed(folder, "pairs")))
 
 
 def test_a_group_by_another_column_and_a_global_aggregate_go_through_exchanges(tmp_path, nats_server, nats_client,
@@ -85,6 +95,7 @@ def test_a_group_by_another_column_and_a_global_aggregate_go_through_exchanges(t
     explain = subprocess.run(CLI + ["explain", name], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert "Exchange hash(__k0) across the partitions of 'orders'" in explain.stdout, explain.stderr
     assert "Exchange to partition 0 of 'orders'" in explain.stdout
+    assert explain.stdout.count("Exchange hash(region)") == 2  # the join: one exchange per side
     workers = subprocess.Popen(CLI + ["run", name, "--workers", "2", "--group", group, "--checkpoint", "ck",
                                       "--checkpoint-interval", "200ms", "--lease-ttl", "2s"],
                                cwd=tmp_path, stderr=subprocess.PIPE, text=True)
@@ -94,8 +105,8 @@ def test_a_group_by_another_column_and_a_global_aggregate_go_through_exchanges(t
     _publish(nats_client, prefix, rows[:400])
     _publish(nats_client, prefix, rows[400:])
     _publish(nats_client, prefix, _flush())
-    expected = _expected(rows)
-    assert len(expected[0]) > 2 * REGIONS and len(expected[1]) > 5
+    expected = _expected(rows + _flush())
+    assert len(expected[0]) > 2 * REGIONS and len(expected[1]) > 5 and len(expected[2]) > 1000
     wait_until(lambda: _results(tmp_path) == expected, 90, "the group's output through the exchanges")
     code, err = _stop(workers)
     assert code == 143, err
@@ -128,7 +139,7 @@ def test_the_exchanges_lose_and_repeat_nothing_when_a_worker_joins_and_one_is_ki
     mine = f"-{survivor.pid}-"  # worker ids are host-pid-random
     wait_until(lambda: [mine in owner for owner in _owners(nats_server.url, group).values()] == [True] * 4, 30,
                "the survivor to take every partition")
-    expected = _expected(rows)
+    expected = _expected(rows + _flush())
     wait_until(lambda: _results(tmp_path) == expected, 90, "the output after the take-over")
     code, err = _stop(survivor)
     assert code == 143, err
@@ -147,8 +158,9 @@ def test_partitions_without_data_do_not_hold_the_exchange_back_with_idle_timeout
     processes.append(workers)
     wait_until(lambda: _stream_exists(nats_client, stream), 60, "the workers to create the partitioned stream")
     rows = [{**row, "customer_id": 7} for row in _orders(0, 300)]  # one customer: three partitions get nothing
-    _publish(nats_client, prefix, rows + [{**_flush()[0], "customer_id": 7}])
-    expected = _expected(rows)
+    flush = [{**_flush()[0], "customer_id": 7}]
+    _publish(nats_client, prefix, rows + flush)
+    expected = _expected(rows + flush)
     wait_until(lambda: _results(tmp_path) == expected, 90, "windows closed by the one partition with data")
     code, err = _stop(workers)
     assert code == 143, err

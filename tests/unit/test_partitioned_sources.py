@@ -82,6 +82,9 @@ def test_partitions_need_jetstream(tmp_path):
     "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY ts) AS rn FROM o) WHERE rn = 1",
     "SELECT o.customer_id, r.name, count(*) AS n FROM o JOIN regions r ON o.region = r.region "
     "GROUP BY o.customer_id, r.name",
+    "SELECT a.customer_id, b.amount FROM o a JOIN o b ON a.customer_id = b.customer_id",
+    "SELECT a.customer_id, count(*) AS n FROM o a JOIN o b ON a.customer_id = b.customer_id "
+    "AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' SECOND GROUP BY a.customer_id",
 ])
 def test_queries_keyed_by_the_partition_key_run_partition_by_partition(tmp_path, query):
     session = _session(tmp_path)
@@ -103,15 +106,20 @@ def test_queries_keyed_by_the_partition_key_run_partition_by_partition(tmp_path,
     ("SELECT window_start, count(*) AS n FROM TUMBLE(o, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end",
      "Exchange to partition 0 of 'o'"),
     ("SELECT * FROM o LIMIT 5", "Exchange to partition 0 of 'o'"),
+    ("SELECT a.region, a.amount AS x, b.amount AS y FROM o a JOIN o b ON a.region = b.region "
+     "AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' SECOND", "Exchange hash(region) across the partitions of 'o'"),
+    ("SELECT a.region, count(*) AS n FROM o a JOIN o b ON a.region = b.region GROUP BY a.region",
+     "Exchange hash(region) across the partitions of 'o'"),
     ("SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY region ORDER BY ts) AS rn FROM o) WHERE rn = 1",
      "Exchange hash(__rank_p0) across the partitions of 'o'"),
 ])
 def test_state_keyed_otherwise_gets_an_exchange_that_explain_shows(tmp_path, query, exchange):
     session = _session(tmp_path)
     session.execute(f"CREATE SINK out AS {query} WITH (connector = 'stdout');")
-    assert len(exchanges_of(session.sinks["out"].plan)) == 1
+    inputs = 2 if " JOIN " in query else 1  # a join of the stream with itself: one exchange per side
+    assert len(exchanges_of(session.sinks["out"].plan)) == inputs
     plan = session.execute(f"EXPLAIN CREATE SINK out2 AS {query} WITH (connector = 'stdout');")[0].text
-    assert plan.count("Exchange") == 1 and exchange in plan
+    assert plan.count("Exchange") == inputs and exchange in plan
     assert "Exchange" not in session.execute(f"EXPLAIN {query}")[0].text  # one process reads every partition
 
 
@@ -128,10 +136,9 @@ ONE_SHUFFLE = ("a query over a partitioned source gets one shuffle (an exchange)
      "the GROUP BY key does not include the partition key 'customer_id'",
      "a shuffle takes rows as they are read (it drops what a replay publishes again by their source message ids), "
      "not results of an aggregate, a join or a ranking: key this state by the partition key"),
-    ("SELECT a.customer_id FROM o a JOIN o b ON a.customer_id = b.customer_id",
-     "RegularJoin INNER (append-only) holds rows of several keys together",
-     "joins of streams and set operations over a partitioned source need a shuffle of both inputs, which is not "
-     "supported yet (lookup joins with a TABLE are)"),
+    ("SELECT a.amount FROM o a JOIN o b ON a.amount > b.amount AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' SECOND",
+     "IntervalJoin INNER has no equality condition to shuffle both inputs by",
+     "join the streams on an equality of columns (a = b), or on the partition key"),
 ])
 def test_queries_no_single_exchange_makes_right_are_refused(tmp_path, query, what, hint):
     with pytest.raises(UnsupportedSqlError) as caught:
@@ -144,14 +151,14 @@ def test_queries_no_single_exchange_makes_right_are_refused(tmp_path, query, wha
 def test_check_reports_a_shuffle_at_file_line_col_and_exits_2(tmp_path):
     (tmp_path / "regions.csv").write_text("region,name\n")
     path = tmp_path / "pipeline.sql"
-    path.write_text(SOURCE + "\nCREATE SINK by_region AS SELECT a.region FROM o a JOIN o b ON a.region = b.region\n"
-                    "  WITH (connector = 'stdout');\n")
+    path.write_text(SOURCE + "\nCREATE SINK by_region AS SELECT a.region FROM o a JOIN o b ON a.amount > b.amount\n"
+                    "  AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '1' SECOND WITH (connector = 'stdout');\n")
     result = subprocess.run([sys.executable, "-m", "sqlstream.cli.main", "check", str(path)],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith(f"{path}:7:1: error: cannot run partition by partition over partitioned "
-                                    "source 'o': RegularJoin INNER (append-only) holds rows of several keys together")
-    assert "hint: joins of streams and set operations over a partitioned source need a shuffle" in result.stderr
+                                    "source 'o': IntervalJoin INNER has no equality condition")
+    assert "hint: join the streams on an equality of columns (a = b), or on the partition key" in result.stderr
     assert "Traceback" not in result.stderr
 
 
