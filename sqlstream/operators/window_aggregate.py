@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.hidden import WM_COLUMN
 from sqlstream.operators.aggregates import AggCall, Aggregator, Partial
 from sqlstream.operators.pane_windows import PaneWindowOperator
 from sqlstream.operators.session_windows import SessionWindowOperator
@@ -51,7 +52,11 @@ from sqlstream.operators.window_output import (
 )
 from sqlstream.operators.windows import column_int64, tumble_start
 
-__all__ = ["make_window_operator", "WindowAggregateOperator", "PaneWindowOperator", "SessionWindowOperator"]
+__all__ = ["make_window_operator", "WindowAggregateOperator", "PaneWindowOperator", "SessionWindowOperator",
+           "PartialWindowOperator", "MergeWindowOperator", "tumble_partial_schema", "MERGEABLE"]
+
+#: aggregates whose partials merge without regard to arrival order (two-phase TUMBLE)
+MERGEABLE = ("count_star", "count", "sum", "avg", "min", "max", "stddev_samp", "stddev_pop", "var_samp", "var_pop")
 
 
 def make_window_operator(spec, keys: list[str], calls: list[AggCall], schema: pa.Schema, emit_every_us: int | None):
@@ -205,3 +210,48 @@ class WindowAggregateOperator(WindowOutputOperator):
         if not starts:
             return 0
         return len(pc.unique(pa.chunked_array([c for s in starts for c in s.chunks])))
+
+
+def tumble_partial_schema(spec, keys: list[str], calls: list[AggCall], input_schema: pa.Schema) -> pa.Schema:
+    """The rows a :class:`PartialWindowOperator` emits: ``__ws``, ``__we``, the keys, the
+    partial columns of ``calls`` (types from ``input_schema``) and ``__wm``."""
+    needed = dict.fromkeys([*keys, *(c.arg for c in calls if c.arg is not None)])
+    empty = pa.table({name: pa.array([], input_schema.field(name).type) for name in needed} | {WE: pa.array([], pa.int64())})
+    main = _TumbleAggregator(keys, calls, spec.size_us).partial(empty).main
+    return main.schema.append(pa.field(WM_COLUMN, pa.int64()))
+
+
+class PartialWindowOperator(WindowAggregateOperator):
+    """The first phase of a two-phase TUMBLE aggregate, in one partition of a group of
+    workers: when the watermark closes windows it emits their merged partial rows
+    (:func:`tumble_partial_schema`) instead of results, for an exchange to send to the
+    partition that owns each key, where a :class:`MergeWindowOperator` finishes them.
+    What a window's partials are depends only on the partition's rows and watermark,
+    so a replay after a restart sends the same rows again (docs/scale-out.md#shuffles)."""
+
+    name = "window_partial"
+
+    def __init__(self, spec, keys, calls, schema):
+        super().__init__(spec, keys, calls, schema, None)
+
+    def _finalize(self, closing: list[_Fragment]) -> pa.Table:
+        return self.window_agg.merge([f.part for f in closing], regroup=True).main
+
+
+class MergeWindowOperator(WindowAggregateOperator):
+    """The second phase: takes the partial rows of :class:`PartialWindowOperator`s (each
+    window of each partition once) as fragments, merges and finalizes them when the
+    watermark passes the window's end."""
+
+    name = "window_merge"
+
+    def on_batch(self, batch: pa.RecordBatch, port: int) -> None:
+        if not batch.num_rows:
+            return
+        table = pa.Table.from_batches([batch])
+        if WM_COLUMN in table.column_names:
+            table = table.drop_columns([WM_COLUMN])
+        # (a batch may hold several partitions' partials of one window: a fragment has one row per group)
+        self.fragments.append(_Fragment.of(self.window_agg.merge([Partial(table, ())], regroup=True)))
+        if len(self.fragments) > MAX_FRAGMENTS:
+            self.fragments = [_Fragment.of(self.window_agg.merge([f.part for f in self.fragments]))]

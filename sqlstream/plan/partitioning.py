@@ -36,6 +36,12 @@ from sqlstream.errors import Location, UnsupportedSqlError
 from sqlstream.hidden import SOURCE_ID_COLUMN
 from sqlstream.operators.base import Operator
 from sqlstream.operators.context import BuildContext
+from sqlstream.operators.window_aggregate import (
+    MERGEABLE,
+    MergeWindowOperator,
+    PartialWindowOperator,
+    tumble_partial_schema,
+)
 from sqlstream.plan.join_nodes import IntervalJoin, LookupJoin, RegularJoin, TableRef, WindowJoin
 from sqlstream.plan.lowering import DataFusionDialect
 from sqlstream.plan.nodes import (
@@ -77,14 +83,53 @@ class Exchange(PlanNode):
         self.schema = child.schema
         self.updating = child.updating
         self.rowtime = child.rowtime
+        #: what crosses: partial aggregates of closed windows (replays recognised by
+        #: window end), not rows (by source message id)
+        self.partials = isinstance(child, PartialWindowAggregate)
 
     def build(self, ctx: BuildContext) -> Operator:
         return self.children[0].build(ctx)
 
     def describe(self) -> str:
+        what = "partial aggregates" if self.partials else "rows"
         if not self.keys:
-            return f"Exchange to partition 0 of '{self.source}' (all rows: one partition merges them)"
-        return f"Exchange hash({', '.join(self.keys)}) across the partitions of '{self.source}'"
+            return f"Exchange to partition 0 of '{self.source}' ({what}: one partition merges them)"
+        return f"Exchange hash({', '.join(self.keys)}) across the partitions of '{self.source}' ({what})"
+
+
+class PartialWindowAggregate(WindowAggregate):
+    """A TUMBLE aggregate's first phase, per source partition: each closed window's
+    partial aggregates, for an exchange to the partition that finishes them."""
+
+    def __init__(self, node: WindowAggregate, child: PlanNode):
+        super().__init__(child, node.spec, node.keys, node.calls,
+                         tumble_partial_schema(node.spec, node.keys, node.calls, child.schema))
+        self.window = None
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        return PartialWindowOperator(self.spec, self.keys, self.calls, self.schema)
+
+    def describe(self) -> str:
+        return f"WindowAggregate {self.spec.describe()} partials per partition, sent when a window closes"
+
+
+class MergeWindowAggregate(WindowAggregate):
+    """A TUMBLE aggregate's second phase: merges the partitions' partials of each window."""
+
+    def __init__(self, node: WindowAggregate, child: PlanNode):
+        super().__init__(child, node.spec, node.keys, node.calls, node.schema)
+
+    def make_operator(self, ctx: BuildContext) -> Operator:
+        return MergeWindowOperator(self.spec, self.keys, self.calls, self.schema, None)
+
+    def describe(self) -> str:
+        return f"WindowAggregate {self.spec.describe()} EMIT ON WINDOW CLOSE, merging the partitions' partials"
+
+
+def _two_phase(node: PlanNode) -> bool:
+    """A TUMBLE aggregate whose partials merge in any order, emitted once per window."""
+    return (type(node) is WindowAggregate and node.spec.kind == "tumble" and node.emit_every_us is None
+            and all(c.func in MERGEABLE for c in node.calls))
 
 
 def exchanges_of(plan: PlanNode) -> list[Exchange]:
@@ -125,16 +170,7 @@ def partition_plan(plan: PlanNode, partition_keys: Mapping[str, str], where: Loc
     except _Misaligned as first:
         if first.node is None:
             raise first.error from None
-        node, inputs = first.node, []
-        for below, keys in zip(node.children, first.keys):
-            missing = [k for k in (*keys, SOURCE_ID_COLUMN) if k not in below.schema.names]
-            if missing or not _stateless(below):
-                raise UnsupportedSqlError(first.error.message, location=where, hint=(
-                    "a shuffle takes rows as they are read (it drops what a replay publishes again by their source "
-                    "message ids), not results of an aggregate, a join or a ranking: key this state by the "
-                    "partition key")) from None
-            inputs.append(Exchange(below, keys, source))
-        exchanged = replace_node(plan, node, _with_children(node, tuple(inputs)))
+        exchanged = replace_node(plan, first.node, _exchanged(first, source, where))
     try:
         _Walk(partition_keys, where).aligned(exchanged)
     except _Misaligned as second:
@@ -143,6 +179,23 @@ def partition_plan(plan: PlanNode, partition_keys: Mapping[str, str], where: Loc
                                   f"second shuffle ({what} is keyed by other columns than the exchange below it)",
                                   location=where, hint=SHUFFLE_HINT) from None
     return exchanged
+
+
+def _exchanged(first: _Misaligned, source: str, where: Location | None) -> PlanNode:
+    """``first.node`` with an exchange below each of its inputs; a TUMBLE aggregate
+    instead becomes partials per partition, an exchange, and their merge."""
+    node = first.node
+    two_phase = _two_phase(node)  # (partials are recognised by window end, rows by their source message id)
+    for below, keys in zip(node.children, first.keys):
+        missing = [k for k in (*keys, *(() if two_phase else (SOURCE_ID_COLUMN,))) if k not in below.schema.names]
+        if missing or not _stateless(below):
+            raise UnsupportedSqlError(first.error.message, location=where, hint=(
+                "a shuffle takes rows as they are read (it drops what a replay publishes again by their source "
+                "message ids), not results of an aggregate, a join or a ranking: key this state by the "
+                "partition key"))
+    if two_phase:
+        return MergeWindowAggregate(node, Exchange(PartialWindowAggregate(node, node.children[0]), first.keys[0], source))
+    return _with_children(node, tuple(Exchange(below, keys, source) for below, keys in zip(node.children, first.keys)))
 
 
 def replace_node(node: PlanNode, target: PlanNode, replacement: PlanNode) -> PlanNode:
@@ -209,6 +262,8 @@ class _Walk:
             if any(s is None for s in sets):
                 return None
             return {k: set.intersection(*(s[k] for s in sets)) & set(node.schema.names) for k in sets[0]}
+        if isinstance(node, PartialWindowAggregate):  # (per partition by design: an exchange follows)
+            return _keep(self.aligned(node.children[0]), set(node.schema.names))
         if isinstance(node, _AGGREGATES):
             return self._keyed("GROUP BY", node.keys, self.aligned(node.children[0]), node)
         if isinstance(node, tuple(_KEYED)):

@@ -23,6 +23,7 @@ from typing import Mapping
 from sqlstream.catalog import SourceEntry
 from sqlstream.connectors.base import Partition
 from sqlstream.connectors.nats.exchange import ExchangeChannel, ExchangeSource, ExchangeWriter
+from sqlstream.operators.window_output import WE as WINDOW_END
 from sqlstream.plan.nodes import Scan
 from sqlstream.plan.partitioning import exchanges_of, replace_node
 from sqlstream.runtime.builder import SinkPlan
@@ -49,7 +50,7 @@ def split_exchanges(sinks: list[SinkPlan], sources: Mapping[str, SourceEntry],
             entry = sources[exchange.source]
             config = entry.connector.config
             channel = ExchangeChannel(config["url"], partition.group, label, partition.count, exchange.keys,
-                                      config["replicas"])
+                                      config["replicas"], WINDOW_END if exchange.partials else None)
             name = f"{exchange.source}{_SOURCE_MARK}{label}"
             connector = ExchangeSource.of(channel, partition.index, name, exchange.schema, config.get("idle_timeout"))
             all_sources[name] = SourceEntry(name, "SOURCE", connector, exchange.schema, None, 0, None, entry.base_dir)

@@ -93,7 +93,7 @@ def test_a_group_by_another_column_and_a_global_aggregate_go_through_exchanges(t
     stream, prefix, group = f"ORD{tag}", f"orders{tag}", f"g{tag}"
     name = _pipeline(tmp_path, nats_server.url, stream, prefix)
     explain = subprocess.run(CLI + ["explain", name], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert "Exchange hash(__k0) across the partitions of 'orders'" in explain.stdout, explain.stderr
+    assert "Exchange hash(__k0) across the partitions of 'orders' (partial aggregates)" in explain.stdout, explain.stderr
     assert "Exchange to partition 0 of 'orders'" in explain.stdout
     assert explain.stdout.count("Exchange hash(region)") == 2  # the join: one exchange per side
     workers = subprocess.Popen(CLI + ["run", name, "--workers", "2", "--group", group, "--checkpoint", "ck",

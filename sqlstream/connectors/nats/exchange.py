@@ -88,6 +88,9 @@ class ExchangeChannel:
     partitions: int
     keys: tuple[str, ...]
     replicas: int = 1  # the partitioned source's: an exchange survives what its source survives
+    #: what crosses: None, rows (replays recognised by source message id); or the name of
+    #: the window-end column of partial aggregates, sent once per closed window
+    window_end: str | None = None
 
     @property
     def stream(self) -> str:
@@ -260,6 +263,16 @@ class _Upstreams:
             return int(np.iinfo(np.int64).max)
         return int(self.watermarks.max())
 
+    def new_windows(self, upstream: int, ends: np.ndarray) -> np.ndarray:
+        """Which partial rows (of ``upstream``) belong to windows it had not sent before:
+        a partition sends each window's partials once, when its watermark closes it, in
+        the order of window end; a replay sends the same windows again."""
+        keep = ends > self.taken_seq[upstream]
+        if keep.any():
+            self.taken_seq[upstream] = max(self.taken_seq[upstream], int(ends.max()))
+        self.replayed += int(ends.size - keep.sum())
+        return keep
+
     def new_rows(self, upstream: int, run: str, sequences: np.ndarray) -> np.ndarray:
         """Which rows (of ``upstream``'s ``run``, in the order sent) were not taken before; advances."""
         if run != self.runs[upstream]:  # a new run: its positions count from its first row
@@ -282,8 +295,9 @@ class _ExchangeDecoder:
     """Decodes a micro-batch of exchange messages: rows not taken before, each with its
     watermark, and the exchange's watermark after them."""
 
-    def __init__(self, schema: pa.Schema, partitions: int, saved: dict | None):
+    def __init__(self, schema: pa.Schema, partitions: int, saved: dict | None, window_end: str | None = None):
         self.schema = schema
+        self.window_end = window_end
         self.upstreams = _Upstreams(partitions, saved)
         self.has_watermark = WM_COLUMN in schema.names
         self.row_watermarks: np.ndarray | None = None
@@ -301,7 +315,10 @@ class _ExchangeDecoder:
                 rows = pa.ipc.open_stream(payload).read_all().combine_chunks()
                 batch = rows.to_batches()[0] if rows.num_rows else None
                 if batch is not None:
-                    keep = ups.new_rows(upstream, headers[RUN_HEADER], _sequences(batch.column(SOURCE_ID_COLUMN)))
+                    if self.window_end is not None:
+                        keep = ups.new_windows(upstream, batch.column(self.window_end).to_numpy(zero_copy_only=False))
+                    else:
+                        keep = ups.new_rows(upstream, headers[RUN_HEADER], _sequences(batch.column(SOURCE_ID_COLUMN)))
                     if not keep.all():
                         batch = batch.filter(pa.array(keep))
                     if batch.num_rows:
@@ -356,7 +373,7 @@ class ExchangeReader(JetStreamReader):
         self.channel = channel  # (before the connection starts: _setup reads it)
         super().__init__(connector, ctx)
         saved = (ctx.start_position or {}).get("upstreams") if ctx.start_position else None
-        self.decoder = _ExchangeDecoder(connector.schema, channel.partitions, saved)
+        self.decoder = _ExchangeDecoder(connector.schema, channel.partitions, saved, channel.window_end)
 
     async def _setup(self) -> None:
         await self.channel.ensure_stream(self.conn.nc.jetstream())
