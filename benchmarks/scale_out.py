@@ -12,9 +12,11 @@ expected row:
 * ``stateless``: ``SELECT id, sensor, temp FROM readings WHERE temp >= 34`` (1 row in 20);
 * ``tumble``: per sensor and 10-second window, ``count(*)`` and ``avg(temp)``
   (``--messages`` / 10 rows);
-* ``shuffle``: the same per site (8 sites), a key that is not the partition key: every
-  row goes through an exchange (docs/scale-out.md#shuffles). Against ``tumble`` it
-  prices the exchange.
+* ``shuffle``: the same per site (8 sites), a key that is not the partition key: each
+  partition's partial aggregates of a closed window go through an exchange
+  (docs/scale-out.md#shuffles);
+* ``shuffle_rows``: ``count(DISTINCT sensor)`` per site and window: every row goes
+  through the exchange. Against ``tumble`` these two price the exchange.
 
 Start-up is subtracted as in :mod:`whole_process`: the same command on a 20-message
 stream of the same layout (process start, imports, joining the group, claiming
@@ -54,10 +56,14 @@ QUERIES = {
     "tumble": ("SELECT window_start, window_end, sensor, count(*) AS n, avg(temp) AS mean_temp "
                "FROM TUMBLE(readings, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, sensor",
                lambda n: len({(i // 10_000, i % SENSORS) for i in range(n)})),
-    # keyed by site, not by the partition key: through an exchange (docs/scale-out.md#shuffles)
+    # keyed by site, not by the partition key: through an exchange (docs/scale-out.md#shuffles),
+    # as partial aggregates per closed window, or (count DISTINCT) as rows
     "shuffle": ("SELECT window_start, window_end, site, count(*) AS n, avg(temp) AS mean_temp "
                 "FROM TUMBLE(readings, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, site",
                 lambda n: len({(i // 10_000, i % 8) for i in range(n)})),
+    "shuffle_rows": ("SELECT window_start, window_end, site, count(DISTINCT sensor) AS sensors "
+                     "FROM TUMBLE(readings, ts, INTERVAL '10' SECOND) GROUP BY window_start, window_end, site",
+                     lambda n: len({(i // 10_000, i % 8) for i in range(n)})),
 }
 
 
@@ -169,12 +175,12 @@ async def main(args) -> dict:
 
 
 def _print(results: dict) -> None:
-    print(f"{'query':<10} {'workers':>7} {'full s':>7} {'start-up s':>10} {'events/s':>10}")
+    print(f"{'query':<12} {'workers':>7} {'full s':>7} {'start-up s':>10} {'events/s':>10}")
     for key, value in results.items():
         if isinstance(value, dict):
             name, workers = key.rsplit("_", 1)
             rate = f"{value['events_per_s']:,}" if value["events_per_s"] else "n/a"
-            print(f"{name:<10} {workers[:-1]:>7} {value['full_s']:>7.2f} {value['startup_s']:>10.2f} {rate:>10}")
+            print(f"{name:<12} {workers[:-1]:>7} {value['full_s']:>7.2f} {value['startup_s']:>10.2f} {rate:>10}")
     for key, value in results.items():
         if key.endswith("_speedup"):
             ratio = f"{value:.2f}x" if value else "n/a (use more --messages)"
