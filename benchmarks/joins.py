@@ -21,6 +21,13 @@ is the best of ``--repeat`` runs (default 3).
 
     python benchmarks/joins.py                  # 10M events
     python benchmarks/joins.py --events 1000000 # a short run
+    python benchmarks/joins.py --only lookup --key varchar --whole-process
+
+``--key bigint|varchar`` runs one of the two lookup joins. ``--whole-process`` measures
+the lookup joins as a user runs them (see ``whole_process.py``): ``sqlstream run`` from
+a Parquet file of the events into a Parquet file sink, the TABLE from its Parquet file,
+against a DuckDB process ``COPY``-ing the same join of the same two files to Parquet;
+start-up (the same commands on a 10-row events file, the full table) subtracted.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -37,6 +45,11 @@ import pyarrow.parquet as pq
 
 from sqlstream.connectors import SinkConnector, SinkWriter, register_sink
 from sqlstream.testing import TestSession
+
+try:
+    from benchmarks import whole_process
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import whole_process
 
 BASE_US = 1_690_000_000_000_000  # historic: before the manual clock, so max_future never fires
 DELAY_S = 2
@@ -85,6 +98,7 @@ def make_stream(events: int, seed: int) -> pa.Table:
     })
 
 
+LOOKUP_KEYS = {"bigint": "lookup (BIGINT key)", "varchar": "lookup (VARCHAR key)"}
 LOOKUP = {
     "lookup (BIGINT key)": (
         "SELECT t.merchant_id, t.amount, m.name, m.category FROM tx t JOIN merchants m ON t.merchant_id = m.id",
@@ -114,6 +128,32 @@ WINDOW = (
        FROM (SELECT *, epoch_us(ts) // 1000000 AS w, make_timestamp(epoch_us(ts) // 1000000 * 1000000) AS ws FROM lhs) l
        JOIN (SELECT *, epoch_us(ts) // 1000000 AS w FROM rhs) r ON l.w = r.w AND l.k = r.k""",
 )
+
+
+LOOKUP_SOURCE = """CREATE SOURCE tx (merchant_id BIGINT, amount DOUBLE, ts TIMESTAMP, merchant_code VARCHAR,
+                     WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH ({source});"""
+LOOKUP_TABLE = """CREATE TABLE merchants (id BIGINT, code VARCHAR, name VARCHAR, category BIGINT)
+                    WITH (connector = 'file', path = '{path}', format = 'parquet')"""
+
+
+def lookup_processes(events: int, table_rows: int, lookups: list[str], repeat: int, work: Path,
+                     base_tree: str | None) -> None:
+    """The lookup joins as whole processes: events and TABLE from Parquet files, the
+    result written to Parquet (``whole_process.compare``)."""
+    table, source, tiny = work / "merchants.parquet", work / "tx.parquet", work / "tiny.parquet"
+    pq.write_table(make_merchants(table_rows), table)
+    pq.write_table(with_codes(make_transactions(events, table_rows)), source, row_group_size=1 << 20)
+    whole_process.write_tiny(source, tiny)
+    # the events' file is {path}, the TABLE's a fixed file (read in full by both sides, also on the tiny input)
+    source_sql = LOOKUP_SOURCE.format(source="connector = 'file', path = '{path}', format = 'parquet'") + "\n" \
+        + LOOKUP_TABLE.format(path=table)
+    print(f"lookup, whole processes: {events:,} events x {table_rows:,}-row table, Parquet in and out; "
+          f"best and median of {repeat}, sides alternated")
+    for name in lookups:
+        ours, theirs = LOOKUP[name]
+        theirs = theirs.replace("FROM tx t", "FROM data t").replace("JOIN merchants m", f"JOIN read_parquet('{table}') m")
+        measured = whole_process.compare(work, source_sql, ours, theirs, source, tiny, repeat, base_tree)
+        print(whole_process.report(name, events, measured), flush=True)
 
 
 def best_of(repeat: int, run) -> tuple[float, int]:
@@ -185,20 +225,28 @@ def main() -> None:
     parser.add_argument("--table-rows", type=int, default=TABLE_ROWS, help="rows of the lookup table (default 100k)")
     parser.add_argument("--only", choices=["lookup", "window", "semi"], action="append", help="run only these")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, the fastest counts (default 3)")
+    parser.add_argument("--key", choices=sorted(LOOKUP_KEYS), action="append",
+                        help="lookup: only the join on this key type (default both)")
+    parser.add_argument("--whole-process", action="store_true",
+                        help="lookup: time whole processes, Parquet in and out, start-up subtracted")
+    parser.add_argument("--base-tree", metavar="DIR",
+                        help="--whole-process: also time sqlstream from this checkout (e.g. main), same run")
     args = parser.parse_args()
     only = args.only or ["lookup", "window", "semi"]
+    lookups = [LOOKUP_KEYS[k] for k in args.key or LOOKUP_KEYS]
     workdir = tempfile.mkdtemp(prefix="sqlstream-join-bench-")
+    if args.whole_process:
+        lookup_processes(args.events, args.table_rows, lookups, args.repeat, Path(workdir), args.base_tree)
+        return
     print(f"micro-batches of {args.batch_size:,} rows; DuckDB with 2 threads; best of {args.repeat} runs each")
     if "lookup" in only:
         merchants = make_merchants(args.table_rows)
         pq.write_table(merchants, os.path.join(workdir, "merchants.parquet"))
         tx = with_codes(make_transactions(args.events, args.table_rows))
-        ddl = """CREATE SOURCE tx (merchant_id BIGINT, amount DOUBLE, ts TIMESTAMP, merchant_code VARCHAR,
-                   WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'memory');
-                 CREATE TABLE merchants (id BIGINT, code VARCHAR, name VARCHAR, category BIGINT)
-                   WITH (connector = 'file', path = 'merchants.parquet', format = 'parquet');"""
+        ddl = LOOKUP_SOURCE.format(source="connector = 'memory'") + LOOKUP_TABLE.format(path="merchants.parquet")
         print(f"lookup: {args.events:,} events x {args.table_rows:,}-row table")
-        for name, (ours, theirs) in LOOKUP.items():
+        for name in lookups:
+            ours, theirs = LOOKUP[name]
             duck = best_of(args.repeat, lambda q=theirs: duckdb_run({"tx": tx, "merchants": merchants}, q))
             mine = best_of(args.repeat, lambda q=ours: sqlstream_run(ddl, {"tx": tx}, q, args.batch_size, workdir))
             report(name, args.events, mine, duck)
