@@ -187,6 +187,23 @@ def _sort_order(values: np.ndarray, exact: bool) -> np.ndarray:
     return np.argsort(values)
 
 
+_BLOCK_ROWS = 1 << 14
+
+
+def _blocks(keys: list[pa.Array | pa.ChunkedArray]):
+    """(first row, the key columns' slices) of at most ``_BLOCK_ROWS`` rows each: a
+    probe's numpy temporaries stay at 128 KiB, heap memory reused while in cache, where a
+    whole batch's (2 MiB per array at 256k rows) got fresh pages each time (page faults
+    were a third of a VARCHAR probe's CPU time)."""
+    keys = [_combined(k) for k in keys]
+    n = len(keys[0]) if keys else 0
+    if n <= _BLOCK_ROWS:
+        yield 0, keys
+        return
+    for first in range(0, n, _BLOCK_ROWS):
+        yield first, [k.slice(first, _BLOCK_ROWS) for k in keys]
+
+
 def expand_ranges(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For ranges ``[lo[i], lo[i] + counts[i])``: (i repeated, each position)."""
     total = int(counts.sum())
@@ -199,42 +216,47 @@ def expand_ranges(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 class _HashSlots:
-    """Open addressing over distinct codes: slot -> position in ``codes``, built and
-    probed with vectorized linear probing (load factor <= 1/2)."""
+    """Open addressing over distinct codes: slot -> (code, payload), built and probed
+    with vectorized linear probing (load factor <= 1/2). The payload (a group number,
+    or the build row of a unique index) sits beside the code, so a probe reads two
+    arrays at one position instead of following an index."""
 
-    def __init__(self, codes: np.ndarray):
-        self.codes = codes
+    def __init__(self, codes: np.ndarray, payload: np.ndarray, mixed: bool):
+        self.mixed = mixed  # codes are hashes already: their low bits are the home slot
         size = 1 << max(4, int(2 * max(codes.size, 1) - 1).bit_length())
         self.mask = np.uint64(size - 1)
-        self.table = np.full(size, -1, dtype=np.int64)
+        self.codes = np.zeros(size, dtype=codes.dtype)
+        self.payload = np.full(size, -1, dtype=np.int64)
         pending = np.arange(codes.size, dtype=np.int64)
         position = self._home(codes)
         claim = np.full(size, -1, dtype=np.int64)
         while pending.size:
-            free = self.table[position] == -1
+            free = self.payload[position] == -1
             claim[position[free]] = pending[free]  # one of the claimants of a slot wins
             placed = free & (claim[position] == pending)
-            self.table[position[placed]] = pending[placed]
+            won = pending[placed]
+            self.payload[position[placed]] = payload[won]
+            self.codes[position[placed]] = codes[won]
             pending = pending[~placed]
             position = (position[~placed] + np.uint64(1)) & self.mask
 
     def _home(self, codes: np.ndarray) -> np.ndarray:
-        return _mix(codes.view(np.uint64) ^ _C2) & self.mask
+        codes = codes.view(np.uint64)
+        return (codes if self.mixed else _mix(codes ^ _C2)) & self.mask
 
     def find(self, codes: np.ndarray) -> np.ndarray:
-        """Position of each code in the distinct codes, or -1."""
+        """The payload of each code, or -1."""
         position = self._home(codes)
-        slot = self.table[position]
-        hit = self.codes[slot] == codes  # slot -1 reads the last code: masked below
-        found = np.where(hit & (slot >= 0), slot, -1)
-        active = np.flatnonzero(~hit & (slot >= 0))  # collided on the way: probe on
+        found = self.payload[position]
+        active = np.flatnonzero((self.codes[position] != codes) & (found >= 0))  # collided: probe on
+        found[active] = -1
         while active.size:
             position[active] = (position[active] + np.uint64(1)) & self.mask
-            slot = self.table[position[active]]
-            occupied = slot >= 0
-            hit = occupied & (self.codes[slot] == codes[active])
-            found[active[hit]] = slot[hit]
-            active = active[occupied & ~hit]
+            at = position[active]
+            payload = self.payload[at]
+            hit = (self.codes[at] == codes[active]) & (payload >= 0)
+            found[active[hit]] = payload[hit]
+            active = active[(payload >= 0) & ~hit]
         return found
 
 
@@ -276,8 +298,9 @@ class KeyIndex:
                 size = np.zeros(span + 1, dtype=np.int64)
                 first[slot], size[slot] = self.starts, self.counts
                 self._lut = (low, span, first, size)
-        if self._lut is None:
-            self._slots = _HashSlots(distinct)
+        if self._lut is None:  # a unique index's slots hold build rows, any other's group numbers
+            payload = self.rows if self.unique else np.arange(distinct.size, dtype=np.int64)
+            self._slots = _HashSlots(distinct, payload, mixed=not exact)
 
     def __len__(self) -> int:
         return self.num_rows
@@ -292,7 +315,7 @@ class KeyIndex:
         if self._lut is not None:
             arrays += [self._lut[2], self._lut[3]]
         if self._slots is not None:
-            arrays += [self._slots.codes, self._slots.table]
+            arrays += [self._slots.codes, self._slots.payload]
         return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
 
     @staticmethod
@@ -336,7 +359,7 @@ class KeyIndex:
 
     def _groups(self, codes: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(first position in ``rows``, number of build rows) of each probe code's group
-        (size 0: no such code)."""
+        (size 0: no such code). Not for a unique index with slots (they hold rows)."""
         if self.starts.size == 0:
             return np.zeros(codes.size, dtype=np.int64), np.zeros(codes.size, dtype=np.int64)
         if self._lut is not None:
@@ -356,6 +379,13 @@ class KeyIndex:
 
     def probe(self, keys: list[pa.Array | pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
         """Every matching (probe row, build row), grouped by probe row ascending."""
+        parts = [(first, self._probe(block)) for first, block in _blocks(keys)]
+        if len(parts) == 1:
+            return parts[0][1]
+        return (np.concatenate([pairs[0] + first for first, pairs in parts]),
+                np.concatenate([pairs[1] for _, pairs in parts]))
+
+    def _probe(self, keys: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
         columns = [_KeyColumn(k) for k in keys]
         if self.unique:
             first = self._probe_unique(columns)
@@ -373,15 +403,21 @@ class KeyIndex:
 
     def probe_unique(self, keys: list[pa.Array | pa.ChunkedArray]) -> np.ndarray:
         """For an index of unique keys: the build row of each probe row, or -1."""
-        return self._probe_unique([_KeyColumn(k) for k in keys])
+        parts = [self._probe_unique([_KeyColumn(k) for k in block]) for _, block in _blocks(keys)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _probe_unique(self, columns: list[_KeyColumn]) -> np.ndarray:
         assert self.unique
         codes, valid, _ = self._encode(columns)
-        starts, counts = self._groups(codes, valid)
-        found = np.where(counts > 0, self.rows[starts] if self.rows.size else -1, -1)  # unique: one row per code
+        if self._slots is not None:
+            found = self._slots.find(codes)
+            if valid is not None:
+                found[~valid] = -1
+        else:
+            starts, counts = self._groups(codes, valid)
+            found = np.where(counts > 0, self.rows[starts] if self.rows.size else -1, -1)  # unique: one row per code
         if not self.exact:
-            candidates = np.flatnonzero(counts > 0)
+            candidates = np.flatnonzero(found >= 0)
             wrong = ~self._verify(columns, candidates, found[candidates])
             found[candidates[wrong]] = -1
         return found

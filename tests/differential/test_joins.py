@@ -12,6 +12,7 @@ line:col it points at.
 from __future__ import annotations
 
 import datetime
+from unittest import mock
 
 import duckdb
 import numpy as np
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from sqlstream.changelog import fold_changelog
 from sqlstream.errors import SqlStreamError
+from sqlstream.operators import join_keys
 from sqlstream.operators.join_keys import KeyIndex
 from sqlstream.operators.joins import IntervalJoinOperator, LookupJoinOperator, WindowJoinOperator
 from sqlstream.operators.regular_join import RegularJoinOperator
@@ -163,6 +165,31 @@ def test_key_index_finds_exactly_the_equal_keys(data, kinds):
     assert list(probe_rows) == sorted(probe_rows)  # grouped by probe row, in order
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), kinds=st.lists(st.sampled_from(sorted(_KEY_TYPES)), min_size=1, max_size=2),
+       block=st.integers(1, 7))
+def test_key_index_probes_in_blocks_and_unique_keys_alike(data, kinds, block):
+    """A probe longer than a block is cut into blocks (here of 1-7 rows): the same pairs,
+    in probe-row order; on an index of unique keys ``probe_unique`` gives each probe row
+    its one build row or -1, NULL keys never matching."""
+    n_build, n_probe = data.draw(st.integers(1, 20)), data.draw(st.integers(0, 30))
+    build = [tuple(data.draw(st.one_of(st.none(), _KEY_TYPES[k][0])) for k in kinds) for _ in range(n_build)]
+    build = list(dict.fromkeys(build))  # unique rows (NULLs allowed: they are never matched)
+    probe = [tuple(data.draw(st.one_of(st.none(), _KEY_TYPES[k][0])) for k in kinds) for _ in range(n_probe)]
+
+    def arrays(rows):
+        return [pa.array([r[c] for r in rows], _KEY_TYPES[k][1]) for c, k in enumerate(kinds)]
+
+    index = KeyIndex(arrays(build))
+    expected = [next((j for j, b in enumerate(build) if None not in p and b == p), -1) for p in probe]
+    with mock.patch.object(join_keys, "_BLOCK_ROWS", block):
+        probe_rows, build_rows = index.probe(arrays(probe))
+        if index.unique:
+            assert index.probe_unique(arrays(probe)).tolist() == expected
+    assert list(zip(probe_rows.tolist(), build_rows.tolist(), strict=True)) == [
+        (i, j) for i, j in enumerate(expected) if j >= 0]
+
+
 # -- lookup joins -------------------------------------------------------------------------------
 
 A, B = events(300, 1, "v"), events(300, 2, "w")
@@ -209,6 +236,41 @@ def test_lookup_join_matches_duckdb(tmp_path, case, batch):
     ours, theirs = LOOKUPS[case]
     session = make_session(tmp_path, {"a": A}, batch)
     assert_same(session.run_query(ours, fold=False), duck(theirs, {"a": A}))
+
+
+@pytest.mark.parametrize("kind", ["JOIN", "LEFT JOIN"])
+def test_lookup_join_on_varchar_keys_matches_duckdb(tmp_path, kind):
+    """A VARCHAR key against a TABLE of unique codes: empty, non-ASCII, NUL-byte and
+    long strings, strings around the 8-byte words, NULLs on both sides, stream keys the
+    table lacks; batches of 40,000 rows are probed in several blocks."""
+    codes = ["", "a", "é", "日本語", "ab\x00", "x" * 8, "x" * 9, "key-" * 30] + [f"m-{i}" for i in range(3000)]
+    table = pa.table({
+        "code": pa.array([*codes, None]),
+        "name": pa.array([f"name {i}" for i in range(len(codes) + 1)]),
+        "n": pa.array(np.arange(len(codes) + 1), pa.int64()),
+    })
+    pq.write_table(table, tmp_path / "codes.parquet")
+    pool = [*codes, "missing", "é ", "X" * 8, "ab", "key-" * 29, None]
+    rng = np.random.default_rng(5)
+    rows = 100_000
+    stream = pa.table({
+        "s": pa.array([pool[i] for i in rng.integers(0, len(pool), rows).tolist()]),
+        "v": pa.array(np.arange(rows), pa.int64()),
+        "ts": pa.array(BASE_US + np.arange(rows, dtype=np.int64) * 1000, pa.timestamp("us")),
+    })
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute("""CREATE SOURCE e (s VARCHAR, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+                         WITH (connector = 'memory');
+                       CREATE TABLE c (code VARCHAR, name VARCHAR, n BIGINT)
+                         WITH (connector = 'file', path = 'codes.parquet', format = 'parquet');""")
+    session.stream("e").push(stream, batch_size=40_000).finish()
+    sql = f"SELECT e.v, e.s, c.name, c.n FROM e {kind} c ON e.s = c.code"
+    ours = session.run_query(sql, fold=False)
+    con = duckdb.connect()
+    con.register("e", stream)
+    con.register("c", table)
+    theirs = con.sql(sql).to_arrow_table().to_pylist()
+    assert sorted(ours, key=lambda r: r["v"]) == sorted(theirs, key=lambda r: r["v"])
 
 
 def test_lookup_join_window_after_the_join(tmp_path):
