@@ -83,8 +83,9 @@ _WORDS_KEPT = 16  # strings up to 128 bytes keep their words for verification; l
 
 
 def _byte_words(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(byte lengths, the zero-padded 8-byte words per value as an (n, W) array or
-    None, 64-bit hash) of a string/binary column, straight from its Arrow buffers."""
+    """(byte lengths, each value's length and zero-padded 8-byte words as one row of
+    an (n, 1 + W) array or None, 64-bit hash) of a string/binary column, straight from
+    its Arrow buffers."""
     t = column.type
     offset_type = np.int64 if (pa.types.is_large_string(t) or pa.types.is_large_binary(t)) else np.int32
     n = len(column)
@@ -99,7 +100,10 @@ def _byte_words(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None, np.nda
     begin = offsets[:-1] - start
     lengths = offsets[1:] - offsets[:-1]
     count = -(-int(lengths.max()) // 8) if n else 0
-    words = np.zeros((n, count), dtype=np.uint64) if count <= _WORDS_KEPT else None
+    words = None
+    if count <= _WORDS_KEPT:
+        words = np.empty((n, 1 + count), dtype=np.uint64)
+        words[:, 0] = lengths
     h = _mix(lengths.astype(np.uint64) ^ _GOLDEN)
     last = unaligned.size - 1
     for j in range(count):
@@ -109,7 +113,7 @@ def _byte_words(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None, np.nda
         if (remaining < 8).any():  # the tail of a value: keep its own bytes only
             word &= _BYTE_MASKS[np.clip(remaining, 0, 8)]
         if words is not None:
-            words[:, j] = word
+            words[:, 1 + j] = word
         h = np.where(live, _mix(h ^ (word + _GOLDEN)), h)  # a value's hash ignores longer values' words
     return lengths, words, h
 
@@ -153,9 +157,10 @@ class _KeyColumn:
             return pc.fill_null(pc.equal(left, right), False).to_numpy(zero_copy_only=False)
         if self.kind != "bytes":
             return self.values[rows] == other.values[other_rows]
-        same = self.lengths[rows] == other.lengths[other_rows]
-        for j in range(min(self.words.shape[1], other.words.shape[1])):  # equal lengths: equal word counts
-            same &= self.words[rows, j] == other.words[other_rows, j]
+        mine, theirs = np.take(self.words, rows, axis=0), np.take(other.words, other_rows, axis=0)  # a row per read
+        same = mine[:, 0] == theirs[:, 0]  # lengths
+        for j in range(1, min(mine.shape[1], theirs.shape[1])):  # equal lengths: equal word counts
+            same &= mine[:, j] == theirs[:, j]
         return same
 
 
@@ -215,48 +220,63 @@ def expand_ranges(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     return owner, position
 
 
+_SPARSE_SLOTS = 1 << 21  # up to this many slots a table is kept at most 1/4 full (shorter probe runs)
+_PROBE_ROUNDS = 3  # slots tried per probe; the few codes still unresolved are binary-searched
+
+
 class _HashSlots:
-    """Open addressing over distinct codes: slot -> (code, payload), built and probed
-    with vectorized linear probing (load factor <= 1/2). The payload (a group number,
-    or the build row of a unique index) sits beside the code, so a probe reads two
-    arrays at one position instead of following an index."""
+    """Open addressing over distinct codes, built and probed with vectorized linear
+    probing: each slot holds (code, payload) side by side (one cache line per probe),
+    the payload a group number or, in a unique index, the build row. Each round of a
+    probe costs a numpy pass, and linear probing has a few long runs, so after
+    ``_PROBE_ROUNDS`` slots the codes left (~1% at load 1/4) are looked up by binary
+    search in the sorted codes instead of round after round over ever fewer rows."""
 
     def __init__(self, codes: np.ndarray, payload: np.ndarray, mixed: bool):
+        self.codes, self.payload = codes, payload  # codes sorted: the binary search
         self.mixed = mixed  # codes are hashes already: their low bits are the home slot
-        size = 1 << max(4, int(2 * max(codes.size, 1) - 1).bit_length())
-        self.mask = np.uint64(size - 1)
-        self.codes = np.zeros(size, dtype=codes.dtype)
-        self.payload = np.full(size, -1, dtype=np.int64)
+        wanted = 4 * codes.size if 4 * codes.size <= _SPARSE_SLOTS else 2 * codes.size
+        size = 1 << max(4, int(wanted - 1).bit_length())
+        self.mask = size - 1
+        self.slots = np.zeros((size, 2), dtype=np.int64)
+        self.slots[:, 1] = -1
         pending = np.arange(codes.size, dtype=np.int64)
         position = self._home(codes)
         claim = np.full(size, -1, dtype=np.int64)
         while pending.size:
-            free = self.payload[position] == -1
+            free = self.slots[position, 1] == -1
             claim[position[free]] = pending[free]  # one of the claimants of a slot wins
             placed = free & (claim[position] == pending)
             won = pending[placed]
-            self.payload[position[placed]] = payload[won]
-            self.codes[position[placed]] = codes[won]
+            self.slots[position[placed]] = np.stack([codes[won].view(np.int64), payload[won]], axis=1)
             pending = pending[~placed]
-            position = (position[~placed] + np.uint64(1)) & self.mask
+            position = (position[~placed] + 1) & self.mask
 
     def _home(self, codes: np.ndarray) -> np.ndarray:
         codes = codes.view(np.uint64)
-        return (codes if self.mixed else _mix(codes ^ _C2)) & self.mask
+        return ((codes if self.mixed else _mix(codes ^ _C2)) & np.uint64(self.mask)).view(np.int64)
 
     def find(self, codes: np.ndarray) -> np.ndarray:
         """The payload of each code, or -1."""
+        keys = codes.view(np.int64)
         position = self._home(codes)
-        found = self.payload[position]
-        active = np.flatnonzero((self.codes[position] != codes) & (found >= 0))  # collided: probe on
+        slot = np.take(self.slots, position, axis=0)
+        found = slot[:, 1].copy()
+        active = np.flatnonzero((slot[:, 0] != keys) & (found >= 0))  # another code at home: probe on
         found[active] = -1
-        while active.size:
-            position[active] = (position[active] + np.uint64(1)) & self.mask
-            at = position[active]
-            payload = self.payload[at]
-            hit = (self.codes[at] == codes[active]) & (payload >= 0)
-            found[active[hit]] = payload[hit]
-            active = active[(payload >= 0) & ~hit]
+        for _ in range(_PROBE_ROUNDS - 1):
+            if not active.size:
+                return found
+            at = (position[active] + 1) & self.mask
+            position[active] = at
+            slot = np.take(self.slots, at, axis=0)
+            hit = (slot[:, 0] == keys[active]) & (slot[:, 1] >= 0)
+            found[active[hit]] = slot[hit, 1]
+            active = active[(slot[:, 1] >= 0) & ~hit]
+        if active.size:
+            wanted = codes[active]
+            at = np.minimum(np.searchsorted(self.codes, wanted), self.codes.size - 1)
+            found[active] = np.where(self.codes[at] == wanted, self.payload[at], -1)
         return found
 
 
@@ -315,7 +335,9 @@ class KeyIndex:
         if self._lut is not None:
             arrays += [self._lut[2], self._lut[3]]
         if self._slots is not None:
-            arrays += [self._slots.codes, self._slots.payload]
+            arrays += [self._slots.slots, self._slots.codes]
+            if not self.unique:  # a unique index's payload is ``rows``
+                arrays += [self._slots.payload]
         return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
 
     @staticmethod
