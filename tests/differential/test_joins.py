@@ -167,11 +167,12 @@ def test_key_index_finds_exactly_the_equal_keys(data, kinds):
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), kinds=st.lists(st.sampled_from(sorted(_KEY_TYPES)), min_size=1, max_size=2),
-       block=st.integers(1, 7))
-def test_key_index_probes_in_blocks_and_unique_keys_alike(data, kinds, block):
+       block=st.integers(1, 7), rounds=st.integers(1, 3))
+def test_key_index_probes_in_blocks_and_unique_keys_alike(data, kinds, block, rounds):
     """A probe longer than a block is cut into blocks (here of 1-7 rows): the same pairs,
     in probe-row order; on an index of unique keys ``probe_unique`` gives each probe row
-    its one build row or -1, NULL keys never matching."""
+    its one build row or -1, NULL keys never matching. With one hash slot tried per
+    probe, codes displaced from their home slot are found by the binary search."""
     n_build, n_probe = data.draw(st.integers(1, 20)), data.draw(st.integers(0, 30))
     build = [tuple(data.draw(st.one_of(st.none(), _KEY_TYPES[k][0])) for k in kinds) for _ in range(n_build)]
     build = list(dict.fromkeys(build))  # unique rows (NULLs allowed: they are never matched)
@@ -180,14 +181,26 @@ def test_key_index_probes_in_blocks_and_unique_keys_alike(data, kinds, block):
     def arrays(rows):
         return [pa.array([r[c] for r in rows], _KEY_TYPES[k][1]) for c, k in enumerate(kinds)]
 
-    index = KeyIndex(arrays(build))
     expected = [next((j for j, b in enumerate(build) if None not in p and b == p), -1) for p in probe]
-    with mock.patch.object(join_keys, "_BLOCK_ROWS", block):
+    index = KeyIndex(arrays(build))
+    with mock.patch.object(join_keys, "_BLOCK_ROWS", block), mock.patch.object(join_keys, "_PROBE_ROUNDS", rounds):
         probe_rows, build_rows = index.probe(arrays(probe))
         if index.unique:
             assert index.probe_unique(arrays(probe)).tolist() == expected
     assert list(zip(probe_rows.tolist(), build_rows.tolist(), strict=True)) == [
         (i, j) for i, j in enumerate(expected) if j >= 0]
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_key_index_finds_codes_displaced_from_their_slot(rounds):
+    """5,000 string keys: many share a home slot; those not found within ``rounds`` slots
+    are found by binary search, keys the index lacks are not."""
+    keys = [f"k{i}-" + "x" * (i % 11) for i in range(5000)]
+    index = KeyIndex([pa.array(keys)])
+    probe = keys[::-1] + ["missing", "k1-", ""]
+    with mock.patch.object(join_keys, "_PROBE_ROUNDS", rounds):
+        found = index.probe_unique([pa.array(probe)])
+    assert found.tolist() == list(range(4999, -1, -1)) + [-1, -1, -1]
 
 
 # -- lookup joins -------------------------------------------------------------------------------
