@@ -82,10 +82,17 @@ _BYTE_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64) 
 _WORDS_KEPT = 16  # strings up to 128 bytes keep their words for verification; longer ones are compared by Arrow
 
 
+_WORD_FACTORS = _mix(np.arange(1, 65, dtype=np.uint64) * _GOLDEN) | np.uint64(1)  # odd, one per word (mod 64)
+
+
 def _byte_words(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(byte lengths, each value's length and zero-padded 8-byte words as one row of
     an (n, 1 + W) array or None, 64-bit hash) of a string/binary column, straight from
-    its Arrow buffers."""
+    its Arrow buffers.
+
+    The hash is ``mix(length * golden + sum of word j * factor j)``: a zero word adds
+    nothing, so a value's hash does not depend on how long the column's longest value
+    is, and words that every value fills need no masking or selection."""
     t = column.type
     offset_type = np.int64 if (pa.types.is_large_string(t) or pa.types.is_large_binary(t)) else np.int32
     n = len(column)
@@ -93,29 +100,30 @@ def _byte_words(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None, np.nda
     offsets = np.frombuffer(buffers[1], dtype=offset_type)[column.offset : column.offset + n + 1].astype(np.int64)
     data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
     start, end = int(offsets[0]), int(offsets[-1])
-    padded = np.zeros(end - start + 8, dtype=np.uint8)
-    padded[: end - start] = data[start:end]
-    # an unaligned uint64 view starting at every byte
-    unaligned = np.ndarray(shape=(max(end - start + 1, 1),), dtype="<u8", buffer=padded, strides=(1,))
+    if data.size < end + 8:  # the last word would read past the buffer: a padded copy
+        data = np.concatenate([data[start:end], np.zeros(8, np.uint8)])
+        offsets = offsets - start
+        start, end = 0, end - start
+    # an unaligned uint64 view starting at every byte from ``start`` (data has 8 more bytes after ``end``)
+    unaligned = np.ndarray(shape=(end - start + 1,), dtype="<u8", buffer=data, offset=start, strides=(1,))
     begin = offsets[:-1] - start
     lengths = offsets[1:] - offsets[:-1]
-    count = -(-int(lengths.max()) // 8) if n else 0
+    shortest, longest = (int(lengths.min()), int(lengths.max())) if n else (0, 0)
+    count = -(-longest // 8)
     words = None
     if count <= _WORDS_KEPT:
         words = np.empty((n, 1 + count), dtype=np.uint64)
         words[:, 0] = lengths
-    h = _mix(lengths.astype(np.uint64) ^ _GOLDEN)
-    last = unaligned.size - 1
+    h = lengths.astype(np.uint64) * _GOLDEN
     for j in range(count):
-        remaining = lengths - 8 * j
-        live = remaining > 0
-        word = unaligned[np.minimum(begin + 8 * j, last)]
-        if (remaining < 8).any():  # the tail of a value: keep its own bytes only
-            word &= _BYTE_MASKS[np.clip(remaining, 0, 8)]
+        word = unaligned[begin + 8 * j if 8 * j < shortest else np.minimum(begin + 8 * j, end - start)]
+        if 8 * (j + 1) > shortest:  # the tail of some values, or past their end: keep their own bytes only
+            word &= _BYTE_MASKS[np.clip(lengths - 8 * j, 0, 8)]
         if words is not None:
             words[:, 1 + j] = word
-        h = np.where(live, _mix(h ^ (word + _GOLDEN)), h)  # a value's hash ignores longer values' words
-    return lengths, words, h
+        word *= _WORD_FACTORS[j % _WORD_FACTORS.size]
+        h += word
+    return lengths, words, _mix(h)
 
 
 class _KeyColumn:
