@@ -8,171 +8,31 @@ vectorized passes per micro-batch instead of a hash table rebuilt per batch:
   exact: one column as is, several combined in mixed radix when their value grids
   allow (window bounds step by the window slide); a dense code range becomes a direct
   lookup table, anything else an open-addressing table of the distinct codes;
+* one string/binary column whose indexed values are all at most 7 bytes long: each
+  value is its own exact code (:mod:`~sqlstream.operators.key_columns`); longer probe
+  values cannot match;
 * anything else (strings, floats, mixes) gets a 64-bit hash per row (strings hashed
   eight bytes at a time straight from the Arrow buffers), and every candidate pair is
   verified on the real key values, so a hash collision never produces a wrong match.
 
 NULL keys never match (SQL equality). Probes return pairs grouped by probe row in
-ascending order, so outputs keep the arrival order of the probing side.
+ascending order, so outputs keep the arrival order of the probing side. A probe runs
+in blocks of 16k rows, so numpy's temporaries stay small and in cache.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from sqlstream.operators.key_columns import C1, C2, KeyColumn, combined, mix
 
 __all__ = ["KeyIndex", "expand_ranges", "join_pairs"]
 
-_C1 = np.uint64(0xBF58476D1CE4E5B9)
-_C2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _LUT_MAX = 1 << 25  # entries of a direct lookup table (it also never exceeds 4x the keys)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer (uint64 arithmetic wraps)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _C1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _C2
-    return x ^ (x >> np.uint64(31))
-
-
-def _combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    return column
-
-
-def _is_integer_like(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_integer(t)
-        or pa.types.is_boolean(t)
-        or pa.types.is_timestamp(t)
-        or pa.types.is_date(t)
-        or pa.types.is_time(t)
-        or pa.types.is_duration(t)
-    )
-
-
-def _valid(column: pa.Array) -> np.ndarray | None:
-    if column.null_count == 0:
-        return None
-    return pc.is_valid(column).to_numpy(zero_copy_only=False)
-
-
-def _int64_values(column: pa.Array) -> np.ndarray:
-    t = column.type
-    if pa.types.is_timestamp(t) or pa.types.is_duration(t) or pa.types.is_time64(t) or pa.types.is_date64(t):
-        column = column.view(pa.int64())
-    elif pa.types.is_date32(t) or pa.types.is_time32(t):
-        column = column.view(pa.int32())
-    elif pa.types.is_boolean(t):
-        column = pc.cast(column, pa.int8())
-    if column.null_count:
-        column = pc.fill_null(column, 0)
-    values = column.to_numpy(zero_copy_only=False)
-    return values.astype(np.int64, copy=False)
-
-
-_BYTE_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)  # the low n bytes of a word
-_WORDS_KEPT = 16  # strings up to 128 bytes keep their words for verification; longer ones are compared by Arrow
-
-
-_WORD_FACTORS = _mix(np.arange(1, 65, dtype=np.uint64) * _GOLDEN) | np.uint64(1)  # odd, one per word (mod 64)
-
-
-def _byte_words(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(byte lengths, each value's length and zero-padded 8-byte words as one row of
-    an (n, 1 + W) array or None, 64-bit hash) of a string/binary column, straight from
-    its Arrow buffers.
-
-    The hash is ``mix(length * golden + sum of word j * factor j)``: a zero word adds
-    nothing, so a value's hash does not depend on how long the column's longest value
-    is, and words that every value fills need no masking or selection."""
-    t = column.type
-    offset_type = np.int64 if (pa.types.is_large_string(t) or pa.types.is_large_binary(t)) else np.int32
-    n = len(column)
-    buffers = column.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=offset_type)[column.offset : column.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
-    start, end = int(offsets[0]), int(offsets[-1])
-    if data.size < end + 8:  # the last word would read past the buffer: a padded copy
-        data = np.concatenate([data[start:end], np.zeros(8, np.uint8)])
-        offsets = offsets - start
-        start, end = 0, end - start
-    # an unaligned uint64 view starting at every byte from ``start`` (data has 8 more bytes after ``end``)
-    unaligned = np.ndarray(shape=(end - start + 1,), dtype="<u8", buffer=data, offset=start, strides=(1,))
-    begin = offsets[:-1] - start
-    lengths = offsets[1:] - offsets[:-1]
-    shortest, longest = (int(lengths.min()), int(lengths.max())) if n else (0, 0)
-    count = -(-longest // 8)
-    words = None
-    if count <= _WORDS_KEPT:
-        words = np.empty((n, 1 + count), dtype=np.uint64)
-        words[:, 0] = lengths
-    h = lengths.astype(np.uint64) * _GOLDEN
-    for j in range(count):
-        word = unaligned[begin + 8 * j if 8 * j < shortest else np.minimum(begin + 8 * j, end - start)]
-        if 8 * (j + 1) > shortest:  # the tail of some values, or past their end: keep their own bytes only
-            word &= _BYTE_MASKS[np.clip(lengths - 8 * j, 0, 8)]
-        if words is not None:
-            words[:, 1 + j] = word
-        word *= _WORD_FACTORS[j % _WORD_FACTORS.size]
-        h += word
-    return lengths, words, _mix(h)
-
-
-class _KeyColumn:
-    """One key column in numpy form: what codes, hashes and verification read."""
-
-    __slots__ = ("array", "valid", "kind", "values", "lengths", "words", "_hash")
-
-    def __init__(self, column: pa.Array | pa.ChunkedArray):
-        column = _combined(column)
-        t = column.type
-        self.array = column
-        self.valid = _valid(column)
-        self.values = self.lengths = self.words = self._hash = None
-        if _is_integer_like(t):
-            self.kind, self.values = "int", _int64_values(column)
-        elif pa.types.is_floating(t):
-            self.kind = "float"
-            self.values = pc.cast(pc.fill_null(column, 0), pa.float64()).to_numpy(zero_copy_only=False) + 0.0  # -0.0 == 0.0
-        else:
-            if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
-                column = pc.cast(column, pa.large_binary())
-            elif not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-                      or pa.types.is_large_binary(t)):
-                column = pc.cast(column, pa.string())  # decimals and the like: by their text
-            self.kind = "bytes"
-            self.lengths, self.words, self._hash = _byte_words(column)
-
-    def hash(self) -> np.ndarray:
-        if self._hash is None:
-            self._hash = _mix(self.values.view(np.uint64) ^ _GOLDEN)
-        return self._hash
-
-    def same(self, rows: np.ndarray, other: "_KeyColumn", other_rows: np.ndarray) -> np.ndarray:
-        """Whether value ``rows[i]`` here equals value ``other_rows[i]`` of ``other``."""
-        if self.kind != other.kind or (self.kind == "bytes" and (self.words is None or other.words is None)):
-            left, right = self.array.take(pa.array(rows)), other.array.take(pa.array(other_rows))
-            if left.type != right.type:
-                right = right.cast(left.type)
-            return pc.fill_null(pc.equal(left, right), False).to_numpy(zero_copy_only=False)
-        if self.kind != "bytes":
-            return self.values[rows] == other.values[other_rows]
-        mine, theirs = np.take(self.words, rows, axis=0), np.take(other.words, other_rows, axis=0)  # a row per read
-        same = mine[:, 0] == theirs[:, 0]  # lengths
-        for j in range(1, min(mine.shape[1], theirs.shape[1])):  # equal lengths: equal word counts
-            same &= mine[:, j] == theirs[:, j]
-        return same
-
-
-def _codes(columns: list[_KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+def _codes(columns: list[KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
     valid = None
     for column in columns:
         if column.valid is not None:
@@ -182,7 +42,7 @@ def _codes(columns: list[_KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bo
     h = None
     for column in columns:
         part = column.hash()
-        h = part if h is None else _mix(h * _C1 + part)
+        h = part if h is None else mix(h * C1 + part)
     return h, valid, False
 
 
@@ -208,7 +68,7 @@ def _blocks(keys: list[pa.Array | pa.ChunkedArray]):
     probe's numpy temporaries stay at 128 KiB, heap memory reused while in cache, where a
     whole batch's (2 MiB per array at 256k rows) got fresh pages each time (page faults
     were a third of a VARCHAR probe's CPU time)."""
-    keys = [_combined(k) for k in keys]
+    keys = [combined(k) for k in keys]
     n = len(keys[0]) if keys else 0
     if n <= _BLOCK_ROWS:
         yield 0, keys
@@ -262,7 +122,7 @@ class _HashSlots:
 
     def _home(self, codes: np.ndarray) -> np.ndarray:
         codes = codes.view(np.uint64)
-        return ((codes if self.mixed else _mix(codes ^ _C2)) & np.uint64(self.mask)).view(np.int64)
+        return ((codes if self.mixed else mix(codes ^ C2)) & np.uint64(self.mask)).view(np.int64)
 
     def find(self, codes: np.ndarray) -> np.ndarray:
         """The payload of each code, or -1."""
@@ -298,10 +158,15 @@ class KeyIndex:
     """
 
     def __init__(self, keys: list[pa.Array | pa.ChunkedArray]):
-        self.columns = [_KeyColumn(k) for k in keys]
+        self.columns = [KeyColumn(k) for k in keys]
         self.num_rows = len(self.columns[0].array) if self.columns else 0
         self._composite = self._composite_layout(self.columns)
-        codes, valid, exact = self._encode(self.columns)
+        short = None  # one string column, every value of at most 7 bytes: their exact codes
+        if len(self.columns) == 1 and self.columns[0].kind == "bytes":
+            codes, fits = self.columns[0].short_codes()
+            short = codes if fits.all() else None
+        self._short = short is not None
+        codes, valid, exact = (short, self.columns[0].valid, True) if self._short else self._encode(self.columns)
         self.exact = exact
         rows = np.flatnonzero(valid) if valid is not None else np.arange(self.num_rows, dtype=np.int64)
         values = codes[rows] if valid is not None else codes
@@ -339,7 +204,7 @@ class KeyIndex:
         indexed table and are not counted here)."""
         arrays = [self.rows, self.starts, self.counts]
         for column in self.columns:
-            arrays += [column.valid, column.values, column.lengths, column.words, column._hash]
+            arrays += column.arrays()
         if self._lut is not None:
             arrays += [self._lut[2], self._lut[3]]
         if self._slots is not None:
@@ -349,7 +214,7 @@ class KeyIndex:
         return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
 
     @staticmethod
-    def _composite_layout(columns: list[_KeyColumn]):
+    def _composite_layout(columns: list[KeyColumn]):
         """Several integer-like key columns whose value grids multiply below 2^62 get
         one exact code per row (mixed radix): no hashing, no verification."""
         if len(columns) < 2 or any(c.kind != "int" for c in columns):
@@ -368,7 +233,13 @@ class KeyIndex:
                 return None
         return layout
 
-    def _encode(self, columns: list[_KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    def _encode(self, columns: list[KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        if self._short:
+            codes, fits = columns[0].short_codes()
+            valid = columns[0].valid
+            if not fits.all():  # longer values: not among the keys
+                valid = fits if valid is None else valid & fits
+            return codes, valid, True
         if self._composite is None or any(c.kind != "int" for c in columns):
             return _codes(columns)
         code = np.zeros(len(columns[0].array), dtype=np.int64)
@@ -416,7 +287,7 @@ class KeyIndex:
                 np.concatenate([pairs[1] for _, pairs in parts]))
 
     def _probe(self, keys: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
-        columns = [_KeyColumn(k) for k in keys]
+        columns = [KeyColumn(k) for k in keys]
         if self.unique:
             first = self._probe_unique(columns)
             hit = np.flatnonzero(first >= 0)
@@ -433,10 +304,10 @@ class KeyIndex:
 
     def probe_unique(self, keys: list[pa.Array | pa.ChunkedArray]) -> np.ndarray:
         """For an index of unique keys: the build row of each probe row, or -1."""
-        parts = [self._probe_unique([_KeyColumn(k) for k in block]) for _, block in _blocks(keys)]
+        parts = [self._probe_unique([KeyColumn(k) for k in block]) for _, block in _blocks(keys)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _probe_unique(self, columns: list[_KeyColumn]) -> np.ndarray:
+    def _probe_unique(self, columns: list[KeyColumn]) -> np.ndarray:
         assert self.unique
         codes, valid, _ = self._encode(columns)
         if self._slots is not None:
@@ -452,7 +323,7 @@ class KeyIndex:
             found[candidates[wrong]] = -1
         return found
 
-    def _verify(self, columns: list[_KeyColumn], probe_rows: np.ndarray, build_rows: np.ndarray) -> np.ndarray:
+    def _verify(self, columns: list[KeyColumn], probe_rows: np.ndarray, build_rows: np.ndarray) -> np.ndarray:
         """Which candidate pairs (equal hashes) have equal keys."""
         same = np.ones(probe_rows.size, dtype=bool)
         if probe_rows.size:
@@ -464,8 +335,8 @@ class KeyIndex:
 def join_pairs(left_keys: list[pa.Array], right_keys: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
     """All matching (left row, right row) of a one-shot equi-join: the smaller side is
     indexed, the larger probes it."""
-    n_left = len(_combined(left_keys[0])) if left_keys else 0
-    n_right = len(_combined(right_keys[0])) if right_keys else 0
+    n_left = len(combined(left_keys[0])) if left_keys else 0
+    n_right = len(combined(right_keys[0])) if right_keys else 0
     if n_left == 0 or n_right == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if n_right <= n_left:

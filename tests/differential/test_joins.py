@@ -191,6 +191,20 @@ def test_key_index_probes_in_blocks_and_unique_keys_alike(data, kinds, block, ro
         (i, j) for i, j in enumerate(expected) if j >= 0]
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_key_index_of_short_strings_codes_them_exactly(binary):
+    """Indexed values of at most 7 bytes are their own codes: no hash, no verification;
+    NUL bytes and lengths keep "a", "a\\0" and "" apart, and a longer probe value never
+    matches the 7 bytes it starts with."""
+    keys = ["", "a", "a\x00", "ab", "é", "日本", "abcdefg", None]
+    as_array = (lambda v: pa.array([x.encode() if x is not None else None for x in v], pa.binary())) if binary else pa.array
+    index = KeyIndex([as_array(keys)])
+    assert index._short and index.exact and index.unique
+    probe = ["abcdefgh", "a", "a\x00\x00", "", None, "日本", "日本語", "abcdefg", "b"]
+    assert index.probe_unique([as_array(probe)]).tolist() == [-1, 1, -1, 0, -1, 5, -1, 6, -1]
+    assert not KeyIndex([as_array(["abcdefgh", "a"])])._short  # 8 bytes: hashed
+
+
 @pytest.mark.parametrize("rounds", [1, 3])
 def test_key_index_finds_codes_displaced_from_their_slot(rounds):
     """5,000 string keys: many share a home slot; those not found within ``rounds`` slots
@@ -251,19 +265,28 @@ def test_lookup_join_matches_duckdb(tmp_path, case, batch):
     assert_same(session.run_query(ours, fold=False), duck(theirs, {"a": A}))
 
 
+VARCHAR_CODES = {
+    # values of every length, hashed and verified
+    "any length": ["", "a", "é", "日本語", "ab\x00", "x" * 8, "x" * 9, "key-" * 30] + [f"m-{i}" for i in range(3000)],
+    # all of at most 7 bytes: exact codes; longer stream values sharing their first bytes must not match
+    "short": ["", "a", "é", "日本", "ab\x00", "x" * 7, "key-" * 1] + [f"m{i}" for i in range(3000)],
+}
+
+
 @pytest.mark.parametrize("kind", ["JOIN", "LEFT JOIN"])
-def test_lookup_join_on_varchar_keys_matches_duckdb(tmp_path, kind):
+@pytest.mark.parametrize("codes", sorted(VARCHAR_CODES))
+def test_lookup_join_on_varchar_keys_matches_duckdb(tmp_path, kind, codes):
     """A VARCHAR key against a TABLE of unique codes: empty, non-ASCII, NUL-byte and
     long strings, strings around the 8-byte words, NULLs on both sides, stream keys the
     table lacks; batches of 40,000 rows are probed in several blocks."""
-    codes = ["", "a", "é", "日本語", "ab\x00", "x" * 8, "x" * 9, "key-" * 30] + [f"m-{i}" for i in range(3000)]
+    codes = VARCHAR_CODES[codes]
     table = pa.table({
         "code": pa.array([*codes, None]),
         "name": pa.array([f"name {i}" for i in range(len(codes) + 1)]),
         "n": pa.array(np.arange(len(codes) + 1), pa.int64()),
     })
     pq.write_table(table, tmp_path / "codes.parquet")
-    pool = [*codes, "missing", "é ", "X" * 8, "ab", "key-" * 29, None]
+    pool = [*codes, "missing", "é ", "X" * 8, "x" * 8, "ab", "ab\x00\x00", "日本語", "m1\x00", "key-" * 29, None]
     rng = np.random.default_rng(5)
     rows = 100_000
     stream = pa.table({
