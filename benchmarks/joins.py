@@ -21,6 +21,15 @@ is the best of ``--repeat`` runs (default 3).
 
     python benchmarks/joins.py                  # 10M events
     python benchmarks/joins.py --events 1000000 # a short run
+    python benchmarks/joins.py --only lookup --key varchar --whole-process
+
+``--key bigint|varchar|varchar-long`` runs one of the lookup joins: ``varchar`` joins
+on codes like ``'m-12345'`` (at most 7 bytes: exact codes), ``varchar-long`` on
+``'merchant-12345'`` (10-15 bytes: hashed and verified). ``--whole-process`` measures
+the lookup joins as a user runs them (see ``whole_process.py``): ``sqlstream run`` from
+a Parquet file of the events into a Parquet file sink, the TABLE from its Parquet file,
+against a DuckDB process ``COPY``-ing the same join of the same two files to Parquet;
+start-up (the same commands on a 10-row events file, the full table) subtracted.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -37,6 +47,11 @@ import pyarrow.parquet as pq
 
 from sqlstream.connectors import SinkConnector, SinkWriter, register_sink
 from sqlstream.testing import TestSession
+
+try:
+    from benchmarks import whole_process
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    import whole_process
 
 BASE_US = 1_690_000_000_000_000  # historic: before the manual clock, so max_future never fires
 DELAY_S = 2
@@ -55,18 +70,19 @@ def make_transactions(events: int, table_rows: int, seed: int = 7) -> pa.Table:
     })
 
 
-def with_codes(transactions: pa.Table) -> pa.Table:
-    """The merchant id also as a string key (``'m-<id>'``), built with Arrow kernels."""
-    codes = pa.compute.binary_join_element_wise("m-", pa.compute.cast(transactions.column("merchant_id"), pa.string()), "")
+def with_codes(transactions: pa.Table, prefix: str = "m-") -> pa.Table:
+    """The merchant id also as a string key (``'m-<id>'``: up to 7 bytes for 100k
+    merchants), built with Arrow kernels."""
+    codes = pa.compute.binary_join_element_wise(prefix, pa.compute.cast(transactions.column("merchant_id"), pa.string()), "")
     return transactions.append_column("merchant_code", codes)
 
 
-def make_merchants(rows: int, seed: int = 8) -> pa.Table:
+def make_merchants(rows: int, seed: int = 8, prefix: str = "m-") -> pa.Table:
     rng = np.random.default_rng(seed)
     ids = rng.permutation(rows).astype(np.int64)
     return pa.table({
         "id": ids,
-        "code": pa.compute.binary_join_element_wise("m-", pa.compute.cast(pa.array(ids), pa.string()), ""),
+        "code": pa.compute.binary_join_element_wise(prefix, pa.compute.cast(pa.array(ids), pa.string()), ""),
         "name": pa.compute.binary_join_element_wise("merchant ", pa.compute.cast(pa.array(ids), pa.string()), ""),
         "category": rng.integers(0, 50, rows),
     })
@@ -85,6 +101,13 @@ def make_stream(events: int, seed: int) -> pa.Table:
     })
 
 
+# --key: the benchmark and the prefix of its string codes ('m-': at most 7 bytes, coded
+# exactly; 'merchant-': 10-15 bytes, hashed and verified)
+LOOKUP_KEYS = {
+    "bigint": ("lookup (BIGINT key)", "m-"),
+    "varchar": ("lookup (VARCHAR key)", "m-"),
+    "varchar-long": ("lookup (VARCHAR 10-15 B)", "merchant-"),
+}
 LOOKUP = {
     "lookup (BIGINT key)": (
         "SELECT t.merchant_id, t.amount, m.name, m.category FROM tx t JOIN merchants m ON t.merchant_id = m.id",
@@ -95,6 +118,7 @@ LOOKUP = {
         "SELECT t.merchant_id, t.amount, m.name, m.category FROM tx t JOIN merchants m ON t.merchant_code = m.code",
     ),
 }
+LOOKUP["lookup (VARCHAR 10-15 B)"] = LOOKUP["lookup (VARCHAR key)"]
 SEMI_LOOKUP = {
     "IN (TABLE)": "SELECT t.merchant_id, t.amount FROM tx t WHERE t.merchant_id IN (SELECT id FROM merchants WHERE category < 25)",
     "NOT IN (TABLE)": "SELECT t.merchant_id, t.amount FROM tx t WHERE t.merchant_id NOT IN (SELECT id FROM merchants WHERE category < 25)",
@@ -114,6 +138,35 @@ WINDOW = (
        FROM (SELECT *, epoch_us(ts) // 1000000 AS w, make_timestamp(epoch_us(ts) // 1000000 * 1000000) AS ws FROM lhs) l
        JOIN (SELECT *, epoch_us(ts) // 1000000 AS w FROM rhs) r ON l.w = r.w AND l.k = r.k""",
 )
+
+
+LOOKUP_SOURCE = """CREATE SOURCE tx (merchant_id BIGINT, amount DOUBLE, ts TIMESTAMP, merchant_code VARCHAR,
+                     WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH ({source});"""
+LOOKUP_TABLE = """CREATE TABLE merchants (id BIGINT, code VARCHAR, name VARCHAR, category BIGINT)
+                    WITH (connector = 'file', path = '{path}', format = 'parquet')"""
+
+
+def lookup_processes(events: int, table_rows: int, lookups: list[tuple[str, str]], repeat: int, work: Path,
+                     base_tree: str | None) -> None:
+    """The lookup joins as whole processes: events and TABLE from Parquet files, the
+    result written to Parquet (``whole_process.compare``)."""
+    print(f"lookup, whole processes: {events:,} events x {table_rows:,}-row table, Parquet in and out; "
+          f"best and median of {repeat}, sides alternated")
+    for name, prefix in lookups:
+        folder = work / prefix.strip("-")
+        table, source, tiny = folder / "merchants.parquet", folder / "tx.parquet", folder / "tiny.parquet"
+        if not folder.exists():
+            folder.mkdir()
+            pq.write_table(make_merchants(table_rows, prefix=prefix), table)
+            pq.write_table(with_codes(make_transactions(events, table_rows), prefix), source, row_group_size=1 << 20)
+            whole_process.write_tiny(source, tiny)
+        # the events' file is {path}, the TABLE's a fixed file (read in full by both sides, also on the tiny input)
+        source_sql = LOOKUP_SOURCE.format(source="connector = 'file', path = '{path}', format = 'parquet'") + "\n" \
+            + LOOKUP_TABLE.format(path=table)
+        ours, theirs = LOOKUP[name]
+        theirs = theirs.replace("FROM tx t", "FROM data t").replace("JOIN merchants m", f"JOIN read_parquet('{table}') m")
+        measured = whole_process.compare(folder, source_sql, ours, theirs, source, tiny, repeat, base_tree)
+        print(whole_process.report(name, events, measured), flush=True)
 
 
 def best_of(repeat: int, run) -> tuple[float, int]:
@@ -172,7 +225,7 @@ def sqlstream_run(ddl: str, streams: dict[str, pa.Table], sql: str, batch_size: 
 def report(name: str, events: int, ours: tuple[float, int], theirs: tuple[float, int]) -> None:
     status = "ok" if ours[1] == theirs[1] else f"MISMATCH (duckdb {theirs[1]:,} rows)"
     print(
-        f"{name:22s} sqlstream {ours[0]:6.2f}s ({events / ours[0] / 1e6:5.2f} M events/s)   "
+        f"{name:24s} sqlstream {ours[0]:6.2f}s ({events / ours[0] / 1e6:5.2f} M events/s)   "
         f"duckdb {theirs[0]:6.2f}s ({events / theirs[0] / 1e6:5.2f} M events/s)   "
         f"ratio {ours[0] / theirs[0]:5.2f}x   {ours[1]:,} rows {status}"
     )
@@ -185,22 +238,32 @@ def main() -> None:
     parser.add_argument("--table-rows", type=int, default=TABLE_ROWS, help="rows of the lookup table (default 100k)")
     parser.add_argument("--only", choices=["lookup", "window", "semi"], action="append", help="run only these")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement, the fastest counts (default 3)")
+    parser.add_argument("--key", choices=list(LOOKUP_KEYS), action="append",
+                        help="lookup: only the join on this key (default all)")
+    parser.add_argument("--whole-process", action="store_true",
+                        help="lookup: time whole processes, Parquet in and out, start-up subtracted")
+    parser.add_argument("--base-tree", metavar="DIR",
+                        help="--whole-process: also time sqlstream from this checkout (e.g. main), same run")
     args = parser.parse_args()
     only = args.only or ["lookup", "window", "semi"]
+    lookups = [LOOKUP_KEYS[k] for k in args.key or LOOKUP_KEYS]
+    if args.whole_process:
+        with tempfile.TemporaryDirectory(prefix="sqlstream-join-processes-") as folder:  # ~0.3 GB per key
+            lookup_processes(args.events, args.table_rows, lookups, args.repeat, Path(folder), args.base_tree)
+        return
     workdir = tempfile.mkdtemp(prefix="sqlstream-join-bench-")
     print(f"micro-batches of {args.batch_size:,} rows; DuckDB with 2 threads; best of {args.repeat} runs each")
     if "lookup" in only:
-        merchants = make_merchants(args.table_rows)
-        pq.write_table(merchants, os.path.join(workdir, "merchants.parquet"))
-        tx = with_codes(make_transactions(args.events, args.table_rows))
-        ddl = """CREATE SOURCE tx (merchant_id BIGINT, amount DOUBLE, ts TIMESTAMP, merchant_code VARCHAR,
-                   WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (connector = 'memory');
-                 CREATE TABLE merchants (id BIGINT, code VARCHAR, name VARCHAR, category BIGINT)
-                   WITH (connector = 'file', path = 'merchants.parquet', format = 'parquet');"""
+        ddl = LOOKUP_SOURCE.format(source="connector = 'memory'") + LOOKUP_TABLE.format(path="merchants.parquet")
         print(f"lookup: {args.events:,} events x {args.table_rows:,}-row table")
-        for name, (ours, theirs) in LOOKUP.items():
-            duck = best_of(args.repeat, lambda q=theirs: duckdb_run({"tx": tx, "merchants": merchants}, q))
-            mine = best_of(args.repeat, lambda q=ours: sqlstream_run(ddl, {"tx": tx}, q, args.batch_size, workdir))
+        for name, prefix in lookups:
+            merchants = make_merchants(args.table_rows, prefix=prefix)
+            pq.write_table(merchants, os.path.join(workdir, "merchants.parquet"))
+            tx = with_codes(make_transactions(args.events, args.table_rows), prefix)
+            ours, theirs = LOOKUP[name]
+            tables = {"tx": tx, "merchants": merchants}
+            duck = best_of(args.repeat, lambda q=theirs, t=tables: duckdb_run(t, q))
+            mine = best_of(args.repeat, lambda q=ours, t=tables: sqlstream_run(ddl, {"tx": t["tx"]}, q, args.batch_size, workdir))
             report(name, args.events, mine, duck)
     if "window" in only:
         half = args.events // 2

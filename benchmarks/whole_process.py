@@ -22,6 +22,7 @@ Used by ``stateless.py --whole-process`` and ``windowed_agg.py --whole-process``
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,7 @@ class Measured:
     rows_out: int
     peak_rss: int
     cpu_s: float  # CPU seconds of the work: best full run minus best 10-row run
+    median_net_s: float = 0.0  # median full run minus median 10-row run
 
 
     @property
@@ -181,6 +183,7 @@ def compare(work: Path, source_sql: str, ours: str, theirs: str, source: Path, t
     if base_tree is not None:
         sides["base"] = (sides["sqlstream"][0], _tree_env(base_tree))
     best: dict[tuple[str, str], float] = {}
+    walls: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], float] = {}
     peak: dict[str, int] = {}
     rows: dict[str, int] = {}
@@ -190,11 +193,13 @@ def compare(work: Path, source_sql: str, ours: str, theirs: str, source: Path, t
                 out = work / f"{side}-{size}.parquet"
                 wall, rss, seconds = _wall(command(path, out), work, env)
                 best[side, size] = min(best.get((side, size), wall), wall)
+                walls.setdefault((side, size), []).append(wall)
                 cpu[side, size] = min(cpu.get((side, size), seconds), seconds)
                 if size == "full":
                     rows[side] = _rows(out)
                     peak[side] = max(peak.get(side, 0), rss)
-    return {s: Measured(best[s, "full"], best[s, "tiny"], rows[s], peak[s], cpu[s, "full"] - cpu[s, "tiny"])
+    return {s: Measured(best[s, "full"], best[s, "tiny"], rows[s], peak[s], cpu[s, "full"] - cpu[s, "tiny"],
+                        statistics.median(walls[s, "full"]) - statistics.median(walls[s, "tiny"]))
             for s in sides}
 
 
@@ -205,9 +210,10 @@ def report(name: str, events: int, measured: dict[str, Measured]) -> str:
     lines = [f"{name} (load average {' '.join(f'{x:.2f}' for x in os.getloadavg())})"]
     for side, m in measured.items():
         ratio = "" if side == "duckdb" else (f"   time ratio {m.net_s / duckdb.net_s:5.2f}x"
+                                             f" (median {m.median_net_s / max(duckdb.median_net_s, 1e-9):5.2f}x)"
                                              f"   CPU ratio {m.cpu_s / max(duckdb.cpu_s, 1e-9):5.2f}x")
         lines.append(
-            f"  {side:9s} {m.net_s:6.2f}s net ({events / m.net_s / 1e6:5.2f} M events/s, start-up "
+            f"  {side:9s} {m.net_s:6.2f}s net (median {m.median_net_s:6.2f}s; {events / m.net_s / 1e6:5.2f} M events/s, start-up "
             f"{m.startup_s:.2f}s, CPU {m.cpu_s:5.2f}s net, peak RSS {m.peak_rss / 2**30:.2f} GB){ratio}"
         )
     counts = {side: m.rows_out for side, m in measured.items()}

@@ -8,158 +8,31 @@ vectorized passes per micro-batch instead of a hash table rebuilt per batch:
   exact: one column as is, several combined in mixed radix when their value grids
   allow (window bounds step by the window slide); a dense code range becomes a direct
   lookup table, anything else an open-addressing table of the distinct codes;
+* one string/binary column whose indexed values are all at most 7 bytes long: each
+  value is its own exact code (:mod:`~sqlstream.operators.key_columns`); longer probe
+  values cannot match;
 * anything else (strings, floats, mixes) gets a 64-bit hash per row (strings hashed
   eight bytes at a time straight from the Arrow buffers), and every candidate pair is
   verified on the real key values, so a hash collision never produces a wrong match.
 
 NULL keys never match (SQL equality). Probes return pairs grouped by probe row in
-ascending order, so outputs keep the arrival order of the probing side.
+ascending order, so outputs keep the arrival order of the probing side. A probe runs
+in blocks of 16k rows, so numpy's temporaries stay small and in cache.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+
+from sqlstream.operators.key_columns import C1, C2, KeyColumn, combined, mix
 
 __all__ = ["KeyIndex", "expand_ranges", "join_pairs"]
 
-_C1 = np.uint64(0xBF58476D1CE4E5B9)
-_C2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _LUT_MAX = 1 << 25  # entries of a direct lookup table (it also never exceeds 4x the keys)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer (uint64 arithmetic wraps)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _C1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _C2
-    return x ^ (x >> np.uint64(31))
-
-
-def _combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    return column
-
-
-def _is_integer_like(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_integer(t)
-        or pa.types.is_boolean(t)
-        or pa.types.is_timestamp(t)
-        or pa.types.is_date(t)
-        or pa.types.is_time(t)
-        or pa.types.is_duration(t)
-    )
-
-
-def _valid(column: pa.Array) -> np.ndarray | None:
-    if column.null_count == 0:
-        return None
-    return pc.is_valid(column).to_numpy(zero_copy_only=False)
-
-
-def _int64_values(column: pa.Array) -> np.ndarray:
-    t = column.type
-    if pa.types.is_timestamp(t) or pa.types.is_duration(t) or pa.types.is_time64(t) or pa.types.is_date64(t):
-        column = column.view(pa.int64())
-    elif pa.types.is_date32(t) or pa.types.is_time32(t):
-        column = column.view(pa.int32())
-    elif pa.types.is_boolean(t):
-        column = pc.cast(column, pa.int8())
-    if column.null_count:
-        column = pc.fill_null(column, 0)
-    values = column.to_numpy(zero_copy_only=False)
-    return values.astype(np.int64, copy=False)
-
-
-_BYTE_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)  # the low n bytes of a word
-_WORDS_KEPT = 16  # strings up to 128 bytes keep their words for verification; longer ones are compared by Arrow
-
-
-def _byte_words(column: pa.Array) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(byte lengths, the zero-padded 8-byte words per value as an (n, W) array or
-    None, 64-bit hash) of a string/binary column, straight from its Arrow buffers."""
-    t = column.type
-    offset_type = np.int64 if (pa.types.is_large_string(t) or pa.types.is_large_binary(t)) else np.int32
-    n = len(column)
-    buffers = column.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=offset_type)[column.offset : column.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
-    start, end = int(offsets[0]), int(offsets[-1])
-    padded = np.zeros(end - start + 8, dtype=np.uint8)
-    padded[: end - start] = data[start:end]
-    # an unaligned uint64 view starting at every byte
-    unaligned = np.ndarray(shape=(max(end - start + 1, 1),), dtype="<u8", buffer=padded, strides=(1,))
-    begin = offsets[:-1] - start
-    lengths = offsets[1:] - offsets[:-1]
-    count = -(-int(lengths.max()) // 8) if n else 0
-    words = np.zeros((n, count), dtype=np.uint64) if count <= _WORDS_KEPT else None
-    h = _mix(lengths.astype(np.uint64) ^ _GOLDEN)
-    last = unaligned.size - 1
-    for j in range(count):
-        remaining = lengths - 8 * j
-        live = remaining > 0
-        word = unaligned[np.minimum(begin + 8 * j, last)]
-        if (remaining < 8).any():  # the tail of a value: keep its own bytes only
-            word &= _BYTE_MASKS[np.clip(remaining, 0, 8)]
-        if words is not None:
-            words[:, j] = word
-        h = np.where(live, _mix(h ^ (word + _GOLDEN)), h)  # a value's hash ignores longer values' words
-    return lengths, words, h
-
-
-class _KeyColumn:
-    """One key column in numpy form: what codes, hashes and verification read."""
-
-    __slots__ = ("array", "valid", "kind", "values", "lengths", "words", "_hash")
-
-    def __init__(self, column: pa.Array | pa.ChunkedArray):
-        column = _combined(column)
-        t = column.type
-        self.array = column
-        self.valid = _valid(column)
-        self.values = self.lengths = self.words = self._hash = None
-        if _is_integer_like(t):
-            self.kind, self.values = "int", _int64_values(column)
-        elif pa.types.is_floating(t):
-            self.kind = "float"
-            self.values = pc.cast(pc.fill_null(column, 0), pa.float64()).to_numpy(zero_copy_only=False) + 0.0  # -0.0 == 0.0
-        else:
-            if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
-                column = pc.cast(column, pa.large_binary())
-            elif not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-                      or pa.types.is_large_binary(t)):
-                column = pc.cast(column, pa.string())  # decimals and the like: by their text
-            self.kind = "bytes"
-            self.lengths, self.words, self._hash = _byte_words(column)
-
-    def hash(self) -> np.ndarray:
-        if self._hash is None:
-            self._hash = _mix(self.values.view(np.uint64) ^ _GOLDEN)
-        return self._hash
-
-    def same(self, rows: np.ndarray, other: "_KeyColumn", other_rows: np.ndarray) -> np.ndarray:
-        """Whether value ``rows[i]`` here equals value ``other_rows[i]`` of ``other``."""
-        if self.kind != other.kind or (self.kind == "bytes" and (self.words is None or other.words is None)):
-            left, right = self.array.take(pa.array(rows)), other.array.take(pa.array(other_rows))
-            if left.type != right.type:
-                right = right.cast(left.type)
-            return pc.fill_null(pc.equal(left, right), False).to_numpy(zero_copy_only=False)
-        if self.kind != "bytes":
-            return self.values[rows] == other.values[other_rows]
-        same = self.lengths[rows] == other.lengths[other_rows]
-        for j in range(min(self.words.shape[1], other.words.shape[1])):  # equal lengths: equal word counts
-            same &= self.words[rows, j] == other.words[other_rows, j]
-        return same
-
-
-def _codes(columns: list[_KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+def _codes(columns: list[KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
     valid = None
     for column in columns:
         if column.valid is not None:
@@ -169,7 +42,7 @@ def _codes(columns: list[_KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bo
     h = None
     for column in columns:
         part = column.hash()
-        h = part if h is None else _mix(h * _C1 + part)
+        h = part if h is None else mix(h * C1 + part)
     return h, valid, False
 
 
@@ -187,6 +60,23 @@ def _sort_order(values: np.ndarray, exact: bool) -> np.ndarray:
     return np.argsort(values)
 
 
+_BLOCK_ROWS = 1 << 14
+
+
+def _blocks(keys: list[pa.Array | pa.ChunkedArray]):
+    """(first row, the key columns' slices) of at most ``_BLOCK_ROWS`` rows each: a
+    probe's numpy temporaries stay at 128 KiB, heap memory reused while in cache, where a
+    whole batch's (2 MiB per array at 256k rows) got fresh pages each time (page faults
+    were a third of a VARCHAR probe's CPU time)."""
+    keys = [combined(k) for k in keys]
+    n = len(keys[0]) if keys else 0
+    if n <= _BLOCK_ROWS:
+        yield 0, keys
+        return
+    for first in range(0, n, _BLOCK_ROWS):
+        yield first, [k.slice(first, _BLOCK_ROWS) for k in keys]
+
+
 def expand_ranges(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For ranges ``[lo[i], lo[i] + counts[i])``: (i repeated, each position)."""
     total = int(counts.sum())
@@ -198,43 +88,63 @@ def expand_ranges(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     return owner, position
 
 
-class _HashSlots:
-    """Open addressing over distinct codes: slot -> position in ``codes``, built and
-    probed with vectorized linear probing (load factor <= 1/2)."""
+_SPARSE_SLOTS = 1 << 21  # up to this many slots a table is kept at most 1/4 full (shorter probe runs)
+_PROBE_ROUNDS = 3  # slots tried per probe; the few codes still unresolved are binary-searched
 
-    def __init__(self, codes: np.ndarray):
-        self.codes = codes
-        size = 1 << max(4, int(2 * max(codes.size, 1) - 1).bit_length())
-        self.mask = np.uint64(size - 1)
-        self.table = np.full(size, -1, dtype=np.int64)
+
+class _HashSlots:
+    """Open addressing over distinct codes, built and probed with vectorized linear
+    probing: each slot holds (code, payload) side by side (one cache line per probe),
+    the payload a group number or, in a unique index, the build row. Each round of a
+    probe costs a numpy pass, and linear probing has a few long runs, so after
+    ``_PROBE_ROUNDS`` slots the codes left (~1% at load 1/4) are looked up by binary
+    search in the sorted codes instead of round after round over ever fewer rows."""
+
+    def __init__(self, codes: np.ndarray, payload: np.ndarray, mixed: bool):
+        self.codes, self.payload = codes, payload  # codes sorted: the binary search
+        self.mixed = mixed  # codes are hashes already: their low bits are the home slot
+        wanted = 4 * codes.size if 4 * codes.size <= _SPARSE_SLOTS else 2 * codes.size
+        size = 1 << max(4, int(wanted - 1).bit_length())
+        self.mask = size - 1
+        self.slots = np.zeros((size, 2), dtype=np.int64)
+        self.slots[:, 1] = -1
         pending = np.arange(codes.size, dtype=np.int64)
         position = self._home(codes)
         claim = np.full(size, -1, dtype=np.int64)
         while pending.size:
-            free = self.table[position] == -1
+            free = self.slots[position, 1] == -1
             claim[position[free]] = pending[free]  # one of the claimants of a slot wins
             placed = free & (claim[position] == pending)
-            self.table[position[placed]] = pending[placed]
+            won = pending[placed]
+            self.slots[position[placed]] = np.stack([codes[won].view(np.int64), payload[won]], axis=1)
             pending = pending[~placed]
-            position = (position[~placed] + np.uint64(1)) & self.mask
+            position = (position[~placed] + 1) & self.mask
 
     def _home(self, codes: np.ndarray) -> np.ndarray:
-        return _mix(codes.view(np.uint64) ^ _C2) & self.mask
+        codes = codes.view(np.uint64)
+        return ((codes if self.mixed else mix(codes ^ C2)) & np.uint64(self.mask)).view(np.int64)
 
     def find(self, codes: np.ndarray) -> np.ndarray:
-        """Position of each code in the distinct codes, or -1."""
+        """The payload of each code, or -1."""
+        keys = codes.view(np.int64)
         position = self._home(codes)
-        slot = self.table[position]
-        hit = self.codes[slot] == codes  # slot -1 reads the last code: masked below
-        found = np.where(hit & (slot >= 0), slot, -1)
-        active = np.flatnonzero(~hit & (slot >= 0))  # collided on the way: probe on
-        while active.size:
-            position[active] = (position[active] + np.uint64(1)) & self.mask
-            slot = self.table[position[active]]
-            occupied = slot >= 0
-            hit = occupied & (self.codes[slot] == codes[active])
-            found[active[hit]] = slot[hit]
-            active = active[occupied & ~hit]
+        slot = np.take(self.slots, position, axis=0)
+        found = slot[:, 1].copy()
+        active = np.flatnonzero((slot[:, 0] != keys) & (found >= 0))  # another code at home: probe on
+        found[active] = -1
+        for _ in range(_PROBE_ROUNDS - 1):
+            if not active.size:
+                return found
+            at = (position[active] + 1) & self.mask
+            position[active] = at
+            slot = np.take(self.slots, at, axis=0)
+            hit = (slot[:, 0] == keys[active]) & (slot[:, 1] >= 0)
+            found[active[hit]] = slot[hit, 1]
+            active = active[(slot[:, 1] >= 0) & ~hit]
+        if active.size:
+            wanted = codes[active]
+            at = np.minimum(np.searchsorted(self.codes, wanted), self.codes.size - 1)
+            found[active] = np.where(self.codes[at] == wanted, self.payload[at], -1)
         return found
 
 
@@ -248,10 +158,15 @@ class KeyIndex:
     """
 
     def __init__(self, keys: list[pa.Array | pa.ChunkedArray]):
-        self.columns = [_KeyColumn(k) for k in keys]
+        self.columns = [KeyColumn(k) for k in keys]
         self.num_rows = len(self.columns[0].array) if self.columns else 0
         self._composite = self._composite_layout(self.columns)
-        codes, valid, exact = self._encode(self.columns)
+        short = None  # one string column, every value of at most 7 bytes: their exact codes
+        if len(self.columns) == 1 and self.columns[0].kind == "bytes":
+            codes, fits = self.columns[0].short_codes()
+            short = codes if fits.all() else None
+        self._short = short is not None
+        codes, valid, exact = (short, self.columns[0].valid, True) if self._short else self._encode(self.columns)
         self.exact = exact
         rows = np.flatnonzero(valid) if valid is not None else np.arange(self.num_rows, dtype=np.int64)
         values = codes[rows] if valid is not None else codes
@@ -276,8 +191,9 @@ class KeyIndex:
                 size = np.zeros(span + 1, dtype=np.int64)
                 first[slot], size[slot] = self.starts, self.counts
                 self._lut = (low, span, first, size)
-        if self._lut is None:
-            self._slots = _HashSlots(distinct)
+        if self._lut is None:  # a unique index's slots hold build rows, any other's group numbers
+            payload = self.rows if self.unique else np.arange(distinct.size, dtype=np.int64)
+            self._slots = _HashSlots(distinct, payload, mixed=not exact)
 
     def __len__(self) -> int:
         return self.num_rows
@@ -288,15 +204,17 @@ class KeyIndex:
         indexed table and are not counted here)."""
         arrays = [self.rows, self.starts, self.counts]
         for column in self.columns:
-            arrays += [column.valid, column.values, column.lengths, column.words, column._hash]
+            arrays += column.arrays()
         if self._lut is not None:
             arrays += [self._lut[2], self._lut[3]]
         if self._slots is not None:
-            arrays += [self._slots.codes, self._slots.table]
+            arrays += [self._slots.slots, self._slots.codes]
+            if not self.unique:  # a unique index's payload is ``rows``
+                arrays += [self._slots.payload]
         return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
 
     @staticmethod
-    def _composite_layout(columns: list[_KeyColumn]):
+    def _composite_layout(columns: list[KeyColumn]):
         """Several integer-like key columns whose value grids multiply below 2^62 get
         one exact code per row (mixed radix): no hashing, no verification."""
         if len(columns) < 2 or any(c.kind != "int" for c in columns):
@@ -315,7 +233,13 @@ class KeyIndex:
                 return None
         return layout
 
-    def _encode(self, columns: list[_KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    def _encode(self, columns: list[KeyColumn]) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        if self._short:
+            codes, fits = columns[0].short_codes()
+            valid = columns[0].valid
+            if not fits.all():  # longer values: not among the keys
+                valid = fits if valid is None else valid & fits
+            return codes, valid, True
         if self._composite is None or any(c.kind != "int" for c in columns):
             return _codes(columns)
         code = np.zeros(len(columns[0].array), dtype=np.int64)
@@ -336,7 +260,7 @@ class KeyIndex:
 
     def _groups(self, codes: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(first position in ``rows``, number of build rows) of each probe code's group
-        (size 0: no such code)."""
+        (size 0: no such code). Not for a unique index with slots (they hold rows)."""
         if self.starts.size == 0:
             return np.zeros(codes.size, dtype=np.int64), np.zeros(codes.size, dtype=np.int64)
         if self._lut is not None:
@@ -356,7 +280,14 @@ class KeyIndex:
 
     def probe(self, keys: list[pa.Array | pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
         """Every matching (probe row, build row), grouped by probe row ascending."""
-        columns = [_KeyColumn(k) for k in keys]
+        parts = [(first, self._probe(block)) for first, block in _blocks(keys)]
+        if len(parts) == 1:
+            return parts[0][1]
+        return (np.concatenate([pairs[0] + first for first, pairs in parts]),
+                np.concatenate([pairs[1] for _, pairs in parts]))
+
+    def _probe(self, keys: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+        columns = [KeyColumn(k) for k in keys]
         if self.unique:
             first = self._probe_unique(columns)
             hit = np.flatnonzero(first >= 0)
@@ -373,20 +304,26 @@ class KeyIndex:
 
     def probe_unique(self, keys: list[pa.Array | pa.ChunkedArray]) -> np.ndarray:
         """For an index of unique keys: the build row of each probe row, or -1."""
-        return self._probe_unique([_KeyColumn(k) for k in keys])
+        parts = [self._probe_unique([KeyColumn(k) for k in block]) for _, block in _blocks(keys)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _probe_unique(self, columns: list[_KeyColumn]) -> np.ndarray:
+    def _probe_unique(self, columns: list[KeyColumn]) -> np.ndarray:
         assert self.unique
         codes, valid, _ = self._encode(columns)
-        starts, counts = self._groups(codes, valid)
-        found = np.where(counts > 0, self.rows[starts] if self.rows.size else -1, -1)  # unique: one row per code
+        if self._slots is not None:
+            found = self._slots.find(codes)
+            if valid is not None:
+                found[~valid] = -1
+        else:
+            starts, counts = self._groups(codes, valid)
+            found = np.where(counts > 0, self.rows[starts] if self.rows.size else -1, -1)  # unique: one row per code
         if not self.exact:
-            candidates = np.flatnonzero(counts > 0)
+            candidates = np.flatnonzero(found >= 0)
             wrong = ~self._verify(columns, candidates, found[candidates])
             found[candidates[wrong]] = -1
         return found
 
-    def _verify(self, columns: list[_KeyColumn], probe_rows: np.ndarray, build_rows: np.ndarray) -> np.ndarray:
+    def _verify(self, columns: list[KeyColumn], probe_rows: np.ndarray, build_rows: np.ndarray) -> np.ndarray:
         """Which candidate pairs (equal hashes) have equal keys."""
         same = np.ones(probe_rows.size, dtype=bool)
         if probe_rows.size:
@@ -398,8 +335,8 @@ class KeyIndex:
 def join_pairs(left_keys: list[pa.Array], right_keys: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
     """All matching (left row, right row) of a one-shot equi-join: the smaller side is
     indexed, the larger probes it."""
-    n_left = len(_combined(left_keys[0])) if left_keys else 0
-    n_right = len(_combined(right_keys[0])) if right_keys else 0
+    n_left = len(combined(left_keys[0])) if left_keys else 0
+    n_right = len(combined(right_keys[0])) if right_keys else 0
     if n_left == 0 or n_right == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     if n_right <= n_left:

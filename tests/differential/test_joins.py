@@ -12,6 +12,7 @@ line:col it points at.
 from __future__ import annotations
 
 import datetime
+from unittest import mock
 
 import duckdb
 import numpy as np
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from sqlstream.changelog import fold_changelog
 from sqlstream.errors import SqlStreamError
+from sqlstream.operators import join_keys
 from sqlstream.operators.join_keys import KeyIndex
 from sqlstream.operators.joins import IntervalJoinOperator, LookupJoinOperator, WindowJoinOperator
 from sqlstream.operators.regular_join import RegularJoinOperator
@@ -163,6 +165,58 @@ def test_key_index_finds_exactly_the_equal_keys(data, kinds):
     assert list(probe_rows) == sorted(probe_rows)  # grouped by probe row, in order
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), kinds=st.lists(st.sampled_from(sorted(_KEY_TYPES)), min_size=1, max_size=2),
+       block=st.integers(1, 7), rounds=st.integers(1, 3))
+def test_key_index_probes_in_blocks_and_unique_keys_alike(data, kinds, block, rounds):
+    """A probe longer than a block is cut into blocks (here of 1-7 rows): the same pairs,
+    in probe-row order; on an index of unique keys ``probe_unique`` gives each probe row
+    its one build row or -1, NULL keys never matching. With one hash slot tried per
+    probe, codes displaced from their home slot are found by the binary search."""
+    n_build, n_probe = data.draw(st.integers(1, 20)), data.draw(st.integers(0, 30))
+    build = [tuple(data.draw(st.one_of(st.none(), _KEY_TYPES[k][0])) for k in kinds) for _ in range(n_build)]
+    build = list(dict.fromkeys(build))  # unique rows (NULLs allowed: they are never matched)
+    probe = [tuple(data.draw(st.one_of(st.none(), _KEY_TYPES[k][0])) for k in kinds) for _ in range(n_probe)]
+
+    def arrays(rows):
+        return [pa.array([r[c] for r in rows], _KEY_TYPES[k][1]) for c, k in enumerate(kinds)]
+
+    expected = [next((j for j, b in enumerate(build) if None not in p and b == p), -1) for p in probe]
+    index = KeyIndex(arrays(build))
+    with mock.patch.object(join_keys, "_BLOCK_ROWS", block), mock.patch.object(join_keys, "_PROBE_ROUNDS", rounds):
+        probe_rows, build_rows = index.probe(arrays(probe))
+        if index.unique:
+            assert index.probe_unique(arrays(probe)).tolist() == expected
+    assert list(zip(probe_rows.tolist(), build_rows.tolist(), strict=True)) == [
+        (i, j) for i, j in enumerate(expected) if j >= 0]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_key_index_of_short_strings_codes_them_exactly(binary):
+    """Indexed values of at most 7 bytes are their own codes: no hash, no verification;
+    NUL bytes and lengths keep "a", "a\\0" and "" apart, and a longer probe value never
+    matches the 7 bytes it starts with."""
+    keys = ["", "a", "a\x00", "ab", "é", "日本", "abcdefg", None]
+    as_array = (lambda v: pa.array([x.encode() if x is not None else None for x in v], pa.binary())) if binary else pa.array
+    index = KeyIndex([as_array(keys)])
+    assert index._short and index.exact and index.unique
+    probe = ["abcdefgh", "a", "a\x00\x00", "", None, "日本", "日本語", "abcdefg", "b"]
+    assert index.probe_unique([as_array(probe)]).tolist() == [-1, 1, -1, 0, -1, 5, -1, 6, -1]
+    assert not KeyIndex([as_array(["abcdefgh", "a"])])._short  # 8 bytes: hashed
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_key_index_finds_codes_displaced_from_their_slot(rounds):
+    """5,000 string keys: many share a home slot; those not found within ``rounds`` slots
+    are found by binary search, keys the index lacks are not."""
+    keys = [f"k{i}-" + "x" * (i % 11) for i in range(5000)]
+    index = KeyIndex([pa.array(keys)])
+    probe = keys[::-1] + ["missing", "k1-", ""]
+    with mock.patch.object(join_keys, "_PROBE_ROUNDS", rounds):
+        found = index.probe_unique([pa.array(probe)])
+    assert found.tolist() == list(range(4999, -1, -1)) + [-1, -1, -1]
+
+
 # -- lookup joins -------------------------------------------------------------------------------
 
 A, B = events(300, 1, "v"), events(300, 2, "w")
@@ -209,6 +263,50 @@ def test_lookup_join_matches_duckdb(tmp_path, case, batch):
     ours, theirs = LOOKUPS[case]
     session = make_session(tmp_path, {"a": A}, batch)
     assert_same(session.run_query(ours, fold=False), duck(theirs, {"a": A}))
+
+
+VARCHAR_CODES = {
+    # values of every length, hashed and verified
+    "any length": ["", "a", "é", "日本語", "ab\x00", "x" * 8, "x" * 9, "key-" * 30] + [f"m-{i}" for i in range(3000)],
+    # all of at most 7 bytes: exact codes; longer stream values sharing their first bytes must not match
+    "short": ["", "a", "é", "日本", "ab\x00", "x" * 7, "key-" * 1] + [f"m{i}" for i in range(3000)],
+}
+
+
+@pytest.mark.parametrize("kind", ["JOIN", "LEFT JOIN"])
+@pytest.mark.parametrize("codes", sorted(VARCHAR_CODES))
+def test_lookup_join_on_varchar_keys_matches_duckdb(tmp_path, kind, codes):
+    """A VARCHAR key against a TABLE of unique codes: empty, non-ASCII, NUL-byte and
+    long strings, strings around the 8-byte words, NULLs on both sides, stream keys the
+    table lacks; batches of 40,000 rows are probed in several blocks."""
+    codes = VARCHAR_CODES[codes]
+    table = pa.table({
+        "code": pa.array([*codes, None]),
+        "name": pa.array([f"name {i}" for i in range(len(codes) + 1)]),
+        "n": pa.array(np.arange(len(codes) + 1), pa.int64()),
+    })
+    pq.write_table(table, tmp_path / "codes.parquet")
+    pool = [*codes, "missing", "é ", "X" * 8, "x" * 8, "ab", "ab\x00\x00", "日本語", "m1\x00", "key-" * 29, None]
+    rng = np.random.default_rng(5)
+    rows = 100_000
+    stream = pa.table({
+        "s": pa.array([pool[i] for i in rng.integers(0, len(pool), rows).tolist()]),
+        "v": pa.array(np.arange(rows), pa.int64()),
+        "ts": pa.array(BASE_US + np.arange(rows, dtype=np.int64) * 1000, pa.timestamp("us")),
+    })
+    session = TestSession(base_dir=str(tmp_path))
+    session.execute("""CREATE SOURCE e (s VARCHAR, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+                         WITH (connector = 'memory');
+                       CREATE TABLE c (code VARCHAR, name VARCHAR, n BIGINT)
+                         WITH (connector = 'file', path = 'codes.parquet', format = 'parquet');""")
+    session.stream("e").push(stream, batch_size=40_000).finish()
+    sql = f"SELECT e.v, e.s, c.name, c.n FROM e {kind} c ON e.s = c.code"
+    ours = session.run_query(sql, fold=False)
+    con = duckdb.connect()
+    con.register("e", stream)
+    con.register("c", table)
+    theirs = con.sql(sql).to_arrow_table().to_pylist()
+    assert sorted(ours, key=lambda r: r["v"]) == sorted(theirs, key=lambda r: r["v"])
 
 
 def test_lookup_join_window_after_the_join(tmp_path):
