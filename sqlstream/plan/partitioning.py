@@ -9,12 +9,16 @@ DISTINCT, deduplication or OVER whose key includes the ``partition_by`` column i
 State keyed otherwise needs rows of several partitions together: :func:`partition_plan`
 puts an :class:`Exchange` below the first operator whose key does not decide the
 partition (as Flink puts a hash exchange before a keyed operator, and Kafka Streams a
-repartition topic). A worker publishes the rows arriving there to an internal
-partitioned JetStream stream, hashed by that operator's key (a global aggregate or a
-LIMIT: all to partition 0), and the owner of each of its partitions runs the operator
-and what follows it (sqlstream/scaleout/exchange.py). One process reading every
-partition (the REPL, ``Session.query``) passes the rows straight through. A query that
-would need a second exchange, or a join of streams, is refused instead of run wrong.
+repartition topic), one below each input of a join of the stream with itself. A worker
+publishes the rows arriving there to an internal partitioned JetStream stream, hashed
+by that operator's key (a global aggregate or a LIMIT: all to partition 0), and the
+owner of each of its partitions runs the operator and what follows it
+(sqlstream/scaleout/exchange.py). A TUMBLE aggregate of mergeable aggregates runs in
+two phases instead: :class:`PartialWindowAggregate` per source partition, the exchange
+carrying each closed window's partials, :class:`MergeWindowAggregate` above it. One
+process reading every partition (the REPL, ``Session.query``) passes everything
+straight through. A query that would need a second exchange is refused instead of run
+wrong.
 
 :class:`_Walk` follows, node by node from the scans up, the output columns that are
 copies of each routing column (the partition key, or an exchange's key): through
@@ -133,7 +137,7 @@ def _two_phase(node: PlanNode) -> bool:
 
 
 def exchanges_of(plan: PlanNode) -> list[Exchange]:
-    """The exchanges in ``plan`` (one at most: :func:`partition_plan` refuses more)."""
+    """The exchanges in ``plan`` (one, or one per side of a join: :func:`partition_plan` refuses more)."""
     found = [plan] if isinstance(plan, Exchange) else []
     for child in plan.children:
         found += exchanges_of(child)
@@ -233,7 +237,8 @@ class _Walk:
         self.keys = partition_keys
         self.where = where
 
-    def refuse(self, what: str, hint: str, node: PlanNode | None = None, keys: tuple[str, ...] = ()) -> _Misaligned:
+    def refuse(self, what: str, hint: str, node: PlanNode | None = None,
+               keys: tuple[tuple[str, ...], ...] = ()) -> _Misaligned:
         source = next(iter(self.keys)) if len(self.keys) == 1 else "partitioned source"
         error = UnsupportedSqlError(f"cannot run partition by partition over partitioned source '{source}': {what}",
                                     location=self.where, hint=hint)

@@ -13,11 +13,9 @@ import textwrap
 import uuid
 from datetime import datetime, timedelta
 
-import duckdb
-import pyarrow as pa
 import pytest
 from conftest import wait_until
-from test_scale_out import CLI, _committed, _owners, _publish, _stop, _stream_exists
+from test_scale_out import CLI, _committed, _owners, _publish, _stop, _stream_exists, orders_in_duckdb
 
 pytestmark = pytest.mark.nats
 
@@ -59,9 +57,7 @@ def _flush() -> list[dict]:
 
 
 def _expected(rows: list[dict]) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    table = pa.Table.from_pylist([{**r, "ts": datetime.fromisoformat(r["ts"])} for r in rows])
-    con = duckdb.connect()
-    con.register("orders", table)
+    con = orders_in_duckdb(rows)
     per_region = con.execute("""
         SELECT time_bucket(INTERVAL 5 SECOND, ts) AS ws, region, count(*), sum(amount)
         FROM orders WHERE ts < TIMESTAMP '2024-01-01 00:30:00' GROUP BY ALL ORDER BY ALL

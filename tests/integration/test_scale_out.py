@@ -97,11 +97,15 @@ def _flush() -> list[dict]:
     return [{"customer_id": c, "amount": 0, "ts": late} for c in range(CUSTOMERS)]
 
 
-def _expected_windows(rows: list[dict]) -> list[tuple]:
-    table = pa.Table.from_pylist([{**r, "ts": datetime.fromisoformat(r["ts"])} for r in rows])
+def orders_in_duckdb(rows: list[dict]) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the published ``rows`` as table ``orders``."""
     con = duckdb.connect()
-    con.register("orders", table)
-    result = con.execute("""
+    con.register("orders", pa.Table.from_pylist([{**r, "ts": datetime.fromisoformat(r["ts"])} for r in rows]))
+    return con
+
+
+def _expected_windows(rows: list[dict]) -> list[tuple]:
+    result = orders_in_duckdb(rows).execute("""
         SELECT time_bucket(INTERVAL 5 SECOND, ts) AS ws, customer_id, count(*), sum(amount)
         FROM orders WHERE ts < TIMESTAMP '2024-01-01 00:30:00' GROUP BY ALL ORDER BY ALL
     """).fetchall()

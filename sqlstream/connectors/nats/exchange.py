@@ -2,9 +2,11 @@
 JetStream stream, so that state keyed by anything but the partition key still lives
 in one place (docs/scale-out.md#shuffles).
 
-Each exchange of a sink has its own stream, ``SQLSTREAM_X_<group>_<sink>``, with one
-subject per partition, ``_sqlstream.x.<group>.<sink>.<n>``, and work-queue retention:
-a message stays until the partition that reads it commits the checkpoint that read it.
+Each exchange of a sink has its own stream, ``SQLSTREAM_X_<group>_<sink>`` (the second
+side of a join ``<sink>-1``), with one subject per partition,
+``_sqlstream.x.<group>.<sink>.<n>``, and work-queue retention: a message stays until
+the partition that reads it commits the checkpoint that read it. What crosses is rows,
+or the partial aggregates of closed TUMBLE windows (``ExchangeChannel.window_end``).
 
 **Writing** (:class:`ExchangeWriter`, in the run of source partition ``u``): the rows
 reaching the exchange are hashed by its key columns (:mod:`sqlstream.connectors.key_hash`;
@@ -27,7 +29,9 @@ JetStream pull consumer on the partition's subject, and per upstream ``u``:
   (``STREAM:seq``), and the rows of one run arrive in sequence order (the part below
   an exchange is stateless), so the reader keeps how far it took ``u``'s rows (a
   sequence, and how many rows of it) and drops a new run's rows until they go beyond
-  (:class:`_Upstreams`);
+  (:class:`_Upstreams`). Partial aggregates are sent once per closed window, in the
+  order of window end, and a replay sends the same windows: the reader drops windows
+  that do not end after the last one it took from ``u``;
 * *watermarks are the minimum*: the exchange's watermark is the least of the
   upstreams' watermarks (idle ones left out, as at any operator with several inputs),
   and a row's ``__wm`` the least of its own upstream watermark and the others'. So
