@@ -53,6 +53,10 @@ def test_a_replay_is_dropped_even_when_messages_split_the_rows_of_one_source_mes
     assert ups.new_rows(0, "run2", np.array([3, 4, 5])).tolist() == [False, False, True]
     assert ups.new_rows(1, "run3", np.array([1])).tolist() == [True]  # upstreams are counted apart
     assert ups.replayed == 5
+    # a paused owner (run2) wakes up and sends while the next owner (run4) runs: each run keeps its own count
+    assert ups.new_rows(0, "run4", np.array([5, 6, 6])).tolist() == [False, True, True]
+    assert ups.new_rows(0, "run2", np.array([6, 6, 6])).tolist() == [False, False, True]
+    assert ups.new_rows(0, "run4", np.array([6, 7])).tolist() == [False, True]  # its third row of 6 was taken
     assert _Upstreams(2, ups.state()).state() == ups.state()
 
 

@@ -76,6 +76,7 @@ RUN_HEADER = "Sqlstream-Run"
 #: how often, at most, a writer tells partitions it sends no rows to that its watermark moved
 WATERMARK_EVERY_S = 0.1
 _ACK_TIMEOUT_S = 5.0
+_RUNS_KEPT = 4  # runs of one upstream followed at once
 
 
 def _token(text: str) -> str:
@@ -239,22 +240,22 @@ class _Upstreams:
     def __init__(self, partitions: int, saved: dict | None = None):
         self.taken_seq = np.zeros(partitions, dtype=np.int64)  # the frontier: rows up to this sequence
         self.taken_rank = np.zeros(partitions, dtype=np.int64)  # and this many of its rows were taken
-        self.runs = [""] * partitions  # the upstream run whose messages came last
-        self.run_seq = np.zeros(partitions, dtype=np.int64)  # that run's last sequence
-        self.run_rank = np.zeros(partitions, dtype=np.int64)  # and how many of its rows it sent
+        #: per upstream, its latest runs: the last sequence each sent and how many rows of
+        #: it (a paused owner may still send while the next owner runs: both are followed)
+        self.runs: list[dict[str, list[int]]] = [{} for _ in range(partitions)]
         self.watermarks = np.full(partitions, MIN_WATERMARK, dtype=np.int64)
         self.idle = np.zeros(partitions, dtype=bool)
         self.replayed = 0  # rows dropped: sent again by a replay
         if saved:
-            for name in ("taken_seq", "taken_rank", "run_seq", "run_rank", "watermarks", "idle"):
+            for name in ("taken_seq", "taken_rank", "watermarks", "idle"):
                 setattr(self, name, np.array(saved[name], dtype=getattr(self, name).dtype))
-            self.runs = list(saved["runs"])
+            self.runs = [dict(runs) for runs in saved["runs"]]
             self.replayed = saved["replayed"]
 
     def state(self) -> dict:
         out = {name: getattr(self, name).tolist()
-               for name in ("taken_seq", "taken_rank", "run_seq", "run_rank", "watermarks", "idle")}
-        return {**out, "runs": list(self.runs), "replayed": self.replayed}
+               for name in ("taken_seq", "taken_rank", "watermarks", "idle")}
+        return {**out, "runs": [dict(runs) for runs in self.runs], "replayed": self.replayed}
 
     def watermark(self, leave_out: int | None = None) -> int:
         """The least watermark of the live upstreams (all idle: the greatest)."""
@@ -279,16 +280,18 @@ class _Upstreams:
 
     def new_rows(self, upstream: int, run: str, sequences: np.ndarray) -> np.ndarray:
         """Which rows (of ``upstream``'s ``run``, in the order sent) were not taken before; advances."""
-        if run != self.runs[upstream]:  # a new run: its positions count from its first row
-            self.runs[upstream] = run
-            self.run_seq[upstream], self.run_rank[upstream] = -1, 0
+        runs = self.runs[upstream]
+        cursor = runs.pop(run, [-1, 0])  # a new run: its positions count from its first row
+        runs[run] = cursor  # (the latest last)
+        while len(runs) > _RUNS_KEPT:
+            del runs[next(iter(runs))]
         starts = np.flatnonzero(np.r_[True, sequences[1:] != sequences[:-1]])
         ranks = np.arange(sequences.size) - np.repeat(starts, np.diff(np.r_[starts, sequences.size]))
-        if sequences[0] == self.run_seq[upstream]:  # the rest of the sequence the last message ended with
-            ranks[:starts[1] if starts.size > 1 else sequences.size] += self.run_rank[upstream]
+        if sequences[0] == cursor[0]:  # the rest of the sequence the run's last message ended with
+            ranks[:starts[1] if starts.size > 1 else sequences.size] += cursor[1]
         seq, rank = self.taken_seq[upstream], self.taken_rank[upstream]
         keep = (sequences > seq) | ((sequences == seq) & (ranks >= rank))
-        self.run_seq[upstream], self.run_rank[upstream] = sequences[-1], ranks[-1] + 1
+        cursor[:] = [int(sequences[-1]), int(ranks[-1]) + 1]
         if keep[-1]:
             self.taken_seq[upstream], self.taken_rank[upstream] = sequences[-1], ranks[-1] + 1
         self.replayed += int(sequences.size - keep.sum())
