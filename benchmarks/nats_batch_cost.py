@@ -6,7 +6,8 @@ tiny ONNX model, core NATS JSON out) runs on a thread of this process; bursts of
 waits until its rows came back, so most batches hold one burst. For every batch the
 driver thread's CPU time (``time.thread_time``) from taking it off the source to the
 end of the sink's write is recorded; the report is the median and p90 by rows per
-batch. ``--profile`` prints where that time goes (cProfile of the driver thread).
+batch, and the CPU time of the whole process per batch (all threads: the NATS loop
+threads and this process's publisher and subscriber too). ``--profile`` prints where that time goes (cProfile of the driver thread).
 Run it against another checkout by putting that first on ``PYTHONPATH``:
 
     python benchmarks/nats_batch_cost.py --bursts 400
@@ -56,6 +57,7 @@ class BatchTimes:
         self.by_rows: dict[int, list[float]] = collections.defaultdict(list)
         self.profiler = cProfile.Profile(time.thread_time) if profile else None
         self.recording = False
+        self.process_cpu = 0.0  # seconds, over the bursts measured
         for stage in driver.sources:
             self._wrap(stage)
 
@@ -100,6 +102,8 @@ async def publish_bursts(url: str, sizes: list[int], bursts: int, times: BatchTi
     expected = 0
     i = 0
     for burst in range(warmup + bursts):
+        if burst == warmup:
+            times.process_cpu = -time.process_time()
         times.recording = burst >= warmup
         n = sizes[burst % len(sizes)]
         for _ in range(n):
@@ -116,6 +120,7 @@ async def publish_bursts(url: str, sizes: list[int], bursts: int, times: BatchTi
             except asyncio.TimeoutError:
                 pass
         await asyncio.sleep(0.003)
+    times.process_cpu += time.process_time()
     await nc.close()
 
 
@@ -147,6 +152,8 @@ def main() -> None:
         if len(spent) >= 5:
             print(f"  {rows:3d} rows/batch: {len(spent):4d} batches, driver CPU p50 {np.median(spent):.3f} ms, "
                   f"p90 {np.percentile(spent, 90):.3f} ms")
+    batches = sum(map(len, times.by_rows.values()))
+    print(f"  process CPU (all threads) per batch: {times.process_cpu / max(batches, 1) * 1e3:.3f} ms")
     if times.profiler is not None:
         pstats.Stats(times.profiler).sort_stats(os.environ.get("SORT", "tottime")).print_stats(int(os.environ.get("TOP", "35")))
 

@@ -228,7 +228,7 @@ def float_text(value: float) -> str:
     ['1', '-0', '2.5', '0.000001', '1e-7', '9999999999', '1e+10', '1.5e+21']
     """
     text = repr(value)  # the same shortest digits, in Python's notation
-    if 1e-4 <= abs(value) < 1e10:  # (both notations are plain decimals here)
+    if 1e-4 <= abs(value) < 1e10 or value == 0:  # (both notations are plain decimals here)
         return text[:-2] if text.endswith(".0") else text
     sign = "-" if text[0] == "-" else ""
     mantissa, _, exponent = text.lstrip("-").partition("e")
@@ -254,6 +254,8 @@ def float_text(value: float) -> str:
 def _float_json(value: float | None) -> str:
     if value is None or value != value or value in (math.inf, -math.inf):
         return "null"  # (NaN and infinities are not JSON)
+    if 1e-4 <= abs(value) < 1e10 or value == 0:
+        return repr(value)  # (plain decimals in both notations, "1.0" already)
     out = float_text(value)
     return out + ".0" if out.lstrip("-").isdigit() else out  # 1 -> 1.0, as the kernels write it
 
