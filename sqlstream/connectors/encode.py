@@ -193,10 +193,10 @@ def encode_json_values(batch: pa.RecordBatch | pa.Table) -> pa.Array:
     """One JSON object per row, as a string array (one element per row)."""
     if batch.num_rows == 0:
         return pa.array([], pa.string())
-    batch = _binary_as_base64(batch)
     rows = _small_json(batch) if batch.num_rows <= SMALL_ROWS else None
     if rows is not None:
         return pa.array(rows, pa.string())
+    batch = _binary_as_base64(batch)
     fast = _flat_json(batch) if batch.num_rows <= _KERNEL_ROWS else None
     return fast if fast is not None else _duckdb_json(batch)
 
@@ -274,6 +274,9 @@ def _string_json(value: str | None) -> str | None:
 def _column_texts(values: pa.Array) -> list[str] | None:
     """A column's values as JSON texts, or None when the batch needs the full encoder."""
     t = values.type
+    if _is_binary(t):
+        values = to_base64(values).cast(pa.string())  # (as _binary_as_base64 writes it)
+        t = values.type
     if pa.types.is_integer(t):
         return ["null" if v is None else str(v) for v in values.to_pylist()]
     if t == pa.float64() or t == pa.float32():
@@ -322,4 +325,4 @@ def json_rows(batch: pa.RecordBatch | pa.Table) -> list[str] | None:
     """
     if batch.num_rows > SMALL_ROWS:
         return None
-    return _small_json(_binary_as_base64(batch)) if batch.num_rows else []
+    return _small_json(batch) if batch.num_rows else []
