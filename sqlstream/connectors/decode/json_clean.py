@@ -52,6 +52,7 @@ class CleanJsonReader:
     def __init__(self, read_schema: pa.Schema):
         self.read_schema = read_schema
         self.keys = [(f'"{f.name}"'.encode(), f'"{f.name.lower()}"'.encode()) for f in read_schema]
+        self.capitalized_keys = [(exact, lower) for exact, lower in self.keys if exact != lower]
 
     @staticmethod
     def applies(read_schema: pa.Schema) -> bool:
@@ -75,7 +76,9 @@ class CleanJsonReader:
         if len(_KEY_END.findall(data)) != sum(map(len, rows)):
             return None  # a key twice in an object, or a nested object
         lowered = data.lower()
-        if any(lowered.count(lower) != data.count(exact) for exact, lower in self.keys):
+        # (a block without capitals only needs checking for the names that have some)
+        keys = self.keys if lowered != data else self.capitalized_keys
+        if any(lowered.count(lower) != data.count(exact) for exact, lower in keys):
             return None  # a key spelled in another case
         try:
             objects = pa.array(rows)

@@ -7,6 +7,8 @@ hot path. :func:`prepare` builds the ``PUB``/``HPUB`` frames of all messages of 
 batch at once (in the driver thread), and :func:`send` queues them on the client's
 outgoing buffer in one call (``Client._send_command``, the door ``publish`` itself
 uses), falling back to ``publish`` per message for a client without it.
+:func:`prepare_rows` frames a small batch of core NATS messages given as Python
+values with one bytes join: the same bytes, without the ~10 kernel calls.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from nats.errors import MaxPayloadError, OutboundBufferLimitError
 
 from sqlstream.connectors.encode import text
 
-__all__ = ["Outgoing", "prepare", "send", "frames", "msg_id_headers", "text"]
+__all__ = ["Outgoing", "prepare", "prepare_rows", "send", "frames", "msg_id_headers", "text"]
 
 _HEADER_PREFIX = "NATS/1.0\r\nNats-Msg-Id: "
 _HEADER_SUFFIX = "\r\n\r\n"
@@ -87,7 +89,7 @@ class Outgoing:
     largest: int
     total_bytes: int
     data: bytes  # the wire frames (empty when the client has no buffered door)
-    arrays: tuple  # (subjects, payloads, replies, headers) for the per-message fallback
+    arrays: tuple  # (subjects, payloads, replies, headers) for the per-message fallback (needed only without that door)
 
 
 _BUFFERED = hasattr(Client, "_send_command") and hasattr(Client, "_flush_pending")
@@ -110,6 +112,21 @@ def prepare(
         largest = total = 0
     data = frames(subjects, payloads, replies, headers) if _BUFFERED and n else b""
     return Outgoing(n, largest, total, data, (subjects, payloads, replies, headers))
+
+
+def prepare_rows(subjects: list[str] | str, payloads: list[bytes]) -> Outgoing:
+    """Frames for a small batch of messages without reply subjects or headers (the
+    same bytes as :func:`prepare`), built in Python."""
+    n = len(payloads)
+    sizes = [len(p) for p in payloads]
+    if isinstance(subjects, str):
+        head = b"PUB " + subjects.encode() + b" "
+        data = b"".join([b"%s%d\r\n%s\r\n" % (head, size, p) for size, p in zip(sizes, payloads)])
+    else:
+        data = b"".join([b"PUB %s %d\r\n%s\r\n" % (s.encode(), size, p) for s, size, p in zip(subjects, sizes, payloads)])
+    arrays = () if _BUFFERED else (subjects if isinstance(subjects, str) else pa.array(subjects, pa.string()),
+                                   pa.array(payloads, pa.binary()), None, None)
+    return Outgoing(n, max(sizes, default=0), sum(sizes), data if _BUFFERED else b"", arrays)
 
 
 async def send(nc: Client, out: Outgoing) -> None:

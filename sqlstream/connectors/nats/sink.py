@@ -39,9 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sqlstream.connectors.base import RunContext, SinkWriter
+from sqlstream.connectors.encode import json_rows
 from sqlstream.connectors.nats.connection import LOG, NatsConnection, require_stream, runtime_error
 from sqlstream.connectors.nats.messages import encode_arrow_payload, encode_json_payloads
-from sqlstream.connectors.nats.protocol import Outgoing, msg_id_headers, prepare, send, text
+from sqlstream.connectors.nats.protocol import Outgoing, msg_id_headers, prepare, prepare_rows, send, text
 from sqlstream.connectors.templates import DestinationTemplate
 from sqlstream.hidden import SOURCE_ID_COLUMN
 
@@ -295,6 +296,10 @@ class NatsWriter(SinkWriter):
             subjects, payloads = self._arrow_messages(batch, subjects)
             headers = None
         else:
+            rows = json_rows(batch) if self.publisher is None else None
+            if rows is not None:  # a small batch to core NATS: strings and one bytes join
+                self._send_rows(subjects if isinstance(subjects, str) else subjects.to_pylist(), rows)
+                return
             payloads = encode_json_payloads(batch)
             headers = None
             if self.publisher is not None:
@@ -331,6 +336,12 @@ class NatsWriter(SinkWriter):
             future.add_done_callback(self._report_failure)
         self.published += len(payloads)
         self._unflushed += len(payloads)
+
+    def _send_rows(self, subjects: list[str] | str, rows: list[str]) -> None:
+        future = self.conn.submit(send(self.conn.nc, prepare_rows(subjects, [row.encode() for row in rows])))
+        future.add_done_callback(self._report_failure)
+        self.published += len(rows)
+        self._unflushed += len(rows)
 
     def _report_failure(self, future) -> None:
         error = None if future.cancelled() else future.exception()
