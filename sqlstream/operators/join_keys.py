@@ -78,13 +78,20 @@ def _blocks(keys: list[pa.Array | pa.ChunkedArray]):
 
 
 def expand_ranges(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For ranges ``[lo[i], lo[i] + counts[i])``: (i repeated, each position)."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    owner = np.repeat(np.arange(len(lo), dtype=np.int64), counts)
-    first = np.cumsum(counts) - counts
-    position = np.arange(total, dtype=np.int64) - np.repeat(first - lo, counts)
+    """For ranges ``[lo[i], lo[i] + counts[i])``: (i repeated, each position).
+
+    The owner of each output position is found by marking where each non-empty range
+    starts and counting the marks (a cumulative sum), not by ``np.repeat``, which costs
+    a copy per range: about half the time for the short ranges of a join probe."""
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if ends.size else 0
+    starts = ends - counts
+    ranges = np.flatnonzero(counts)
+    marks = np.zeros(total, dtype=np.int64)
+    marks[starts[ranges]] = 1
+    owner = ranges[np.cumsum(marks) - 1]
+    position = np.arange(total, dtype=np.int64)
+    position += (lo - starts)[owner]
     return owner, position
 
 

@@ -225,6 +225,16 @@ def test_join_pairs_on_dense_codes_equal_the_key_index(data, kinds, block):
     assert (left_rows.tolist(), right_rows.tolist()) == expected
 
 
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(0, 4), max_size=12), data=st.data())
+def test_expand_ranges_lists_each_position_of_each_range(counts, data):
+    """Each range ``[lo, lo + count)`` in order, empty ones skipped (marks counted, no repeat)."""
+    lo = [data.draw(st.integers(0, 50)) for _ in counts]
+    owner, position = join_keys.expand_ranges(np.array(lo, dtype=np.int64), np.array(counts, dtype=np.int64))
+    expected = [(i, lo[i] + j) for i, n in enumerate(counts) for j in range(n)]
+    assert list(zip(owner.tolist(), position.tolist(), strict=True)) == expected
+
+
 def test_join_pairs_codes_window_bounds_on_their_slide():
     """Window ends a second apart and 1,000 keys: a code per (window, key), the window
     part stepping by the second (not by the microsecond, which would not fit)."""
