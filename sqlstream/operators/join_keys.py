@@ -390,6 +390,8 @@ def _dense_codes(left: list[KeyColumn], right: list[KeyColumn]) -> tuple[np.ndar
     if not all(values):
         return None
     bounds = [(min(int(v.min()) for v in pair), max(int(v.max()) for v in pair)) for pair in values]
+    if any(high - low >= 2**62 for low, high in bounds):  # differences could overflow int64
+        return None
     steps = [1] * len(bounds)
     if np.prod([high - low + 1.0 for low, high in bounds]) > limit:  # values on a coarser grid: window bounds
         steps = [_common_step(pair, low) for pair, (low, _) in zip(values, bounds, strict=True)]

@@ -196,6 +196,7 @@ _GRID_KEYS = {  # integer-like keys join_pairs codes densely: small ranges and v
     "window end": (st.sampled_from([0, 1, 2, 4, 7]).map(lambda i: BASE_US + i * SECOND), pa.timestamp("us")),
     "half second": (st.integers(0, 6).map(lambda i: BASE_US + i * SECOND // 2), pa.timestamp("us")),
     "sparse int": (st.sampled_from([-(2**40), 7, 10**12]), pa.int64()),
+    "int64 extremes": (st.sampled_from([-(2**63), -(2**62) - 3, 0, 2**62 + 5, 2**63 - 1]), pa.int64()),
 }
 
 
@@ -206,7 +207,8 @@ def test_join_pairs_on_dense_codes_equal_the_key_index(data, kinds, block):
     """``join_pairs`` of integer-like keys (window bounds on a grid, small integers,
     NULLs) codes both sides on one grid and groups the smaller side with a counting
     table and a packed sort: the same pairs in the same order as probing a ``KeyIndex``
-    of the smaller side, probe blocks of 1-7 rows; sparse values fall back to the index."""
+    of the smaller side, probe blocks of 1-7 rows; sparse values and values 2^62 or more
+    apart (their differences could overflow) fall back to the index."""
     n_left, n_right = data.draw(st.integers(0, 25)), data.draw(st.integers(0, 25))
 
     def arrays(n):
@@ -244,6 +246,8 @@ def test_join_pairs_codes_window_bounds_on_their_slide():
     codes, _, span = join_keys._dense_codes(left, left)
     assert span == 3 * 1000 and sorted(codes.tolist()) == list(range(3000))
     assert join_keys._dense_codes([join_keys.KeyColumn(pa.array(["a"]))], [join_keys.KeyColumn(pa.array(["a"]))]) is None
+    extremes = [join_keys.KeyColumn(pa.array([-(2**62) - 1, 2**62 + 1]))]  # a difference past int64: the index
+    assert join_keys._dense_codes(extremes, extremes) is None
 
 
 @pytest.mark.parametrize("binary", [False, True])
