@@ -22,14 +22,16 @@ is the best of ``--repeat`` runs (default 3).
     python benchmarks/joins.py                  # 10M events
     python benchmarks/joins.py --events 1000000 # a short run
     python benchmarks/joins.py --only lookup --key varchar --whole-process
+    python benchmarks/joins.py --only window --whole-process
 
 ``--key bigint|varchar|varchar-long`` runs one of the lookup joins: ``varchar`` joins
 on codes like ``'m-12345'`` (at most 7 bytes: exact codes), ``varchar-long`` on
 ``'merchant-12345'`` (10-15 bytes: hashed and verified). ``--whole-process`` measures
-the lookup joins as a user runs them (see ``whole_process.py``): ``sqlstream run`` from
-a Parquet file of the events into a Parquet file sink, the TABLE from its Parquet file,
-against a DuckDB process ``COPY``-ing the same join of the same two files to Parquet;
-start-up (the same commands on a 10-row events file, the full table) subtracted.
+the lookup and window joins as a user runs them (see ``whole_process.py``): ``sqlstream
+run`` from a Parquet file of the events (the window join: one per stream) into a Parquet
+file sink, the TABLE from its Parquet file, against a DuckDB process ``COPY``-ing the
+same join of the same files to Parquet; start-up (the same commands on 10-row events
+files, the full table) subtracted.
 """
 
 from __future__ import annotations
@@ -169,6 +171,27 @@ def lookup_processes(events: int, table_rows: int, lookups: list[tuple[str, str]
         print(whole_process.report(name, events, measured), flush=True)
 
 
+WINDOW_SOURCES = "\n".join(
+    f"""CREATE SOURCE {name} (k BIGINT, v DOUBLE, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '{DELAY_S}' SECOND)
+        WITH (connector = 'file', path = '{{path}}/{name}.parquet', format = 'parquet');""" for name in ("lhs", "rhs"))
+
+
+def window_processes(events: int, repeat: int, work: Path, base_tree: str | None) -> None:
+    """The window join as whole processes: each stream from its Parquet file (a folder
+    holds both, and a second folder their first 10 rows), the result written to Parquet."""
+    half = events // 2
+    print(f"window join, whole processes: 2 x {half:,} events, 1 s TUMBLE, {WINDOW_KEYS:,} keys, Parquet in and out; "
+          f"best and median of {repeat}, sides alternated")
+    source, tiny = work / "streams", work / "tiny"
+    source.mkdir()
+    tiny.mkdir()
+    for seed, name in ((1, "lhs"), (2, "rhs")):
+        pq.write_table(make_stream(half, seed), source / f"{name}.parquet", row_group_size=1 << 20)
+        whole_process.write_tiny(source / f"{name}.parquet", tiny / f"{name}.parquet")
+    measured = whole_process.compare(work, WINDOW_SOURCES.rstrip(";"), WINDOW[0], WINDOW[1], source, tiny, repeat, base_tree)
+    print(whole_process.report("window join (TUMBLE 1s)", events, measured), flush=True)
+
+
 def best_of(repeat: int, run) -> tuple[float, int]:
     """The fastest of ``repeat`` runs (this machine is shared: the minimum is the
     least disturbed measurement)."""
@@ -241,7 +264,7 @@ def main() -> None:
     parser.add_argument("--key", choices=list(LOOKUP_KEYS), action="append",
                         help="lookup: only the join on this key (default all)")
     parser.add_argument("--whole-process", action="store_true",
-                        help="lookup: time whole processes, Parquet in and out, start-up subtracted")
+                        help="lookup and window: time whole processes, Parquet in and out, start-up subtracted")
     parser.add_argument("--base-tree", metavar="DIR",
                         help="--whole-process: also time sqlstream from this checkout (e.g. main), same run")
     args = parser.parse_args()
@@ -249,7 +272,10 @@ def main() -> None:
     lookups = [LOOKUP_KEYS[k] for k in args.key or LOOKUP_KEYS]
     if args.whole_process:
         with tempfile.TemporaryDirectory(prefix="sqlstream-join-processes-") as folder:  # ~0.3 GB per key
-            lookup_processes(args.events, args.table_rows, lookups, args.repeat, Path(folder), args.base_tree)
+            if "lookup" in only:
+                lookup_processes(args.events, args.table_rows, lookups, args.repeat, Path(folder), args.base_tree)
+            if "window" in only:
+                window_processes(args.events, args.repeat, Path(folder), args.base_tree)
         return
     workdir = tempfile.mkdtemp(prefix="sqlstream-join-bench-")
     print(f"micro-batches of {args.batch_size:,} rows; DuckDB with 2 threads; best of {args.repeat} runs each")

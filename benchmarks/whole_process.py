@@ -37,11 +37,15 @@ __all__ = ["Measured", "compare", "report", "write_tiny"]
 DUCKDB_THREADS = min(os.cpu_count() or 1, 2)
 SQLSTREAM = [sys.executable, "-m", "sqlstream.cli.main"]
 DUCKDB_SCRIPT = """
-import sys, duckdb
+import os, sys, duckdb
 threads, source, query, out = sys.argv[1:]
 con = duckdb.connect()
 con.execute(f"SET threads TO {threads}")
-con.execute(f"CREATE VIEW data AS SELECT * FROM read_parquet('{source}')")
+if os.path.isdir(source):  # a folder of Parquet files: a view per file, named by its stem
+    for name in sorted(os.listdir(source)):
+        con.execute(f"CREATE VIEW {name[:-8]} AS SELECT * FROM read_parquet('{source}/{name}')")
+else:
+    con.execute(f"CREATE VIEW data AS SELECT * FROM read_parquet('{source}')")
 con.execute(f"COPY ({query}) TO '{out}' (FORMAT parquet)")
 """
 
@@ -175,7 +179,8 @@ def compare(work: Path, source_sql: str, ours: str, theirs: str, source: Path, t
     ``tiny``, best of ``repeat``, by side name (``sqlstream``, ``duckdb``, ``base``).
 
     ``source_sql`` is the CREATE SOURCE statement with ``{path}`` for the Parquet file;
-    ``theirs`` reads the view ``data``."""
+    ``theirs`` reads the view ``data``, or, where ``source`` is a folder of Parquet
+    files, a view per file named by its stem."""
     sides = {
         "sqlstream": (lambda path, out: _sqlstream_command(work, source_sql, ours, path, out), None),
         "duckdb": (lambda path, out: _duckdb_command(theirs, path, out), None),

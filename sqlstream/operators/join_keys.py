@@ -78,13 +78,20 @@ def _blocks(keys: list[pa.Array | pa.ChunkedArray]):
 
 
 def expand_ranges(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For ranges ``[lo[i], lo[i] + counts[i])``: (i repeated, each position)."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    owner = np.repeat(np.arange(len(lo), dtype=np.int64), counts)
-    first = np.cumsum(counts) - counts
-    position = np.arange(total, dtype=np.int64) - np.repeat(first - lo, counts)
+    """For ranges ``[lo[i], lo[i] + counts[i])``: (i repeated, each position).
+
+    The owner of each output position is found by marking where each non-empty range
+    starts and counting the marks (a cumulative sum), not by ``np.repeat``, which costs
+    a copy per range: about half the time for the short ranges of a join probe."""
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if ends.size else 0
+    starts = ends - counts
+    ranges = np.flatnonzero(counts)
+    marks = np.zeros(total, dtype=np.int64)
+    marks[starts[ranges]] = 1
+    owner = ranges[np.cumsum(marks) - 1]
+    position = np.arange(total, dtype=np.int64)
+    position += (lo - starts)[owner]
     return owner, position
 
 
@@ -334,12 +341,116 @@ class KeyIndex:
 
 def join_pairs(left_keys: list[pa.Array], right_keys: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
     """All matching (left row, right row) of a one-shot equi-join: the smaller side is
-    indexed, the larger probes it."""
+    indexed, the larger probes it (pairs grouped by probe row ascending, each group's
+    indexed rows ascending). Integer-like keys whose values of both sides fit a dense
+    code range are joined on those codes directly (:func:`_dense_pairs`)."""
     n_left = len(combined(left_keys[0])) if left_keys else 0
     n_right = len(combined(right_keys[0])) if right_keys else 0
     if n_left == 0 or n_right == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    left, right = [KeyColumn(k) for k in left_keys], [KeyColumn(k) for k in right_keys]
+    dense = _dense_codes(left, right)
+    if dense is not None:
+        left_codes, right_codes, span = dense
+        if n_right <= n_left:
+            return _dense_pairs(left_codes, right_codes, span)
+        right_rows, left_rows = _dense_pairs(right_codes, left_codes, span)
+        return left_rows, right_rows
     if n_right <= n_left:
         return KeyIndex(right_keys).probe(left_keys)
     right_rows, left_rows = KeyIndex(left_keys).probe(right_keys)
     return left_rows, right_rows
+
+
+def _valid_values(column: KeyColumn) -> np.ndarray:
+    return column.values if column.valid is None else column.values[column.valid]
+
+
+def _common_step(values: list[np.ndarray], low: int) -> int:
+    """The greatest common divisor of ``values - low`` (e.g. window bounds: the slide),
+    in blocks of ``_BLOCK_ROWS``; 1 as soon as it is 1."""
+    step = 0
+    for v in values:
+        for first in range(0, v.size, _BLOCK_ROWS):
+            step = int(np.gcd(step, np.gcd.reduce(v[first:first + _BLOCK_ROWS] - low)))
+            if step == 1:
+                return 1
+    return step or 1
+
+
+def _dense_codes(left: list[KeyColumn], right: list[KeyColumn]) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Exact codes in ``[0, span)`` for the keys of both sides (mixed radix over value
+    grids that cover both), a NULL key coded ``span``; None unless every key column is
+    integer-like and ``span`` is at most 4 codes per row (or 1,024) and ``_LUT_MAX``
+    (a code and a row number then fit one int64: :func:`_code_order`)."""
+    if any(c.kind != "int" for c in left + right):
+        return None
+    limit = min(max(4 * (len(left[0].values) + len(right[0].values)), 1024), _LUT_MAX)
+    values = [[v for v in (_valid_values(a), _valid_values(b)) if v.size] for a, b in zip(left, right, strict=True)]
+    if not all(values):
+        return None
+    bounds = [(min(int(v.min()) for v in pair), max(int(v.max()) for v in pair)) for pair in values]
+    if any(high - low >= 2**62 for low, high in bounds):  # differences could overflow int64
+        return None
+    steps = [1] * len(bounds)
+    if np.prod([high - low + 1.0 for low, high in bounds]) > limit:  # values on a coarser grid: window bounds
+        steps = [_common_step(pair, low) for pair, (low, _) in zip(values, bounds, strict=True)]
+    grids = [(low, step, (high - low) // step + 1) for (low, high), step in zip(bounds, steps, strict=True)]
+    if np.prod([float(g[2]) for g in grids]) > limit:
+        return None
+    span = int(np.prod([g[2] for g in grids]))
+    return _mixed_radix(left, grids, span), _mixed_radix(right, grids, span), span
+
+
+def _mixed_radix(side: list[KeyColumn], grids: list[tuple[int, int, int]], span: int) -> np.ndarray:
+    """One side's codes on ``grids``, a row with a NULL key ``span``; computed in blocks
+    of ``_BLOCK_ROWS`` into one array (temporaries small and in cache)."""
+    n = len(side[0].values)
+    codes = np.empty(n, dtype=np.int64)
+    for first in range(0, n, _BLOCK_ROWS):
+        block = slice(first, first + _BLOCK_ROWS)
+        out, stride = codes[block], 1
+        for i, (column, (low, step, steps)) in enumerate(zip(side, grids, strict=True)):
+            part = np.subtract(column.values[block], low, out=out if i == 0 else None)
+            if step > 1:
+                part //= step
+            if stride > 1:
+                part *= stride
+            if i:
+                out += part
+            stride *= steps
+        for column in side:
+            if column.valid is not None:
+                out[~column.valid[block]] = span
+    return codes
+
+
+def _code_order(codes: np.ndarray, span: int) -> np.ndarray:
+    """The stable order of ``codes`` in ``[0, span]``: each code packed above its row
+    number (all distinct, so any sort is stable) and sorted in place by numpy's SIMD
+    sort, faster than two 16-bit radix passes of ``argsort``."""
+    bits = max(int(codes.size - 1).bit_length(), 1)
+    packed = codes << bits
+    packed |= np.arange(codes.size, dtype=np.int64)
+    packed.sort()
+    packed &= (1 << bits) - 1
+    return packed
+
+
+def _dense_pairs(probe: np.ndarray, build: np.ndarray, span: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (probe row, build row) with equal codes in ``[0, span)`` (``span``: NULL,
+    no match): build rows grouped by code with a counting table and a stable radix
+    order, then ranges expanded per probe block of ``_BLOCK_ROWS`` rows."""
+    counts = np.bincount(build, minlength=span + 1)
+    counts[span] = 0
+    first = np.cumsum(counts)
+    first -= counts
+    order = _code_order(build, span)
+    parts = []
+    for lo in range(0, probe.size, _BLOCK_ROWS):
+        block = probe[lo:lo + _BLOCK_ROWS]
+        rows, positions = expand_ranges(np.take(first, block), np.take(counts, block))
+        parts.append((rows + lo, np.take(order, positions)))
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -232,9 +232,9 @@ class WindowJoinOperator(Operator):
                 keep.append(rows)
             else:
                 done = rows.ends <= watermark
-                mask = pa.array(done)
-                closing.append(_WindowRows(rows.table.filter(mask), rows.starts[done], rows.ends[done]))
-                keep.append(_WindowRows(rows.table.filter(pc.invert(mask)), rows.starts[~done], rows.ends[~done]))
+                later = np.flatnonzero(~done)  # the few rows of windows still open: taken, not filtered
+                closing.append(_WindowRows(rows.table.filter(pa.array(done)), rows.starts[done], rows.ends[done]))
+                keep.append(_WindowRows(rows.table.take(pa.array(later)), rows.starts[later], rows.ends[later]))
         self.pending[port][:] = keep
         return _concat_rows(closing) if closing else None
 
@@ -246,8 +246,8 @@ class WindowJoinOperator(Operator):
         n_right = closed[1].table.num_rows if closed[1] is not None else 0
         if n_left and n_right:
             # windows of one size on both sides: the end identifies the window (fewer key columns)
-            sizes = np.concatenate([rows.ends - rows.starts for rows in closed])
-            one_size = sizes.min() == sizes.max()
+            sizes = [rows.ends - rows.starts for rows in closed]
+            one_size = len({int(d.min()) for d in sizes} | {int(d.max()) for d in sizes}) == 1
             bounds = (lambda r: [pa.array(r.ends)]) if one_size else (lambda r: [pa.array(r.starts), pa.array(r.ends)])
             keys = [
                 bounds(rows) + [rows.table.column(k) for k in side.keys]

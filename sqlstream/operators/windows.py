@@ -181,8 +181,9 @@ class WindowExpandOperator(Operator):
         rows, start, end = window_assignments(self.spec, times)
         if WM_COLUMN in batch.schema.names:
             wm = batch.column(WM_COLUMN).to_numpy(zero_copy_only=False)
-            keep = end > wm[rows]
-            rows, start, end = rows[keep], start[keep], end[keep]
+            keep = end > (wm if self.spec.kind == "tumble" else wm[rows])  # TUMBLE: rows are 0..n-1
+            if not keep.all():
+                rows, start, end = rows[keep], start[keep], end[keep]
         # one window per row and none dropped (TUMBLE): the rows are the batch, no copy
         expanded = batch if rows.size == batch.num_rows and self.spec.kind == "tumble" else batch.take(pa.array(rows))
         columns = []

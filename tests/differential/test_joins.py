@@ -191,6 +191,65 @@ def test_key_index_probes_in_blocks_and_unique_keys_alike(data, kinds, block, ro
         (i, j) for i, j in enumerate(expected) if j >= 0]
 
 
+_GRID_KEYS = {  # integer-like keys join_pairs codes densely: small ranges and values on a grid
+    "int": (st.integers(-3, 6), pa.int64()),
+    "window end": (st.sampled_from([0, 1, 2, 4, 7]).map(lambda i: BASE_US + i * SECOND), pa.timestamp("us")),
+    "half second": (st.integers(0, 6).map(lambda i: BASE_US + i * SECOND // 2), pa.timestamp("us")),
+    "sparse int": (st.sampled_from([-(2**40), 7, 10**12]), pa.int64()),
+    "int64 extremes": (st.sampled_from([-(2**63), -(2**62) - 3, 0, 2**62 + 5, 2**63 - 1]), pa.int64()),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), kinds=st.lists(st.sampled_from(sorted(_GRID_KEYS)), min_size=1, max_size=3),
+       block=st.integers(1, 7))
+def test_join_pairs_on_dense_codes_equal_the_key_index(data, kinds, block):
+    """``join_pairs`` of integer-like keys (window bounds on a grid, small integers,
+    NULLs) codes both sides on one grid and groups the smaller side with a counting
+    table and a packed sort: the same pairs in the same order as probing a ``KeyIndex``
+    of the smaller side, probe blocks of 1-7 rows; sparse values and values 2^62 or more
+    apart (their differences could overflow) fall back to the index."""
+    n_left, n_right = data.draw(st.integers(0, 25)), data.draw(st.integers(0, 25))
+
+    def arrays(n):
+        return [pa.array([data.draw(st.one_of(st.none(), _GRID_KEYS[k][0])) for _ in range(n)], _GRID_KEYS[k][1])
+                for k in kinds]
+
+    left, right = arrays(n_left), arrays(n_right)
+    with mock.patch.object(join_keys, "_BLOCK_ROWS", block):
+        left_rows, right_rows = join_keys.join_pairs(left, right)
+    if n_left == 0 or n_right == 0:
+        expected = ([], [])
+    elif n_right <= n_left:
+        expected = tuple(rows.tolist() for rows in KeyIndex(right).probe(left))
+    else:
+        expected = tuple(rows.tolist() for rows in reversed(KeyIndex(left).probe(right)))
+    assert (left_rows.tolist(), right_rows.tolist()) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(0, 4), max_size=12), data=st.data())
+def test_expand_ranges_lists_each_position_of_each_range(counts, data):
+    """Each range ``[lo, lo + count)`` in order, empty ones skipped (marks counted, no repeat)."""
+    lo = [data.draw(st.integers(0, 50)) for _ in counts]
+    owner, position = join_keys.expand_ranges(np.array(lo, dtype=np.int64), np.array(counts, dtype=np.int64))
+    expected = [(i, lo[i] + j) for i, n in enumerate(counts) for j in range(n)]
+    assert list(zip(owner.tolist(), position.tolist(), strict=True)) == expected
+
+
+def test_join_pairs_codes_window_bounds_on_their_slide():
+    """Window ends a second apart and 1,000 keys: a code per (window, key), the window
+    part stepping by the second (not by the microsecond, which would not fit)."""
+    ends = pa.array(BASE_US + SECOND * (np.arange(3000) // 1000), pa.int64())
+    keys = pa.array(np.arange(3000) % 1000)
+    left = [join_keys.KeyColumn(ends), join_keys.KeyColumn(keys)]
+    codes, _, span = join_keys._dense_codes(left, left)
+    assert span == 3 * 1000 and sorted(codes.tolist()) == list(range(3000))
+    assert join_keys._dense_codes([join_keys.KeyColumn(pa.array(["a"]))], [join_keys.KeyColumn(pa.array(["a"]))]) is None
+    extremes = [join_keys.KeyColumn(pa.array([-(2**62) - 1, 2**62 + 1]))]  # a difference past int64: the index
+    assert join_keys._dense_codes(extremes, extremes) is None
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_key_index_of_short_strings_codes_them_exactly(binary):
     """Indexed values of at most 7 bytes are their own codes: no hash, no verification;
