@@ -32,20 +32,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nats_common import NatsServerProcess  # noqa: E402
-from nats_latency import IN_SUBJECT, OUT_SUBJECT, build_model  # noqa: E402
+from nats_latency import IN_SUBJECT, OUT_SUBJECT, build_model, pipeline_session  # noqa: E402
 
 
 def build_pipeline(url: str, model: str):
-    from sqlstream.session import Session
-
-    session = Session(dead_letter_path="off")
-    session.register_model("score", model)
-    session.execute(
-        f"""CREATE SOURCE lat_src (id BIGINT, sent_ns BIGINT, f1 DOUBLE, f2 DOUBLE, f3 DOUBLE, f4 DOUBLE)
-              WITH (connector = 'nats', url = '{url}', subject = '{IN_SUBJECT}');
-            CREATE SINK lat_out AS SELECT id, sent_ns, score(f1, f2, f3, f4) AS s FROM lat_src WHERE f1 > 0.1
-              WITH (connector = 'nats', url = '{url}', subject = '{OUT_SUBJECT}');"""
-    )
+    session = pipeline_session(url, model)
     return session.build(session.pending_sinks())
 
 

@@ -55,10 +55,11 @@ def build_model(path: str) -> str:
 # -- processes ------------------------------------------------------------------------------
 
 
-def run_pipeline(url: str, model: str, batch_timeout: str) -> None:
+def pipeline_session(url: str, model: str, settings: dict | None = None):
+    """The measured pipeline (core NATS in, filter + model, core NATS out), not started."""
     from sqlstream.session import Session
 
-    session = Session(dead_letter_path="off", settings={} if batch_timeout == "default" else {"batch_timeout": batch_timeout})
+    session = Session(dead_letter_path="off", settings=settings or {})
     session.register_model("score", model)
     session.execute(
         f"""CREATE SOURCE lat_src (id BIGINT, sent_ns BIGINT, f1 DOUBLE, f2 DOUBLE, f3 DOUBLE, f4 DOUBLE)
@@ -66,6 +67,11 @@ def run_pipeline(url: str, model: str, batch_timeout: str) -> None:
             CREATE SINK lat_out AS SELECT id, sent_ns, score(f1, f2, f3, f4) AS s FROM lat_src WHERE f1 > 0.1
               WITH (connector = 'nats', url = '{url}', subject = '{OUT_SUBJECT}');"""
     )
+    return session
+
+
+def run_pipeline(url: str, model: str, batch_timeout: str) -> None:
+    session = pipeline_session(url, model, {} if batch_timeout == "default" else {"batch_timeout": batch_timeout})
     driver = session.build(session.pending_sinks())
     signal.signal(signal.SIGTERM, lambda *_: driver.stop())
     print("ready", flush=True)
