@@ -137,7 +137,7 @@ class PartitionLeases:
                 pass  # expired meanwhile (a pause longer than the TTL): write it anew
         try:
             self._heartbeat_revision = await self.kv.create(key, value)
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):  # (see claim)
             self._heartbeat_revision = await self.kv.put(key, value)
 
     async def members(self) -> list[str]:
@@ -157,7 +157,9 @@ class PartitionLeases:
         """The lease of a free partition, or None when another worker holds it."""
         try:
             revision = await self.kv.create(_PARTITIONS + str(partition), self.worker.encode())
-        except KeyWrongLastSequenceError:
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            # (nats-py's create looks the key up after a refused write, to take over a delete
+            # marker: a lease that expires in between is not found; it is free next round)
             return None
         return Lease(partition, revision)
 
