@@ -10,12 +10,15 @@ nothing of what the bytes are: the checkpoint mirror
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlstream.connectors.asyncio_bridge import AsyncioBridge
 from sqlstream.errors import ConnectorError
 
 __all__ = ["ObjectBucket"]
 
 _TIMEOUT_S = 30.0
+_READ_ATTEMPTS = 3
 
 
 class ObjectBucket:
@@ -55,10 +58,16 @@ class ObjectBucket:
         from nats.js.errors import ObjectDeletedError, ObjectNotFoundError
 
         async def read():
-            try:
-                return (await self._store.get(name)).data
-            except (ObjectNotFoundError, ObjectDeletedError):
-                return None
+            # a read that overlaps a writer replacing the object can wait for chunks that were
+            # purged meanwhile (nats-py waits for ever): such a read is given up and tried again
+            for attempt in range(_READ_ATTEMPTS):
+                try:
+                    return (await asyncio.wait_for(self._store.get(name), _TIMEOUT_S / _READ_ATTEMPTS)).data
+                except (ObjectNotFoundError, ObjectDeletedError):
+                    return None
+                except asyncio.TimeoutError:
+                    if attempt == _READ_ATTEMPTS - 1:
+                        raise
 
         return self._call(read(), f"get {name}")
 
@@ -80,7 +89,7 @@ class ObjectBucket:
 
     def _call(self, coro, what: str):
         try:
-            return self._bridge.call(coro, _TIMEOUT_S)
+            return self._bridge.call(coro, _TIMEOUT_S + 5)
         except Exception as error:
             raise ConnectorError(f"object store {self.bucket}: {what} failed: {type(error).__name__}: {error}",
                                  exit_code=1) from error
