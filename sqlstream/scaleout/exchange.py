@@ -58,5 +58,5 @@ def split_exchanges(sinks: list[SinkPlan], sources: Mapping[str, SourceEntry],
                                   lambda schema, ctx, channel=channel: ExchangeWriter(channel, partition.index, ctx),
                                   sink.base_dir, passthrough=True))
             plan = replace_node(plan, exchange, Scan(name, exchange.schema, exchange.rowtime, "exchange"))
-        plans.append(replace(sink, plan=plan) if plan is not sink.plan else sink)
+        plans.append(replace(sink, plan=plan))
     return plans, all_sources

@@ -15,7 +15,16 @@ from datetime import datetime, timedelta
 
 import pytest
 from conftest import wait_until
-from test_scale_out import CLI, _committed, _owners, _publish, _stop, _stream_exists, orders_in_duckdb
+from test_scale_out import (
+    CLI,
+    _committed,
+    _owners,
+    _publish,
+    _stop,
+    _stream_exists,
+    first_worker,
+    orders_in_duckdb,
+)
 
 pytestmark = pytest.mark.nats
 
@@ -116,11 +125,7 @@ def test_the_exchanges_lose_and_repeat_nothing_when_a_worker_joins_and_one_is_ki
     tag = uuid.uuid4().hex[:8]
     stream, prefix, group = f"ORD{tag}", f"orders{tag}", f"g{tag}"
     name = _pipeline(tmp_path, nats_server.url, stream, prefix)
-    command = CLI + ["worker", name, "--group", group, "--checkpoint", "ck", "--checkpoint-interval", "200ms",
-                     "--lease-ttl", "2s"]
-    doomed = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
-    processes.append(doomed)
-    wait_until(lambda: len(_owners(nats_server.url, group)) == 4, 60, "the first worker to claim all partitions")
+    command, doomed = first_worker(tmp_path, nats_server.url, name, group, processes)
     rows = _orders(0, 900)
     _publish(nats_client, prefix, rows[:300])
     wait_until(lambda: len(_results(tmp_path)[1]) >= 2, 60, "the first worker's output")

@@ -184,6 +184,18 @@ def test_two_workers_over_a_partitioned_stream_match_duckdb(tmp_path, nats_serve
     assert json.loads((tmp_path / "ck" / "partitioning.json").read_text())["partitions"] == 4
 
 
+def first_worker(folder, url: str, pipeline: str, group: str, processes) -> tuple[list[str], subprocess.Popen]:
+    """A worker's command line (checkpoints every 200 ms, 2 s leases) and a first worker
+    started with it, once it has claimed all 4 partitions (its stderr discarded: it is
+    killed later)."""
+    command = CLI + ["worker", pipeline, "--group", group, "--checkpoint", "ck", "--checkpoint-interval", "200ms",
+                     "--lease-ttl", "2s"]
+    worker = subprocess.Popen(command, cwd=folder, stderr=subprocess.DEVNULL)
+    processes.append(worker)
+    wait_until(lambda: len(_owners(url, group)) == 4, 60, "the first worker to claim all partitions")
+    return command, worker
+
+
 def _owners(url: str, group: str) -> dict[int, str]:
     """Partition -> owner in the group's lease bucket ({} before a worker created it)."""
 
@@ -207,11 +219,7 @@ def test_partitions_move_with_their_state_when_a_worker_joins_and_when_one_is_ki
     stream, prefix, group, sink_stream = f"ORD{tag}", f"orders{tag}", f"g{tag}", f"OUT{tag}"
     nats_client.add_stream(sink_stream, [f"{sink_stream}.>"])
     name = _pipeline(tmp_path, nats_server.url, stream, prefix, sink_stream)
-    command = CLI + ["worker", name, "--group", group, "--checkpoint", "ck", "--checkpoint-interval", "200ms",
-                     "--lease-ttl", "2s"]
-    doomed = subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.DEVNULL)
-    processes.append(doomed)
-    wait_until(lambda: len(_owners(nats_server.url, group)) == 4, 60, "the first worker to claim all partitions")
+    command, doomed = first_worker(tmp_path, nats_server.url, name, group, processes)
     first = _orders(0, 200)
     _publish(nats_client, prefix, first)  # open windows in every partition, some committed output
     wait_until(lambda: len(_committed(tmp_path, "all_rows")) >= 50, 60, "the first worker's output")
