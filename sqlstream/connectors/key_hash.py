@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["partitions_of", "key_hashes", "hash_alike"]
+__all__ = ["partitions_of", "key_hashes", "hash_alike", "mix"]
 
 _NULL = np.uint64(0x9E3779B97F4A7C15)
 _BASE = np.uint64(0x100000001B3)  # the FNV prime, as the polynomial's base
@@ -55,12 +55,13 @@ def key_hashes(columns: Sequence[pa.Array]) -> np.ndarray:
     out = np.zeros(len(columns[0]) if columns else 0, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for column in columns:
-            out = _mix(out * np.uint64(31) + _column_hashes(column))
+            out = mix(out * np.uint64(31) + _column_hashes(column))
     return out
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: every input bit moves every output bit."""
+def mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit moves every output bit (the one the
+    project's hashes share: join keys, exchanges, approximate distinct counts)."""
     with np.errstate(over="ignore"):
         h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.connectors.key_hash import mix
 from sqlstream.operators.python_aggregates import ERROR_COLUMN, PythonAggregateCall, PythonStates
 from sqlstream.operators.row_pieces import map_row_pieces
 from sqlstream.operators.state_size import StateSize, table_bytes
@@ -146,10 +147,7 @@ class ArrivalSequence:
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        return mix(values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15))
 
 
 def _hash64(array: pa.Array) -> np.ndarray:

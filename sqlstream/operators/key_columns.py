@@ -17,20 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sqlstream.connectors.key_hash import mix
+
 __all__ = ["C1", "C2", "GOLDEN", "KeyColumn", "combined", "mix"]
 
 C1 = np.uint64(0xBF58476D1CE4E5B9)
 C2 = np.uint64(0x94D049BB133111EB)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer (uint64 arithmetic wraps)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * C1
-    x = x ^ (x >> np.uint64(27))
-    x = x * C2
-    return x ^ (x >> np.uint64(31))
 
 
 def combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
